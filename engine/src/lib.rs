@@ -1,0 +1,3 @@
+//! Tern's engine. See ARCHITECTURE.md for the map.
+
+pub mod store;

@@ -1,0 +1,145 @@
+//! Storage behind one narrow trait.
+//!
+//! The engine never talks to a database directly: it calls [`Store`]. Every backend must pass
+//! the conformance suite in [`conformance`], which is written as plain async functions taking a
+//! fresh store so that other backends (ScyllaDB) run the very same checks.
+//!
+//! Durability contract: when [`Store::commit`] returns `Ok`, every message and cursor in the
+//! batch survives a crash (`kill -9`, power loss within what fsync promises). Account, token and
+//! conversation writes are durable when their call returns too.
+
+pub mod conformance;
+pub mod embedded;
+
+use tern_wire::ids::{ConversationId, DeviceId, UserId};
+use tern_wire::msg::{ConversationKind, MemberRole, Message};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: UserId,
+    /// As the user typed it at registration.
+    pub username: String,
+    /// PHC string (argon2id). Never leaves the server.
+    pub password_hash: String,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// SHA-256 of the bearer token; the token itself is never stored.
+    pub token_hash: [u8; 32],
+    pub user: UserId,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRecord {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    pub name: String,
+    pub description: String,
+    pub created_by: UserId,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user: UserId,
+    pub role: MemberRole,
+}
+
+/// A cursor update: `device` has everything in `conversation` up to `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorUpdate {
+    pub device: DeviceId,
+    pub conversation: ConversationId,
+    pub seq: u64,
+}
+
+/// One group commit: messages (already sequenced) and cursor updates, made durable together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitBatch {
+    pub messages: Vec<Message>,
+    pub cursors: Vec<CursorUpdate>,
+}
+
+/// Which page of history to read. Seqs are exclusive bounds; 0 means "unbounded".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub conversation: ConversationId,
+    /// Only messages with `seq < before_seq` (0 = no upper bound).
+    pub before_seq: u64,
+    /// Only messages with `seq > after_seq` (0 = no lower bound).
+    pub after_seq: u64,
+    pub limit: u32,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- accounts ----
+    /// Fails with `AlreadyExists` when the username is taken (compared case-insensitively).
+    async fn create_user(&self, user: UserRecord) -> StoreResult<()>;
+    /// Case-insensitive lookup.
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+
+    // ---- sessions ----
+    async fn put_token(&self, token: TokenRecord) -> StoreResult<()>;
+    async fn token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<TokenRecord>>;
+    /// Returns whether a token was deleted.
+    async fn delete_token(&self, token_hash: &[u8; 32]) -> StoreResult<bool>;
+
+    // ---- conversations ----
+    /// Creates the conversation and all its memberships atomically.
+    async fn create_conversation(
+        &self,
+        conversation: ConversationRecord,
+        members: Vec<MemberRecord>,
+    ) -> StoreResult<()>;
+    async fn conversation(&self, id: ConversationId) -> StoreResult<Option<ConversationRecord>>;
+    async fn members(&self, id: ConversationId) -> StoreResult<Vec<MemberRecord>>;
+    async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool>;
+    /// Conversations the user belongs to, in no particular order.
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationId>>;
+    /// The 1:1 conversation between two users, if one exists (order of the pair does not matter).
+    async fn direct_conversation(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>>;
+    /// Records the 1:1 conversation of a pair. Fails with `AlreadyExists` (returning nothing)
+    /// when the pair already has one; the caller then reads it with `direct_conversation`.
+    async fn set_direct_conversation(&self, a: UserId, b: UserId, id: ConversationId) -> StoreResult<()>;
+
+    // ---- messages ----
+    /// Durably stores a batch (one fsync for the whole batch on the embedded backend).
+    /// Messages must have unique `(conversation, seq)`; an existing key is overwritten with
+    /// identical content only (the sequencer guarantees it).
+    async fn commit(&self, batch: CommitBatch) -> StoreResult<()>;
+    /// Highest stored seq of the conversation (0 when empty).
+    async fn last_seq(&self, conversation: ConversationId) -> StoreResult<u64>;
+    /// The message a sender stored under `client_msg_id`, if any (idempotent retries).
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: u128,
+    ) -> StoreResult<Option<Message>>;
+    /// Messages in ascending seq order. With only `before_seq` set (or neither), the page is the
+    /// newest `limit` messages below it; with `after_seq` set, the oldest `limit` above it.
+    async fn history(&self, query: HistoryQuery) -> StoreResult<Vec<Message>>;
+
+    // ---- cursors ----
+    async fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64>;
+}

@@ -1,0 +1,155 @@
+//! JSON shapes of the HTTPS API under `/api/v1`, shared by the gateway and the clients.
+//!
+//! With the `openapi` feature they also describe themselves for the generated OpenAPI document.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// `POST /register` and `POST /login` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UserView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub user_id: UserId,
+    pub username: String,
+}
+
+/// `POST /login` answer. The token goes in `Authorization: Bearer` and in the `Hello` frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LoginResponse {
+    pub token: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub user_id: UserId,
+    pub username: String,
+    pub expires_at_ms: u64,
+}
+
+/// `POST /conversations/direct` body: the other person, by username.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateDirect {
+    pub peer: String,
+}
+
+/// `POST /conversations/group` body. The creator is always a member (the owner).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateGroup {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Usernames of the other members.
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MemberView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub user_id: UserId,
+    pub username: String,
+    /// "owner" or "member".
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ConversationView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub conversation_id: ConversationId,
+    /// "direct" or "group".
+    pub kind: String,
+    pub name: String,
+    pub description: String,
+    pub members: Vec<MemberView>,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FileRefView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub file_id: MessageId,
+    pub size: u64,
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MessageView {
+    pub seq: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub message_id: MessageId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub sender_user: UserId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub sender_device: DeviceId,
+    /// The client's idempotency key, as 32 lowercase hex digits.
+    pub client_msg_id: String,
+    pub timestamp_ms: u64,
+    pub content_type: String,
+    /// The opaque payload, standard base64.
+    pub payload_b64: String,
+    pub files: Vec<FileRefView>,
+}
+
+/// `GET /conversations/{id}/messages?before=&after=&limit=` answer, ascending by seq.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HistoryPageView {
+    pub messages: Vec<MessageView>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CertificateHash {
+    /// Always "sha-256".
+    pub algorithm: String,
+    /// Lowercase hex of the DER certificate's SHA-256.
+    pub value: String,
+}
+
+/// `GET /transport` answer: where to connect, and which certificates to pin for WebTransport.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TransportInfo {
+    pub webtransport_url: String,
+    pub websocket_url: String,
+    pub certificate_hashes: Vec<CertificateHash>,
+    pub protocol_version: u16,
+    pub max_frame_bytes: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. "invalid_argument", "unauthenticated", "rate_limited".
+    pub code: String,
+    pub message: String,
+}
+
+/// Every API error: `{"error": {"code", "message"}}` with a matching HTTP status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ApiError {
+    pub error: ErrorBody,
+}

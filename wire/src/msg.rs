@@ -1,0 +1,306 @@
+//! Owned, validated protocol messages.
+//!
+//! These are the types the engine, gateway and clients work with. Only `codec` turns them into or
+//! out of FlatBuffers bytes; nothing else in the project defines bytes on the wire.
+//!
+//! Every message has a `request_id` where the client needs to match an answer to a request
+//! (0 means "no answer expected / not a reply").
+
+use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
+
+/// The protocol version this build speaks. Hello carries a `[min, max]` range; the server picks
+/// the highest version both sides support.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Stable error codes. Numbers never change meaning; new codes are only appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Something the server did not expect went wrong; retry later.
+    Internal = 1,
+    /// The frame failed FlatBuffers verification or made no sense.
+    MalformedFrame = 2,
+    /// The frame exceeded the configured maximum size.
+    FrameTooLarge = 3,
+    /// No version in the client's range is supported.
+    UnsupportedVersion = 4,
+    /// The first frame was not a valid Hello, or the token is unknown/expired.
+    Unauthenticated = 5,
+    /// The token was revoked (logout) while the connection was open.
+    TokenRevoked = 6,
+    /// The caller is authenticated but not allowed (e.g. not a member).
+    Forbidden = 7,
+    /// The referenced conversation, user or message does not exist.
+    NotFound = 8,
+    /// Too many requests; back off.
+    RateLimited = 9,
+    /// A field was out of range or invalid.
+    InvalidArgument = 10,
+    /// The request conflicts with existing state (e.g. name taken).
+    Conflict = 11,
+    /// The connection's send queue overflowed; resume from the cursor.
+    SlowConsumer = 12,
+    /// The server is shutting down.
+    ServerShutdown = 13,
+    /// A limit (members, payload size, ...) was exceeded.
+    LimitExceeded = 14,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::Internal,
+        ErrorCode::MalformedFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::Unauthenticated,
+        ErrorCode::TokenRevoked,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Conflict,
+        ErrorCode::SlowConsumer,
+        ErrorCode::ServerShutdown,
+        ErrorCode::LimitExceeded,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| *c as u16 == v)
+    }
+
+    /// The stable string form, used in JSON errors of the HTTP API too.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Internal => "internal",
+            ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::ServerShutdown => "server_shutdown",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConversationKind {
+    Direct = 1,
+    Group = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MemberRole {
+    Member = 1,
+    Owner = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PresenceStatus {
+    Offline = 0,
+    Online = 1,
+    Away = 2,
+}
+
+/// A position in one conversation: everything up to and including `seq` has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    pub conversation: ConversationId,
+    pub seq: u64,
+}
+
+/// A reference to an uploaded (client-encrypted) file. The decryption key travels inside the
+/// end-to-end encrypted payload, never here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    pub file_id: MessageId,
+    pub size: u64,
+    pub content_type: String,
+}
+
+/// A stored, sequenced message as delivered to devices and returned in history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub conversation: ConversationId,
+    pub seq: u64,
+    /// Time-ordered id (UUIDv7 layout): unique across the server.
+    pub message_id: MessageId,
+    pub sender_user: UserId,
+    pub sender_device: DeviceId,
+    pub client_msg_id: u128,
+    /// Server receive time, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Server-visible content type, e.g. "text", "e2e.megolm", "file". Not the content itself.
+    pub content_type: String,
+    /// Opaque to the server: end-to-end ciphertext in production.
+    pub payload: Vec<u8>,
+    pub files: Vec<FileRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user: UserId,
+    pub username: String,
+    pub role: MemberRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInfo {
+    pub conversation: ConversationId,
+    pub kind: ConversationKind,
+    pub name: String,
+    pub description: String,
+    pub members: Vec<Member>,
+    /// Highest seq assigned so far (0 when empty).
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionCount {
+    pub seq: u64,
+    pub emoji: String,
+    pub count: u32,
+    pub users: Vec<UserId>,
+}
+
+/// One device's public keys in the end-to-end key directory (opaque to the server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeys {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub identity_key: Vec<u8>,
+    pub signed_prekey: Vec<u8>,
+    /// On publish: the one-time keys uploaded. On claim: at most one, consumed by the claim.
+    pub one_time_keys: Vec<Vec<u8>>,
+}
+
+/// Messages a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// First frame on every connection: version range, token, and optional resume cursors.
+    Hello {
+        min_version: u16,
+        max_version: u16,
+        token: String,
+        device: DeviceId,
+        client_name: String,
+        /// Resume after these positions; conversations not listed resume after the cursor the
+        /// server stored for this device.
+        cursors: Vec<Cursor>,
+    },
+    Send {
+        request_id: u64,
+        conversation: ConversationId,
+        client_msg_id: u128,
+        content_type: String,
+        payload: Vec<u8>,
+        files: Vec<FileRef>,
+    },
+    /// The device has everything up to `seq`: advances its stored cursor.
+    Ack { conversation: ConversationId, seq: u64 },
+    /// Re-run resume after these positions (same rules as in Hello).
+    Resume { cursors: Vec<Cursor> },
+    History {
+        request_id: u64,
+        conversation: ConversationId,
+        /// Messages with seq strictly less than this (0 = from the newest).
+        before_seq: u64,
+        /// Messages with seq strictly greater than this (0 = from the oldest when before_seq = 0 too).
+        after_seq: u64,
+        limit: u32,
+    },
+    CreateConversation {
+        request_id: u64,
+        kind: ConversationKind,
+        name: String,
+        description: String,
+        members: Vec<UserId>,
+    },
+    Invite { request_id: u64, conversation: ConversationId, user: UserId },
+    AcceptInvite { request_id: u64, conversation: ConversationId },
+    DeclineInvite { request_id: u64, conversation: ConversationId },
+    AddMember { request_id: u64, conversation: ConversationId, user: UserId },
+    RemoveMember { request_id: u64, conversation: ConversationId, user: UserId },
+    Leave { request_id: u64, conversation: ConversationId },
+    SetPresence { status: PresenceStatus },
+    Typing { conversation: ConversationId, active: bool },
+    React { request_id: u64, conversation: ConversationId, seq: u64, emoji: String, add: bool },
+    PublishKeys { request_id: u64, keys: DeviceKeys },
+    ClaimKeys { request_id: u64, user: UserId },
+    /// A device-to-device key share (e.g. an Olm-encrypted Megolm session key), opaque.
+    KeyShare { to_user: UserId, to_device: DeviceId, payload: Vec<u8> },
+    Ping { nonce: u64 },
+}
+
+/// Server-initiated notices that are not errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Resume skipped messages `from_seq..=to_seq`; fetch them with History when needed.
+    BacklogTruncated { conversation: ConversationId, from_seq: u64, to_seq: u64 },
+    /// The connection could not keep up and will be closed; resume from the cursor.
+    SlowConsumer,
+    /// The server is going away; reconnect after the delay.
+    GoingAway { retry_after_ms: u32 },
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage {
+    Welcome {
+        version: u16,
+        user: UserId,
+        device: DeviceId,
+        server_time_ms: u64,
+        max_frame_bytes: u32,
+    },
+    SendAck {
+        request_id: u64,
+        conversation: ConversationId,
+        client_msg_id: u128,
+        seq: u64,
+        message_id: MessageId,
+        timestamp_ms: u64,
+        /// True when this client_msg_id had been stored before: no new message was created.
+        duplicate: bool,
+    },
+    Deliver { message: Message },
+    /// Resume replay for the listed conversations is complete; live traffic follows.
+    SyncComplete,
+    HistoryPage {
+        request_id: u64,
+        conversation: ConversationId,
+        messages: Vec<Message>,
+        reactions: Vec<ReactionCount>,
+        has_more: bool,
+    },
+    /// A conversation the user belongs to was created or changed (also the answer to requests).
+    Conversation { request_id: u64, info: ConversationInfo },
+    Invitation { conversation: ConversationId, inviter: UserId, name: String },
+    InviteDeclined { conversation: ConversationId, user: UserId },
+    MemberRemoved { conversation: ConversationId, user: UserId },
+    Presence { user: UserId, status: PresenceStatus, last_seen_ms: u64 },
+    Typing { conversation: ConversationId, user: UserId, active: bool },
+    Reaction { conversation: ConversationId, seq: u64, user: UserId, emoji: String, add: bool },
+    KeyBundle { request_id: u64, devices: Vec<DeviceKeys> },
+    KeyShare { from_user: UserId, from_device: DeviceId, payload: Vec<u8> },
+    /// Generic success answer for requests with no other result.
+    Ok { request_id: u64 },
+    Error { request_id: u64, code: ErrorCode, message: String, fatal: bool },
+    Notice { notice: Notice },
+    Pong { nonce: u64 },
+}
+
+impl ServerMessage {
+    pub fn error(request_id: u64, code: ErrorCode, message: impl Into<String>, fatal: bool) -> Self {
+        ServerMessage::Error { request_id, code, message: message.into(), fatal }
+    }
+}
