@@ -1,3 +1,12 @@
-//! Tern's engine. See ARCHITECTURE.md for the map.
+//! Tern's engine: the sans-IO core (sessions, sequencers, group commit, fan-out), the tokio
+//! driver around it, account and conversation services, and storage behind the [`store::Store`]
+//! trait. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod accounts;
+pub mod conversations;
+pub mod core;
+pub mod driver;
+pub mod limits;
+pub mod metrics;
+pub mod service;
 pub mod store;

@@ -82,7 +82,11 @@ id128!(
 impl MessageId {
     /// A UUIDv7 id for the given Unix time in milliseconds (random low bits).
     pub fn new_v7(unix_ms: u64) -> Self {
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, unix_ms / 1000, ((unix_ms % 1000) * 1_000_000) as u32);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            unix_ms / 1000,
+            ((unix_ms % 1000) * 1_000_000) as u32,
+        );
         Self(uuid::Uuid::new_v7(ts).as_u128())
     }
 }

@@ -6,14 +6,18 @@
 //! Every message has a `request_id` where the client needs to match an answer to a request
 //! (0 means "no answer expected / not a reply").
 
+use serde::{Deserialize, Serialize};
+
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
+use crate::serde_hex;
 
 /// The protocol version this build speaks. Hello carries a `[min, max]` range; the server picks
 /// the highest version both sides support.
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Stable error codes. Numbers never change meaning; new codes are only appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u16)]
 pub enum ErrorCode {
     /// Something the server did not expect went wrong; retry later.
@@ -44,10 +48,12 @@ pub enum ErrorCode {
     ServerShutdown = 13,
     /// A limit (members, payload size, ...) was exceeded.
     LimitExceeded = 14,
+    /// The request is valid protocol but this server version does not implement it yet.
+    Unsupported = 15,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Internal,
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
@@ -62,6 +68,7 @@ impl ErrorCode {
         ErrorCode::SlowConsumer,
         ErrorCode::ServerShutdown,
         ErrorCode::LimitExceeded,
+        ErrorCode::Unsupported,
     ];
 
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
@@ -85,25 +92,29 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ServerShutdown => "server_shutdown",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Unsupported => "unsupported",
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum ConversationKind {
     Direct = 1,
     Group = 2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum MemberRole {
     Member = 1,
     Owner = 2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum PresenceStatus {
     Offline = 0,
@@ -112,7 +123,7 @@ pub enum PresenceStatus {
 }
 
 /// A position in one conversation: everything up to and including `seq` has been seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Cursor {
     pub conversation: ConversationId,
     pub seq: u64,
@@ -120,7 +131,7 @@ pub struct Cursor {
 
 /// A reference to an uploaded (client-encrypted) file. The decryption key travels inside the
 /// end-to-end encrypted payload, never here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
     pub file_id: MessageId,
     pub size: u64,
@@ -128,7 +139,7 @@ pub struct FileRef {
 }
 
 /// A stored, sequenced message as delivered to devices and returned in history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub conversation: ConversationId,
     pub seq: u64,
@@ -136,24 +147,26 @@ pub struct Message {
     pub message_id: MessageId,
     pub sender_user: UserId,
     pub sender_device: DeviceId,
+    #[serde(with = "serde_hex::u128")]
     pub client_msg_id: u128,
     /// Server receive time, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     /// Server-visible content type, e.g. "text", "e2e.megolm", "file". Not the content itself.
     pub content_type: String,
     /// Opaque to the server: end-to-end ciphertext in production.
+    #[serde(with = "serde_hex::bytes")]
     pub payload: Vec<u8>,
     pub files: Vec<FileRef>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub user: UserId,
     pub username: String,
     pub role: MemberRole,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationInfo {
     pub conversation: ConversationId,
     pub kind: ConversationKind,
@@ -164,7 +177,7 @@ pub struct ConversationInfo {
     pub last_seq: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReactionCount {
     pub seq: u64,
     pub emoji: String,
@@ -173,18 +186,22 @@ pub struct ReactionCount {
 }
 
 /// One device's public keys in the end-to-end key directory (opaque to the server).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceKeys {
     pub user: UserId,
     pub device: DeviceId,
+    #[serde(with = "serde_hex::bytes")]
     pub identity_key: Vec<u8>,
+    #[serde(with = "serde_hex::bytes")]
     pub signed_prekey: Vec<u8>,
     /// On publish: the one-time keys uploaded. On claim: at most one, consumed by the claim.
+    #[serde(with = "serde_hex::bytes_vec")]
     pub one_time_keys: Vec<Vec<u8>>,
 }
 
 /// Messages a client sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// First frame on every connection: version range, token, and optional resume cursors.
     Hello {
@@ -200,15 +217,22 @@ pub enum ClientMessage {
     Send {
         request_id: u64,
         conversation: ConversationId,
+        #[serde(with = "serde_hex::u128")]
         client_msg_id: u128,
         content_type: String,
+        #[serde(with = "serde_hex::bytes")]
         payload: Vec<u8>,
         files: Vec<FileRef>,
     },
     /// The device has everything up to `seq`: advances its stored cursor.
-    Ack { conversation: ConversationId, seq: u64 },
+    Ack {
+        conversation: ConversationId,
+        seq: u64,
+    },
     /// Re-run resume after these positions (same rules as in Hello).
-    Resume { cursors: Vec<Cursor> },
+    Resume {
+        cursors: Vec<Cursor>,
+    },
     History {
         request_id: u64,
         conversation: ConversationId,
@@ -225,27 +249,77 @@ pub enum ClientMessage {
         description: String,
         members: Vec<UserId>,
     },
-    Invite { request_id: u64, conversation: ConversationId, user: UserId },
-    AcceptInvite { request_id: u64, conversation: ConversationId },
-    DeclineInvite { request_id: u64, conversation: ConversationId },
-    AddMember { request_id: u64, conversation: ConversationId, user: UserId },
-    RemoveMember { request_id: u64, conversation: ConversationId, user: UserId },
-    Leave { request_id: u64, conversation: ConversationId },
-    SetPresence { status: PresenceStatus },
-    Typing { conversation: ConversationId, active: bool },
-    React { request_id: u64, conversation: ConversationId, seq: u64, emoji: String, add: bool },
-    PublishKeys { request_id: u64, keys: DeviceKeys },
-    ClaimKeys { request_id: u64, user: UserId },
+    Invite {
+        request_id: u64,
+        conversation: ConversationId,
+        user: UserId,
+    },
+    AcceptInvite {
+        request_id: u64,
+        conversation: ConversationId,
+    },
+    DeclineInvite {
+        request_id: u64,
+        conversation: ConversationId,
+    },
+    AddMember {
+        request_id: u64,
+        conversation: ConversationId,
+        user: UserId,
+    },
+    RemoveMember {
+        request_id: u64,
+        conversation: ConversationId,
+        user: UserId,
+    },
+    Leave {
+        request_id: u64,
+        conversation: ConversationId,
+    },
+    SetPresence {
+        status: PresenceStatus,
+    },
+    Typing {
+        conversation: ConversationId,
+        active: bool,
+    },
+    React {
+        request_id: u64,
+        conversation: ConversationId,
+        seq: u64,
+        emoji: String,
+        add: bool,
+    },
+    PublishKeys {
+        request_id: u64,
+        keys: DeviceKeys,
+    },
+    ClaimKeys {
+        request_id: u64,
+        user: UserId,
+    },
     /// A device-to-device key share (e.g. an Olm-encrypted Megolm session key), opaque.
-    KeyShare { to_user: UserId, to_device: DeviceId, payload: Vec<u8> },
-    Ping { nonce: u64 },
+    KeyShare {
+        to_user: UserId,
+        to_device: DeviceId,
+        #[serde(with = "serde_hex::bytes")]
+        payload: Vec<u8>,
+    },
+    Ping {
+        nonce: u64,
+    },
 }
 
 /// Server-initiated notices that are not errors.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Notice {
     /// Resume skipped messages `from_seq..=to_seq`; fetch them with History when needed.
-    BacklogTruncated { conversation: ConversationId, from_seq: u64, to_seq: u64 },
+    BacklogTruncated {
+        conversation: ConversationId,
+        from_seq: u64,
+        to_seq: u64,
+    },
     /// The connection could not keep up and will be closed; resume from the cursor.
     SlowConsumer,
     /// The server is going away; reconnect after the delay.
@@ -253,7 +327,8 @@ pub enum Notice {
 }
 
 /// Messages the server sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Welcome {
         version: u16,
@@ -265,6 +340,7 @@ pub enum ServerMessage {
     SendAck {
         request_id: u64,
         conversation: ConversationId,
+        #[serde(with = "serde_hex::u128")]
         client_msg_id: u128,
         seq: u64,
         message_id: MessageId,
@@ -272,7 +348,9 @@ pub enum ServerMessage {
         /// True when this client_msg_id had been stored before: no new message was created.
         duplicate: bool,
     },
-    Deliver { message: Message },
+    Deliver {
+        message: Message,
+    },
     /// Resume replay for the listed conversations is complete; live traffic follows.
     SyncComplete,
     HistoryPage {
@@ -283,24 +361,144 @@ pub enum ServerMessage {
         has_more: bool,
     },
     /// A conversation the user belongs to was created or changed (also the answer to requests).
-    Conversation { request_id: u64, info: ConversationInfo },
-    Invitation { conversation: ConversationId, inviter: UserId, name: String },
-    InviteDeclined { conversation: ConversationId, user: UserId },
-    MemberRemoved { conversation: ConversationId, user: UserId },
-    Presence { user: UserId, status: PresenceStatus, last_seen_ms: u64 },
-    Typing { conversation: ConversationId, user: UserId, active: bool },
-    Reaction { conversation: ConversationId, seq: u64, user: UserId, emoji: String, add: bool },
-    KeyBundle { request_id: u64, devices: Vec<DeviceKeys> },
-    KeyShare { from_user: UserId, from_device: DeviceId, payload: Vec<u8> },
+    Conversation {
+        request_id: u64,
+        info: ConversationInfo,
+    },
+    Invitation {
+        conversation: ConversationId,
+        inviter: UserId,
+        name: String,
+    },
+    InviteDeclined {
+        conversation: ConversationId,
+        user: UserId,
+    },
+    MemberRemoved {
+        conversation: ConversationId,
+        user: UserId,
+    },
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+        last_seen_ms: u64,
+    },
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        active: bool,
+    },
+    Reaction {
+        conversation: ConversationId,
+        seq: u64,
+        user: UserId,
+        emoji: String,
+        add: bool,
+    },
+    KeyBundle {
+        request_id: u64,
+        devices: Vec<DeviceKeys>,
+    },
+    KeyShare {
+        from_user: UserId,
+        from_device: DeviceId,
+        #[serde(with = "serde_hex::bytes")]
+        payload: Vec<u8>,
+    },
     /// Generic success answer for requests with no other result.
-    Ok { request_id: u64 },
-    Error { request_id: u64, code: ErrorCode, message: String, fatal: bool },
-    Notice { notice: Notice },
-    Pong { nonce: u64 },
+    Ok {
+        request_id: u64,
+    },
+    Error {
+        request_id: u64,
+        code: ErrorCode,
+        message: String,
+        fatal: bool,
+    },
+    Notice {
+        notice: Notice,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 impl ServerMessage {
-    pub fn error(request_id: u64, code: ErrorCode, message: impl Into<String>, fatal: bool) -> Self {
-        ServerMessage::Error { request_id, code, message: message.into(), fatal }
+    pub fn error(
+        request_id: u64,
+        code: ErrorCode,
+        message: impl Into<String>,
+        fatal: bool,
+    ) -> Self {
+        ServerMessage::Error {
+            request_id,
+            code,
+            message: message.into(),
+            fatal,
+        }
+    }
+}
+
+impl ClientMessage {
+    /// The variant's name in snake_case, as in the JSON `type` tag (for logs and metrics).
+    pub fn variant_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello { .. } => "hello",
+            ClientMessage::Send { .. } => "send",
+            ClientMessage::Ack { .. } => "ack",
+            ClientMessage::Resume { .. } => "resume",
+            ClientMessage::History { .. } => "history",
+            ClientMessage::CreateConversation { .. } => "create_conversation",
+            ClientMessage::Invite { .. } => "invite",
+            ClientMessage::AcceptInvite { .. } => "accept_invite",
+            ClientMessage::DeclineInvite { .. } => "decline_invite",
+            ClientMessage::AddMember { .. } => "add_member",
+            ClientMessage::RemoveMember { .. } => "remove_member",
+            ClientMessage::Leave { .. } => "leave",
+            ClientMessage::SetPresence { .. } => "set_presence",
+            ClientMessage::Typing { .. } => "typing",
+            ClientMessage::React { .. } => "react",
+            ClientMessage::PublishKeys { .. } => "publish_keys",
+            ClientMessage::ClaimKeys { .. } => "claim_keys",
+            ClientMessage::KeyShare { .. } => "key_share",
+            ClientMessage::Ping { .. } => "ping",
+        }
+    }
+}
+
+impl Notice {
+    /// The variant's name in snake_case, as in the JSON `type` tag.
+    pub fn variant_name(&self) -> &'static str {
+        match self {
+            Notice::BacklogTruncated { .. } => "backlog_truncated",
+            Notice::SlowConsumer => "slow_consumer",
+            Notice::GoingAway { .. } => "going_away",
+        }
+    }
+}
+
+impl ServerMessage {
+    /// The variant's name in snake_case, as in the JSON `type` tag (for logs and metrics).
+    pub fn variant_name(&self) -> &'static str {
+        match self {
+            ServerMessage::Welcome { .. } => "welcome",
+            ServerMessage::SendAck { .. } => "send_ack",
+            ServerMessage::Deliver { .. } => "deliver",
+            ServerMessage::SyncComplete => "sync_complete",
+            ServerMessage::HistoryPage { .. } => "history_page",
+            ServerMessage::Conversation { .. } => "conversation",
+            ServerMessage::Invitation { .. } => "invitation",
+            ServerMessage::InviteDeclined { .. } => "invite_declined",
+            ServerMessage::MemberRemoved { .. } => "member_removed",
+            ServerMessage::Presence { .. } => "presence",
+            ServerMessage::Typing { .. } => "typing",
+            ServerMessage::Reaction { .. } => "reaction",
+            ServerMessage::KeyBundle { .. } => "key_bundle",
+            ServerMessage::KeyShare { .. } => "key_share",
+            ServerMessage::Ok { .. } => "ok",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::Notice { .. } => "notice",
+            ServerMessage::Pong { .. } => "pong",
+        }
     }
 }

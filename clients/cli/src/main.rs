@@ -1,0 +1,440 @@
+//! `tern-cli`: a command-line client for a Tern server.
+
+mod chat;
+mod render;
+mod state;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use tern_sdk::tern_wire::api::ConversationView;
+use tern_sdk::tern_wire::ids::ConversationId;
+use tern_sdk::{Config, HistoryQuery, HttpApi, TransportPref, Trust};
+use time::UtcOffset;
+
+use crate::render::{Directory, conversation_label};
+use crate::state::{Session, State};
+
+const TRUST_HELP: &str = "\
+TRUST: the server's certificate is usually self-signed. At startup the server prints the
+SHA-256 of its certificate and writes cert.pem into its data directory. Pass that hash with
+--cert-hash HEX (or the file with --ca-file cert.pem when its names match the address you use).
+tern-cli never fetches the hash from the server itself: a hash obtained over an unverified
+connection would prove nothing. After `login`, the server address and trust are remembered.
+
+EXAMPLE (two people, two terminals):
+  export TERN_CERT_HASH=<hash printed by the server>
+  TERN_CLI_HOME=/tmp/alice tern-cli --server 127.0.0.1:4433 register alice
+  TERN_CLI_HOME=/tmp/alice tern-cli --server 127.0.0.1:4433 login alice
+  TERN_CLI_HOME=/tmp/bob   tern-cli --server 127.0.0.1:4433 register bob
+  TERN_CLI_HOME=/tmp/bob   tern-cli --server 127.0.0.1:4433 login bob
+  TERN_CLI_HOME=/tmp/alice tern-cli dm bob        # prints the conversation id
+  TERN_CLI_HOME=/tmp/alice tern-cli chat @bob     # terminal 1
+  TERN_CLI_HOME=/tmp/bob   tern-cli chat @alice   # terminal 2";
+
+#[derive(Debug, Parser)]
+#[command(name = "tern-cli", version, about = "Command-line client for a Tern messaging server", after_long_help = TRUST_HELP)]
+struct Cli {
+    /// Server address, HOST:PORT (remembered after login).
+    #[arg(long, env = "TERN_SERVER", global = true)]
+    server: Option<String>,
+    /// SHA-256 of the server's certificate, hex as printed by the server (colons allowed;
+    /// comma-separated for several).
+    #[arg(
+        long = "cert-hash",
+        env = "TERN_CERT_HASH",
+        global = true,
+        value_delimiter = ','
+    )]
+    cert_hash: Vec<String>,
+    /// PEM file with the CA (or the server's own certificate) to verify the server against.
+    #[arg(
+        long = "ca-file",
+        env = "TERN_CA_FILE",
+        global = true,
+        conflicts_with = "cert_hash"
+    )]
+    ca_file: Option<PathBuf>,
+    /// Real-time transport: auto (WebTransport, else WebSocket), wt or ws.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_transport)]
+    transport: TransportPref,
+    /// Directory for the state file (token, device id, cursors). Default ~/.tern-cli.
+    #[arg(long, env = "TERN_CLI_HOME", global = true)]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an account.
+    Register {
+        username: String,
+        /// Prefer TERN_PASSWORD or the prompt: arguments are visible to other local users.
+        #[arg(long, env = "TERN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Log in and remember the session (server, trust, token).
+    Login {
+        username: String,
+        #[arg(long, env = "TERN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Revoke the token on the server and forget it.
+    Logout,
+    /// Show who is logged in.
+    Me,
+    /// Open (or create) the 1:1 conversation with USER; prints its id.
+    Dm { username: String },
+    /// Create a group; prints its id.
+    Group {
+        name: String,
+        /// Other members' usernames, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List your conversations.
+    List,
+    /// Show recent messages of a conversation (id, @user or #group).
+    History {
+        conversation: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only messages with seq below this.
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Chat interactively: every line you type is sent; incoming messages are printed.
+    /// `/quit` or Ctrl-D leaves. Resumes where this device left off.
+    Chat { conversation: String },
+}
+
+fn parse_transport(s: &str) -> Result<TransportPref, String> {
+    s.parse().map_err(|e: tern_sdk::Error| e.to_string())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Must be read before any thread exists (the `time` crate refuses afterwards).
+    let offset = UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(run(cli, offset))
+}
+
+async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
+    let dir = State::dir(cli.home.as_deref())?;
+    let mut st = State::load(&dir)?;
+    match &cli.command {
+        Command::Register { username, password } => {
+            let config = config(&cli, None)?;
+            let password = password_for(password.as_deref(), true)?;
+            let user = HttpApi::new(&config)?
+                .register(username, &password)
+                .await
+                .map_err(|e| hint(e, &config))?;
+            println!(
+                "registered {} ({})",
+                render::sanitize(&user.username),
+                user.user_id
+            );
+            println!(
+                "next: tern-cli --server {} login {}",
+                config.authority(),
+                user.username
+            );
+        }
+        Command::Login { username, password } => {
+            let config = config(&cli, None)?;
+            let password = password_for(password.as_deref(), false)?;
+            let mut api = HttpApi::new(&config)?;
+            let resp = api
+                .login(username, &password)
+                .await
+                .map_err(|e| hint(e, &config))?;
+            if st.cursor_owner != Some(resp.user_id) {
+                st.cursors.clear();
+                st.cursor_owner = Some(resp.user_id);
+            }
+            st.device();
+            st.session = Some(Session {
+                server: config.authority().to_string(),
+                cert_hashes: cli.cert_hash.clone(),
+                ca_file: cli
+                    .ca_file
+                    .as_ref()
+                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+                username: resp.username.clone(),
+                user_id: resp.user_id,
+                token: resp.token,
+                expires_at_ms: resp.expires_at_ms,
+            });
+            st.save(&dir)?;
+            println!(
+                "logged in as {} (session until {})",
+                render::sanitize(&resp.username),
+                render::date_time(resp.expires_at_ms, offset)
+            );
+        }
+        Command::Logout => {
+            let session = st.session.clone().context("not logged in")?;
+            let config = config(&cli, Some(&session))?;
+            let mut api = HttpApi::new(&config)?.with_token(&session.token);
+            let outcome = api.logout().await;
+            // Forget the token either way: if the server could not be told, the local copy is
+            // still better gone.
+            st.session = None;
+            st.save(&dir)?;
+            match outcome {
+                Ok(()) => println!("logged out"),
+                Err(e) if e.is_auth() => println!("logged out (the token was no longer valid)"),
+                Err(e) => eprintln!(
+                    "forgot the local session, but the server did not confirm revocation: {e}"
+                ),
+            }
+        }
+        Command::Me => {
+            let (api, _) = authed(&cli, &st)?;
+            let me = api.me().await?;
+            println!("{} ({})", render::sanitize(&me.username), me.user_id);
+        }
+        Command::Dm { username } => {
+            let (api, _) = authed(&cli, &st)?;
+            let conv = api.create_direct(username).await?;
+            println!("{}", conv.conversation_id);
+        }
+        Command::Group {
+            name,
+            members,
+            description,
+        } => {
+            let (api, _) = authed(&cli, &st)?;
+            let conv = api.create_group(name, description, members).await?;
+            println!("{}", conv.conversation_id);
+        }
+        Command::List => {
+            let (api, session) = authed(&cli, &st)?;
+            let convs = api.conversations().await?;
+            if convs.is_empty() {
+                println!(
+                    "no conversations yet (tern-cli dm USER, or tern-cli group NAME --members a,b)"
+                );
+            }
+            for c in &convs {
+                let seen = st.cursors.get(&c.conversation_id).copied().unwrap_or(0);
+                let unread = c.last_seq.saturating_sub(seen);
+                println!(
+                    "{}  {:<24} {:>3} members  {:>6} messages  {}",
+                    c.conversation_id,
+                    conversation_label(session.user_id, c),
+                    c.members.len(),
+                    c.last_seq,
+                    if unread > 0 {
+                        format!("{unread} unread")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        Command::History {
+            conversation,
+            limit,
+            before,
+        } => {
+            let (api, session) = authed(&cli, &st)?;
+            let convs = api.conversations().await?;
+            let conv = resolve(conversation, session.user_id, &convs)?;
+            let mut dir_names = Directory::default();
+            for c in &convs {
+                dir_names.learn(session.user_id, c);
+            }
+            let page = api
+                .history(
+                    conv.conversation_id,
+                    HistoryQuery {
+                        before: *before,
+                        after: None,
+                        limit: Some(*limit),
+                    },
+                )
+                .await?;
+            if page.has_more {
+                let oldest = page.messages.first().map_or(0, |m| m.seq);
+                println!("(older messages: --before {oldest})");
+            }
+            for v in &page.messages {
+                let m = tern_sdk::message_from_view(conv.conversation_id, v)?;
+                println!(
+                    "[{}] #{} {}: {}",
+                    render::date_time(m.timestamp_ms, offset),
+                    m.seq,
+                    dir_names.user(m.sender_user),
+                    render::body(&m)
+                );
+            }
+        }
+        Command::Chat { conversation } => {
+            let (api, session) = authed(&cli, &st)?;
+            let convs = api.conversations().await?;
+            let conv = resolve(conversation, session.user_id, &convs)?.clone();
+            let config = config(&cli, Some(&session))?
+                .with_client_name(format!("tern-cli/{}", env!("CARGO_PKG_VERSION")));
+            let device = st.device();
+            st.save(&dir)?;
+            chat::run(chat::ChatArgs {
+                config,
+                api,
+                session,
+                device,
+                conversation: conv,
+                conversations: convs,
+                cursors: st.cursor_list(),
+                state_dir: dir,
+                offset,
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the SDK config: command-line server/trust first, then the remembered session's.
+fn config(cli: &Cli, session: Option<&Session>) -> Result<Config> {
+    let server = match (&cli.server, session) {
+        (Some(s), _) => s.clone(),
+        (None, Some(sess)) => sess.server.clone(),
+        (None, None) => bail!("no server: pass --server HOST:PORT (or set TERN_SERVER)"),
+    };
+    // The session's trust only applies to the session's server.
+    let same_server =
+        session.filter(|s| s.server == server.trim_start_matches("https://").trim_end_matches('/'));
+    let trust = if !cli.cert_hash.is_empty() {
+        Trust::pinned_hex(&cli.cert_hash)?
+    } else if let Some(ca) = &cli.ca_file {
+        Trust::ca_pem_file(ca)?
+    } else if let Some(s) = same_server.filter(|s| !s.cert_hashes.is_empty()) {
+        Trust::pinned_hex(&s.cert_hashes)?
+    } else if let Some(ca) = same_server.and_then(|s| s.ca_file.as_ref()) {
+        Trust::ca_pem_file(ca)?
+    } else {
+        Trust::System
+    };
+    Ok(Config::new(&server, trust)?.with_transport(cli.transport))
+}
+
+fn authed(cli: &Cli, st: &State) -> Result<(HttpApi, Session)> {
+    let session = st
+        .session
+        .clone()
+        .context("not logged in: run `tern-cli --server HOST:PORT login USER` first")?;
+    if let Some(s) = &cli.server
+        && s.trim_start_matches("https://").trim_end_matches('/') != session.server
+    {
+        bail!(
+            "logged in to {}, not {s}: log in there first",
+            session.server
+        );
+    }
+    let config = config(cli, Some(&session))?;
+    Ok((HttpApi::new(&config)?.with_token(&session.token), session))
+}
+
+/// Finds a conversation by id, `@user` (direct), `#name` or a bare name (group or peer).
+fn resolve<'a>(
+    arg: &str,
+    me: tern_sdk::tern_wire::ids::UserId,
+    convs: &'a [ConversationView],
+) -> Result<&'a ConversationView> {
+    if let Ok(id) = arg.parse::<ConversationId>() {
+        return convs
+            .iter()
+            .find(|c| c.conversation_id == id)
+            .ok_or_else(|| anyhow!("no conversation {id} among yours (tern-cli list)"));
+    }
+    let want = arg.trim();
+    let hits: Vec<&ConversationView> = convs
+        .iter()
+        .filter(|c| {
+            let label = conversation_label(me, c);
+            label == want || label[1..] == *want
+        })
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("no conversation named {want:?} (tern-cli list; tern-cli dm USER creates one)"),
+        _ => bail!("{want:?} is ambiguous; use the conversation id (tern-cli list)"),
+    }
+}
+
+/// `--password`/`TERN_PASSWORD`, else a prompt (no echo on a terminal, a line otherwise).
+fn password_for(given: Option<&str>, confirm: bool) -> Result<String> {
+    if let Some(p) = given {
+        return Ok(p.to_string());
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("Password: ")?;
+        if confirm && rpassword::prompt_password("Repeat password: ")? != p {
+            bail!("passwords do not match");
+        }
+        Ok(p)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+/// Adds the likely fix to TLS failures with no pin configured.
+fn hint(e: tern_sdk::Error, config: &Config) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let source_text = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let tlsish = matches!(e, tern_sdk::Error::Http(_))
+        && (source_text.contains("certificate") || source_text.contains("Certificate"));
+    if tlsish && matches!(config.trust(), Trust::System) {
+        anyhow!(
+            "{text}: {source_text}\nhint: the server's certificate is probably self-signed; pass --cert-hash with the SHA-256 the server printed"
+        )
+    } else if source_text.is_empty() {
+        anyhow!("{text}")
+    } else {
+        anyhow!("{text}: {source_text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_global_flags_after_command() {
+        let cli = Cli::try_parse_from([
+            "tern-cli",
+            "chat",
+            "@bob",
+            "--server",
+            "127.0.0.1:4433",
+            "--transport",
+            "ws",
+        ])
+        .expect("parse");
+        assert_eq!(cli.server.as_deref(), Some("127.0.0.1:4433"));
+        assert_eq!(cli.transport, TransportPref::WebSocket);
+        assert!(Cli::try_parse_from(["tern-cli", "--transport", "udp", "me"]).is_err());
+    }
+}

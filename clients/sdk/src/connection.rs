@@ -1,0 +1,726 @@
+//! One authenticated real-time connection: Hello/Welcome, then a reader task and a writer task.
+//!
+//! * The **reader task** decodes every frame. Replies to requests (`SendAck`, `HistoryPage`,
+//!   `Pong`, request errors, ...) go straight to the waiting caller, matched by `request_id`
+//!   (or ping nonce); everything else is queued as an [`Event`].
+//! * The **writer task** owns the sending half, so a caller that gives up (timeout, dropped
+//!   future) can never leave half a frame on the stream: a frame is either queued whole or not
+//!   at all.
+//!
+//! Queues are bounded ([`EVENT_QUEUE`], [`OUTGOING_QUEUE`]). When the application stops calling
+//! [`Connection::next_event`] and the event queue fills up, the reader stops reading: TCP/QUIC
+//! flow control pushes back on the server, which eventually drops the connection as a slow
+//! consumer. Nothing is lost (resume from the cursor), but replies queue behind events too, so a
+//! caller awaiting `send()` while nobody drains events for a long time will time out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
+use tern_wire::msg::{
+    ClientMessage, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION, ServerMessage,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{CloseReason, Error, Result};
+use crate::transport::{FrameReader, FrameWriter, Transport, TransportKind};
+
+/// Server events buffered between the reader task and [`Connection::next_event`].
+pub const EVENT_QUEUE: usize = 1024;
+/// Frames buffered between callers and the writer task.
+pub const OUTGOING_QUEUE: usize = 256;
+/// How long [`Connection::close`] waits for the goodbye to be written.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the server said in `Welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub version: u16,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub server_time_ms: u64,
+    pub max_frame_bytes: u32,
+}
+
+/// A durable send: the server stored the message as `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub conversation: ConversationId,
+    pub client_msg_id: u128,
+    pub seq: u64,
+    pub message_id: MessageId,
+    pub timestamp_ms: u64,
+    /// The server had this `client_msg_id` already (a retry): no new message was created.
+    pub duplicate: bool,
+}
+
+/// A page of history over the socket, ascending by seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub conversation: ConversationId,
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// Something the server sent that was not a reply to one of our requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Deliver(Message),
+    /// Resume replay is done; live traffic follows.
+    SyncComplete,
+    Notice(Notice),
+    /// An error not matched to a waiting request (e.g. for a fire-and-forget frame). A fatal one
+    /// is followed by `Closed`.
+    Error {
+        request_id: u64,
+        code: ErrorCode,
+        message: String,
+        fatal: bool,
+    },
+    /// Presence, typing, invitations, conversation changes, ...
+    Other(ServerMessage),
+    /// The last event: the connection is gone.
+    Closed(CloseReason),
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Waiter {
+    Request(u64),
+    Pong(u64),
+}
+
+#[derive(Default)]
+struct SharedState {
+    pending: HashMap<Waiter, oneshot::Sender<ServerMessage>>,
+    closed: Option<CloseReason>,
+}
+
+/// State shared by the connection handle and its tasks. A std mutex: critical sections are a
+/// map insert/remove, never held across an await.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<SharedState>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        // A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, key: Waiter) -> Result<oneshot::Receiver<ServerMessage>> {
+        let mut st = self.lock();
+        if let Some(reason) = &st.closed {
+            return Err(Error::Closed(reason.clone()));
+        }
+        let (tx, rx) = oneshot::channel();
+        st.pending.insert(key, tx);
+        Ok(rx)
+    }
+
+    fn unregister(&self, key: Waiter) {
+        self.lock().pending.remove(&key);
+    }
+
+    /// Hands a reply to its waiter; gives the message back when nobody waits for it.
+    fn route(&self, msg: ServerMessage) -> Option<ServerMessage> {
+        let key = match &msg {
+            ServerMessage::SendAck { request_id, .. }
+            | ServerMessage::HistoryPage { request_id, .. }
+            | ServerMessage::Conversation { request_id, .. }
+            | ServerMessage::KeyBundle { request_id, .. }
+            | ServerMessage::Ok { request_id }
+            | ServerMessage::Error { request_id, .. }
+                if *request_id != 0 =>
+            {
+                Waiter::Request(*request_id)
+            }
+            ServerMessage::Pong { nonce } => Waiter::Pong(*nonce),
+            _ => return Some(msg),
+        };
+        let waiter = self.lock().pending.remove(&key);
+        match waiter {
+            // A waiter that gave up (timeout) dropped its receiver: the late reply is discarded
+            // rather than surfaced as an event nobody expects.
+            Some(tx) => {
+                let _ = tx.send(msg);
+                None
+            }
+            None => Some(msg),
+        }
+    }
+
+    /// Marks the connection closed; dropping the waiters' senders wakes them with the reason.
+    fn close(&self, reason: CloseReason) {
+        let mut st = self.lock();
+        if st.closed.is_none() {
+            st.closed = Some(reason);
+        }
+        st.pending.clear();
+    }
+
+    fn reason(&self) -> Option<CloseReason> {
+        self.lock().closed.clone()
+    }
+}
+
+/// Removes a pending waiter when the request future ends for any reason (answered, timed out,
+/// cancelled), so abandoned requests do not accumulate.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    key: Waiter,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.unregister(self.key);
+    }
+}
+
+/// An authenticated connection. See the module docs for the task and queue structure.
+pub struct Connection {
+    out: mpsc::Sender<Outgoing>,
+    events: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
+    welcome: Welcome,
+    kind: TransportKind,
+    next_id: AtomicU64,
+    request_timeout: Duration,
+    max_out_frame: usize,
+    reader: JoinHandle<()>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("welcome", &self.welcome)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connects (per `config.transport`), sends `Hello` and waits for `Welcome`.
+    ///
+    /// `cursors` are resume positions; conversations not listed resume after the cursor the
+    /// server stored for this device.
+    pub async fn connect(
+        config: &Config,
+        token: &str,
+        device: DeviceId,
+        cursors: &[Cursor],
+    ) -> Result<Connection> {
+        let transport = Transport::connect(config).await?;
+        Self::handshake(transport, config, token, device, cursors).await
+    }
+
+    /// Runs Hello/Welcome on an already connected transport and starts the tasks.
+    pub async fn handshake(
+        mut transport: Transport,
+        config: &Config,
+        token: &str,
+        device: DeviceId,
+        cursors: &[Cursor],
+    ) -> Result<Connection> {
+        match Self::hello(&mut transport, config, token, device, cursors).await {
+            Ok(welcome) => Ok(Self::start(transport, config, welcome)),
+            Err(e) => {
+                let _ = transport.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn hello(
+        transport: &mut Transport,
+        config: &Config,
+        token: &str,
+        device: DeviceId,
+        cursors: &[Cursor],
+    ) -> Result<Welcome> {
+        let hello = ClientMessage::Hello {
+            min_version: 1,
+            max_version: PROTOCOL_VERSION,
+            token: token.to_string(),
+            device,
+            client_name: config.client_name.clone(),
+            cursors: cursors.to_vec(),
+        };
+        transport.send_message(&hello).await?;
+        let limits = tern_wire::Limits::for_frame_size(config.max_frame_bytes);
+        let answer = tokio::time::timeout(config.connect_timeout, transport.recv_message(&limits))
+            .await
+            .map_err(|_| Error::Timeout("Welcome"))??;
+        match answer {
+            Some(ServerMessage::Welcome {
+                version,
+                user,
+                device,
+                server_time_ms,
+                max_frame_bytes,
+            }) => {
+                if !(1..=PROTOCOL_VERSION).contains(&version) {
+                    return Err(Error::Protocol(format!(
+                        "server chose unsupported version {version}"
+                    )));
+                }
+                Ok(Welcome {
+                    version,
+                    user,
+                    device,
+                    server_time_ms,
+                    max_frame_bytes,
+                })
+            }
+            Some(ServerMessage::Error {
+                code,
+                message,
+                fatal,
+                ..
+            }) => Err(Error::Server {
+                code,
+                message,
+                fatal,
+            }),
+            Some(other) => Err(Error::Protocol(format!(
+                "expected Welcome, got {}",
+                variant_name(&other)
+            ))),
+            None => Err(Error::Closed(CloseReason::ClosedByServer)),
+        }
+    }
+
+    fn start(transport: Transport, config: &Config, welcome: Welcome) -> Connection {
+        let kind = transport.kind();
+        let (writer, reader) = transport.into_split();
+        let shared = Arc::new(Shared::default());
+        let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let limits = tern_wire::Limits::for_frame_size(config.max_frame_bytes);
+        let reader = tokio::spawn(read_loop(reader, limits, shared.clone(), ev_tx));
+        let writer = tokio::spawn(write_loop(writer, out_rx, shared.clone()));
+        let server_max = welcome.max_frame_bytes as usize;
+        let max_out_frame = if server_max == 0 {
+            config.max_frame_bytes
+        } else {
+            config.max_frame_bytes.min(server_max)
+        };
+        Connection {
+            out: out_tx,
+            events: ev_rx,
+            shared,
+            welcome,
+            kind,
+            next_id: AtomicU64::new(1),
+            request_timeout: config.request_timeout,
+            max_out_frame,
+            reader,
+            writer: Some(writer),
+        }
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    pub fn transport_kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.reason()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.reason().is_some()
+    }
+
+    /// The next server event; `None` after `Event::Closed` has been returned.
+    /// Cancel-safe (an mpsc receive).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Sends a message and waits until the server has stored it (its `SendAck`).
+    ///
+    /// Retrying with the same `client_msg_id` is safe: the server answers `duplicate: true`
+    /// with the original seq instead of storing it twice.
+    pub async fn send(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: u128,
+        content_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<SendReceipt> {
+        let reply = self
+            .request(|request_id| ClientMessage::Send {
+                request_id,
+                conversation,
+                client_msg_id,
+                content_type: content_type.to_string(),
+                payload,
+                files: Vec::new(),
+            })
+            .await?;
+        match reply {
+            ServerMessage::SendAck {
+                conversation: c,
+                client_msg_id: id,
+                seq,
+                message_id,
+                timestamp_ms,
+                duplicate,
+                ..
+            } => {
+                if c != conversation || id != client_msg_id {
+                    return Err(Error::Protocol("SendAck for a different message".into()));
+                }
+                Ok(SendReceipt {
+                    conversation,
+                    client_msg_id,
+                    seq,
+                    message_id,
+                    timestamp_ms,
+                    duplicate,
+                })
+            }
+            other => Err(Error::Protocol(format!(
+                "expected SendAck, got {}",
+                variant_name(&other)
+            ))),
+        }
+    }
+
+    /// Advances this device's stored cursor (fire-and-forget).
+    pub async fn ack(&self, conversation: ConversationId, seq: u64) -> Result<()> {
+        self.send_message(&ClientMessage::Ack { conversation, seq })
+            .await
+    }
+
+    /// Re-runs resume after these positions; replay and `SyncComplete` arrive as events.
+    pub async fn resume(&self, cursors: &[Cursor]) -> Result<()> {
+        self.send_message(&ClientMessage::Resume {
+            cursors: cursors.to_vec(),
+        })
+        .await
+    }
+
+    /// History over the socket: seq in `(after_seq, before_seq)`, 0 meaning unbounded.
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        before_seq: u64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<HistoryPage> {
+        let reply = self
+            .request(|request_id| ClientMessage::History {
+                request_id,
+                conversation,
+                before_seq,
+                after_seq,
+                limit,
+            })
+            .await?;
+        match reply {
+            ServerMessage::HistoryPage {
+                conversation: c,
+                mut messages,
+                has_more,
+                ..
+            } => {
+                if c != conversation {
+                    return Err(Error::Protocol(
+                        "HistoryPage for a different conversation".into(),
+                    ));
+                }
+                messages.retain(|m| m.conversation == conversation);
+                messages.sort_by_key(|m| m.seq);
+                Ok(HistoryPage {
+                    conversation,
+                    messages,
+                    has_more,
+                })
+            }
+            other => Err(Error::Protocol(format!(
+                "expected HistoryPage, got {}",
+                variant_name(&other)
+            ))),
+        }
+    }
+
+    /// Round trip to the server.
+    pub async fn ping(&self) -> Result<Duration> {
+        let nonce = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = Waiter::Pong(nonce);
+        let rx = self.shared.register(key)?;
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            key,
+        };
+        let start = Instant::now();
+        self.send_message(&ClientMessage::Ping { nonce }).await?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Err(_) => Err(Error::Timeout("Pong")),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Ok(Ok(_)) => Ok(start.elapsed()),
+        }
+    }
+
+    /// Sends a request built with a fresh `request_id` and waits for the reply that carries it.
+    /// An `Error` reply becomes `Error::Server`. The building block for requests this type has
+    /// no dedicated method for (CreateConversation, Invite, React, ClaimKeys, ...).
+    pub async fn request(&self, build: impl FnOnce(u64) -> ClientMessage) -> Result<ServerMessage> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = Waiter::Request(request_id);
+        let rx = self.shared.register(key)?;
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            key,
+        };
+        self.send_message(&build(request_id)).await?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Err(_) => Err(Error::Timeout("reply")),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Ok(Ok(ServerMessage::Error {
+                code,
+                message,
+                fatal,
+                ..
+            })) => Err(Error::Server {
+                code,
+                message,
+                fatal,
+            }),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    /// Encodes and queues a message without waiting for any answer (Typing, SetPresence, ...).
+    pub async fn send_message(&self, msg: &ClientMessage) -> Result<()> {
+        let frame = tern_wire::encode_client(msg);
+        if frame.len() > self.max_out_frame {
+            return Err(Error::FrameTooLarge {
+                size: frame.len(),
+                max: self.max_out_frame,
+            });
+        }
+        if let Some(reason) = self.shared.reason() {
+            return Err(Error::Closed(reason));
+        }
+        self.out
+            .send(Outgoing::Frame(frame))
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Flushes queued frames, closes the transport gracefully and stops the tasks.
+    pub async fn close(mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.out.send(Outgoing::Close(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_GRACE, rx).await;
+        }
+        self.shared.close(CloseReason::Local);
+        self.reader.abort();
+        if let Some(w) = self.writer.take() {
+            w.abort();
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(self.shared.reason().unwrap_or(CloseReason::Local))
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The writer ends by itself once `out` is dropped (it closes the transport on the way);
+        // the reader may be parked in a read, so stop it here.
+        self.reader.abort();
+        self.shared.close(CloseReason::Local);
+    }
+}
+
+async fn read_loop(
+    mut reader: FrameReader,
+    limits: tern_wire::Limits,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+) {
+    // A fatal Error is followed by the server closing; report the error, not the close.
+    let mut fatal: Option<CloseReason> = None;
+    let reason = loop {
+        let frame = match reader.recv_frame().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break fatal.take().unwrap_or(CloseReason::ClosedByServer),
+            Err(e) => {
+                break fatal.take().unwrap_or_else(|| match e {
+                    Error::Protocol(p) => CloseReason::Protocol(p),
+                    Error::Wire(w) => CloseReason::Protocol(w.to_string()),
+                    other => CloseReason::Transport(other.to_string()),
+                });
+            }
+        };
+        let msg = match tern_wire::decode_server(&frame, &limits) {
+            Ok(m) => m,
+            Err(e) => break CloseReason::Protocol(format!("undecodable frame: {e}")),
+        };
+        if let ServerMessage::Error {
+            code,
+            message,
+            fatal: true,
+            ..
+        } = &msg
+        {
+            fatal = Some(CloseReason::Fatal {
+                code: *code,
+                message: message.clone(),
+            });
+        }
+        let Some(msg) = shared.route(msg) else {
+            continue;
+        };
+        let event = match msg {
+            ServerMessage::Deliver { message } => Event::Deliver(message),
+            ServerMessage::SyncComplete => Event::SyncComplete,
+            ServerMessage::Notice { notice } => Event::Notice(notice),
+            ServerMessage::Error {
+                request_id,
+                code,
+                message,
+                fatal,
+            } => Event::Error {
+                request_id,
+                code,
+                message,
+                fatal,
+            },
+            other => Event::Other(other),
+        };
+        if events.send(event).await.is_err() {
+            break CloseReason::Local; // the Connection was dropped
+        }
+    };
+    shared.close(reason.clone());
+    let _ = events.send(Event::Closed(reason)).await;
+}
+
+async fn write_loop(
+    mut writer: FrameWriter,
+    mut rx: mpsc::Receiver<Outgoing>,
+    shared: Arc<Shared>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Frame(frame) => {
+                if let Err(e) = writer.send_frame(&frame).await {
+                    shared.close(CloseReason::Transport(e.to_string()));
+                    return;
+                }
+            }
+            Outgoing::Close(done) => {
+                let _ = writer.close().await;
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+    // Every handle is gone: say goodbye properly instead of just dropping the socket.
+    let _ = writer.close().await;
+}
+
+/// For error messages only.
+fn variant_name(m: &ServerMessage) -> &'static str {
+    match m {
+        ServerMessage::Welcome { .. } => "Welcome",
+        ServerMessage::SendAck { .. } => "SendAck",
+        ServerMessage::Deliver { .. } => "Deliver",
+        ServerMessage::SyncComplete => "SyncComplete",
+        ServerMessage::HistoryPage { .. } => "HistoryPage",
+        ServerMessage::Conversation { .. } => "Conversation",
+        ServerMessage::Invitation { .. } => "Invitation",
+        ServerMessage::InviteDeclined { .. } => "InviteDeclined",
+        ServerMessage::MemberRemoved { .. } => "MemberRemoved",
+        ServerMessage::Presence { .. } => "Presence",
+        ServerMessage::Typing { .. } => "Typing",
+        ServerMessage::Reaction { .. } => "Reaction",
+        ServerMessage::KeyBundle { .. } => "KeyBundle",
+        ServerMessage::KeyShare { .. } => "KeyShare",
+        ServerMessage::Ok { .. } => "Ok",
+        ServerMessage::Error { .. } => "Error",
+        ServerMessage::Notice { .. } => "Notice",
+        ServerMessage::Pong { .. } => "Pong",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(request_id: u64) -> ServerMessage {
+        ServerMessage::SendAck {
+            request_id,
+            conversation: ConversationId(1),
+            client_msg_id: 1,
+            seq: 1,
+            message_id: MessageId(1),
+            timestamp_ms: 0,
+            duplicate: false,
+        }
+    }
+
+    #[test]
+    fn replies_route_to_waiters_and_others_pass_through() {
+        let shared = Shared::default();
+        let mut rx = shared.register(Waiter::Request(5)).expect("open");
+        assert_eq!(shared.route(ack(5)), None);
+        assert_eq!(rx.try_recv().expect("routed"), ack(5));
+        // Unmatched reply and non-replies become events.
+        assert_eq!(shared.route(ack(6)), Some(ack(6)));
+        assert_eq!(
+            shared.route(ServerMessage::SyncComplete),
+            Some(ServerMessage::SyncComplete)
+        );
+        // request_id 0 errors are never routed.
+        let _rx0 = shared.register(Waiter::Request(0)).expect("open");
+        let err = ServerMessage::error(0, ErrorCode::Internal, "x", false);
+        assert_eq!(shared.route(err.clone()), Some(err));
+    }
+
+    #[test]
+    fn close_fails_waiters_and_new_requests() {
+        let shared = Shared::default();
+        let mut rx = shared.register(Waiter::Pong(1)).expect("open");
+        shared.close(CloseReason::ClosedByServer);
+        assert!(rx.try_recv().is_err());
+        match shared.register(Waiter::Request(2)) {
+            Err(Error::Closed(CloseReason::ClosedByServer)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        // The first reason sticks.
+        shared.close(CloseReason::Local);
+        assert_eq!(shared.reason(), Some(CloseReason::ClosedByServer));
+    }
+
+    #[test]
+    fn guard_unregisters() {
+        let shared = Shared::default();
+        let _rx = shared.register(Waiter::Request(3)).expect("open");
+        drop(PendingGuard {
+            shared: &shared,
+            key: Waiter::Request(3),
+        });
+        assert!(shared.lock().pending.is_empty());
+    }
+}

@@ -1,0 +1,140 @@
+//! The SDK's error type.
+
+use std::time::Duration;
+
+use tern_wire::msg::ErrorCode;
+
+/// An error answered by the HTTPS API: the HTTP status, the stable machine-readable code from the
+/// `ApiError` body and, for 429, how long to wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub status: u16,
+    /// The stable code (e.g. `"unauthenticated"`, `"conflict"`). When the body was not an
+    /// `ApiError` (a proxy's page, a crash) this is `"http_<status>"`.
+    pub code: String,
+    pub message: String,
+    /// Parsed from `Retry-After` (seconds form) when the server sent it.
+    pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}: {}", self.status, self.code, self.message)?;
+        if let Some(d) = self.retry_after {
+            write!(f, " (retry after {}s)", d.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a connection ended. Carried by the final `Event::Closed` and by the errors of requests
+/// that were in flight when it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server sent a fatal `Error` (e.g. `TokenRevoked`, `SlowConsumer`) and closed.
+    Fatal { code: ErrorCode, message: String },
+    /// The server closed the transport cleanly without saying why.
+    ClosedByServer,
+    /// The transport failed (reset, timeout, TLS error).
+    Transport(String),
+    /// The server sent something this client cannot accept (undecodable or oversized frame).
+    Protocol(String),
+    /// `close()` was called locally.
+    Local,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Fatal { code, message } => {
+                write!(f, "server error {}: {message}", code.as_str())
+            }
+            CloseReason::ClosedByServer => f.write_str("closed by the server"),
+            CloseReason::Transport(e) => write!(f, "transport failed: {e}"),
+            CloseReason::Protocol(e) => write!(f, "protocol violation by the server: {e}"),
+            CloseReason::Local => f.write_str("closed locally"),
+        }
+    }
+}
+
+/// Everything the SDK can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad argument or configuration (server address, certificate hash, PEM file).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Building the TLS configuration failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The HTTPS request did not complete (connect, TLS handshake, timeout, body).
+    #[error("HTTP request failed: {0}")]
+    Http(#[source] reqwest::Error),
+    /// The HTTPS API answered with an error.
+    #[error("API error: {0}")]
+    Api(ApiFailure),
+    /// A successful HTTP answer whose body was not the expected JSON.
+    #[error("unexpected API response: {0}")]
+    BadResponse(String),
+    /// The WebSocket connection failed. Boxed: tungstenite's error is large.
+    #[error("WebSocket: {0}")]
+    WebSocket(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    /// The WebTransport session or its stream failed.
+    #[error("WebTransport: {0}")]
+    WebTransport(String),
+    /// A frame could not be encoded or decoded.
+    #[error("wire: {0}")]
+    Wire(#[from] tern_wire::WireError),
+    /// The server answered a request (or the Hello) with an `Error` frame.
+    #[error("server error {}: {message}", code.as_str())]
+    Server {
+        code: ErrorCode,
+        message: String,
+        fatal: bool,
+    },
+    /// The server sent something out of protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// No answer within the configured time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The connection is closed (or closed while the request was in flight).
+    #[error("connection closed: {0}")]
+    Closed(CloseReason),
+    /// The outgoing frame is larger than the negotiated maximum.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    FrameTooLarge { size: usize, max: usize },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The API error code (HTTP errors) or the wire error code's string form (socket errors).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api(f) => Some(f.code.as_str()),
+            Error::Server { code, .. } => Some(code.as_str()),
+            Error::Closed(CloseReason::Fatal { code, .. }) => Some(code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// True when the credentials or token are no longer good: retrying will not help, logging
+    /// in again will.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.code(), Some("unauthenticated" | "token_revoked"))
+    }
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(e: reqwest::Error) -> Self {
+        Error::Http(e)
+    }
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Error {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Error::WebSocket(Box::new(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,36 @@
+//! Tern's Rust client SDK.
+//!
+//! Layers, bottom up:
+//! * [`tls`]: one trust decision ([`Trust`]: pinned SHA-256, CA PEM or system roots) turned into
+//!   rustls configs for HTTPS, WSS and WebTransport, always with the ring provider.
+//! * [`HttpApi`]: the HTTPS JSON API (accounts, conversations, history).
+//! * [`Transport`]: raw frames over WebTransport or WebSocket (public so tests can send
+//!   malformed frames).
+//! * [`Connection`]: Hello/Welcome, request/reply matching, an event queue.
+//! * [`Client`]: cursors, resume, de-duplication, gap filling, Acks.
+//!
+//! Everything runs on a current-thread tokio runtime (tasks are spawned with `tokio::spawn`, so
+//! call from within a runtime).
+
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod http;
+pub mod sync;
+pub mod tls;
+pub mod transport;
+
+pub use client::{Client, ClientEvent, SkipReason};
+pub use config::{Config, DEFAULT_MAX_FRAME_BYTES, TransportPref};
+pub use connection::{
+    Connection, EVENT_QUEUE, Event, HistoryPage, OUTGOING_QUEUE, SendReceipt, Welcome,
+};
+pub use error::{ApiFailure, CloseReason, Error, Result};
+pub use http::{HistoryQuery, HttpApi, message_from_view};
+pub use sync::{Gap, SyncState};
+pub use tls::{PinnedCertVerifier, Trust, certificate_sha256};
+pub use transport::{FrameReader, FrameWriter, Transport, TransportKind};
+
+// Re-exported so users need not depend on tern-wire directly for the common types.
+pub use tern_wire;

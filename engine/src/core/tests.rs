@@ -1,0 +1,210 @@
+//! Unit tests of the sans-IO core: exact inputs, exact actions.
+
+use super::*;
+
+const ALICE: UserId = UserId::from_u128(1);
+const BOB: UserId = UserId::from_u128(2);
+const MALLORY: UserId = UserId::from_u128(3);
+const CONV: ConversationId = ConversationId::from_u128(100);
+
+fn core() -> EngineCore {
+    EngineCore::new(EngineLimits::default(), 7).expect("default limits are valid")
+}
+
+fn connect(core: &mut EngineCore, conn: ConnId, user: UserId) {
+    let device = DeviceId::from_u128(1000 + conn as u128);
+    assert!(core.handle(Input::Connected { conn, user, device, token_hash: [conn as u8; 32] }, 1).is_empty());
+}
+
+fn send(conn: ConnId, request_id: u64, client_msg_id: u128) -> Input {
+    Input::Send(SendRequest {
+        conn,
+        request_id,
+        conversation: CONV,
+        client_msg_id,
+        content_type: "text".into(),
+        payload: vec![1, 2, 3],
+        files: vec![],
+    })
+}
+
+fn loaded(last_seq: u64) -> Input {
+    Input::Loaded { conversation: CONV, snapshot: Some(ConversationSnapshot { members: vec![ALICE, BOB], last_seq }) }
+}
+
+fn commit_of(actions: &[Action]) -> (BatchId, CommitBatch) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Commit { batch, data } => Some((*batch, data.clone())),
+            _ => None,
+        })
+        .expect("a commit action")
+}
+
+fn acks(actions: &[Action]) -> Vec<(ConnId, u64, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply { conn, message: ServerMessage::SendAck { seq, duplicate, .. } } => Some((*conn, *seq, *duplicate)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn send_is_acked_and_delivered_only_after_commit() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, BOB);
+    connect(&mut core, 3, ALICE); // Alice's second device
+    assert_eq!(core.handle(send(1, 9, 42), 10), vec![Action::Load { conversation: CONV }]);
+    let actions = core.handle(loaded(0), 11);
+    let (batch, data) = commit_of(&actions);
+    assert_eq!(data.messages.len(), 1);
+    assert_eq!(data.messages[0].seq, 1);
+    assert!(acks(&actions).is_empty(), "nothing is acknowledged before it is durable");
+    let actions = core.handle(Input::Committed { batch, ok: true }, 12);
+    assert_eq!(acks(&actions), vec![(1, 1, false)]);
+    let delivered: Vec<ConnId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { conns, .. } => Some(conns.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut delivered = delivered;
+    delivered.sort();
+    assert_eq!(delivered, vec![2, 3], "every other device of every member, not the sender's connection");
+}
+
+#[test]
+fn sends_arriving_during_a_commit_share_the_next_batch() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    core.handle(send(1, 1, 1), 1);
+    let (first, _) = commit_of(&core.handle(loaded(0), 1));
+    for i in 2..=5 {
+        let actions = core.handle(send(1, i, i as u128), 2);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Commit { .. })), "one commit in flight at a time");
+    }
+    let actions = core.handle(Input::Committed { batch: first, ok: true }, 3);
+    let (_, second) = commit_of(&actions);
+    let seqs: Vec<u64> = second.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5], "gapless and in arrival order, in one group commit");
+}
+
+#[test]
+fn retries_are_idempotent_while_queued_in_flight_and_after_commit() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    core.handle(send(1, 1, 77), 1);
+    let (batch, _) = commit_of(&core.handle(loaded(0), 1));
+    // Retry while in flight: no new message, acknowledged with the same seq.
+    let actions = core.handle(send(1, 2, 77), 2);
+    assert!(actions.is_empty());
+    let actions = core.handle(Input::Committed { batch, ok: true }, 3);
+    assert_eq!(acks(&actions), vec![(1, 1, false), (1, 1, true)]);
+    // Retry after commit.
+    let actions = core.handle(send(1, 3, 77), 4);
+    assert_eq!(acks(&actions), vec![(1, 1, true)]);
+    assert_eq!(core.uncommitted_messages(), 0);
+}
+
+#[test]
+fn ids_older_than_memory_are_checked_in_the_store_in_order() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    core.handle(send(1, 1, 5), 1);
+    core.handle(send(1, 2, 6), 1);
+    // The conversation already has 10 stored messages: memory cannot answer for old ids.
+    let actions = core.handle(loaded(10), 1);
+    let lookups: Vec<u128> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Lookup { client_msg_id, .. } => Some(*client_msg_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lookups, vec![5, 6]);
+    // The second answer arrives first: nothing may be sequenced out of order.
+    let actions = core.handle(Input::LookedUp { conversation: CONV, sender: ALICE, client_msg_id: 6, found: None }, 2);
+    assert!(actions.is_empty());
+    let stored = Message {
+        conversation: CONV,
+        seq: 4,
+        message_id: MessageId(9),
+        sender_user: ALICE,
+        sender_device: DeviceId(1001),
+        client_msg_id: 5,
+        timestamp_ms: 0,
+        content_type: "text".into(),
+        payload: vec![],
+        files: vec![],
+    };
+    let actions = core.handle(Input::LookedUp { conversation: CONV, sender: ALICE, client_msg_id: 5, found: Some(stored) }, 3);
+    assert_eq!(acks(&actions), vec![(1, 4, true)], "the stored original answers the retry");
+    let (_, batch) = commit_of(&actions);
+    assert_eq!(batch.messages.iter().map(|m| (m.seq, m.client_msg_id)).collect::<Vec<_>>(), vec![(11, 6)]);
+}
+
+#[test]
+fn non_members_are_refused_and_nothing_is_stored() {
+    let mut core = core();
+    connect(&mut core, 1, MALLORY);
+    core.handle(send(1, 1, 1), 1);
+    let actions = core.handle(loaded(0), 1);
+    assert!(matches!(
+        actions.as_slice(),
+        [Action::Reply { message: ServerMessage::Error { code: ErrorCode::Forbidden, .. }, .. }]
+    ));
+}
+
+#[test]
+fn a_failed_commit_reuses_no_seq_and_reports_every_waiting_sender() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    core.handle(send(1, 1, 1), 1);
+    let (batch, _) = commit_of(&core.handle(loaded(0), 1));
+    core.handle(send(1, 2, 2), 2);
+    let actions = core.handle(Input::Committed { batch, ok: false }, 3);
+    let errors = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Reply { message: ServerMessage::Error { code: ErrorCode::Internal, .. }, .. }))
+        .count();
+    assert_eq!(errors, 2, "the failed message and the one queued behind it");
+    // The next send reloads the conversation from storage.
+    assert_eq!(core.handle(send(1, 3, 1), 4), vec![Action::Load { conversation: CONV }]);
+}
+
+#[test]
+fn revoking_a_token_closes_only_its_connections() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, BOB);
+    let actions = core.handle(Input::TokenRevoked { token_hash: [1; 32] }, 1);
+    assert_eq!(actions, vec![Action::Close { conn: 1, code: ErrorCode::TokenRevoked, reason: "session ended".into() }]);
+    assert!(!core.is_connected(1));
+    assert!(core.is_connected(2));
+}
+
+#[test]
+fn removed_members_stop_receiving_at_once() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, BOB);
+    core.handle(send(1, 1, 1), 1);
+    let (batch, _) = commit_of(&core.handle(loaded(0), 1));
+    core.handle(Input::Committed { batch, ok: true }, 1);
+    core.handle(Input::MembersChanged { conversation: CONV, members: vec![ALICE] }, 2);
+    let (batch, _) = commit_of(&core.handle(send(1, 2, 2), 3));
+    let actions = core.handle(Input::Committed { batch, ok: true }, 4);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Deliver { .. })), "Bob was removed");
+}
+
+#[test]
+fn limits_are_validated() {
+    let limits = EngineLimits { dedupe_window: 10, max_queued_sends_per_conversation: 10, ..EngineLimits::default() };
+    assert!(EngineCore::new(limits, 1).is_err());
+}

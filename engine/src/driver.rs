@@ -1,0 +1,293 @@
+//! The tokio driver around [`EngineCore`]: one task owns the core, executes its actions against
+//! the store and the connections' queues, and feeds results back as inputs.
+//!
+//! Connections talk to the driver only through an [`EngineHandle`] (a bounded queue), and the
+//! driver talks to connections only through each connection's bounded outbound queue: a full
+//! queue means a slow consumer, which is disconnected with a reason instead of buffering without
+//! limit. This task is the unit a shard will own (one per core).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tern_wire::ids::{ConversationId, DeviceId, UserId};
+use tern_wire::msg::{ErrorCode, ServerMessage};
+
+use crate::core::{Action, ConnId, ConversationSnapshot, EngineCore, Input, SendRequest};
+use crate::limits::{EngineLimits, InvalidLimits};
+use crate::metrics::EngineMetrics;
+use crate::store::Store;
+
+/// Why the engine closed a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One encoded server envelope on its way to a connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub bytes: Bytes,
+    /// For `Deliver` frames: which message it carries, so the connection can drop a live copy
+    /// of something its resume replay already sent.
+    pub delivery: Option<(ConversationId, u64)>,
+}
+
+/// What the driver needs to reach one connection.
+pub struct ConnSink {
+    /// Encoded server envelopes, in order. Bounded: overflow disconnects the connection.
+    pub frames: mpsc::Sender<Outbound>,
+    /// Fired once when the engine closes the connection (revoked token, slow consumer).
+    pub close: oneshot::Sender<CloseReason>,
+}
+
+enum Command {
+    Input(Input),
+    Register { conn: ConnId, sink: ConnSink, input: Input, registered: oneshot::Sender<()> },
+}
+
+/// Cloneable handle to the engine task.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    next_conn: Arc<AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the engine has stopped")]
+pub struct EngineStopped;
+
+impl EngineHandle {
+    /// Registers an authenticated device connection. When this returns, the engine has
+    /// registered it: every message committed from now on is delivered to it live, and every
+    /// message committed before is in the store (what resume relies on).
+    pub async fn connect(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        token_hash: [u8; 32],
+        sink: ConnSink,
+    ) -> Result<ConnId, EngineStopped> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let input = Input::Connected { conn, user, device, token_hash };
+        let (registered, done) = oneshot::channel();
+        self.commands.send(Command::Register { conn, sink, input, registered }).await.map_err(|_| EngineStopped)?;
+        done.await.map_err(|_| EngineStopped)?;
+        Ok(conn)
+    }
+
+    pub async fn input(&self, input: Input) -> Result<(), EngineStopped> {
+        self.commands.send(Command::Input(input)).await.map_err(|_| EngineStopped)
+    }
+
+    pub async fn send(&self, request: SendRequest) -> Result<(), EngineStopped> {
+        self.input(Input::Send(request)).await
+    }
+
+    pub async fn disconnect(&self, conn: ConnId) {
+        // If the engine has stopped there is nothing to unregister from.
+        let _ = self.input(Input::Disconnected { conn }).await;
+    }
+}
+
+/// Settings of one engine task.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub limits: EngineLimits,
+    /// Commands queued from connections before they wait (backpressure).
+    pub command_queue: usize,
+    /// Seed for message-id randomness (any value; fixed in simulations).
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { limits: EngineLimits::default(), command_queue: 4096, seed: rand::random() }
+    }
+}
+
+/// Starts the engine task on the current tokio runtime.
+pub fn spawn_engine(
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+    metrics: Arc<EngineMetrics>,
+) -> Result<EngineHandle, InvalidLimits> {
+    let core = EngineCore::new(config.limits, config.seed)?;
+    let (commands_tx, commands_rx) = mpsc::channel(config.command_queue);
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let driver = Driver { core, store, metrics, sinks: HashMap::new(), results: results_tx };
+    tokio::spawn(driver.run(commands_rx, results_rx));
+    Ok(EngineHandle { commands: commands_tx, next_conn: Arc::new(AtomicU64::new(1)) })
+}
+
+struct Driver {
+    core: EngineCore,
+    store: Arc<dyn Store>,
+    metrics: Arc<EngineMetrics>,
+    sinks: HashMap<ConnId, ConnSink>,
+    /// Results of store operations. Unbounded on purpose: the core bounds what is in flight
+    /// (one commit, one load per conversation, one lookup per queued send).
+    results: mpsc::UnboundedSender<Input>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut results: mpsc::UnboundedReceiver<Input>) {
+        loop {
+            let input = tokio::select! {
+                biased;
+                // Store results first: they free memory and unblock waiting work.
+                Some(result) = results.recv() => result,
+                command = commands.recv() => match command {
+                    Some(Command::Input(input)) => input,
+                    Some(Command::Register { conn, sink, input, registered }) => {
+                        self.sinks.insert(conn, sink);
+                        self.step(input);
+                        let _ = registered.send(());
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            if let Input::Disconnected { conn } = &input {
+                self.sinks.remove(conn);
+            }
+            self.step(input);
+        }
+        tracing::info!("engine stopped: every handle was dropped");
+    }
+
+    fn step(&mut self, input: Input) {
+        let mut queue = vec![input];
+        while let Some(input) = queue.pop() {
+            let actions = self.core.handle(input, now_ms());
+            for action in actions {
+                self.execute(action, &mut queue);
+            }
+        }
+        self.metrics.connections.set(self.core.connection_count() as i64);
+    }
+
+    fn execute(&mut self, action: Action, follow_up: &mut Vec<Input>) {
+        match action {
+            Action::Load { conversation } => {
+                let store = self.store.clone();
+                let results = self.results.clone();
+                tokio::spawn(async move {
+                    let input = match load_snapshot(&*store, conversation).await {
+                        Ok(snapshot) => Input::Loaded { conversation, snapshot },
+                        Err(error) => {
+                            tracing::warn!(%conversation, %error, "loading conversation failed");
+                            Input::LoadFailed { conversation }
+                        }
+                    };
+                    let _ = results.send(input);
+                });
+            }
+            Action::Lookup { conversation, sender, client_msg_id } => {
+                let store = self.store.clone();
+                let results = self.results.clone();
+                tokio::spawn(async move {
+                    // A failed lookup must not let a retry through as new: treat it as "stored
+                    // under an unknown seq" is impossible, so retry until the store answers.
+                    let mut delay = Duration::from_millis(5);
+                    let found = loop {
+                        match store.message_by_client_id(conversation, sender, client_msg_id).await {
+                            Ok(found) => break found,
+                            Err(error) => {
+                                tracing::warn!(%conversation, %error, "client id lookup failed, retrying");
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(1));
+                            }
+                        }
+                    };
+                    let _ = results.send(Input::LookedUp { conversation, sender, client_msg_id, found });
+                });
+            }
+            Action::Commit { batch, data } => {
+                let store = self.store.clone();
+                let results = self.results.clone();
+                let metrics = self.metrics.clone();
+                let messages = data.messages.len();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let ok = match store.commit(data).await {
+                        Ok(()) => true,
+                        Err(error) => {
+                            tracing::error!(%error, "group commit failed");
+                            false
+                        }
+                    };
+                    metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.commit_batch_messages.observe(messages as f64);
+                    if ok {
+                        metrics.messages_committed.inc_by(messages as u64);
+                    }
+                    let _ = results.send(Input::Committed { batch, ok });
+                });
+            }
+            Action::Deliver { conns, message } => {
+                let bytes = Bytes::from(tern_wire::encode_server(&message));
+                let delivery = match &*message {
+                    ServerMessage::Deliver { message } => {
+                        self.metrics.messages_delivered.inc_by(conns.len() as u64);
+                        Some((message.conversation, message.seq))
+                    }
+                    _ => None,
+                };
+                for conn in conns {
+                    self.push(conn, Outbound { bytes: bytes.clone(), delivery }, follow_up);
+                }
+            }
+            Action::Reply { conn, message } => {
+                let bytes = Bytes::from(tern_wire::encode_server(&message));
+                self.push(conn, Outbound { bytes, delivery: None }, follow_up);
+            }
+            Action::Close { conn, code, reason } => self.close(conn, code, reason),
+        }
+    }
+
+    /// Queues a frame for a connection; a full queue disconnects it as a slow consumer.
+    fn push(&mut self, conn: ConnId, frame: Outbound, follow_up: &mut Vec<Input>) {
+        let Some(sink) = self.sinks.get(&conn) else { return };
+        match sink.frames.try_send(frame) {
+            Ok(()) => {
+                self.metrics.send_queue_frames.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.slow_consumer_disconnects.inc();
+                self.close(conn, ErrorCode::SlowConsumer, "send queue overflow: resume from your cursor".into());
+                follow_up.push(Input::Disconnected { conn });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sinks.remove(&conn);
+                follow_up.push(Input::Disconnected { conn });
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        if let Some(sink) = self.sinks.remove(&conn) {
+            let _ = sink.close.send(CloseReason { code, message });
+        }
+    }
+}
+
+async fn load_snapshot(
+    store: &dyn Store,
+    conversation: ConversationId,
+) -> Result<Option<ConversationSnapshot>, crate::store::StoreError> {
+    if store.conversation(conversation).await?.is_none() {
+        return Ok(None);
+    }
+    let members = store.members(conversation).await?.into_iter().map(|m| m.user).collect();
+    let last_seq = store.last_seq(conversation).await?;
+    Ok(Some(ConversationSnapshot { members, last_seq }))
+}

@@ -1,0 +1,1278 @@
+//! The conformance suite every [`Store`] backend must pass.
+//!
+//! Plain async functions, compiled into the library rather than `cfg(test)`, so that each
+//! backend's test crate runs the very same checks:
+//!
+//! ```ignore
+//! tern_engine::store::conformance::run_all(|| async { open_a_fresh_store().await }).await;
+//! ```
+//!
+//! Each `check_*` takes a fresh, empty store, exercises one behaviour of the [`Store`] contract
+//! and panics with a message saying what broke. The concurrency checks spawn tokio tasks, so run
+//! the suite on a multi-thread runtime to get real parallelism (a current-thread runtime still
+//! passes, it only interleaves less).
+//!
+//! Behaviour the trait leaves open (the history page-size cap, what `limit == 0` returns, the
+//! order of `members`) is not pinned here, so backends can differ on it.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
+use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
+
+use super::{
+    CommitBatch, ConversationRecord, CursorUpdate, HistoryQuery, MemberRecord, Store, StoreError,
+    StoreResult, TokenRecord, UserRecord,
+};
+
+/// Runs every check, each on a store freshly made by `make`.
+pub async fn run_all<S: Store, F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    check_users(make().await).await;
+    check_duplicate_usernames(make().await).await;
+    check_concurrent_usernames(make().await).await;
+    check_tokens(make().await).await;
+    check_conversations(make().await).await;
+    check_direct_pairs(make().await).await;
+    check_direct_pair_race(make().await).await;
+    check_history(make().await).await;
+    check_last_seq(make().await).await;
+    check_client_ids(make().await).await;
+    check_cursors(make().await).await;
+    check_concurrent_cursors(make().await).await;
+    check_large_batch(make().await).await;
+    check_payloads(make().await).await;
+    check_concurrent_commits(make().await).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+#[track_caller]
+fn ok<T>(r: StoreResult<T>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("store conformance: {what}: unexpected error: {e}"),
+    }
+}
+
+#[track_caller]
+fn already_exists<T: Debug>(r: StoreResult<T>, what: &str) {
+    match r {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => panic!("store conformance: {what}: expected AlreadyExists, got {other:?}"),
+    }
+}
+
+fn user(username: &str) -> UserRecord {
+    UserRecord {
+        id: UserId::random(),
+        username: username.to_owned(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${username}"),
+        created_ms: 1_700_000_000_000,
+    }
+}
+
+fn token(user: UserId, first_byte: u8) -> TokenRecord {
+    let mut token_hash: [u8; 32] = rand::random();
+    token_hash[0] = first_byte;
+    TokenRecord {
+        token_hash,
+        user,
+        created_ms: 1_700_000_000_000,
+        expires_ms: 1_700_086_400_000,
+    }
+}
+
+fn group(created_by: UserId) -> ConversationRecord {
+    ConversationRecord {
+        id: ConversationId::random(),
+        kind: ConversationKind::Group,
+        name: "team".to_owned(),
+        description: "the team's room".to_owned(),
+        created_by,
+        created_ms: 1_700_000_000_000,
+    }
+}
+
+/// The neighbour id: keys that differ only in their last byte catch prefix scans that leak
+/// into the next conversation or user.
+fn next_conversation(c: ConversationId) -> ConversationId {
+    ConversationId(c.0.wrapping_add(1))
+}
+
+/// A deterministic message, so a test can rebuild the exact expected content.
+fn msg(conversation: ConversationId, seq: u64, sender: UserId, client_msg_id: u128) -> Message {
+    Message {
+        conversation,
+        seq,
+        message_id: MessageId((conversation.0 << 64) ^ u128::from(seq)),
+        sender_user: sender,
+        sender_device: DeviceId(sender.0 ^ 0xd),
+        client_msg_id,
+        timestamp_ms: 1_700_000_000_000 + seq,
+        content_type: "e2e.megolm".to_owned(),
+        payload: format!("{conversation}/{seq}").into_bytes(),
+        files: Vec::new(),
+    }
+}
+
+/// Messages `seqs` of a conversation from one sender, client ids `1_000_000 + seq`.
+fn msgs(
+    conversation: ConversationId,
+    sender: UserId,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Vec<Message> {
+    seqs.map(|s| msg(conversation, s, sender, 1_000_000 + u128::from(s)))
+        .collect()
+}
+
+fn batch(messages: Vec<Message>) -> CommitBatch {
+    CommitBatch {
+        messages,
+        cursors: Vec::new(),
+    }
+}
+
+fn cursors(cursors: Vec<CursorUpdate>) -> CommitBatch {
+    CommitBatch {
+        messages: Vec::new(),
+        cursors,
+    }
+}
+
+fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+async fn history<S: Store>(
+    store: &S,
+    conversation: ConversationId,
+    before_seq: u64,
+    after_seq: u64,
+    limit: u32,
+) -> Vec<Message> {
+    let q = HistoryQuery {
+        conversation,
+        before_seq,
+        after_seq,
+        limit,
+    };
+    ok(store.history(q).await, &format!("history({q:?})"))
+}
+
+/// The whole conversation, read newest first in pages (of whatever size the backend caps them
+/// at), checking that every page is ascending and ends right below the previous one. Paging
+/// goes backwards because `after_seq == 0` means "no lower bound", which asks for the newest
+/// page: only `before_seq` paging reaches the oldest message from nothing.
+async fn read_all<S: Store>(store: &S, conversation: ConversationId) -> Vec<Message> {
+    let mut pages: Vec<Vec<Message>> = Vec::new();
+    loop {
+        let before = match pages.last().and_then(|p| p.first()) {
+            None => 0,
+            Some(m) if m.seq <= 1 => break,
+            Some(m) => m.seq,
+        };
+        let page = history(store, conversation, before, 0, 1000).await;
+        if page.is_empty() {
+            break;
+        }
+        assert!(
+            page.windows(2).all(|w| w[0].seq < w[1].seq)
+                && (before == 0 || page[page.len() - 1].seq < before),
+            "store conformance: history page before seq {before} is not ascending below it: {:?}",
+            seqs(&page)
+        );
+        pages.push(page);
+    }
+    pages.into_iter().rev().flatten().collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// accounts
+
+/// Users are found by id and by name, the name compared case-insensitively.
+pub async fn check_users<S: Store>(store: S) {
+    let alice = user("Alice");
+    let emile = user("Émile");
+    ok(store.create_user(alice.clone()).await, "create_user(Alice)");
+    ok(store.create_user(emile.clone()).await, "create_user(Émile)");
+
+    assert_eq!(
+        ok(store.user_by_id(alice.id).await, "user_by_id"),
+        Some(alice.clone()),
+        "store conformance: user_by_id must return the record exactly as created"
+    );
+    for name in ["Alice", "alice", "ALICE", "aLiCe"] {
+        assert_eq!(
+            ok(store.user_by_name(name).await, "user_by_name"),
+            Some(alice.clone()),
+            "store conformance: user_by_name({name:?}) must find \"Alice\" (case-insensitive)"
+        );
+    }
+    for name in ["Émile", "émile", "ÉMILE"] {
+        assert_eq!(
+            ok(store.user_by_name(name).await, "user_by_name"),
+            Some(emile.clone()),
+            "store conformance: user_by_name({name:?}) must find \"Émile\" (Unicode case-insensitive)"
+        );
+    }
+    for name in ["Alic", "Alice2", " alice", "bob"] {
+        assert_eq!(
+            ok(store.user_by_name(name).await, "user_by_name"),
+            None,
+            "store conformance: user_by_name({name:?}) must not match any user"
+        );
+    }
+    assert_eq!(
+        ok(store.user_by_id(UserId::random()).await, "user_by_id"),
+        None,
+        "store conformance: user_by_id of an unknown id must be None"
+    );
+}
+
+/// A username taken in any letter case is rejected, and the rejected call leaves no trace.
+pub async fn check_duplicate_usernames<S: Store>(store: S) {
+    let carol = user("Carol");
+    ok(store.create_user(carol.clone()).await, "create_user(Carol)");
+    for name in ["Carol", "carol", "CAROL", "cArOl"] {
+        let dup = user(name);
+        already_exists(
+            store.create_user(dup.clone()).await,
+            &format!("create_user({name:?}) after \"Carol\""),
+        );
+        assert_eq!(
+            ok(store.user_by_id(dup.id).await, "user_by_id"),
+            None,
+            "store conformance: a rejected create_user({name:?}) must not store the user"
+        );
+    }
+    let arger = user("Ärger");
+    ok(store.create_user(arger.clone()).await, "create_user(Ärger)");
+    already_exists(
+        store.create_user(user("ärger")).await,
+        "create_user(\"ärger\") after \"Ärger\"",
+    );
+    assert_eq!(
+        ok(store.user_by_name("carol").await, "user_by_name"),
+        Some(carol),
+        "store conformance: the first \"Carol\" must still own the name after rejected duplicates"
+    );
+}
+
+/// Concurrent registrations of one name (in different cases): exactly one wins.
+pub async fn check_concurrent_usernames<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut tasks = tokio::task::JoinSet::new();
+    for variant in 0u32..16 {
+        // Each of the 16 tasks uses another case pattern of "dave".
+        let name: String = "dave"
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if variant & (1 << i) != 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let u = user(&name);
+            (u.id, store.create_user(u).await)
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, result) =
+            joined.unwrap_or_else(|e| panic!("store conformance: create_user task failed: {e}"));
+        match result {
+            Ok(()) => winners.push(id),
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => panic!("store conformance: concurrent create_user: unexpected error: {e}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "store conformance: 16 concurrent create_user of \"dave\" in different cases must have exactly one winner"
+    );
+    let found = ok(store.user_by_name("DAVE").await, "user_by_name");
+    assert_eq!(
+        found.map(|u| u.id),
+        Some(winners[0]),
+        "store conformance: the winner of concurrent create_user must own the name"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// sessions
+
+/// Tokens are stored, read back exactly, and deleted once.
+pub async fn check_tokens<S: Store>(store: S) {
+    let owner = UserId::random();
+    let t1 = token(owner, 0x00);
+    let t2 = token(owner, 0xff);
+    ok(store.put_token(t1.clone()).await, "put_token");
+    ok(store.put_token(t2.clone()).await, "put_token");
+    assert_eq!(
+        ok(store.token(&t1.token_hash).await, "token"),
+        Some(t1.clone()),
+        "store conformance: token() must return the record exactly as put"
+    );
+    assert_eq!(
+        ok(store.token(&[7u8; 32]).await, "token"),
+        None,
+        "store conformance: token() of an unknown hash must be None"
+    );
+    assert!(
+        ok(store.delete_token(&t1.token_hash).await, "delete_token"),
+        "store conformance: delete_token of a stored token must return true"
+    );
+    assert_eq!(
+        ok(store.token(&t1.token_hash).await, "token"),
+        None,
+        "store conformance: a deleted token must be gone"
+    );
+    assert!(
+        !ok(store.delete_token(&t1.token_hash).await, "delete_token"),
+        "store conformance: deleting a token the second time must return false"
+    );
+    assert_eq!(
+        ok(store.token(&t2.token_hash).await, "token"),
+        Some(t2),
+        "store conformance: deleting one token must leave the user's other tokens alone"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// conversations
+
+/// Conversations and their memberships, seen from both sides.
+pub async fn check_conversations<S: Store>(store: S) {
+    let (a, b, c, d) = (
+        UserId::random(),
+        UserId::random(),
+        UserId::random(),
+        UserId::random(),
+    );
+    let g1 = group(a);
+    let members1 = vec![
+        MemberRecord {
+            user: a,
+            role: MemberRole::Owner,
+        },
+        MemberRecord {
+            user: b,
+            role: MemberRole::Member,
+        },
+        MemberRecord {
+            user: c,
+            role: MemberRole::Member,
+        },
+    ];
+    ok(
+        store
+            .create_conversation(g1.clone(), members1.clone())
+            .await,
+        "create_conversation",
+    );
+    // The neighbour id holds a different member: it must not leak into g1's lists.
+    let g2 = ConversationRecord {
+        id: next_conversation(g1.id),
+        name: "next door".to_owned(),
+        ..group(d)
+    };
+    ok(
+        store
+            .create_conversation(
+                g2.clone(),
+                vec![MemberRecord {
+                    user: d,
+                    role: MemberRole::Owner,
+                }],
+            )
+            .await,
+        "create_conversation",
+    );
+    let direct = ConversationRecord {
+        kind: ConversationKind::Direct,
+        name: String::new(),
+        description: String::new(),
+        ..group(a)
+    };
+    let direct_members = vec![
+        MemberRecord {
+            user: a,
+            role: MemberRole::Member,
+        },
+        MemberRecord {
+            user: d,
+            role: MemberRole::Member,
+        },
+    ];
+    ok(
+        store
+            .create_conversation(direct.clone(), direct_members)
+            .await,
+        "create_conversation",
+    );
+
+    assert_eq!(
+        ok(store.conversation(g1.id).await, "conversation"),
+        Some(g1.clone()),
+        "store conformance: conversation() must return the record exactly as created"
+    );
+    assert_eq!(
+        ok(store.conversation(direct.id).await, "conversation"),
+        Some(direct.clone()),
+        "store conformance: conversation() must return a direct conversation exactly as created"
+    );
+    assert_eq!(
+        ok(
+            store.conversation(ConversationId::random()).await,
+            "conversation"
+        ),
+        None,
+        "store conformance: conversation() of an unknown id must be None"
+    );
+
+    let mut got = ok(store.members(g1.id).await, "members");
+    got.sort_by_key(|m| m.user);
+    let mut want = members1;
+    want.sort_by_key(|m| m.user);
+    assert_eq!(
+        got, want,
+        "store conformance: members() must list exactly the members created, with roles"
+    );
+    assert!(
+        ok(store.members(ConversationId::random()).await, "members").is_empty(),
+        "store conformance: members() of an unknown conversation must be empty"
+    );
+
+    for (conv, u, want) in [
+        (g1.id, a, true),
+        (g1.id, b, true),
+        (g1.id, c, true),
+        (g1.id, d, false),
+        (g2.id, d, true),
+        (g2.id, a, false),
+        (direct.id, d, true),
+        (direct.id, b, false),
+        (ConversationId::random(), a, false),
+    ] {
+        assert_eq!(
+            ok(store.is_member(conv, u).await, "is_member"),
+            want,
+            "store conformance: is_member({conv}, {u}) must be {want}"
+        );
+    }
+
+    for (u, want) in [
+        (a, vec![g1.id, direct.id]),
+        (b, vec![g1.id]),
+        (c, vec![g1.id]),
+        (d, vec![g2.id, direct.id]),
+        (UserId::random(), vec![]),
+    ] {
+        let got: BTreeSet<ConversationId> = ok(store.conversations_of(u).await, "conversations_of")
+            .into_iter()
+            .collect();
+        let want: BTreeSet<ConversationId> = want.into_iter().collect();
+        assert_eq!(
+            got, want,
+            "store conformance: conversations_of({u}) is wrong"
+        );
+    }
+}
+
+/// A pair has at most one 1:1 conversation, whichever order the pair is given in.
+pub async fn check_direct_pairs<S: Store>(store: S) {
+    let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
+    let (ab, other) = (ConversationId::random(), ConversationId::random());
+    assert_eq!(
+        ok(store.direct_conversation(a, b).await, "direct_conversation"),
+        None,
+        "store conformance: a pair without a direct conversation must give None"
+    );
+    ok(
+        store.set_direct_conversation(a, b, ab).await,
+        "set_direct_conversation",
+    );
+    for (x, y) in [(a, b), (b, a)] {
+        assert_eq!(
+            ok(store.direct_conversation(x, y).await, "direct_conversation"),
+            Some(ab),
+            "store conformance: direct_conversation must find the pair in either order"
+        );
+    }
+    already_exists(
+        store.set_direct_conversation(a, b, other).await,
+        "set_direct_conversation again",
+    );
+    already_exists(
+        store.set_direct_conversation(b, a, other).await,
+        "set_direct_conversation again, reversed",
+    );
+    assert_eq!(
+        ok(store.direct_conversation(b, a).await, "direct_conversation"),
+        Some(ab),
+        "store conformance: a rejected set_direct_conversation must not replace the pair's conversation"
+    );
+    for (x, y) in [(a, c), (c, b)] {
+        assert_eq!(
+            ok(store.direct_conversation(x, y).await, "direct_conversation"),
+            None,
+            "store conformance: another pair must not see a's and b's conversation"
+        );
+    }
+    ok(
+        store.set_direct_conversation(c, a, other).await,
+        "set_direct_conversation of another pair",
+    );
+    assert_eq!(
+        ok(store.direct_conversation(a, c).await, "direct_conversation"),
+        Some(other),
+        "store conformance: each pair has its own direct conversation"
+    );
+}
+
+/// Many concurrent set_direct_conversation for one pair (both orders): exactly one succeeds.
+pub async fn check_direct_pair_race<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let (a, b) = (UserId::random(), UserId::random());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let id = ConversationId::random();
+            let (x, y) = if i % 2 == 0 { (a, b) } else { (b, a) };
+            (id, store.set_direct_conversation(x, y, id).await)
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, result) = joined.unwrap_or_else(|e| {
+            panic!("store conformance: set_direct_conversation task failed: {e}")
+        });
+        match result {
+            Ok(()) => winners.push(id),
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => panic!(
+                "store conformance: concurrent set_direct_conversation: unexpected error: {e}"
+            ),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "store conformance: 32 concurrent set_direct_conversation for one pair must have exactly one winner"
+    );
+    assert_eq!(
+        ok(store.direct_conversation(a, b).await, "direct_conversation"),
+        Some(winners[0]),
+        "store conformance: the pair must map to the winner's conversation"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// messages
+
+/// History pages: newest below `before_seq`, oldest above `after_seq`, always ascending.
+pub async fn check_history<S: Store>(store: S) {
+    let conv = ConversationId::random();
+    let neighbour = next_conversation(conv);
+    let sender = UserId::random();
+    let all = msgs(conv, sender, 1..=50);
+    // Interleave commits of the neighbour so its keys sit right after ours.
+    for (i, chunk) in all.chunks(10).enumerate() {
+        ok(store.commit(batch(chunk.to_vec())).await, "commit");
+        let n = i as u64 * 6;
+        ok(
+            store
+                .commit(batch(msgs(neighbour, sender, n + 1..=n + 6)))
+                .await,
+            "commit",
+        );
+    }
+
+    assert_eq!(
+        history(&store, conv, 0, 0, 100).await,
+        all,
+        "store conformance: history(0, 0, 100) must return all 50 messages, ascending, exactly as committed"
+    );
+    let r = |lo: u64, hi: u64| (lo..=hi).collect::<Vec<u64>>();
+    let cases: [(u64, u64, u32, Vec<u64>); 17] = [
+        (0, 0, 10, r(41, 50)),
+        (0, 0, 1, vec![50]),
+        (20, 0, 5, r(15, 19)),
+        (20, 0, 100, r(1, 19)),
+        (5, 0, 10, r(1, 4)),
+        (51, 0, 1, vec![50]),
+        (u64::MAX, 0, 3, r(48, 50)),
+        (1, 0, 10, vec![]),
+        (0, 20, 5, r(21, 25)),
+        (0, 45, 10, r(46, 50)),
+        (0, 50, 10, vec![]),
+        (0, u64::MAX, 3, vec![]),
+        (15, 10, 100, r(11, 14)),
+        (30, 10, 3, r(11, 13)),
+        (11, 10, 10, vec![]),
+        (10, 20, 10, vec![]),
+        (u64::MAX, 1, 2, r(2, 3)),
+    ];
+    for (before, after, limit, want) in cases {
+        let page = history(&store, conv, before, after, limit).await;
+        assert_eq!(
+            seqs(&page),
+            want,
+            "store conformance: history(before_seq={before}, after_seq={after}, limit={limit}) returned the wrong page"
+        );
+        assert!(
+            page.iter()
+                .all(|m| m.seq.checked_sub(1).and_then(|i| all.get(i as usize)) == Some(m)),
+            "store conformance: history(before_seq={before}, after_seq={after}) returned altered messages"
+        );
+    }
+
+    // Re-committing identical messages (a retried group commit) must not duplicate anything.
+    ok(
+        store.commit(batch(all[..10].to_vec())).await,
+        "commit (repeat)",
+    );
+    assert_eq!(
+        history(&store, conv, 0, 0, 100).await,
+        all,
+        "store conformance: re-committing identical messages must not change history"
+    );
+
+    let empty = group(sender);
+    ok(
+        store.create_conversation(empty.clone(), vec![]).await,
+        "create_conversation",
+    );
+    assert!(
+        history(&store, empty.id, 0, 0, 100).await.is_empty(),
+        "store conformance: history of a conversation without messages must be empty"
+    );
+    assert!(
+        history(&store, ConversationId::random(), 0, 0, 100)
+            .await
+            .is_empty(),
+        "store conformance: history of an unknown conversation must be empty"
+    );
+}
+
+/// last_seq is the highest stored seq, per conversation, 0 when empty.
+pub async fn check_last_seq<S: Store>(store: S) {
+    let x = ConversationId::random();
+    let (y, z) = (next_conversation(x), ConversationId(x.0.wrapping_sub(1)));
+    let top = ConversationId(u128::MAX);
+    let sender = UserId::random();
+    for c in [x, y, z, top] {
+        assert_eq!(
+            ok(store.last_seq(c).await, "last_seq"),
+            0,
+            "store conformance: last_seq of an empty conversation must be 0"
+        );
+    }
+    ok(store.commit(batch(msgs(x, sender, 1..=7))).await, "commit");
+    ok(store.commit(batch(msgs(y, sender, 1..=3))).await, "commit");
+    ok(
+        store.commit(batch(msgs(top, sender, 1..=2))).await,
+        "commit",
+    );
+    for (c, want) in [(x, 7), (y, 3), (z, 0), (top, 2)] {
+        assert_eq!(
+            ok(store.last_seq(c).await, "last_seq"),
+            want,
+            "store conformance: last_seq({c}) must be {want} (neighbouring conversations must not mix)"
+        );
+    }
+    // Past 255 and 65,535: a byte-order mistake in keys shows up here. (The store does not
+    // require gapless seqs; the sequencer guarantees them.)
+    ok(
+        store.commit(batch(msgs(x, sender, 8..=300))).await,
+        "commit",
+    );
+    ok(
+        store.commit(batch(msgs(x, sender, 65_530..=65_540))).await,
+        "commit",
+    );
+    assert_eq!(
+        ok(store.last_seq(x).await, "last_seq"),
+        65_540,
+        "store conformance: last_seq must be the numeric, not byte-wise, maximum"
+    );
+    assert_eq!(
+        seqs(&history(&store, x, 0, 0, 3).await),
+        vec![65_538, 65_539, 65_540],
+        "store conformance: the newest page must follow numeric seq order"
+    );
+    assert_eq!(
+        seqs(&history(&store, x, 257, 253, 10).await),
+        vec![254, 255, 256],
+        "store conformance: pages must follow numeric seq order across byte boundaries"
+    );
+}
+
+/// message_by_client_id finds a message by (conversation, sender, client id) and nothing else.
+pub async fn check_client_ids<S: Store>(store: S) {
+    let c = ConversationId::random();
+    let d = next_conversation(c);
+    let (u1, u2) = (UserId::random(), UserId::random());
+    let m1 = msg(c, 1, u1, 7);
+    let m2 = msg(c, 2, u2, 7);
+    let m3 = msg(c, 3, u1, u128::MAX);
+    let n1 = msg(d, 1, u1, 9);
+    ok(
+        store
+            .commit(batch(vec![m1.clone(), m2.clone(), m3.clone()]))
+            .await,
+        "commit",
+    );
+    ok(store.commit(batch(vec![n1.clone()])).await, "commit");
+    for (conv, sender, cid, want) in [
+        (c, u1, 7, Some(&m1)),
+        (c, u2, 7, Some(&m2)),
+        (c, u1, u128::MAX, Some(&m3)),
+        (d, u1, 9, Some(&n1)),
+        (c, u2, u128::MAX, None),
+        (c, u1, 9, None),
+        (d, u1, 7, None),
+        (c, UserId::random(), 7, None),
+        (ConversationId::random(), u1, 7, None),
+    ] {
+        assert_eq!(
+            ok(
+                store.message_by_client_id(conv, sender, cid).await,
+                "message_by_client_id"
+            )
+            .as_ref(),
+            want,
+            "store conformance: message_by_client_id({conv}, {sender}, {cid}) is wrong (found for the right sender only)"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cursors
+
+/// Cursors start at 0 and only move forward, across commits and within one batch.
+pub async fn check_cursors<S: Store>(store: S) {
+    let (dev1, dev2) = (DeviceId::random(), DeviceId::random());
+    let (c1, c2) = (ConversationId::random(), ConversationId::random());
+    let cur = |device, conversation, seq| CursorUpdate {
+        device,
+        conversation,
+        seq,
+    };
+    let get = |device, conversation| {
+        let store = &store;
+        async move { ok(store.cursor(device, conversation).await, "cursor") }
+    };
+    assert_eq!(
+        get(dev1, c1).await,
+        0,
+        "store conformance: an unknown cursor must be 0"
+    );
+
+    ok(
+        store.commit(cursors(vec![cur(dev1, c1, 5)])).await,
+        "commit",
+    );
+    assert_eq!(
+        get(dev1, c1).await,
+        5,
+        "store conformance: a committed cursor must be stored"
+    );
+    ok(
+        store.commit(cursors(vec![cur(dev1, c1, 3)])).await,
+        "commit",
+    );
+    assert_eq!(
+        get(dev1, c1).await,
+        5,
+        "store conformance: a cursor must never move backwards"
+    );
+    ok(
+        store
+            .commit(cursors(vec![cur(dev1, c1, 9), cur(dev1, c2, 2)]))
+            .await,
+        "commit",
+    );
+    assert_eq!(
+        get(dev1, c1).await,
+        9,
+        "store conformance: a cursor must move forwards"
+    );
+    assert_eq!(
+        get(dev1, c2).await,
+        2,
+        "store conformance: cursors are per conversation"
+    );
+    assert_eq!(
+        get(dev2, c1).await,
+        0,
+        "store conformance: cursors are per device"
+    );
+    ok(
+        store
+            .commit(cursors(vec![cur(dev1, c1, 12), cur(dev1, c1, 11)]))
+            .await,
+        "commit",
+    );
+    assert_eq!(
+        get(dev1, c1).await,
+        12,
+        "store conformance: within one batch the highest cursor must win"
+    );
+
+    // Cursors committed together with messages.
+    let sender = UserId::random();
+    let with_msgs = CommitBatch {
+        messages: msgs(c2, sender, 1..=3),
+        cursors: vec![cur(dev2, c2, 3)],
+    };
+    ok(store.commit(with_msgs).await, "commit");
+    assert_eq!(
+        get(dev2, c2).await,
+        3,
+        "store conformance: cursors in a batch with messages must be stored"
+    );
+    assert_eq!(ok(store.last_seq(c2).await, "last_seq"), 3);
+
+    ok(
+        store.commit(CommitBatch::default()).await,
+        "commit of an empty batch",
+    );
+    assert_eq!(
+        get(dev1, c1).await,
+        12,
+        "store conformance: an empty commit must change nothing"
+    );
+}
+
+/// Concurrent commits of one cursor: the highest wins, whatever order they land in.
+pub async fn check_concurrent_cursors<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let (device, conversation) = (DeviceId::random(), ConversationId::random());
+    let mut tasks = tokio::task::JoinSet::new();
+    for seq in [3u64, 16, 1, 9, 12, 2, 15, 4, 8, 11, 5, 14, 6, 10, 7, 13] {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            store
+                .commit(cursors(vec![CursorUpdate {
+                    device,
+                    conversation,
+                    seq,
+                }]))
+                .await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let result =
+            joined.unwrap_or_else(|e| panic!("store conformance: commit task failed: {e}"));
+        ok(result, "concurrent cursor commit");
+    }
+    assert_eq!(
+        ok(store.cursor(device, conversation).await, "cursor"),
+        16,
+        "store conformance: after concurrent cursor commits the highest must be stored"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// batches and payloads
+
+/// 5,000 messages in one commit, all readable in order afterwards.
+pub async fn check_large_batch<S: Store>(store: S) {
+    let conv = ConversationId::random();
+    let sender = UserId::random();
+    let mut all = msgs(conv, sender, 1..=5000);
+    for m in &mut all {
+        // Sizes vary so that records straddle blocks differently.
+        m.payload = vec![(m.seq % 251) as u8; (m.seq % 700) as usize];
+    }
+    ok(
+        store.commit(batch(all.clone())).await,
+        "commit of 5,000 messages",
+    );
+    assert_eq!(
+        ok(store.last_seq(conv).await, "last_seq"),
+        5000,
+        "store conformance: last_seq after a 5,000-message commit"
+    );
+    assert!(
+        read_all(&store, conv).await == all,
+        "store conformance: paging backwards over a 5,000-message batch must return it exactly"
+    );
+
+    // Forward paging with after_seq, from the first message on.
+    let mut forward: Vec<Message> = all[..1].to_vec();
+    while let Some(after) = forward.last().map(|m| m.seq).filter(|s| *s < 5000) {
+        let page = history(&store, conv, 0, after, 1000).await;
+        assert!(
+            !page.is_empty(),
+            "store conformance: history after seq {after} must not be empty"
+        );
+        assert!(
+            page[0].seq == after + 1 && page.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
+            "store conformance: a page after seq {after} must be contiguous and start right above it"
+        );
+        forward.extend(page);
+    }
+    assert!(
+        forward == all,
+        "store conformance: paging forwards over 5,000 messages must return them exactly"
+    );
+
+    // Asking for more than any page cap: a contiguous newest page, never more than exists.
+    let page = history(&store, conv, 0, 0, u32::MAX).await;
+    assert!(
+        !page.is_empty() && page.len() <= 5000 && page.last().map(|m| m.seq) == Some(5000),
+        "store conformance: history with limit u32::MAX must return a newest page (got {} messages)",
+        page.len()
+    );
+    assert!(
+        page.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
+        "store conformance: a capped page must be contiguous"
+    );
+
+    for seq in [1u64, 2500, 5000] {
+        let want = &all[seq as usize - 1];
+        assert_eq!(
+            ok(
+                store
+                    .message_by_client_id(conv, sender, want.client_msg_id)
+                    .await,
+                "message_by_client_id"
+            )
+            .as_ref(),
+            Some(want),
+            "store conformance: the client id index of a large batch must be complete (seq {seq})"
+        );
+    }
+}
+
+/// Payloads of any bytes (all 256 values, empty, large) and extreme field values round-trip.
+pub async fn check_payloads<S: Store>(store: S) {
+    let conv = ConversationId::random();
+    let sender = UserId(u128::MAX);
+    let mut all_bytes = msg(conv, 1, sender, 1);
+    all_bytes.payload = (0..=255u8).chain((0..=255u8).rev()).collect();
+    let mut empty = msg(conv, 2, sender, 2);
+    empty.payload = Vec::new();
+    empty.content_type = String::new();
+    let mut large = msg(conv, 3, sender, 3);
+    large.payload = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut extreme = msg(conv, 4, UserId(0), u128::MAX);
+    extreme.message_id = MessageId(u128::MAX);
+    extreme.sender_device = DeviceId(0);
+    extreme.timestamp_ms = u64::MAX;
+    extreme.content_type = "ünïcødé ✓ \u{0} \u{10FFFF}".to_owned();
+    extreme.payload = vec![0; 3];
+    extreme.files = vec![
+        FileRef {
+            file_id: MessageId(u128::MAX),
+            size: u64::MAX,
+            content_type: "image/png".to_owned(),
+        },
+        FileRef {
+            file_id: MessageId(0),
+            size: 0,
+            content_type: String::new(),
+        },
+    ];
+    let all = vec![all_bytes, empty, large, extreme];
+    ok(store.commit(batch(all.clone())).await, "commit");
+    assert!(
+        history(&store, conv, 0, 0, 10).await == all,
+        "store conformance: payloads with every byte value, empty and 256 KiB payloads, files and extreme values must round-trip exactly"
+    );
+    for m in &all {
+        assert_eq!(
+            ok(
+                store
+                    .message_by_client_id(conv, m.sender_user, m.client_msg_id)
+                    .await,
+                "message_by_client_id"
+            )
+            .as_ref(),
+            Some(m),
+            "store conformance: message_by_client_id must return the message exactly (seq {})",
+            m.seq
+        );
+    }
+}
+
+/// Commits to different conversations running concurrently all land, completely and in order.
+pub async fn check_concurrent_commits<S: Store>(store: S) {
+    const CONVERSATIONS: usize = 8;
+    const BATCHES: u64 = 20;
+    const PER_BATCH: u64 = 8;
+    let store = Arc::new(store);
+    let device = DeviceId::random();
+    let convs: Vec<ConversationId> = (0..CONVERSATIONS)
+        .map(|_| ConversationId::random())
+        .collect();
+    let sender = UserId::random();
+    let mut tasks = tokio::task::JoinSet::new();
+    for &conv in &convs {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            for b in 0..BATCHES {
+                let first = b * PER_BATCH + 1;
+                let last = first + PER_BATCH - 1;
+                let cursor = CursorUpdate {
+                    device,
+                    conversation: conv,
+                    seq: last,
+                };
+                let batch = CommitBatch {
+                    messages: msgs(conv, sender, first..=last),
+                    cursors: vec![cursor],
+                };
+                ok(store.commit(batch).await, "concurrent commit");
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap_or_else(|e| panic!("store conformance: concurrent commit task failed: {e}"));
+    }
+    let total = BATCHES * PER_BATCH;
+    for &conv in &convs {
+        assert_eq!(
+            ok(store.last_seq(conv).await, "last_seq"),
+            total,
+            "store conformance: last_seq after concurrent commits"
+        );
+        assert!(
+            read_all(&*store, conv).await == msgs(conv, sender, 1..=total),
+            "store conformance: concurrent commits to different conversations must all be stored exactly"
+        );
+        assert_eq!(
+            ok(store.cursor(device, conv).await, "cursor"),
+            total,
+            "store conformance: cursors committed concurrently must be stored"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// reopening
+
+/// Every kind of record survives closing and reopening the store, and the invariants (unique
+/// names and pairs, forward-only cursors, spent tokens) still hold afterwards.
+///
+/// `reopen` must open the *same* storage each time (e.g. the same directory); the store it
+/// returns is dropped before the next call.
+pub async fn check_reopen<S: Store, F, Fut>(reopen: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let alice = user("Alice");
+    let emile = user("Émile");
+    let kept = token(alice.id, 1);
+    let spent = token(alice.id, 2);
+    let bob = UserId::random();
+    let conv = group(alice.id);
+    let members = vec![
+        MemberRecord {
+            user: alice.id,
+            role: MemberRole::Owner,
+        },
+        MemberRecord {
+            user: bob,
+            role: MemberRole::Member,
+        },
+    ];
+    let direct = ConversationId::random();
+    let device = DeviceId::random();
+    let all = msgs(conv.id, alice.id, 1..=25);
+
+    {
+        let store = reopen().await;
+        ok(store.create_user(alice.clone()).await, "create_user");
+        ok(store.create_user(emile.clone()).await, "create_user");
+        ok(store.put_token(kept.clone()).await, "put_token");
+        ok(store.put_token(spent.clone()).await, "put_token");
+        assert!(ok(
+            store.delete_token(&spent.token_hash).await,
+            "delete_token"
+        ));
+        ok(
+            store
+                .create_conversation(conv.clone(), members.clone())
+                .await,
+            "create_conversation",
+        );
+        ok(
+            store.set_direct_conversation(alice.id, bob, direct).await,
+            "set_direct_conversation",
+        );
+        ok(store.commit(batch(all[..10].to_vec())).await, "commit");
+        let second = CommitBatch {
+            messages: all[10..20].to_vec(),
+            cursors: vec![CursorUpdate {
+                device,
+                conversation: conv.id,
+                seq: 20,
+            }],
+        };
+        ok(store.commit(second).await, "commit");
+    }
+
+    {
+        let store = reopen().await;
+        let what = "after reopening";
+        assert_eq!(
+            ok(store.user_by_id(alice.id).await, what),
+            Some(alice.clone()),
+            "store conformance: user by id lost {what}"
+        );
+        assert_eq!(
+            ok(store.user_by_name("ALICE").await, what),
+            Some(alice.clone()),
+            "store conformance: username index lost {what}"
+        );
+        assert_eq!(
+            ok(store.user_by_name("émile").await, what),
+            Some(emile.clone()),
+            "store conformance: username index lost {what}"
+        );
+        already_exists(
+            store.create_user(user("alice")).await,
+            "create_user of a taken name after reopening",
+        );
+        assert_eq!(
+            ok(store.token(&kept.token_hash).await, what),
+            Some(kept.clone()),
+            "store conformance: token lost {what}"
+        );
+        assert_eq!(
+            ok(store.token(&spent.token_hash).await, what),
+            None,
+            "store conformance: deleted token came back {what}"
+        );
+        assert!(
+            !ok(store.delete_token(&spent.token_hash).await, what),
+            "store conformance: deleted token deletable again {what}"
+        );
+        assert_eq!(
+            ok(store.conversation(conv.id).await, what),
+            Some(conv.clone()),
+            "store conformance: conversation lost {what}"
+        );
+        let mut got = ok(store.members(conv.id).await, what);
+        got.sort_by_key(|m| m.user);
+        let mut want = members.clone();
+        want.sort_by_key(|m| m.user);
+        assert_eq!(got, want, "store conformance: members lost {what}");
+        assert!(
+            ok(store.is_member(conv.id, bob).await, what),
+            "store conformance: membership lost {what}"
+        );
+        assert_eq!(
+            ok(store.conversations_of(bob).await, what),
+            vec![conv.id],
+            "store conformance: conversations_of lost {what}"
+        );
+        assert_eq!(
+            ok(store.direct_conversation(bob, alice.id).await, what),
+            Some(direct),
+            "store conformance: direct pair lost {what}"
+        );
+        already_exists(
+            store
+                .set_direct_conversation(alice.id, bob, ConversationId::random())
+                .await,
+            "set_direct_conversation of a taken pair after reopening",
+        );
+        assert_eq!(
+            ok(store.last_seq(conv.id).await, what),
+            20,
+            "store conformance: last_seq wrong {what}"
+        );
+        assert!(
+            history(&store, conv.id, 0, 0, 100).await == all[..20],
+            "store conformance: messages lost or altered {what}"
+        );
+        assert_eq!(
+            ok(
+                store
+                    .message_by_client_id(conv.id, alice.id, all[14].client_msg_id)
+                    .await,
+                what
+            )
+            .as_ref(),
+            Some(&all[14]),
+            "store conformance: client id index lost {what}"
+        );
+        assert_eq!(
+            ok(store.cursor(device, conv.id).await, what),
+            20,
+            "store conformance: cursor lost {what}"
+        );
+        ok(
+            store
+                .commit(cursors(vec![CursorUpdate {
+                    device,
+                    conversation: conv.id,
+                    seq: 4,
+                }]))
+                .await,
+            what,
+        );
+        assert_eq!(
+            ok(store.cursor(device, conv.id).await, what),
+            20,
+            "store conformance: cursor moved backwards {what}"
+        );
+
+        // Keep writing after recovery.
+        let third = CommitBatch {
+            messages: all[20..].to_vec(),
+            cursors: vec![CursorUpdate {
+                device,
+                conversation: conv.id,
+                seq: 25,
+            }],
+        };
+        ok(store.commit(third).await, "commit after reopening");
+    }
+
+    {
+        let store = reopen().await;
+        let what = "after a second reopen";
+        assert_eq!(
+            ok(store.last_seq(conv.id).await, what),
+            25,
+            "store conformance: last_seq wrong {what}"
+        );
+        assert!(
+            history(&store, conv.id, 0, 0, 100).await == all,
+            "store conformance: messages lost or altered {what}"
+        );
+        assert_eq!(
+            ok(store.cursor(device, conv.id).await, what),
+            25,
+            "store conformance: cursor lost {what}"
+        );
+        assert_eq!(
+            ok(store.user_by_name("alice").await, what),
+            Some(alice),
+            "store conformance: user lost {what}"
+        );
+    }
+}

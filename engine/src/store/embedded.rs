@@ -1,0 +1,1151 @@
+//! The embedded backend, and the default: [`Store`] on fjall, a pure-Rust LSM tree in one local
+//! directory, so a single `tern` binary runs with zero set-up.
+//!
+//! # Layout
+//!
+//! One fjall keyspace per kind of record. Integers in keys are big-endian, so the byte order
+//! fjall sorts by is numeric order and a range scan over a conversation's messages returns them
+//! by ascending `seq` (and a reverse scan finds the last one without reading the rest).
+//!
+//! | keyspace             | key                                                  | value               |
+//! |----------------------|------------------------------------------------------|---------------------|
+//! | `users`              | user id (16)                                         | user record         |
+//! | `usernames`          | lowercased username (UTF-8)                          | user id (16)        |
+//! | `tokens`             | SHA-256 of the token (32)                            | token record        |
+//! | `conversations`      | conversation id (16)                                 | conversation record |
+//! | `members`            | conversation id (16), user id (16)                   | member record       |
+//! | `user_conversations` | user id (16), conversation id (16)                   | empty               |
+//! | `direct_pairs`       | min(a, b) (16), max(a, b) (16)                       | conversation id (16)|
+//! | `messages`           | conversation id (16), seq (8)                        | message record      |
+//! | `client_ids`         | conversation id (16), sender (16), client msg id (16)| seq (8)             |
+//! | `cursors`            | device id (16), conversation id (16)                 | seq (8)             |
+//! | `meta`               | `layout`                                             | layout version (1)  |
+//!
+//! Records are a private, versioned encoding: one format-version byte, then postcard of a private
+//! serde struct that mirrors the public record (the public types carry no serde, so the disk
+//! format cannot change by accident when they do). Index values that are a plain id or seq are
+//! fixed-width big-endian bytes. Anything that does not decode is reported as
+//! [`StoreError::Corrupt`], never a panic.
+//!
+//! # Durability and atomicity
+//!
+//! Every write is a single fjall write batch committed with [`PersistMode::SyncAll`]. fjall
+//! writes the batch to its journal and fsyncs it *before* applying it to the memtables, so a
+//! write is never visible to a reader before it is durable, and journal recovery drops a batch
+//! that was torn by a crash (each batch carries an end marker and checksum): a batch is all or
+//! nothing. [`Store::commit`] is the group-commit point: all messages, their client-id index
+//! entries and the cursor updates of one call share one batch and so one fsync.
+//!
+//! # Threads
+//!
+//! fjall calls block (disk reads, fsync, write stalls while compaction catches up), so every
+//! call runs on tokio's blocking pool via `spawn_blocking`; shard runtimes never block on disk.
+//! fjall serializes writers on its journal anyway, so the few check-then-write operations here
+//! take one process-local mutex without losing parallelism that existed.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use serde::{Deserialize, Serialize};
+use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
+use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
+
+use super::{
+    CommitBatch, ConversationRecord, HistoryQuery, MemberRecord, Store, StoreError, StoreResult,
+    TokenRecord, UserRecord,
+};
+
+/// The most messages one [`Store::history`] call returns, whatever `limit` asks for: a page is
+/// built in memory and sent as one frame, so its size must stay bounded.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+
+/// Longest username (in bytes, after lowercasing) the username index accepts. fjall keys are
+/// limited to 64 KiB and panic beyond it; real names are validated far shorter by the engine.
+pub const MAX_USERNAME_BYTES: usize = 1024;
+
+/// First byte of every encoded record. A new record layout gets a new number, and readers
+/// keep decoding the old ones.
+const RECORD_V1: u8 = 1;
+
+/// Version of the keyspace layout as a whole, stored under `meta/layout`. Opening a directory
+/// written with a layout this build does not know fails instead of misreading it.
+const LAYOUT_VERSION: u8 = 1;
+const LAYOUT_KEY: &[u8] = b"layout";
+
+/// Tuning knobs of [`EmbeddedStore::open_with`]. `None` keeps fjall's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Block cache capacity in bytes (fjall recommends ~20-25% of memory).
+    pub cache_bytes: Option<u64>,
+    /// Background flush and compaction threads (fjall's default is min(cores, 4)). Values below
+    /// 1 are raised to 1.
+    pub worker_threads: Option<usize>,
+}
+
+/// The embedded store. Cheap to share behind an `Arc`; one per data directory and process
+/// (fjall locks the directory, so a second open of the same path fails until the first store
+/// is dropped).
+///
+/// Dropping it closes the database, which waits for fjall's background threads and persists
+/// the journal: drop it where a short block is acceptable (shutdown), not on a hot path.
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    db: Database,
+    users: Keyspace,
+    usernames: Keyspace,
+    tokens: Keyspace,
+    conversations: Keyspace,
+    members: Keyspace,
+    user_conversations: Keyspace,
+    direct_pairs: Keyspace,
+    messages: Keyspace,
+    client_ids: Keyspace,
+    cursors: Keyspace,
+    /// Held across every check-then-write on accounts, tokens, conversations and direct pairs,
+    /// so two concurrent calls cannot both see "free" and both write (duplicate usernames, two
+    /// 1:1 conversations for one pair, a token deleted "twice").
+    meta_lock: Mutex<()>,
+    /// Held across the read-max-write of cursors in `commit`, so concurrent commits cannot move
+    /// a cursor backwards.
+    cursor_lock: Mutex<()>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in the directory `path` with default options.
+    ///
+    /// Blocks while fjall recovers its journal: call it at start-up or from a blocking context.
+    pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
+        Self::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in the directory `path`.
+    pub fn open_with(path: &Path, options: EmbeddedOptions) -> StoreResult<EmbeddedStore> {
+        let mut builder = Database::builder(path);
+        if let Some(bytes) = options.cache_bytes {
+            builder = builder.cache_size(bytes);
+        }
+        if let Some(n) = options.worker_threads {
+            // fjall asserts n >= 1; a zero from a config file must not panic.
+            builder = builder.worker_threads(n.max(1));
+        }
+        let db = builder.open().map_err(backend)?;
+        let keyspace = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(backend)
+        };
+        let meta = keyspace("meta")?;
+        let inner = Inner {
+            users: keyspace("users")?,
+            usernames: keyspace("usernames")?,
+            tokens: keyspace("tokens")?,
+            conversations: keyspace("conversations")?,
+            members: keyspace("members")?,
+            user_conversations: keyspace("user_conversations")?,
+            direct_pairs: keyspace("direct_pairs")?,
+            messages: keyspace("messages")?,
+            client_ids: keyspace("client_ids")?,
+            cursors: keyspace("cursors")?,
+            db: db.clone(),
+            meta_lock: Mutex::new(()),
+            cursor_lock: Mutex::new(()),
+        };
+        match meta.get(LAYOUT_KEY).map_err(backend)? {
+            Some(v) if v.as_ref() == [LAYOUT_VERSION] => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "data directory has layout version {:?}, this build reads {LAYOUT_VERSION}",
+                    v.as_ref()
+                )));
+            }
+            None => {
+                let mut batch = inner.batch();
+                batch.insert(&meta, LAYOUT_KEY, [LAYOUT_VERSION]);
+                batch.commit().map_err(backend)?;
+            }
+        }
+        Ok(EmbeddedStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Runs `f` on tokio's blocking pool: fjall may block on disk and fsync.
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Backend(format!("storage task did not complete: {e}")))?
+    }
+}
+
+impl Inner {
+    /// A write batch that fsyncs the journal before it is applied (see the module docs).
+    fn batch(&self) -> fjall::OwnedWriteBatch {
+        self.db.batch().durability(Some(PersistMode::SyncAll))
+    }
+
+    /// A consistent view for reads. Plain keyspace reads see the newest version of each key,
+    /// including a batch that is halfway applied to the memtables; a snapshot only sees batches
+    /// that were applied whole, so readers never observe half of an atomic write (a conversation
+    /// without its members, a page missing part of a commit). The check-then-write paths read
+    /// the keyspaces directly instead: under their lock every earlier write is complete.
+    fn read(&self) -> fjall::Snapshot {
+        self.db.snapshot()
+    }
+}
+
+/// The guarded data is `()`, so a panic while holding the lock leaves nothing inconsistent
+/// behind: recover the guard instead of propagating the poison.
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn backend(e: fjall::Error) -> StoreError {
+    match e {
+        // Errors that mean "the bytes on disk are not what fjall wrote".
+        fjall::Error::Decompress(_)
+        | fjall::Error::InvalidTrailer
+        | fjall::Error::InvalidTag(_)
+        | fjall::Error::InvalidVersion(_)
+        | fjall::Error::JournalRecovery(_) => StoreError::Corrupt(format!("fjall: {e}")),
+        _ => StoreError::Backend(format!("fjall: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// keys
+
+fn cat2(a: [u8; 16], b: [u8; 16]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&a);
+    k[16..].copy_from_slice(&b);
+    k
+}
+
+fn message_key(conversation: ConversationId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&conversation.to_be_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn client_id_key(conversation: ConversationId, sender: UserId, client_msg_id: u128) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(&conversation.to_be_bytes());
+    k[16..32].copy_from_slice(&sender.to_be_bytes());
+    k[32..].copy_from_slice(&client_msg_id.to_be_bytes());
+    k
+}
+
+/// The pair in canonical order, so (a, b) and (b, a) share one key.
+fn direct_key(a: UserId, b: UserId) -> [u8; 32] {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    cat2(lo.to_be_bytes(), hi.to_be_bytes())
+}
+
+/// The username index key. `to_lowercase` is Unicode-aware ("Élodie" and "ÉLODIE" collide);
+/// it is not full case folding ("ß" and "SS" stay distinct), which is fine for a uniqueness key.
+fn username_key(username: &str) -> StoreResult<Vec<u8>> {
+    let folded = username.to_lowercase().into_bytes();
+    if folded.is_empty() || folded.len() > MAX_USERNAME_BYTES {
+        // fjall panics on empty or oversized keys; refuse before it sees them.
+        return Err(StoreError::Backend(format!(
+            "username must be 1..={MAX_USERNAME_BYTES} bytes, got {}",
+            folded.len()
+        )));
+    }
+    Ok(folded)
+}
+
+fn u128_at(bytes: &[u8], at: usize, what: &str) -> StoreResult<u128> {
+    bytes
+        .get(at..at + 16)
+        .and_then(|s| <[u8; 16]>::try_from(s).ok())
+        .map(u128::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("{what}: expected 16 bytes at offset {at}")))
+}
+
+fn exact_u128(bytes: &[u8], what: &str) -> StoreResult<u128> {
+    <[u8; 16]>::try_from(bytes)
+        .map(u128::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(format!("{what}: expected 16 bytes, got {}", bytes.len())))
+}
+
+fn exact_u64(bytes: &[u8], what: &str) -> StoreResult<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(format!("{what}: expected 8 bytes, got {}", bytes.len())))
+}
+
+/// The seq in a `messages` key (conversation 16 bytes, seq 8 bytes).
+fn seq_of_message_key(key: &[u8]) -> StoreResult<u64> {
+    match key.get(16..) {
+        Some(tail) if key.len() == 24 => exact_u64(tail, "message key"),
+        _ => Err(StoreError::Corrupt(format!(
+            "message key: expected 24 bytes, got {}",
+            key.len()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// records: private serde mirrors, borrowed so encoding copies nothing twice
+
+#[derive(Serialize, Deserialize)]
+struct UserV1<'a> {
+    #[serde(borrow)]
+    username: Cow<'a, str>,
+    #[serde(borrow)]
+    password_hash: Cow<'a, str>,
+    created_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenV1 {
+    user: u128,
+    created_ms: u64,
+    expires_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConversationV1<'a> {
+    kind: u8,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    description: Cow<'a, str>,
+    created_by: u128,
+    created_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemberV1 {
+    role: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileV1<'a> {
+    file_id: u128,
+    size: u64,
+    #[serde(borrow)]
+    content_type: Cow<'a, str>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MessageV1<'a> {
+    message_id: u128,
+    sender_user: u128,
+    sender_device: u128,
+    client_msg_id: u128,
+    timestamp_ms: u64,
+    #[serde(borrow)]
+    content_type: Cow<'a, str>,
+    /// `&[u8]` goes through serde's bytes path: postcard writes length + raw bytes and reads
+    /// them back as one slice instead of byte by byte.
+    payload: &'a [u8],
+    #[serde(borrow)]
+    files: Vec<FileV1<'a>>,
+}
+
+fn encode<T: Serialize>(record: &T, what: &str) -> StoreResult<Vec<u8>> {
+    let out = postcard::to_extend(record, vec![RECORD_V1])
+        .map_err(|e| StoreError::Backend(format!("encoding {what}: {e}")))?;
+    if u32::try_from(out.len()).is_err() {
+        // fjall panics on values of 4 GiB or more.
+        return Err(StoreError::Backend(format!(
+            "{what} too large to store: {} bytes",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> StoreResult<T> {
+    match bytes.split_first() {
+        Some((&RECORD_V1, body)) => {
+            let (value, rest) = postcard::take_from_bytes::<T>(body)
+                .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+            if !rest.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "{what}: {} unexpected trailing bytes",
+                    rest.len()
+                )));
+            }
+            Ok(value)
+        }
+        Some((version, _)) => Err(StoreError::Corrupt(format!(
+            "{what}: unknown record format {version}"
+        ))),
+        None => Err(StoreError::Corrupt(format!("{what}: empty record"))),
+    }
+}
+
+fn kind_from_u8(v: u8) -> StoreResult<ConversationKind> {
+    match v {
+        1 => Ok(ConversationKind::Direct),
+        2 => Ok(ConversationKind::Group),
+        _ => Err(StoreError::Corrupt(format!(
+            "conversation record: unknown kind {v}"
+        ))),
+    }
+}
+
+fn role_from_u8(v: u8) -> StoreResult<MemberRole> {
+    match v {
+        1 => Ok(MemberRole::Member),
+        2 => Ok(MemberRole::Owner),
+        _ => Err(StoreError::Corrupt(format!(
+            "member record: unknown role {v}"
+        ))),
+    }
+}
+
+fn encode_user(u: &UserRecord) -> StoreResult<Vec<u8>> {
+    encode(
+        &UserV1 {
+            username: Cow::Borrowed(&u.username),
+            password_hash: Cow::Borrowed(&u.password_hash),
+            created_ms: u.created_ms,
+        },
+        "user record",
+    )
+}
+
+fn decode_user(id: UserId, bytes: &[u8]) -> StoreResult<UserRecord> {
+    let r: UserV1 = decode(bytes, "user record")?;
+    Ok(UserRecord {
+        id,
+        username: r.username.into_owned(),
+        password_hash: r.password_hash.into_owned(),
+        created_ms: r.created_ms,
+    })
+}
+
+fn encode_token(t: &TokenRecord) -> StoreResult<Vec<u8>> {
+    encode(
+        &TokenV1 {
+            user: t.user.as_u128(),
+            created_ms: t.created_ms,
+            expires_ms: t.expires_ms,
+        },
+        "token record",
+    )
+}
+
+fn decode_token(token_hash: [u8; 32], bytes: &[u8]) -> StoreResult<TokenRecord> {
+    let r: TokenV1 = decode(bytes, "token record")?;
+    Ok(TokenRecord {
+        token_hash,
+        user: UserId(r.user),
+        created_ms: r.created_ms,
+        expires_ms: r.expires_ms,
+    })
+}
+
+fn encode_conversation(c: &ConversationRecord) -> StoreResult<Vec<u8>> {
+    encode(
+        &ConversationV1 {
+            kind: c.kind as u8,
+            name: Cow::Borrowed(&c.name),
+            description: Cow::Borrowed(&c.description),
+            created_by: c.created_by.as_u128(),
+            created_ms: c.created_ms,
+        },
+        "conversation record",
+    )
+}
+
+fn decode_conversation(id: ConversationId, bytes: &[u8]) -> StoreResult<ConversationRecord> {
+    let r: ConversationV1 = decode(bytes, "conversation record")?;
+    Ok(ConversationRecord {
+        id,
+        kind: kind_from_u8(r.kind)?,
+        name: r.name.into_owned(),
+        description: r.description.into_owned(),
+        created_by: UserId(r.created_by),
+        created_ms: r.created_ms,
+    })
+}
+
+fn encode_member(role: MemberRole) -> StoreResult<Vec<u8>> {
+    encode(&MemberV1 { role: role as u8 }, "member record")
+}
+
+fn decode_member(bytes: &[u8]) -> StoreResult<MemberRole> {
+    let r: MemberV1 = decode(bytes, "member record")?;
+    role_from_u8(r.role)
+}
+
+fn encode_message(m: &Message) -> StoreResult<Vec<u8>> {
+    encode(
+        &MessageV1 {
+            message_id: m.message_id.as_u128(),
+            sender_user: m.sender_user.as_u128(),
+            sender_device: m.sender_device.as_u128(),
+            client_msg_id: m.client_msg_id,
+            timestamp_ms: m.timestamp_ms,
+            content_type: Cow::Borrowed(&m.content_type),
+            payload: &m.payload,
+            files: m
+                .files
+                .iter()
+                .map(|f| FileV1 {
+                    file_id: f.file_id.as_u128(),
+                    size: f.size,
+                    content_type: Cow::Borrowed(&f.content_type),
+                })
+                .collect(),
+        },
+        "message record",
+    )
+}
+
+fn decode_message(conversation: ConversationId, seq: u64, bytes: &[u8]) -> StoreResult<Message> {
+    let r: MessageV1 = decode(bytes, "message record")?;
+    Ok(Message {
+        conversation,
+        seq,
+        message_id: MessageId(r.message_id),
+        sender_user: UserId(r.sender_user),
+        sender_device: DeviceId(r.sender_device),
+        client_msg_id: r.client_msg_id,
+        timestamp_ms: r.timestamp_ms,
+        content_type: r.content_type.into_owned(),
+        payload: r.payload.to_vec(),
+        files: r
+            .files
+            .into_iter()
+            .map(|f| FileRef {
+                file_id: MessageId(f.file_id),
+                size: f.size,
+                content_type: f.content_type.into_owned(),
+            })
+            .collect(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// the trait, each method a blocking body run by `EmbeddedStore::run`
+
+impl Inner {
+    fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let name_key = username_key(&user.username)?;
+        let id_key = user.id.to_be_bytes();
+        let value = encode_user(user)?;
+        let _guard = lock(&self.meta_lock);
+        if self.usernames.contains_key(&name_key).map_err(backend)? {
+            return Err(StoreError::AlreadyExists(format!(
+                "username {:?}",
+                user.username
+            )));
+        }
+        // A reused id would orphan the old account's username entry.
+        if self.users.contains_key(id_key).map_err(backend)? {
+            return Err(StoreError::AlreadyExists(format!("user {}", user.id)));
+        }
+        let mut batch = self.batch();
+        batch.insert(&self.users, id_key, value);
+        batch.insert(&self.usernames, name_key, id_key);
+        batch.commit().map_err(backend)
+    }
+
+    fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        match self
+            .read()
+            .get(&self.users, id.to_be_bytes())
+            .map_err(backend)?
+        {
+            Some(v) => decode_user(id, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        // A name the index could never hold is simply not there.
+        let Ok(name_key) = username_key(username) else {
+            return Ok(None);
+        };
+        // One snapshot, so a concurrent write cannot pair the index with another record.
+        let snap = self.read();
+        let Some(id) = snap.get(&self.usernames, name_key).map_err(backend)? else {
+            return Ok(None);
+        };
+        let id = UserId(exact_u128(&id, "username index")?);
+        match snap.get(&self.users, id.to_be_bytes()).map_err(backend)? {
+            Some(v) => decode_user(id, &v).map(Some),
+            None => Err(StoreError::Corrupt(format!(
+                "username {username:?} points to missing user {id}"
+            ))),
+        }
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let value = encode_token(token)?;
+        let mut batch = self.batch();
+        batch.insert(&self.tokens, token.token_hash, value);
+        batch.commit().map_err(backend)
+    }
+
+    fn token(&self, token_hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        match self.read().get(&self.tokens, token_hash).map_err(backend)? {
+            Some(v) => decode_token(token_hash, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn delete_token(&self, token_hash: [u8; 32]) -> StoreResult<bool> {
+        // Under the lock so that of two concurrent deletes exactly one reports `true`.
+        let _guard = lock(&self.meta_lock);
+        if !self.tokens.contains_key(token_hash).map_err(backend)? {
+            return Ok(false);
+        }
+        let mut batch = self.batch();
+        batch.remove(&self.tokens, token_hash);
+        batch.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn create_conversation(
+        &self,
+        c: &ConversationRecord,
+        members: &[MemberRecord],
+    ) -> StoreResult<()> {
+        let conv_key = c.id.to_be_bytes();
+        let value = encode_conversation(c)?;
+        let mut batch = self.batch();
+        batch.insert(&self.conversations, conv_key, value);
+        for m in members {
+            let user_key = m.user.to_be_bytes();
+            batch.insert(
+                &self.members,
+                cat2(conv_key, user_key),
+                encode_member(m.role)?,
+            );
+            batch.insert(&self.user_conversations, cat2(user_key, conv_key), []);
+        }
+        let _guard = lock(&self.meta_lock);
+        // Overwriting an existing conversation would silently merge two member lists.
+        if self.conversations.contains_key(conv_key).map_err(backend)? {
+            return Err(StoreError::AlreadyExists(format!("conversation {}", c.id)));
+        }
+        batch.commit().map_err(backend)
+    }
+
+    fn conversation(&self, id: ConversationId) -> StoreResult<Option<ConversationRecord>> {
+        match self
+            .read()
+            .get(&self.conversations, id.to_be_bytes())
+            .map_err(backend)?
+        {
+            Some(v) => decode_conversation(id, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn members(&self, id: ConversationId) -> StoreResult<Vec<MemberRecord>> {
+        let mut out = Vec::new();
+        for kv in self.read().prefix(&self.members, id.to_be_bytes()) {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            out.push(MemberRecord {
+                user: UserId(u128_at(&k, 16, "member key")?),
+                role: decode_member(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool> {
+        self.read()
+            .contains_key(&self.members, cat2(id.to_be_bytes(), user.to_be_bytes()))
+            .map_err(backend)
+    }
+
+    fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
+        let mut out = Vec::new();
+        for kv in self
+            .read()
+            .prefix(&self.user_conversations, user.to_be_bytes())
+        {
+            let k = kv.key().map_err(backend)?;
+            out.push(ConversationId(u128_at(&k, 16, "user_conversations key")?));
+        }
+        Ok(out)
+    }
+
+    fn direct_conversation(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>> {
+        match self
+            .read()
+            .get(&self.direct_pairs, direct_key(a, b))
+            .map_err(backend)?
+        {
+            Some(v) => Ok(Some(ConversationId(exact_u128(&v, "direct pair")?))),
+            None => Ok(None),
+        }
+    }
+
+    fn set_direct_conversation(&self, a: UserId, b: UserId, id: ConversationId) -> StoreResult<()> {
+        let key = direct_key(a, b);
+        let _guard = lock(&self.meta_lock);
+        if self.direct_pairs.contains_key(key).map_err(backend)? {
+            return Err(StoreError::AlreadyExists(format!(
+                "direct conversation of {a} and {b}"
+            )));
+        }
+        let mut batch = self.batch();
+        batch.insert(&self.direct_pairs, key, id.to_be_bytes());
+        batch.commit().map_err(backend)
+    }
+
+    fn commit(&self, batch_in: &CommitBatch) -> StoreResult<()> {
+        if batch_in.messages.is_empty() && batch_in.cursors.is_empty() {
+            return Ok(());
+        }
+        // Encode before taking any lock: it is the CPU-heavy part of a large batch.
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(
+            self.db.clone(),
+            batch_in.messages.len() * 2 + batch_in.cursors.len(),
+        )
+        .durability(Some(PersistMode::SyncAll));
+        for m in &batch_in.messages {
+            batch.insert(
+                &self.messages,
+                message_key(m.conversation, m.seq),
+                encode_message(m)?,
+            );
+            batch.insert(
+                &self.client_ids,
+                client_id_key(m.conversation, m.sender_user, m.client_msg_id),
+                m.seq.to_be_bytes(),
+            );
+        }
+        if batch_in.cursors.is_empty() {
+            return batch.commit().map_err(backend);
+        }
+        // Several updates of one cursor in a batch collapse to their maximum first.
+        let mut wanted: HashMap<[u8; 32], u64> = HashMap::with_capacity(batch_in.cursors.len());
+        for c in &batch_in.cursors {
+            let seq = wanted
+                .entry(cat2(c.device.to_be_bytes(), c.conversation.to_be_bytes()))
+                .or_insert(0);
+            *seq = (*seq).max(c.seq);
+        }
+        // Read-max-write must not interleave with another commit's, or a cursor could regress.
+        let _guard = lock(&self.cursor_lock);
+        for (key, seq) in wanted {
+            let stored = match self.cursors.get(key).map_err(backend)? {
+                Some(v) => exact_u64(&v, "cursor")?,
+                None => 0,
+            };
+            if seq > stored {
+                batch.insert(&self.cursors, key, seq.to_be_bytes());
+            }
+        }
+        batch.commit().map_err(backend)
+    }
+
+    fn last_seq(&self, conversation: ConversationId) -> StoreResult<u64> {
+        // A reverse scan of the conversation's prefix: one key read, however long the history.
+        match self
+            .read()
+            .prefix(&self.messages, conversation.to_be_bytes())
+            .next_back()
+        {
+            Some(kv) => seq_of_message_key(&kv.key().map_err(backend)?),
+            None => Ok(0),
+        }
+    }
+
+    fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: u128,
+    ) -> StoreResult<Option<Message>> {
+        let snap = self.read();
+        let Some(seq) = snap
+            .get(
+                &self.client_ids,
+                client_id_key(conversation, sender, client_msg_id),
+            )
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let seq = exact_u64(&seq, "client id index")?;
+        // Index and message were written in one batch, so a dangling entry means damage.
+        match snap
+            .get(&self.messages, message_key(conversation, seq))
+            .map_err(backend)?
+        {
+            Some(v) => decode_message(conversation, seq, &v).map(Some),
+            None => Err(StoreError::Corrupt(format!(
+                "client id index of {conversation} points to missing seq {seq}"
+            ))),
+        }
+    }
+
+    fn history(&self, q: HistoryQuery) -> StoreResult<Vec<Message>> {
+        let limit = q.limit.min(MAX_HISTORY_LIMIT) as usize;
+        // Bounds as inclusive seqs; `None` means the range is empty.
+        let lo = if q.after_seq == 0 {
+            Some(0)
+        } else {
+            q.after_seq.checked_add(1)
+        };
+        let hi = if q.before_seq == 0 {
+            u64::MAX
+        } else {
+            q.before_seq - 1
+        };
+        let Some(lo) = lo.filter(|lo| *lo <= hi) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = message_key(q.conversation, lo)..=message_key(q.conversation, hi);
+        // A snapshot, so a page never shows half of a concurrent commit.
+        let iter = self.read().range(&self.messages, range);
+        let mut out = Vec::with_capacity(limit);
+        let mut push = |kv: fjall::Guard| -> StoreResult<()> {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            out.push(decode_message(q.conversation, seq_of_message_key(&k)?, &v)?);
+            Ok(())
+        };
+        if q.after_seq != 0 {
+            // Oldest `limit` above after_seq.
+            for kv in iter.take(limit) {
+                push(kv)?;
+            }
+        } else {
+            // Newest `limit` below before_seq, read backwards and returned ascending.
+            for kv in iter.rev().take(limit) {
+                push(kv)?;
+            }
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64> {
+        match self
+            .read()
+            .get(
+                &self.cursors,
+                cat2(device.to_be_bytes(), conversation.to_be_bytes()),
+            )
+            .map_err(backend)?
+        {
+            Some(v) => exact_u64(&v, "cursor"),
+            None => Ok(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn create_user(&self, user: UserRecord) -> StoreResult<()> {
+        self.run(move |s| s.create_user(&user)).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.run(move |s| s.user_by_name(&username)).await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.run(move |s| s.user_by_id(id)).await
+    }
+
+    async fn put_token(&self, token: TokenRecord) -> StoreResult<()> {
+        self.run(move |s| s.put_token(&token)).await
+    }
+
+    async fn token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        let token_hash = *token_hash;
+        self.run(move |s| s.token(token_hash)).await
+    }
+
+    async fn delete_token(&self, token_hash: &[u8; 32]) -> StoreResult<bool> {
+        let token_hash = *token_hash;
+        self.run(move |s| s.delete_token(token_hash)).await
+    }
+
+    async fn create_conversation(
+        &self,
+        conversation: ConversationRecord,
+        members: Vec<MemberRecord>,
+    ) -> StoreResult<()> {
+        self.run(move |s| s.create_conversation(&conversation, &members))
+            .await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> StoreResult<Option<ConversationRecord>> {
+        self.run(move |s| s.conversation(id)).await
+    }
+
+    async fn members(&self, id: ConversationId) -> StoreResult<Vec<MemberRecord>> {
+        self.run(move |s| s.members(id)).await
+    }
+
+    async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool> {
+        self.run(move |s| s.is_member(id, user)).await
+    }
+
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
+        self.run(move |s| s.conversations_of(user)).await
+    }
+
+    async fn direct_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> StoreResult<Option<ConversationId>> {
+        self.run(move |s| s.direct_conversation(a, b)).await
+    }
+
+    async fn set_direct_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+        id: ConversationId,
+    ) -> StoreResult<()> {
+        self.run(move |s| s.set_direct_conversation(a, b, id)).await
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> StoreResult<()> {
+        self.run(move |s| s.commit(&batch)).await
+    }
+
+    async fn last_seq(&self, conversation: ConversationId) -> StoreResult<u64> {
+        self.run(move |s| s.last_seq(conversation)).await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: u128,
+    ) -> StoreResult<Option<Message>> {
+        self.run(move |s| s.message_by_client_id(conversation, sender, client_msg_id))
+            .await
+    }
+
+    async fn history(&self, query: HistoryQuery) -> StoreResult<Vec<Message>> {
+        self.run(move |s| s.history(query)).await
+    }
+
+    async fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64> {
+        self.run(move |s| s.cursor(device, conversation)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        Message {
+            conversation: ConversationId(5),
+            seq: 9,
+            message_id: MessageId(u128::MAX),
+            sender_user: UserId(1),
+            sender_device: DeviceId(2),
+            client_msg_id: 77,
+            timestamp_ms: 1_700_000_000_000,
+            content_type: "file".to_owned(),
+            payload: (0..=255).collect(),
+            files: vec![FileRef {
+                file_id: MessageId(3),
+                size: 10,
+                content_type: "image/png".to_owned(),
+            }],
+        }
+    }
+
+    fn assert_corrupt<T: std::fmt::Debug>(r: StoreResult<T>, what: &str) {
+        match r {
+            Err(StoreError::Corrupt(_)) => {}
+            other => panic!("{what}: expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let m = sample();
+        let bytes = encode_message(&m).expect("encode");
+        assert_eq!(bytes[0], RECORD_V1);
+        assert_eq!(
+            decode_message(m.conversation, m.seq, &bytes).expect("decode"),
+            m
+        );
+    }
+
+    #[test]
+    fn damaged_records_are_corrupt_errors_not_panics() {
+        let m = sample();
+        let good = encode_message(&m).expect("encode");
+        // Every truncation misses a field.
+        for n in 0..good.len() {
+            assert_corrupt(
+                decode_message(m.conversation, m.seq, &good[..n]),
+                &format!("truncated to {n}"),
+            );
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_corrupt(
+            decode_message(m.conversation, m.seq, &trailing),
+            "trailing byte",
+        );
+        let mut version = good.clone();
+        version[0] = 0xee;
+        assert_corrupt(
+            decode_message(m.conversation, m.seq, &version),
+            "unknown version",
+        );
+        // A length prefix claiming far more bytes than exist must not allocate or panic.
+        let huge = [
+            RECORD_V1, 1, 1, 1, 1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
+        assert_corrupt(decode_message(m.conversation, m.seq, &huge), "huge length");
+        // Random damage: any outcome but a panic is acceptable.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut bad = good.clone();
+            let at = (x % bad.len() as u64) as usize;
+            bad[at] ^= (x >> 32) as u8 | 1;
+            let _ = decode_message(m.conversation, m.seq, &bad);
+            let _ = decode_user(UserId(1), &bad);
+            let _ = decode_conversation(ConversationId(1), &bad);
+            let _ = decode_token([0; 32], &bad);
+            let _ = decode_member(&bad);
+        }
+    }
+
+    #[test]
+    fn unknown_enum_values_are_corrupt() {
+        let conv = encode(
+            &ConversationV1 {
+                kind: 9,
+                name: Cow::Borrowed("x"),
+                description: Cow::Borrowed(""),
+                created_by: 1,
+                created_ms: 2,
+            },
+            "test",
+        )
+        .expect("encode");
+        assert_corrupt(decode_conversation(ConversationId(1), &conv), "kind 9");
+        let member = encode(&MemberV1 { role: 0 }, "test").expect("encode");
+        assert_corrupt(decode_member(&member), "role 0");
+    }
+
+    #[test]
+    fn malformed_keys_and_index_values_are_corrupt() {
+        assert_corrupt(seq_of_message_key(&[0; 23]), "short message key");
+        assert_corrupt(seq_of_message_key(&[0; 25]), "long message key");
+        assert_eq!(
+            seq_of_message_key(&message_key(ConversationId(3), 258)).expect("key"),
+            258
+        );
+        assert_corrupt(u128_at(&[0; 20], 16, "t"), "short id");
+        assert_corrupt(exact_u64(&[0; 7], "t"), "short seq");
+        assert_corrupt(exact_u128(&[0; 17], "t"), "long id");
+    }
+
+    #[test]
+    fn usernames_that_cannot_be_keys_are_refused() {
+        assert!(username_key("").is_err());
+        assert!(username_key(&"a".repeat(MAX_USERNAME_BYTES + 1)).is_err());
+        assert_eq!(username_key("ÉLODIE").expect("key"), "élodie".as_bytes());
+    }
+
+    #[tokio::test]
+    async fn corrupt_bytes_on_disk_surface_as_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let conv = ConversationId(42);
+        let mut m = sample();
+        m.conversation = conv;
+        m.seq = 1;
+        store
+            .commit(CommitBatch {
+                messages: vec![m.clone()],
+                cursors: Vec::new(),
+            })
+            .await
+            .expect("commit");
+        // Overwrite the stored record, cursor and user with garbage behind the store's back.
+        let inner = &store.inner;
+        inner
+            .messages
+            .insert(message_key(conv, 1), b"\x01\xff".to_vec())
+            .expect("insert");
+        inner
+            .cursors
+            .insert(cat2([1; 16], [2; 16]), b"abc".to_vec())
+            .expect("insert");
+        inner
+            .users
+            .insert(7u128.to_be_bytes(), b"\x02junk".to_vec())
+            .expect("insert");
+        let q = HistoryQuery {
+            conversation: conv,
+            before_seq: 0,
+            after_seq: 0,
+            limit: 10,
+        };
+        assert_corrupt(store.history(q).await, "history");
+        assert_corrupt(
+            store
+                .message_by_client_id(conv, m.sender_user, m.client_msg_id)
+                .await,
+            "by client id",
+        );
+        assert_corrupt(
+            store
+                .cursor(
+                    DeviceId(u128::from_be_bytes([1; 16])),
+                    ConversationId(u128::from_be_bytes([2; 16])),
+                )
+                .await,
+            "cursor",
+        );
+        assert_corrupt(store.user_by_id(UserId(7)).await, "user");
+    }
+
+    #[test]
+    fn unknown_layout_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = EmbeddedStore::open(dir.path()).expect("open");
+            let meta = store
+                .inner
+                .db
+                .keyspace("meta", KeyspaceCreateOptions::default)
+                .expect("meta");
+            meta.insert(LAYOUT_KEY, [LAYOUT_VERSION + 1])
+                .expect("insert");
+        }
+        assert_corrupt(EmbeddedStore::open(dir.path()), "layout version");
+    }
+}

@@ -1,0 +1,174 @@
+//! Configuration: command-line flags, `TERN_*` environment variables, and an optional TOML file,
+//! in that order of precedence, over built-in defaults that need no set-up at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tls::CertSource;
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "tern", version, about = "Tern: secure real-time messaging server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the server (embedded storage, self-signed TLS unless configured otherwise).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Directory for the embedded store and the self-signed certificate [default: ./tern-data].
+    #[arg(long, env = "TERN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TCP (HTTPS, secure WebSocket) and UDP (WebTransport) address; port 0 picks a free one
+    /// [default: 127.0.0.1:4433].
+    #[arg(long, env = "TERN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TOML file with the same settings (snake_case keys).
+    #[arg(long, env = "TERN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PEM certificate chain (production). Needs --tls-key.
+    #[arg(long, env = "TERN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TERN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest accepted inbound frame in bytes [default: 65536].
+    #[arg(long, env = "TERN_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Log format: "text" or "json" [default: text].
+    #[arg(long, env = "TERN_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file form.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_frame_bytes: Option<usize>,
+    pub log_format: Option<String>,
+    pub idle_timeout_secs: Option<u64>,
+    pub send_queue_frames: Option<usize>,
+    pub login_failures_per_username: Option<u32>,
+    pub login_attempts_per_address: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub certs: CertSource,
+    pub max_frame_bytes: usize,
+    pub log_format: LogFormat,
+    /// A connection that sends nothing (not even a ping) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Frames queued to one connection before it counts as a slow consumer.
+    pub send_queue_frames: usize,
+    pub login_failures_per_username: u32,
+    pub login_attempts_per_address: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("config file {0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Bounds that keep a misconfiguration from disabling a limit.
+const MAX_FRAME_BYTES_CEILING: usize = 16 * 1024 * 1024;
+const MIN_FRAME_BYTES: usize = 1024;
+
+impl Config {
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("tern-data"));
+        let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)));
+        let certs = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => CertSource::Pem { cert, key },
+            (None, None) => CertSource::SelfSigned { dir: data_dir.join("tls") },
+            _ => return Err(ConfigError::Invalid("tls_cert and tls_key must be given together".into())),
+        };
+        let max_frame_bytes = args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(64 * 1024);
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES_CEILING).contains(&max_frame_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "max_frame_bytes must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES_CEILING}"
+            )));
+        }
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(ConfigError::Invalid(format!("unknown log format {other:?}"))),
+        };
+        let idle_timeout = Duration::from_secs(file.idle_timeout_secs.unwrap_or(90).clamp(5, 3600));
+        let send_queue_frames = file.send_queue_frames.unwrap_or(1024).clamp(16, 1 << 20);
+        Ok(Config {
+            data_dir,
+            listen,
+            certs,
+            max_frame_bytes,
+            log_format,
+            idle_timeout,
+            send_queue_frames,
+            login_failures_per_username: file.login_failures_per_username.unwrap_or(5).max(1),
+            login_attempts_per_address: file.login_attempts_per_address.unwrap_or(30).max(1),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = Config::resolve(ServeArgs::default()).expect("defaults resolve");
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 4433)));
+        assert_eq!(config.max_frame_bytes, 65536);
+        assert!(matches!(config.certs, CertSource::SelfSigned { .. }));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_frame_bytes = 2048\n").expect("write");
+        let args = ServeArgs { config: Some(path.clone()), max_frame_bytes: Some(4096), ..ServeArgs::default() };
+        let config = Config::resolve(args).expect("resolve");
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.max_frame_bytes, 4096);
+        let too_small = ServeArgs { max_frame_bytes: Some(10), ..ServeArgs::default() };
+        assert!(Config::resolve(too_small).is_err());
+        std::fs::write(&path, "no_such_key = 1\n").expect("write");
+        assert!(Config::resolve(ServeArgs { config: Some(path), ..ServeArgs::default() }).is_err());
+    }
+}

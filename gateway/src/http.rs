@@ -1,0 +1,374 @@
+//! The HTTPS JSON API under `/api/v1`, operations endpoints, and the OpenAPI document generated
+//! from these handlers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tern_engine::accounts::Accounts;
+use tern_engine::conversations::Conversations;
+use tern_engine::core::Input;
+use tern_engine::driver::EngineHandle;
+use tern_engine::service::ServiceError;
+use tern_wire::api::{
+    ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup, Credentials, ErrorBody,
+    FileRefView, HistoryPageView, LoginResponse, MemberView, MessageView, TransportInfo, UserView,
+};
+use tern_wire::ids::{ConversationId, UserId};
+use tern_wire::msg::{ConversationInfo, ConversationKind, ErrorCode, MemberRole, Message, PROTOCOL_VERSION};
+use utoipa::OpenApi;
+
+use crate::session::SessionContext;
+use crate::tls::Certificates;
+
+/// Largest JSON body accepted by the API (group creation with many members is the biggest).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub struct ApiState {
+    pub accounts: Arc<Accounts>,
+    pub conversations: Arc<Conversations>,
+    pub engine: EngineHandle,
+    pub certs: Arc<Certificates>,
+    pub registry: Arc<Registry>,
+    /// The address clients should use (the bound one, with the real port).
+    pub public_addr: SocketAddr,
+    pub max_frame_bytes: usize,
+}
+
+/// The TCP peer address, inserted by the listener into every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
+    paths(register, login, logout, me, user_by_name, create_direct, create_group, list_conversations, history, transport),
+    components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, CertificateHash, TransportInfo, ErrorBody, ApiError)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
+    let v1 = Router::new()
+        .route("/register", post(register))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/me", get(me))
+        .route("/users/{username}", get(user_by_name))
+        .route("/conversations", get(list_conversations))
+        .route("/conversations/direct", post(create_direct))
+        .route("/conversations/group", post(create_group))
+        .route("/conversations/{id}/messages", get(history))
+        .route("/transport", get(transport))
+        .route("/openapi.json", get(openapi))
+        .with_state(api.clone());
+    let ws = Router::new().route("/api/v1/ws", get(crate::ws::upgrade)).with_state(sessions);
+    Router::new()
+        .nest("/api/v1", v1)
+        .merge(ws)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(api)
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// An API error: the JSON body `{"error": {"code", "message"}}` with the matching status.
+pub struct HttpError(ServiceError);
+
+impl From<ServiceError> for HttpError {
+    fn from(e: ServiceError) -> Self {
+        HttpError(e)
+    }
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidArgument | ErrorCode::MalformedFrame | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated | ErrorCode::TokenRevoked => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::FrameTooLarge | ErrorCode::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited | ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::ServerShutdown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(ApiError { error: ErrorBody { code: code.to_owned(), message } })).into_response()
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let mut response = error_response(status_of(e.code), e.code.as_str(), e.message);
+        if let Some(wait) = e.retry_after {
+            if let Ok(value) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        if status_of(e.code) == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A JSON body whose rejection is reported in the API's own error format.
+pub struct ApiJson<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(HttpError(ServiceError::invalid(rejection.body_text()))),
+        }
+    }
+}
+
+/// The caller, authenticated by `Authorization: Bearer TOKEN`.
+pub struct Caller {
+    pub user: UserId,
+    pub token: String,
+}
+
+impl FromRequestParts<Arc<ApiState>> for Caller {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ServiceError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
+        let record = state.accounts.authenticate(&token).await?;
+        Ok(Caller { user: record.user, token })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_owned())
+}
+
+fn client_ip(parts: &axum::http::Extensions) -> IpAddr {
+    parts.get::<ClientAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0.ip())
+}
+
+#[utoipa::path(post, path = "/api/v1/register", request_body = Credentials,
+    responses((status = 201, body = UserView), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn register(
+    State(api): State<Arc<ApiState>>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<(StatusCode, Json<UserView>), HttpError> {
+    let user = api.accounts.register(&body.username, &body.password).await?;
+    Ok((StatusCode::CREATED, Json(UserView { user_id: user.id, username: user.username })))
+}
+
+#[utoipa::path(post, path = "/api/v1/login", request_body = Credentials,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError),
+              (status = 429, body = ApiError, headers(("Retry-After" = u64, description = "seconds to wait")))))]
+async fn login(
+    State(api): State<Arc<ApiState>>,
+    request: axum::extract::Request,
+) -> Result<Json<LoginResponse>, HttpError> {
+    let ip = client_ip(request.extensions());
+    let ApiJson(body) = ApiJson::<Credentials>::from_request(request, &()).await?;
+    let session = api.accounts.login(&body.username, &body.password, ip).await?;
+    Ok(Json(LoginResponse {
+        token: session.token,
+        user_id: session.user.id,
+        username: session.user.username,
+        expires_at_ms: session.expires_ms,
+    }))
+}
+
+use axum::extract::FromRequest as _;
+
+#[utoipa::path(post, path = "/api/v1/logout", security(("bearer" = [])),
+    responses((status = 204, description = "token revoked and its live connections closed"), (status = 401, body = ApiError)))]
+async fn logout(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<StatusCode, HttpError> {
+    let token_hash = api.accounts.logout(&caller.token).await?;
+    if api.engine.input(Input::TokenRevoked { token_hash }).await.is_err() {
+        tracing::warn!("engine stopped: live connections of a revoked token not closed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/me", security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ApiError)))]
+async fn me(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<Json<UserView>, HttpError> {
+    let user = api.accounts.user(caller.user).await?;
+    Ok(Json(UserView { user_id: user.id, username: user.username }))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{username}", security(("bearer" = [])),
+    params(("username" = String, Path)),
+    responses((status = 200, body = UserView), (status = 404, body = ApiError)))]
+async fn user_by_name(
+    State(api): State<Arc<ApiState>>,
+    _caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<UserView>, HttpError> {
+    let user = api.accounts.user_by_name(&username).await?;
+    Ok(Json(UserView { user_id: user.id, username: user.username }))
+}
+
+pub fn conversation_view(info: ConversationInfo) -> ConversationView {
+    ConversationView {
+        conversation_id: info.conversation,
+        kind: match info.kind {
+            ConversationKind::Direct => "direct",
+            ConversationKind::Group => "group",
+        }
+        .into(),
+        name: info.name,
+        description: info.description,
+        members: info
+            .members
+            .into_iter()
+            .map(|m| MemberView {
+                user_id: m.user,
+                username: m.username,
+                role: match m.role {
+                    MemberRole::Owner => "owner",
+                    MemberRole::Member => "member",
+                }
+                .into(),
+            })
+            .collect(),
+        last_seq: info.last_seq,
+    }
+}
+
+pub fn message_view(m: Message) -> MessageView {
+    MessageView {
+        seq: m.seq,
+        message_id: m.message_id,
+        sender_user: m.sender_user,
+        sender_device: m.sender_device,
+        client_msg_id: format!("{:032x}", m.client_msg_id),
+        timestamp_ms: m.timestamp_ms,
+        content_type: m.content_type,
+        payload_b64: base64::engine::general_purpose::STANDARD.encode(&m.payload),
+        files: m
+            .files
+            .into_iter()
+            .map(|f| FileRefView { file_id: f.file_id, size: f.size, content_type: f.content_type })
+            .collect(),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/direct", request_body = CreateDirect, security(("bearer" = [])),
+    responses((status = 200, body = ConversationView, description = "existing"), (status = 201, body = ConversationView, description = "created"), (status = 404, body = ApiError)))]
+async fn create_direct(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateDirect>,
+) -> Result<(StatusCode, Json<ConversationView>), HttpError> {
+    let peer = api.accounts.user_by_name(&body.peer).await?;
+    let (info, created) = api.conversations.open_direct(caller.user, peer.id).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(conversation_view(info))))
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/group", request_body = CreateGroup, security(("bearer" = [])),
+    responses((status = 201, body = ConversationView), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 413, body = ApiError)))]
+async fn create_group(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateGroup>,
+) -> Result<(StatusCode, Json<ConversationView>), HttpError> {
+    let mut members = Vec::with_capacity(body.members.len());
+    for username in &body.members {
+        members.push(api.accounts.user_by_name(username).await?.id);
+    }
+    let info = api.conversations.create_group(caller.user, &body.name, &body.description, &members).await?;
+    Ok((StatusCode::CREATED, Json(conversation_view(info))))
+}
+
+#[utoipa::path(get, path = "/api/v1/conversations", security(("bearer" = [])),
+    responses((status = 200, body = ConversationList)))]
+async fn list_conversations(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<Json<ConversationList>, HttpError> {
+    let conversations = api.conversations.list(caller.user).await?;
+    Ok(Json(ConversationList { conversations: conversations.into_iter().map(conversation_view).collect() }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct HistoryParams {
+    /// Only messages with seq below this.
+    before: Option<u64>,
+    /// Only messages with seq above this.
+    after: Option<u64>,
+    /// Page size (1..=500, default 50).
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid), HistoryParams),
+    responses((status = 200, body = HistoryPageView), (status = 404, body = ApiError)))]
+async fn history(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<HistoryPageView>, HttpError> {
+    let id: ConversationId = id.parse().map_err(|_| ServiceError::invalid("conversation id must be a UUID"))?;
+    let (messages, has_more) = api
+        .conversations
+        .history(caller.user, id, params.before.unwrap_or(0), params.after.unwrap_or(0), params.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(HistoryPageView { messages: messages.into_iter().map(message_view).collect(), has_more }))
+}
+
+#[utoipa::path(get, path = "/api/v1/transport",
+    responses((status = 200, body = TransportInfo, description = "where to connect and which certificate hashes to pin")))]
+async fn transport(State(api): State<Arc<ApiState>>) -> Json<TransportInfo> {
+    let addr = api.public_addr;
+    let active = api.certs.active();
+    Json(TransportInfo {
+        webtransport_url: format!("https://{addr}{}", crate::wt::WT_PATH),
+        websocket_url: format!("wss://{addr}/api/v1/ws"),
+        certificate_hashes: vec![CertificateHash { algorithm: "sha-256".into(), value: hex::encode(active.sha256) }],
+        protocol_version: PROTOCOL_VERSION,
+        max_frame_bytes: api.max_frame_bytes as u32,
+    })
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(api): State<Arc<ApiState>>) -> Response {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &api.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}

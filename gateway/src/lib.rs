@@ -1,0 +1,11 @@
+//! The `tern` server: TLS listeners (TCP for HTTPS and secure WebSocket, UDP for WebTransport)
+//! around the engine. See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod ws;
+pub mod wt;

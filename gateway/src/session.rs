@@ -1,0 +1,401 @@
+//! One device session, the same on every transport: Hello and authentication, resume replay,
+//! then requests in and live traffic out until either side ends it.
+//!
+//! Transports (WebSocket, WebTransport) only move whole frames: they implement [`FrameRecv`]
+//! and [`FrameSend`], and everything a client can observe is decided here, once.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_engine::accounts::{Accounts, hash_token};
+use tern_engine::conversations::Conversations;
+use tern_engine::core::{Input, SendRequest};
+use tern_engine::driver::{CloseReason, ConnSink, EngineHandle, Outbound, now_ms};
+use tern_engine::metrics::EngineMetrics;
+use tern_engine::service::ServiceError;
+use tern_engine::store::{HistoryQuery, Store};
+use tern_wire::Limits;
+use tern_wire::ids::{ConversationId, DeviceId, UserId};
+use tern_wire::msg::{ClientMessage, ConversationKind, Cursor, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{GatewayMetrics, Transport};
+
+/// How long a new connection may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages read from the store per page during resume replay.
+const REPLAY_PAGE: u32 = 256;
+/// Most conversations a Hello or Resume may list.
+const MAX_RESUME_CURSORS: usize = 10_000;
+
+/// What a transport reports when asked for the next frame.
+#[derive(Debug)]
+pub enum Received {
+    Frame(Vec<u8>),
+    /// The peer sent a frame over the limit; it was not buffered.
+    TooLarge { size: usize },
+    /// The transport's own framing was violated (e.g. a text WebSocket message).
+    Malformed(String),
+    /// The peer closed or the connection broke.
+    Closed,
+}
+
+pub trait FrameRecv: Send {
+    /// Cancel-safe: dropping the future loses no frame.
+    fn recv(&mut self) -> impl Future<Output = Received> + Send;
+}
+
+pub trait FrameSend: Send {
+    fn send(&mut self, frame: &[u8]) -> impl Future<Output = Result<(), TransportClosed>> + Send;
+    /// Ends the connection with a reason the client can read.
+    fn close(&mut self, code: ErrorCode, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("transport closed")]
+pub struct TransportClosed;
+
+/// Everything sessions share.
+pub struct SessionContext {
+    pub accounts: Arc<Accounts>,
+    pub conversations: Arc<Conversations>,
+    pub engine: EngineHandle,
+    pub store: Arc<dyn Store>,
+    pub limits: Limits,
+    pub engine_metrics: Arc<EngineMetrics>,
+    pub metrics: Arc<GatewayMetrics>,
+    pub idle_timeout: Duration,
+    pub send_queue_frames: usize,
+}
+
+/// Why a session ended, and what the client is told.
+struct End {
+    code: Option<ErrorCode>,
+    reason: String,
+}
+
+impl End {
+    fn quiet() -> Self {
+        End { code: None, reason: String::new() }
+    }
+    fn fatal(code: ErrorCode, reason: impl Into<String>) -> Self {
+        End { code: Some(code), reason: reason.into() }
+    }
+}
+
+struct Session<'a, R, W> {
+    ctx: &'a SessionContext,
+    transport: Transport,
+    rx: R,
+    tx: W,
+    user: UserId,
+    device: DeviceId,
+    /// Highest seq sent to this device per conversation: drops live copies of replayed messages.
+    delivered: HashMap<ConversationId, u64>,
+    frames: mpsc::Receiver<Outbound>,
+}
+
+pub async fn run<R: FrameRecv, W: FrameSend>(ctx: Arc<SessionContext>, transport: Transport, mut rx: R, mut tx: W) {
+    let metrics = ctx.metrics.clone();
+    metrics.connections.get_or_create(&transport.labels()).inc();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, rx.recv()).await {
+        Ok(received) => received,
+        Err(_) => {
+            refuse(&mut tx, &metrics, transport, End::fatal(ErrorCode::Unauthenticated, "no Hello in time")).await;
+            metrics.connections.get_or_create(&transport.labels()).dec();
+            return;
+        }
+    };
+    match authenticate(&ctx, transport, hello).await {
+        Err(end) => refuse(&mut tx, &metrics, transport, end).await,
+        Ok((user, device, token_hash, cursors)) => {
+            run_authenticated(&ctx, transport, rx, tx, user, device, token_hash, cursors).await;
+        }
+    }
+    metrics.connections.get_or_create(&transport.labels()).dec();
+}
+
+async fn refuse<W: FrameSend>(tx: &mut W, metrics: &GatewayMetrics, transport: Transport, end: End) {
+    if let Some(code) = end.code {
+        let frame = tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
+        if tx.send(&frame).await.is_ok() {
+            metrics.frames_out.get_or_create(&transport.labels()).inc();
+        }
+        tx.close(code, &end.reason).await;
+    }
+}
+
+type Authenticated = (UserId, DeviceId, [u8; 32], Vec<Cursor>);
+
+async fn authenticate(ctx: &SessionContext, transport: Transport, first: Received) -> Result<Authenticated, End> {
+    let bytes = match first {
+        Received::Frame(bytes) => bytes,
+        Received::TooLarge { size } => {
+            return Err(End::fatal(ErrorCode::FrameTooLarge, format!("frame of {size} bytes exceeds the limit")));
+        }
+        Received::Malformed(why) => return Err(End::fatal(ErrorCode::MalformedFrame, why)),
+        Received::Closed => return Err(End::quiet()),
+    };
+    ctx.metrics.frames_in.get_or_create(&transport.labels()).inc();
+    let message = tern_wire::decode_client(&bytes, &ctx.limits).map_err(|e| End::fatal(e.code(), e.to_string()))?;
+    let ClientMessage::Hello { min_version, max_version, token, device, cursors, .. } = message else {
+        return Err(End::fatal(ErrorCode::Unauthenticated, "the first frame must be Hello"));
+    };
+    if min_version > PROTOCOL_VERSION || max_version < 1 || min_version > max_version {
+        return Err(End::fatal(
+            ErrorCode::UnsupportedVersion,
+            format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+        ));
+    }
+    if cursors.len() > MAX_RESUME_CURSORS {
+        return Err(End::fatal(ErrorCode::LimitExceeded, "too many resume cursors"));
+    }
+    let record = ctx.accounts.authenticate(&token).await.map_err(|e| End::fatal(e.code, e.message))?;
+    debug_assert_eq!(record.token_hash, hash_token(&token));
+    Ok((record.user, device, record.token_hash, cursors))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_authenticated<R: FrameRecv, W: FrameSend>(
+    ctx: &SessionContext,
+    transport: Transport,
+    rx: R,
+    tx: W,
+    user: UserId,
+    device: DeviceId,
+    token_hash: [u8; 32],
+    cursors: Vec<Cursor>,
+) {
+    let (frames_tx, frames_rx) = mpsc::channel(ctx.send_queue_frames);
+    let (close_tx, close_rx) = oneshot::channel();
+    let sink = ConnSink { frames: frames_tx, close: close_tx };
+    let Ok(conn) = ctx.engine.connect(user, device, token_hash, sink).await else {
+        let mut tx = tx;
+        refuse(&mut tx, &ctx.metrics, transport, End::fatal(ErrorCode::ServerShutdown, "server is shutting down")).await;
+        return;
+    };
+    let mut session = Session { ctx, transport, rx, tx, user, device, delivered: HashMap::new(), frames: frames_rx };
+    let end = session.serve(conn, cursors, close_rx).await;
+    ctx.engine.disconnect(conn).await;
+    // Frames still queued will never be written.
+    ctx.engine_metrics.send_queue_frames.dec_by(session.frames.len() as i64);
+    session.frames.close();
+    if let Some(code) = end.code {
+        let frame = tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
+        let _ = session.write(&frame).await;
+        session.tx.close(code, &end.reason).await;
+    }
+}
+
+impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
+    async fn write(&mut self, frame: &[u8]) -> Result<(), End> {
+        self.tx.send(frame).await.map_err(|_| End::quiet())?;
+        self.ctx.metrics.frames_out.get_or_create(&self.transport.labels()).inc();
+        Ok(())
+    }
+
+    async fn reply(&mut self, message: &ServerMessage) -> Result<(), End> {
+        self.write(&tern_wire::encode_server(message)).await
+    }
+
+    /// Writes an engine frame unless it is a live copy of a message already sent.
+    async fn write_outbound(&mut self, frame: Outbound) -> Result<(), End> {
+        self.ctx.engine_metrics.send_queue_frames.dec();
+        if let Some((conversation, seq)) = frame.delivery {
+            let high = self.delivered.entry(conversation).or_insert(0);
+            if seq <= *high {
+                return Ok(());
+            }
+            *high = seq;
+        }
+        self.write(&frame.bytes).await
+    }
+
+    async fn serve(&mut self, conn: u64, cursors: Vec<Cursor>, mut close: oneshot::Receiver<CloseReason>) -> End {
+        let welcome = ServerMessage::Welcome {
+            version: PROTOCOL_VERSION,
+            user: self.user,
+            device: self.device,
+            server_time_ms: now_ms(),
+            max_frame_bytes: self.ctx.limits.max_frame_bytes as u32,
+        };
+        if let Err(end) = self.reply(&welcome).await {
+            return end;
+        }
+        if let Err(end) = self.resume(&cursors, true).await {
+            return end;
+        }
+        loop {
+            tokio::select! {
+                reason = &mut close => {
+                    return match reason {
+                        Ok(reason) => End::fatal(reason.code, reason.message),
+                        Err(_) => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
+                    };
+                }
+                frame = self.frames.recv() => {
+                    let Some(frame) = frame else {
+                        // The engine dropped our queue: it closed us (the reason was sent
+                        // first) or it stopped.
+                        return match close.try_recv() {
+                            Ok(reason) => End::fatal(reason.code, reason.message),
+                            Err(_) => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
+                        };
+                    };
+                    if let Err(end) = self.write_outbound(frame).await {
+                        return end;
+                    }
+                }
+                received = tokio::time::timeout(self.ctx.idle_timeout, self.rx.recv()) => {
+                    let received = match received {
+                        Ok(received) => received,
+                        Err(_) => return End::fatal(ErrorCode::InvalidArgument, "idle timeout: send pings"),
+                    };
+                    if let Err(end) = self.on_received(conn, received).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_received(&mut self, conn: u64, received: Received) -> Result<(), End> {
+        let bytes = match received {
+            Received::Frame(bytes) => bytes,
+            Received::TooLarge { size } => {
+                return Err(End::fatal(ErrorCode::FrameTooLarge, format!("frame of {size} bytes exceeds the limit")));
+            }
+            Received::Malformed(why) => return Err(End::fatal(ErrorCode::MalformedFrame, why)),
+            Received::Closed => return Err(End::quiet()),
+        };
+        self.ctx.metrics.frames_in.get_or_create(&self.transport.labels()).inc();
+        let message = tern_wire::decode_client(&bytes, &self.ctx.limits).map_err(|e| End::fatal(e.code(), e.to_string()))?;
+        self.dispatch(conn, message).await
+    }
+
+    async fn dispatch(&mut self, conn: u64, message: ClientMessage) -> Result<(), End> {
+        let engine_gone = |_| End::fatal(ErrorCode::ServerShutdown, "server is shutting down");
+        match message {
+            ClientMessage::Send { request_id, conversation, client_msg_id, content_type, payload, files } => {
+                self.ctx.metrics.messages_in.get_or_create(&self.transport.labels()).inc();
+                let request = SendRequest { conn, request_id, conversation, client_msg_id, content_type, payload, files };
+                self.ctx.engine.send(request).await.map_err(engine_gone)
+            }
+            ClientMessage::Ack { conversation, seq } => {
+                self.ctx.engine.input(Input::Ack { conn, conversation, seq }).await.map_err(engine_gone)
+            }
+            ClientMessage::Resume { cursors } => {
+                if cursors.len() > MAX_RESUME_CURSORS {
+                    return self.reply(&ServerMessage::error(0, ErrorCode::LimitExceeded, "too many cursors", false)).await;
+                }
+                self.resume(&cursors, false).await
+            }
+            ClientMessage::History { request_id, conversation, before_seq, after_seq, limit } => {
+                let answer = match self.ctx.conversations.history(self.user, conversation, before_seq, after_seq, limit).await {
+                    Ok((messages, has_more)) => {
+                        ServerMessage::HistoryPage { request_id, conversation, messages, reactions: vec![], has_more }
+                    }
+                    Err(e) => service_error(request_id, e),
+                };
+                self.reply(&answer).await
+            }
+            ClientMessage::CreateConversation { request_id, kind, name, description, members } => {
+                let result = match kind {
+                    ConversationKind::Direct => match members.as_slice() {
+                        [peer] => self.ctx.conversations.open_direct(self.user, *peer).await.map(|(info, _)| info),
+                        _ => Err(ServiceError::invalid("a 1:1 conversation has exactly one other member")),
+                    },
+                    ConversationKind::Group => self.ctx.conversations.create_group(self.user, &name, &description, &members).await,
+                };
+                let answer = match result {
+                    Ok(info) => ServerMessage::Conversation { request_id, info },
+                    Err(e) => service_error(request_id, e),
+                };
+                self.reply(&answer).await
+            }
+            ClientMessage::Ping { nonce } => self.reply(&ServerMessage::Pong { nonce }).await,
+            ClientMessage::Hello { .. } => {
+                self.reply(&ServerMessage::error(0, ErrorCode::InvalidArgument, "already authenticated", false)).await
+            }
+            ClientMessage::Invite { request_id, .. }
+            | ClientMessage::AcceptInvite { request_id, .. }
+            | ClientMessage::DeclineInvite { request_id, .. }
+            | ClientMessage::AddMember { request_id, .. }
+            | ClientMessage::RemoveMember { request_id, .. }
+            | ClientMessage::Leave { request_id, .. }
+            | ClientMessage::React { request_id, .. }
+            | ClientMessage::PublishKeys { request_id, .. }
+            | ClientMessage::ClaimKeys { request_id, .. } => self.reply(&unsupported(request_id)).await,
+            ClientMessage::SetPresence { .. } | ClientMessage::Typing { .. } | ClientMessage::KeyShare { .. } => {
+                self.reply(&unsupported(0)).await
+            }
+        }
+    }
+
+    /// Sends every message after the device's position in each of its conversations, in order,
+    /// then `SyncComplete`. Live frames that arrive meanwhile are held (bounded) and written
+    /// afterwards, minus copies of what the replay sent.
+    async fn resume(&mut self, cursors: &[Cursor], all_conversations: bool) -> Result<(), End> {
+        let given: HashMap<ConversationId, u64> = cursors.iter().map(|c| (c.conversation, c.seq)).collect();
+        let store = self.ctx.store.clone();
+        let internal = |_| End::fatal(ErrorCode::Internal, "storage unavailable");
+        let mut targets = Vec::new();
+        if all_conversations {
+            for conversation in store.conversations_of(self.user).await.map_err(internal)? {
+                let after = match given.get(&conversation) {
+                    Some(seq) => *seq,
+                    None => store.cursor(self.device, conversation).await.map_err(internal)?,
+                };
+                targets.push((conversation, after));
+            }
+        } else {
+            for (conversation, after) in given {
+                if store.is_member(conversation, self.user).await.map_err(internal)? {
+                    targets.push((conversation, after));
+                }
+            }
+        }
+        let mut held: VecDeque<Outbound> = VecDeque::new();
+        let hold_limit = self.ctx.send_queue_frames;
+        for (conversation, after) in targets {
+            let mut after = after.max(self.delivered.get(&conversation).copied().unwrap_or(0));
+            loop {
+                let query = HistoryQuery { conversation, before_seq: 0, after_seq: after, limit: REPLAY_PAGE };
+                let page = store.history(query).await.map_err(internal)?;
+                for message in &page {
+                    debug_assert!(message.seq > after, "history pages ascend");
+                    after = message.seq;
+                }
+                let full = page.len() as u32 >= REPLAY_PAGE;
+                for message in page {
+                    self.reply(&ServerMessage::Deliver { message }).await?;
+                }
+                self.delivered.insert(conversation, after);
+                while let Ok(frame) = self.frames.try_recv() {
+                    if held.len() >= hold_limit {
+                        return Err(End::fatal(ErrorCode::SlowConsumer, "too much live traffic during resume"));
+                    }
+                    held.push_back(frame);
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        self.reply(&ServerMessage::SyncComplete).await?;
+        while let Some(frame) = held.pop_front() {
+            self.write_outbound(frame).await?;
+        }
+        Ok(())
+    }
+}
+
+fn unsupported(request_id: u64) -> ServerMessage {
+    ServerMessage::error(request_id, ErrorCode::Unsupported, "not supported by this server version yet", false)
+}
+
+fn service_error(request_id: u64, e: ServiceError) -> ServerMessage {
+    ServerMessage::error(request_id, e.code, e.message, false)
+}

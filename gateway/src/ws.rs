@@ -1,0 +1,89 @@
+//! Secure WebSocket transport: one binary WebSocket message per envelope.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tern_wire::msg::ErrorCode;
+
+use crate::metrics::Transport;
+use crate::session::{self, FrameRecv, FrameSend, Received, SessionContext, TransportClosed};
+
+/// tungstenite reads into a buffer of this size; its 128 KiB default costs that much per
+/// connection, idle or not.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+pub async fn upgrade(State(ctx): State<Arc<SessionContext>>, ws: WebSocketUpgrade) -> Response {
+    let limit = ctx.limits.max_frame_bytes;
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        // 0 writes each message straight through instead of keeping a 128 KiB write buffer.
+        .write_buffer_size(0)
+        // Frames up to twice the limit are read so the session can answer FrameTooLarge with a
+        // clear error; beyond that tungstenite refuses them itself.
+        .max_message_size(limit * 2)
+        .max_frame_size(limit * 2)
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            session::run(ctx, Transport::WebSocket, WsRecv { stream, limit }, WsSend { sink }).await;
+        })
+}
+
+struct WsRecv {
+    stream: SplitStream<WebSocket>,
+    limit: usize,
+}
+
+impl FrameRecv for WsRecv {
+    async fn recv(&mut self) -> Received {
+        loop {
+            return match self.stream.next().await {
+                Some(Ok(Message::Binary(bytes))) if bytes.len() > self.limit => Received::TooLarge { size: bytes.len() },
+                Some(Ok(Message::Binary(bytes))) => Received::Frame(bytes.to_vec()),
+                Some(Ok(Message::Text(_))) => Received::Malformed("text messages are not part of the protocol".into()),
+                // tungstenite answers pings itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => Received::Closed,
+                Some(Err(error)) => {
+                    let text = error.to_string();
+                    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
+                        Received::TooLarge { size: self.limit * 2 }
+                    } else {
+                        tracing::debug!(%error, "websocket read failed");
+                        Received::Closed
+                    }
+                }
+            };
+        }
+    }
+}
+
+struct WsSend {
+    sink: SplitSink<WebSocket, Message>,
+}
+
+impl FrameSend for WsSend {
+    async fn send(&mut self, frame: &[u8]) -> Result<(), TransportClosed> {
+        self.sink.send(Message::Binary(bytes::Bytes::copy_from_slice(frame))).await.map_err(|_| TransportClosed)
+    }
+
+    async fn close(&mut self, code: ErrorCode, reason: &str) {
+        let ws_code = match code {
+            ErrorCode::FrameTooLarge => close_code::SIZE,
+            ErrorCode::MalformedFrame => close_code::PROTOCOL,
+            ErrorCode::ServerShutdown => close_code::AWAY,
+            ErrorCode::Internal => close_code::ERROR,
+            _ => close_code::POLICY,
+        };
+        // Close reasons are limited to 123 bytes by the WebSocket protocol.
+        let mut reason = reason.to_owned();
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        let frame = CloseFrame { code: ws_code, reason: reason.into() };
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self.sink.close().await;
+    }
+}

@@ -1,0 +1,99 @@
+//! WebTransport (HTTP/3 over QUIC): one bidirectional stream per session carrying
+//! length-prefixed envelopes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_wire::framing::FrameDecoder;
+use tern_wire::msg::ErrorCode;
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+
+use crate::metrics::Transport;
+use crate::session::{self, FrameRecv, FrameSend, Received, SessionContext, TransportClosed};
+
+pub const WT_PATH: &str = "/api/v1/wt";
+/// How long a client has, after the session is accepted, to open its stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_CHUNK: usize = 4 * 1024;
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn accept_loop(endpoint: Endpoint<Server>, ctx: Arc<SessionContext>) {
+    loop {
+        let incoming = endpoint.accept().await;
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let request = match incoming.await {
+                Ok(request) => request,
+                Err(error) => {
+                    tracing::debug!(%error, "webtransport handshake failed");
+                    return;
+                }
+            };
+            if request.path() != WT_PATH {
+                request.not_found().await;
+                return;
+            }
+            let connection = match request.accept().await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::debug!(%error, "webtransport session failed");
+                    return;
+                }
+            };
+            let (send, recv) = match tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await {
+                Ok(Ok(streams)) => streams,
+                _ => {
+                    connection.close(VarInt::from_u32(ErrorCode::MalformedFrame as u32), b"no stream opened");
+                    return;
+                }
+            };
+            let limit = ctx.limits.max_frame_bytes;
+            let recv = WtRecv { recv, decoder: FrameDecoder::new(limit), buf: vec![0; READ_CHUNK] };
+            let send = WtSend { send, connection };
+            session::run(ctx, Transport::WebTransport, recv, send).await;
+        });
+    }
+}
+
+struct WtRecv {
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+}
+
+impl FrameRecv for WtRecv {
+    async fn recv(&mut self) -> Received {
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => return Received::Frame(frame),
+                Ok(None) => {}
+                Err(tern_wire::WireError::FrameTooLarge { size, .. }) => return Received::TooLarge { size },
+                Err(error) => return Received::Malformed(error.to_string()),
+            }
+            match self.recv.read(&mut self.buf).await {
+                Ok(Some(n)) => self.decoder.push(&self.buf[..n]),
+                Ok(None) | Err(_) => return Received::Closed,
+            }
+        }
+    }
+}
+
+struct WtSend {
+    send: SendStream,
+    connection: Connection,
+}
+
+impl FrameSend for WtSend {
+    async fn send(&mut self, frame: &[u8]) -> Result<(), TransportClosed> {
+        let framed = tern_wire::framing::frame(frame);
+        self.send.write_all(&framed).await.map_err(|_| TransportClosed)
+    }
+
+    async fn close(&mut self, code: ErrorCode, reason: &str) {
+        // finish() completes when the peer acknowledged the data (the error frame); bounded so a
+        // vanished peer cannot hold the session open.
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.send.finish()).await;
+        self.connection.close(VarInt::from_u32(code as u32), reason.as_bytes());
+    }
+}

@@ -1,0 +1,198 @@
+//! Test harness: starts the real `tern` binary on ephemeral ports with its own data directory,
+//! and helpers to talk to it through the SDK over real TLS.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tern_sdk::tern_wire::ids::{ConversationId, DeviceId};
+use tern_sdk::tern_wire::msg::Message;
+use tern_sdk::{Config, Connection, Event, HttpApi, TransportPref, Trust};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const WAIT: Duration = Duration::from_secs(15);
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub cert_hash: [u8; 32],
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(&[]).await
+    }
+
+    /// `config` lines go into a TOML file passed with --config.
+    pub async fn start_with(config: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let config_path = dir.path().join("tern.toml");
+        std::fs::write(&config_path, config.join("\n")).expect("write config");
+        let (child, addr, cert_hash) = spawn(&data_dir, &config_path, "127.0.0.1:0".parse().expect("addr")).await;
+        TestServer { child: Some(child), addr, cert_hash, data_dir, _dir: dir }
+    }
+
+    /// SIGKILL: no shutdown code runs, unsynced writes are lost (what crash safety must survive).
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("kill -9");
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts the server again on the same data directory and address.
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        let config_path = self.data_dir.parent().expect("parent").join("tern.toml");
+        let (child, addr, cert_hash) = spawn(&self.data_dir, &config_path, self.addr).await;
+        assert_eq!(addr, self.addr);
+        assert_eq!(cert_hash, self.cert_hash, "a restart keeps the persisted certificate");
+        self.child = Some(child);
+    }
+
+    pub fn config(&self, transport: TransportPref) -> Config {
+        let mut config = Config::new(&self.addr.to_string(), Trust::PinnedSha256(vec![self.cert_hash])).expect("config");
+        config.transport = transport;
+        config
+    }
+
+    pub fn http(&self) -> HttpApi {
+        HttpApi::new(&self.config(TransportPref::WebSocket)).expect("http client")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.parent().expect("parent").join("server.log")).unwrap_or_default()
+    }
+}
+
+async fn spawn(data_dir: &std::path::Path, config: &std::path::Path, listen: SocketAddr) -> (Child, SocketAddr, [u8; 32]) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.parent().expect("parent").join("server.log"))
+        .expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--config")
+        .arg(config)
+        .env("TERN_LOG", "info,tern_gateway=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tern");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addr = None;
+    let mut hash = None;
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("tern listening on ") {
+                addr = Some(rest.trim().parse::<SocketAddr>().expect("listen address"));
+            }
+            if let Some(rest) = line.trim().strip_prefix("certificate sha-256: ") {
+                let bytes = hex::decode(rest.trim()).expect("hex hash");
+                hash = Some(<[u8; 32]>::try_from(bytes.as_slice()).expect("32 bytes"));
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.expect("server printed its banner in time");
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr.expect("banner has the address"), hash.expect("banner has the certificate hash"))
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// A registered, logged-in user.
+pub struct TestUser {
+    pub name: String,
+    pub http: HttpApi,
+    pub token: String,
+    pub id: tern_sdk::tern_wire::ids::UserId,
+}
+
+pub async fn user(server: &TestServer, name: &str) -> TestUser {
+    let mut http = server.http();
+    let view = http.register(name, PASSWORD).await.expect("register");
+    let login = http.login(name, PASSWORD).await.expect("login");
+    assert_eq!(login.user_id, view.user_id);
+    TestUser { name: name.to_owned(), token: login.token.clone(), http, id: view.user_id }
+}
+
+pub async fn connect(server: &TestServer, transport: TransportPref, user: &TestUser, device: DeviceId) -> Connection {
+    let conn = Connection::connect(&server.config(transport), &user.token, device, &[]).await.expect("connect");
+    assert_eq!(conn.welcome().user, user.id);
+    conn
+}
+
+/// Connects and waits for the end of resume replay, returning what was replayed.
+pub async fn connect_synced(server: &TestServer, transport: TransportPref, user: &TestUser, device: DeviceId) -> (Connection, Vec<Message>) {
+    let mut conn = connect(server, transport, user, device).await;
+    let mut replayed = Vec::new();
+    loop {
+        match next(&mut conn).await {
+            Event::SyncComplete => break,
+            Event::Deliver(m) => replayed.push(m),
+            Event::Other(_) => {}
+            other => panic!("unexpected event before SyncComplete: {other:?}"),
+        }
+    }
+    (conn, replayed)
+}
+
+pub async fn next(conn: &mut Connection) -> Event {
+    tokio::time::timeout(WAIT, conn.next_event()).await.expect("event in time").expect("connection open")
+}
+
+/// The next delivered message, skipping other events.
+pub async fn next_message(conn: &mut Connection) -> Message {
+    loop {
+        match next(conn).await {
+            Event::Deliver(m) => return m,
+            Event::SyncComplete | Event::Other(_) => {}
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts nothing is delivered for a short while.
+pub async fn assert_quiet(conn: &mut Connection) {
+    match tokio::time::timeout(Duration::from_millis(300), conn.next_event()).await {
+        Err(_) => {}
+        Ok(Some(Event::Other(_))) => {}
+        Ok(other) => panic!("expected no delivery, got {other:?}"),
+    }
+}
+
+pub fn text(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+pub fn conversation_id(view: &tern_sdk::tern_wire::api::ConversationView) -> ConversationId {
+    view.conversation_id
+}
+
+/// A plain HTTPS client trusting the test server's pinned certificate.
+pub fn https(server: &TestServer) -> reqwest::Client {
+    let config = server.config(TransportPref::WebSocket);
+    reqwest::Client::builder().use_preconfigured_tls((*config.tls().tcp).clone()).build().expect("https client")
+}

@@ -1,0 +1,446 @@
+//! End-to-end tests against the real `tern` binary over real TLS, each run over both transports.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use tern_sdk::tern_wire::ids::DeviceId;
+use tern_sdk::tern_wire::msg::{ClientMessage, Cursor, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use tern_sdk::{CloseReason, Connection, Error, Event, HistoryQuery, Transport, TransportPref};
+
+/// Generates `mod ws` and `mod wt` with one test per scenario, so every scenario runs over both
+/// transports.
+macro_rules! over_both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod ws {
+            $(#[tokio::test] async fn $name() { super::$name(tern_sdk::TransportPref::WebSocket).await })*
+        }
+        mod wt {
+            $(#[tokio::test] async fn $name() { super::$name(tern_sdk::TransportPref::WebTransport).await })*
+        }
+    };
+}
+
+over_both_transports!(
+    register_login_and_logout_revokes_live_connections,
+    wrong_password_is_refused_without_a_session,
+    brute_force_login_is_rate_limited,
+    direct_conversation_delivers_persists_and_shows_in_history,
+    group_of_five_delivers_to_every_online_member,
+    offline_member_gets_missed_messages_in_order,
+    resending_a_client_message_id_yields_one_message,
+    acknowledged_messages_survive_kill_9,
+    bad_frames_get_an_error_and_a_close_while_others_keep_working,
+    non_members_can_neither_read_nor_write,
+);
+
+fn expect_fatal(event: Event, code: ErrorCode) {
+    match event {
+        Event::Error { code: got, fatal: true, .. } => assert_eq!(got, code),
+        Event::Closed(CloseReason::Fatal { code: got, .. }) => assert_eq!(got, code),
+        other => panic!("expected fatal {code:?}, got {other:?}"),
+    }
+}
+
+/// Reads events until the connection reports it closed; returns the fatal code seen, if any.
+async fn closed_with(conn: &mut Connection) -> Option<ErrorCode> {
+    let mut fatal = None;
+    loop {
+        match tokio::time::timeout(WAIT, conn.next_event()).await.expect("close in time") {
+            Some(Event::Error { code, fatal: true, .. }) => fatal = Some(code),
+            Some(Event::Closed(CloseReason::Fatal { code, .. })) => return Some(code),
+            Some(Event::Closed(_)) | None => return fatal,
+            Some(_) => {}
+        }
+    }
+}
+
+async fn register_login_and_logout_revokes_live_connections(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let mut alice = user(&server, "alice").await;
+    assert_eq!(alice.http.me().await.expect("me").username, "alice");
+    let (mut live, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    live.ping().await.expect("ping before logout");
+
+    alice.http.logout().await.expect("logout");
+    assert_eq!(closed_with(&mut live).await, Some(ErrorCode::TokenRevoked), "the live connection is closed");
+
+    // The revoked token can neither connect nor call the API.
+    let error = Connection::connect(&server.config(transport), &alice.token, DeviceId::random(), &[])
+        .await
+        .expect_err("revoked token must not connect");
+    assert_eq!(error.code(), Some("unauthenticated"), "{error}");
+    let stale = server.http().with_token(alice.token.clone());
+    let error = stale.me().await.expect_err("revoked token must not read");
+    assert!(matches!(&error, Error::Api(f) if f.status == 401), "{error}");
+}
+
+async fn wrong_password_is_refused_without_a_session(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let mut http = server.http();
+    http.register("bob", PASSWORD).await.expect("register");
+    let error = http.login("bob", "not the password").await.expect_err("wrong password");
+    assert!(matches!(&error, Error::Api(f) if f.status == 401 && f.code == "unauthenticated"), "{error}");
+    assert!(http.token().is_none(), "no session was created");
+    let response = https(&server).get(format!("https://{}/api/v1/me", server.addr)).send().await.expect("get");
+    assert_eq!(response.status(), 401, "no token, no access");
+    // A made-up token does not open a socket either.
+    let error = Connection::connect(&server.config(transport), "made-up-token", DeviceId::random(), &[])
+        .await
+        .expect_err("invalid token");
+    assert_eq!(error.code(), Some("unauthenticated"), "{error}");
+    // Registering the same name again (in another case) is a conflict.
+    let error = http.register("BOB", PASSWORD).await.expect_err("duplicate");
+    assert!(matches!(&error, Error::Api(f) if f.status == 409), "{error}");
+}
+
+async fn brute_force_login_is_rate_limited(_transport: TransportPref) {
+    let server = TestServer::start().await;
+    let mut http = server.http();
+    http.register("carol", PASSWORD).await.expect("register");
+    let mut limited = None;
+    for attempt in 0..10 {
+        match http.login("carol", &format!("guess-{attempt}")).await {
+            Err(Error::Api(f)) if f.status == 401 => {}
+            Err(Error::Api(f)) if f.status == 429 => {
+                limited = Some((attempt, f));
+                break;
+            }
+            other => panic!("unexpected login result: {other:?}"),
+        }
+    }
+    let (attempt, failure) = limited.expect("brute force must be stopped");
+    assert_eq!(attempt, 5, "five failures are allowed per window");
+    assert_eq!(failure.code, "rate_limited");
+    let retry_after = failure.retry_after.expect("429 carries Retry-After");
+    assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60));
+    // Even the right password is refused while limited: the attacker learns nothing.
+    let error = http.login("carol", PASSWORD).await.expect_err("still limited");
+    assert!(matches!(&error, Error::Api(f) if f.status == 429), "{error}");
+}
+
+async fn direct_conversation_delivers_persists_and_shows_in_history(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let bob = user(&server, "bob").await;
+    let created = alice.http.create_direct("bob").await.expect("dm");
+    let again = bob.http.create_direct("alice").await.expect("dm from the other side");
+    assert_eq!(created.conversation_id, again.conversation_id, "one 1:1 conversation per pair");
+    let conversation = created.conversation_id;
+
+    let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let (mut bob_conn, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
+    let payload = "hello bob 👋 — ünïcödé".as_bytes().to_vec();
+    let receipt = alice_conn.send(conversation, 1, "text", payload.clone()).await.expect("send");
+    assert_eq!(receipt.seq, 1);
+    assert!(!receipt.duplicate);
+    let got = next_message(&mut bob_conn).await;
+    assert_eq!((got.conversation, got.seq, &got.payload), (conversation, 1, &payload));
+    assert_eq!(got.sender_user, alice.id);
+    assert_eq!(got.message_id, receipt.message_id);
+
+    // History over HTTPS and over the socket agree, and the list shows the conversation.
+    let page = bob.http.history(conversation, HistoryQuery::default()).await.expect("history");
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].seq, 1);
+    let over_socket = bob_conn.history(conversation, 0, 0, 50).await.expect("socket history");
+    assert_eq!(over_socket.messages, vec![got]);
+    let listed = bob.http.conversations().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].conversation_id, conversation);
+    assert_eq!(listed[0].last_seq, 1);
+}
+
+async fn group_of_five_delivers_to_every_online_member(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let names = ["ann", "ben", "cat", "dan", "eve"];
+    let mut users = Vec::new();
+    for name in names {
+        users.push(user(&server, name).await);
+    }
+    let others: Vec<String> = names[1..].iter().map(|s| s.to_string()).collect();
+    let group = users[0].http.create_group("Five of us", "a test group", &others).await.expect("group");
+    assert_eq!(group.members.len(), 5);
+    let mut conns = Vec::new();
+    for u in &users {
+        conns.push(connect_synced(&server, transport, u, DeviceId::random()).await.0);
+    }
+    // Ann's second device receives her own message too.
+    let (mut ann_phone, _) = connect_synced(&server, transport, &users[0], DeviceId::random()).await;
+    let receipt = conns[0].send(group.conversation_id, 7, "text", text("hi all")).await.expect("send");
+    for conn in conns.iter_mut().skip(1) {
+        let got = next_message(conn).await;
+        assert_eq!((got.seq, got.payload.as_slice()), (receipt.seq, b"hi all".as_slice()));
+    }
+    assert_eq!(next_message(&mut ann_phone).await.seq, receipt.seq);
+    assert_quiet(&mut conns[0]).await;
+}
+
+async fn offline_member_gets_missed_messages_in_order(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let bob = user(&server, "bob").await;
+    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let bob_device = DeviceId::random();
+    // Bob reads the first message, acknowledges it, and goes offline.
+    let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let (mut bob_conn, _) = connect_synced(&server, transport, &bob, bob_device).await;
+    alice_conn.send(conversation, 1, "text", text("m1")).await.expect("send");
+    let first = next_message(&mut bob_conn).await;
+    bob_conn.ack(conversation, first.seq).await.expect("ack");
+    bob_conn.ping().await.expect("the ack was processed before the ping's answer");
+    bob_conn.close().await;
+
+    for i in 2..=21u128 {
+        alice_conn.send(conversation, i, "text", text(&format!("m{i}"))).await.expect("send while bob is away");
+    }
+    // The stored cursor (seq 1) decides where the replay starts.
+    let (mut bob_conn, replayed) = connect_synced(&server, transport, &bob, bob_device).await;
+    let seqs: Vec<u64> = replayed.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (2..=21).collect::<Vec<u64>>(), "everything missed, in order, nothing twice");
+    assert_eq!(replayed[0].payload, text("m2"));
+    // Then live traffic.
+    alice_conn.send(conversation, 22, "text", text("live")).await.expect("send");
+    assert_eq!(next_message(&mut bob_conn).await.seq, 22);
+
+    // A client-given cursor overrides the stored one.
+    let cursors = [Cursor { conversation, seq: 20 }];
+    let mut conn = Connection::connect(&server.config(transport), &bob.token, DeviceId::random(), &cursors)
+        .await
+        .expect("connect with cursor");
+    assert_eq!(next_message(&mut conn).await.seq, 21);
+    assert_eq!(next_message(&mut conn).await.seq, 22);
+    assert!(matches!(next(&mut conn).await, Event::SyncComplete));
+}
+
+async fn resending_a_client_message_id_yields_one_message(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let _bob = user(&server, "bob").await;
+    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let id = 0xfeed_beef_u128;
+    // Concurrent copies (in flight together) and a later retry all map to one message.
+    let copies = join_all((0..3).map(|_| conn.send(conversation, id, "text", text("once")))).await;
+    let receipts: Vec<_> = copies.into_iter().map(|r| r.expect("send")).collect();
+    assert!(receipts.iter().all(|r| r.seq == receipts[0].seq && r.message_id == receipts[0].message_id));
+    assert_eq!(receipts.iter().filter(|r| !r.duplicate).count(), 1, "exactly one copy created the message");
+    let retry = conn.send(conversation, id, "text", text("once")).await.expect("retry");
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, receipts[0].seq);
+    // After a restart (no in-memory state) a retry is still recognised.
+    drop(conn);
+    let mut server = server;
+    server.restart().await;
+    let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let retry = conn.send(conversation, id, "text", text("once")).await.expect("retry after restart");
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, receipts[0].seq);
+    let page = alice.http.history(conversation, HistoryQuery::default()).await.expect("history");
+    assert_eq!(page.messages.len(), 1);
+}
+
+async fn acknowledged_messages_survive_kill_9(transport: TransportPref) {
+    let mut server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let _bob = user(&server, "bob").await;
+    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let mut acked = BTreeMap::new();
+    // Waves of concurrent sends; the server is killed while the fourth wave is in flight.
+    for wave in 0..4u128 {
+        let sends = join_all((0..25u128).map(|i| {
+            let id = wave * 1000 + i;
+            let conn = &conn;
+            async move { (id, conn.send(conversation, id, "text", text(&format!("msg {id}"))).await) }
+        }));
+        let results = if wave == 3 {
+            let (results, ()) = tokio::join!(sends, async {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                server.kill9().await;
+            });
+            results
+        } else {
+            sends.await
+        };
+        for (id, result) in results {
+            if let Ok(receipt) = result {
+                acked.insert(id, receipt.seq);
+            }
+        }
+    }
+    assert!(acked.len() >= 75, "the first three waves were acknowledged");
+    drop(conn);
+    server.restart().await;
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = alice.http.history(conversation, HistoryQuery { after: Some(after), limit: Some(500), ..HistoryQuery::default() })
+            .await
+            .expect("history after restart");
+        if page.messages.is_empty() {
+            break;
+        }
+        after = page.messages.last().map(|m| m.seq).unwrap_or(after);
+        stored.extend(page.messages);
+    }
+    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gapless after the crash");
+    let stored_ids: Vec<String> = stored.iter().map(|m| m.client_msg_id.clone()).collect();
+    let unique: HashSet<&String> = stored_ids.iter().collect();
+    assert_eq!(unique.len(), stored_ids.len(), "no message stored twice");
+    for (id, seq) in &acked {
+        let hex = format!("{id:032x}");
+        let found = stored.iter().find(|m| m.client_msg_id == hex).unwrap_or_else(|| panic!("acked message {id} lost"));
+        assert_eq!(found.seq, *seq, "stored under the acknowledged seq");
+    }
+}
+
+async fn bad_frames_get_an_error_and_a_close_while_others_keep_working(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let bob = user(&server, "bob").await;
+    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let (mut bob_conn, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
+    let config = server.config(transport);
+    let limits = tern_sdk::tern_wire::Limits::default();
+
+    let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        ("garbage", b"this is not a flatbuffer at all".to_vec(), ErrorCode::MalformedFrame),
+        ("oversized", vec![0u8; limits.max_frame_bytes + 1], ErrorCode::FrameTooLarge),
+        (
+            "unauthenticated",
+            tern_sdk::tern_wire::encode_client(&ClientMessage::Ping { nonce: 1 }),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "server message from a client",
+            tern_sdk::tern_wire::encode_server(&ServerMessage::SyncComplete),
+            ErrorCode::MalformedFrame,
+        ),
+    ];
+    for (name, frame, expected) in cases {
+        let mut raw = Transport::connect(&config).await.expect("raw connect");
+        raw.send_frame(&frame).await.unwrap_or_else(|e| panic!("{name}: send: {e}"));
+        let reply = raw.recv_message(&limits).await.unwrap_or_else(|e| panic!("{name}: read: {e}"));
+        match reply {
+            Some(ServerMessage::Error { code, fatal: true, .. }) => assert_eq!(code, expected, "{name}"),
+            other => panic!("{name}: expected a fatal error, got {other:?}"),
+        }
+        // Then the server closes the connection.
+        let after = tokio::time::timeout(WAIT, raw.recv_frame()).await.expect("closed in time");
+        assert!(!matches!(after, Ok(Some(_))), "{name}: nothing follows the fatal error");
+    }
+
+    // A malformed frame after a good Hello also ends only that connection.
+    let mut raw = Transport::connect(&config).await.expect("raw connect");
+    raw.send_message(&ClientMessage::Hello {
+        min_version: 1,
+        max_version: PROTOCOL_VERSION,
+        token: bob.token.clone(),
+        device: DeviceId::random(),
+        client_name: "raw".into(),
+        cursors: vec![],
+    })
+    .await
+    .expect("hello");
+    assert!(matches!(raw.recv_message(&limits).await, Ok(Some(ServerMessage::Welcome { .. }))));
+    raw.send_frame(&[0xff; 64]).await.expect("send garbage");
+    let mut saw_error = false;
+    while let Ok(Ok(Some(message))) = tokio::time::timeout(WAIT, raw.recv_message(&limits)).await {
+        if let ServerMessage::Error { code: ErrorCode::MalformedFrame, fatal: true, .. } = message {
+            saw_error = true;
+        }
+    }
+    assert!(saw_error, "the malformed frame was reported before the close");
+
+    // Everyone else is unaffected.
+    let receipt = alice_conn.send(conversation, 99, "text", text("still here")).await.expect("send");
+    let got = next_message(&mut bob_conn).await;
+    assert_eq!(got.seq, receipt.seq);
+}
+
+async fn non_members_can_neither_read_nor_write(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let _bob = user(&server, "bob").await;
+    let mallory = user(&server, "mallory").await;
+    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let (mallory_conn, replayed) = connect_synced(&server, transport, &mallory, DeviceId::random()).await;
+    assert!(replayed.is_empty());
+    let error = mallory_conn.send(conversation, 1, "text", text("let me in")).await.expect_err("not a member");
+    assert_eq!(error.code(), Some("forbidden"), "{error}");
+    let error = mallory_conn.history(conversation, 0, 0, 10).await.expect_err("not a member");
+    assert_eq!(error.code(), Some("not_found"), "{error}");
+    let error = mallory.http.history(conversation, HistoryQuery::default()).await.expect_err("not a member");
+    assert!(matches!(&error, Error::Api(f) if f.status == 404), "{error}");
+    // Resuming a foreign conversation yields nothing.
+    mallory_conn.resume(&[Cursor { conversation, seq: 0 }]).await.expect("resume");
+    let mut conn = mallory_conn;
+    assert!(matches!(next(&mut conn).await, Event::SyncComplete));
+    let page = alice.http.history(conversation, HistoryQuery::default()).await.expect("history");
+    assert!(page.messages.is_empty(), "nothing was stored");
+    let _ = expect_fatal;
+}
+
+#[tokio::test]
+async fn plain_http_gets_no_http_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("tcp connect");
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.expect("closed in time");
+    assert!(!answer.starts_with(b"HTTP/"), "a plaintext request must not get an HTTP answer: {answer:?}");
+    assert!(!String::from_utf8_lossy(&answer).contains("ok"), "no content leaks over plaintext");
+}
+
+#[tokio::test]
+async fn operations_endpoints_and_openapi_document() {
+    let server = TestServer::start().await;
+    let client = https(&server);
+    let base = format!("https://{}", server.addr);
+    let health = client.get(format!("{base}/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
+
+    let transport: serde_json::Value =
+        client.get(format!("{base}/api/v1/transport")).send().await.expect("transport").json().await.expect("json");
+    assert_eq!(transport["webtransport_url"], format!("https://{}/api/v1/wt", server.addr));
+    assert_eq!(transport["certificate_hashes"][0]["value"], hex::encode(server.cert_hash));
+    assert_eq!(transport["certificate_hashes"][0]["algorithm"], "sha-256");
+
+    let openapi: serde_json::Value =
+        client.get(format!("{base}/api/v1/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    for path in ["/api/v1/register", "/api/v1/login", "/api/v1/logout", "/api/v1/conversations/{id}/messages"] {
+        assert!(openapi["paths"].get(path).is_some(), "OpenAPI documents {path}");
+    }
+
+    // Generate some traffic, then read the metrics.
+    let alice = user(&server, "alice").await;
+    let _bob = user(&server, "bob").await;
+    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let (conn, _) = connect_synced(&server, TransportPref::WebSocket, &alice, DeviceId::random()).await;
+    conn.send(conversation, 1, "text", text("count me")).await.expect("send");
+    let metrics = client.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for name in [
+        "tern_connections{transport=\"ws\"} 1",
+        "tern_frames_in_total{transport=\"ws\"}",
+        "tern_engine_messages_committed_total 1",
+        "tern_storage_commit_seconds_bucket",
+        "tern_send_queue_frames",
+    ] {
+        assert!(metrics.contains(name), "metrics expose {name}:\n{metrics}");
+    }
+
+    // Errors are JSON with stable codes.
+    let response = client.post(format!("{base}/api/v1/register")).body("{not json").header("content-type", "application/json").send().await.expect("post");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "invalid_argument");
+    let response = client.get(format!("{base}/api/v1/nope")).send().await.expect("get");
+    assert_eq!(response.status(), 404);
+}
