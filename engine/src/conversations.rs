@@ -10,7 +10,7 @@ use tokio::sync::Mutex;
 use crate::core::Input;
 use crate::driver::{EngineHandle, now_ms};
 use crate::service::ServiceError;
-use crate::store::{ConversationRecord, HistoryQuery, MemberRecord, Store, StoreError};
+use crate::store::{ConversationRecord, HistoryFrom, HistoryQuery, MemberRecord, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct ConversationLimits {
@@ -206,8 +206,10 @@ impl Conversations {
     ) -> Result<(Vec<Message>, bool), ServiceError> {
         self.require_member(conversation, me).await?;
         let limit = limit.clamp(1, self.limits.max_history_page);
+        // Catching up (after_seq set) reads forward; otherwise scroll back from before_seq.
         // Ask for one more than the page to learn whether there is more.
-        let query = HistoryQuery { conversation, before_seq, after_seq, limit: limit + 1 };
+        let from = if after_seq > 0 { HistoryFrom::Oldest } else { HistoryFrom::Newest };
+        let query = HistoryQuery { conversation, before_seq, after_seq, limit: limit + 1, from };
         let mut messages = self.store.history(query).await.map_err(internal)?;
         let has_more = messages.len() > limit as usize;
         if has_more {

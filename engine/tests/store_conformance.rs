@@ -93,34 +93,19 @@ async fn history_pages_are_capped() {
             .expect("commit");
         let cap = u64::from(MAX_HISTORY_LIMIT);
         let newest = store
-            .history(HistoryQuery {
-                conversation: conv,
-                before_seq: 0,
-                after_seq: 0,
-                limit: u32::MAX,
-            })
+            .history(HistoryQuery::before(conv, 0, u32::MAX))
             .await
             .expect("history");
         let want: Vec<u64> = (1500 - cap + 1..=1500).collect();
         assert_eq!(newest.iter().map(|m| m.seq).collect::<Vec<_>>(), want);
         let oldest = store
-            .history(HistoryQuery {
-                conversation: conv,
-                before_seq: 0,
-                after_seq: 10,
-                limit: 5000,
-            })
+            .history(HistoryQuery::after(conv, 10, 5000))
             .await
             .expect("history");
         let want: Vec<u64> = (11..=10 + cap).collect();
         assert_eq!(oldest.iter().map(|m| m.seq).collect::<Vec<_>>(), want);
         let none = store
-            .history(HistoryQuery {
-                conversation: conv,
-                before_seq: 0,
-                after_seq: 0,
-                limit: 0,
-            })
+            .history(HistoryQuery::before(conv, 0, 0))
             .await
             .expect("history");
         assert!(none.is_empty(), "limit 0 returns an empty page");
@@ -172,14 +157,10 @@ fn crash_batch(first_seq: u64) -> CommitBatch {
     }
 }
 
-/// Child side of `committed_messages_survive_sigkill`: commits batches forever, printing
-/// "committed N" (N = last seq of the batch) only after `commit` returned.
-#[test]
-#[ignore = "helper process of committed_messages_survive_sigkill; does nothing when run directly"]
-fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
-        return;
-    };
+/// Child role of `committed_messages_survive_sigkill` (the same test re-run with
+/// `CHILD_DIR_ENV` set): commits batches until killed, printing "committed N" (N = last seq of
+/// the batch) only after `commit` returned.
+fn crash_child(dir: std::ffi::OsString) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -207,6 +188,9 @@ fn crash_child() {
 
 #[test]
 fn committed_messages_survive_sigkill() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
+        return crash_child(dir);
+    }
     let dir = tempdir();
     let exe = std::env::current_exe().expect("test binary path");
     // Every seq a fully applied batch can end on.
@@ -221,9 +205,8 @@ fn committed_messages_survive_sigkill() {
     for round in 0..4u64 {
         let mut child = Command::new(&exe)
             .args([
-                "crash_child",
+                "committed_messages_survive_sigkill",
                 "--exact",
-                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -239,7 +222,7 @@ fn committed_messages_survive_sigkill() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                // libtest may print "test crash_child ... " on the same line first.
+                // libtest may print "test committed_messages_... " on the same line first.
                 if let Some(n) = line
                     .rsplit_once("committed ")
                     .and_then(|(_, n)| n.trim().parse().ok())
@@ -311,16 +294,11 @@ fn committed_messages_survive_sigkill() {
                 boundaries.contains(&last),
                 "round {round}: last_seq {last} is not a batch boundary: a batch was torn"
             );
-            // Page backwards from the newest (after_seq 0 would mean "newest" too).
+            // Page backwards from the newest.
             let mut before = last + 1;
             while before > 1 {
                 let page = store
-                    .history(HistoryQuery {
-                        conversation: CRASH_CONVERSATION,
-                        before_seq: before,
-                        after_seq: 0,
-                        limit: 1000,
-                    })
+                    .history(HistoryQuery::before(CRASH_CONVERSATION, before, 1000))
                     .await
                     .expect("history");
                 assert!(
@@ -346,43 +324,4 @@ fn committed_messages_survive_sigkill() {
             );
         }));
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// measurement
-
-/// Prints the cost of one 1,000-message commit against 1,000 one-message commits (each an
-/// fsync). Run with `cargo test -p tern-engine --test store_conformance -- --ignored
-/// --nocapture measure_group_commit`; set TMPDIR to measure another disk.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement, not a check"]
-async fn measure_group_commit() {
-    let dir = tempdir();
-    let store = open(dir.path());
-    let (grouped, single) = (ConversationId(1), ConversationId(2));
-    let started = Instant::now();
-    let messages = (1..=1000).map(|s| message(grouped, s)).collect();
-    store
-        .commit(CommitBatch {
-            messages,
-            cursors: Vec::new(),
-        })
-        .await
-        .expect("commit");
-    let one_batch = started.elapsed();
-    let started = Instant::now();
-    for s in 1..=1000 {
-        store
-            .commit(CommitBatch {
-                messages: vec![message(single, s)],
-                cursors: Vec::new(),
-            })
-            .await
-            .expect("commit");
-    }
-    let thousand = started.elapsed();
-    println!(
-        "1 commit of 1,000 messages: {one_batch:?}; 1,000 commits of 1 message: {thousand:?} ({:?} each)",
-        thousand / 1000
-    );
 }

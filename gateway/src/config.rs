@@ -98,7 +98,9 @@ pub enum ConfigError {
 
 /// Bounds that keep a misconfiguration from disabling a limit.
 const MAX_FRAME_BYTES_CEILING: usize = 16 * 1024 * 1024;
-const MIN_FRAME_BYTES: usize = 1024;
+/// Leaves room for a Deliver's envelope (ids, content type, file references) around a payload
+/// that filled a Send frame; see `server::ENVELOPE_HEADROOM_BYTES`.
+const MIN_FRAME_BYTES: usize = 8 * 1024;
 
 impl Config {
     pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
@@ -162,10 +164,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tern.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_frame_bytes = 2048\n").expect("write");
-        let args = ServeArgs { config: Some(path.clone()), max_frame_bytes: Some(4096), ..ServeArgs::default() };
+        let args = ServeArgs { config: Some(path.clone()), max_frame_bytes: Some(16384), ..ServeArgs::default() };
         let config = Config::resolve(args).expect("resolve");
         assert_eq!(config.listen.port(), 9000);
-        assert_eq!(config.max_frame_bytes, 4096);
+        assert_eq!(config.max_frame_bytes, 16384);
         let too_small = ServeArgs { max_frame_bytes: Some(10), ..ServeArgs::default() };
         assert!(Config::resolve(too_small).is_err());
         std::fs::write(&path, "no_such_key = 1\n").expect("write");

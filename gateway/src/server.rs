@@ -28,6 +28,9 @@ use crate::tls::{Certificates, unix_now};
 /// A TLS handshake that has not finished in this time is dropped (slowloris).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+/// A Deliver carries more than the Send it came from (ids, timestamps); payloads are limited to
+/// the frame size minus this, so every Deliver fits in the clients' frame limit too.
+pub const ENVELOPE_HEADROOM_BYTES: usize = 4 * 1024;
 /// Attempts to find a port free on both TCP and UDP when asked for port 0.
 const PORT_ATTEMPTS: usize = 20;
 
@@ -47,7 +50,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gateway_metrics = Arc::new(GatewayMetrics::default());
     gateway_metrics.register(&mut registry);
 
-    let engine = spawn_engine(store.clone(), EngineConfig::default(), engine_metrics.clone())?;
+    let mut engine_config = EngineConfig::default();
+    engine_config.limits.max_payload_bytes = config.max_frame_bytes - ENVELOPE_HEADROOM_BYTES;
+    let engine = spawn_engine(store.clone(), engine_config, engine_metrics.clone())?;
     let account_limits = AccountLimits {
         failures_per_username: config.login_failures_per_username,
         attempts_per_address: config.login_attempts_per_address,

@@ -362,7 +362,7 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         for (conversation, after) in targets {
             let mut after = after.max(self.delivered.get(&conversation).copied().unwrap_or(0));
             loop {
-                let query = HistoryQuery { conversation, before_seq: 0, after_seq: after, limit: REPLAY_PAGE };
+                let query = HistoryQuery::after(conversation, after, REPLAY_PAGE);
                 let page = store.history(query).await.map_err(internal)?;
                 for message in &page {
                     debug_assert!(message.seq > after, "history pages ascend");

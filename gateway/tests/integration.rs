@@ -5,6 +5,8 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use sha2::Digest as _;
+
 use common::*;
 use futures_util::future::join_all;
 use tern_sdk::tern_wire::ids::DeviceId;
@@ -35,6 +37,7 @@ over_both_transports!(
     acknowledged_messages_survive_kill_9,
     bad_frames_get_an_error_and_a_close_while_others_keep_working,
     non_members_can_neither_read_nor_write,
+    a_new_device_replays_a_long_history_from_the_start,
 );
 
 fn expect_fatal(event: Event, code: ErrorCode) {
@@ -216,6 +219,25 @@ async fn offline_member_gets_missed_messages_in_order(transport: TransportPref) 
     assert!(matches!(next(&mut conn).await, Event::SyncComplete));
 }
 
+async fn a_new_device_replays_a_long_history_from_the_start(transport: TransportPref) {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let bob = user(&server, "bob").await;
+    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    // More than one replay page (256), sent in concurrent waves.
+    let total = 600u128;
+    for wave in 0..(total / 50) {
+        let sends = (0..50u128).map(|i| conn.send(conversation, wave * 50 + i + 1, "text", text("x")));
+        for result in join_all(sends).await {
+            result.expect("send");
+        }
+    }
+    let (_bob_conn, replayed) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
+    let seqs: Vec<u64> = replayed.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "a device with no cursor gets everything, in order");
+}
+
 async fn resending_a_client_message_id_yields_one_message(transport: TransportPref) {
     let server = TestServer::start().await;
     let alice = user(&server, "alice").await;
@@ -358,6 +380,10 @@ async fn bad_frames_get_an_error_and_a_close_while_others_keep_working(transport
     }
     assert!(saw_error, "the malformed frame was reported before the close");
 
+    // A payload that fits the frame but not the payload limit is refused without a close.
+    let error = alice_conn.send(conversation, 98, "text", vec![7; 61 * 1024]).await.expect_err("payload too large");
+    assert_eq!(error.code(), Some("limit_exceeded"), "{error}");
+
     // Everyone else is unaffected.
     let receipt = alice_conn.send(conversation, 99, "text", text("still here")).await.expect("send");
     let got = next_message(&mut bob_conn).await;
@@ -443,4 +469,45 @@ async fn operations_endpoints_and_openapi_document() {
     assert_eq!(body["error"]["code"], "invalid_argument");
     let response = client.get(format!("{base}/api/v1/nope")).send().await.expect("get");
     assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn configured_pem_certificate_is_served_and_verified_by_ca() {
+    // An operator's CA and a leaf it signed for localhost/127.0.0.1.
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test ca");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("leaf params");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert_path = dir.path().join("fullchain.pem");
+    let key_path = dir.path().join("privkey.pem");
+    std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem())).expect("write cert");
+    std::fs::write(&key_path, leaf_key.serialize_pem()).expect("write key");
+    let lines = [
+        format!("tls_cert = {:?}", cert_path.display().to_string()),
+        format!("tls_key = {:?}", key_path.display().to_string()),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let server = TestServer::start_in(dir, &lines).await;
+    assert_eq!(server.cert_hash, <[u8; 32]>::from(sha2::Sha256::digest(leaf.der())), "the banner shows the served leaf");
+    assert!(!server.data_dir.join("tls").exists(), "no self-signed certificate is made when one is configured");
+
+    for transport in [TransportPref::WebSocket, TransportPref::WebTransport] {
+        let mut config =
+            tern_sdk::Config::new(&server.addr.to_string(), tern_sdk::Trust::CaPem(ca_cert.pem().into_bytes())).expect("config");
+        config.transport = transport;
+        let mut http = tern_sdk::HttpApi::new(&config).expect("http");
+        let name = format!("dora{}", transport as u8);
+        http.register(&name, PASSWORD).await.expect("register over CA-verified TLS");
+        let login = http.login(&name, PASSWORD).await.expect("login");
+        let conn = Connection::connect(&config, &login.token, DeviceId::random(), &[]).await.expect("connect");
+        conn.ping().await.expect("ping");
+    }
 }

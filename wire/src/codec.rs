@@ -15,11 +15,16 @@
 //!
 //! Nothing here panics on any input: generated accessors are only called on verified buffers
 //! (the FlatBuffers contract under which they cannot fail), and everything else is matched, not
-//! unwrapped. The fuzz tests in this module hammer that claim.
+//! unwrapped. The fuzz tests (`src/tests/fuzz.rs`) hammer that claim.
 //!
 //! Encoding is canonical: the same message always yields the same bytes (the shared test vectors
 //! rely on it). Empty strings and vectors are omitted (readers treat absent as empty), which
-//! keeps small frames such as typing and presence small.
+//! keeps small frames such as typing and presence small. Encoding does not enforce the peer's
+//! frame limit: a sender must check the length (e.g. a `Send` whose payload fills a frame turns
+//! into a `Deliver` that is larger by the extra ids and fields, so the engine should size-check
+//! the `Deliver` it would fan out before accepting the `Send`).
+//!
+//! The encoders panic only if a message exceeds the 2 GiB FlatBuffers buffer limit.
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 

@@ -28,14 +28,11 @@ pub fn frame(envelope: &[u8]) -> Vec<u8> {
 }
 
 /// Appends one framed envelope to `out` (to batch several frames into one write).
+/// An empty envelope is framed as-is, although receivers reject it as malformed.
 ///
 /// # Panics
 /// As [`frame`].
 pub fn frame_into(envelope: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(
-        !envelope.is_empty(),
-        "an empty frame is malformed on the receiving side"
-    );
     let len = u32::try_from(envelope.len()).expect("envelope longer than u32::MAX bytes");
     out.reserve(LENGTH_PREFIX_BYTES + envelope.len());
     out.extend_from_slice(&len.to_le_bytes());
@@ -148,7 +145,10 @@ impl FrameDecoder {
                 self.error = Some(e);
                 return;
             }
-            let end = self.scanned + LENGTH_PREFIX_BYTES + len;
+            let end = self
+                .scanned
+                .saturating_add(LENGTH_PREFIX_BYTES)
+                .saturating_add(len);
             if end > self.buf.len() {
                 return;
             }

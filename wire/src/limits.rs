@@ -46,7 +46,7 @@ impl Limits {
     ///
     /// An honest frame reads each byte once, except vtables, which FlatBuffers deduplicates and
     /// the verifier re-reads for every table sharing them. The worst honest case is a long
-    /// vector of tiny tables sharing one vtable, which measures about 2.7x the frame size (see
+    /// vector of tiny tables sharing one vtable, which measures about 2.8x the frame size (see
     /// the `honest_worst_case_fits_default_limits` test); 4x leaves margin while keeping the work
     /// for, and the owned output of, a 64 KiB frame under 256 KiB.
     pub const APPARENT_SIZE_FACTOR: usize = 4;

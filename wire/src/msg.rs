@@ -5,6 +5,14 @@
 //!
 //! Every message has a `request_id` where the client needs to match an answer to a request
 //! (0 means "no answer expected / not a reply").
+//!
+//! Each type mirrors a table or enum of `wire/schema/tern.fbs`; adding a variant or field here
+//! means adding it there too (the codec's exhaustive matches and the vector tests insist).
+//!
+//! The serde form is for tooling and test vectors, not the wire: messages are internally tagged
+//! (`{"type": "send", ...}`, variant names in snake_case), ids are UUID strings, byte strings are
+//! lowercase hex, `client_msg_id` is 32 hex digits (a `u128` overflows JSON numbers in most
+//! parsers), and enums are snake_case strings (`ErrorCode` matches [`ErrorCode::as_str`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -236,9 +244,11 @@ pub enum ClientMessage {
     History {
         request_id: u64,
         conversation: ConversationId,
-        /// Messages with seq strictly less than this (0 = from the newest).
+        /// Messages with seq strictly less than this (0 = no upper bound).
         before_seq: u64,
-        /// Messages with seq strictly greater than this (0 = from the oldest when before_seq = 0 too).
+        /// Messages with seq strictly greater than this. When non-zero the page is the oldest
+        /// `limit` such messages (catching up); when 0 it is the newest `limit` messages below
+        /// `before_seq` (scrolling back). Pages are always in ascending seq order.
         after_seq: u64,
         limit: u32,
     },

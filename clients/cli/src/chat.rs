@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use tern_sdk::tern_wire::api::ConversationView;
 use tern_sdk::tern_wire::ids::{DeviceId, UserId};
-use tern_sdk::tern_wire::msg::{Cursor, Message, Notice, ServerMessage};
-use tern_sdk::{Client, ClientEvent, Config, HttpApi, SkipReason};
+use tern_sdk::tern_wire::msg::{Cursor, ErrorCode, Message, Notice, ServerMessage};
+use tern_sdk::{Client, ClientEvent, CloseReason, Config, HttpApi, SkipReason};
 use time::UtcOffset;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -174,6 +174,9 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                     Some(ClientEvent::Disconnected(reason)) => {
                         eprintln!("-- disconnected: {reason}");
                         save(&state_dir, &session, &client);
+                        if let CloseReason::Fatal { code: ErrorCode::TokenRevoked | ErrorCode::Unauthenticated, .. } = reason {
+                            break Err(anyhow::anyhow!("the session ended; run `tern-cli login {}` again", session.username));
+                        }
                     }
                     None => {
                         // No connection: reconnect with backoff (interruptible by Ctrl-C).

@@ -19,8 +19,8 @@ use crate::state::{Session, State};
 
 const TRUST_HELP: &str = "\
 TRUST: the server's certificate is usually self-signed. At startup the server prints the
-SHA-256 of its certificate and writes cert.pem into its data directory. Pass that hash with
---cert-hash HEX (or the file with --ca-file cert.pem when its names match the address you use).
+SHA-256 of its certificate and writes the certificate (PEM) into its data directory. Pass the
+hash with --cert-hash HEX, or the PEM file with --ca-file when its names match the address you use.
 tern-cli never fetches the hash from the server itself: a hash obtained over an unverified
 connection would prove nothing. After `login`, the server address and trust are remembered.
 
@@ -125,7 +125,16 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(run(cli, offset))
+    let result = rt.block_on(run(cli, offset));
+    // `chat` reads stdin on a blocking thread that cannot be interrupted; waiting for it on
+    // shutdown would hang until the next key press.
+    rt.shutdown_background();
+    if let Err(e) = result {
+        // `{:#}` prints the cause chain on one line; no backtrace noise for users.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
@@ -391,23 +400,16 @@ fn password_for(given: Option<&str>, confirm: bool) -> Result<String> {
     }
 }
 
-/// Adds the likely fix to TLS failures with no pin configured.
+/// Adds the likely fix to certificate failures when nothing is pinned.
 fn hint(e: tern_sdk::Error, config: &Config) -> anyhow::Error {
-    let text = format!("{e:#}");
-    let source_text = std::iter::successors(std::error::Error::source(&e), |s| s.source())
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
-    let tlsish = matches!(e, tern_sdk::Error::Http(_))
-        && (source_text.contains("certificate") || source_text.contains("Certificate"));
-    if tlsish && matches!(config.trust(), Trust::System) {
+    let text = e.to_string();
+    let tls_failure = matches!(e, tern_sdk::Error::Http(_)) && text.contains("certificate");
+    if tls_failure && matches!(config.trust(), Trust::System) {
         anyhow!(
-            "{text}: {source_text}\nhint: the server's certificate is probably self-signed; pass --cert-hash with the SHA-256 the server printed"
+            "{text}\nhint: the server's certificate is probably self-signed; pass --cert-hash with the SHA-256 the server printed"
         )
-    } else if source_text.is_empty() {
-        anyhow!("{text}")
     } else {
-        anyhow!("{text}: {source_text}")
+        anyhow!(e)
     }
 }
 

@@ -296,6 +296,30 @@ impl Client {
                 message,
                 fatal,
             }),
+            Event::Other(ServerMessage::SendAck {
+                conversation,
+                seq,
+                request_id,
+                client_msg_id,
+                message_id,
+                timestamp_ms,
+                duplicate,
+            }) => {
+                // The ack of a send whose caller gave up (timeout): the message is stored all
+                // the same. Record its seq so it is not mistaken for a gap, and surface the ack
+                // so the app (later: the outbox) learns the send succeeded.
+                let adv = self.sync.on_own_send(conversation, seq);
+                self.push_advance(conversation, adv);
+                self.push_event(ClientEvent::Other(ServerMessage::SendAck {
+                    request_id,
+                    conversation,
+                    client_msg_id,
+                    seq,
+                    message_id,
+                    timestamp_ms,
+                    duplicate,
+                }));
+            }
             Event::Other(m) => self.push_event(ClientEvent::Other(m)),
             Event::Closed(reason) => {
                 self.conn = None;

@@ -51,6 +51,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Largest frame accepted or sent; the server announces its own in `Welcome`.
     pub max_frame_bytes: usize,
+    /// Ping the server this often and drop the connection when a Pong does not come back
+    /// within `request_timeout`: detects silently dead paths. `None` disables it.
+    pub heartbeat_interval: Option<Duration>,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             webtransport_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            heartbeat_interval: Some(Duration::from_secs(20)),
         })
     }
 

@@ -22,7 +22,7 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
     ClientMessage, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION, ServerMessage,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -106,9 +106,23 @@ struct SharedState {
 
 /// State shared by the connection handle and its tasks. A std mutex: critical sections are a
 /// map insert/remove, never held across an await.
-#[derive(Default)]
 struct Shared {
     state: Mutex<SharedState>,
+    /// Request ids and ping nonces (one counter: both only need to be unique).
+    next_id: AtomicU64,
+    /// Wakes the reader when something else (writer failure, missed heartbeat, local close)
+    /// ended the connection while it is parked in a read.
+    stop_reader: Notify,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            state: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            stop_reader: Notify::new(),
+        }
+    }
 }
 
 impl Shared {
@@ -159,13 +173,22 @@ impl Shared {
         }
     }
 
-    /// Marks the connection closed; dropping the waiters' senders wakes them with the reason.
+    /// Marks the connection closed; dropping the waiters' senders wakes them with the reason,
+    /// and the reader stops (emitting `Closed` with the first reason recorded).
     fn close(&self, reason: CloseReason) {
-        let mut st = self.lock();
-        if st.closed.is_none() {
-            st.closed = Some(reason);
+        {
+            let mut st = self.lock();
+            if st.closed.is_none() {
+                st.closed = Some(reason);
+            }
+            st.pending.clear();
         }
-        st.pending.clear();
+        // notify_one stores a permit if the reader is not waiting right now: never lost.
+        self.stop_reader.notify_one();
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn reason(&self) -> Option<CloseReason> {
@@ -193,11 +216,11 @@ pub struct Connection {
     shared: Arc<Shared>,
     welcome: Welcome,
     kind: TransportKind,
-    next_id: AtomicU64,
     request_timeout: Duration,
     max_out_frame: usize,
     reader: JoinHandle<()>,
     writer: Option<JoinHandle<()>>,
+    heartbeat: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -309,6 +332,14 @@ impl Connection {
         let limits = tern_wire::Limits::for_frame_size(config.max_frame_bytes);
         let reader = tokio::spawn(read_loop(reader, limits, shared.clone(), ev_tx));
         let writer = tokio::spawn(write_loop(writer, out_rx, shared.clone()));
+        let heartbeat = config.heartbeat_interval.map(|every| {
+            tokio::spawn(heartbeat_loop(
+                out_tx.clone(),
+                shared.clone(),
+                every,
+                config.request_timeout,
+            ))
+        });
         let server_max = welcome.max_frame_bytes as usize;
         let max_out_frame = if server_max == 0 {
             config.max_frame_bytes
@@ -321,11 +352,11 @@ impl Connection {
             shared,
             welcome,
             kind,
-            next_id: AtomicU64::new(1),
             request_timeout: config.request_timeout,
             max_out_frame,
             reader,
             writer: Some(writer),
+            heartbeat,
         }
     }
 
@@ -462,7 +493,7 @@ impl Connection {
 
     /// Round trip to the server.
     pub async fn ping(&self) -> Result<Duration> {
-        let nonce = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let nonce = self.shared.next_id();
         let key = Waiter::Pong(nonce);
         let rx = self.shared.register(key)?;
         let _guard = PendingGuard {
@@ -482,7 +513,7 @@ impl Connection {
     /// An `Error` reply becomes `Error::Server`. The building block for requests this type has
     /// no dedicated method for (CreateConversation, Invite, React, ClaimKeys, ...).
     pub async fn request(&self, build: impl FnOnce(u64) -> ClientMessage) -> Result<ServerMessage> {
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request_id = self.shared.next_id();
         let key = Waiter::Request(request_id);
         let rx = self.shared.register(key)?;
         let _guard = PendingGuard {
@@ -536,6 +567,9 @@ impl Connection {
         if let Some(w) = self.writer.take() {
             w.abort();
         }
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
     }
 
     fn closed_error(&self) -> Error {
@@ -546,8 +580,12 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // The writer ends by itself once `out` is dropped (it closes the transport on the way);
-        // the reader may be parked in a read, so stop it here.
+        // the reader may be parked in a read, so stop it here. The heartbeat holds a sender,
+        // which would keep the writer alive: stop it too.
         self.reader.abort();
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
         self.shared.close(CloseReason::Local);
     }
 }
@@ -561,7 +599,12 @@ async fn read_loop(
     // A fatal Error is followed by the server closing; report the error, not the close.
     let mut fatal: Option<CloseReason> = None;
     let reason = loop {
-        let frame = match reader.recv_frame().await {
+        let read = tokio::select! {
+            read = reader.recv_frame() => read,
+            // Ended elsewhere (writer failure, heartbeat, close): report that reason.
+            () = shared.stop_reader.notified() => break shared.reason().unwrap_or(CloseReason::Local),
+        };
+        let frame = match read {
             Ok(Some(frame)) => frame,
             Ok(None) => break fatal.take().unwrap_or(CloseReason::ClosedByServer),
             Err(e) => {
@@ -614,6 +657,41 @@ async fn read_loop(
     };
     shared.close(reason.clone());
     let _ = events.send(Event::Closed(reason)).await;
+}
+
+/// Detects dead connections: a TCP or QUIC path can die silently (NAT timeout, network switch,
+/// server host gone) and a connection that only reads would never notice. A Ping every
+/// `every`, unanswered within `timeout`, closes the connection so the app can resume elsewhere.
+async fn heartbeat_loop(
+    out: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+    every: Duration,
+    timeout: Duration,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let nonce = shared.next_id();
+        let key = Waiter::Pong(nonce);
+        let Ok(rx) = shared.register(key) else { return };
+        let ping = tern_wire::encode_client(&ClientMessage::Ping { nonce });
+        if out.send(Outgoing::Frame(ping)).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return, // closed meanwhile
+            Err(_) => {
+                shared.unregister(key);
+                shared.close(CloseReason::Transport(format!(
+                    "no answer to a heartbeat within {}s",
+                    timeout.as_secs()
+                )));
+                return;
+            }
+        }
+    }
 }
 
 async fn write_loop(

@@ -58,6 +58,10 @@ impl std::fmt::Display for CloseReason {
 }
 
 /// Everything the SDK can fail with.
+///
+/// `Display` carries the whole story (including the causes of wrapped errors), and no variant
+/// reports a `source()`: printing a cause chain on top (as `anyhow`'s `{:#}` does) would repeat
+/// every message. Match the variant to get at the typed inner error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A bad argument or configuration (server address, certificate hash, PEM file).
@@ -65,10 +69,10 @@ pub enum Error {
     Config(String),
     /// Building the TLS configuration failed.
     #[error("TLS setup failed: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
     /// The HTTPS request did not complete (connect, TLS handshake, timeout, body).
-    #[error("HTTP request failed: {0}")]
-    Http(#[source] reqwest::Error),
+    #[error("HTTP request failed: {}", chain(.0))]
+    Http(reqwest::Error),
     /// The HTTPS API answered with an error.
     #[error("API error: {0}")]
     Api(ApiFailure),
@@ -76,14 +80,14 @@ pub enum Error {
     #[error("unexpected API response: {0}")]
     BadResponse(String),
     /// The WebSocket connection failed. Boxed: tungstenite's error is large.
-    #[error("WebSocket: {0}")]
-    WebSocket(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    #[error("WebSocket: {}", chain(.0.as_ref()))]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
     /// The WebTransport session or its stream failed.
     #[error("WebTransport: {0}")]
     WebTransport(String),
     /// A frame could not be encoded or decoded.
     #[error("wire: {0}")]
-    Wire(#[from] tern_wire::WireError),
+    Wire(tern_wire::WireError),
     /// The server answered a request (or the Hello) with an `Error` frame.
     #[error("server error {}: {message}", code.as_str())]
     Server {
@@ -104,7 +108,7 @@ pub enum Error {
     #[error("frame of {size} bytes exceeds the maximum of {max}")]
     FrameTooLarge { size: usize, max: usize },
     #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
 
 impl Error {
@@ -125,6 +129,40 @@ impl Error {
     }
 }
 
+/// An error and its causes on one line, skipping causes whose text the previous one already
+/// contains (reqwest and hyper repeat themselves).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+impl From<rustls::Error> for Error {
+    fn from(e: rustls::Error) -> Self {
+        Error::Tls(e)
+    }
+}
+
+impl From<tern_wire::WireError> for Error {
+    fn from(e: tern_wire::WireError) -> Self {
+        Error::Wire(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
 impl From<reqwest::Error> for Error {
     fn from(e: reqwest::Error) -> Self {
         Error::Http(e)
@@ -138,3 +176,54 @@ impl From<tokio_tungstenite::tungstenite::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn chain_skips_repeats() {
+        let e = E(
+            "sending request",
+            Some(Box::new(E(
+                "sending request",
+                Some(Box::new(E("bad cert", None))),
+            ))),
+        );
+        assert_eq!(chain(&e), "sending request: bad cert");
+    }
+
+    #[test]
+    fn codes_and_auth() {
+        let e = Error::Server {
+            code: ErrorCode::TokenRevoked,
+            message: String::new(),
+            fatal: true,
+        };
+        assert!(e.is_auth());
+        let e = Error::Api(ApiFailure {
+            status: 409,
+            code: "conflict".into(),
+            message: String::new(),
+            retry_after: None,
+        });
+        assert_eq!(e.code(), Some("conflict"));
+        assert!(!e.is_auth());
+        assert!(Error::Timeout("x").code().is_none());
+    }
+}

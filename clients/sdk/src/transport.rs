@@ -44,6 +44,11 @@ const WT_READ_CHUNK: usize = 4 * 1024;
 /// before closing the QUIC connection, which would discard anything unacknowledged.
 const WT_FINISH_GRACE: Duration = Duration::from_millis(500);
 
+/// QUIC keep-alive and idle timeout: a server that vanished without closing (crash, host or
+/// network gone) is noticed within the idle timeout rather than never.
+const WT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+const WT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connected transport: a writer half and a reader half, usable together or split.
 pub struct Transport {
     writer: FrameWriter,
@@ -151,8 +156,8 @@ impl Transport {
                 b.with_bind_default()
             };
             Ok(b.with_custom_tls((*config.tls().quic).clone())
-                .keep_alive_interval(Some(Duration::from_secs(15)))
-                .max_idle_timeout(Some(Duration::from_secs(60)))
+                .keep_alive_interval(Some(WT_KEEP_ALIVE))
+                .max_idle_timeout(Some(WT_IDLE_TIMEOUT))
                 .map_err(|e| wt_err("idle timeout", &e))?
                 .build())
         };

@@ -16,16 +16,30 @@ struct Request {
 }
 
 /// Serves one canned response per connection, in order, and reports each request.
-async fn serve(responses: Vec<String>) -> (String, [u8; 32], tokio::sync::mpsc::UnboundedReceiver<Request>) {
+async fn serve(
+    responses: Vec<String>,
+) -> (
+    String,
+    [u8; 32],
+    tokio::sync::mpsc::UnboundedReceiver<Request>,
+) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params").self_signed(&key).expect("cert");
-    let pin = tern_sdk::certificate_sha256(cert.der());
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .expect("params")
+        .self_signed(&key)
         .expect("cert");
+    let pin = tern_sdk::certificate_sha256(cert.der());
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .expect("cert");
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -46,13 +60,20 @@ async fn serve(responses: Vec<String>) -> (String, [u8; 32], tokio::sync::mpsc::
                     let head = String::from_utf8_lossy(&buf[..pos]).to_string();
                     let len = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
                         .unwrap_or(0);
                     while buf.len() < pos + 4 + len {
                         let n = s.read(&mut chunk).await.expect("read body");
                         buf.extend_from_slice(&chunk[..n]);
                     }
-                    break (head, String::from_utf8_lossy(&buf[pos + 4..pos + 4 + len]).to_string());
+                    break (
+                        head,
+                        String::from_utf8_lossy(&buf[pos + 4..pos + 4 + len]).to_string(),
+                    );
                 }
             };
             let _ = tx.send(Request { head, body });
@@ -74,10 +95,26 @@ fn response(status: &str, extra_headers: &str, body: &str) -> String {
 async fn api_calls_shapes_and_errors() {
     let uid = "0191e3a0-0000-7000-8000-000000000001";
     let (addr, pin, mut requests) = serve(vec![
-        response("201 Created", "", &format!(r#"{{"user_id":"{uid}","username":"alice"}}"#)),
-        response("200 OK", "", &format!(r#"{{"token":"T0K","user_id":"{uid}","username":"alice","expires_at_ms":5}}"#)),
-        response("200 OK", "", &format!(r#"{{"user_id":"{uid}","username":"alice"}}"#)),
-        response("429 Too Many Requests", "Retry-After: 7\r\n", r#"{"error":{"code":"rate_limited","message":"slow down"}}"#),
+        response(
+            "201 Created",
+            "",
+            &format!(r#"{{"user_id":"{uid}","username":"alice"}}"#),
+        ),
+        response(
+            "200 OK",
+            "",
+            &format!(r#"{{"token":"T0K","user_id":"{uid}","username":"alice","expires_at_ms":5}}"#),
+        ),
+        response(
+            "200 OK",
+            "",
+            &format!(r#"{{"user_id":"{uid}","username":"alice"}}"#),
+        ),
+        response(
+            "429 Too Many Requests",
+            "Retry-After: 7\r\n",
+            r#"{"error":{"code":"rate_limited","message":"slow down"}}"#,
+        ),
         response("200 OK", "", r#"{"messages":[],"has_more":false}"#),
         response("204 No Content", "", ""),
     ])
@@ -88,7 +125,11 @@ async fn api_calls_shapes_and_errors() {
     let user = api.register("alice", "pw").await.expect("register");
     assert_eq!(user.username, "alice");
     let r = requests.recv().await.expect("request");
-    assert!(r.head.starts_with("POST /api/v1/register HTTP/1.1"), "{}", r.head);
+    assert!(
+        r.head.starts_with("POST /api/v1/register HTTP/1.1"),
+        "{}",
+        r.head
+    );
     assert!(!r.head.to_ascii_lowercase().contains("authorization"));
     assert_eq!(r.body, r#"{"username":"alice","password":"pw"}"#);
 
@@ -100,7 +141,13 @@ async fn api_calls_shapes_and_errors() {
     api.me().await.expect("me");
     let r = requests.recv().await.expect("request");
     assert!(r.head.starts_with("GET /api/v1/me "), "{}", r.head);
-    assert!(r.head.to_ascii_lowercase().contains("authorization: bearer t0k"), "{}", r.head);
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("authorization: bearer t0k"),
+        "{}",
+        r.head
+    );
 
     match api.user_by_name("bob smith").await {
         Err(Error::Api(f)) => {
@@ -111,10 +158,21 @@ async fn api_calls_shapes_and_errors() {
         other => panic!("expected 429, got {other:?}"),
     }
     let r = requests.recv().await.expect("request");
-    assert!(r.head.starts_with("GET /api/v1/users/bob%20smith "), "{}", r.head);
+    assert!(
+        r.head.starts_with("GET /api/v1/users/bob%20smith "),
+        "{}",
+        r.head
+    );
 
     let page = api
-        .history(ConversationId(1), HistoryQuery { before: Some(10), after: None, limit: Some(20) })
+        .history(
+            ConversationId(1),
+            HistoryQuery {
+                before: Some(10),
+                after: None,
+                limit: Some(20),
+            },
+        )
         .await
         .expect("history");
     assert!(page.messages.is_empty());

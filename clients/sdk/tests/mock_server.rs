@@ -100,6 +100,8 @@ impl MockServer {
         c.request_timeout = Duration::from_secs(5);
         c.connect_timeout = Duration::from_secs(5);
         c.webtransport_timeout = Duration::from_millis(500);
+        // Scripted servers do not expect stray Pings; the heartbeat has its own test.
+        c.heartbeat_interval = None;
         c
     }
 
@@ -756,6 +758,114 @@ async fn unfillable_gap_is_reported_and_skipped() {
             other => panic!("expected Skipped, got {other:?}"),
         }
         assert_eq!(next_message(&mut client).await.seq, 13);
+        client.close().await;
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(server_side, client_side)
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn heartbeat_detects_a_silent_server() {
+    let server = MockServer::start(false).await;
+    let mut config = server.config(TransportPref::WebSocket);
+    config.heartbeat_interval = Some(Duration::from_millis(100));
+    config.request_timeout = Duration::from_millis(300);
+    let server_side = async {
+        let mut peer = server.accept_ws().await;
+        peer.welcome().await;
+        // Answer the first two pings, then go silent (but keep the socket open).
+        for _ in 0..2 {
+            match peer.recv().await {
+                ClientMessage::Ping { nonce } => peer.send(ServerMessage::Pong { nonce }).await,
+                other => panic!("expected Ping, got {other:?}"),
+            }
+        }
+        while peer.recv_frame().await.is_some() {}
+    };
+    let client_side = async {
+        let mut conn = Connection::connect(&config, "tok", DEV, &[])
+            .await
+            .expect("connect");
+        let started = std::time::Instant::now();
+        match conn.next_event().await {
+            Some(Event::Closed(CloseReason::Transport(why))) => {
+                assert!(why.contains("heartbeat"), "{why}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Two answered pings (~200 ms), then one unanswered (100 ms + 300 ms).
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        conn.close().await;
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(server_side, client_side)
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn late_send_ack_is_not_a_gap() {
+    let server = MockServer::start(false).await;
+    let mut config = server.config(TransportPref::WebSocket);
+    config.request_timeout = Duration::from_millis(300);
+    let server_side = async {
+        let mut peer = server.accept_ws().await;
+        peer.welcome().await;
+        peer.send(ServerMessage::Deliver {
+            message: msg(1, BOB),
+        })
+        .await;
+        peer.send(ServerMessage::SyncComplete).await;
+        let (request_id, client_msg_id) = match peer.recv_non_ack().await {
+            ClientMessage::Send {
+                request_id,
+                client_msg_id,
+                ..
+            } => (request_id, client_msg_id),
+            other => panic!("expected Send, got {other:?}"),
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await; // the client gives up meanwhile
+        peer.send(ack_for(request_id, client_msg_id, 2)).await;
+        peer.send(ServerMessage::Deliver {
+            message: msg(3, BOB),
+        })
+        .await;
+        // No History request may follow: only Acks until the client hangs up.
+        while let Some(frame) = peer.recv_frame().await {
+            let m = tern_wire::decode_client(&frame, &Limits::default()).expect("decodes");
+            assert!(matches!(m, ClientMessage::Ack { .. }), "unexpected {m:?}");
+        }
+    };
+    let client_side = async {
+        let mut client = Client::connect(config, "tok", DEV, &[])
+            .await
+            .expect("connect");
+        assert_eq!(next_message(&mut client).await.seq, 1);
+        assert_eq!(client.next_event().await, Some(ClientEvent::SyncComplete));
+        match client.send(C, "text", b"slow".to_vec()).await {
+            Err(Error::Timeout(_)) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        match client.next_event().await {
+            Some(ClientEvent::Other(ServerMessage::SendAck { seq: 2, .. })) => {}
+            other => panic!("expected the late SendAck, got {other:?}"),
+        }
+        assert_eq!(next_message(&mut client).await.seq, 3);
+        assert_eq!(
+            client.cursors(),
+            vec![Cursor {
+                conversation: C,
+                seq: 3
+            }]
+        );
         client.close().await;
     };
     tokio::time::timeout(Duration::from_secs(20), async {

@@ -24,7 +24,7 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, CursorUpdate, HistoryQuery, MemberRecord, Store, StoreError,
+    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, MemberRecord, Store, StoreError,
     StoreResult, TokenRecord, UserRecord,
 };
 
@@ -158,19 +158,20 @@ async fn history<S: Store>(
     after_seq: u64,
     limit: u32,
 ) -> Vec<Message> {
+    // The suite's pages: scrolling back with only `before_seq`, catching up with `after_seq`.
+    let from = if after_seq != 0 { HistoryFrom::Oldest } else { HistoryFrom::Newest };
     let q = HistoryQuery {
         conversation,
         before_seq,
         after_seq,
         limit,
+        from,
     };
     ok(store.history(q).await, &format!("history({q:?})"))
 }
 
 /// The whole conversation, read newest first in pages (of whatever size the backend caps them
-/// at), checking that every page is ascending and ends right below the previous one. Paging
-/// goes backwards because `after_seq == 0` means "no lower bound", which asks for the newest
-/// page: only `before_seq` paging reaches the oldest message from nothing.
+/// at), checking that every page is ascending and ends right below the previous one.
 async fn read_all<S: Store>(store: &S, conversation: ConversationId) -> Vec<Message> {
     let mut pages: Vec<Vec<Message>> = Vec::new();
     loop {
@@ -640,6 +641,19 @@ pub async fn check_history<S: Store>(store: S) {
                 .all(|m| m.seq.checked_sub(1).and_then(|i| all.get(i as usize)) == Some(m)),
             "store conformance: history(before_seq={before}, after_seq={after}) returned altered messages"
         );
+    }
+
+    // Explicit ends of the range: the oldest page from the very start, and with both bounds.
+    let explicit = [
+        (HistoryQuery::after(conv, 0, 5), r(1, 5)),
+        (HistoryQuery::after(conv, 48, 5), r(49, 50)),
+        (HistoryQuery::before(conv, 0, 3), r(48, 50)),
+        (HistoryQuery { before_seq: 30, after_seq: 10, limit: 3, from: HistoryFrom::Newest, conversation: conv }, r(27, 29)),
+        (HistoryQuery { before_seq: 30, after_seq: 10, limit: 3, from: HistoryFrom::Oldest, conversation: conv }, r(11, 13)),
+    ];
+    for (query, want) in explicit {
+        let page = ok(store.history(query).await, "history");
+        assert_eq!(seqs(&page), want, "store conformance: {query:?} returned the wrong page");
     }
 
     // Re-committing identical messages (a retried group commit) must not duplicate anything.

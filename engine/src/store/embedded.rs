@@ -40,8 +40,10 @@
 //!
 //! fjall calls block (disk reads, fsync, write stalls while compaction catches up), so every
 //! call runs on tokio's blocking pool via `spawn_blocking`; shard runtimes never block on disk.
-//! fjall serializes writers on its journal anyway, so the few check-then-write operations here
-//! take one process-local mutex without losing parallelism that existed.
+//! fjall serializes all writers on its journal anyway, so the process-local mutexes around the
+//! few check-then-write operations (unique usernames and pairs, forward-only cursors) cost no
+//! write parallelism. A failed fsync poisons the fjall database: every later write fails with
+//! [`StoreError::Backend`] and the process should restart and recover from the journal.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -54,7 +56,7 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, HistoryQuery, MemberRecord, Store, StoreError, StoreResult,
+    CommitBatch, ConversationRecord, HistoryFrom, HistoryQuery, MemberRecord, Store, StoreError, StoreResult,
     TokenRecord, UserRecord,
 };
 
@@ -272,12 +274,15 @@ fn username_key(username: &str) -> StoreResult<Vec<u8>> {
     Ok(folded)
 }
 
-fn u128_at(bytes: &[u8], at: usize, what: &str) -> StoreResult<u128> {
-    bytes
-        .get(at..at + 16)
-        .and_then(|s| <[u8; 16]>::try_from(s).ok())
-        .map(u128::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt(format!("{what}: expected 16 bytes at offset {at}")))
+/// The second id of a two-id key (`members`, `user_conversations`).
+fn second_id(key: &[u8], what: &str) -> StoreResult<u128> {
+    match key.get(16..) {
+        Some(tail) if key.len() == 32 => exact_u128(tail, what),
+        _ => Err(StoreError::Corrupt(format!(
+            "{what}: expected 32 bytes, got {}",
+            key.len()
+        ))),
+    }
 }
 
 fn exact_u128(bytes: &[u8], what: &str) -> StoreResult<u128> {
@@ -662,7 +667,7 @@ impl Inner {
         for kv in self.read().prefix(&self.members, id.to_be_bytes()) {
             let (k, v) = kv.into_inner().map_err(backend)?;
             out.push(MemberRecord {
-                user: UserId(u128_at(&k, 16, "member key")?),
+                user: UserId(second_id(&k, "member key")?),
                 role: decode_member(&v)?,
             });
         }
@@ -682,7 +687,7 @@ impl Inner {
             .prefix(&self.user_conversations, user.to_be_bytes())
         {
             let k = kv.key().map_err(backend)?;
-            out.push(ConversationId(u128_at(&k, 16, "user_conversations key")?));
+            out.push(ConversationId(second_id(&k, "user_conversations key")?));
         }
         Ok(out)
     }
@@ -827,7 +832,7 @@ impl Inner {
             out.push(decode_message(q.conversation, seq_of_message_key(&k)?, &v)?);
             Ok(())
         };
-        if q.after_seq != 0 {
+        if q.from == HistoryFrom::Oldest {
             // Oldest `limit` above after_seq.
             for kv in iter.take(limit) {
                 push(kv)?;
@@ -1067,7 +1072,12 @@ mod tests {
             seq_of_message_key(&message_key(ConversationId(3), 258)).expect("key"),
             258
         );
-        assert_corrupt(u128_at(&[0; 20], 16, "t"), "short id");
+        assert_corrupt(second_id(&[0; 20], "t"), "short key");
+        assert_corrupt(second_id(&[0; 33], "t"), "long key");
+        assert_eq!(
+            second_id(&cat2([0; 16], 9u128.to_be_bytes()), "t").expect("key"),
+            9
+        );
         assert_corrupt(exact_u64(&[0; 7], "t"), "short seq");
         assert_corrupt(exact_u128(&[0; 17], "t"), "long id");
     }
@@ -1108,12 +1118,7 @@ mod tests {
             .users
             .insert(7u128.to_be_bytes(), b"\x02junk".to_vec())
             .expect("insert");
-        let q = HistoryQuery {
-            conversation: conv,
-            before_seq: 0,
-            after_seq: 0,
-            limit: 10,
-        };
+        let q = HistoryQuery::before(conv, 0, 10);
         assert_corrupt(store.history(q).await, "history");
         assert_corrupt(
             store

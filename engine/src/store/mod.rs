@@ -78,15 +78,38 @@ pub struct CommitBatch {
     pub cursors: Vec<CursorUpdate>,
 }
 
-/// Which page of history to read. Seqs are exclusive bounds; 0 means "unbounded".
+/// Which end of the range a history page is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFrom {
+    /// The newest `limit` messages of the range (scrolling back from the present).
+    Newest,
+    /// The oldest `limit` messages of the range (catching up from a cursor, or from the start).
+    Oldest,
+}
+
+/// Which page of history to read: messages with `after_seq < seq < before_seq`, at most `limit`
+/// of them, from the given end of that range, always returned in ascending seq order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub conversation: ConversationId,
-    /// Only messages with `seq < before_seq` (0 = no upper bound).
+    /// Exclusive upper bound; 0 means none.
     pub before_seq: u64,
-    /// Only messages with `seq > after_seq` (0 = no lower bound).
+    /// Exclusive lower bound; 0 means none (seqs start at 1).
     pub after_seq: u64,
     pub limit: u32,
+    pub from: HistoryFrom,
+}
+
+impl HistoryQuery {
+    /// The oldest `limit` messages after `after_seq`: what resume and gap filling read.
+    pub fn after(conversation: ConversationId, after_seq: u64, limit: u32) -> Self {
+        HistoryQuery { conversation, before_seq: 0, after_seq, limit, from: HistoryFrom::Oldest }
+    }
+
+    /// The newest `limit` messages before `before_seq` (0: the newest of all).
+    pub fn before(conversation: ConversationId, before_seq: u64, limit: u32) -> Self {
+        HistoryQuery { conversation, before_seq, after_seq: 0, limit, from: HistoryFrom::Newest }
+    }
 }
 
 #[async_trait::async_trait]
@@ -136,8 +159,7 @@ pub trait Store: Send + Sync + 'static {
         sender: UserId,
         client_msg_id: u128,
     ) -> StoreResult<Option<Message>>;
-    /// Messages in ascending seq order. With only `before_seq` set (or neither), the page is the
-    /// newest `limit` messages below it; with `after_seq` set, the oldest `limit` above it.
+    /// One page of messages in ascending seq order, as described by [`HistoryQuery`].
     async fn history(&self, query: HistoryQuery) -> StoreResult<Vec<Message>>;
 
     // ---- cursors ----

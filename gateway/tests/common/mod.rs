@@ -32,7 +32,11 @@ impl TestServer {
 
     /// `config` lines go into a TOML file passed with --config.
     pub async fn start_with(config: &[&str]) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config).await
+    }
+
+    /// Starts in a directory the caller prepared (e.g. with certificate files in it).
+    pub async fn start_in(dir: tempfile::TempDir, config: &[&str]) -> TestServer {
         let data_dir = dir.path().join("data");
         let config_path = dir.path().join("tern.toml");
         std::fs::write(&config_path, config.join("\n")).expect("write config");

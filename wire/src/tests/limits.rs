@@ -256,7 +256,6 @@ fn honest_worst_case_fits_default_limits() {
             "{name}: frame is full"
         );
         let ratio = apparent_size(&bytes) as f64 / bytes.len() as f64;
-        eprintln!("RATIO {name}: {ratio:.3} ({} bytes)", bytes.len());
         assert!(
             ratio < 3.0,
             "{name}: apparent size is {ratio:.2}x the frame, margin to 4x is thin"
