@@ -28,7 +28,9 @@ fn message(conversation: ConversationId, seq: u64) -> Message {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let store = EmbeddedStore::open(dir.path())?;
         let (grouped, single) = (ConversationId(1), ConversationId(2));

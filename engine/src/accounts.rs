@@ -60,7 +60,12 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(limit: u32, window: Duration, max_keys: usize) -> Self {
         assert!(limit > 0 && max_keys > 0, "rate limits must be positive");
-        RateLimiter { limit, window_ms: window.as_millis() as u64, max_keys, windows: HashMap::new() }
+        RateLimiter {
+            limit,
+            window_ms: window.as_millis() as u64,
+            max_keys,
+            windows: HashMap::new(),
+        }
     }
 
     /// How long the key must wait, or `None` when it is under its limit.
@@ -73,10 +78,16 @@ impl RateLimiter {
     pub fn record(&mut self, key: &str, now_ms: u64) {
         if self.windows.len() >= self.max_keys && !self.windows.contains_key(key) {
             let window = self.window_ms;
-            self.windows.retain(|_, (start, _)| now_ms < *start + window);
+            self.windows
+                .retain(|_, (start, _)| now_ms < *start + window);
             if self.windows.len() >= self.max_keys {
                 // Still full of live windows: drop the oldest rather than grow without bound.
-                if let Some(oldest) = self.windows.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = self
+                    .windows
+                    .iter()
+                    .min_by_key(|(_, (s, _))| *s)
+                    .map(|(k, _)| k.clone())
+                {
                     self.windows.remove(&oldest);
                 }
             }
@@ -131,8 +142,12 @@ fn internal(e: StoreError) -> ServiceError {
     ServiceError::new(ErrorCode::Internal, "storage error")
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| ServiceError::new(ErrorCode::Internal, "worker failed"))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ServiceError::new(ErrorCode::Internal, "worker failed"))
 }
 
 impl Accounts {
@@ -143,8 +158,16 @@ impl Accounts {
             .map_err(|_| ServiceError::new(ErrorCode::Internal, "argon2 unavailable"))?
             .to_string();
         Ok(Accounts {
-            by_username: Mutex::new(RateLimiter::new(limits.failures_per_username, limits.window, limits.max_tracked_keys)),
-            by_address: Mutex::new(RateLimiter::new(limits.attempts_per_address, limits.window, limits.max_tracked_keys)),
+            by_username: Mutex::new(RateLimiter::new(
+                limits.failures_per_username,
+                limits.window,
+                limits.max_tracked_keys,
+            )),
+            by_address: Mutex::new(RateLimiter::new(
+                limits.attempts_per_address,
+                limits.window,
+                limits.max_tracked_keys,
+            )),
             store,
             limits,
             dummy_hash,
@@ -158,51 +181,86 @@ impl Accounts {
                 "username must be {MIN_USERNAME_CHARS} to {MAX_USERNAME_CHARS} characters"
             )));
         }
-        if !username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-            return Err(ServiceError::invalid("username may contain only letters, digits, '_', '-' and '.'"));
+        if !username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(ServiceError::invalid(
+                "username may contain only letters, digits, '_', '-' and '.'",
+            ));
         }
         Ok(())
     }
 
-    pub async fn register(&self, username: &str, password: &str) -> Result<UserRecord, ServiceError> {
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<UserRecord, ServiceError> {
         Self::validate_username(username)?;
         if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len()) {
             return Err(ServiceError::invalid(format!(
                 "password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes"
             )));
         }
-        if self.store.user_by_name(username).await.map_err(internal)?.is_some() {
+        if self
+            .store
+            .user_by_name(username)
+            .await
+            .map_err(internal)?
+            .is_some()
+        {
             return Err(ServiceError::new(ErrorCode::Conflict, "username is taken"));
         }
         let password = password.to_owned();
         let hash = blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon2id().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+            argon2id()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
         })
         .await?
         .map_err(|_| ServiceError::new(ErrorCode::Internal, "password hashing failed"))?;
-        let user = UserRecord { id: UserId::random(), username: username.to_owned(), password_hash: hash, created_ms: now_ms() };
+        let user = UserRecord {
+            id: UserId::random(),
+            username: username.to_owned(),
+            password_hash: hash,
+            created_ms: now_ms(),
+        };
         match self.store.create_user(user.clone()).await {
             Ok(()) => Ok(user),
-            Err(StoreError::AlreadyExists(_)) => Err(ServiceError::new(ErrorCode::Conflict, "username is taken")),
+            Err(StoreError::AlreadyExists(_)) => {
+                Err(ServiceError::new(ErrorCode::Conflict, "username is taken"))
+            }
             Err(e) => Err(internal(e)),
         }
     }
 
     /// Checks both rate limits before doing any work, so a flood costs no argon2 time.
-    pub async fn login(&self, username: &str, password: &str, address: IpAddr) -> Result<Session, ServiceError> {
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        address: IpAddr,
+    ) -> Result<Session, ServiceError> {
         let now = now_ms();
         let user_key = username.to_lowercase();
         let address_key = address.to_string();
         {
-            let mut by_address = self.by_address.lock().map_err(|_| ServiceError::poisoned())?;
+            let mut by_address = self
+                .by_address
+                .lock()
+                .map_err(|_| ServiceError::poisoned())?;
             if let Some(wait) = by_address.check(&address_key, now) {
                 return Err(ServiceError::rate_limited(wait));
             }
             by_address.record(&address_key, now);
         }
         {
-            let by_username = self.by_username.lock().map_err(|_| ServiceError::poisoned())?;
+            let by_username = self
+                .by_username
+                .lock()
+                .map_err(|_| ServiceError::poisoned())?;
             if let Some(wait) = by_username.check(&user_key, now) {
                 return Err(ServiceError::rate_limited(wait));
             }
@@ -211,20 +269,32 @@ impl Accounts {
             return Err(ServiceError::invalid("password too long"));
         }
         let user = self.store.user_by_name(username).await.map_err(internal)?;
-        let stored_hash = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let stored_hash = user
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let candidate = password.to_owned();
         let verified = blocking(move || {
             PasswordHash::new(&stored_hash)
-                .map(|parsed| argon2id().verify_password(candidate.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    argon2id()
+                        .verify_password(candidate.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await?;
         let user = match (user, verified) {
             (Some(user), true) => user,
             _ => {
-                let mut by_username = self.by_username.lock().map_err(|_| ServiceError::poisoned())?;
+                let mut by_username = self
+                    .by_username
+                    .lock()
+                    .map_err(|_| ServiceError::poisoned())?;
                 by_username.record(&user_key, now);
-                return Err(ServiceError::new(ErrorCode::Unauthenticated, "wrong username or password"));
+                return Err(ServiceError::new(
+                    ErrorCode::Unauthenticated,
+                    "wrong username or password",
+                ));
             }
         };
         if let Ok(mut by_username) = self.by_username.lock() {
@@ -234,18 +304,33 @@ impl Accounts {
         rand::fill(&mut raw);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let expires_ms = now + self.limits.token_ttl.as_millis() as u64;
-        let record = TokenRecord { token_hash: hash_token(&token), user: user.id, created_ms: now, expires_ms };
+        let record = TokenRecord {
+            token_hash: hash_token(&token),
+            user: user.id,
+            created_ms: now,
+            expires_ms,
+        };
         self.store.put_token(record).await.map_err(internal)?;
-        Ok(Session { token, user, expires_ms })
+        Ok(Session {
+            token,
+            user,
+            expires_ms,
+        })
     }
 
     /// Resolves a bearer token to its (unexpired) record.
     pub async fn authenticate(&self, token: &str) -> Result<TokenRecord, ServiceError> {
-        let unauthenticated = || ServiceError::new(ErrorCode::Unauthenticated, "invalid or expired token");
+        let unauthenticated =
+            || ServiceError::new(ErrorCode::Unauthenticated, "invalid or expired token");
         if token.is_empty() || token.len() > 128 {
             return Err(unauthenticated());
         }
-        let record = self.store.token(&hash_token(token)).await.map_err(internal)?.ok_or_else(unauthenticated)?;
+        let record = self
+            .store
+            .token(&hash_token(token))
+            .await
+            .map_err(internal)?
+            .ok_or_else(unauthenticated)?;
         if record.expires_ms <= now_ms() {
             // Expired tokens are removed lazily; failure to remove changes nothing for the caller.
             let _ = self.store.delete_token(&record.token_hash).await;
@@ -257,7 +342,10 @@ impl Accounts {
     /// Revokes the token; returns its hash so the caller can close its live connections.
     pub async fn logout(&self, token: &str) -> Result<[u8; 32], ServiceError> {
         let record = self.authenticate(token).await?;
-        self.store.delete_token(&record.token_hash).await.map_err(internal)?;
+        self.store
+            .delete_token(&record.token_hash)
+            .await
+            .map_err(internal)?;
         Ok(record.token_hash)
     }
 
@@ -274,7 +362,9 @@ impl Accounts {
             .user_by_name(username)
             .await
             .map_err(internal)?
-            .ok_or_else(|| ServiceError::new(ErrorCode::NotFound, format!("no such user: {username}")))
+            .ok_or_else(|| {
+                ServiceError::new(ErrorCode::NotFound, format!("no such user: {username}"))
+            })
     }
 }
 
@@ -293,7 +383,11 @@ mod tests {
         assert_eq!(limiter.check("other", 2_000), None);
         assert_eq!(limiter.check("k", 11_000), None);
         limiter.record("k", 11_000);
-        assert_eq!(limiter.check("k", 11_000), None, "a new window starts with one attempt");
+        assert_eq!(
+            limiter.check("k", 11_000),
+            None,
+            "a new window starts with one attempt"
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{ErrorCode, ServerMessage};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Action, ConnId, ConversationSnapshot, EngineCore, Input, SendRequest};
 use crate::limits::{EngineLimits, InvalidLimits};
@@ -47,7 +47,12 @@ pub struct ConnSink {
 
 enum Command {
     Input(Input),
-    Register { conn: ConnId, sink: ConnSink, input: Input, registered: oneshot::Sender<()> },
+    Register {
+        conn: ConnId,
+        sink: ConnSink,
+        input: Input,
+        registered: oneshot::Sender<()>,
+    },
 }
 
 /// Cloneable handle to the engine task.
@@ -73,15 +78,31 @@ impl EngineHandle {
         sink: ConnSink,
     ) -> Result<ConnId, EngineStopped> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let input = Input::Connected { conn, user, device, token_hash };
+        let input = Input::Connected {
+            conn,
+            user,
+            device,
+            token_hash,
+        };
         let (registered, done) = oneshot::channel();
-        self.commands.send(Command::Register { conn, sink, input, registered }).await.map_err(|_| EngineStopped)?;
+        self.commands
+            .send(Command::Register {
+                conn,
+                sink,
+                input,
+                registered,
+            })
+            .await
+            .map_err(|_| EngineStopped)?;
         done.await.map_err(|_| EngineStopped)?;
         Ok(conn)
     }
 
     pub async fn input(&self, input: Input) -> Result<(), EngineStopped> {
-        self.commands.send(Command::Input(input)).await.map_err(|_| EngineStopped)
+        self.commands
+            .send(Command::Input(input))
+            .await
+            .map_err(|_| EngineStopped)
     }
 
     pub async fn send(&self, request: SendRequest) -> Result<(), EngineStopped> {
@@ -106,7 +127,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { limits: EngineLimits::default(), command_queue: 4096, seed: rand::random() }
+        EngineConfig {
+            limits: EngineLimits::default(),
+            command_queue: 4096,
+            seed: rand::random(),
+        }
     }
 }
 
@@ -119,9 +144,18 @@ pub fn spawn_engine(
     let core = EngineCore::new(config.limits, config.seed)?;
     let (commands_tx, commands_rx) = mpsc::channel(config.command_queue);
     let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let driver = Driver { core, store, metrics, sinks: HashMap::new(), results: results_tx };
+    let driver = Driver {
+        core,
+        store,
+        metrics,
+        sinks: HashMap::new(),
+        results: results_tx,
+    };
     tokio::spawn(driver.run(commands_rx, results_rx));
-    Ok(EngineHandle { commands: commands_tx, next_conn: Arc::new(AtomicU64::new(1)) })
+    Ok(EngineHandle {
+        commands: commands_tx,
+        next_conn: Arc::new(AtomicU64::new(1)),
+    })
 }
 
 struct Driver {
@@ -135,11 +169,17 @@ struct Driver {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut results: mpsc::UnboundedReceiver<Input>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut results: mpsc::UnboundedReceiver<Input>,
+    ) {
         loop {
             let input = tokio::select! {
                 biased;
@@ -172,7 +212,9 @@ impl Driver {
                 self.execute(action, &mut queue);
             }
         }
-        self.metrics.connections.set(self.core.connection_count() as i64);
+        self.metrics
+            .connections
+            .set(self.core.connection_count() as i64);
     }
 
     fn execute(&mut self, action: Action, follow_up: &mut Vec<Input>) {
@@ -182,7 +224,10 @@ impl Driver {
                 let results = self.results.clone();
                 tokio::spawn(async move {
                     let input = match load_snapshot(&*store, conversation).await {
-                        Ok(snapshot) => Input::Loaded { conversation, snapshot },
+                        Ok(snapshot) => Input::Loaded {
+                            conversation,
+                            snapshot,
+                        },
                         Err(error) => {
                             tracing::warn!(%conversation, %error, "loading conversation failed");
                             Input::LoadFailed { conversation }
@@ -191,7 +236,11 @@ impl Driver {
                     let _ = results.send(input);
                 });
             }
-            Action::Lookup { conversation, sender, client_msg_id } => {
+            Action::Lookup {
+                conversation,
+                sender,
+                client_msg_id,
+            } => {
                 let store = self.store.clone();
                 let results = self.results.clone();
                 tokio::spawn(async move {
@@ -199,7 +248,10 @@ impl Driver {
                     // under an unknown seq" is impossible, so retry until the store answers.
                     let mut delay = Duration::from_millis(5);
                     let found = loop {
-                        match store.message_by_client_id(conversation, sender, client_msg_id).await {
+                        match store
+                            .message_by_client_id(conversation, sender, client_msg_id)
+                            .await
+                        {
                             Ok(found) => break found,
                             Err(error) => {
                                 tracing::warn!(%conversation, %error, "client id lookup failed, retrying");
@@ -208,7 +260,12 @@ impl Driver {
                             }
                         }
                     };
-                    let _ = results.send(Input::LookedUp { conversation, sender, client_msg_id, found });
+                    let _ = results.send(Input::LookedUp {
+                        conversation,
+                        sender,
+                        client_msg_id,
+                        found,
+                    });
                 });
             }
             Action::Commit { batch, data } => {
@@ -225,7 +282,9 @@ impl Driver {
                             false
                         }
                     };
-                    metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     metrics.commit_batch_messages.observe(messages as f64);
                     if ok {
                         metrics.messages_committed.inc_by(messages as u64);
@@ -243,12 +302,26 @@ impl Driver {
                     _ => None,
                 };
                 for conn in conns {
-                    self.push(conn, Outbound { bytes: bytes.clone(), delivery }, follow_up);
+                    self.push(
+                        conn,
+                        Outbound {
+                            bytes: bytes.clone(),
+                            delivery,
+                        },
+                        follow_up,
+                    );
                 }
             }
             Action::Reply { conn, message } => {
                 let bytes = Bytes::from(tern_wire::encode_server(&message));
-                self.push(conn, Outbound { bytes, delivery: None }, follow_up);
+                self.push(
+                    conn,
+                    Outbound {
+                        bytes,
+                        delivery: None,
+                    },
+                    follow_up,
+                );
             }
             Action::Close { conn, code, reason } => self.close(conn, code, reason),
         }
@@ -256,14 +329,20 @@ impl Driver {
 
     /// Queues a frame for a connection; a full queue disconnects it as a slow consumer.
     fn push(&mut self, conn: ConnId, frame: Outbound, follow_up: &mut Vec<Input>) {
-        let Some(sink) = self.sinks.get(&conn) else { return };
+        let Some(sink) = self.sinks.get(&conn) else {
+            return;
+        };
         match sink.frames.try_send(frame) {
             Ok(()) => {
                 self.metrics.send_queue_frames.inc();
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.slow_consumer_disconnects.inc();
-                self.close(conn, ErrorCode::SlowConsumer, "send queue overflow: resume from your cursor".into());
+                self.close(
+                    conn,
+                    ErrorCode::SlowConsumer,
+                    "send queue overflow: resume from your cursor".into(),
+                );
                 follow_up.push(Input::Disconnected { conn });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -287,7 +366,12 @@ async fn load_snapshot(
     if store.conversation(conversation).await?.is_none() {
         return Ok(None);
     }
-    let members = store.members(conversation).await?.into_iter().map(|m| m.user).collect();
+    let members = store
+        .members(conversation)
+        .await?
+        .into_iter()
+        .map(|m| m.user)
+        .collect();
     let last_seq = store.last_seq(conversation).await?;
     Ok(Some(ConversationSnapshot { members, last_seq }))
 }

@@ -38,7 +38,9 @@ pub struct InvalidLimits(pub &'static str);
 impl EngineLimits {
     pub fn validate(&self) -> Result<(), InvalidLimits> {
         if self.dedupe_window <= self.max_queued_sends_per_conversation {
-            return Err(InvalidLimits("dedupe_window must exceed max_queued_sends_per_conversation"));
+            return Err(InvalidLimits(
+                "dedupe_window must exceed max_queued_sends_per_conversation",
+            ));
         }
         if self.max_payload_bytes == 0 || self.max_queued_sends_per_conversation == 0 {
             return Err(InvalidLimits("limits must be positive"));

@@ -36,13 +36,21 @@ impl EngineMetrics {
     }
 
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("tern_engine_connections", "Authenticated connections", self.connections.clone());
+        registry.register(
+            "tern_engine_connections",
+            "Authenticated connections",
+            self.connections.clone(),
+        );
         registry.register(
             "tern_engine_deliveries",
             "Message deliveries queued to connections",
             self.messages_delivered.clone(),
         );
-        registry.register("tern_engine_messages_committed", "Messages made durable", self.messages_committed.clone());
+        registry.register(
+            "tern_engine_messages_committed",
+            "Messages made durable",
+            self.messages_committed.clone(),
+        );
         registry.register(
             "tern_storage_commit_seconds",
             "Latency of a durable group commit",

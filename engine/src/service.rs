@@ -15,7 +15,11 @@ pub struct ServiceError {
 
 impl ServiceError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServiceError { code, message: message.into(), retry_after: None }
+        ServiceError {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -25,7 +29,11 @@ impl ServiceError {
     pub fn rate_limited(wait: Duration) -> Self {
         // Round up so that a client waiting exactly Retry-After seconds is let through.
         let wait = Duration::from_secs(wait.as_millis().div_ceil(1000).max(1) as u64);
-        ServiceError { code: ErrorCode::RateLimited, message: "too many attempts, retry later".into(), retry_after: Some(wait) }
+        ServiceError {
+            code: ErrorCode::RateLimited,
+            message: "too many attempts, retry later".into(),
+            retry_after: Some(wait),
+        }
     }
 
     pub fn poisoned() -> Self {

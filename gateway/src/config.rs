@@ -10,7 +10,11 @@ use serde::Deserialize;
 use crate::tls::CertSource;
 
 #[derive(Debug, clap::Parser)]
-#[command(name = "tern", version, about = "Tern: secure real-time messaging server")]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: secure real-time messaging server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -108,14 +112,32 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("tern-data"));
-        let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)));
-        let certs = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("tern-data"));
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)));
+        let certs = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
             (Some(cert), Some(key)) => CertSource::Pem { cert, key },
-            (None, None) => CertSource::SelfSigned { dir: data_dir.join("tls") },
-            _ => return Err(ConfigError::Invalid("tls_cert and tls_key must be given together".into())),
+            (None, None) => CertSource::SelfSigned {
+                dir: data_dir.join("tls"),
+            },
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert and tls_key must be given together".into(),
+                ));
+            }
         };
-        let max_frame_bytes = args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(64 * 1024);
+        let max_frame_bytes = args
+            .max_frame_bytes
+            .or(file.max_frame_bytes)
+            .unwrap_or(64 * 1024);
         if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES_CEILING).contains(&max_frame_bytes) {
             return Err(ConfigError::Invalid(format!(
                 "max_frame_bytes must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES_CEILING}"
@@ -124,7 +146,11 @@ impl Config {
         let log_format = match args.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(ConfigError::Invalid(format!("unknown log format {other:?}"))),
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown log format {other:?}"
+                )));
+            }
         };
         let idle_timeout = Duration::from_secs(file.idle_timeout_secs.unwrap_or(90).clamp(5, 3600));
         let send_queue_frames = file.send_queue_frames.unwrap_or(1024).clamp(16, 1 << 20);
@@ -163,14 +189,31 @@ mod tests {
     fn flags_override_the_file_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tern.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_frame_bytes = 2048\n").expect("write");
-        let args = ServeArgs { config: Some(path.clone()), max_frame_bytes: Some(16384), ..ServeArgs::default() };
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nmax_frame_bytes = 2048\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            max_frame_bytes: Some(16384),
+            ..ServeArgs::default()
+        };
         let config = Config::resolve(args).expect("resolve");
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.max_frame_bytes, 16384);
-        let too_small = ServeArgs { max_frame_bytes: Some(10), ..ServeArgs::default() };
+        let too_small = ServeArgs {
+            max_frame_bytes: Some(10),
+            ..ServeArgs::default()
+        };
         assert!(Config::resolve(too_small).is_err());
         std::fs::write(&path, "no_such_key = 1\n").expect("write");
-        assert!(Config::resolve(ServeArgs { config: Some(path), ..ServeArgs::default() }).is_err());
+        assert!(
+            Config::resolve(ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            })
+            .is_err()
+        );
     }
 }

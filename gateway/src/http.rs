@@ -20,11 +20,14 @@ use tern_engine::core::Input;
 use tern_engine::driver::EngineHandle;
 use tern_engine::service::ServiceError;
 use tern_wire::api::{
-    ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup, Credentials, ErrorBody,
-    FileRefView, HistoryPageView, LoginResponse, MemberView, MessageView, TransportInfo, UserView,
+    ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup,
+    Credentials, ErrorBody, FileRefView, HistoryPageView, LoginResponse, MemberView, MessageView,
+    TransportInfo, UserView,
 };
 use tern_wire::ids::{ConversationId, UserId};
-use tern_wire::msg::{ConversationInfo, ConversationKind, ErrorCode, MemberRole, Message, PROTOCOL_VERSION};
+use tern_wire::msg::{
+    ConversationInfo, ConversationKind, ErrorCode, MemberRole, Message, PROTOCOL_VERSION,
+};
 use utoipa::OpenApi;
 
 use crate::session::SessionContext;
@@ -63,7 +66,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -81,14 +87,22 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
         .route("/transport", get(transport))
         .route("/openapi.json", get(openapi))
         .with_state(api.clone());
-    let ws = Router::new().route("/api/v1/ws", get(crate::ws::upgrade)).with_state(sessions);
+    let ws = Router::new()
+        .route("/api/v1/ws", get(crate::ws::upgrade))
+        .with_state(sessions);
     Router::new()
         .nest("/api/v1", v1)
         .merge(ws)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(api)
-        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint".into(),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -103,7 +117,9 @@ impl From<ServiceError> for HttpError {
 
 fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::InvalidArgument | ErrorCode::MalformedFrame | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidArgument | ErrorCode::MalformedFrame | ErrorCode::UnsupportedVersion => {
+            StatusCode::BAD_REQUEST
+        }
         ErrorCode::Unauthenticated | ErrorCode::TokenRevoked => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -117,20 +133,31 @@ fn status_of(code: ErrorCode) -> StatusCode {
 }
 
 fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    (status, Json(ApiError { error: ErrorBody { code: code.to_owned(), message } })).into_response()
+    (
+        status,
+        Json(ApiError {
+            error: ErrorBody {
+                code: code.to_owned(),
+                message,
+            },
+        }),
+    )
+        .into_response()
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let e = self.0;
         let mut response = error_response(status_of(e.code), e.code.as_str(), e.message);
-        if let Some(wait) = e.retry_after {
-            if let Ok(value) = HeaderValue::from_str(&wait.as_secs().to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        if let Some(wait) = e.retry_after
+            && let Ok(value) = HeaderValue::from_str(&wait.as_secs().to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         if status_of(e.code) == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -159,22 +186,32 @@ pub struct Caller {
 impl FromRequestParts<Arc<ApiState>> for Caller {
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)
             .ok_or_else(|| ServiceError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
         let record = state.accounts.authenticate(&token).await?;
-        Ok(Caller { user: record.user, token })
+        Ok(Caller {
+            user: record.user,
+            token,
+        })
     }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
     Some(token.trim().to_owned())
 }
 
 fn client_ip(parts: &axum::http::Extensions) -> IpAddr {
-    parts.get::<ClientAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0.ip())
+    parts
+        .get::<ClientAddr>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0.ip())
 }
 
 #[utoipa::path(post, path = "/api/v1/register", request_body = Credentials,
@@ -183,8 +220,17 @@ async fn register(
     State(api): State<Arc<ApiState>>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<(StatusCode, Json<UserView>), HttpError> {
-    let user = api.accounts.register(&body.username, &body.password).await?;
-    Ok((StatusCode::CREATED, Json(UserView { user_id: user.id, username: user.username })))
+    let user = api
+        .accounts
+        .register(&body.username, &body.password)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView {
+            user_id: user.id,
+            username: user.username,
+        }),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/login", request_body = Credentials,
@@ -196,7 +242,10 @@ async fn login(
 ) -> Result<Json<LoginResponse>, HttpError> {
     let ip = client_ip(request.extensions());
     let ApiJson(body) = ApiJson::<Credentials>::from_request(request, &()).await?;
-    let session = api.accounts.login(&body.username, &body.password, ip).await?;
+    let session = api
+        .accounts
+        .login(&body.username, &body.password, ip)
+        .await?;
     Ok(Json(LoginResponse {
         token: session.token,
         user_id: session.user.id,
@@ -211,7 +260,12 @@ use axum::extract::FromRequest as _;
     responses((status = 204, description = "token revoked and its live connections closed"), (status = 401, body = ApiError)))]
 async fn logout(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<StatusCode, HttpError> {
     let token_hash = api.accounts.logout(&caller.token).await?;
-    if api.engine.input(Input::TokenRevoked { token_hash }).await.is_err() {
+    if api
+        .engine
+        .input(Input::TokenRevoked { token_hash })
+        .await
+        .is_err()
+    {
         tracing::warn!("engine stopped: live connections of a revoked token not closed");
     }
     Ok(StatusCode::NO_CONTENT)
@@ -221,7 +275,10 @@ async fn logout(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<Stat
     responses((status = 200, body = UserView), (status = 401, body = ApiError)))]
 async fn me(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<Json<UserView>, HttpError> {
     let user = api.accounts.user(caller.user).await?;
-    Ok(Json(UserView { user_id: user.id, username: user.username }))
+    Ok(Json(UserView {
+        user_id: user.id,
+        username: user.username,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{username}", security(("bearer" = [])),
@@ -233,7 +290,10 @@ async fn user_by_name(
     Path(username): Path<String>,
 ) -> Result<Json<UserView>, HttpError> {
     let user = api.accounts.user_by_name(&username).await?;
-    Ok(Json(UserView { user_id: user.id, username: user.username }))
+    Ok(Json(UserView {
+        user_id: user.id,
+        username: user.username,
+    }))
 }
 
 pub fn conversation_view(info: ConversationInfo) -> ConversationView {
@@ -276,7 +336,11 @@ pub fn message_view(m: Message) -> MessageView {
         files: m
             .files
             .into_iter()
-            .map(|f| FileRefView { file_id: f.file_id, size: f.size, content_type: f.content_type })
+            .map(|f| FileRefView {
+                file_id: f.file_id,
+                size: f.size,
+                content_type: f.content_type,
+            })
             .collect(),
     }
 }
@@ -290,7 +354,11 @@ async fn create_direct(
 ) -> Result<(StatusCode, Json<ConversationView>), HttpError> {
     let peer = api.accounts.user_by_name(&body.peer).await?;
     let (info, created) = api.conversations.open_direct(caller.user, peer.id).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(conversation_view(info))))
 }
 
@@ -305,15 +373,23 @@ async fn create_group(
     for username in &body.members {
         members.push(api.accounts.user_by_name(username).await?.id);
     }
-    let info = api.conversations.create_group(caller.user, &body.name, &body.description, &members).await?;
+    let info = api
+        .conversations
+        .create_group(caller.user, &body.name, &body.description, &members)
+        .await?;
     Ok((StatusCode::CREATED, Json(conversation_view(info))))
 }
 
 #[utoipa::path(get, path = "/api/v1/conversations", security(("bearer" = [])),
     responses((status = 200, body = ConversationList)))]
-async fn list_conversations(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<Json<ConversationList>, HttpError> {
+async fn list_conversations(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<ConversationList>, HttpError> {
     let conversations = api.conversations.list(caller.user).await?;
-    Ok(Json(ConversationList { conversations: conversations.into_iter().map(conversation_view).collect() }))
+    Ok(Json(ConversationList {
+        conversations: conversations.into_iter().map(conversation_view).collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -335,12 +411,23 @@ async fn history(
     Path(id): Path<String>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Json<HistoryPageView>, HttpError> {
-    let id: ConversationId = id.parse().map_err(|_| ServiceError::invalid("conversation id must be a UUID"))?;
+    let id: ConversationId = id
+        .parse()
+        .map_err(|_| ServiceError::invalid("conversation id must be a UUID"))?;
     let (messages, has_more) = api
         .conversations
-        .history(caller.user, id, params.before.unwrap_or(0), params.after.unwrap_or(0), params.limit.unwrap_or(50))
+        .history(
+            caller.user,
+            id,
+            params.before.unwrap_or(0),
+            params.after.unwrap_or(0),
+            params.limit.unwrap_or(50),
+        )
         .await?;
-    Ok(Json(HistoryPageView { messages: messages.into_iter().map(message_view).collect(), has_more }))
+    Ok(Json(HistoryPageView {
+        messages: messages.into_iter().map(message_view).collect(),
+        has_more,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/transport",
@@ -351,7 +438,10 @@ async fn transport(State(api): State<Arc<ApiState>>) -> Json<TransportInfo> {
     Json(TransportInfo {
         webtransport_url: format!("https://{addr}{}", crate::wt::WT_PATH),
         websocket_url: format!("wss://{addr}/api/v1/ws"),
-        certificate_hashes: vec![CertificateHash { algorithm: "sha-256".into(), value: hex::encode(active.sha256) }],
+        certificate_hashes: vec![CertificateHash {
+            algorithm: "sha-256".into(),
+            value: hex::encode(active.sha256),
+        }],
         protocol_version: PROTOCOL_VERSION,
         max_frame_bytes: api.max_frame_bytes as u32,
     })
@@ -370,5 +460,12 @@ async fn metrics(State(api): State<Arc<ApiState>>) -> Response {
     if prometheus_client::encoding::text::encode(&mut text, &api.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

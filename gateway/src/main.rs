@@ -4,7 +4,9 @@ use tern_gateway::config::{Cli, Command, Config, LogFormat};
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -20,7 +22,9 @@ fn main() -> anyhow::Result<()> {
             // One current-thread runtime: QUIC round trips measured ~8x slower on a multi-thread
             // runtime here. CPU-heavy work (argon2) and blocking storage calls go to the
             // blocking pool. Shards (one such runtime per core) come with the sharding work.
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(tern_gateway::server::run(config))
         }
     }

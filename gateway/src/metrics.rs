@@ -42,10 +42,26 @@ pub struct GatewayMetrics {
 
 impl GatewayMetrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("tern_connections", "Open connections by transport", self.connections.clone());
-        registry.register("tern_frames_in", "Frames received by transport", self.frames_in.clone());
-        registry.register("tern_frames_out", "Frames sent by transport", self.frames_out.clone());
-        registry.register("tern_messages_in", "Send requests received by transport", self.messages_in.clone());
+        registry.register(
+            "tern_connections",
+            "Open connections by transport",
+            self.connections.clone(),
+        );
+        registry.register(
+            "tern_frames_in",
+            "Frames received by transport",
+            self.frames_in.clone(),
+        );
+        registry.register(
+            "tern_frames_out",
+            "Frames sent by transport",
+            self.frames_out.clone(),
+        );
+        registry.register(
+            "tern_messages_in",
+            "Send requests received by transport",
+            self.messages_in.clone(),
+        );
         registry.register(
             "tern_tls_handshake_failures",
             "Failed TLS handshakes on the TCP listener",

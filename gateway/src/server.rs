@@ -21,12 +21,14 @@ use tower::Service as _;
 
 use crate::config::Config;
 use crate::http::{ApiState, ClientAddr};
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{GatewayMetrics, Transport};
 use crate::session::SessionContext;
 use crate::tls::{Certificates, unix_now};
 
 /// A TLS handshake that has not finished in this time is dropped (slowloris).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for sessions to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// A Deliver carries more than the Send it came from (ids, timestamps); payloads are limited to
 /// the frame size minus this, so every Deliver fits in the clients' frame limit too.
@@ -40,7 +42,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let store_dir = config.data_dir.join("store");
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&store_dir).with_context(|| format!("opening store in {}", store_dir.display()))?,
+        EmbeddedStore::open(&store_dir)
+            .with_context(|| format!("opening store in {}", store_dir.display()))?,
     );
     let certs = Certificates::load(config.certs.clone()).context("loading TLS certificate")?;
 
@@ -59,11 +62,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..AccountLimits::default()
     };
     let accounts = Arc::new(Accounts::new(store.clone(), account_limits)?);
-    let conversations = Arc::new(Conversations::new(store.clone(), engine.clone(), ConversationLimits::default()));
+    let conversations = Arc::new(Conversations::new(
+        store.clone(),
+        engine.clone(),
+        ConversationLimits::default(),
+    ));
 
     let (tcp, endpoint) = bind_both(config.listen, &certs)?;
     let local = tcp.local_addr()?;
-    let limits = Limits { max_frame_bytes: config.max_frame_bytes, ..Limits::default() };
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let limits = Limits {
+        max_frame_bytes: config.max_frame_bytes,
+        ..Limits::default()
+    };
     let sessions = Arc::new(SessionContext {
         accounts: accounts.clone(),
         conversations: conversations.clone(),
@@ -74,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: gateway_metrics.clone(),
         idle_timeout: config.idle_timeout,
         send_queue_frames: config.send_queue_frames,
+        shutdown,
     });
     let api = Arc::new(ApiState {
         accounts,
@@ -88,12 +100,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tokio::spawn(crate::wt::accept_loop(endpoint, sessions));
     let acceptor = TlsAcceptor::from(Arc::new(certs.tcp_config()?));
+    let gateway_metrics_for_shutdown = gateway_metrics.clone();
     tokio::spawn(tcp_accept_loop(tcp, acceptor, router, gateway_metrics));
     tokio::spawn(rotate_certificates(certs.clone()));
 
     print_banner(local, &certs);
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: telling clients to reconnect later");
+    let _ = shutdown_tx.send(true);
+    // Give sessions a moment to deliver GoingAway and close cleanly.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while tokio::time::Instant::now() < deadline && open_sessions(&gateway_metrics_for_shutdown) > 0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 
@@ -102,11 +122,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn bind_both(
     requested: SocketAddr,
     certs: &Certificates,
-) -> anyhow::Result<(TcpListener, wtransport::Endpoint<wtransport::endpoint::endpoint_side::Server>)> {
-    let attempts = if requested.port() == 0 { PORT_ATTEMPTS } else { 1 };
+) -> anyhow::Result<(
+    TcpListener,
+    wtransport::Endpoint<wtransport::endpoint::endpoint_side::Server>,
+)> {
+    let attempts = if requested.port() == 0 {
+        PORT_ATTEMPTS
+    } else {
+        1
+    };
     let mut last_error = None;
     for _ in 0..attempts {
-        let std_listener = std::net::TcpListener::bind(requested).with_context(|| format!("binding TCP {requested}"))?;
+        let std_listener = std::net::TcpListener::bind(requested)
+            .with_context(|| format!("binding TCP {requested}"))?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let wt_config = wtransport::ServerConfig::builder()
@@ -119,10 +147,18 @@ fn bind_both(
             Err(error) => last_error = Some(error),
         }
     }
-    Err(anyhow::anyhow!("binding UDP on {requested}: {:?}", last_error))
+    Err(anyhow::anyhow!(
+        "binding UDP on {requested}: {:?}",
+        last_error
+    ))
 }
 
-async fn tcp_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: axum::Router, metrics: Arc<GatewayMetrics>) {
+async fn tcp_accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    metrics: Arc<GatewayMetrics>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -140,7 +176,13 @@ async fn tcp_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: a
     }
 }
 
-async fn serve_tcp(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, router: axum::Router, metrics: Arc<GatewayMetrics>) {
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    metrics: Arc<GatewayMetrics>,
+) {
     let _ = stream.set_nodelay(true);
     // No plaintext: anything that is not a TLS handshake (a plain HTTP request included) fails
     // here and the socket is closed without an HTTP answer.
@@ -156,13 +198,17 @@ async fn serve_tcp(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, r
             return;
         }
     };
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(ClientAddr(peer));
-        let mut router = router.clone();
-        async move { router.call(request).await }
-    });
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ClientAddr(peer));
+            let mut router = router.clone();
+            async move { router.call(request).await }
+        });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+    {
         tracing::debug!(%peer, %error, "HTTP connection ended with an error");
     }
 }
@@ -180,6 +226,13 @@ async fn rotate_certificates(certs: Arc<Certificates>) {
             Err(error) => tracing::error!(%error, "certificate rotation failed"),
         }
     }
+}
+
+fn open_sessions(metrics: &GatewayMetrics) -> i64 {
+    [Transport::WebSocket, Transport::WebTransport]
+        .iter()
+        .map(|t| metrics.connections.get_or_create(&t.labels()).get())
+        .sum()
 }
 
 fn print_banner(addr: SocketAddr, certs: &Certificates) {
@@ -200,13 +253,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -18,7 +18,9 @@ use tern_engine::service::ServiceError;
 use tern_engine::store::{HistoryQuery, Store};
 use tern_wire::Limits;
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
-use tern_wire::msg::{ClientMessage, ConversationKind, Cursor, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use tern_wire::msg::{
+    ClientMessage, ConversationKind, Cursor, ErrorCode, Notice, PROTOCOL_VERSION, ServerMessage,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{GatewayMetrics, Transport};
@@ -29,13 +31,17 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLAY_PAGE: u32 = 256;
 /// Most conversations a Hello or Resume may list.
 const MAX_RESUME_CURSORS: usize = 10_000;
+/// What `GoingAway` suggests clients wait before reconnecting (a restart takes about this long).
+const GOING_AWAY_RETRY_MS: u32 = 1_000;
 
 /// What a transport reports when asked for the next frame.
 #[derive(Debug)]
 pub enum Received {
     Frame(Vec<u8>),
     /// The peer sent a frame over the limit; it was not buffered.
-    TooLarge { size: usize },
+    TooLarge {
+        size: usize,
+    },
     /// The transport's own framing was violated (e.g. a text WebSocket message).
     Malformed(String),
     /// The peer closed or the connection broke.
@@ -68,6 +74,8 @@ pub struct SessionContext {
     pub metrics: Arc<GatewayMetrics>,
     pub idle_timeout: Duration,
     pub send_queue_frames: usize,
+    /// Flips to true when the server shuts down: sessions say `GoingAway` and close.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a session ended, and what the client is told.
@@ -78,10 +86,16 @@ struct End {
 
 impl End {
     fn quiet() -> Self {
-        End { code: None, reason: String::new() }
+        End {
+            code: None,
+            reason: String::new(),
+        }
     }
     fn fatal(code: ErrorCode, reason: impl Into<String>) -> Self {
-        End { code: Some(code), reason: reason.into() }
+        End {
+            code: Some(code),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -97,13 +111,24 @@ struct Session<'a, R, W> {
     frames: mpsc::Receiver<Outbound>,
 }
 
-pub async fn run<R: FrameRecv, W: FrameSend>(ctx: Arc<SessionContext>, transport: Transport, mut rx: R, mut tx: W) {
+pub async fn run<R: FrameRecv, W: FrameSend>(
+    ctx: Arc<SessionContext>,
+    transport: Transport,
+    mut rx: R,
+    mut tx: W,
+) {
     let metrics = ctx.metrics.clone();
     metrics.connections.get_or_create(&transport.labels()).inc();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, rx.recv()).await {
         Ok(received) => received,
         Err(_) => {
-            refuse(&mut tx, &metrics, transport, End::fatal(ErrorCode::Unauthenticated, "no Hello in time")).await;
+            refuse(
+                &mut tx,
+                &metrics,
+                transport,
+                End::fatal(ErrorCode::Unauthenticated, "no Hello in time"),
+            )
+            .await;
             metrics.connections.get_or_create(&transport.labels()).dec();
             return;
         }
@@ -117,9 +142,15 @@ pub async fn run<R: FrameRecv, W: FrameSend>(ctx: Arc<SessionContext>, transport
     metrics.connections.get_or_create(&transport.labels()).dec();
 }
 
-async fn refuse<W: FrameSend>(tx: &mut W, metrics: &GatewayMetrics, transport: Transport, end: End) {
+async fn refuse<W: FrameSend>(
+    tx: &mut W,
+    metrics: &GatewayMetrics,
+    transport: Transport,
+    end: End,
+) {
     if let Some(code) = end.code {
-        let frame = tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
+        let frame =
+            tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
         if tx.send(&frame).await.is_ok() {
             metrics.frames_out.get_or_create(&transport.labels()).inc();
         }
@@ -129,19 +160,41 @@ async fn refuse<W: FrameSend>(tx: &mut W, metrics: &GatewayMetrics, transport: T
 
 type Authenticated = (UserId, DeviceId, [u8; 32], Vec<Cursor>);
 
-async fn authenticate(ctx: &SessionContext, transport: Transport, first: Received) -> Result<Authenticated, End> {
+async fn authenticate(
+    ctx: &SessionContext,
+    transport: Transport,
+    first: Received,
+) -> Result<Authenticated, End> {
     let bytes = match first {
         Received::Frame(bytes) => bytes,
         Received::TooLarge { size } => {
-            return Err(End::fatal(ErrorCode::FrameTooLarge, format!("frame of {size} bytes exceeds the limit")));
+            return Err(End::fatal(
+                ErrorCode::FrameTooLarge,
+                format!("frame of {size} bytes exceeds the limit"),
+            ));
         }
         Received::Malformed(why) => return Err(End::fatal(ErrorCode::MalformedFrame, why)),
         Received::Closed => return Err(End::quiet()),
     };
-    ctx.metrics.frames_in.get_or_create(&transport.labels()).inc();
-    let message = tern_wire::decode_client(&bytes, &ctx.limits).map_err(|e| End::fatal(e.code(), e.to_string()))?;
-    let ClientMessage::Hello { min_version, max_version, token, device, cursors, .. } = message else {
-        return Err(End::fatal(ErrorCode::Unauthenticated, "the first frame must be Hello"));
+    ctx.metrics
+        .frames_in
+        .get_or_create(&transport.labels())
+        .inc();
+    let message = tern_wire::decode_client(&bytes, &ctx.limits)
+        .map_err(|e| End::fatal(e.code(), e.to_string()))?;
+    let ClientMessage::Hello {
+        min_version,
+        max_version,
+        token,
+        device,
+        cursors,
+        ..
+    } = message
+    else {
+        return Err(End::fatal(
+            ErrorCode::Unauthenticated,
+            "the first frame must be Hello",
+        ));
     };
     if min_version > PROTOCOL_VERSION || max_version < 1 || min_version > max_version {
         return Err(End::fatal(
@@ -150,9 +203,16 @@ async fn authenticate(ctx: &SessionContext, transport: Transport, first: Receive
         ));
     }
     if cursors.len() > MAX_RESUME_CURSORS {
-        return Err(End::fatal(ErrorCode::LimitExceeded, "too many resume cursors"));
+        return Err(End::fatal(
+            ErrorCode::LimitExceeded,
+            "too many resume cursors",
+        ));
     }
-    let record = ctx.accounts.authenticate(&token).await.map_err(|e| End::fatal(e.code, e.message))?;
+    let record = ctx
+        .accounts
+        .authenticate(&token)
+        .await
+        .map_err(|e| End::fatal(e.code, e.message))?;
     debug_assert_eq!(record.token_hash, hash_token(&token));
     Ok((record.user, device, record.token_hash, cursors))
 }
@@ -170,20 +230,41 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
 ) {
     let (frames_tx, frames_rx) = mpsc::channel(ctx.send_queue_frames);
     let (close_tx, close_rx) = oneshot::channel();
-    let sink = ConnSink { frames: frames_tx, close: close_tx };
+    let sink = ConnSink {
+        frames: frames_tx,
+        close: close_tx,
+    };
     let Ok(conn) = ctx.engine.connect(user, device, token_hash, sink).await else {
         let mut tx = tx;
-        refuse(&mut tx, &ctx.metrics, transport, End::fatal(ErrorCode::ServerShutdown, "server is shutting down")).await;
+        refuse(
+            &mut tx,
+            &ctx.metrics,
+            transport,
+            End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
+        )
+        .await;
         return;
     };
-    let mut session = Session { ctx, transport, rx, tx, user, device, delivered: HashMap::new(), frames: frames_rx };
+    let mut session = Session {
+        ctx,
+        transport,
+        rx,
+        tx,
+        user,
+        device,
+        delivered: HashMap::new(),
+        frames: frames_rx,
+    };
     let end = session.serve(conn, cursors, close_rx).await;
     ctx.engine.disconnect(conn).await;
     // Frames still queued will never be written.
-    ctx.engine_metrics.send_queue_frames.dec_by(session.frames.len() as i64);
+    ctx.engine_metrics
+        .send_queue_frames
+        .dec_by(session.frames.len() as i64);
     session.frames.close();
     if let Some(code) = end.code {
-        let frame = tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
+        let frame =
+            tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
         let _ = session.write(&frame).await;
         session.tx.close(code, &end.reason).await;
     }
@@ -192,7 +273,11 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
 impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     async fn write(&mut self, frame: &[u8]) -> Result<(), End> {
         self.tx.send(frame).await.map_err(|_| End::quiet())?;
-        self.ctx.metrics.frames_out.get_or_create(&self.transport.labels()).inc();
+        self.ctx
+            .metrics
+            .frames_out
+            .get_or_create(&self.transport.labels())
+            .inc();
         Ok(())
     }
 
@@ -213,7 +298,12 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         self.write(&frame.bytes).await
     }
 
-    async fn serve(&mut self, conn: u64, cursors: Vec<Cursor>, mut close: oneshot::Receiver<CloseReason>) -> End {
+    async fn serve(
+        &mut self,
+        conn: u64,
+        cursors: Vec<Cursor>,
+        mut close: oneshot::Receiver<CloseReason>,
+    ) -> End {
         let welcome = ServerMessage::Welcome {
             version: PROTOCOL_VERSION,
             user: self.user,
@@ -227,8 +317,16 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         if let Err(end) = self.resume(&cursors, true).await {
             return end;
         }
+        let mut shutdown = self.ctx.shutdown.clone();
         loop {
             tokio::select! {
+                () = stopping(&mut shutdown) => {
+                    let notice = ServerMessage::Notice { notice: Notice::GoingAway { retry_after_ms: GOING_AWAY_RETRY_MS } };
+                    if let Err(end) = self.reply(&notice).await {
+                        return end;
+                    }
+                    return End::fatal(ErrorCode::ServerShutdown, "server is shutting down; reconnect later");
+                }
                 reason = &mut close => {
                     return match reason {
                         Ok(reason) => End::fatal(reason.code, reason.message),
@@ -265,49 +363,123 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         let bytes = match received {
             Received::Frame(bytes) => bytes,
             Received::TooLarge { size } => {
-                return Err(End::fatal(ErrorCode::FrameTooLarge, format!("frame of {size} bytes exceeds the limit")));
+                return Err(End::fatal(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {size} bytes exceeds the limit"),
+                ));
             }
             Received::Malformed(why) => return Err(End::fatal(ErrorCode::MalformedFrame, why)),
             Received::Closed => return Err(End::quiet()),
         };
-        self.ctx.metrics.frames_in.get_or_create(&self.transport.labels()).inc();
-        let message = tern_wire::decode_client(&bytes, &self.ctx.limits).map_err(|e| End::fatal(e.code(), e.to_string()))?;
+        self.ctx
+            .metrics
+            .frames_in
+            .get_or_create(&self.transport.labels())
+            .inc();
+        let message = tern_wire::decode_client(&bytes, &self.ctx.limits)
+            .map_err(|e| End::fatal(e.code(), e.to_string()))?;
         self.dispatch(conn, message).await
     }
 
     async fn dispatch(&mut self, conn: u64, message: ClientMessage) -> Result<(), End> {
         let engine_gone = |_| End::fatal(ErrorCode::ServerShutdown, "server is shutting down");
         match message {
-            ClientMessage::Send { request_id, conversation, client_msg_id, content_type, payload, files } => {
-                self.ctx.metrics.messages_in.get_or_create(&self.transport.labels()).inc();
-                let request = SendRequest { conn, request_id, conversation, client_msg_id, content_type, payload, files };
+            ClientMessage::Send {
+                request_id,
+                conversation,
+                client_msg_id,
+                content_type,
+                payload,
+                files,
+            } => {
+                self.ctx
+                    .metrics
+                    .messages_in
+                    .get_or_create(&self.transport.labels())
+                    .inc();
+                let request = SendRequest {
+                    conn,
+                    request_id,
+                    conversation,
+                    client_msg_id,
+                    content_type,
+                    payload,
+                    files,
+                };
                 self.ctx.engine.send(request).await.map_err(engine_gone)
             }
-            ClientMessage::Ack { conversation, seq } => {
-                self.ctx.engine.input(Input::Ack { conn, conversation, seq }).await.map_err(engine_gone)
-            }
+            ClientMessage::Ack { conversation, seq } => self
+                .ctx
+                .engine
+                .input(Input::Ack {
+                    conn,
+                    conversation,
+                    seq,
+                })
+                .await
+                .map_err(engine_gone),
             ClientMessage::Resume { cursors } => {
                 if cursors.len() > MAX_RESUME_CURSORS {
-                    return self.reply(&ServerMessage::error(0, ErrorCode::LimitExceeded, "too many cursors", false)).await;
+                    return self
+                        .reply(&ServerMessage::error(
+                            0,
+                            ErrorCode::LimitExceeded,
+                            "too many cursors",
+                            false,
+                        ))
+                        .await;
                 }
                 self.resume(&cursors, false).await
             }
-            ClientMessage::History { request_id, conversation, before_seq, after_seq, limit } => {
-                let answer = match self.ctx.conversations.history(self.user, conversation, before_seq, after_seq, limit).await {
-                    Ok((messages, has_more)) => {
-                        ServerMessage::HistoryPage { request_id, conversation, messages, reactions: vec![], has_more }
-                    }
+            ClientMessage::History {
+                request_id,
+                conversation,
+                before_seq,
+                after_seq,
+                limit,
+            } => {
+                let answer = match self
+                    .ctx
+                    .conversations
+                    .history(self.user, conversation, before_seq, after_seq, limit)
+                    .await
+                {
+                    Ok((messages, has_more)) => ServerMessage::HistoryPage {
+                        request_id,
+                        conversation,
+                        messages,
+                        reactions: vec![],
+                        has_more,
+                    },
                     Err(e) => service_error(request_id, e),
                 };
                 self.reply(&answer).await
             }
-            ClientMessage::CreateConversation { request_id, kind, name, description, members } => {
+            ClientMessage::CreateConversation {
+                request_id,
+                kind,
+                name,
+                description,
+                members,
+            } => {
                 let result = match kind {
                     ConversationKind::Direct => match members.as_slice() {
-                        [peer] => self.ctx.conversations.open_direct(self.user, *peer).await.map(|(info, _)| info),
-                        _ => Err(ServiceError::invalid("a 1:1 conversation has exactly one other member")),
+                        [peer] => self
+                            .ctx
+                            .conversations
+                            .open_direct(self.user, *peer)
+                            .await
+                            .map(|(info, _)| info),
+                        _ => Err(ServiceError::invalid(
+                            "a 1:1 conversation has exactly one other member",
+                        )),
                     },
-                    ConversationKind::Group => self.ctx.conversations.create_group(self.user, &name, &description, &members).await,
+                    ConversationKind::Group => {
+                        self.ctx
+                            .conversations
+                            .create_group(self.user, &name, &description, &members)
+                            .await
+                    }
                 };
                 let answer = match result {
                     Ok(info) => ServerMessage::Conversation { request_id, info },
@@ -317,7 +489,13 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             }
             ClientMessage::Ping { nonce } => self.reply(&ServerMessage::Pong { nonce }).await,
             ClientMessage::Hello { .. } => {
-                self.reply(&ServerMessage::error(0, ErrorCode::InvalidArgument, "already authenticated", false)).await
+                self.reply(&ServerMessage::error(
+                    0,
+                    ErrorCode::InvalidArgument,
+                    "already authenticated",
+                    false,
+                ))
+                .await
             }
             ClientMessage::Invite { request_id, .. }
             | ClientMessage::AcceptInvite { request_id, .. }
@@ -327,10 +505,12 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             | ClientMessage::Leave { request_id, .. }
             | ClientMessage::React { request_id, .. }
             | ClientMessage::PublishKeys { request_id, .. }
-            | ClientMessage::ClaimKeys { request_id, .. } => self.reply(&unsupported(request_id)).await,
-            ClientMessage::SetPresence { .. } | ClientMessage::Typing { .. } | ClientMessage::KeyShare { .. } => {
-                self.reply(&unsupported(0)).await
+            | ClientMessage::ClaimKeys { request_id, .. } => {
+                self.reply(&unsupported(request_id)).await
             }
+            ClientMessage::SetPresence { .. }
+            | ClientMessage::Typing { .. }
+            | ClientMessage::KeyShare { .. } => self.reply(&unsupported(0)).await,
         }
     }
 
@@ -338,7 +518,8 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     /// then `SyncComplete`. Live frames that arrive meanwhile are held (bounded) and written
     /// afterwards, minus copies of what the replay sent.
     async fn resume(&mut self, cursors: &[Cursor], all_conversations: bool) -> Result<(), End> {
-        let given: HashMap<ConversationId, u64> = cursors.iter().map(|c| (c.conversation, c.seq)).collect();
+        let given: HashMap<ConversationId, u64> =
+            cursors.iter().map(|c| (c.conversation, c.seq)).collect();
         let store = self.ctx.store.clone();
         let internal = |_| End::fatal(ErrorCode::Internal, "storage unavailable");
         let mut targets = Vec::new();
@@ -346,13 +527,20 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             for conversation in store.conversations_of(self.user).await.map_err(internal)? {
                 let after = match given.get(&conversation) {
                     Some(seq) => *seq,
-                    None => store.cursor(self.device, conversation).await.map_err(internal)?,
+                    None => store
+                        .cursor(self.device, conversation)
+                        .await
+                        .map_err(internal)?,
                 };
                 targets.push((conversation, after));
             }
         } else {
             for (conversation, after) in given {
-                if store.is_member(conversation, self.user).await.map_err(internal)? {
+                if store
+                    .is_member(conversation, self.user)
+                    .await
+                    .map_err(internal)?
+                {
                     targets.push((conversation, after));
                 }
             }
@@ -375,7 +563,10 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 self.delivered.insert(conversation, after);
                 while let Ok(frame) = self.frames.try_recv() {
                     if held.len() >= hold_limit {
-                        return Err(End::fatal(ErrorCode::SlowConsumer, "too much live traffic during resume"));
+                        return Err(End::fatal(
+                            ErrorCode::SlowConsumer,
+                            "too much live traffic during resume",
+                        ));
                     }
                     held.push_back(frame);
                 }
@@ -392,8 +583,26 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     }
 }
 
+/// Resolves once the server starts shutting down (never, if the sender is gone).
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        // The borrow ends before the await: watch guards must not be held across it.
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 fn unsupported(request_id: u64) -> ServerMessage {
-    ServerMessage::error(request_id, ErrorCode::Unsupported, "not supported by this server version yet", false)
+    ServerMessage::error(
+        request_id,
+        ErrorCode::Unsupported,
+        "not supported by this server version yet",
+        false,
+    )
 }
 
 fn service_error(request_id: u64, e: ServiceError) -> ServerMessage {

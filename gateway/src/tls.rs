@@ -27,7 +27,10 @@ const BACKDATE: Duration = Duration::from_secs(5 * 60);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid PEM in {path}: {message}")]
     Pem { path: PathBuf, message: String },
     #[error("certificate generation failed: {0}")]
@@ -88,8 +91,14 @@ impl Certificates {
             CertSource::Pem { cert, key } => load_pem(cert, key)?,
             CertSource::SelfSigned { dir } => load_or_generate_self_signed(dir, unix_now())?,
         };
-        let resolver = Arc::new(CertResolver { current: RwLock::new(active.key.clone()) });
-        Ok(Arc::new(Certificates { source, resolver, active: RwLock::new(active) }))
+        let resolver = Arc::new(CertResolver {
+            current: RwLock::new(active.key.clone()),
+        });
+        Ok(Arc::new(Certificates {
+            source,
+            resolver,
+            active: RwLock::new(active),
+        }))
     }
 
     pub fn resolver(&self) -> Arc<CertResolver> {
@@ -105,8 +114,13 @@ impl Certificates {
 
     /// Replaces a self-signed certificate that is close to expiry. Returns whether it rotated.
     pub fn rotate_if_due(&self, now: i64) -> Result<bool, TlsError> {
-        let CertSource::SelfSigned { dir } = &self.source else { return Ok(false) };
-        let due = self.active().not_after.is_some_and(|na| na - now < ROTATE_BEFORE_EXPIRY.as_secs() as i64);
+        let CertSource::SelfSigned { dir } = &self.source else {
+            return Ok(false);
+        };
+        let due = self
+            .active()
+            .not_after
+            .is_some_and(|na| na - now < ROTATE_BEFORE_EXPIRY.as_secs() as i64);
         if !due {
             return Ok(false);
         }
@@ -146,7 +160,10 @@ pub fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let signing_key = provider().key_provider.load_private_key(key)?;
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
@@ -156,22 +173,35 @@ fn sha256_of(der: &[u8]) -> [u8; 32] {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn load_pem(cert_path: &Path, key_path: &Path) -> Result<ActiveCert, TlsError> {
-    let pem_err = |path: &Path, e: rustls::pki_types::pem::Error| TlsError::Pem { path: path.to_owned(), message: e.to_string() };
+    let pem_err = |path: &Path, e: rustls::pki_types::pem::Error| TlsError::Pem {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
     let cert_pem = read(cert_path)?;
     let key_pem = read(key_path)?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_err(cert_path, e))?;
     let Some(leaf) = chain.first() else {
-        return Err(TlsError::Pem { path: cert_path.to_owned(), message: "no certificate found".into() });
+        return Err(TlsError::Pem {
+            path: cert_path.to_owned(),
+            message: "no certificate found".into(),
+        });
     };
     let sha256 = sha256_of(leaf);
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| pem_err(key_path, e))?;
-    Ok(ActiveCert { key: certified(chain, key)?, sha256, not_after: None })
+    Ok(ActiveCert {
+        key: certified(chain, key)?,
+        sha256,
+        not_after: None,
+    })
 }
 
 const SELF_SIGNED_CERT: &str = "self-signed-cert.pem";
@@ -180,12 +210,21 @@ const SELF_SIGNED_KEY: &str = "self-signed-key.pem";
 const SELF_SIGNED_EXPIRY: &str = "self-signed-not-after";
 
 fn load_or_generate_self_signed(dir: &Path, now: i64) -> Result<ActiveCert, TlsError> {
-    let expiry = std::fs::read_to_string(dir.join(SELF_SIGNED_EXPIRY)).ok().and_then(|s| s.trim().parse::<i64>().ok());
-    if let Some(not_after) = expiry {
-        if not_after - now >= ROTATE_BEFORE_EXPIRY.as_secs() as i64 {
-            match load_pem(&dir.join(SELF_SIGNED_CERT), &dir.join(SELF_SIGNED_KEY)) {
-                Ok(active) => return Ok(ActiveCert { not_after: Some(not_after), ..active }),
-                Err(error) => tracing::warn!(%error, "stored self-signed certificate unusable, generating a new one"),
+    let expiry = std::fs::read_to_string(dir.join(SELF_SIGNED_EXPIRY))
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok());
+    if let Some(not_after) = expiry
+        && not_after - now >= ROTATE_BEFORE_EXPIRY.as_secs() as i64
+    {
+        match load_pem(&dir.join(SELF_SIGNED_CERT), &dir.join(SELF_SIGNED_KEY)) {
+            Ok(active) => {
+                return Ok(ActiveCert {
+                    not_after: Some(not_after),
+                    ..active
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "stored self-signed certificate unusable, generating a new one")
             }
         }
     }
@@ -195,34 +234,62 @@ fn load_or_generate_self_signed(dir: &Path, now: i64) -> Result<ActiveCert, TlsE
 fn generate_self_signed(dir: &Path, now: i64) -> Result<ActiveCert, TlsError> {
     let gen_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])
-        .map_err(gen_err)?;
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(gen_err)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "tern self-signed");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tern self-signed");
     let not_before = now - BACKDATE.as_secs() as i64;
     // Validity counts from not_before, so the backdating is taken out of the 14 days.
     let not_after = not_before + SELF_SIGNED_VALIDITY.as_secs() as i64;
-    params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).map_err(|e| TlsError::Generate(e.to_string()))?;
-    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).map_err(|e| TlsError::Generate(e.to_string()))?;
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     let cert = params.self_signed(&key_pair).map_err(gen_err)?;
 
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.to_owned(), source })?;
-    write_private(&dir.join(SELF_SIGNED_KEY), key_pair.serialize_pem().as_bytes())?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write_private(
+        &dir.join(SELF_SIGNED_KEY),
+        key_pair.serialize_pem().as_bytes(),
+    )?;
     write_file(&dir.join(SELF_SIGNED_CERT), cert.pem().as_bytes())?;
-    write_file(&dir.join(SELF_SIGNED_EXPIRY), not_after.to_string().as_bytes())?;
+    write_file(
+        &dir.join(SELF_SIGNED_EXPIRY),
+        not_after.to_string().as_bytes(),
+    )?;
 
     let der = cert.der().clone();
     let sha256 = sha256_of(&der);
-    let key = PrivateKeyDer::try_from(key_pair.serialize_der()).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(key_pair.serialize_der())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     tracing::info!(sha256 = %hex::encode(sha256), not_after, "generated self-signed certificate");
-    Ok(ActiveCert { key: certified(vec![der], key)?, sha256, not_after: Some(not_after) })
+    Ok(ActiveCert {
+        key: certified(vec![der], key)?,
+        sha256,
+        not_after: Some(not_after),
+    })
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     // Write then rename, so that a crash never leaves a half-written certificate behind.
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|source| TlsError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| TlsError::Io { path: path.to_owned(), source })
+    std::fs::write(&tmp, bytes).map_err(|source| TlsError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
@@ -230,8 +297,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| TlsError::Io { path: path.to_owned(), source })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| TlsError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
     }
     Ok(())
 }
@@ -247,21 +318,35 @@ mod tests {
         let now = 1_800_000_000;
         let first = load_or_generate_self_signed(dir.path(), now).expect("generate");
         let not_after = first.not_after.expect("self-signed has an expiry");
-        assert!(not_after - (now - BACKDATE.as_secs() as i64) <= SELF_SIGNED_VALIDITY.as_secs() as i64);
+        assert!(
+            not_after - (now - BACKDATE.as_secs() as i64) <= SELF_SIGNED_VALIDITY.as_secs() as i64
+        );
         let again = load_or_generate_self_signed(dir.path(), now + 3600).expect("reload");
-        assert_eq!(first.sha256, again.sha256, "a restart keeps the pinned certificate");
+        assert_eq!(
+            first.sha256, again.sha256,
+            "a restart keeps the pinned certificate"
+        );
         let late = not_after - ROTATE_BEFORE_EXPIRY.as_secs() as i64 + 1;
         let rotated = load_or_generate_self_signed(dir.path(), late).expect("rotate");
-        assert_ne!(first.sha256, rotated.sha256, "close to expiry a new certificate is made");
+        assert_ne!(
+            first.sha256, rotated.sha256,
+            "close to expiry a new certificate is made"
+        );
     }
 
     #[test]
     fn live_rotation_swaps_the_served_certificate() {
         install_default_provider();
         let dir = tempfile::tempdir().expect("tempdir");
-        let certs = Certificates::load(CertSource::SelfSigned { dir: dir.path().to_owned() }).expect("load");
+        let certs = Certificates::load(CertSource::SelfSigned {
+            dir: dir.path().to_owned(),
+        })
+        .expect("load");
         let before = certs.active();
-        assert!(!certs.rotate_if_due(unix_now()).expect("check"), "a fresh certificate is not rotated");
+        assert!(
+            !certs.rotate_if_due(unix_now()).expect("check"),
+            "a fresh certificate is not rotated"
+        );
         let not_after = before.not_after.expect("expiry");
         assert!(certs.rotate_if_due(not_after - 60).expect("rotate"));
         assert_ne!(certs.active().sha256, before.sha256);

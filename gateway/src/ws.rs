@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -27,7 +27,13 @@ pub async fn upgrade(State(ctx): State<Arc<SessionContext>>, ws: WebSocketUpgrad
         .max_frame_size(limit * 2)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            session::run(ctx, Transport::WebSocket, WsRecv { stream, limit }, WsSend { sink }).await;
+            session::run(
+                ctx,
+                Transport::WebSocket,
+                WsRecv { stream, limit },
+                WsSend { sink },
+            )
+            .await;
         })
 }
 
@@ -40,16 +46,25 @@ impl FrameRecv for WsRecv {
     async fn recv(&mut self) -> Received {
         loop {
             return match self.stream.next().await {
-                Some(Ok(Message::Binary(bytes))) if bytes.len() > self.limit => Received::TooLarge { size: bytes.len() },
+                Some(Ok(Message::Binary(bytes))) if bytes.len() > self.limit => {
+                    Received::TooLarge { size: bytes.len() }
+                }
                 Some(Ok(Message::Binary(bytes))) => Received::Frame(bytes.to_vec()),
-                Some(Ok(Message::Text(_))) => Received::Malformed("text messages are not part of the protocol".into()),
+                Some(Ok(Message::Text(_))) => {
+                    Received::Malformed("text messages are not part of the protocol".into())
+                }
                 // tungstenite answers pings itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => Received::Closed,
                 Some(Err(error)) => {
                     let text = error.to_string();
-                    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
-                        Received::TooLarge { size: self.limit * 2 }
+                    if text.contains("Space limit exceeded")
+                        || text.contains("too long")
+                        || text.contains("Message too big")
+                    {
+                        Received::TooLarge {
+                            size: self.limit * 2,
+                        }
                     } else {
                         tracing::debug!(%error, "websocket read failed");
                         Received::Closed
@@ -66,7 +81,10 @@ struct WsSend {
 
 impl FrameSend for WsSend {
     async fn send(&mut self, frame: &[u8]) -> Result<(), TransportClosed> {
-        self.sink.send(Message::Binary(bytes::Bytes::copy_from_slice(frame))).await.map_err(|_| TransportClosed)
+        self.sink
+            .send(Message::Binary(bytes::Bytes::copy_from_slice(frame)))
+            .await
+            .map_err(|_| TransportClosed)
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
@@ -82,7 +100,10 @@ impl FrameSend for WsSend {
         while reason.len() > 120 {
             reason.pop();
         }
-        let frame = CloseFrame { code: ws_code, reason: reason.into() };
+        let frame = CloseFrame {
+            code: ws_code,
+            reason: reason.into(),
+        };
         let _ = self.sink.send(Message::Close(Some(frame))).await;
         let _ = self.sink.close().await;
     }

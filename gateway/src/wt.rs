@@ -41,15 +41,23 @@ pub async fn accept_loop(endpoint: Endpoint<Server>, ctx: Arc<SessionContext>) {
                     return;
                 }
             };
-            let (send, recv) = match tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await {
-                Ok(Ok(streams)) => streams,
-                _ => {
-                    connection.close(VarInt::from_u32(ErrorCode::MalformedFrame as u32), b"no stream opened");
-                    return;
-                }
-            };
+            let (send, recv) =
+                match tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await {
+                    Ok(Ok(streams)) => streams,
+                    _ => {
+                        connection.close(
+                            VarInt::from_u32(ErrorCode::MalformedFrame as u32),
+                            b"no stream opened",
+                        );
+                        return;
+                    }
+                };
             let limit = ctx.limits.max_frame_bytes;
-            let recv = WtRecv { recv, decoder: FrameDecoder::new(limit), buf: vec![0; READ_CHUNK] };
+            let recv = WtRecv {
+                recv,
+                decoder: FrameDecoder::new(limit),
+                buf: vec![0; READ_CHUNK],
+            };
             let send = WtSend { send, connection };
             session::run(ctx, Transport::WebTransport, recv, send).await;
         });
@@ -68,7 +76,9 @@ impl FrameRecv for WtRecv {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => return Received::Frame(frame),
                 Ok(None) => {}
-                Err(tern_wire::WireError::FrameTooLarge { size, .. }) => return Received::TooLarge { size },
+                Err(tern_wire::WireError::FrameTooLarge { size, .. }) => {
+                    return Received::TooLarge { size };
+                }
                 Err(error) => return Received::Malformed(error.to_string()),
             }
             match self.recv.read(&mut self.buf).await {
@@ -87,13 +97,17 @@ struct WtSend {
 impl FrameSend for WtSend {
     async fn send(&mut self, frame: &[u8]) -> Result<(), TransportClosed> {
         let framed = tern_wire::framing::frame(frame);
-        self.send.write_all(&framed).await.map_err(|_| TransportClosed)
+        self.send
+            .write_all(&framed)
+            .await
+            .map_err(|_| TransportClosed)
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
         // finish() completes when the peer acknowledged the data (the error frame); bounded so a
         // vanished peer cannot hold the session open.
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.send.finish()).await;
-        self.connection.close(VarInt::from_u32(code as u32), reason.as_bytes());
+        self.connection
+            .close(VarInt::from_u32(code as u32), reason.as_bytes());
     }
 }

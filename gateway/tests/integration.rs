@@ -38,11 +38,16 @@ over_both_transports!(
     bad_frames_get_an_error_and_a_close_while_others_keep_working,
     non_members_can_neither_read_nor_write,
     a_new_device_replays_a_long_history_from_the_start,
+    shutdown_tells_clients_to_go_away_and_restart_resumes,
 );
 
 fn expect_fatal(event: Event, code: ErrorCode) {
     match event {
-        Event::Error { code: got, fatal: true, .. } => assert_eq!(got, code),
+        Event::Error {
+            code: got,
+            fatal: true,
+            ..
+        } => assert_eq!(got, code),
         Event::Closed(CloseReason::Fatal { code: got, .. }) => assert_eq!(got, code),
         other => panic!("expected fatal {code:?}, got {other:?}"),
     }
@@ -52,8 +57,13 @@ fn expect_fatal(event: Event, code: ErrorCode) {
 async fn closed_with(conn: &mut Connection) -> Option<ErrorCode> {
     let mut fatal = None;
     loop {
-        match tokio::time::timeout(WAIT, conn.next_event()).await.expect("close in time") {
-            Some(Event::Error { code, fatal: true, .. }) => fatal = Some(code),
+        match tokio::time::timeout(WAIT, conn.next_event())
+            .await
+            .expect("close in time")
+        {
+            Some(Event::Error {
+                code, fatal: true, ..
+            }) => fatal = Some(code),
             Some(Event::Closed(CloseReason::Fatal { code, .. })) => return Some(code),
             Some(Event::Closed(_)) | None => return fatal,
             Some(_) => {}
@@ -69,35 +79,65 @@ async fn register_login_and_logout_revokes_live_connections(transport: Transport
     live.ping().await.expect("ping before logout");
 
     alice.http.logout().await.expect("logout");
-    assert_eq!(closed_with(&mut live).await, Some(ErrorCode::TokenRevoked), "the live connection is closed");
+    assert_eq!(
+        closed_with(&mut live).await,
+        Some(ErrorCode::TokenRevoked),
+        "the live connection is closed"
+    );
 
     // The revoked token can neither connect nor call the API.
-    let error = Connection::connect(&server.config(transport), &alice.token, DeviceId::random(), &[])
-        .await
-        .expect_err("revoked token must not connect");
+    let error = Connection::connect(
+        &server.config(transport),
+        &alice.token,
+        DeviceId::random(),
+        &[],
+    )
+    .await
+    .expect_err("revoked token must not connect");
     assert_eq!(error.code(), Some("unauthenticated"), "{error}");
     let stale = server.http().with_token(alice.token.clone());
     let error = stale.me().await.expect_err("revoked token must not read");
-    assert!(matches!(&error, Error::Api(f) if f.status == 401), "{error}");
+    assert!(
+        matches!(&error, Error::Api(f) if f.status == 401),
+        "{error}"
+    );
 }
 
 async fn wrong_password_is_refused_without_a_session(transport: TransportPref) {
     let server = TestServer::start().await;
     let mut http = server.http();
     http.register("bob", PASSWORD).await.expect("register");
-    let error = http.login("bob", "not the password").await.expect_err("wrong password");
-    assert!(matches!(&error, Error::Api(f) if f.status == 401 && f.code == "unauthenticated"), "{error}");
+    let error = http
+        .login("bob", "not the password")
+        .await
+        .expect_err("wrong password");
+    assert!(
+        matches!(&error, Error::Api(f) if f.status == 401 && f.code == "unauthenticated"),
+        "{error}"
+    );
     assert!(http.token().is_none(), "no session was created");
-    let response = https(&server).get(format!("https://{}/api/v1/me", server.addr)).send().await.expect("get");
+    let response = https(&server)
+        .get(format!("https://{}/api/v1/me", server.addr))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(response.status(), 401, "no token, no access");
     // A made-up token does not open a socket either.
-    let error = Connection::connect(&server.config(transport), "made-up-token", DeviceId::random(), &[])
-        .await
-        .expect_err("invalid token");
+    let error = Connection::connect(
+        &server.config(transport),
+        "made-up-token",
+        DeviceId::random(),
+        &[],
+    )
+    .await
+    .expect_err("invalid token");
     assert_eq!(error.code(), Some("unauthenticated"), "{error}");
     // Registering the same name again (in another case) is a conflict.
     let error = http.register("BOB", PASSWORD).await.expect_err("duplicate");
-    assert!(matches!(&error, Error::Api(f) if f.status == 409), "{error}");
+    assert!(
+        matches!(&error, Error::Api(f) if f.status == 409),
+        "{error}"
+    );
 }
 
 async fn brute_force_login_is_rate_limited(_transport: TransportPref) {
@@ -121,8 +161,14 @@ async fn brute_force_login_is_rate_limited(_transport: TransportPref) {
     let retry_after = failure.retry_after.expect("429 carries Retry-After");
     assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60));
     // Even the right password is refused while limited: the attacker learns nothing.
-    let error = http.login("carol", PASSWORD).await.expect_err("still limited");
-    assert!(matches!(&error, Error::Api(f) if f.status == 429), "{error}");
+    let error = http
+        .login("carol", PASSWORD)
+        .await
+        .expect_err("still limited");
+    assert!(
+        matches!(&error, Error::Api(f) if f.status == 429),
+        "{error}"
+    );
 }
 
 async fn direct_conversation_delivers_persists_and_shows_in_history(transport: TransportPref) {
@@ -130,26 +176,46 @@ async fn direct_conversation_delivers_persists_and_shows_in_history(transport: T
     let alice = user(&server, "alice").await;
     let bob = user(&server, "bob").await;
     let created = alice.http.create_direct("bob").await.expect("dm");
-    let again = bob.http.create_direct("alice").await.expect("dm from the other side");
-    assert_eq!(created.conversation_id, again.conversation_id, "one 1:1 conversation per pair");
+    let again = bob
+        .http
+        .create_direct("alice")
+        .await
+        .expect("dm from the other side");
+    assert_eq!(
+        created.conversation_id, again.conversation_id,
+        "one 1:1 conversation per pair"
+    );
     let conversation = created.conversation_id;
 
     let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let (mut bob_conn, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
     let payload = "hello bob 👋 — ünïcödé".as_bytes().to_vec();
-    let receipt = alice_conn.send(conversation, 1, "text", payload.clone()).await.expect("send");
+    let receipt = alice_conn
+        .send(conversation, 1, "text", payload.clone())
+        .await
+        .expect("send");
     assert_eq!(receipt.seq, 1);
     assert!(!receipt.duplicate);
     let got = next_message(&mut bob_conn).await;
-    assert_eq!((got.conversation, got.seq, &got.payload), (conversation, 1, &payload));
+    assert_eq!(
+        (got.conversation, got.seq, &got.payload),
+        (conversation, 1, &payload)
+    );
     assert_eq!(got.sender_user, alice.id);
     assert_eq!(got.message_id, receipt.message_id);
 
     // History over HTTPS and over the socket agree, and the list shows the conversation.
-    let page = bob.http.history(conversation, HistoryQuery::default()).await.expect("history");
+    let page = bob
+        .http
+        .history(conversation, HistoryQuery::default())
+        .await
+        .expect("history");
     assert_eq!(page.messages.len(), 1);
     assert_eq!(page.messages[0].seq, 1);
-    let over_socket = bob_conn.history(conversation, 0, 0, 50).await.expect("socket history");
+    let over_socket = bob_conn
+        .history(conversation, 0, 0, 50)
+        .await
+        .expect("socket history");
     assert_eq!(over_socket.messages, vec![got]);
     let listed = bob.http.conversations().await.expect("list");
     assert_eq!(listed.len(), 1);
@@ -165,18 +231,33 @@ async fn group_of_five_delivers_to_every_online_member(transport: TransportPref)
         users.push(user(&server, name).await);
     }
     let others: Vec<String> = names[1..].iter().map(|s| s.to_string()).collect();
-    let group = users[0].http.create_group("Five of us", "a test group", &others).await.expect("group");
+    let group = users[0]
+        .http
+        .create_group("Five of us", "a test group", &others)
+        .await
+        .expect("group");
     assert_eq!(group.members.len(), 5);
     let mut conns = Vec::new();
     for u in &users {
-        conns.push(connect_synced(&server, transport, u, DeviceId::random()).await.0);
+        conns.push(
+            connect_synced(&server, transport, u, DeviceId::random())
+                .await
+                .0,
+        );
     }
     // Ann's second device receives her own message too.
-    let (mut ann_phone, _) = connect_synced(&server, transport, &users[0], DeviceId::random()).await;
-    let receipt = conns[0].send(group.conversation_id, 7, "text", text("hi all")).await.expect("send");
+    let (mut ann_phone, _) =
+        connect_synced(&server, transport, &users[0], DeviceId::random()).await;
+    let receipt = conns[0]
+        .send(group.conversation_id, 7, "text", text("hi all"))
+        .await
+        .expect("send");
     for conn in conns.iter_mut().skip(1) {
         let got = next_message(conn).await;
-        assert_eq!((got.seq, got.payload.as_slice()), (receipt.seq, b"hi all".as_slice()));
+        assert_eq!(
+            (got.seq, got.payload.as_slice()),
+            (receipt.seq, b"hi all".as_slice())
+        );
     }
     assert_eq!(next_message(&mut ann_phone).await.seq, receipt.seq);
     assert_quiet(&mut conns[0]).await;
@@ -186,34 +267,63 @@ async fn offline_member_gets_missed_messages_in_order(transport: TransportPref) 
     let server = TestServer::start().await;
     let alice = user(&server, "alice").await;
     let bob = user(&server, "bob").await;
-    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
     let bob_device = DeviceId::random();
     // Bob reads the first message, acknowledges it, and goes offline.
     let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let (mut bob_conn, _) = connect_synced(&server, transport, &bob, bob_device).await;
-    alice_conn.send(conversation, 1, "text", text("m1")).await.expect("send");
+    alice_conn
+        .send(conversation, 1, "text", text("m1"))
+        .await
+        .expect("send");
     let first = next_message(&mut bob_conn).await;
     bob_conn.ack(conversation, first.seq).await.expect("ack");
-    bob_conn.ping().await.expect("the ack was processed before the ping's answer");
+    bob_conn
+        .ping()
+        .await
+        .expect("the ack was processed before the ping's answer");
     bob_conn.close().await;
 
     for i in 2..=21u128 {
-        alice_conn.send(conversation, i, "text", text(&format!("m{i}"))).await.expect("send while bob is away");
+        alice_conn
+            .send(conversation, i, "text", text(&format!("m{i}")))
+            .await
+            .expect("send while bob is away");
     }
     // The stored cursor (seq 1) decides where the replay starts.
     let (mut bob_conn, replayed) = connect_synced(&server, transport, &bob, bob_device).await;
     let seqs: Vec<u64> = replayed.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (2..=21).collect::<Vec<u64>>(), "everything missed, in order, nothing twice");
+    assert_eq!(
+        seqs,
+        (2..=21).collect::<Vec<u64>>(),
+        "everything missed, in order, nothing twice"
+    );
     assert_eq!(replayed[0].payload, text("m2"));
     // Then live traffic.
-    alice_conn.send(conversation, 22, "text", text("live")).await.expect("send");
+    alice_conn
+        .send(conversation, 22, "text", text("live"))
+        .await
+        .expect("send");
     assert_eq!(next_message(&mut bob_conn).await.seq, 22);
 
     // A client-given cursor overrides the stored one.
-    let cursors = [Cursor { conversation, seq: 20 }];
-    let mut conn = Connection::connect(&server.config(transport), &bob.token, DeviceId::random(), &cursors)
-        .await
-        .expect("connect with cursor");
+    let cursors = [Cursor {
+        conversation,
+        seq: 20,
+    }];
+    let mut conn = Connection::connect(
+        &server.config(transport),
+        &bob.token,
+        DeviceId::random(),
+        &cursors,
+    )
+    .await
+    .expect("connect with cursor");
     assert_eq!(next_message(&mut conn).await.seq, 21);
     assert_eq!(next_message(&mut conn).await.seq, 22);
     assert!(matches!(next(&mut conn).await, Event::SyncComplete));
@@ -223,34 +333,107 @@ async fn a_new_device_replays_a_long_history_from_the_start(transport: Transport
     let server = TestServer::start().await;
     let alice = user(&server, "alice").await;
     let bob = user(&server, "bob").await;
-    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     // More than one replay page (256), sent in concurrent waves.
     let total = 600u128;
     for wave in 0..(total / 50) {
-        let sends = (0..50u128).map(|i| conn.send(conversation, wave * 50 + i + 1, "text", text("x")));
+        let sends =
+            (0..50u128).map(|i| conn.send(conversation, wave * 50 + i + 1, "text", text("x")));
         for result in join_all(sends).await {
             result.expect("send");
         }
     }
     let (_bob_conn, replayed) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
     let seqs: Vec<u64> = replayed.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "a device with no cursor gets everything, in order");
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "a device with no cursor gets everything, in order"
+    );
+}
+
+async fn shutdown_tells_clients_to_go_away_and_restart_resumes(transport: TransportPref) {
+    let mut server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let bob = user(&server, "bob").await;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
+    let bob_device = DeviceId::random();
+    let (mut bob_conn, _) = connect_synced(&server, transport, &bob, bob_device).await;
+    server.terminate().await;
+    let mut going_away = false;
+    let mut fatal = None;
+    loop {
+        match tokio::time::timeout(WAIT, bob_conn.next_event())
+            .await
+            .expect("close in time")
+        {
+            Some(Event::Notice(tern_sdk::tern_wire::msg::Notice::GoingAway { retry_after_ms })) => {
+                assert!(retry_after_ms > 0);
+                going_away = true;
+            }
+            Some(Event::Error {
+                code, fatal: true, ..
+            }) => fatal = Some(code),
+            Some(Event::Closed(CloseReason::Fatal { code, .. })) => {
+                fatal = Some(code);
+                break;
+            }
+            Some(Event::Closed(_)) | None => break,
+            Some(_) => {}
+        }
+    }
+    assert!(going_away, "clients are told to come back later");
+    assert_eq!(fatal, Some(ErrorCode::ServerShutdown));
+    server.restart().await;
+    let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    alice_conn
+        .send(conversation, 1, "text", text("after restart"))
+        .await
+        .expect("send");
+    let (_, replayed) = connect_synced(&server, transport, &bob, bob_device).await;
+    assert_eq!(replayed.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1]);
 }
 
 async fn resending_a_client_message_id_yields_one_message(transport: TransportPref) {
     let server = TestServer::start().await;
     let alice = user(&server, "alice").await;
     let _bob = user(&server, "bob").await;
-    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let id = 0xfeed_beef_u128;
     // Concurrent copies (in flight together) and a later retry all map to one message.
     let copies = join_all((0..3).map(|_| conn.send(conversation, id, "text", text("once")))).await;
     let receipts: Vec<_> = copies.into_iter().map(|r| r.expect("send")).collect();
-    assert!(receipts.iter().all(|r| r.seq == receipts[0].seq && r.message_id == receipts[0].message_id));
-    assert_eq!(receipts.iter().filter(|r| !r.duplicate).count(), 1, "exactly one copy created the message");
-    let retry = conn.send(conversation, id, "text", text("once")).await.expect("retry");
+    assert!(
+        receipts
+            .iter()
+            .all(|r| r.seq == receipts[0].seq && r.message_id == receipts[0].message_id)
+    );
+    assert_eq!(
+        receipts.iter().filter(|r| !r.duplicate).count(),
+        1,
+        "exactly one copy created the message"
+    );
+    let retry = conn
+        .send(conversation, id, "text", text("once"))
+        .await
+        .expect("retry");
     assert!(retry.duplicate);
     assert_eq!(retry.seq, receipts[0].seq);
     // After a restart (no in-memory state) a retry is still recognised.
@@ -258,10 +441,17 @@ async fn resending_a_client_message_id_yields_one_message(transport: TransportPr
     let mut server = server;
     server.restart().await;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
-    let retry = conn.send(conversation, id, "text", text("once")).await.expect("retry after restart");
+    let retry = conn
+        .send(conversation, id, "text", text("once"))
+        .await
+        .expect("retry after restart");
     assert!(retry.duplicate);
     assert_eq!(retry.seq, receipts[0].seq);
-    let page = alice.http.history(conversation, HistoryQuery::default()).await.expect("history");
+    let page = alice
+        .http
+        .history(conversation, HistoryQuery::default())
+        .await
+        .expect("history");
     assert_eq!(page.messages.len(), 1);
 }
 
@@ -269,7 +459,12 @@ async fn acknowledged_messages_survive_kill_9(transport: TransportPref) {
     let mut server = TestServer::start().await;
     let alice = user(&server, "alice").await;
     let _bob = user(&server, "bob").await;
-    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let mut acked = BTreeMap::new();
     // Waves of concurrent sends; the server is killed while the fourth wave is in flight.
@@ -277,7 +472,13 @@ async fn acknowledged_messages_survive_kill_9(transport: TransportPref) {
         let sends = join_all((0..25u128).map(|i| {
             let id = wave * 1000 + i;
             let conn = &conn;
-            async move { (id, conn.send(conversation, id, "text", text(&format!("msg {id}"))).await) }
+            async move {
+                (
+                    id,
+                    conn.send(conversation, id, "text", text(&format!("msg {id}")))
+                        .await,
+                )
+            }
         }));
         let results = if wave == 3 {
             let (results, ()) = tokio::join!(sends, async {
@@ -300,7 +501,16 @@ async fn acknowledged_messages_survive_kill_9(transport: TransportPref) {
     let mut stored = Vec::new();
     let mut after = 0;
     loop {
-        let page = alice.http.history(conversation, HistoryQuery { after: Some(after), limit: Some(500), ..HistoryQuery::default() })
+        let page = alice
+            .http
+            .history(
+                conversation,
+                HistoryQuery {
+                    after: Some(after),
+                    limit: Some(500),
+                    ..HistoryQuery::default()
+                },
+            )
             .await
             .expect("history after restart");
         if page.messages.is_empty() {
@@ -310,13 +520,20 @@ async fn acknowledged_messages_survive_kill_9(transport: TransportPref) {
         stored.extend(page.messages);
     }
     let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gapless after the crash");
+    assert_eq!(
+        seqs,
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "gapless after the crash"
+    );
     let stored_ids: Vec<String> = stored.iter().map(|m| m.client_msg_id.clone()).collect();
     let unique: HashSet<&String> = stored_ids.iter().collect();
     assert_eq!(unique.len(), stored_ids.len(), "no message stored twice");
     for (id, seq) in &acked {
         let hex = format!("{id:032x}");
-        let found = stored.iter().find(|m| m.client_msg_id == hex).unwrap_or_else(|| panic!("acked message {id} lost"));
+        let found = stored
+            .iter()
+            .find(|m| m.client_msg_id == hex)
+            .unwrap_or_else(|| panic!("acked message {id} lost"));
         assert_eq!(found.seq, *seq, "stored under the acknowledged seq");
     }
 }
@@ -325,15 +542,28 @@ async fn bad_frames_get_an_error_and_a_close_while_others_keep_working(transport
     let server = TestServer::start().await;
     let alice = user(&server, "alice").await;
     let bob = user(&server, "bob").await;
-    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
     let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let (mut bob_conn, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
     let config = server.config(transport);
     let limits = tern_sdk::tern_wire::Limits::default();
 
     let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
-        ("garbage", b"this is not a flatbuffer at all".to_vec(), ErrorCode::MalformedFrame),
-        ("oversized", vec![0u8; limits.max_frame_bytes + 1], ErrorCode::FrameTooLarge),
+        (
+            "garbage",
+            b"this is not a flatbuffer at all".to_vec(),
+            ErrorCode::MalformedFrame,
+        ),
+        (
+            "oversized",
+            vec![0u8; limits.max_frame_bytes + 1],
+            ErrorCode::FrameTooLarge,
+        ),
         (
             "unauthenticated",
             tern_sdk::tern_wire::encode_client(&ClientMessage::Ping { nonce: 1 }),
@@ -347,15 +577,27 @@ async fn bad_frames_get_an_error_and_a_close_while_others_keep_working(transport
     ];
     for (name, frame, expected) in cases {
         let mut raw = Transport::connect(&config).await.expect("raw connect");
-        raw.send_frame(&frame).await.unwrap_or_else(|e| panic!("{name}: send: {e}"));
-        let reply = raw.recv_message(&limits).await.unwrap_or_else(|e| panic!("{name}: read: {e}"));
+        raw.send_frame(&frame)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: send: {e}"));
+        let reply = raw
+            .recv_message(&limits)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: read: {e}"));
         match reply {
-            Some(ServerMessage::Error { code, fatal: true, .. }) => assert_eq!(code, expected, "{name}"),
+            Some(ServerMessage::Error {
+                code, fatal: true, ..
+            }) => assert_eq!(code, expected, "{name}"),
             other => panic!("{name}: expected a fatal error, got {other:?}"),
         }
         // Then the server closes the connection.
-        let after = tokio::time::timeout(WAIT, raw.recv_frame()).await.expect("closed in time");
-        assert!(!matches!(after, Ok(Some(_))), "{name}: nothing follows the fatal error");
+        let after = tokio::time::timeout(WAIT, raw.recv_frame())
+            .await
+            .expect("closed in time");
+        assert!(
+            !matches!(after, Ok(Some(_))),
+            "{name}: nothing follows the fatal error"
+        );
     }
 
     // A malformed frame after a good Hello also ends only that connection.
@@ -370,22 +612,39 @@ async fn bad_frames_get_an_error_and_a_close_while_others_keep_working(transport
     })
     .await
     .expect("hello");
-    assert!(matches!(raw.recv_message(&limits).await, Ok(Some(ServerMessage::Welcome { .. }))));
+    assert!(matches!(
+        raw.recv_message(&limits).await,
+        Ok(Some(ServerMessage::Welcome { .. }))
+    ));
     raw.send_frame(&[0xff; 64]).await.expect("send garbage");
     let mut saw_error = false;
     while let Ok(Ok(Some(message))) = tokio::time::timeout(WAIT, raw.recv_message(&limits)).await {
-        if let ServerMessage::Error { code: ErrorCode::MalformedFrame, fatal: true, .. } = message {
+        if let ServerMessage::Error {
+            code: ErrorCode::MalformedFrame,
+            fatal: true,
+            ..
+        } = message
+        {
             saw_error = true;
         }
     }
-    assert!(saw_error, "the malformed frame was reported before the close");
+    assert!(
+        saw_error,
+        "the malformed frame was reported before the close"
+    );
 
     // A payload that fits the frame but not the payload limit is refused without a close.
-    let error = alice_conn.send(conversation, 98, "text", vec![7; 61 * 1024]).await.expect_err("payload too large");
+    let error = alice_conn
+        .send(conversation, 98, "text", vec![7; 61 * 1024])
+        .await
+        .expect_err("payload too large");
     assert_eq!(error.code(), Some("limit_exceeded"), "{error}");
 
     // Everyone else is unaffected.
-    let receipt = alice_conn.send(conversation, 99, "text", text("still here")).await.expect("send");
+    let receipt = alice_conn
+        .send(conversation, 99, "text", text("still here"))
+        .await
+        .expect("send");
     let got = next_message(&mut bob_conn).await;
     assert_eq!(got.seq, receipt.seq);
 }
@@ -395,20 +654,49 @@ async fn non_members_can_neither_read_nor_write(transport: TransportPref) {
     let alice = user(&server, "alice").await;
     let _bob = user(&server, "bob").await;
     let mallory = user(&server, "mallory").await;
-    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
-    let (mallory_conn, replayed) = connect_synced(&server, transport, &mallory, DeviceId::random()).await;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
+    let (mallory_conn, replayed) =
+        connect_synced(&server, transport, &mallory, DeviceId::random()).await;
     assert!(replayed.is_empty());
-    let error = mallory_conn.send(conversation, 1, "text", text("let me in")).await.expect_err("not a member");
+    let error = mallory_conn
+        .send(conversation, 1, "text", text("let me in"))
+        .await
+        .expect_err("not a member");
     assert_eq!(error.code(), Some("forbidden"), "{error}");
-    let error = mallory_conn.history(conversation, 0, 0, 10).await.expect_err("not a member");
+    let error = mallory_conn
+        .history(conversation, 0, 0, 10)
+        .await
+        .expect_err("not a member");
     assert_eq!(error.code(), Some("not_found"), "{error}");
-    let error = mallory.http.history(conversation, HistoryQuery::default()).await.expect_err("not a member");
-    assert!(matches!(&error, Error::Api(f) if f.status == 404), "{error}");
+    let error = mallory
+        .http
+        .history(conversation, HistoryQuery::default())
+        .await
+        .expect_err("not a member");
+    assert!(
+        matches!(&error, Error::Api(f) if f.status == 404),
+        "{error}"
+    );
     // Resuming a foreign conversation yields nothing.
-    mallory_conn.resume(&[Cursor { conversation, seq: 0 }]).await.expect("resume");
+    mallory_conn
+        .resume(&[Cursor {
+            conversation,
+            seq: 0,
+        }])
+        .await
+        .expect("resume");
     let mut conn = mallory_conn;
     assert!(matches!(next(&mut conn).await, Event::SyncComplete));
-    let page = alice.http.history(conversation, HistoryQuery::default()).await.expect("history");
+    let page = alice
+        .http
+        .history(conversation, HistoryQuery::default())
+        .await
+        .expect("history");
     assert!(page.messages.is_empty(), "nothing was stored");
     let _ = expect_fatal;
 }
@@ -417,12 +705,25 @@ async fn non_members_can_neither_read_nor_write(transport: TransportPref) {
 async fn plain_http_gets_no_http_response() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start().await;
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("tcp connect");
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("tcp connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.expect("closed in time");
-    assert!(!answer.starts_with(b"HTTP/"), "a plaintext request must not get an HTTP answer: {answer:?}");
-    assert!(!String::from_utf8_lossy(&answer).contains("ok"), "no content leaks over plaintext");
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time");
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "a plaintext request must not get an HTTP answer: {answer:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("ok"),
+        "no content leaks over plaintext"
+    );
 }
 
 #[tokio::test]
@@ -430,28 +731,78 @@ async fn operations_endpoints_and_openapi_document() {
     let server = TestServer::start().await;
     let client = https(&server);
     let base = format!("https://{}", server.addr);
-    let health = client.get(format!("{base}/healthz")).send().await.expect("healthz");
+    let health = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(health.status(), 200);
 
-    let transport: serde_json::Value =
-        client.get(format!("{base}/api/v1/transport")).send().await.expect("transport").json().await.expect("json");
-    assert_eq!(transport["webtransport_url"], format!("https://{}/api/v1/wt", server.addr));
-    assert_eq!(transport["certificate_hashes"][0]["value"], hex::encode(server.cert_hash));
+    let transport: serde_json::Value = client
+        .get(format!("{base}/api/v1/transport"))
+        .send()
+        .await
+        .expect("transport")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        transport["webtransport_url"],
+        format!("https://{}/api/v1/wt", server.addr)
+    );
+    assert_eq!(
+        transport["certificate_hashes"][0]["value"],
+        hex::encode(server.cert_hash)
+    );
     assert_eq!(transport["certificate_hashes"][0]["algorithm"], "sha-256");
 
-    let openapi: serde_json::Value =
-        client.get(format!("{base}/api/v1/openapi.json")).send().await.expect("openapi").json().await.expect("json");
-    for path in ["/api/v1/register", "/api/v1/login", "/api/v1/logout", "/api/v1/conversations/{id}/messages"] {
-        assert!(openapi["paths"].get(path).is_some(), "OpenAPI documents {path}");
+    let openapi: serde_json::Value = client
+        .get(format!("{base}/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/api/v1/register",
+        "/api/v1/login",
+        "/api/v1/logout",
+        "/api/v1/conversations/{id}/messages",
+    ] {
+        assert!(
+            openapi["paths"].get(path).is_some(),
+            "OpenAPI documents {path}"
+        );
     }
 
     // Generate some traffic, then read the metrics.
     let alice = user(&server, "alice").await;
     let _bob = user(&server, "bob").await;
-    let conversation = alice.http.create_direct("bob").await.expect("dm").conversation_id;
-    let (conn, _) = connect_synced(&server, TransportPref::WebSocket, &alice, DeviceId::random()).await;
-    conn.send(conversation, 1, "text", text("count me")).await.expect("send");
-    let metrics = client.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
+    let (conn, _) = connect_synced(
+        &server,
+        TransportPref::WebSocket,
+        &alice,
+        DeviceId::random(),
+    )
+    .await;
+    conn.send(conversation, 1, "text", text("count me"))
+        .await
+        .expect("send");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for name in [
         "tern_connections{transport=\"ws\"} 1",
         "tern_frames_in_total{transport=\"ws\"}",
@@ -463,11 +814,21 @@ async fn operations_endpoints_and_openapi_document() {
     }
 
     // Errors are JSON with stable codes.
-    let response = client.post(format!("{base}/api/v1/register")).body("{not json").header("content-type", "application/json").send().await.expect("post");
+    let response = client
+        .post(format!("{base}/api/v1/register"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "invalid_argument");
-    let response = client.get(format!("{base}/api/v1/nope")).send().await.expect("get");
+    let response = client
+        .get(format!("{base}/api/v1/nope"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(response.status(), 404);
 }
 
@@ -477,13 +838,18 @@ async fn configured_pem_certificate_is_served_and_verified_by_ca() {
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test ca");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test ca");
     let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
     let leaf_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("leaf params");
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("leaf params");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf cert");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let cert_path = dir.path().join("fullchain.pem");
@@ -496,18 +862,32 @@ async fn configured_pem_certificate_is_served_and_verified_by_ca() {
     ];
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let server = TestServer::start_in(dir, &lines).await;
-    assert_eq!(server.cert_hash, <[u8; 32]>::from(sha2::Sha256::digest(leaf.der())), "the banner shows the served leaf");
-    assert!(!server.data_dir.join("tls").exists(), "no self-signed certificate is made when one is configured");
+    assert_eq!(
+        server.cert_hash,
+        <[u8; 32]>::from(sha2::Sha256::digest(leaf.der())),
+        "the banner shows the served leaf"
+    );
+    assert!(
+        !server.data_dir.join("tls").exists(),
+        "no self-signed certificate is made when one is configured"
+    );
 
     for transport in [TransportPref::WebSocket, TransportPref::WebTransport] {
-        let mut config =
-            tern_sdk::Config::new(&server.addr.to_string(), tern_sdk::Trust::CaPem(ca_cert.pem().into_bytes())).expect("config");
+        let mut config = tern_sdk::Config::new(
+            &server.addr.to_string(),
+            tern_sdk::Trust::CaPem(ca_cert.pem().into_bytes()),
+        )
+        .expect("config");
         config.transport = transport;
         let mut http = tern_sdk::HttpApi::new(&config).expect("http");
         let name = format!("dora{}", transport as u8);
-        http.register(&name, PASSWORD).await.expect("register over CA-verified TLS");
+        http.register(&name, PASSWORD)
+            .await
+            .expect("register over CA-verified TLS");
         let login = http.login(&name, PASSWORD).await.expect("login");
-        let conn = Connection::connect(&config, &login.token, DeviceId::random(), &[]).await.expect("connect");
+        let conn = Connection::connect(&config, &login.token, DeviceId::random(), &[])
+            .await
+            .expect("connect");
         conn.ping().await.expect("ping");
     }
 }

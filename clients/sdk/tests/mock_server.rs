@@ -187,7 +187,8 @@ impl Peer {
     async fn close(&mut self) {
         match self {
             Peer::Ws(ws) => {
-                let _ = ws.close(None).await;
+                let _ = ws.send(WsMessage::Close(None)).await;
+                let _ = SinkExt::close(ws).await;
             }
             Peer::Wt { send, _conn, .. } => {
                 // Closing the session at once would discard the unacknowledged tail of the

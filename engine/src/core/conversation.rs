@@ -12,8 +12,12 @@ pub(super) type ClientKey = (UserId, u128);
 
 pub(super) enum ConversationState {
     /// The driver is loading members and the last seq; sends wait here in arrival order.
-    Loading { waiting: Vec<SendRequest>, reload: bool },
-    Ready(Loaded),
+    Loading {
+        waiting: Vec<SendRequest>,
+        reload: bool,
+    },
+    /// Boxed: a loaded conversation is far larger than a loading one.
+    Ready(Box<Loaded>),
 }
 
 /// What a duplicate acknowledgement needs from the original message.
@@ -26,7 +30,11 @@ pub(super) struct Original {
 
 impl Original {
     pub fn of(message: &Message) -> Self {
-        Original { seq: message.seq, message_id: message.message_id, timestamp_ms: message.timestamp_ms }
+        Original {
+            seq: message.seq,
+            message_id: message.message_id,
+            timestamp_ms: message.timestamp_ms,
+        }
     }
 }
 
@@ -48,7 +56,12 @@ pub(super) struct Intake {
 
 impl Intake {
     pub fn new(request: SendRequest, sender: UserId) -> Self {
-        Intake { request, sender, check: Check::NotStarted, stored_original: None }
+        Intake {
+            request,
+            sender,
+            check: Check::NotStarted,
+            stored_original: None,
+        }
     }
 
     pub fn key(&self) -> ClientKey {
@@ -120,16 +133,18 @@ impl Loaded {
             self.recent_order.push_back(key);
         }
         while self.recent_order.len() > self.window {
-            if let Some(old) = self.recent_order.pop_front() {
-                if let Some(evicted) = self.recent.remove(&old) {
-                    self.complete_after = self.complete_after.max(evicted.seq);
-                }
+            if let Some(old) = self.recent_order.pop_front()
+                && let Some(evicted) = self.recent.remove(&old)
+            {
+                self.complete_after = self.complete_after.max(evicted.seq);
             }
         }
     }
 
     fn needs_store_check(&self, key: &ClientKey) -> bool {
-        self.complete_after > 0 && !self.recent.contains_key(key) && !self.uncommitted.contains_key(key)
+        self.complete_after > 0
+            && !self.recent.contains_key(key)
+            && !self.uncommitted.contains_key(key)
     }
 
     /// Starts store lookups for queued sends whose key memory cannot answer, so they run in
@@ -156,7 +171,11 @@ impl Loaded {
     }
 
     pub fn lookup_answered(&mut self, key: ClientKey, found: Option<Original>) {
-        for item in self.intake.iter_mut().filter(|i| i.key() == key && i.check == Check::Pending) {
+        for item in self
+            .intake
+            .iter_mut()
+            .filter(|i| i.key() == key && i.check == Check::Pending)
+        {
             item.check = Check::Done;
             item.stored_original = found;
         }

@@ -54,38 +54,89 @@ pub struct ConversationSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// An authenticated device connected. `token_hash` lets logout find its connections.
-    Connected { conn: ConnId, user: UserId, device: DeviceId, token_hash: [u8; 32] },
-    Disconnected { conn: ConnId },
+    Connected {
+        conn: ConnId,
+        user: UserId,
+        device: DeviceId,
+        token_hash: [u8; 32],
+    },
+    Disconnected {
+        conn: ConnId,
+    },
     Send(SendRequest),
     /// The device has everything up to `seq` in `conversation`.
-    Ack { conn: ConnId, conversation: ConversationId, seq: u64 },
+    Ack {
+        conn: ConnId,
+        conversation: ConversationId,
+        seq: u64,
+    },
     /// Answer to [`Action::Load`]; `None` when the conversation does not exist.
-    Loaded { conversation: ConversationId, snapshot: Option<ConversationSnapshot> },
+    Loaded {
+        conversation: ConversationId,
+        snapshot: Option<ConversationSnapshot>,
+    },
     /// Loading failed (storage error): pending sends get an error, the next send retries.
-    LoadFailed { conversation: ConversationId },
+    LoadFailed {
+        conversation: ConversationId,
+    },
     /// Answer to [`Action::Lookup`]: the message stored earlier under that client id, if any.
-    LookedUp { conversation: ConversationId, sender: UserId, client_msg_id: u128, found: Option<Message> },
+    LookedUp {
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: u128,
+        found: Option<Message>,
+    },
     /// Answer to [`Action::Commit`].
-    Committed { batch: BatchId, ok: bool },
+    Committed {
+        batch: BatchId,
+        ok: bool,
+    },
     /// The stored member list changed (already durable): fan-out and checks use it from now on.
-    MembersChanged { conversation: ConversationId, members: Vec<UserId> },
+    MembersChanged {
+        conversation: ConversationId,
+        members: Vec<UserId>,
+    },
     /// Deliver an event to every online device of these users.
-    Notify { users: Vec<UserId>, message: Arc<ServerMessage> },
+    Notify {
+        users: Vec<UserId>,
+        message: Arc<ServerMessage>,
+    },
     /// A token was revoked: close every connection authenticated with it.
-    TokenRevoked { token_hash: [u8; 32] },
+    TokenRevoked {
+        token_hash: [u8; 32],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Load { conversation: ConversationId },
-    Lookup { conversation: ConversationId, sender: UserId, client_msg_id: u128 },
-    Commit { batch: BatchId, data: CommitBatch },
+    Load {
+        conversation: ConversationId,
+    },
+    Lookup {
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: u128,
+    },
+    Commit {
+        batch: BatchId,
+        data: CommitBatch,
+    },
     /// Send one message to each listed connection (encode once, share the bytes).
-    Deliver { conns: Vec<ConnId>, message: Arc<ServerMessage> },
+    Deliver {
+        conns: Vec<ConnId>,
+        message: Arc<ServerMessage>,
+    },
     /// Send an error (fatal or not) or other reply to one connection.
-    Reply { conn: ConnId, message: ServerMessage },
+    Reply {
+        conn: ConnId,
+        message: ServerMessage,
+    },
     /// Close the connection after sending `code`/`reason` as a fatal error.
-    Close { conn: ConnId, code: ErrorCode, reason: String },
+    Close {
+        conn: ConnId,
+        code: ErrorCode,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -151,7 +202,8 @@ impl EngineCore {
 
     /// Messages sequenced but not yet durable (queued or in flight).
     pub fn uncommitted_messages(&self) -> usize {
-        self.next_batch.messages.len() + self.in_flight.as_ref().map_or(0, |(_, b)| b.messages.len())
+        self.next_batch.messages.len()
+            + self.in_flight.as_ref().map_or(0, |(_, b)| b.messages.len())
     }
 
     pub fn is_connected(&self, conn: ConnId) -> bool {
@@ -163,34 +215,77 @@ impl EngineCore {
         let mut out = Vec::new();
         self.last_timestamp_ms = self.last_timestamp_ms.max(now_ms);
         match input {
-            Input::Connected { conn, user, device, token_hash } => {
-                let previous = self.conns.insert(conn, ConnInfo { user, device, token_hash });
-                assert!(previous.is_none(), "connection id {conn} reused while connected");
+            Input::Connected {
+                conn,
+                user,
+                device,
+                token_hash,
+            } => {
+                let previous = self.conns.insert(
+                    conn,
+                    ConnInfo {
+                        user,
+                        device,
+                        token_hash,
+                    },
+                );
+                assert!(
+                    previous.is_none(),
+                    "connection id {conn} reused while connected"
+                );
                 self.user_conns.entry(user).or_default().push(conn);
             }
             Input::Disconnected { conn } => self.remove_conn(conn),
             Input::Send(req) => self.on_send(req, &mut out),
-            Input::Ack { conn, conversation, seq } => {
+            Input::Ack {
+                conn,
+                conversation,
+                seq,
+            } => {
                 if let Some(info) = self.conns.get(&conn) {
-                    self.next_batch.cursors.push(CursorUpdate { device: info.device, conversation, seq });
+                    self.next_batch.cursors.push(CursorUpdate {
+                        device: info.device,
+                        conversation,
+                        seq,
+                    });
                 }
             }
-            Input::Loaded { conversation, snapshot } => self.on_loaded(conversation, snapshot, &mut out),
+            Input::Loaded {
+                conversation,
+                snapshot,
+            } => self.on_loaded(conversation, snapshot, &mut out),
             Input::LoadFailed { conversation } => {
-                if let Some(ConversationState::Loading { waiting, .. }) = self.conversations.remove(&conversation) {
+                if let Some(ConversationState::Loading { waiting, .. }) =
+                    self.conversations.remove(&conversation)
+                {
                     for req in waiting {
-                        self.reply_error(&mut out, &req, ErrorCode::Internal, "storage unavailable, retry");
+                        self.reply_error(
+                            &mut out,
+                            &req,
+                            ErrorCode::Internal,
+                            "storage unavailable, retry",
+                        );
                     }
                 }
             }
-            Input::LookedUp { conversation, sender, client_msg_id, found } => {
-                if let Some(ConversationState::Ready(conv)) = self.conversations.get_mut(&conversation) {
+            Input::LookedUp {
+                conversation,
+                sender,
+                client_msg_id,
+                found,
+            } => {
+                if let Some(ConversationState::Ready(conv)) =
+                    self.conversations.get_mut(&conversation)
+                {
                     conv.lookup_answered((sender, client_msg_id), found.as_ref().map(Original::of));
                 }
                 self.drain_intake(conversation, &mut out);
             }
             Input::Committed { batch, ok } => self.on_committed(batch, ok, &mut out),
-            Input::MembersChanged { conversation, members } => match self.conversations.get_mut(&conversation) {
+            Input::MembersChanged {
+                conversation,
+                members,
+            } => match self.conversations.get_mut(&conversation) {
                 Some(ConversationState::Ready(conv)) => conv.set_members(members),
                 Some(ConversationState::Loading { reload, .. }) => *reload = true,
                 None => {}
@@ -202,11 +297,19 @@ impl EngineCore {
                 }
             }
             Input::TokenRevoked { token_hash } => {
-                let revoked: Vec<ConnId> =
-                    self.conns.iter().filter(|(_, c)| c.token_hash == token_hash).map(|(id, _)| *id).collect();
+                let revoked: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.token_hash == token_hash)
+                    .map(|(id, _)| *id)
+                    .collect();
                 for conn in revoked {
                     self.remove_conn(conn);
-                    out.push(Action::Close { conn, code: ErrorCode::TokenRevoked, reason: "session ended".into() });
+                    out.push(Action::Close {
+                        conn,
+                        code: ErrorCode::TokenRevoked,
+                        reason: "session ended".into(),
+                    });
                 }
             }
         }
@@ -219,17 +322,23 @@ impl EngineCore {
     }
 
     fn remove_conn(&mut self, conn: ConnId) {
-        if let Some(info) = self.conns.remove(&conn) {
-            if let Some(list) = self.user_conns.get_mut(&info.user) {
-                list.retain(|c| *c != conn);
-                if list.is_empty() {
-                    self.user_conns.remove(&info.user);
-                }
+        if let Some(info) = self.conns.remove(&conn)
+            && let Some(list) = self.user_conns.get_mut(&info.user)
+        {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.user_conns.remove(&info.user);
             }
         }
     }
 
-    fn reply_error(&self, out: &mut Vec<Action>, req: &SendRequest, code: ErrorCode, message: &str) {
+    fn reply_error(
+        &self,
+        out: &mut Vec<Action>,
+        req: &SendRequest,
+        code: ErrorCode,
+        message: &str,
+    ) {
         out.push(Action::Reply {
             conn: req.conn,
             message: ServerMessage::error(req.request_id, code, message, false),
@@ -245,29 +354,60 @@ impl EngineCore {
             return self.reply_error(out, &req, ErrorCode::LimitExceeded, "payload too large");
         }
         if req.content_type.len() > self.limits.max_content_type_bytes {
-            return self.reply_error(out, &req, ErrorCode::InvalidArgument, "content type too long");
+            return self.reply_error(
+                out,
+                &req,
+                ErrorCode::InvalidArgument,
+                "content type too long",
+            );
         }
         if req.files.len() > self.limits.max_files_per_message {
-            return self.reply_error(out, &req, ErrorCode::LimitExceeded, "too many file references");
+            return self.reply_error(
+                out,
+                &req,
+                ErrorCode::LimitExceeded,
+                "too many file references",
+            );
         }
         let conversation = req.conversation;
         match self.conversations.get_mut(&conversation) {
             None => {
-                self.conversations.insert(conversation, ConversationState::Loading { waiting: vec![req], reload: false });
+                self.conversations.insert(
+                    conversation,
+                    ConversationState::Loading {
+                        waiting: vec![req],
+                        reload: false,
+                    },
+                );
                 out.push(Action::Load { conversation });
             }
             Some(ConversationState::Loading { waiting, .. }) => {
                 if waiting.len() >= self.limits.max_queued_sends_per_conversation {
-                    return self.reply_error(out, &req, ErrorCode::RateLimited, "conversation is busy, retry");
+                    return self.reply_error(
+                        out,
+                        &req,
+                        ErrorCode::RateLimited,
+                        "conversation is busy, retry",
+                    );
                 }
                 waiting.push(req);
             }
             Some(ConversationState::Ready(conv)) => {
                 if !conv.is_member(&sender) {
-                    return self.reply_error(out, &req, ErrorCode::Forbidden, "not a member of this conversation");
+                    return self.reply_error(
+                        out,
+                        &req,
+                        ErrorCode::Forbidden,
+                        "not a member of this conversation",
+                    );
                 }
                 if conv.intake.len() >= self.limits.max_queued_sends_per_conversation {
-                    return self.reply_error(out, &req, ErrorCode::RateLimited, "conversation is busy, retry");
+                    return self.reply_error(
+                        out,
+                        &req,
+                        ErrorCode::RateLimited,
+                        "conversation is busy, retry",
+                    );
                 }
                 conv.intake.push_back(Intake::new(req, sender));
                 self.drain_intake(conversation, out);
@@ -275,13 +415,26 @@ impl EngineCore {
         }
     }
 
-    fn on_loaded(&mut self, conversation: ConversationId, snapshot: Option<ConversationSnapshot>, out: &mut Vec<Action>) {
-        let Some(ConversationState::Loading { waiting, reload }) = self.conversations.remove(&conversation) else {
+    fn on_loaded(
+        &mut self,
+        conversation: ConversationId,
+        snapshot: Option<ConversationSnapshot>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(ConversationState::Loading { waiting, reload }) =
+            self.conversations.remove(&conversation)
+        else {
             return;
         };
         if reload {
             // Members changed while this snapshot was being read: it may be stale, read again.
-            self.conversations.insert(conversation, ConversationState::Loading { waiting, reload: false });
+            self.conversations.insert(
+                conversation,
+                ConversationState::Loading {
+                    waiting,
+                    reload: false,
+                },
+            );
             out.push(Action::Load { conversation });
             return;
         }
@@ -291,16 +444,28 @@ impl EngineCore {
             }
             return;
         };
-        let mut conv = Loaded::new(snapshot.members, snapshot.last_seq, self.limits.dedupe_window);
+        let mut conv = Loaded::new(
+            snapshot.members,
+            snapshot.last_seq,
+            self.limits.dedupe_window,
+        );
         for req in waiting {
-            let Some(info) = self.conns.get(&req.conn) else { continue };
+            let Some(info) = self.conns.get(&req.conn) else {
+                continue;
+            };
             if !conv.is_member(&info.user) {
-                self.reply_error(out, &req, ErrorCode::Forbidden, "not a member of this conversation");
+                self.reply_error(
+                    out,
+                    &req,
+                    ErrorCode::Forbidden,
+                    "not a member of this conversation",
+                );
                 continue;
             }
             conv.intake.push_back(Intake::new(req, info.user));
         }
-        self.conversations.insert(conversation, ConversationState::Ready(conv));
+        self.conversations
+            .insert(conversation, ConversationState::Ready(Box::new(conv)));
         self.drain_intake(conversation, out);
     }
 
@@ -311,16 +476,25 @@ impl EngineCore {
         };
         // Store lookups for every queued send memory cannot answer run in parallel.
         for (sender, client_msg_id) in conv.start_lookups() {
-            out.push(Action::Lookup { conversation, sender, client_msg_id });
+            out.push(Action::Lookup {
+                conversation,
+                sender,
+                client_msg_id,
+            });
         }
         loop {
             let decision = conv.decide_head();
             if matches!(decision, HeadDecision::Wait) {
                 break;
             }
-            let Some(item) = conv.intake.pop_front() else { break };
+            let Some(item) = conv.intake.pop_front() else {
+                break;
+            };
             let key = item.key();
-            let ack = PendingAck { conn: item.request.conn, request_id: item.request.request_id };
+            let ack = PendingAck {
+                conn: item.request.conn,
+                request_id: item.request.request_id,
+            };
             match decision {
                 HeadDecision::Wait => unreachable!("handled above"),
                 HeadDecision::Duplicate(original) => {
@@ -331,7 +505,13 @@ impl EngineCore {
                     });
                 }
                 HeadDecision::AttachTo(seq) => {
-                    attach_ack(&mut self.next_batch, self.in_flight.as_mut(), conversation, seq, ack);
+                    attach_ack(
+                        &mut self.next_batch,
+                        self.in_flight.as_mut(),
+                        conversation,
+                        seq,
+                        ack,
+                    );
                 }
                 HeadDecision::New => {
                     let Some(info) = self.conns.get(&item.request.conn) else {
@@ -341,7 +521,12 @@ impl EngineCore {
                         // Removed while the send was queued.
                         out.push(Action::Reply {
                             conn: ack.conn,
-                            message: ServerMessage::error(ack.request_id, ErrorCode::Forbidden, "not a member of this conversation", false),
+                            message: ServerMessage::error(
+                                ack.request_id,
+                                ErrorCode::Forbidden,
+                                "not a member of this conversation",
+                                false,
+                            ),
                         });
                         continue;
                     }
@@ -376,7 +561,10 @@ impl EngineCore {
         let batch = std::mem::take(&mut self.next_batch);
         let id = self.next_batch_id;
         self.next_batch_id += 1;
-        let data = CommitBatch { messages: batch.messages.clone(), cursors: batch.cursors.clone() };
+        let data = CommitBatch {
+            messages: batch.messages.clone(),
+            cursors: batch.cursors.clone(),
+        };
         self.in_flight = Some((id, batch));
         out.push(Action::Commit { batch: id, data });
     }
@@ -385,19 +573,27 @@ impl EngineCore {
         let Some((in_flight_id, batch)) = self.in_flight.take() else {
             panic!("commit result for batch {id} with no batch in flight");
         };
-        assert_eq!(in_flight_id, id, "commit results must arrive for the batch in flight");
+        assert_eq!(
+            in_flight_id, id,
+            "commit results must arrive for the batch in flight"
+        );
         if !ok {
             self.on_commit_failed(batch, out);
             return;
         }
         for (message, acks) in batch.messages.into_iter().zip(batch.acks) {
             let conversation = message.conversation;
-            let Some(ConversationState::Ready(conv)) = self.conversations.get_mut(&conversation) else {
+            let Some(ConversationState::Ready(conv)) = self.conversations.get_mut(&conversation)
+            else {
                 panic!("committed message for conversation {conversation} that is not loaded");
             };
             let key = (message.sender_user, message.client_msg_id);
             conv.uncommitted.remove(&key);
-            assert_eq!(message.seq, conv.committed_seq + 1, "seq must be gapless and committed in order");
+            assert_eq!(
+                message.seq,
+                conv.committed_seq + 1,
+                "seq must be gapless and committed in order"
+            );
             conv.committed_seq = message.seq;
             let original = Original::of(&message);
             for (i, ack) in acks.iter().enumerate() {
@@ -415,7 +611,10 @@ impl EngineCore {
                 .collect();
             conv.remember(key, original);
             if !recipients.is_empty() {
-                out.push(Action::Deliver { conns: recipients, message: Arc::new(ServerMessage::Deliver { message }) });
+                out.push(Action::Deliver {
+                    conns: recipients,
+                    message: Arc::new(ServerMessage::Deliver { message }),
+                });
             }
         }
     }
@@ -424,10 +623,14 @@ impl EngineCore {
     /// again: drop the affected conversations (reloaded from storage on next use) and tell the
     /// senders to retry. Retries are idempotent if a part of the batch did reach the disk.
     fn on_commit_failed(&mut self, batch: Batch, out: &mut Vec<Action>) {
-        let mut affected: Vec<ConversationId> = batch.messages.iter().map(|m| m.conversation).collect();
+        let mut affected: Vec<ConversationId> =
+            batch.messages.iter().map(|m| m.conversation).collect();
         // Queued messages of those conversations were sequenced after the failed ones.
         let queued = std::mem::take(&mut self.next_batch);
-        let mut keep = Batch { cursors: queued.cursors, ..Batch::default() };
+        let mut keep = Batch {
+            cursors: queued.cursors,
+            ..Batch::default()
+        };
         let mut failed_acks: Vec<PendingAck> = batch.acks.into_iter().flatten().collect();
         for (message, acks) in queued.messages.into_iter().zip(queued.acks) {
             if affected.contains(&message.conversation) {
@@ -443,7 +646,12 @@ impl EngineCore {
         for ack in failed_acks {
             out.push(Action::Reply {
                 conn: ack.conn,
-                message: ServerMessage::error(ack.request_id, ErrorCode::Internal, "storage write failed, retry", false),
+                message: ServerMessage::error(
+                    ack.request_id,
+                    ErrorCode::Internal,
+                    "storage write failed, retry",
+                    false,
+                ),
             });
         }
         affected.sort();
@@ -453,7 +661,12 @@ impl EngineCore {
                 for item in conv.intake {
                     out.push(Action::Reply {
                         conn: item.request.conn,
-                        message: ServerMessage::error(item.request.request_id, ErrorCode::Internal, "storage write failed, retry", false),
+                        message: ServerMessage::error(
+                            item.request.request_id,
+                            ErrorCode::Internal,
+                            "storage write failed, retry",
+                            false,
+                        ),
                     });
                 }
             }
@@ -480,10 +693,20 @@ fn send_ack(
 }
 
 /// Adds a retry's acknowledgement to the batch holding `seq` (queued or in flight).
-fn attach_ack(next: &mut Batch, in_flight: Option<&mut (BatchId, Batch)>, conversation: ConversationId, seq: u64, ack: PendingAck) {
+fn attach_ack(
+    next: &mut Batch,
+    in_flight: Option<&mut (BatchId, Batch)>,
+    conversation: ConversationId,
+    seq: u64,
+    ack: PendingAck,
+) {
     let batches = std::iter::once(next).chain(in_flight.map(|(_, b)| b));
     for batch in batches {
-        if let Some(i) = batch.messages.iter().position(|m| m.conversation == conversation && m.seq == seq) {
+        if let Some(i) = batch
+            .messages
+            .iter()
+            .position(|m| m.conversation == conversation && m.seq == seq)
+        {
             batch.acks[i].push(ack);
             return;
         }

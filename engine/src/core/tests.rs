@@ -13,7 +13,18 @@ fn core() -> EngineCore {
 
 fn connect(core: &mut EngineCore, conn: ConnId, user: UserId) {
     let device = DeviceId::from_u128(1000 + conn as u128);
-    assert!(core.handle(Input::Connected { conn, user, device, token_hash: [conn as u8; 32] }, 1).is_empty());
+    assert!(
+        core.handle(
+            Input::Connected {
+                conn,
+                user,
+                device,
+                token_hash: [conn as u8; 32]
+            },
+            1
+        )
+        .is_empty()
+    );
 }
 
 fn send(conn: ConnId, request_id: u64, client_msg_id: u128) -> Input {
@@ -29,7 +40,13 @@ fn send(conn: ConnId, request_id: u64, client_msg_id: u128) -> Input {
 }
 
 fn loaded(last_seq: u64) -> Input {
-    Input::Loaded { conversation: CONV, snapshot: Some(ConversationSnapshot { members: vec![ALICE, BOB], last_seq }) }
+    Input::Loaded {
+        conversation: CONV,
+        snapshot: Some(ConversationSnapshot {
+            members: vec![ALICE, BOB],
+            last_seq,
+        }),
+    }
 }
 
 fn commit_of(actions: &[Action]) -> (BatchId, CommitBatch) {
@@ -46,7 +63,10 @@ fn acks(actions: &[Action]) -> Vec<(ConnId, u64, bool)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Reply { conn, message: ServerMessage::SendAck { seq, duplicate, .. } } => Some((*conn, *seq, *duplicate)),
+            Action::Reply {
+                conn,
+                message: ServerMessage::SendAck { seq, duplicate, .. },
+            } => Some((*conn, *seq, *duplicate)),
             _ => None,
         })
         .collect()
@@ -58,12 +78,18 @@ fn send_is_acked_and_delivered_only_after_commit() {
     connect(&mut core, 1, ALICE);
     connect(&mut core, 2, BOB);
     connect(&mut core, 3, ALICE); // Alice's second device
-    assert_eq!(core.handle(send(1, 9, 42), 10), vec![Action::Load { conversation: CONV }]);
+    assert_eq!(
+        core.handle(send(1, 9, 42), 10),
+        vec![Action::Load { conversation: CONV }]
+    );
     let actions = core.handle(loaded(0), 11);
     let (batch, data) = commit_of(&actions);
     assert_eq!(data.messages.len(), 1);
     assert_eq!(data.messages[0].seq, 1);
-    assert!(acks(&actions).is_empty(), "nothing is acknowledged before it is durable");
+    assert!(
+        acks(&actions).is_empty(),
+        "nothing is acknowledged before it is durable"
+    );
     let actions = core.handle(Input::Committed { batch, ok: true }, 12);
     assert_eq!(acks(&actions), vec![(1, 1, false)]);
     let delivered: Vec<ConnId> = actions
@@ -76,7 +102,11 @@ fn send_is_acked_and_delivered_only_after_commit() {
         .collect();
     let mut delivered = delivered;
     delivered.sort();
-    assert_eq!(delivered, vec![2, 3], "every other device of every member, not the sender's connection");
+    assert_eq!(
+        delivered,
+        vec![2, 3],
+        "every other device of every member, not the sender's connection"
+    );
 }
 
 #[test]
@@ -87,12 +117,25 @@ fn sends_arriving_during_a_commit_share_the_next_batch() {
     let (first, _) = commit_of(&core.handle(loaded(0), 1));
     for i in 2..=5 {
         let actions = core.handle(send(1, i, i as u128), 2);
-        assert!(!actions.iter().any(|a| matches!(a, Action::Commit { .. })), "one commit in flight at a time");
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Commit { .. })),
+            "one commit in flight at a time"
+        );
     }
-    let actions = core.handle(Input::Committed { batch: first, ok: true }, 3);
+    let actions = core.handle(
+        Input::Committed {
+            batch: first,
+            ok: true,
+        },
+        3,
+    );
     let (_, second) = commit_of(&actions);
     let seqs: Vec<u64> = second.messages.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, vec![2, 3, 4, 5], "gapless and in arrival order, in one group commit");
+    assert_eq!(
+        seqs,
+        vec![2, 3, 4, 5],
+        "gapless and in arrival order, in one group commit"
+    );
 }
 
 #[test]
@@ -129,7 +172,15 @@ fn ids_older_than_memory_are_checked_in_the_store_in_order() {
         .collect();
     assert_eq!(lookups, vec![5, 6]);
     // The second answer arrives first: nothing may be sequenced out of order.
-    let actions = core.handle(Input::LookedUp { conversation: CONV, sender: ALICE, client_msg_id: 6, found: None }, 2);
+    let actions = core.handle(
+        Input::LookedUp {
+            conversation: CONV,
+            sender: ALICE,
+            client_msg_id: 6,
+            found: None,
+        },
+        2,
+    );
     assert!(actions.is_empty());
     let stored = Message {
         conversation: CONV,
@@ -143,10 +194,29 @@ fn ids_older_than_memory_are_checked_in_the_store_in_order() {
         payload: vec![],
         files: vec![],
     };
-    let actions = core.handle(Input::LookedUp { conversation: CONV, sender: ALICE, client_msg_id: 5, found: Some(stored) }, 3);
-    assert_eq!(acks(&actions), vec![(1, 4, true)], "the stored original answers the retry");
+    let actions = core.handle(
+        Input::LookedUp {
+            conversation: CONV,
+            sender: ALICE,
+            client_msg_id: 5,
+            found: Some(stored),
+        },
+        3,
+    );
+    assert_eq!(
+        acks(&actions),
+        vec![(1, 4, true)],
+        "the stored original answers the retry"
+    );
     let (_, batch) = commit_of(&actions);
-    assert_eq!(batch.messages.iter().map(|m| (m.seq, m.client_msg_id)).collect::<Vec<_>>(), vec![(11, 6)]);
+    assert_eq!(
+        batch
+            .messages
+            .iter()
+            .map(|m| (m.seq, m.client_msg_id))
+            .collect::<Vec<_>>(),
+        vec![(11, 6)]
+    );
 }
 
 #[test]
@@ -157,7 +227,13 @@ fn non_members_are_refused_and_nothing_is_stored() {
     let actions = core.handle(loaded(0), 1);
     assert!(matches!(
         actions.as_slice(),
-        [Action::Reply { message: ServerMessage::Error { code: ErrorCode::Forbidden, .. }, .. }]
+        [Action::Reply {
+            message: ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            },
+            ..
+        }]
     ));
 }
 
@@ -171,11 +247,25 @@ fn a_failed_commit_reuses_no_seq_and_reports_every_waiting_sender() {
     let actions = core.handle(Input::Committed { batch, ok: false }, 3);
     let errors = actions
         .iter()
-        .filter(|a| matches!(a, Action::Reply { message: ServerMessage::Error { code: ErrorCode::Internal, .. }, .. }))
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Reply {
+                    message: ServerMessage::Error {
+                        code: ErrorCode::Internal,
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!(errors, 2, "the failed message and the one queued behind it");
     // The next send reloads the conversation from storage.
-    assert_eq!(core.handle(send(1, 3, 1), 4), vec![Action::Load { conversation: CONV }]);
+    assert_eq!(
+        core.handle(send(1, 3, 1), 4),
+        vec![Action::Load { conversation: CONV }]
+    );
 }
 
 #[test]
@@ -183,8 +273,20 @@ fn revoking_a_token_closes_only_its_connections() {
     let mut core = core();
     connect(&mut core, 1, ALICE);
     connect(&mut core, 2, BOB);
-    let actions = core.handle(Input::TokenRevoked { token_hash: [1; 32] }, 1);
-    assert_eq!(actions, vec![Action::Close { conn: 1, code: ErrorCode::TokenRevoked, reason: "session ended".into() }]);
+    let actions = core.handle(
+        Input::TokenRevoked {
+            token_hash: [1; 32],
+        },
+        1,
+    );
+    assert_eq!(
+        actions,
+        vec![Action::Close {
+            conn: 1,
+            code: ErrorCode::TokenRevoked,
+            reason: "session ended".into()
+        }]
+    );
     assert!(!core.is_connected(1));
     assert!(core.is_connected(2));
 }
@@ -197,14 +299,27 @@ fn removed_members_stop_receiving_at_once() {
     core.handle(send(1, 1, 1), 1);
     let (batch, _) = commit_of(&core.handle(loaded(0), 1));
     core.handle(Input::Committed { batch, ok: true }, 1);
-    core.handle(Input::MembersChanged { conversation: CONV, members: vec![ALICE] }, 2);
+    core.handle(
+        Input::MembersChanged {
+            conversation: CONV,
+            members: vec![ALICE],
+        },
+        2,
+    );
     let (batch, _) = commit_of(&core.handle(send(1, 2, 2), 3));
     let actions = core.handle(Input::Committed { batch, ok: true }, 4);
-    assert!(!actions.iter().any(|a| matches!(a, Action::Deliver { .. })), "Bob was removed");
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Deliver { .. })),
+        "Bob was removed"
+    );
 }
 
 #[test]
 fn limits_are_validated() {
-    let limits = EngineLimits { dedupe_window: 10, max_queued_sends_per_conversation: 10, ..EngineLimits::default() };
+    let limits = EngineLimits {
+        dedupe_window: 10,
+        max_queued_sends_per_conversation: 10,
+        ..EngineLimits::default()
+    };
     assert!(EngineCore::new(limits, 1).is_err());
 }

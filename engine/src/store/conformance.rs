@@ -24,8 +24,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, MemberRecord, Store, StoreError,
-    StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, MemberRecord, Store,
+    StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// Runs every check, each on a store freshly made by `make`.
@@ -159,7 +159,11 @@ async fn history<S: Store>(
     limit: u32,
 ) -> Vec<Message> {
     // The suite's pages: scrolling back with only `before_seq`, catching up with `after_seq`.
-    let from = if after_seq != 0 { HistoryFrom::Oldest } else { HistoryFrom::Newest };
+    let from = if after_seq != 0 {
+        HistoryFrom::Oldest
+    } else {
+        HistoryFrom::Newest
+    };
     let q = HistoryQuery {
         conversation,
         before_seq,
@@ -648,12 +652,34 @@ pub async fn check_history<S: Store>(store: S) {
         (HistoryQuery::after(conv, 0, 5), r(1, 5)),
         (HistoryQuery::after(conv, 48, 5), r(49, 50)),
         (HistoryQuery::before(conv, 0, 3), r(48, 50)),
-        (HistoryQuery { before_seq: 30, after_seq: 10, limit: 3, from: HistoryFrom::Newest, conversation: conv }, r(27, 29)),
-        (HistoryQuery { before_seq: 30, after_seq: 10, limit: 3, from: HistoryFrom::Oldest, conversation: conv }, r(11, 13)),
+        (
+            HistoryQuery {
+                before_seq: 30,
+                after_seq: 10,
+                limit: 3,
+                from: HistoryFrom::Newest,
+                conversation: conv,
+            },
+            r(27, 29),
+        ),
+        (
+            HistoryQuery {
+                before_seq: 30,
+                after_seq: 10,
+                limit: 3,
+                from: HistoryFrom::Oldest,
+                conversation: conv,
+            },
+            r(11, 13),
+        ),
     ];
     for (query, want) in explicit {
         let page = ok(store.history(query).await, "history");
-        assert_eq!(seqs(&page), want, "store conformance: {query:?} returned the wrong page");
+        assert_eq!(
+            seqs(&page),
+            want,
+            "store conformance: {query:?} returned the wrong page"
+        );
     }
 
     // Re-committing identical messages (a retried group commit) must not duplicate anything.

@@ -56,8 +56,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, HistoryFrom, HistoryQuery, MemberRecord, Store, StoreError, StoreResult,
-    TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, HistoryFrom, HistoryQuery, MemberRecord, Store, StoreError,
+    StoreResult, TokenRecord, UserRecord,
 };
 
 /// The most messages one [`Store::history`] call returns, whatever `limit` asks for: a page is

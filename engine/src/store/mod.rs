@@ -103,12 +103,24 @@ pub struct HistoryQuery {
 impl HistoryQuery {
     /// The oldest `limit` messages after `after_seq`: what resume and gap filling read.
     pub fn after(conversation: ConversationId, after_seq: u64, limit: u32) -> Self {
-        HistoryQuery { conversation, before_seq: 0, after_seq, limit, from: HistoryFrom::Oldest }
+        HistoryQuery {
+            conversation,
+            before_seq: 0,
+            after_seq,
+            limit,
+            from: HistoryFrom::Oldest,
+        }
     }
 
     /// The newest `limit` messages before `before_seq` (0: the newest of all).
     pub fn before(conversation: ConversationId, before_seq: u64, limit: u32) -> Self {
-        HistoryQuery { conversation, before_seq, after_seq: 0, limit, from: HistoryFrom::Newest }
+        HistoryQuery {
+            conversation,
+            before_seq,
+            after_seq: 0,
+            limit,
+            from: HistoryFrom::Newest,
+        }
     }
 }
 
@@ -140,10 +152,19 @@ pub trait Store: Send + Sync + 'static {
     /// Conversations the user belongs to, in no particular order.
     async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationId>>;
     /// The 1:1 conversation between two users, if one exists (order of the pair does not matter).
-    async fn direct_conversation(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>>;
+    async fn direct_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> StoreResult<Option<ConversationId>>;
     /// Records the 1:1 conversation of a pair. Fails with `AlreadyExists` (returning nothing)
     /// when the pair already has one; the caller then reads it with `direct_conversation`.
-    async fn set_direct_conversation(&self, a: UserId, b: UserId, id: ConversationId) -> StoreResult<()>;
+    async fn set_direct_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+        id: ConversationId,
+    ) -> StoreResult<()>;
 
     // ---- messages ----
     /// Durably stores a batch (one fsync for the whole batch on the embedded backend).

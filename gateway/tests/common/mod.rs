@@ -40,8 +40,19 @@ impl TestServer {
         let data_dir = dir.path().join("data");
         let config_path = dir.path().join("tern.toml");
         std::fs::write(&config_path, config.join("\n")).expect("write config");
-        let (child, addr, cert_hash) = spawn(&data_dir, &config_path, "127.0.0.1:0".parse().expect("addr")).await;
-        TestServer { child: Some(child), addr, cert_hash, data_dir, _dir: dir }
+        let (child, addr, cert_hash) = spawn(
+            &data_dir,
+            &config_path,
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .await;
+        TestServer {
+            child: Some(child),
+            addr,
+            cert_hash,
+            data_dir,
+            _dir: dir,
+        }
     }
 
     /// SIGKILL: no shutdown code runs, unsynced writes are lost (what crash safety must survive).
@@ -52,18 +63,43 @@ impl TestServer {
         }
     }
 
+    /// SIGTERM: the graceful path. Waits for the process to exit.
+    pub async fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().expect("running server has a pid");
+            let status = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .expect("kill -TERM");
+            assert!(status.success());
+            let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .expect("exits in time")
+                .expect("wait");
+            assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+        }
+    }
+
     /// Starts the server again on the same data directory and address.
     pub async fn restart(&mut self) {
         self.kill9().await;
         let config_path = self.data_dir.parent().expect("parent").join("tern.toml");
         let (child, addr, cert_hash) = spawn(&self.data_dir, &config_path, self.addr).await;
         assert_eq!(addr, self.addr);
-        assert_eq!(cert_hash, self.cert_hash, "a restart keeps the persisted certificate");
+        assert_eq!(
+            cert_hash, self.cert_hash,
+            "a restart keeps the persisted certificate"
+        );
         self.child = Some(child);
     }
 
     pub fn config(&self, transport: TransportPref) -> Config {
-        let mut config = Config::new(&self.addr.to_string(), Trust::PinnedSha256(vec![self.cert_hash])).expect("config");
+        let mut config = Config::new(
+            &self.addr.to_string(),
+            Trust::PinnedSha256(vec![self.cert_hash]),
+        )
+        .expect("config");
         config.transport = transport;
         config
     }
@@ -73,11 +109,16 @@ impl TestServer {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.parent().expect("parent").join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.data_dir.parent().expect("parent").join("server.log"))
+            .unwrap_or_default()
     }
 }
 
-async fn spawn(data_dir: &std::path::Path, config: &std::path::Path, listen: SocketAddr) -> (Child, SocketAddr, [u8; 32]) {
+async fn spawn(
+    data_dir: &std::path::Path,
+    config: &std::path::Path,
+    listen: SocketAddr,
+) -> (Child, SocketAddr, [u8; 32]) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -112,10 +153,16 @@ async fn spawn(data_dir: &std::path::Path, config: &std::path::Path, listen: Soc
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), read).await.expect("server printed its banner in time");
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("server printed its banner in time");
     // Keep draining stdout so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr.expect("banner has the address"), hash.expect("banner has the certificate hash"))
+    (
+        child,
+        addr.expect("banner has the address"),
+        hash.expect("banner has the certificate hash"),
+    )
 }
 
 impl Drop for TestServer {
@@ -139,17 +186,34 @@ pub async fn user(server: &TestServer, name: &str) -> TestUser {
     let view = http.register(name, PASSWORD).await.expect("register");
     let login = http.login(name, PASSWORD).await.expect("login");
     assert_eq!(login.user_id, view.user_id);
-    TestUser { name: name.to_owned(), token: login.token.clone(), http, id: view.user_id }
+    TestUser {
+        name: name.to_owned(),
+        token: login.token.clone(),
+        http,
+        id: view.user_id,
+    }
 }
 
-pub async fn connect(server: &TestServer, transport: TransportPref, user: &TestUser, device: DeviceId) -> Connection {
-    let conn = Connection::connect(&server.config(transport), &user.token, device, &[]).await.expect("connect");
+pub async fn connect(
+    server: &TestServer,
+    transport: TransportPref,
+    user: &TestUser,
+    device: DeviceId,
+) -> Connection {
+    let conn = Connection::connect(&server.config(transport), &user.token, device, &[])
+        .await
+        .expect("connect");
     assert_eq!(conn.welcome().user, user.id);
     conn
 }
 
 /// Connects and waits for the end of resume replay, returning what was replayed.
-pub async fn connect_synced(server: &TestServer, transport: TransportPref, user: &TestUser, device: DeviceId) -> (Connection, Vec<Message>) {
+pub async fn connect_synced(
+    server: &TestServer,
+    transport: TransportPref,
+    user: &TestUser,
+    device: DeviceId,
+) -> (Connection, Vec<Message>) {
     let mut conn = connect(server, transport, user, device).await;
     let mut replayed = Vec::new();
     loop {
@@ -164,7 +228,10 @@ pub async fn connect_synced(server: &TestServer, transport: TransportPref, user:
 }
 
 pub async fn next(conn: &mut Connection) -> Event {
-    tokio::time::timeout(WAIT, conn.next_event()).await.expect("event in time").expect("connection open")
+    tokio::time::timeout(WAIT, conn.next_event())
+        .await
+        .expect("event in time")
+        .expect("connection open")
 }
 
 /// The next delivered message, skipping other events.
@@ -198,5 +265,8 @@ pub fn conversation_id(view: &tern_sdk::tern_wire::api::ConversationView) -> Con
 /// A plain HTTPS client trusting the test server's pinned certificate.
 pub fn https(server: &TestServer) -> reqwest::Client {
     let config = server.config(TransportPref::WebSocket);
-    reqwest::Client::builder().use_preconfigured_tls((*config.tls().tcp).clone()).build().expect("https client")
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*config.tls().tcp).clone())
+        .build()
+        .expect("https client")
 }
