@@ -3,8 +3,19 @@
 //! Plain async functions, compiled into the library rather than `cfg(test)`, so that each
 //! backend's test crate runs the very same checks:
 //!
-//! ```ignore
-//! tern_engine::store::conformance::run_all(|| async { open_a_fresh_store().await }).await;
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tern_engine::store::conformance::run_all;
+//! use tern_engine::store::embedded::EmbeddedStore;
+//! let dir = std::env::temp_dir().join("tern-conformance-example");
+//! let counter = std::sync::atomic::AtomicU32::new(0);
+//! run_all(|| async {
+//!     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+//!     EmbeddedStore::open(&dir.join(n.to_string())).expect("a fresh store")
+//! })
+//! .await;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Each `check_*` takes a fresh, empty store, exercises one behaviour of the [`Store`] contract
