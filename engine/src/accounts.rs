@@ -192,11 +192,28 @@ impl Accounts {
         Ok(())
     }
 
+    /// Counts one attempt (login or registration) from `address`; refuses it past the limit.
+    /// Both cost an argon2 hash, so both are limited before any work is done.
+    fn admit_address(&self, address: IpAddr, now: u64) -> Result<(), ServiceError> {
+        let key = address.to_string();
+        let mut by_address = self
+            .by_address
+            .lock()
+            .map_err(|_| ServiceError::poisoned())?;
+        if let Some(wait) = by_address.check(&key, now) {
+            return Err(ServiceError::rate_limited(wait));
+        }
+        by_address.record(&key, now);
+        Ok(())
+    }
+
     pub async fn register(
         &self,
         username: &str,
         password: &str,
+        address: IpAddr,
     ) -> Result<UserRecord, ServiceError> {
+        self.admit_address(address, now_ms())?;
         Self::validate_username(username)?;
         if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len()) {
             return Err(ServiceError::invalid(format!(
@@ -245,17 +262,7 @@ impl Accounts {
     ) -> Result<Session, ServiceError> {
         let now = now_ms();
         let user_key = username.to_lowercase();
-        let address_key = address.to_string();
-        {
-            let mut by_address = self
-                .by_address
-                .lock()
-                .map_err(|_| ServiceError::poisoned())?;
-            if let Some(wait) = by_address.check(&address_key, now) {
-                return Err(ServiceError::rate_limited(wait));
-            }
-            by_address.record(&address_key, now);
-        }
+        self.admit_address(address, now)?;
         {
             let by_username = self
                 .by_username

@@ -28,13 +28,23 @@ pub struct CloseReason {
     pub message: String,
 }
 
+/// Which sequenced message a frame is about, so the connection knows how far each of its
+/// conversations has reached this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracking {
+    /// Not about a sequenced message.
+    None,
+    /// A `Deliver`: dropped by the connection if its resume replay already sent that seq.
+    Deliver(ConversationId, u64),
+    /// A `SendAck`: the device has its own message, never dropped.
+    OwnSend(ConversationId, u64),
+}
+
 /// One encoded server envelope on its way to a connection.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub bytes: Bytes,
-    /// For `Deliver` frames: which message it carries, so the connection can drop a live copy
-    /// of something its resume replay already sent.
-    pub delivery: Option<(ConversationId, u64)>,
+    pub tracking: Tracking,
 }
 
 /// What the driver needs to reach one connection.
@@ -294,34 +304,33 @@ impl Driver {
             }
             Action::Deliver { conns, message } => {
                 let bytes = Bytes::from(tern_wire::encode_server(&message));
-                let delivery = match &*message {
+                let tracking = match &*message {
                     ServerMessage::Deliver { message } => {
                         self.metrics.messages_delivered.inc_by(conns.len() as u64);
-                        Some((message.conversation, message.seq))
+                        Tracking::Deliver(message.conversation, message.seq)
                     }
-                    _ => None,
+                    _ => Tracking::None,
                 };
                 for conn in conns {
                     self.push(
                         conn,
                         Outbound {
                             bytes: bytes.clone(),
-                            delivery,
+                            tracking,
                         },
                         follow_up,
                     );
                 }
             }
             Action::Reply { conn, message } => {
+                let tracking = match &message {
+                    ServerMessage::SendAck {
+                        conversation, seq, ..
+                    } => Tracking::OwnSend(*conversation, *seq),
+                    _ => Tracking::None,
+                };
                 let bytes = Bytes::from(tern_wire::encode_server(&message));
-                self.push(
-                    conn,
-                    Outbound {
-                        bytes,
-                        delivery: None,
-                    },
-                    follow_up,
-                );
+                self.push(conn, Outbound { bytes, tracking }, follow_up);
             }
             Action::Close { conn, code, reason } => self.close(conn, code, reason),
         }

@@ -215,14 +215,17 @@ fn client_ip(parts: &axum::http::Extensions) -> IpAddr {
 }
 
 #[utoipa::path(post, path = "/api/v1/register", request_body = Credentials,
-    responses((status = 201, body = UserView), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 201, body = UserView), (status = 400, body = ApiError), (status = 409, body = ApiError),
+              (status = 429, body = ApiError, headers(("Retry-After" = u64, description = "seconds to wait")))))]
 async fn register(
     State(api): State<Arc<ApiState>>,
-    ApiJson(body): ApiJson<Credentials>,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<UserView>), HttpError> {
+    let ip = client_ip(request.extensions());
+    let ApiJson(body) = ApiJson::<Credentials>::from_request(request, &()).await?;
     let user = api
         .accounts
-        .register(&body.username, &body.password)
+        .register(&body.username, &body.password, ip)
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tern_engine::accounts::{Accounts, hash_token};
 use tern_engine::conversations::Conversations;
 use tern_engine::core::{Input, SendRequest};
-use tern_engine::driver::{CloseReason, ConnSink, EngineHandle, Outbound, now_ms};
+use tern_engine::driver::{CloseReason, ConnSink, EngineHandle, Outbound, Tracking, now_ms};
 use tern_engine::metrics::EngineMetrics;
 use tern_engine::service::ServiceError;
 use tern_engine::store::{HistoryQuery, Store};
@@ -288,12 +288,19 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     /// Writes an engine frame unless it is a live copy of a message already sent.
     async fn write_outbound(&mut self, frame: Outbound) -> Result<(), End> {
         self.ctx.engine_metrics.send_queue_frames.dec();
-        if let Some((conversation, seq)) = frame.delivery {
-            let high = self.delivered.entry(conversation).or_insert(0);
-            if seq <= *high {
-                return Ok(());
+        match frame.tracking {
+            Tracking::Deliver(conversation, seq) => {
+                let high = self.delivered.entry(conversation).or_insert(0);
+                if seq <= *high {
+                    return Ok(());
+                }
+                *high = seq;
             }
-            *high = seq;
+            Tracking::OwnSend(conversation, seq) => {
+                let high = self.delivered.entry(conversation).or_insert(0);
+                *high = (*high).max(seq);
+            }
+            Tracking::None => {}
         }
         self.write(&frame.bytes).await
     }
@@ -349,7 +356,9 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 received = tokio::time::timeout(self.ctx.idle_timeout, self.rx.recv()) => {
                     let received = match received {
                         Ok(received) => received,
-                        Err(_) => return End::fatal(ErrorCode::InvalidArgument, "idle timeout: send pings"),
+                        // Silent for longer than any live client (they ping every ~20 s): the
+                        // peer is gone, so there is nobody to explain this to.
+                        Err(_) => return End::quiet(),
                     };
                     if let Err(end) = self.on_received(conn, received).await {
                         return end;
@@ -408,16 +417,23 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 };
                 self.ctx.engine.send(request).await.map_err(engine_gone)
             }
-            ClientMessage::Ack { conversation, seq } => self
-                .ctx
-                .engine
-                .input(Input::Ack {
-                    conn,
-                    conversation,
-                    seq,
-                })
-                .await
-                .map_err(engine_gone),
+            ClientMessage::Ack { conversation, seq } => {
+                // A device can only acknowledge what it was sent: this keeps cursors of foreign
+                // conversations (or beyond the end) out of the store.
+                let Some(sent) = self.delivered.get(&conversation).copied() else {
+                    return Ok(());
+                };
+                let seq = seq.min(sent);
+                self.ctx
+                    .engine
+                    .input(Input::Ack {
+                        conn,
+                        conversation,
+                        seq,
+                    })
+                    .await
+                    .map_err(engine_gone)
+            }
             ClientMessage::Resume { cursors } => {
                 if cursors.len() > MAX_RESUME_CURSORS {
                     return self
