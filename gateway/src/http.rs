@@ -435,8 +435,14 @@ async fn history(
 
 #[utoipa::path(get, path = "/api/v1/transport",
     responses((status = 200, body = TransportInfo, description = "where to connect and which certificate hashes to pin")))]
-async fn transport(State(api): State<Arc<ApiState>>) -> Json<TransportInfo> {
-    let addr = api.public_addr;
+async fn transport(State(api): State<Arc<ApiState>>, headers: HeaderMap) -> Json<TransportInfo> {
+    // The authority the client used to reach us is the one it can use again (the bound address
+    // may be 0.0.0.0); anything that is not a plain host:port falls back to the bound address.
+    let addr = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.parse::<axum::http::uri::Authority>().is_ok() && !h.contains('@'))
+        .map_or_else(|| api.public_addr.to_string(), str::to_owned);
     let active = api.certs.active();
     Json(TransportInfo {
         webtransport_url: format!("https://{addr}{}", crate::wt::WT_PATH),

@@ -158,14 +158,14 @@ async fn refuse<W: FrameSend>(
     }
 }
 
-type Authenticated = (UserId, DeviceId, [u8; 32], Vec<Cursor>);
-
-async fn authenticate(
+/// Turns what the transport delivered into a verified client message, or the reason to end
+/// the session (every failure here is fatal: the stream can no longer be trusted).
+fn decode_received(
     ctx: &SessionContext,
     transport: Transport,
-    first: Received,
-) -> Result<Authenticated, End> {
-    let bytes = match first {
+    received: Received,
+) -> Result<ClientMessage, End> {
+    let bytes = match received {
         Received::Frame(bytes) => bytes,
         Received::TooLarge { size } => {
             return Err(End::fatal(
@@ -180,8 +180,17 @@ async fn authenticate(
         .frames_in
         .get_or_create(&transport.labels())
         .inc();
-    let message = tern_wire::decode_client(&bytes, &ctx.limits)
-        .map_err(|e| End::fatal(e.code(), e.to_string()))?;
+    tern_wire::decode_client(&bytes, &ctx.limits).map_err(|e| End::fatal(e.code(), e.to_string()))
+}
+
+type Authenticated = (UserId, DeviceId, [u8; 32], Vec<Cursor>);
+
+async fn authenticate(
+    ctx: &SessionContext,
+    transport: Transport,
+    first: Received,
+) -> Result<Authenticated, End> {
+    let message = decode_received(ctx, transport, first)?;
     let ClientMessage::Hello {
         min_version,
         max_version,
@@ -369,24 +378,7 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     }
 
     async fn on_received(&mut self, conn: u64, received: Received) -> Result<(), End> {
-        let bytes = match received {
-            Received::Frame(bytes) => bytes,
-            Received::TooLarge { size } => {
-                return Err(End::fatal(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame of {size} bytes exceeds the limit"),
-                ));
-            }
-            Received::Malformed(why) => return Err(End::fatal(ErrorCode::MalformedFrame, why)),
-            Received::Closed => return Err(End::quiet()),
-        };
-        self.ctx
-            .metrics
-            .frames_in
-            .get_or_create(&self.transport.labels())
-            .inc();
-        let message = tern_wire::decode_client(&bytes, &self.ctx.limits)
-            .map_err(|e| End::fatal(e.code(), e.to_string()))?;
+        let message = decode_received(self.ctx, self.transport, received)?;
         self.dispatch(conn, message).await
     }
 

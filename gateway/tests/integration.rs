@@ -265,14 +265,7 @@ async fn group_of_five_delivers_to_every_online_member(transport: TransportPref)
 
 async fn offline_member_gets_missed_messages_in_order(transport: TransportPref) {
     let server = TestServer::start().await;
-    let alice = user(&server, "alice").await;
-    let bob = user(&server, "bob").await;
-    let conversation = alice
-        .http
-        .create_direct("bob")
-        .await
-        .expect("dm")
-        .conversation_id;
+    let (alice, bob, conversation) = alice_and_bob(&server).await;
     let bob_device = DeviceId::random();
     // Bob reads the first message, acknowledges it, and goes offline.
     let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
@@ -283,7 +276,10 @@ async fn offline_member_gets_missed_messages_in_order(transport: TransportPref) 
         .expect("send");
     let first = next_message(&mut bob_conn).await;
     // Acknowledging beyond what was delivered only moves the cursor to what was delivered.
-    bob_conn.ack(conversation, first.seq + 1000).await.expect("ack");
+    bob_conn
+        .ack(conversation, first.seq + 1000)
+        .await
+        .expect("ack");
     bob_conn
         .ping()
         .await
@@ -332,14 +328,7 @@ async fn offline_member_gets_missed_messages_in_order(transport: TransportPref) 
 
 async fn a_new_device_replays_a_long_history_from_the_start(transport: TransportPref) {
     let server = TestServer::start().await;
-    let alice = user(&server, "alice").await;
-    let bob = user(&server, "bob").await;
-    let conversation = alice
-        .http
-        .create_direct("bob")
-        .await
-        .expect("dm")
-        .conversation_id;
+    let (alice, bob, conversation) = alice_and_bob(&server).await;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     // More than one replay page (256), sent in concurrent waves.
     let total = 600u128;
@@ -361,14 +350,7 @@ async fn a_new_device_replays_a_long_history_from_the_start(transport: Transport
 
 async fn shutdown_tells_clients_to_go_away_and_restart_resumes(transport: TransportPref) {
     let mut server = TestServer::start().await;
-    let alice = user(&server, "alice").await;
-    let bob = user(&server, "bob").await;
-    let conversation = alice
-        .http
-        .create_direct("bob")
-        .await
-        .expect("dm")
-        .conversation_id;
+    let (alice, bob, conversation) = alice_and_bob(&server).await;
     let bob_device = DeviceId::random();
     let (mut bob_conn, _) = connect_synced(&server, transport, &bob, bob_device).await;
     server.terminate().await;
@@ -408,14 +390,7 @@ async fn shutdown_tells_clients_to_go_away_and_restart_resumes(transport: Transp
 
 async fn resending_a_client_message_id_yields_one_message(transport: TransportPref) {
     let server = TestServer::start().await;
-    let alice = user(&server, "alice").await;
-    let _bob = user(&server, "bob").await;
-    let conversation = alice
-        .http
-        .create_direct("bob")
-        .await
-        .expect("dm")
-        .conversation_id;
+    let (alice, _bob, conversation) = alice_and_bob(&server).await;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let id = 0xfeed_beef_u128;
     // Concurrent copies (in flight together) and a later retry all map to one message.
@@ -458,14 +433,7 @@ async fn resending_a_client_message_id_yields_one_message(transport: TransportPr
 
 async fn acknowledged_messages_survive_kill_9(transport: TransportPref) {
     let mut server = TestServer::start().await;
-    let alice = user(&server, "alice").await;
-    let _bob = user(&server, "bob").await;
-    let conversation = alice
-        .http
-        .create_direct("bob")
-        .await
-        .expect("dm")
-        .conversation_id;
+    let (alice, _bob, conversation) = alice_and_bob(&server).await;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let mut acked = BTreeMap::new();
     // Waves of concurrent sends; the server is killed while the fourth wave is in flight.
@@ -541,14 +509,7 @@ async fn acknowledged_messages_survive_kill_9(transport: TransportPref) {
 
 async fn bad_frames_get_an_error_and_a_close_while_others_keep_working(transport: TransportPref) {
     let server = TestServer::start().await;
-    let alice = user(&server, "alice").await;
-    let bob = user(&server, "bob").await;
-    let conversation = alice
-        .http
-        .create_direct("bob")
-        .await
-        .expect("dm")
-        .conversation_id;
+    let (alice, bob, conversation) = alice_and_bob(&server).await;
     let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let (mut bob_conn, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
     let config = server.config(transport);
@@ -703,6 +664,30 @@ async fn non_members_can_neither_read_nor_write(transport: TransportPref) {
 }
 
 #[tokio::test]
+async fn login_attempts_are_limited_per_address() {
+    let server = TestServer::start_with(&["login_attempts_per_address = 4"]).await;
+    let mut http = server.http();
+    // Spreading guesses over many usernames does not get around the per-address limit.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        match http.login(&format!("nobody{i}"), "whatever-password").await {
+            Err(Error::Api(f)) => statuses.push(f.status),
+            other => panic!("unexpected login result: {other:?}"),
+        }
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 429, 429]);
+    // Registration costs an argon2 hash too, so it counts against the same limit.
+    let error = http
+        .register("newcomer", PASSWORD)
+        .await
+        .expect_err("limited");
+    assert!(
+        matches!(&error, Error::Api(f) if f.status == 429 && f.retry_after.is_some()),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn plain_http_gets_no_http_response() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start().await;
@@ -778,14 +763,7 @@ async fn operations_endpoints_and_openapi_document() {
     }
 
     // Generate some traffic, then read the metrics.
-    let alice = user(&server, "alice").await;
-    let _bob = user(&server, "bob").await;
-    let conversation = alice
-        .http
-        .create_direct("bob")
-        .await
-        .expect("dm")
-        .conversation_id;
+    let (alice, _bob, conversation) = alice_and_bob(&server).await;
     let (conn, _) = connect_synced(
         &server,
         TransportPref::WebSocket,

@@ -270,3 +270,16 @@ pub fn https(server: &TestServer) -> reqwest::Client {
         .build()
         .expect("https client")
 }
+
+/// Alice and Bob, registered and logged in, with their 1:1 conversation.
+pub async fn alice_and_bob(server: &TestServer) -> (TestUser, TestUser, ConversationId) {
+    let alice = user(server, "alice").await;
+    let bob = user(server, "bob").await;
+    let conversation = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
+    (alice, bob, conversation)
+}
