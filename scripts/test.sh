@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test of the project: unit, conformance, simulation and integration tests against a
-# real `tern` server over real TLS sockets (both transports). Needs no running services.
+# Runs every test of the project: unit, conformance and integration tests against a real `tern`
+# server over real TLS sockets (both transports), the load generator's smoke run, and the peer
+# adapters against real Socket.IO and Centrifugo servers (installed here from npm and the Go
+# module proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== peer servers for the comparison adapters' tests"
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+npm ci --prefix bench/peers/socketio --no-audit --no-fund --loglevel=error
+bash bench/peers/centrifugo/install.sh
+
+echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${TERN_TEST_THREADS:-2}"

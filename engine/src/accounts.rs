@@ -6,15 +6,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tern_wire::ids::UserId;
 use tern_wire::msg::ErrorCode;
 
 use crate::driver::now_ms;
+use crate::hash_pool::HashPool;
+use crate::password;
 use crate::service::ServiceError;
 use crate::store::{Store, StoreError, TokenRecord, UserRecord};
 
@@ -34,6 +33,10 @@ pub struct AccountLimits {
     pub window: Duration,
     /// Upper bound on tracked usernames/addresses; the limiter forgets expired entries first.
     pub max_tracked_keys: usize,
+    /// Threads hashing passwords (each holds one 19 MiB argon2 block); default: one per core.
+    pub hash_threads: usize,
+    /// Hash jobs waiting for a thread before registrations and logins get `RateLimited`.
+    pub hash_queue: usize,
 }
 
 impl Default for AccountLimits {
@@ -44,6 +47,8 @@ impl Default for AccountLimits {
             attempts_per_address: 30,
             window: Duration::from_secs(60),
             max_tracked_keys: 100_000,
+            hash_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            hash_queue: 256,
         }
     }
 }
@@ -116,6 +121,8 @@ pub struct Accounts {
     /// Verified against when the username does not exist, so that a login for an unknown user
     /// costs the same time as a wrong password (no user enumeration by timing).
     dummy_hash: String,
+    /// Where every argon2 hash runs (bounded threads, memory and queue).
+    hasher: HashPool,
 }
 
 /// A successful login.
@@ -127,11 +134,9 @@ pub struct Session {
     pub expires_ms: u64,
 }
 
-fn argon2id() -> Argon2<'static> {
-    // OWASP's first recommended argon2id setting: 19 MiB, 2 iterations, 1 lane.
-    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-}
+/// A valid argon2id hash (same parameters as real ones) of a random password nobody knows:
+/// logins for unknown users verify against it, costing the same time as a wrong password.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$/8UJqUV9A2txzSKPzSfptg$tos1kg+r+O5EJZjMUhCm6kawOHi3cOuTXpEhqBq3wjA";
 
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -142,21 +147,8 @@ fn internal(e: StoreError) -> ServiceError {
     ServiceError::new(ErrorCode::Internal, "storage error")
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ServiceError::new(ErrorCode::Internal, "worker failed"))
-}
-
 impl Accounts {
     pub fn new(store: Arc<dyn Store>, limits: AccountLimits) -> Result<Self, ServiceError> {
-        let salt = SaltString::generate(&mut OsRng);
-        let dummy_hash = argon2id()
-            .hash_password(b"tern-dummy-password", &salt)
-            .map_err(|_| ServiceError::new(ErrorCode::Internal, "argon2 unavailable"))?
-            .to_string();
         Ok(Accounts {
             by_username: Mutex::new(RateLimiter::new(
                 limits.failures_per_username,
@@ -168,9 +160,10 @@ impl Accounts {
                 limits.window,
                 limits.max_tracked_keys,
             )),
+            hasher: HashPool::new(limits.hash_threads, limits.hash_queue)?,
             store,
             limits,
-            dummy_hash,
+            dummy_hash: DUMMY_HASH.to_owned(),
         })
     }
 
@@ -230,14 +223,11 @@ impl Accounts {
             return Err(ServiceError::new(ErrorCode::Conflict, "username is taken"));
         }
         let password = password.to_owned();
-        let hash = blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            argon2id()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await?
-        .map_err(|_| ServiceError::new(ErrorCode::Internal, "password hashing failed"))?;
+        let hash = self
+            .hasher
+            .run(move || password::hash(&password))
+            .await?
+            .map_err(|_| ServiceError::new(ErrorCode::Internal, "password hashing failed"))?;
         let user = UserRecord {
             id: UserId::random(),
             username: username.to_owned(),
@@ -280,16 +270,10 @@ impl Accounts {
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let candidate = password.to_owned();
-        let verified = blocking(move || {
-            PasswordHash::new(&stored_hash)
-                .map(|parsed| {
-                    argon2id()
-                        .verify_password(candidate.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await?;
+        let verified = self
+            .hasher
+            .run(move || password::verify(&candidate, &stored_hash))
+            .await?;
         let user = match (user, verified) {
             (Some(user), true) => user,
             _ => {
@@ -404,6 +388,17 @@ mod tests {
             limiter.record(&format!("key{i}"), i);
             assert!(limiter.tracked() <= 50);
         }
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_costs() {
+        let parsed = argon2::password_hash::PasswordHash::new(DUMMY_HASH).expect("valid PHC");
+        let params = argon2::Params::try_from(&parsed).expect("argon2 params");
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (password::MEMORY_KIB, password::ITERATIONS, password::LANES)
+        );
+        assert!(!password::verify("", DUMMY_HASH));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Where the server is, how to trust it, and the client's timeouts and limits.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,11 @@ pub struct Config {
     /// Ping the server this often and drop the connection when a Pong does not come back
     /// within `request_timeout`: detects silently dead paths. `None` disables it.
     pub heartbeat_interval: Option<Duration>,
+    /// Local address the real-time connection originates from (WebSocket: the TCP socket is
+    /// bound to it before connecting; WebTransport: the QUIC endpoint's UDP socket). `None` lets
+    /// the OS choose. A load generator spreads connections over 127.0.0.0/8 with it, because one
+    /// source address has only ~28k ephemeral ports. The HTTPS API does not use it.
+    pub bind_address: Option<IpAddr>,
 }
 
 impl Config {
@@ -73,11 +79,17 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             heartbeat_interval: Some(Duration::from_secs(20)),
+            bind_address: None,
         })
     }
 
     pub fn with_transport(mut self, transport: TransportPref) -> Self {
         self.transport = transport;
+        self
+    }
+
+    pub fn with_bind_address(mut self, address: Option<IpAddr>) -> Self {
+        self.bind_address = address;
         self
     }
 

@@ -210,25 +210,101 @@ impl Drop for PendingGuard<'_> {
 }
 
 /// An authenticated connection. See the module docs for the task and queue structure.
+///
+/// [`Connection::split`] separates it into a [`ConnectionSender`] (cloneable, usable from many
+/// tasks at once) and an [`EventStream`], for applications that send and receive in different
+/// tasks.
 pub struct Connection {
-    out: mpsc::Sender<Outgoing>,
-    events: mpsc::Receiver<Event>,
-    shared: Arc<Shared>,
-    welcome: Welcome,
-    kind: TransportKind,
-    request_timeout: Duration,
-    max_out_frame: usize,
-    reader: JoinHandle<()>,
-    writer: Option<JoinHandle<()>>,
-    heartbeat: Option<JoinHandle<()>>,
+    sender: ConnectionSender,
+    events: EventStream,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
+            .field("welcome", &self.sender.welcome)
+            .field("kind", &self.sender.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sending half of a [`Connection`]: requests, sends, acks, pings. Cheap to clone; every
+/// method takes `&self`, so many tasks can send at once (frames are queued whole, in call order,
+/// to the one writer task).
+#[derive(Clone)]
+pub struct ConnectionSender {
+    out: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+    welcome: Arc<Welcome>,
+    kind: TransportKind,
+    request_timeout: Duration,
+    max_out_frame: usize,
+    tasks: Arc<Tasks>,
+}
+
+impl std::fmt::Debug for ConnectionSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSender")
             .field("welcome", &self.welcome)
             .field("kind", &self.kind)
             .finish_non_exhaustive()
+    }
+}
+
+/// The receiving half of a [`Connection`]: server events in arrival order.
+pub struct EventStream {
+    events: mpsc::Receiver<Event>,
+    // Keeps the tasks alive while only the receiving half remains.
+    _tasks: Arc<Tasks>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    /// The next server event; `None` after `Event::Closed` has been returned.
+    /// Cancel-safe (an mpsc receive).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is already queued (never waits).
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+}
+
+/// The connection's tasks, shared by both halves. When the last half is dropped the connection
+/// ends: the reader may be parked in a read, so it is stopped here; the heartbeat holds a sender,
+/// which would keep the writer alive, so it is stopped too. The writer then ends by itself once
+/// every `out` sender is gone, closing the transport on the way.
+struct Tasks {
+    shared: Arc<Shared>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    fn abort_all(&self) {
+        self.reader.abort();
+        self.writer.abort();
+        if let Some(h) = &self.heartbeat {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.reader.abort();
+        if let Some(h) = &self.heartbeat {
+            h.abort();
+        }
+        self.shared.close(CloseReason::Local);
     }
 }
 
@@ -346,20 +422,126 @@ impl Connection {
         } else {
             config.max_frame_bytes.min(server_max)
         };
-        Connection {
-            out: out_tx,
-            events: ev_rx,
-            shared,
-            welcome,
-            kind,
-            request_timeout: config.request_timeout,
-            max_out_frame,
+        let tasks = Arc::new(Tasks {
+            shared: shared.clone(),
             reader,
-            writer: Some(writer),
+            writer,
             heartbeat,
+        });
+        Connection {
+            sender: ConnectionSender {
+                out: out_tx,
+                shared,
+                welcome: Arc::new(welcome),
+                kind,
+                request_timeout: config.request_timeout,
+                max_out_frame,
+                tasks: tasks.clone(),
+            },
+            events: EventStream {
+                events: ev_rx,
+                _tasks: tasks,
+            },
         }
     }
 
+    /// Separates the sending half (cloneable) from the event stream. The connection stays up
+    /// while either half exists; dropping both ends it, like dropping the `Connection`.
+    pub fn split(self) -> (ConnectionSender, EventStream) {
+        (self.sender, self.events)
+    }
+
+    /// The sending half, for sharing with other tasks while keeping the event stream here.
+    pub fn sender(&self) -> &ConnectionSender {
+        &self.sender
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        self.sender.welcome()
+    }
+
+    pub fn transport_kind(&self) -> TransportKind {
+        self.sender.transport_kind()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.sender.close_reason()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// The next server event; `None` after `Event::Closed` has been returned.
+    /// Cancel-safe (an mpsc receive).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.next_event().await
+    }
+
+    /// Sends a message and waits until the server has stored it (its `SendAck`).
+    ///
+    /// Retrying with the same `client_msg_id` is safe: the server answers `duplicate: true`
+    /// with the original seq instead of storing it twice.
+    pub async fn send(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: u128,
+        content_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<SendReceipt> {
+        self.sender
+            .send(conversation, client_msg_id, content_type, payload)
+            .await
+    }
+
+    /// Advances this device's stored cursor (fire-and-forget).
+    pub async fn ack(&self, conversation: ConversationId, seq: u64) -> Result<()> {
+        self.sender.ack(conversation, seq).await
+    }
+
+    /// Re-runs resume after these positions; replay and `SyncComplete` arrive as events.
+    pub async fn resume(&self, cursors: &[Cursor]) -> Result<()> {
+        self.sender.resume(cursors).await
+    }
+
+    /// History over the socket: seq in `(after_seq, before_seq)`, 0 meaning unbounded.
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        before_seq: u64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<HistoryPage> {
+        self.sender
+            .history(conversation, before_seq, after_seq, limit)
+            .await
+    }
+
+    /// Round trip to the server.
+    pub async fn ping(&self) -> Result<Duration> {
+        self.sender.ping().await
+    }
+
+    /// Sends a request built with a fresh `request_id` and waits for the reply that carries it.
+    /// An `Error` reply becomes `Error::Server`. The building block for requests this type has
+    /// no dedicated method for (CreateConversation, Invite, React, ClaimKeys, ...).
+    pub async fn request(&self, build: impl FnOnce(u64) -> ClientMessage) -> Result<ServerMessage> {
+        self.sender.request(build).await
+    }
+
+    /// Encodes and queues a message without waiting for any answer (Typing, SetPresence, ...).
+    pub async fn send_message(&self, msg: &ClientMessage) -> Result<()> {
+        self.sender.send_message(msg).await
+    }
+
+    /// Flushes queued frames, closes the transport gracefully and stops the tasks.
+    pub async fn close(self) {
+        self.sender.close().await;
+    }
+}
+
+impl ConnectionSender {
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
     }
@@ -375,12 +557,6 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         self.shared.reason().is_some()
-    }
-
-    /// The next server event; `None` after `Event::Closed` has been returned.
-    /// Cancel-safe (an mpsc receive).
-    pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
     }
 
     /// Sends a message and waits until the server has stored it (its `SendAck`).
@@ -556,37 +732,20 @@ impl Connection {
             .map_err(|_| self.closed_error())
     }
 
-    /// Flushes queued frames, closes the transport gracefully and stops the tasks.
-    pub async fn close(mut self) {
+    /// Flushes queued frames, closes the transport gracefully and stops the tasks. Other clones
+    /// of this sender see the connection closed (`CloseReason::Local`); the event stream ends
+    /// with `Event::Closed`.
+    pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.out.send(Outgoing::Close(tx)).await.is_ok() {
             let _ = tokio::time::timeout(CLOSE_GRACE, rx).await;
         }
         self.shared.close(CloseReason::Local);
-        self.reader.abort();
-        if let Some(w) = self.writer.take() {
-            w.abort();
-        }
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
+        self.tasks.abort_all();
     }
 
     fn closed_error(&self) -> Error {
         Error::Closed(self.shared.reason().unwrap_or(CloseReason::Local))
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        // The writer ends by itself once `out` is dropped (it closes the transport on the way);
-        // the reader may be parked in a read, so stop it here. The heartbeat holds a sender,
-        // which would keep the writer alive: stop it too.
-        self.reader.abort();
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
-        self.shared.close(CloseReason::Local);
     }
 }
 

@@ -24,7 +24,8 @@ pub mod transport;
 pub use client::{Client, ClientEvent, SkipReason};
 pub use config::{Config, DEFAULT_MAX_FRAME_BYTES, TransportPref};
 pub use connection::{
-    Connection, EVENT_QUEUE, Event, HistoryPage, OUTGOING_QUEUE, SendReceipt, Welcome,
+    Connection, ConnectionSender, EVENT_QUEUE, Event, EventStream, HistoryPage, OUTGOING_QUEUE,
+    SendReceipt, Welcome,
 };
 pub use error::{ApiFailure, CloseReason, Error, Result};
 pub use http::{HistoryQuery, HttpApi, message_from_view};

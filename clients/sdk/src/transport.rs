@@ -124,13 +124,30 @@ impl Transport {
             .max_message_size(Some(config.max_frame_bytes))
             .max_frame_size(Some(config.max_frame_bytes));
         let connector = Connector::Rustls(config.tls().tcp.clone());
-        let fut = tokio_tungstenite::connect_async_tls_with_config(
-            config.websocket_url(),
-            Some(ws_config),
-            true, // small frames: disable Nagle so they leave at once
-            Some(connector),
-        );
-        let (ws, _response) = tokio::time::timeout(config.connect_timeout, fut)
+        let connect = async {
+            match config.bind_address {
+                None => {
+                    tokio_tungstenite::connect_async_tls_with_config(
+                        config.websocket_url(),
+                        Some(ws_config),
+                        true, // small frames: disable Nagle so they leave at once
+                        Some(connector),
+                    )
+                    .await
+                }
+                Some(local) => {
+                    let tcp = connect_tcp_from(local, config.authority()).await?;
+                    tokio_tungstenite::client_async_tls_with_config(
+                        config.websocket_url(),
+                        tcp,
+                        Some(ws_config),
+                        Some(connector),
+                    )
+                    .await
+                }
+            }
+        };
+        let (ws, _response) = tokio::time::timeout(config.connect_timeout, connect)
             .await
             .map_err(|_| Error::Timeout("WebSocket connect"))??;
         let (sink, stream) = ws.split();
@@ -150,7 +167,9 @@ impl Transport {
             |what: &str, e: &dyn std::fmt::Display| Error::WebTransport(format!("{what}: {e}"));
         let build = |bind_v4: bool| -> Result<wtransport::ClientConfig> {
             let b = wtransport::ClientConfig::builder();
-            let b = if bind_v4 {
+            let b = if let Some(local) = config.bind_address {
+                b.with_bind_address(std::net::SocketAddr::new(local, 0))
+            } else if bind_v4 {
                 b.with_bind_address(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
             } else {
                 b.with_bind_default()
@@ -162,8 +181,10 @@ impl Transport {
                 .build())
         };
         // Dual-stack first; hosts with IPv6 disabled cannot bind [::], so retry on IPv4 only.
+        // An explicit bind address is used as given (no fallback).
         let endpoint = match wtransport::Endpoint::client(build(false)?) {
             Ok(e) => e,
+            Err(e) if config.bind_address.is_some() => return Err(wt_err("bind", &e)),
             Err(_) => wtransport::Endpoint::client(build(true)?).map_err(|e| wt_err("bind", &e))?,
         };
         let session = async {
@@ -244,6 +265,42 @@ impl Transport {
     pub fn into_split(self) -> (FrameWriter, FrameReader) {
         (self.writer, self.reader)
     }
+}
+
+/// TCP connection to `authority` (`host:port`) from the local address `local` (any port).
+/// Tries every resolved address of `local`'s family in turn, like `TcpStream::connect` does.
+async fn connect_tcp_from(
+    local: std::net::IpAddr,
+    authority: &str,
+) -> std::result::Result<TcpStream, tungstenite::Error> {
+    let mut last_err = None;
+    for remote in tokio::net::lookup_host(authority).await? {
+        if remote.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if remote.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(remote).await {
+            Ok(stream) => {
+                // Small frames: disable Nagle so they leave at once.
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err
+        .unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{authority} has no address of the bind address's family ({local})"),
+            )
+        })
+        .into())
 }
 
 impl FrameWriter {

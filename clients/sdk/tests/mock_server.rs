@@ -188,7 +188,7 @@ impl Peer {
         match self {
             Peer::Ws(ws) => {
                 let _ = ws.send(WsMessage::Close(None)).await;
-                let _ = SinkExt::close(ws).await;
+                let _ = SinkExt::close(ws.as_mut()).await;
             }
             Peer::Wt { send, _conn, .. } => {
                 // Closing the session at once would discard the unacknowledged tail of the
@@ -868,6 +868,138 @@ async fn late_send_ack_is_not_a_gap() {
             }]
         );
         client.close().await;
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(server_side, client_side)
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// `bind_address` picks the source address, and a split connection sends from several tasks
+/// while its event stream is read elsewhere.
+async fn split_with_bind_address(kind: TransportPref) {
+    let server = MockServer::start(kind == TransportPref::WebTransport).await;
+    let mut config = server.config(kind);
+    let source: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    config.bind_address = Some(source);
+    let server_side = async {
+        let (mut peer, remote) = if kind == TransportPref::WebTransport {
+            let endpoint = server.wt.as_ref().expect("wt enabled");
+            let request = endpoint.accept().await.await.expect("incoming session");
+            let conn = request.accept().await.expect("session");
+            let remote = conn.remote_address().ip();
+            let (send, recv) = conn.accept_bi().await.expect("bi stream");
+            let peer = Peer::Wt {
+                send,
+                recv,
+                decoder: tern_wire::framing::FrameDecoder::new(64 * 1024),
+                _conn: conn,
+            };
+            (peer, remote)
+        } else {
+            let (tcp, remote) = server.tcp.accept().await.expect("accept");
+            let tls = server.tls.accept(tcp).await.expect("tls accept");
+            let ws = tokio_tungstenite::accept_async(tls)
+                .await
+                .expect("ws accept");
+            (Peer::Ws(Box::new(ws)), remote.ip())
+        };
+        assert_eq!(remote, source, "the connection comes from the bind address");
+        peer.welcome().await;
+        // Two sends from two tasks: answer both, with a delivery in between.
+        let mut ids = Vec::new();
+        while ids.len() < 2 {
+            match peer.recv_non_ack().await {
+                ClientMessage::Send {
+                    request_id,
+                    client_msg_id,
+                    ..
+                } => ids.push((request_id, client_msg_id)),
+                ClientMessage::Ping { nonce } => peer.send(ServerMessage::Pong { nonce }).await,
+                other => panic!("expected Send, got {other:?}"),
+            }
+        }
+        peer.send(ServerMessage::Deliver {
+            message: msg(5, BOB),
+        })
+        .await;
+        for (i, (request_id, client_msg_id)) in ids.into_iter().enumerate() {
+            peer.send(ack_for(request_id, client_msg_id, 6 + i as u64))
+                .await;
+        }
+        match peer.recv_non_ack().await {
+            ClientMessage::Ping { nonce } => peer.send(ServerMessage::Pong { nonce }).await,
+            other => panic!("expected Ping, got {other:?}"),
+        }
+        peer.close().await;
+    };
+    let client_side = async {
+        let conn = Connection::connect(&config, "tok", DEV, &[])
+            .await
+            .expect("connect");
+        let (sender, mut events) = conn.split();
+        let other = sender.clone();
+        let first = tokio::spawn(async move { other.send(C, 1, "text", b"a".to_vec()).await });
+        let second = sender.send(C, 2, "text", b"b".to_vec());
+        let (first, second) = tokio::join!(first, second);
+        let mut seqs = vec![
+            first.expect("task").expect("first send").seq,
+            second.expect("second send").seq,
+        ];
+        seqs.sort();
+        assert_eq!(seqs, vec![6, 7]);
+        match events.next_event().await {
+            Some(Event::Deliver(m)) => assert_eq!(m.seq, 5),
+            other => panic!("unexpected {other:?}"),
+        }
+        sender.ack(C, 5).await.expect("ack");
+        sender.ping().await.expect("pong");
+        match events.next_event().await {
+            Some(Event::Closed(CloseReason::ClosedByServer)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(sender.is_closed());
+        assert!(sender.send(C, 3, "text", b"late".to_vec()).await.is_err());
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(server_side, client_side)
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn websocket_split_with_bind_address() {
+    split_with_bind_address(TransportPref::WebSocket).await;
+}
+
+#[tokio::test]
+async fn webtransport_split_with_bind_address() {
+    split_with_bind_address(TransportPref::WebTransport).await;
+}
+
+/// Dropping both halves ends the connection: the server sees it close.
+#[tokio::test]
+async fn dropping_both_halves_closes() {
+    let server = MockServer::start(false).await;
+    let config = server.config(TransportPref::WebSocket);
+    let server_side = async {
+        let mut peer = server.accept_ws().await;
+        peer.welcome().await;
+        assert!(peer.recv_frame().await.is_none(), "closed after the drop");
+    };
+    let client_side = async {
+        let conn = Connection::connect(&config, "tok", DEV, &[])
+            .await
+            .expect("connect");
+        let (sender, events) = conn.split();
+        let clone = sender.clone();
+        drop(sender);
+        drop(events);
+        // A clone keeps the connection; dropping it too ends it.
+        assert!(!clone.is_closed());
+        drop(clone);
     };
     tokio::time::timeout(Duration::from_secs(20), async {
         tokio::join!(server_side, client_side)

@@ -1,0 +1,594 @@
+//! Command line and scenario files.
+//!
+//! A scenario file is TOML whose keys are the long flags of the scenario's subcommand
+//! (`group_sizes` or `group-sizes`), plus `kind` naming the subcommand. It is expanded into
+//! flags placed before the ones typed on the command line, and every flag overrides earlier
+//! occurrences of itself, so the command line wins over the file. Repeatable flags
+//! (`cert_hash`, `server_pid`) take a TOML array and accumulate.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::population::GroupMix;
+use crate::protocol::{TargetKind, TargetSpec};
+use crate::run::{Common, Scenario};
+use crate::schedule::ScheduleKind;
+use crate::util::parse_duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("scenario file {0}: {1}")]
+    ScenarioFile(String, String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tern-loadgen",
+    version,
+    about = "Load generator for Tern and its peers: connect, chat, fan-out and reconnect \
+             scenarios with exact loss/duplicate/order accounting, HdrHistogram latencies, \
+             /proc sampling, a JSON report and an SVG latency plot.",
+    after_help = "Scenario files: `tern-loadgen run --scenario FILE` or `tern-loadgen chat \
+                  --scenario FILE [flags]`; see loadgen/REPORT.md. Exit status: 0 pass, 1 the \
+                  run failed its checks (loss, duplicates, ...), 2 the run could not be done."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ramp N connections at R per second, hold them, report connect times and failures.
+    #[command(args_override_self = true)]
+    Connect(ConnectArgs),
+    /// N users in conversations of mixed sizes sending M msg/s in total (open loop).
+    #[command(args_override_self = true)]
+    Chat(ChatArgs),
+    /// Groups of size K; the rate steps up until p99 delivery exceeds a threshold or
+    /// deliveries fall behind; reports the highest sustained deliveries per second.
+    #[command(args_override_self = true)]
+    Fanout(FanoutArgs),
+    /// Chat traffic; X% of the connections drop at once and must resume and catch up.
+    #[command(args_override_self = true)]
+    Reconnect(ReconnectArgs),
+    /// Runs the scenario a file describes (its `kind` key names the scenario).
+    Run(RunArgs),
+    /// A worker process (started by the coordinator; not for direct use).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML scenario file (`kind = "chat"` plus flags as keys).
+    #[arg(long)]
+    pub scenario: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub plan: PathBuf,
+}
+
+/// Source addresses: a comma list of addresses and IPv4 ranges (`127.0.0.1-127.0.0.8`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceAddrs(pub Vec<IpAddr>);
+
+pub fn parse_source_addrs(s: &str) -> Result<SourceAddrs, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+            let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if b < a || b - a >= 65_536 {
+                return Err(format!("bad range {part:?}"));
+            }
+            out.extend((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))));
+        } else {
+            out.push(part.parse().map_err(|e| format!("{part:?}: {e}"))?);
+        }
+    }
+    if out.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(SourceAddrs(out))
+}
+
+fn parse_mix(s: &str) -> Result<GroupMix, String> {
+    s.parse()
+        .map_err(|e: crate::population::PopulationError| e.to_string())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// System under test.
+    #[arg(long, value_enum, default_value = "tern-ws")]
+    pub target: TargetKind,
+    /// Server address, host:port.
+    #[arg(long)]
+    pub server: String,
+    /// Pin the server certificate by SHA-256 (hex, as the server prints it). Repeatable.
+    #[arg(long)]
+    pub cert_hash: Vec<String>,
+    /// Trust the server certificate through this CA (PEM) instead of a pin.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Where setup state (accounts, tokens, conversation ids) is cached between runs.
+    /// Default: $TMPDIR/tern-loadgen.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Do not cache setup state: register a fresh population.
+    #[arg(long)]
+    pub no_state: bool,
+    /// Worker processes. Default: in-process when the connections fit this process's
+    /// open-file limit, else as many as needed. 0: always in-process.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Local source addresses, e.g. 127.0.0.1-127.0.0.8 or 127.0.0.1,127.0.0.2 (user i uses
+    /// the (i mod n)-th). Default: chosen by the OS.
+    #[arg(long, value_parser = parse_source_addrs)]
+    pub source_addrs: Option<SourceAddrs>,
+    /// Payload size in bytes (a 32-byte header plus padding; at least 32).
+    #[arg(long, default_value_t = 128)]
+    pub payload_bytes: usize,
+    /// Seed of the population and the schedules.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// After the last send settled, wait at most this long for outstanding deliveries.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain: Duration,
+    /// Initial connections started per second (all workers together; not for `connect`, which
+    /// has --ramp).
+    #[arg(long, default_value_t = 1000.0)]
+    pub connect_rate: f64,
+    /// Connection attempts in flight at once, per worker.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Attempts per user for its first connection (default 1 for `connect`, else 3).
+    #[arg(long)]
+    pub connect_attempts: Option<u32>,
+    /// Connect (TCP/QUIC + TLS + Hello) timeout.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub connect_timeout: Duration,
+    /// How long a send waits for its acknowledgement before it is retried.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub request_timeout: Duration,
+    /// Setup requests (registrations: argon2id on the server) in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub setup_concurrency: usize,
+    /// Server process to sample (CPU, RSS) from /proc; repeatable or comma-separated (summed).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Write the JSON report here (schema: loadgen/REPORT.md).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write the latency-percentile plot (SVG) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Free text stored in the report (e.g. which RESULTS.md row this is).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// TOML scenario file whose keys are defaults for these flags.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Connections (one user each).
+    #[arg(long, alias = "users", default_value_t = 1000)]
+    pub connections: usize,
+    /// Connections started per second.
+    #[arg(long, default_value_t = 500.0)]
+    pub ramp: f64,
+    /// How long to hold them once all are up.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub hold: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Conversation sizes as size:percent-of-users.
+    #[arg(long, value_parser = parse_mix, default_value = "2:60,5:30,50:10")]
+    pub group_sizes: GroupMix,
+    /// Messages per second, all users together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    #[arg(long, value_enum, default_value = "poisson")]
+    pub schedule: ScheduleKind,
+}
+
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Members per group.
+    #[arg(long, default_value_t = 100)]
+    pub group_size: usize,
+    /// Members of each group that send (the others only receive).
+    #[arg(long, default_value_t = 1)]
+    pub senders_per_group: usize,
+    /// Messages per second of the first step.
+    #[arg(long, default_value_t = 10.0)]
+    pub start_rate: f64,
+    /// Each step's rate is the previous one times this.
+    #[arg(long, default_value_t = 1.5)]
+    pub step_factor: f64,
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub step_duration: Duration,
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: u32,
+    /// A step is sustained while its p99 delivery latency stays at or under this.
+    #[arg(long, value_parser = parse_duration, default_value = "50ms")]
+    pub p99_threshold: Duration,
+    #[arg(long, value_enum, default_value = "poisson")]
+    pub schedule: ScheduleKind,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconnectArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    #[arg(long, value_parser = parse_mix, default_value = "2:60,5:30,50:10")]
+    pub group_sizes: GroupMix,
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Share of the connections dropped at once.
+    #[arg(long, default_value_t = 20.0)]
+    pub drop_percent: f64,
+    /// When (after traffic starts) they are dropped.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub drop_at: Duration,
+    #[arg(long, value_enum, default_value = "poisson")]
+    pub schedule: ScheduleKind,
+}
+
+/// Where the results go.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub report: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    fn to_common(
+        &self,
+        default_attempts: u32,
+        command_line: Vec<String>,
+    ) -> Result<(Common, Output), CliError> {
+        if self.payload_bytes < crate::payload::HEADER_LEN {
+            return Err(CliError::Usage(format!(
+                "--payload-bytes must be at least {}",
+                crate::payload::HEADER_LEN
+            )));
+        }
+        if self.ca_file.is_some() && !self.cert_hash.is_empty() {
+            return Err(CliError::Usage(
+                "give --cert-hash or --ca-file, not both".into(),
+            ));
+        }
+        let mut target = TargetSpec::new(self.target, self.server.clone());
+        target.cert_hashes = self.cert_hash.clone();
+        target.ca_file = self.ca_file.clone();
+        target.state_dir = if self.no_state {
+            None
+        } else {
+            Some(
+                self.state_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("tern-loadgen")),
+            )
+        };
+        target.setup_concurrency = self.setup_concurrency.max(1);
+        target.connect_timeout_ms = self.connect_timeout.as_millis() as u64;
+        target.request_timeout_ms = self.request_timeout.as_millis() as u64;
+        let mut c = Common::new(target);
+        c.workers = self.workers;
+        c.source_addrs = self.source_addrs.clone().map(|s| s.0).unwrap_or_default();
+        c.payload_bytes = self.payload_bytes;
+        c.seed = self.seed;
+        c.drain = self.drain;
+        c.connect_rate = self.connect_rate;
+        c.connect_concurrency = self.connect_concurrency.max(1);
+        c.connect_attempts = self.connect_attempts.unwrap_or(default_attempts).max(1);
+        c.server_pids = self.server_pid.clone();
+        c.quiet = self.quiet;
+        c.label = self.label.clone();
+        c.command_line = command_line;
+        Ok((
+            c,
+            Output {
+                report: self.report.clone(),
+                plot: self.plot.clone(),
+            },
+        ))
+    }
+}
+
+/// The run a parsed command line asks for; `None` for `worker`.
+pub fn into_run(
+    command: Command,
+    command_line: Vec<String>,
+) -> Result<Option<(Common, Scenario, Output)>, CliError> {
+    Ok(Some(match command {
+        Command::Connect(a) => {
+            let (c, o) = a.common.to_common(1, command_line)?;
+            (
+                c,
+                Scenario::Connect {
+                    connections: a.connections,
+                    ramp: a.ramp,
+                    hold: a.hold,
+                },
+                o,
+            )
+        }
+        Command::Chat(a) => {
+            let (c, o) = a.common.to_common(3, command_line)?;
+            (
+                c,
+                Scenario::Chat {
+                    users: a.users,
+                    mix: a.group_sizes,
+                    rate: a.rate,
+                    duration: a.duration,
+                    schedule: a.schedule,
+                },
+                o,
+            )
+        }
+        Command::Fanout(a) => {
+            let (c, o) = a.common.to_common(3, command_line)?;
+            (
+                c,
+                Scenario::Fanout {
+                    users: a.users,
+                    group_size: a.group_size,
+                    senders_per_group: a.senders_per_group,
+                    start_rate: a.start_rate,
+                    step_factor: a.step_factor,
+                    step_duration: a.step_duration,
+                    max_steps: a.max_steps,
+                    p99_threshold: a.p99_threshold,
+                    schedule: a.schedule,
+                },
+                o,
+            )
+        }
+        Command::Reconnect(a) => {
+            let (c, o) = a.common.to_common(3, command_line)?;
+            (
+                c,
+                Scenario::Reconnect {
+                    users: a.users,
+                    mix: a.group_sizes,
+                    rate: a.rate,
+                    duration: a.duration,
+                    drop_percent: a.drop_percent,
+                    drop_at: a.drop_at,
+                    schedule: a.schedule,
+                },
+                o,
+            )
+        }
+        Command::Run(_) => {
+            return Err(CliError::Usage(
+                "`run` needs --scenario FILE with a `kind` key".into(),
+            ));
+        }
+        Command::Worker(_) => return Ok(None),
+    }))
+}
+
+const KINDS: [&str; 4] = ["connect", "chat", "fanout", "reconnect"];
+
+/// Turns a scenario file into flags: `key = value` → `--key value`, `key = true` → `--key`,
+/// arrays → the flag repeated. Returns (kind, flags).
+pub fn scenario_flags(path: &std::path::Path) -> Result<(Option<String>, Vec<String>), CliError> {
+    let err = |m: String| CliError::ScenarioFile(path.display().to_string(), m);
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let mut kind = None;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        if key == "kind" {
+            match value {
+                toml::Value::String(s) if KINDS.contains(&s.as_str()) => kind = Some(s),
+                other => {
+                    return Err(err(format!("kind must be one of {KINDS:?}, got {other}")));
+                }
+            }
+            continue;
+        }
+        if key == "scenario" {
+            return Err(err("a scenario file cannot name another".into()));
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| -> Result<String, CliError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                other => Err(err(format!("{key}: unsupported value {other}"))),
+            }
+        };
+        match &value {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    flags.push(flag.clone());
+                    flags.push(scalar(item)?);
+                }
+            }
+            v => {
+                flags.push(flag);
+                flags.push(scalar(v)?);
+            }
+        }
+    }
+    Ok((kind, flags))
+}
+
+/// Expands `--scenario FILE` (and the `run` subcommand) into flags, before clap sees them.
+pub fn expand_scenario(args: Vec<String>) -> Result<Vec<String>, CliError> {
+    let Some(pos) = args
+        .iter()
+        .position(|a| a == "--scenario" || a.starts_with("--scenario="))
+    else {
+        return Ok(args);
+    };
+    let path = if let Some(p) = args[pos].strip_prefix("--scenario=") {
+        PathBuf::from(p)
+    } else {
+        PathBuf::from(
+            args.get(pos + 1)
+                .ok_or_else(|| CliError::Usage("--scenario needs a file".into()))?,
+        )
+    };
+    let (kind, flags) = scenario_flags(&path)?;
+    let sub = args.get(1).cloned().unwrap_or_default();
+    let mut out = vec![args[0].clone()];
+    let rest_start;
+    if sub == "run" {
+        let kind = kind.ok_or_else(|| {
+            CliError::ScenarioFile(path.display().to_string(), "no `kind` key".into())
+        })?;
+        out.push(kind);
+        rest_start = 2;
+    } else if KINDS.contains(&sub.as_str()) {
+        if let Some(k) = &kind
+            && *k != sub
+        {
+            return Err(CliError::ScenarioFile(
+                path.display().to_string(),
+                format!("is a {k} scenario, not {sub}"),
+            ));
+        }
+        out.push(sub);
+        rest_start = 2;
+    } else {
+        return Err(CliError::Usage(
+            "--scenario goes after a scenario subcommand or `run`".into(),
+        ));
+    }
+    out.extend(flags);
+    // What was typed follows the file's flags, so it overrides them.
+    out.extend(args[rest_start..].iter().cloned());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Cli::try_parse_from(expand_scenario(args).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn source_address_forms() {
+        let s = parse_source_addrs("127.0.0.1-127.0.0.3,::1").unwrap();
+        assert_eq!(s.0.len(), 4);
+        assert_eq!(s.0[2], "127.0.0.3".parse::<IpAddr>().unwrap());
+        assert!(parse_source_addrs("127.0.0.5-127.0.0.1").is_err());
+        assert!(parse_source_addrs("").is_err());
+    }
+
+    #[test]
+    fn scenario_file_then_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.toml");
+        std::fs::write(
+            &f,
+            "kind = \"chat\"\nserver = \"127.0.0.1:1\"\nusers = 300\nrate = 50.5\n\
+             group_sizes = \"2:50,5:50\"\nduration = \"20s\"\nquiet = true\n\
+             server_pid = [1, 2]\n",
+        )
+        .unwrap();
+        let fs = f.to_str().unwrap();
+        let cli = parse(&["tern-loadgen", "run", "--scenario", fs, "--users", "40"]);
+        let Command::Chat(a) = cli.command else {
+            panic!("expected chat")
+        };
+        assert_eq!(a.users, 40, "the command line wins");
+        assert_eq!(a.rate, 50.5);
+        assert_eq!(a.duration, Duration::from_secs(20));
+        assert_eq!(a.group_sizes.0, vec![(2, 50.0), (5, 50.0)]);
+        assert!(a.common.quiet);
+        assert_eq!(a.common.server_pid, vec![1, 2]);
+        // The same file through the subcommand; a mismatching kind is refused.
+        let cli = parse(&["tern-loadgen", "chat", "--scenario", fs]);
+        assert!(matches!(cli.command, Command::Chat(_)));
+        let args: Vec<String> = ["tern-loadgen", "fanout", "--scenario", fs]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(expand_scenario(args).is_err());
+    }
+
+    #[test]
+    fn defaults_and_conversion() {
+        let cli = parse(&[
+            "tern-loadgen",
+            "connect",
+            "--server",
+            "127.0.0.1:4433",
+            "--cert-hash",
+            "ab",
+            "--server-pid",
+            "5,6",
+        ]);
+        let Some((c, s, _)) = into_run(cli.command, vec![]).unwrap() else {
+            panic!("a run")
+        };
+        assert_eq!(c.connect_attempts, 1);
+        assert_eq!(c.server_pids, vec![5, 6]);
+        assert!(matches!(
+            s,
+            Scenario::Connect {
+                connections: 1000,
+                ..
+            }
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "tern-loadgen",
+                "chat",
+                "--server",
+                "x:1",
+                "--group-sizes",
+                "2:50"
+            ])
+            .is_err()
+        );
+    }
+}

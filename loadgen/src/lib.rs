@@ -1,0 +1,26 @@
+//! `tern-loadgen`: the load generator for Tern and its peers.
+//!
+//! * [`run`]: the coordinator (setup, workers, phases, /proc sampling, report).
+//! * [`worker`]: what a worker does with its users; in-process or as a `worker` child process.
+//! * [`target`]: the systems under test behind one interface (Tern via the SDK, Socket.IO,
+//!   Centrifugo).
+//! * [`payload`], [`accounting`], [`schedule`], [`population`]: message header, exact
+//!   loss/duplicate/order accounting, open-loop schedules, who talks to whom.
+//! * [`histo`], [`report`], [`plot`], [`sysstat`]: measurements and their presentation.
+//! * [`cli`]: flags and scenario files.
+
+pub mod accounting;
+pub mod cli;
+pub mod histo;
+pub mod payload;
+pub mod plot;
+pub mod population;
+pub mod protocol;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod sysstat;
+pub mod target;
+pub mod util;
+pub mod worker;
+pub mod worker_process;

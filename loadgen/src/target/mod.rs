@@ -1,0 +1,114 @@
+//! What the load generator drives: Tern (over WebSocket or WebTransport, through the SDK) and
+//! the peers it is compared with (Socket.IO 4, Centrifugo), all behind one interface so that
+//! every scenario measures every system the same way.
+//!
+//! A target is prepared once (`setup`: accounts, conversations/rooms/channels), then connects
+//! one device per simulated user. A connection splits into a [`MessageSender`] (sends wait for
+//! the server's acknowledgement) and a stream of [`Inbound`] messages filled by the adapter's own
+//! reader task, so a user can send on schedule while deliveries keep arriving.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+pub mod centrifugo;
+pub mod socketio;
+pub mod tern;
+
+/// Who the simulated users are and which conversations they share, decided by the scenario.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Population {
+    /// Users 0..users.
+    pub users: usize,
+    /// Each conversation lists the indexes of its members.
+    pub conversations: Vec<Vec<usize>>,
+}
+
+/// A conversation as the target knows it: an index into `Population::conversations` and the
+/// target's own name for it (Tern conversation id, Socket.IO room, Centrifugo channel).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConversationRef {
+    pub index: usize,
+    pub key: String,
+}
+
+/// Everything a connection needs to know about its user after setup.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UserSpec {
+    pub index: usize,
+    pub name: String,
+    /// Tern bearer token; peers without authentication leave it `None`.
+    pub token: Option<String>,
+    pub conversations: Vec<ConversationRef>,
+}
+
+/// One message received by a connection.
+#[derive(Debug)]
+pub struct Inbound {
+    /// `ConversationRef::index` of the conversation it arrived in.
+    pub conversation: usize,
+    /// Tern's per-conversation seq when the target has one (for order checks), else `None`.
+    pub seq: Option<u64>,
+    /// Exactly the payload bytes the sender sent.
+    pub payload: Vec<u8>,
+    pub arrived: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("send failed: {0}")]
+    Send(String),
+    #[error("setup failed: {0}")]
+    Setup(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// Sends messages for one connected user. `send` resolves when the server acknowledged the
+/// message (Tern: durable `SendAck`; Socket.IO: the emit acknowledgement; Centrifugo: the
+/// publish reply).
+#[async_trait::async_trait]
+pub trait MessageSender: Send + Sync {
+    async fn send(
+        &self,
+        conversation: &ConversationRef,
+        payload: Vec<u8>,
+    ) -> Result<(), TargetError>;
+    /// Closes the connection (the reader ends and the inbound stream closes).
+    async fn close(&self);
+}
+
+/// A connected user: where to send, and what arrives (bounded; adapters drop nothing: when the
+/// queue is full their reader waits, which is the backpressure a real client would apply).
+pub struct Connected {
+    pub sender: Box<dyn MessageSender>,
+    pub inbound: mpsc::Receiver<Inbound>,
+}
+
+#[async_trait::async_trait]
+pub trait Target: Send + Sync {
+    /// Short name used in reports: "tern-ws", "tern-wt", "socketio", "centrifugo".
+    fn name(&self) -> String;
+    /// Creates whatever the population needs on the server (accounts, conversations), or reuses
+    /// it if already there, and returns each user's spec, indexed by user.
+    async fn setup(&self, population: &Population) -> Result<Vec<UserSpec>, TargetError>;
+    /// Connects one device of `user` from local address `source`; resolves once the connection
+    /// is ready to send and receive in all of the user's conversations (joined, subscribed,
+    /// resumed).
+    async fn connect(&self, user: &UserSpec, source: IpAddr) -> Result<Connected, TargetError>;
+
+    /// Target-specific results of `setup` that connections made by *other processes* need
+    /// (worker processes get them through their plan instead of running `setup`). Tern: the
+    /// device ids and the resume positions to start from. Default: nothing.
+    fn export_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Takes what [`Target::export_state`] produced in the parent process.
+    fn import_state(&self, _state: serde_json::Value) -> Result<(), TargetError> {
+        Ok(())
+    }
+}
