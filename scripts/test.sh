@@ -13,3 +13,6 @@ bash bench/peers/centrifugo/install.sh
 
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${TERN_TEST_THREADS:-2}"
+
+echo "== load generator smoke run (both transports; fails on any loss, duplicate or bad report)"
+bash loadgen/smoke.sh
