@@ -4,7 +4,14 @@
 //! Connections talk to the driver only through an [`EngineHandle`] (a bounded queue), and the
 //! driver talks to connections only through each connection's bounded outbound queue: a full
 //! queue means a slow consumer, which is disconnected with a reason instead of buffering without
-//! limit. This task is the unit a shard will own (one per core).
+//! limit.
+//!
+//! Sharding: [`spawn_engine_shards`] starts one driver task per shard runtime. A conversation
+//! belongs to exactly one shard ([`shard_of`]); its sequencer, group commit and fan-out run
+//! there, so no two threads ever sequence the same conversation and no lock guards a
+//! conversation. Every shard knows every connection (connect, disconnect and revocation are
+//! broadcast, they are rare), so a shard can fan out to devices connected to any shard: it
+//! pushes frames straight into the connection's bounded queue, whichever thread drains it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Action, ConnId, ConversationSnapshot, EngineCore, Input, SendRequest};
 use crate::limits::{EngineLimits, InvalidLimits};
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, ShardLabel};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use crate::store::Store;
 
 /// Why the engine closed a connection.
@@ -51,8 +60,29 @@ pub struct Outbound {
 pub struct ConnSink {
     /// Encoded server envelopes, in order. Bounded: overflow disconnects the connection.
     pub frames: mpsc::Sender<Outbound>,
-    /// Fired once when the engine closes the connection (revoked token, slow consumer).
-    pub close: oneshot::Sender<CloseReason>,
+    /// Gets the reason when the engine closes the connection (revoked token, slow consumer).
+    /// Every shard holds a clone; the first reason wins (capacity 1, never waits).
+    pub close: mpsc::Sender<CloseReason>,
+}
+
+impl ConnSink {
+    /// A sink and the two receivers the connection reads: frames, and why it was closed.
+    pub fn new(frames: usize) -> (ConnSink, mpsc::Receiver<Outbound>, mpsc::Receiver<CloseReason>) {
+        let (frames_tx, frames_rx) = mpsc::channel(frames);
+        let (close_tx, close_rx) = mpsc::channel(1);
+        let sink = ConnSink {
+            frames: frames_tx,
+            close: close_tx,
+        };
+        (sink, frames_rx, close_rx)
+    }
+
+    fn share(&self) -> ConnSink {
+        ConnSink {
+            frames: self.frames.clone(),
+            close: self.close.clone(),
+        }
+    }
 }
 
 enum Command {
@@ -65,11 +95,19 @@ enum Command {
     },
 }
 
-/// Cloneable handle to the engine task.
+/// Cloneable handle to the engine's shards: routes each input to the shard that owns it.
 #[derive(Clone)]
 pub struct EngineHandle {
-    commands: mpsc::Sender<Command>,
+    shards: Arc<[mpsc::Sender<Command>]>,
     next_conn: Arc<AtomicU64>,
+}
+
+/// The shard that owns a conversation: its sequencer lives there. Conversation ids are UUIDv7,
+/// whose low 64 bits are random, so a multiplicative mix of them spreads evenly.
+pub fn shard_of(conversation: ConversationId, shards: usize) -> usize {
+    debug_assert!(shards > 0);
+    let mixed = (conversation.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed >> 32) % shards as u64) as usize
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,25 +132,65 @@ impl EngineHandle {
             device,
             token_hash,
         };
-        let (registered, done) = oneshot::channel();
-        self.commands
-            .send(Command::Register {
-                conn,
-                sink,
-                input,
-                registered,
-            })
-            .await
-            .map_err(|_| EngineStopped)?;
-        done.await.map_err(|_| EngineStopped)?;
+        // Every shard registers it before this returns, so whichever shard sequences a message
+        // from now on delivers it live.
+        let mut waiting = Vec::with_capacity(self.shards.len());
+        for shard in self.shards.iter() {
+            let (registered, done) = oneshot::channel();
+            shard
+                .send(Command::Register {
+                    conn,
+                    sink: sink.share(),
+                    input: input.clone(),
+                    registered,
+                })
+                .await
+                .map_err(|_| EngineStopped)?;
+            waiting.push(done);
+        }
+        for done in waiting {
+            done.await.map_err(|_| EngineStopped)?;
+        }
         Ok(conn)
     }
 
+    /// Number of shards the engine runs on.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Routes an input: conversation inputs to the owning shard, connection life-cycle to all.
     pub async fn input(&self, input: Input) -> Result<(), EngineStopped> {
-        self.commands
-            .send(Command::Input(input))
-            .await
-            .map_err(|_| EngineStopped)
+        let n = self.shards.len();
+        let target = match &input {
+            Input::Send(request) => Some(shard_of(request.conversation, n)),
+            Input::Ack { conversation, .. }
+            | Input::MembersChanged { conversation, .. }
+            | Input::Loaded { conversation, .. }
+            | Input::LoadFailed { conversation }
+            | Input::LookedUp { conversation, .. } => Some(shard_of(*conversation, n)),
+            // Any shard can reach every device; spread by the first user.
+            Input::Notify { users, .. } => Some(users.first().map_or(0, |u| (u.0 as usize) % n)),
+            Input::Connected { .. }
+            | Input::Disconnected { .. }
+            | Input::TokenRevoked { .. }
+            | Input::Committed { .. } => None,
+        };
+        match target {
+            Some(shard) => self.shards[shard]
+                .send(Command::Input(input))
+                .await
+                .map_err(|_| EngineStopped),
+            None => {
+                for shard in self.shards.iter() {
+                    shard
+                        .send(Command::Input(input.clone()))
+                        .await
+                        .map_err(|_| EngineStopped)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     pub async fn send(&self, request: SendRequest) -> Result<(), EngineStopped> {
@@ -145,26 +223,62 @@ impl Default for EngineConfig {
     }
 }
 
-/// Starts the engine task on the current tokio runtime.
+/// Starts one engine task on the current tokio runtime (a single shard).
 pub fn spawn_engine(
     store: Arc<dyn Store>,
     config: EngineConfig,
     metrics: Arc<EngineMetrics>,
 ) -> Result<EngineHandle, InvalidLimits> {
-    let core = EngineCore::new(config.limits, config.seed)?;
-    let (commands_tx, commands_rx) = mpsc::channel(config.command_queue);
-    let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let driver = Driver {
-        builder: tern_wire::FlatBufferBuilder::with_capacity(64 * 1024),
-        core,
+    spawn_engine_shards(
         store,
+        config,
         metrics,
-        sinks: HashMap::new(),
-        results: results_tx,
-    };
-    tokio::spawn(driver.run(commands_rx, results_rx));
+        &[tokio::runtime::Handle::current()],
+    )
+}
+
+/// Starts one engine task per shard, each on its shard's runtime.
+pub fn spawn_engine_shards(
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+    metrics: Arc<EngineMetrics>,
+    runtimes: &[tokio::runtime::Handle],
+) -> Result<EngineHandle, InvalidLimits> {
+    assert!(!runtimes.is_empty(), "the engine needs at least one shard");
+    let mut shards = Vec::with_capacity(runtimes.len());
+    for (index, runtime) in runtimes.iter().enumerate() {
+        // Different seeds per shard: message ids stay unique across shards.
+        let seed = config.seed.wrapping_add(index as u64);
+        let core = EngineCore::new(config.limits.clone(), seed)?;
+        let (commands_tx, commands_rx) = mpsc::channel(config.command_queue);
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            builder: tern_wire::FlatBufferBuilder::with_capacity(64 * 1024),
+            core,
+            store: store.clone(),
+            metrics: metrics.clone(),
+            sinks: HashMap::new(),
+            results: results_tx,
+            shard: index,
+            // Resolved once: the family lookup takes a lock, the counters are plain atomics.
+            shard_messages: metrics
+                .shard_messages
+                .get_or_create(&ShardLabel {
+                    shard: index as u32,
+                })
+                .clone(),
+            shard_conversations: metrics
+                .shard_conversations
+                .get_or_create(&ShardLabel {
+                    shard: index as u32,
+                })
+                .clone(),
+        };
+        runtime.spawn(driver.run(commands_rx, results_rx));
+        shards.push(commands_tx);
+    }
     Ok(EngineHandle {
-        commands: commands_tx,
+        shards: shards.into(),
         next_conn: Arc::new(AtomicU64::new(1)),
     })
 }
@@ -179,6 +293,9 @@ struct Driver {
     /// Results of store operations. Unbounded on purpose: the core bounds what is in flight
     /// (one commit, one load per conversation, one lookup per queued send).
     results: mpsc::UnboundedSender<Input>,
+    shard: usize,
+    shard_messages: Counter,
+    shard_conversations: Gauge,
 }
 
 pub fn now_ms() -> u64 {
@@ -214,7 +331,7 @@ impl Driver {
             }
             self.step(input);
         }
-        tracing::info!("engine stopped: every handle was dropped");
+        tracing::info!(shard = self.shard, "engine shard stopped: every handle was dropped");
     }
 
     fn step(&mut self, input: Input) {
@@ -225,9 +342,12 @@ impl Driver {
                 self.execute(action, &mut queue);
             }
         }
+        // Every shard registers every connection: all of them report the same number.
         self.metrics
             .connections
             .set(self.core.connection_count() as i64);
+        self.shard_conversations
+            .set(self.core.conversation_count() as i64);
     }
 
     fn execute(&mut self, action: Action, follow_up: &mut Vec<Input>) {
@@ -310,6 +430,7 @@ impl Driver {
                 let tracking = match &*message {
                     ServerMessage::Deliver { message } => {
                         self.metrics.messages_delivered.inc_by(conns.len() as u64);
+                        self.shard_messages.inc();
                         Tracking::Deliver(message.conversation, message.seq)
                     }
                     _ => Tracking::None,
@@ -370,7 +491,8 @@ impl Driver {
 
     fn close(&mut self, conn: ConnId, code: ErrorCode, message: String) {
         if let Some(sink) = self.sinks.remove(&conn) {
-            let _ = sink.close.send(CloseReason { code, message });
+            // Full means another shard already gave a reason: the first one wins.
+            let _ = sink.close.try_send(CloseReason { code, message });
         }
     }
 }

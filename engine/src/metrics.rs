@@ -1,6 +1,8 @@
 //! The engine's Prometheus metrics. The gateway registers them next to its own.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -19,6 +21,15 @@ pub struct EngineMetrics {
     pub slow_consumer_disconnects: Counter,
     /// Frames queued to connections and not yet written (the sessions decrement it).
     pub send_queue_frames: Gauge,
+    /// Messages sequenced (and fanned out) by each engine shard.
+    pub shard_messages: Family<ShardLabel, Counter>,
+    /// Conversations loaded in each engine shard.
+    pub shard_conversations: Family<ShardLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u32,
 }
 
 impl EngineMetrics {
@@ -32,6 +43,8 @@ impl EngineMetrics {
             commit_batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             slow_consumer_disconnects: Counter::default(),
             send_queue_frames: Gauge::default(),
+            shard_messages: Family::default(),
+            shard_conversations: Family::default(),
         }
     }
 
@@ -70,6 +83,16 @@ impl EngineMetrics {
             "tern_send_queue_frames",
             "Frames queued to connections, not yet written",
             self.send_queue_frames.clone(),
+        );
+        registry.register(
+            "tern_engine_shard_messages",
+            "Messages sequenced by each engine shard",
+            self.shard_messages.clone(),
+        );
+        registry.register(
+            "tern_engine_shard_conversations",
+            "Conversations loaded in each engine shard",
+            self.shard_conversations.clone(),
         );
     }
 }

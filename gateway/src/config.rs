@@ -50,6 +50,14 @@ pub struct ServeArgs {
     /// Log format: "text" or "json" [default: text].
     #[arg(long, env = "TERN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Shards: threads pinned to cores, each with its own listeners and engine shard
+    /// [default: the cores this process may use].
+    #[arg(long, env = "TERN_SHARDS")]
+    pub shards: Option<usize>,
+    /// TCP/WebSocket I/O driver: "uring", "epoll", or "auto" (uring when the kernel allows it,
+    /// else epoll, logged) [default: auto].
+    #[arg(long, env = "TERN_IO")]
+    pub io: Option<String>,
 }
 
 /// The TOML file form.
@@ -66,7 +74,23 @@ pub struct FileConfig {
     pub send_queue_frames: Option<usize>,
     pub login_failures_per_username: Option<u32>,
     pub login_attempts_per_address: Option<u32>,
+    pub shards: Option<usize>,
+    pub io: Option<String>,
 }
+
+/// Which driver moves bytes for TCP (TLS, WebSocket, HTTPS) connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoChoice {
+    /// io_uring when the kernel allows it, else epoll (logged).
+    Auto,
+    /// tokio's readiness driver (epoll on Linux): the portable path.
+    Epoll,
+    /// io_uring; refuses to start if the kernel does not allow it.
+    Uring,
+}
+
+/// Most shards a server runs (threads, rings, engine shards).
+pub const MAX_SHARDS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -88,6 +112,8 @@ pub struct Config {
     pub send_queue_frames: usize,
     pub login_failures_per_username: u32,
     pub login_attempts_per_address: u32,
+    pub shards: usize,
+    pub io: IoChoice,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +178,25 @@ impl Config {
                 )));
             }
         };
+        let shards = args
+            .shards
+            .or(file.shards)
+            .unwrap_or_else(|| crate::shard::allowed_cpus().len());
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(ConfigError::Invalid(format!(
+                "shards must be between 1 and {MAX_SHARDS}"
+            )));
+        }
+        let io = match args.io.or(file.io).as_deref() {
+            None | Some("auto") => IoChoice::Auto,
+            Some("epoll") => IoChoice::Epoll,
+            Some("uring") => IoChoice::Uring,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown io driver {other:?} (auto, epoll or uring)"
+                )));
+            }
+        };
         let idle_timeout = Duration::from_secs(file.idle_timeout_secs.unwrap_or(90).clamp(5, 3600));
         let send_queue_frames = file.send_queue_frames.unwrap_or(1024).clamp(16, 1 << 20);
         Ok(Config {
@@ -164,6 +209,8 @@ impl Config {
             send_queue_frames,
             login_failures_per_username: file.login_failures_per_username.unwrap_or(5).max(1),
             login_attempts_per_address: file.login_attempts_per_address.unwrap_or(30).max(1),
+            shards,
+            io,
         })
     }
 }

@@ -19,13 +19,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = Config::resolve(args)?;
             init_logging(config.log_format);
-            // One current-thread runtime: QUIC round trips measured ~8x slower on a multi-thread
-            // runtime here. CPU-heavy work (argon2) and blocking storage calls go to the
-            // blocking pool. Shards (one such runtime per core) come with the sharding work.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(tern_gateway::server::run(config))
+            // Shards (one pinned current-thread runtime per core) start inside.
+            tern_gateway::server::run(config)
         }
     }
 }

@@ -28,7 +28,21 @@ impl Transport {
     }
 }
 
-#[derive(Default)]
+/// One transport's series, resolved once: `Family::get_or_create` takes a lock, these clones
+/// share the family's atomics, so the per-frame path is lock-free.
+#[derive(Clone)]
+pub struct TransportCounters {
+    pub connections: Gauge,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub messages_in: Counter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: u32,
+}
+
 pub struct GatewayMetrics {
     /// Open sessions (authenticated or not yet) by transport.
     pub connections: Family<TransportLabels, Gauge>,
@@ -38,9 +52,45 @@ pub struct GatewayMetrics {
     pub messages_in: Family<TransportLabels, Counter>,
     /// TLS handshakes that failed (including plain-text requests to the TLS port).
     pub tls_handshake_failures: Counter,
+    /// Open sessions by the shard (thread) that serves them.
+    pub shard_connections: Family<ShardLabels, Gauge>,
+    resolved: [TransportCounters; 2],
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let connections = Family::<TransportLabels, Gauge>::default();
+        let frames_in = Family::<TransportLabels, Counter>::default();
+        let frames_out = Family::<TransportLabels, Counter>::default();
+        let messages_in = Family::<TransportLabels, Counter>::default();
+        let resolve = |t: Transport| TransportCounters {
+            connections: connections.get_or_create(&t.labels()).clone(),
+            frames_in: frames_in.get_or_create(&t.labels()).clone(),
+            frames_out: frames_out.get_or_create(&t.labels()).clone(),
+            messages_in: messages_in.get_or_create(&t.labels()).clone(),
+        };
+        let resolved = [resolve(Transport::WebSocket), resolve(Transport::WebTransport)];
+        GatewayMetrics {
+            connections,
+            frames_in,
+            frames_out,
+            messages_in,
+            tls_handshake_failures: Counter::default(),
+            shard_connections: Family::default(),
+            resolved,
+        }
+    }
 }
 
 impl GatewayMetrics {
+    /// The lock-free series of one transport.
+    pub fn of(&self, transport: Transport) -> &TransportCounters {
+        match transport {
+            Transport::WebSocket => &self.resolved[0],
+            Transport::WebTransport => &self.resolved[1],
+        }
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "tern_connections",
@@ -66,6 +116,11 @@ impl GatewayMetrics {
             "tern_tls_handshake_failures",
             "Failed TLS handshakes on the TCP listener",
             self.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tern_shard_connections",
+            "Open sessions by shard",
+            self.shard_connections.clone(),
         );
     }
 }

@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tern_engine::accounts::{AccountLimits, Accounts};
 use tern_engine::conversations::{ConversationLimits, Conversations};
-use tern_engine::driver::{EngineConfig, spawn_engine};
+use tern_engine::driver::{EngineConfig, spawn_engine_shards};
 use tern_engine::metrics::EngineMetrics;
 use tern_engine::store::Store;
 use tern_engine::store::embedded::EmbeddedStore;
@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::Service as _;
 
-use crate::config::Config;
+use crate::config::{Config, IoChoice};
+use crate::shard::ShardRuntime;
 use crate::http::{ApiState, ClientAddr};
 use crate::metrics::{GatewayMetrics, Transport};
 use crate::session::SessionContext;
@@ -36,7 +37,9 @@ pub const ENVELOPE_HEADROOM_BYTES: usize = 4 * 1024;
 /// Attempts to find a port free on both TCP and UDP when asked for port 0.
 const PORT_ATTEMPTS: usize = 20;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the server until SIGINT/SIGTERM: shared services on the calling thread, one pinned
+/// thread per shard for connections and engine shards.
+pub fn run(config: Config) -> anyhow::Result<()> {
     crate::tls::install_default_provider();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -46,6 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening store in {}", store_dir.display()))?,
     );
     let certs = Certificates::load(config.certs.clone()).context("loading TLS certificate")?;
+    let io = resolve_io(config.io)?;
 
     let mut registry = Registry::default();
     let engine_metrics = Arc::new(EngineMetrics::new());
@@ -53,9 +57,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gateway_metrics = Arc::new(GatewayMetrics::default());
     gateway_metrics.register(&mut registry);
 
+    let shards = (0..config.shards)
+        .map(ShardRuntime::build)
+        .collect::<Result<Vec<_>, _>>()
+        .context("building shard runtimes")?;
+    let handles: Vec<_> = shards.iter().map(|s| s.handle.clone()).collect();
+
     let mut engine_config = EngineConfig::default();
     engine_config.limits.max_payload_bytes = config.max_frame_bytes - ENVELOPE_HEADROOM_BYTES;
-    let engine = spawn_engine(store.clone(), engine_config, engine_metrics.clone())?;
+    let engine = spawn_engine_shards(
+        store.clone(),
+        engine_config,
+        engine_metrics.clone(),
+        &handles,
+    )?;
     let account_limits = AccountLimits {
         failures_per_username: config.login_failures_per_username,
         attempts_per_address: config.login_attempts_per_address,
@@ -68,8 +83,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ConversationLimits::default(),
     ));
 
-    let (tcp, endpoint) = bind_both(config.listen, &certs)?;
-    let local = tcp.local_addr()?;
+    let sockets = bind_shards(config.listen, config.shards)?;
+    let local = sockets[0].0.local_addr()?;
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let limits = Limits {
         max_frame_bytes: config.max_frame_bytes,
@@ -85,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: gateway_metrics.clone(),
         idle_timeout: config.idle_timeout,
         send_queue_frames: config.send_queue_frames,
-        shutdown,
+        shutdown: shutdown.clone(),
     });
     let api = Arc::new(ApiState {
         accounts,
@@ -97,35 +112,121 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_frame_bytes: config.max_frame_bytes,
     });
     let router = crate::http::router(api, sessions.clone());
+    let tcp_tls = Arc::new(certs.tcp_config()?);
+    let quic_tls = certs.quic_config()?;
 
-    tokio::spawn(crate::wt::accept_loop(endpoint, sessions));
-    let acceptor = TlsAcceptor::from(Arc::new(certs.tcp_config()?));
-    let gateway_metrics_for_shutdown = gateway_metrics.clone();
-    tokio::spawn(tcp_accept_loop(tcp, acceptor, router, gateway_metrics));
-    tokio::spawn(rotate_certificates(certs.clone()));
-
-    print_banner(local, &certs);
-    shutdown_signal().await;
-    tracing::info!("shutting down: telling clients to reconnect later");
-    let _ = shutdown_tx.send(true);
-    // Give sessions a moment to deliver GoingAway and close cleanly.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while tokio::time::Instant::now() < deadline && open_sessions(&gateway_metrics_for_shutdown) > 0
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let cpus = crate::shard::allowed_cpus();
+    // Pinning only helps when every shard gets a core of its own.
+    let pin = config.shards <= cpus.len();
+    let mut threads = Vec::with_capacity(shards.len());
+    for (shard, (tcp, udp)) in shards.into_iter().zip(sockets) {
+        let cpu = pin.then(|| cpus[shard.index % cpus.len()]);
+        let index = shard.index;
+        let quic_tls = quic_tls.clone();
+        let sessions = sessions.clone();
+        let router = router.clone();
+        let tcp_tls = tcp_tls.clone();
+        let metrics = gateway_metrics.clone();
+        let mut shutdown = shutdown.clone();
+        let thread = shard.start(cpu, move || async move {
+            let wt_config = wtransport::ServerConfig::builder()
+                .with_bind_socket(udp)
+                .with_custom_tls(quic_tls)
+                .keep_alive_interval(Some(Duration::from_secs(15)))
+                .build();
+            match wtransport::Endpoint::server(wt_config) {
+                Ok(endpoint) => {
+                    tokio::spawn(crate::wt::accept_loop(endpoint, sessions.clone()));
+                }
+                Err(error) => {
+                    tracing::error!(shard = index, %error, "starting the QUIC endpoint failed");
+                }
+            }
+            match io {
+                Io::Epoll => match TcpListener::from_std(tcp) {
+                    Ok(listener) => {
+                        let acceptor = TlsAcceptor::from(tcp_tls);
+                        tokio::spawn(tcp_accept_loop(listener, acceptor, router, metrics));
+                    }
+                    Err(error) => tracing::error!(shard = index, %error, "TCP listener failed"),
+                },
+                #[cfg(target_os = "linux")]
+                Io::Uring => crate::uring_path_start(
+                    tcp,
+                    tcp_tls,
+                    sessions.clone(),
+                    router,
+                    metrics,
+                    shutdown.clone(),
+                ),
+            }
+            // Runs (and with it every task on this shard) until shutdown, plus the grace period
+            // in which sessions say goodbye.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        })?;
+        threads.push(thread);
     }
+    tracing::info!(shards = config.shards, io = ?io, pinned = pin, "shards started");
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    control.block_on(async {
+        tokio::spawn(rotate_certificates(certs.clone()));
+        print_banner(local, &certs);
+        shutdown_signal().await;
+        tracing::info!("shutting down: telling clients to reconnect later");
+        let _ = shutdown_tx.send(true);
+        // Give sessions a moment to deliver GoingAway and close cleanly.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while tokio::time::Instant::now() < deadline && open_sessions(&gateway_metrics) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // Shard threads end with their grace period; returning ends the process either way.
     Ok(())
 }
 
-/// Binds TCP and UDP on the same port. With port 0 the kernel picks a TCP port, which may be
-/// taken on UDP: then try again.
-fn bind_both(
+/// The I/O driver actually used for TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Io {
+    Epoll,
+    #[cfg(target_os = "linux")]
+    Uring,
+}
+
+fn resolve_io(choice: IoChoice) -> anyhow::Result<Io> {
+    #[cfg(target_os = "linux")]
+    {
+        match choice {
+            IoChoice::Epoll => Ok(Io::Epoll),
+            IoChoice::Uring => {
+                uring_probe().context("--io uring: this kernel does not allow it")?;
+                Ok(Io::Uring)
+            }
+            IoChoice::Auto => match uring_probe() {
+                Ok(()) => Ok(Io::Uring),
+                Err(why) => {
+                    tracing::warn!(%why, "io_uring unavailable: falling back to epoll");
+                    Ok(Io::Epoll)
+                }
+            },
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    match choice {
+        IoChoice::Uring => anyhow::bail!("--io uring needs Linux"),
+        IoChoice::Auto | IoChoice::Epoll => Ok(Io::Epoll),
+    }
+}
+
+/// Binds, for every shard, a TCP listener and a UDP socket on one shared port (`SO_REUSEPORT`).
+/// With port 0 the kernel picks a TCP port, which may be taken on UDP: then try again.
+fn bind_shards(
     requested: SocketAddr,
-    certs: &Certificates,
-) -> anyhow::Result<(
-    TcpListener,
-    wtransport::Endpoint<wtransport::endpoint::endpoint_side::Server>,
-)> {
+    shards: usize,
+) -> anyhow::Result<Vec<(std::net::TcpListener, std::net::UdpSocket)>> {
     let attempts = if requested.port() == 0 {
         PORT_ATTEMPTS
     } else {
@@ -133,19 +234,25 @@ fn bind_both(
     };
     let mut last_error = None;
     for _ in 0..attempts {
-        let std_listener = std::net::TcpListener::bind(requested)
+        let first_tcp = crate::shard::reuseport_tcp(requested)
             .with_context(|| format!("binding TCP {requested}"))?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let wt_config = wtransport::ServerConfig::builder()
-            .with_bind_address(addr)
-            .with_custom_tls(certs.quic_config()?)
-            .keep_alive_interval(Some(Duration::from_secs(15)))
-            .build();
-        match wtransport::Endpoint::server(wt_config) {
-            Ok(endpoint) => return Ok((TcpListener::from_std(std_listener)?, endpoint)),
-            Err(error) => last_error = Some(error),
+        let addr = first_tcp.local_addr()?;
+        let first_udp = match crate::shard::reuseport_udp(addr) {
+            Ok(udp) => udp,
+            Err(error) => {
+                last_error = Some(error);
+                continue;
+            }
+        };
+        let mut sockets = vec![(first_tcp, first_udp)];
+        for _ in 1..shards {
+            let tcp = crate::shard::reuseport_tcp(addr)
+                .with_context(|| format!("binding TCP {addr} for another shard"))?;
+            let udp = crate::shard::reuseport_udp(addr)
+                .with_context(|| format!("binding UDP {addr} for another shard"))?;
+            sockets.push((tcp, udp));
         }
+        return Ok(sockets);
     }
     Err(anyhow::anyhow!(
         "binding UDP on {requested}: {:?}",
@@ -231,7 +338,7 @@ async fn rotate_certificates(certs: Arc<Certificates>) {
 fn open_sessions(metrics: &GatewayMetrics) -> i64 {
     [Transport::WebSocket, Transport::WebTransport]
         .iter()
-        .map(|t| metrics.connections.get_or_create(&t.labels()).get())
+        .map(|t| metrics.of(*t).connections.get())
         .sum()
 }
 
@@ -268,4 +375,9 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+// TEMPORARY until tern-uring lands.
+fn uring_probe() -> anyhow::Result<()> {
+    anyhow::bail!("not built yet")
 }

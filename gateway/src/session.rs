@@ -21,7 +21,7 @@ use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{
     ClientMessage, ConversationKind, Cursor, ErrorCode, Notice, PROTOCOL_VERSION, ServerMessage,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::metrics::{GatewayMetrics, Transport};
 
@@ -118,7 +118,7 @@ pub async fn run<R: FrameRecv, W: FrameSend>(
     mut tx: W,
 ) {
     let metrics = ctx.metrics.clone();
-    metrics.connections.get_or_create(&transport.labels()).inc();
+    let _open = OpenSession::new(&metrics, transport);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, rx.recv()).await {
         Ok(received) => received,
         Err(_) => {
@@ -129,7 +129,6 @@ pub async fn run<R: FrameRecv, W: FrameSend>(
                 End::fatal(ErrorCode::Unauthenticated, "no Hello in time"),
             )
             .await;
-            metrics.connections.get_or_create(&transport.labels()).dec();
             return;
         }
     };
@@ -139,7 +138,34 @@ pub async fn run<R: FrameRecv, W: FrameSend>(
             run_authenticated(&ctx, transport, rx, tx, user, device, token_hash, cursors).await;
         }
     }
-    metrics.connections.get_or_create(&transport.labels()).dec();
+}
+
+/// Counts a session as open (by transport and by shard) for as long as it lives.
+struct OpenSession {
+    transport: prometheus_client::metrics::gauge::Gauge,
+    shard: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl OpenSession {
+    fn new(metrics: &GatewayMetrics, transport: Transport) -> Self {
+        let labels = crate::metrics::ShardLabels {
+            shard: crate::shard::current() as u32,
+        };
+        let open = OpenSession {
+            transport: metrics.of(transport).connections.clone(),
+            shard: metrics.shard_connections.get_or_create(&labels).clone(),
+        };
+        open.transport.inc();
+        open.shard.inc();
+        open
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.transport.dec();
+        self.shard.dec();
+    }
 }
 
 async fn refuse<W: FrameSend>(
@@ -152,7 +178,7 @@ async fn refuse<W: FrameSend>(
         let frame =
             tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
         if tx.send(&frame).await.is_ok() {
-            metrics.frames_out.get_or_create(&transport.labels()).inc();
+            metrics.of(transport).frames_out.inc();
         }
         tx.close(code, &end.reason).await;
     }
@@ -176,10 +202,7 @@ fn decode_received(
         Received::Malformed(why) => return Err(End::fatal(ErrorCode::MalformedFrame, why)),
         Received::Closed => return Err(End::quiet()),
     };
-    ctx.metrics
-        .frames_in
-        .get_or_create(&transport.labels())
-        .inc();
+    ctx.metrics.of(transport).frames_in.inc();
     tern_wire::decode_client(&bytes, &ctx.limits).map_err(|e| End::fatal(e.code(), e.to_string()))
 }
 
@@ -237,12 +260,7 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
     token_hash: [u8; 32],
     cursors: Vec<Cursor>,
 ) {
-    let (frames_tx, frames_rx) = mpsc::channel(ctx.send_queue_frames);
-    let (close_tx, close_rx) = oneshot::channel();
-    let sink = ConnSink {
-        frames: frames_tx,
-        close: close_tx,
-    };
+    let (sink, frames_rx, close_rx) = ConnSink::new(ctx.send_queue_frames);
     let Ok(conn) = ctx.engine.connect(user, device, token_hash, sink).await else {
         let mut tx = tx;
         refuse(
@@ -282,11 +300,7 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
 impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     async fn write(&mut self, frame: &[u8]) -> Result<(), End> {
         self.tx.send(frame).await.map_err(|_| End::quiet())?;
-        self.ctx
-            .metrics
-            .frames_out
-            .get_or_create(&self.transport.labels())
-            .inc();
+        self.ctx.metrics.of(self.transport).frames_out.inc();
         Ok(())
     }
 
@@ -318,7 +332,7 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         &mut self,
         conn: u64,
         cursors: Vec<Cursor>,
-        mut close: oneshot::Receiver<CloseReason>,
+        mut close: mpsc::Receiver<CloseReason>,
     ) -> End {
         let welcome = ServerMessage::Welcome {
             version: PROTOCOL_VERSION,
@@ -343,10 +357,10 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                     }
                     return End::fatal(ErrorCode::ServerShutdown, "server is shutting down; reconnect later");
                 }
-                reason = &mut close => {
+                reason = close.recv() => {
                     return match reason {
-                        Ok(reason) => End::fatal(reason.code, reason.message),
-                        Err(_) => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
+                        Some(reason) => End::fatal(reason.code, reason.message),
+                        None => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
                     };
                 }
                 frame = self.frames.recv() => {
@@ -393,11 +407,7 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 payload,
                 files,
             } => {
-                self.ctx
-                    .metrics
-                    .messages_in
-                    .get_or_create(&self.transport.labels())
-                    .inc();
+                self.ctx.metrics.of(self.transport).messages_in.inc();
                 let request = SendRequest {
                     conn,
                     request_id,

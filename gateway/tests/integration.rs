@@ -39,6 +39,7 @@ over_both_transports!(
     non_members_can_neither_read_nor_write,
     a_new_device_replays_a_long_history_from_the_start,
     shutdown_tells_clients_to_go_away_and_restart_resumes,
+    members_on_different_shards_talk_through_conversations_on_both_shards,
 );
 
 fn expect_fatal(event: Event, code: ErrorCode) {
@@ -869,4 +870,82 @@ async fn configured_pem_certificate_is_served_and_verified_by_ca() {
             .expect("connect");
         conn.ping().await.expect("ping");
     }
+}
+
+/// Open sessions on each of two shards.
+async fn sessions_per_shard(server: &TestServer) -> [f64; 2] {
+    [
+        metric(server, "tern_shard_connections{shard=\"0\"}").await,
+        metric(server, "tern_shard_connections{shard=\"1\"}").await,
+    ]
+}
+
+/// Connects a device and tells which shard the kernel gave its connection to.
+async fn connect_on_some_shard(
+    server: &TestServer,
+    transport: TransportPref,
+    user: &TestUser,
+) -> (Connection, usize) {
+    let before = sessions_per_shard(server).await;
+    let (conn, _) = connect_synced(server, transport, user, DeviceId::random()).await;
+    let after = sessions_per_shard(server).await;
+    let shard = (0..2)
+        .find(|&s| after[s] > before[s])
+        .expect("the new session shows on a shard");
+    (conn, shard)
+}
+
+async fn members_on_different_shards_talk_through_conversations_on_both_shards(
+    transport: TransportPref,
+) {
+    let server = TestServer::start_with(&["shards = 2"]).await;
+    let ann = user(&server, "ann").await;
+    let ben = user(&server, "ben").await;
+    // The kernel spreads connections over the shards by 4-tuple hash: connect Ben's devices
+    // until one sits on the other shard than Ann's (each try is a coin flip).
+    let (mut ann_conn, ann_shard) = connect_on_some_shard(&server, transport, &ann).await;
+    let mut ben_conn = None;
+    for _ in 0..40 {
+        let (conn, shard) = connect_on_some_shard(&server, transport, &ben).await;
+        if shard != ann_shard {
+            ben_conn = Some(conn);
+            break;
+        }
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ben_conn = ben_conn.expect("a connection landed on the other shard");
+    // Conversations belong to shards by id: make groups until both engine shards sequenced
+    // messages, each exchanged both ways between the two connection shards.
+    let mut request = 0;
+    for attempt in 0..40 {
+        let group = ann
+            .http
+            .create_group(&format!("pair {attempt}"), "", &["ben".to_string()])
+            .await
+            .expect("group");
+        request += 1;
+        let there = ann_conn
+            .send(group.conversation_id, request, "text", text("to ben"))
+            .await
+            .expect("send from ann");
+        let got = next_message(&mut ben_conn).await;
+        assert_eq!((got.conversation, got.seq), (group.conversation_id, there.seq));
+        request += 1;
+        let back = ben_conn
+            .send(group.conversation_id, request, "text", text("to ann"))
+            .await
+            .expect("send from ben");
+        let got = next_message(&mut ann_conn).await;
+        assert_eq!((got.conversation, got.seq), (group.conversation_id, back.seq));
+        assert_eq!(back.seq, there.seq + 1);
+        let on_shard_0 = metric(&server, "tern_engine_shard_messages_total{shard=\"0\"}").await;
+        let on_shard_1 = metric(&server, "tern_engine_shard_messages_total{shard=\"1\"}").await;
+        if on_shard_0 > 0.0 && on_shard_1 > 0.0 {
+            assert_quiet(&mut ann_conn).await;
+            assert_quiet(&mut ben_conn).await;
+            return;
+        }
+    }
+    panic!("40 conversations all landed on one engine shard");
 }

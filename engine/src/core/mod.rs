@@ -200,6 +200,11 @@ impl EngineCore {
         self.conns.len()
     }
 
+    /// Conversations this core holds (loading or loaded).
+    pub fn conversation_count(&self) -> usize {
+        self.conversations.len()
+    }
+
     /// Messages sequenced but not yet durable (queued or in flight).
     pub fn uncommitted_messages(&self) -> usize {
         self.next_batch.messages.len()

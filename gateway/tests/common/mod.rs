@@ -124,13 +124,26 @@ async fn spawn(
         .append(true)
         .open(data_dir.parent().expect("parent").join("server.log"))
         .expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tern"));
+    command
         .args(["serve", "--data-dir"])
         .arg(data_dir)
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--config")
-        .arg(config)
+        .arg(config);
+    // The suite runs once per I/O driver and shard count (scripts/test.sh sets these).
+    if let Ok(io) = std::env::var("TERN_TEST_IO") {
+        command.arg("--io").arg(io);
+    }
+    let config_text = std::fs::read_to_string(config).unwrap_or_default();
+    if let Ok(shards) = std::env::var("TERN_TEST_SHARDS") {
+        // A test that sets its own shard count (in its config) keeps it.
+        if !config_text.contains("shards") {
+            command.arg("--shards").arg(shards);
+        }
+    }
+    let mut child = command
         .env("TERN_LOG", "info,tern_gateway=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -282,4 +295,23 @@ pub async fn alice_and_bob(server: &TestServer) -> (TestUser, TestUser, Conversa
         .expect("dm")
         .conversation_id;
     (alice, bob, conversation)
+}
+
+/// One sample of a Prometheus series from `GET /metrics` (0 when absent).
+pub async fn metric(server: &TestServer, series: &str) -> f64 {
+    let url = format!("https://{}/metrics", server.addr);
+    let body = https(server)
+        .get(url)
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics body");
+    body.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse::<f64>().expect("metric value"))
+        })
+        .unwrap_or(0.0)
 }
