@@ -14,5 +14,15 @@ bash bench/peers/centrifugo/install.sh
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${TERN_TEST_THREADS:-2}"
 
+# The whole integration suite again on every I/O driver and shard count: the behaviour must be
+# the same on each path (two shards put conversations and their members on different threads).
+for io in epoll uring; do
+    for shards in 1 2; do
+        echo "== integration suite with --io $io --shards $shards"
+        TERN_TEST_IO="$io" TERN_TEST_SHARDS="$shards" \
+            cargo test -p tern-gateway --locked --test integration -- --test-threads="${TERN_TEST_THREADS:-2}"
+    done
+done
+
 echo "== load generator smoke run (both transports; fails on any loss, duplicate or bad report)"
 bash loadgen/smoke.sh

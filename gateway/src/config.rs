@@ -76,6 +76,7 @@ pub struct FileConfig {
     pub login_attempts_per_address: Option<u32>,
     pub shards: Option<usize>,
     pub io: Option<String>,
+    pub resume_backlog_messages: Option<u64>,
 }
 
 /// Which driver moves bytes for TCP (TLS, WebSocket, HTTPS) connections.
@@ -88,6 +89,11 @@ pub enum IoChoice {
     /// io_uring; refuses to start if the kernel does not allow it.
     Uring,
 }
+
+/// Messages replayed per conversation on resume unless configured otherwise.
+pub const DEFAULT_RESUME_BACKLOG: u64 = 1_000;
+/// A ceiling, so that a misconfiguration cannot make resume unbounded.
+pub const MAX_RESUME_BACKLOG: u64 = 1_000_000;
 
 /// Most shards a server runs (threads, rings, engine shards).
 pub const MAX_SHARDS: usize = 256;
@@ -114,6 +120,8 @@ pub struct Config {
     pub login_attempts_per_address: u32,
     pub shards: usize,
     pub io: IoChoice,
+    /// Most messages replayed per conversation when a device resumes.
+    pub resume_backlog_messages: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +219,10 @@ impl Config {
             login_attempts_per_address: file.login_attempts_per_address.unwrap_or(30).max(1),
             shards,
             io,
+            resume_backlog_messages: file
+                .resume_backlog_messages
+                .unwrap_or(DEFAULT_RESUME_BACKLOG)
+                .clamp(1, MAX_RESUME_BACKLOG),
         })
     }
 }

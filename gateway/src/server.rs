@@ -100,6 +100,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics: gateway_metrics.clone(),
         idle_timeout: config.idle_timeout,
         send_queue_frames: config.send_queue_frames,
+        resume_backlog: config.resume_backlog_messages,
         shutdown: shutdown.clone(),
     });
     let api = Arc::new(ApiState {
@@ -305,6 +306,15 @@ async fn serve_tcp(
             return;
         }
     };
+    serve_http(TokioIo::new(tls), peer, router).await;
+}
+
+/// Serves HTTP/1.1 (API, metrics, WebSocket upgrades) on a TLS-decrypted stream; both I/O
+/// drivers end here for everything that is not their own WebSocket data path.
+pub(crate) async fn serve_http<IO>(io: IO, peer: SocketAddr, router: axum::Router)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
@@ -312,10 +322,7 @@ async fn serve_tcp(
             async move { router.call(request).await }
         });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-    {
+    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(%peer, %error, "HTTP connection ended with an error");
     }
 }

@@ -74,6 +74,9 @@ pub struct SessionContext {
     pub metrics: Arc<GatewayMetrics>,
     pub idle_timeout: Duration,
     pub send_queue_frames: usize,
+    /// Most messages replayed per conversation on resume; older ones are announced with
+    /// `BacklogTruncated` and stay available through History.
+    pub resume_backlog: u64,
     /// Flips to true when the server shuts down: sessions say `GoingAway` and close.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -567,6 +570,20 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         let hold_limit = self.ctx.send_queue_frames;
         for (conversation, after) in targets {
             let mut after = after.max(self.delivered.get(&conversation).copied().unwrap_or(0));
+            let last = store.last_seq(conversation).await.map_err(internal)?;
+            if last > after && last - after > self.ctx.resume_backlog {
+                // Nothing is deleted: the device fetches the skipped range with History when
+                // (and if) the user scrolls there.
+                let to_seq = last - self.ctx.resume_backlog;
+                let notice = Notice::BacklogTruncated {
+                    conversation,
+                    from_seq: after + 1,
+                    to_seq,
+                };
+                self.reply(&ServerMessage::Notice { notice }).await?;
+                after = to_seq;
+                self.delivered.insert(conversation, after);
+            }
             loop {
                 let query = HistoryQuery::after(conversation, after, REPLAY_PAGE);
                 let page = store.history(query).await.map_err(internal)?;

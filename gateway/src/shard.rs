@@ -97,7 +97,9 @@ impl ShardRuntime {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                self.runtime.block_on(main());
+                // A LocalSet so that drivers owning !Send state (an io_uring ring) can run here
+                // with spawn_local; everything else is spawned normally.
+                tokio::task::LocalSet::new().block_on(&self.runtime, main());
             })
     }
 }

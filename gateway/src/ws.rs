@@ -88,23 +88,31 @@ impl FrameSend for WsSend {
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
-        let ws_code = match code {
-            ErrorCode::FrameTooLarge => close_code::SIZE,
-            ErrorCode::MalformedFrame => close_code::PROTOCOL,
-            ErrorCode::ServerShutdown => close_code::AWAY,
-            ErrorCode::Internal => close_code::ERROR,
-            _ => close_code::POLICY,
-        };
-        // Close reasons are limited to 123 bytes by the WebSocket protocol.
-        let mut reason = reason.to_owned();
-        while reason.len() > 120 {
-            reason.pop();
-        }
         let frame = CloseFrame {
-            code: ws_code,
-            reason: reason.into(),
+            code: close_code_for(code),
+            reason: close_reason(reason).into(),
         };
         let _ = self.sink.send(Message::Close(Some(frame))).await;
         let _ = self.sink.close().await;
     }
+}
+
+/// The WebSocket close code a session end maps to (the same on both I/O drivers).
+pub fn close_code_for(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::FrameTooLarge => close_code::SIZE,
+        ErrorCode::MalformedFrame => close_code::PROTOCOL,
+        ErrorCode::ServerShutdown => close_code::AWAY,
+        ErrorCode::Internal => close_code::ERROR,
+        _ => close_code::POLICY,
+    }
+}
+
+/// Close reasons are limited to 123 bytes by the WebSocket protocol: cut at a char boundary.
+pub fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }

@@ -40,6 +40,7 @@ over_both_transports!(
     a_new_device_replays_a_long_history_from_the_start,
     shutdown_tells_clients_to_go_away_and_restart_resumes,
     members_on_different_shards_talk_through_conversations_on_both_shards,
+    resume_past_the_backlog_limit_is_truncated_and_history_has_the_rest,
 );
 
 fn expect_fatal(event: Event, code: ErrorCode) {
@@ -948,4 +949,58 @@ async fn members_on_different_shards_talk_through_conversations_on_both_shards(
         }
     }
     panic!("40 conversations all landed on one engine shard");
+}
+
+async fn resume_past_the_backlog_limit_is_truncated_and_history_has_the_rest(
+    transport: TransportPref,
+) {
+    let server = TestServer::start_with(&["resume_backlog_messages = 50"]).await;
+    let (alice, bob, conversation) = alice_and_bob(&server).await;
+    let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let total = 130u64;
+    for wave in 0..(total / 10) {
+        let sends = (0..10u64).map(|i| {
+            let id = u128::from(wave * 10 + i + 1);
+            conn.send(conversation, id, "text", text("x"))
+        });
+        for result in join_all(sends).await {
+            result.expect("send");
+        }
+    }
+    // Bob's new device: a notice for the oldest 80, then the newest 50 in order.
+    let bob_device = DeviceId::random();
+    let mut bob_conn = connect(&server, transport, &bob, bob_device).await;
+    let mut truncated = None;
+    let mut replayed = Vec::new();
+    loop {
+        match next(&mut bob_conn).await {
+            Event::Notice(tern_sdk::tern_wire::msg::Notice::BacklogTruncated {
+                conversation: c,
+                from_seq,
+                to_seq,
+            }) => {
+                assert!(replayed.is_empty(), "the notice comes before the replay");
+                truncated = Some((c, from_seq, to_seq));
+            }
+            Event::Deliver(m) => replayed.push(m.seq),
+            Event::SyncComplete => break,
+            Event::Other(_) => {}
+            other => panic!("unexpected event during resume: {other:?}"),
+        }
+    }
+    assert_eq!(truncated, Some((conversation, 1, total - 50)));
+    assert_eq!(replayed, ((total - 49)..=total).collect::<Vec<_>>());
+    // Nothing was deleted: the skipped range comes from history on demand.
+    let page = bob_conn
+        .history(conversation, total - 49, 0, 100)
+        .await
+        .expect("history of the skipped range");
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=total - 50).collect::<Vec<_>>());
+    // Acknowledging the newest moves the cursor past the gap: the next resume is empty.
+    bob_conn.ack(conversation, total).await.expect("ack");
+    bob_conn.ping().await.expect("ack processed");
+    drop(bob_conn);
+    let (_again, replayed) = connect_synced(&server, transport, &bob, bob_device).await;
+    assert!(replayed.is_empty(), "resumed from the acknowledged cursor");
 }
