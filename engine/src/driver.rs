@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{Action, ConnId, ConversationSnapshot, EngineCore, Input, SendRequest};
 use crate::limits::{EngineLimits, InvalidLimits};
 use crate::metrics::{EngineMetrics, ShardLabel};
+use crate::store::Store;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use crate::store::Store;
 
 /// Why the engine closed a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,13 @@ pub struct ConnSink {
 
 impl ConnSink {
     /// A sink and the two receivers the connection reads: frames, and why it was closed.
-    pub fn new(frames: usize) -> (ConnSink, mpsc::Receiver<Outbound>, mpsc::Receiver<CloseReason>) {
+    pub fn new(
+        frames: usize,
+    ) -> (
+        ConnSink,
+        mpsc::Receiver<Outbound>,
+        mpsc::Receiver<CloseReason>,
+    ) {
         let (frames_tx, frames_rx) = mpsc::channel(frames);
         let (close_tx, close_rx) = mpsc::channel(1);
         let sink = ConnSink {
@@ -229,12 +235,7 @@ pub fn spawn_engine(
     config: EngineConfig,
     metrics: Arc<EngineMetrics>,
 ) -> Result<EngineHandle, InvalidLimits> {
-    spawn_engine_shards(
-        store,
-        config,
-        metrics,
-        &[tokio::runtime::Handle::current()],
-    )
+    spawn_engine_shards(store, config, metrics, &[tokio::runtime::Handle::current()])
 }
 
 /// Starts one engine task per shard, each on its shard's runtime.
@@ -331,7 +332,10 @@ impl Driver {
             }
             self.step(input);
         }
-        tracing::info!(shard = self.shard, "engine shard stopped: every handle was dropped");
+        tracing::info!(
+            shard = self.shard,
+            "engine shard stopped: every handle was dropped"
+        );
     }
 
     fn step(&mut self, input: Input) {

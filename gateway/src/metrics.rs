@@ -69,7 +69,10 @@ impl Default for GatewayMetrics {
             frames_out: frames_out.get_or_create(&t.labels()).clone(),
             messages_in: messages_in.get_or_create(&t.labels()).clone(),
         };
-        let resolved = [resolve(Transport::WebSocket), resolve(Transport::WebTransport)];
+        let resolved = [
+            resolve(Transport::WebSocket),
+            resolve(Transport::WebTransport),
+        ];
         GatewayMetrics {
             connections,
             frames_in,

@@ -20,10 +20,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service as _;
 
 use crate::config::{Config, IoChoice};
-use crate::shard::ShardRuntime;
 use crate::http::{ApiState, ClientAddr};
 use crate::metrics::{GatewayMetrics, Transport};
 use crate::session::SessionContext;
+use crate::shard::ShardRuntime;
 use crate::tls::{Certificates, unix_now};
 
 /// A TLS handshake that has not finished in this time is dropped (slowloris).

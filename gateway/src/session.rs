@@ -31,6 +31,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLAY_PAGE: u32 = 256;
 /// Most conversations a Hello or Resume may list.
 const MAX_RESUME_CURSORS: usize = 10_000;
+/// Longest a single frame write may wait for the peer to take data.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the final error frame and close may take before the transport is just dropped.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What `GoingAway` suggests clients wait before reconnecting (a restart takes about this long).
 const GOING_AWAY_RETRY_MS: u32 = 1_000;
 
@@ -180,10 +184,13 @@ async fn refuse<W: FrameSend>(
     if let Some(code) = end.code {
         let frame =
             tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
-        if tx.send(&frame).await.is_ok() {
-            metrics.of(transport).frames_out.inc();
-        }
-        tx.close(code, &end.reason).await;
+        let goodbye = async {
+            if tx.send(&frame).await.is_ok() {
+                metrics.of(transport).frames_out.inc();
+            }
+            tx.close(code, &end.reason).await;
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
 }
 
@@ -295,14 +302,29 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
     if let Some(code) = end.code {
         let frame =
             tern_wire::encode_server(&ServerMessage::error(0, code, end.reason.clone(), true));
-        let _ = session.write(&frame).await;
-        session.tx.close(code, &end.reason).await;
+        // Best effort and bounded: a client that stopped reading (a slow consumer) cannot take
+        // the reason; it finds the connection closed and resumes from its cursor.
+        let goodbye = async {
+            let _ = session.write(&frame).await;
+            session.tx.close(code, &end.reason).await;
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
 }
 
 impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     async fn write(&mut self, frame: &[u8]) -> Result<(), End> {
-        self.tx.send(frame).await.map_err(|_| End::quiet())?;
+        // A peer that takes no data for this long has vanished or stopped reading.
+        match tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(TransportClosed)) => return Err(End::quiet()),
+            Err(_) => {
+                return Err(End::fatal(
+                    ErrorCode::SlowConsumer,
+                    "the connection took no data for too long",
+                ));
+            }
+        }
         self.ctx.metrics.of(self.transport).frames_out.inc();
         Ok(())
     }
@@ -375,8 +397,20 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                             Err(_) => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
                         };
                     };
-                    if let Err(end) = self.write_outbound(frame).await {
-                        return end;
+                    // A client that stops reading blocks this write; the engine then overflows
+                    // our queue and closes us, which must end the session even mid-write.
+                    tokio::select! {
+                        written = self.write_outbound(frame) => {
+                            if let Err(end) = written {
+                                return end;
+                            }
+                        }
+                        reason = close.recv() => {
+                            return match reason {
+                                Some(reason) => End::fatal(reason.code, reason.message),
+                                None => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
+                            };
+                        }
                     }
                 }
                 received = tokio::time::timeout(self.ctx.idle_timeout, self.rx.recv()) => {

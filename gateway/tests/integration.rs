@@ -41,6 +41,7 @@ over_both_transports!(
     shutdown_tells_clients_to_go_away_and_restart_resumes,
     members_on_different_shards_talk_through_conversations_on_both_shards,
     resume_past_the_backlog_limit_is_truncated_and_history_has_the_rest,
+    a_slow_consumer_is_disconnected_and_resumes_without_loss_while_others_are_unaffected,
 );
 
 fn expect_fatal(event: Event, code: ErrorCode) {
@@ -931,14 +932,20 @@ async fn members_on_different_shards_talk_through_conversations_on_both_shards(
             .await
             .expect("send from ann");
         let got = next_message(&mut ben_conn).await;
-        assert_eq!((got.conversation, got.seq), (group.conversation_id, there.seq));
+        assert_eq!(
+            (got.conversation, got.seq),
+            (group.conversation_id, there.seq)
+        );
         request += 1;
         let back = ben_conn
             .send(group.conversation_id, request, "text", text("to ann"))
             .await
             .expect("send from ben");
         let got = next_message(&mut ann_conn).await;
-        assert_eq!((got.conversation, got.seq), (group.conversation_id, back.seq));
+        assert_eq!(
+            (got.conversation, got.seq),
+            (group.conversation_id, back.seq)
+        );
         assert_eq!(back.seq, there.seq + 1);
         let on_shard_0 = metric(&server, "tern_engine_shard_messages_total{shard=\"0\"}").await;
         let on_shard_1 = metric(&server, "tern_engine_shard_messages_total{shard=\"1\"}").await;
@@ -1003,4 +1010,116 @@ async fn resume_past_the_backlog_limit_is_truncated_and_history_has_the_rest(
     drop(bob_conn);
     let (_again, replayed) = connect_synced(&server, transport, &bob, bob_device).await;
     assert!(replayed.is_empty(), "resumed from the acknowledged cursor");
+}
+
+async fn a_slow_consumer_is_disconnected_and_resumes_without_loss_while_others_are_unaffected(
+    transport: TransportPref,
+) {
+    // Small per-connection queue, big frames: a reader that stops fills the kernel buffers (tens
+    // of MB on loopback), then its session's queue, within a few dozen messages.
+    let server =
+        TestServer::start_with(&["send_queue_frames = 16", "max_frame_bytes = 1048576"]).await;
+    let names = ["alice", "bob", "carol"];
+    let mut users = Vec::new();
+    for name in names {
+        users.push(user(&server, name).await);
+    }
+    let group = users[0]
+        .http
+        .create_group("slow", "", &["bob".to_string(), "carol".to_string()])
+        .await
+        .expect("group")
+        .conversation_id;
+    let mut config = server.config(transport);
+    config.max_frame_bytes = 2 * 1024 * 1024;
+    let big = |user: &TestUser, device: DeviceId| {
+        let config = config.clone();
+        let token = user.token.clone();
+        async move {
+            let mut conn = Connection::connect(&config, &token, device, &[])
+                .await
+                .expect("connect");
+            let mut replayed = Vec::new();
+            loop {
+                match next(&mut conn).await {
+                    Event::SyncComplete => break,
+                    Event::Deliver(m) => replayed.push(m.seq),
+                    _ => {}
+                }
+            }
+            (conn, replayed)
+        }
+    };
+    let (alice, _) = big(&users[0], DeviceId::random()).await;
+    let (mut carol, _) = big(&users[2], DeviceId::random()).await;
+    // Bob's device says Hello and then never reads again.
+    let bob_device = DeviceId::random();
+    let limits = tern_sdk::tern_wire::Limits::default();
+    let mut stalled = Transport::connect(&config).await.expect("raw connect");
+    stalled
+        .send_message(&ClientMessage::Hello {
+            min_version: 1,
+            max_version: PROTOCOL_VERSION,
+            token: users[1].token.clone(),
+            device: bob_device,
+            client_name: "stalled".into(),
+            cursors: vec![],
+        })
+        .await
+        .expect("hello");
+    let mut welcomed = false;
+    while let Ok(Some(message)) = stalled.recv_message(&limits).await {
+        match message {
+            ServerMessage::Welcome { .. } => welcomed = true,
+            ServerMessage::SyncComplete => break,
+            _ => {}
+        }
+    }
+    assert!(welcomed);
+
+    let total = 60u64;
+    let payload = vec![7u8; 1_000_000];
+    let carol_reads = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < total as usize {
+            let m = tokio::time::timeout(Duration::from_secs(60), carol.next_event())
+                .await
+                .expect("carol keeps receiving")
+                .expect("carol's connection stays open");
+            if let Event::Deliver(m) = m {
+                assert_eq!(m.payload.len(), 1_000_000);
+                seqs.push(m.seq);
+            }
+        }
+        seqs
+    });
+    for wave in 0..(total / 10) {
+        let sends = (0..10u64).map(|i| {
+            let id = u128::from(wave * 10 + i + 1);
+            alice.send(group, id, "blob", payload.clone())
+        });
+        for result in join_all(sends).await {
+            result.expect("alice's sends are acknowledged");
+        }
+    }
+    let carol_seqs = carol_reads.await.expect("carol's reader");
+    assert_eq!(
+        carol_seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "carol got everything, in order"
+    );
+
+    // The server gave up on the stalled connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(&server, "tern_engine_slow_consumer_disconnects_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled connection was disconnected as a slow consumer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+    // Bob's device comes back and resumes from its cursor: everything, once, in order.
+    let (_bob, replayed) = big(&users[1], bob_device).await;
+    assert_eq!(replayed, (1..=total).collect::<Vec<_>>());
 }

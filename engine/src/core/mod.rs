@@ -490,6 +490,15 @@ impl EngineCore {
         loop {
             let decision = conv.decide_head();
             if matches!(decision, HeadDecision::Wait) {
+                // Duplicates acknowledged above re-entered the window and may have evicted the
+                // keys of sends still queued: those need a store lookup now, or they wait forever.
+                for (sender, client_msg_id) in conv.start_lookups() {
+                    out.push(Action::Lookup {
+                        conversation,
+                        sender,
+                        client_msg_id,
+                    });
+                }
                 break;
             }
             let Some(item) = conv.intake.pop_front() else {
