@@ -212,12 +212,16 @@ impl Rig {
         while let Some(input) = self.pending.pop_front() {
             for action in self.core.handle(input, NOW_MS) {
                 match action {
-                    Action::Load { conversation } => {
+                    Action::Load { conversation, .. } => {
                         let members = self.members[&conversation].clone();
                         let last_seq = u64::from(self.config.history);
                         self.pending.push_back(Input::Loaded {
                             conversation,
-                            snapshot: Some(ConversationSnapshot { members, last_seq }),
+                            snapshot: Some(ConversationSnapshot {
+                                members,
+                                last_seq,
+                                landed: vec![],
+                            }),
                         });
                     }
                     Action::Lookup {

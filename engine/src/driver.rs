@@ -356,11 +356,14 @@ impl Driver {
 
     fn execute(&mut self, action: Action, follow_up: &mut Vec<Input>) {
         match action {
-            Action::Load { conversation } => {
+            Action::Load {
+                conversation,
+                landed_from,
+            } => {
                 let store = self.store.clone();
                 let results = self.results.clone();
                 tokio::spawn(async move {
-                    let input = match load_snapshot(&*store, conversation).await {
+                    let input = match load_snapshot(&*store, conversation, landed_from).await {
                         Ok(snapshot) => Input::Loaded {
                             conversation,
                             snapshot,
@@ -501,9 +504,14 @@ impl Driver {
     }
 }
 
+/// Most messages of a failed-but-landed commit delivered on reload; devices fill anything
+/// beyond from history when they notice the gap.
+const MAX_LANDED_MESSAGES: u32 = 4096;
+
 async fn load_snapshot(
     store: &dyn Store,
     conversation: ConversationId,
+    landed_from: Option<u64>,
 ) -> Result<Option<ConversationSnapshot>, crate::store::StoreError> {
     if store.conversation(conversation).await?.is_none() {
         return Ok(None);
@@ -515,5 +523,22 @@ async fn load_snapshot(
         .map(|m| m.user)
         .collect();
     let last_seq = store.last_seq(conversation).await?;
-    Ok(Some(ConversationSnapshot { members, last_seq }))
+    let landed = match landed_from {
+        Some(from) if from <= last_seq => {
+            let query = crate::store::HistoryQuery::after(
+                conversation,
+                from.saturating_sub(1),
+                MAX_LANDED_MESSAGES,
+            );
+            let mut landed = store.history(query).await?;
+            landed.retain(|m| m.seq <= last_seq);
+            landed
+        }
+        _ => Vec::new(),
+    };
+    Ok(Some(ConversationSnapshot {
+        members,
+        last_seq,
+        landed,
+    }))
 }

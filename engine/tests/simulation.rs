@@ -122,10 +122,21 @@ impl Durable {
         self.convs.get(&c).map_or(0, |v| v.messages.len() as u64)
     }
 
-    fn snapshot(&self, c: ConversationId) -> Option<ConversationSnapshot> {
+    fn snapshot(
+        &self,
+        c: ConversationId,
+        landed_from: Option<u64>,
+    ) -> Option<ConversationSnapshot> {
         self.convs.get(&c).map(|v| ConversationSnapshot {
             members: v.members.clone(),
             last_seq: v.messages.len() as u64,
+            landed: landed_from.map_or_else(Vec::new, |from| {
+                v.messages
+                    .iter()
+                    .filter(|m| m.seq >= from)
+                    .cloned()
+                    .collect()
+            }),
         })
     }
 
@@ -278,7 +289,7 @@ fn check_durable(
 
 #[derive(Debug, Clone)]
 enum Op {
-    Load(ConversationId),
+    Load(ConversationId, Option<u64>),
     Lookup(ConversationId, UserId, u128),
     Commit(BatchId, CommitBatch),
 }
@@ -442,6 +453,10 @@ enum Act {
 // The world.
 
 struct Sim {
+    /// Odd seeds leave connected devices connected through the quiet phase: they must converge
+    /// from live traffic alone (e.g. a failed commit that reached the disk is delivered when
+    /// the conversation reloads), not only through a reconnect's replay.
+    keep_online: bool,
     rng: Rng,
     trace: u64,
     log: Option<VecDeque<String>>,
@@ -558,6 +573,8 @@ impl Sim {
         }
         let core_seed = rng.next_u64();
         Sim {
+            keep_online: seed % 2 == 1
+                || std::env::var("TERN_SIM_KEEP_ONLINE").is_ok_and(|v| v == "1"),
             rng,
             trace: 0xCBF2_9CE4_8422_2325,
             log: verbose.then(VecDeque::new),
@@ -655,7 +672,10 @@ impl Sim {
         self.t(&sig);
         self.log(|| format!("action {}", brief_action(&action)));
         match action {
-            Action::Load { conversation } => self.ops.push(Op::Load(conversation)),
+            Action::Load {
+                conversation,
+                landed_from,
+            } => self.ops.push(Op::Load(conversation, landed_from)),
             Action::Lookup {
                 conversation,
                 sender,
@@ -779,14 +799,14 @@ impl Sim {
         let i = self.rng.below(self.ops.len());
         let op = self.ops.remove(i);
         match op {
-            Op::Load(c) => {
+            Op::Load(c, landed_from) => {
                 let input = if self.faults && self.rng.chance(self.rates.load_fail) {
                     self.stats.load_failures += 1;
                     Input::LoadFailed { conversation: c }
                 } else {
                     Input::Loaded {
                         conversation: c,
-                        snapshot: self.durable.snapshot(c),
+                        snapshot: self.durable.snapshot(c, landed_from),
                     }
                 };
                 self.results.push_back(input);
@@ -1496,10 +1516,8 @@ impl Sim {
         // Quiescent phase: no more faults; every device reconnects and catches up.
         self.faults = false;
         self.log(|| "QUIESCE".into());
-        // `TERN_SIM_KEEP_ONLINE=1` leaves connected devices connected: it shows that a message
-        // written by a commit reported as failed reaches online devices only through a later
-        // message's gap (or a reconnect), see the report in the test's docs.
-        let keep_online = std::env::var("TERN_SIM_KEEP_ONLINE").is_ok_and(|v| v == "1");
+        // Odd seeds (or `TERN_SIM_KEEP_ONLINE=1`) leave connected devices connected.
+        let keep_online = self.keep_online;
         for d in 0..self.devices.len() {
             self.devices[d].slow = false;
             if keep_online && self.devices[d].live {
@@ -1627,7 +1645,10 @@ fn input_sig(input: &Input) -> [u64; 4] {
 
 fn action_sig(action: &Action) -> [u64; 4] {
     match action {
-        Action::Load { conversation } => [11, conversation.0 as u64, 0, 0],
+        Action::Load {
+            conversation,
+            landed_from,
+        } => [11, conversation.0 as u64, landed_from.unwrap_or(0), 0],
         Action::Lookup { client_msg_id, .. } => [12, *client_msg_id as u64, 0, 0],
         Action::Commit { batch, data } => [
             13,

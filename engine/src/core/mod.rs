@@ -49,6 +49,9 @@ pub struct SendRequest {
 pub struct ConversationSnapshot {
     pub members: Vec<UserId>,
     pub last_seq: u64,
+    /// Stored messages from the `landed_from` seq the load asked for, ascending: written by a
+    /// commit that reported failure, so never delivered live.
+    pub landed: Vec<Message>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +114,9 @@ pub enum Input {
 pub enum Action {
     Load {
         conversation: ConversationId,
+        /// Read the stored messages from this seq on into the snapshot's `landed`: a failed
+        /// commit may have reached the disk anyway (e.g. the fsync failed after the write).
+        landed_from: Option<u64>,
     },
     Lookup {
         conversation: ConversationId,
@@ -178,6 +184,9 @@ pub struct EngineCore {
     /// Random bits for message ids come from the driver's seed so simulations reproduce.
     rng_state: u64,
     last_timestamp_ms: u64,
+    /// Conversations dropped after a failed commit → the first seq of that commit. The next load
+    /// delivers whatever of it reached the disk (nothing acknowledged or delivered it).
+    unconfirmed: HashMap<ConversationId, u64>,
 }
 
 impl EngineCore {
@@ -193,6 +202,7 @@ impl EngineCore {
             next_batch_id: 1,
             rng_state: seed | 1,
             last_timestamp_ms: 0,
+            unconfirmed: HashMap::new(),
         })
     }
 
@@ -384,7 +394,10 @@ impl EngineCore {
                         reload: false,
                     },
                 );
-                out.push(Action::Load { conversation });
+                out.push(Action::Load {
+                    conversation,
+                    landed_from: self.unconfirmed.get(&conversation).copied(),
+                });
             }
             Some(ConversationState::Loading { waiting, .. }) => {
                 if waiting.len() >= self.limits.max_queued_sends_per_conversation {
@@ -440,9 +453,13 @@ impl EngineCore {
                     reload: false,
                 },
             );
-            out.push(Action::Load { conversation });
+            out.push(Action::Load {
+                conversation,
+                landed_from: self.unconfirmed.get(&conversation).copied(),
+            });
             return;
         }
+        let landed_from = self.unconfirmed.remove(&conversation);
         let Some(snapshot) = snapshot else {
             for req in waiting {
                 self.reply_error(out, &req, ErrorCode::NotFound, "no such conversation");
@@ -454,6 +471,27 @@ impl EngineCore {
             snapshot.last_seq,
             self.limits.dedupe_window,
         );
+        // Delivered before anything sequenced from now on, so every device sees them in order.
+        for message in snapshot.landed {
+            let Some(from) = landed_from else { break };
+            assert!(
+                message.seq >= from && message.seq <= snapshot.last_seq,
+                "landed messages lie in the range that was asked for"
+            );
+            let key = (message.sender_user, message.client_msg_id);
+            conv.remember(key, Original::of(&message));
+            let recipients: Vec<ConnId> = conv
+                .members
+                .iter()
+                .flat_map(|u| self.user_conns.get(u).into_iter().flatten().copied())
+                .collect();
+            if !recipients.is_empty() {
+                out.push(Action::Deliver {
+                    conns: recipients,
+                    message: Arc::new(ServerMessage::Deliver { message }),
+                });
+            }
+        }
         for req in waiting {
             let Some(info) = self.conns.get(&req.conn) else {
                 continue;
@@ -672,6 +710,9 @@ impl EngineCore {
         affected.dedup();
         for conversation in affected {
             if let Some(ConversationState::Ready(conv)) = self.conversations.remove(&conversation) {
+                let first = conv.committed_seq + 1;
+                let entry = self.unconfirmed.entry(conversation).or_insert(first);
+                *entry = (*entry).min(first);
                 for item in conv.intake {
                     out.push(Action::Reply {
                         conn: item.request.conn,

@@ -45,6 +45,7 @@ fn loaded(last_seq: u64) -> Input {
         snapshot: Some(ConversationSnapshot {
             members: vec![ALICE, BOB],
             last_seq,
+            landed: vec![],
         }),
     }
 }
@@ -80,7 +81,10 @@ fn send_is_acked_and_delivered_only_after_commit() {
     connect(&mut core, 3, ALICE); // Alice's second device
     assert_eq!(
         core.handle(send(1, 9, 42), 10),
-        vec![Action::Load { conversation: CONV }]
+        vec![Action::Load {
+            conversation: CONV,
+            landed_from: None
+        }]
     );
     let actions = core.handle(loaded(0), 11);
     let (batch, data) = commit_of(&actions);
@@ -261,10 +265,66 @@ fn a_failed_commit_reuses_no_seq_and_reports_every_waiting_sender() {
         })
         .count();
     assert_eq!(errors, 2, "the failed message and the one queued behind it");
-    // The next send reloads the conversation from storage.
+    // The next send reloads the conversation from storage, asking for whatever of the failed
+    // commit reached the disk anyway.
     assert_eq!(
         core.handle(send(1, 3, 1), 4),
-        vec![Action::Load { conversation: CONV }]
+        vec![Action::Load {
+            conversation: CONV,
+            landed_from: Some(1)
+        }]
+    );
+}
+
+#[test]
+fn a_failed_commit_that_reached_the_disk_is_delivered_on_reload_and_retries_dedupe() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, BOB);
+    core.handle(send(1, 1, 1), 1);
+    let (batch, data) = commit_of(&core.handle(loaded(0), 1));
+    // The write landed but the fsync reported an error.
+    core.handle(Input::Committed { batch, ok: false }, 2);
+    let landed = data.messages.clone();
+    assert_eq!(landed.len(), 1);
+    // Alice retries the same client id: the reload finds it on disk.
+    assert!(matches!(
+        core.handle(send(1, 2, 1), 3).as_slice(),
+        [Action::Load {
+            landed_from: Some(1),
+            ..
+        }]
+    ));
+    let actions = core.handle(
+        Input::Loaded {
+            conversation: CONV,
+            snapshot: Some(ConversationSnapshot {
+                members: vec![ALICE, BOB],
+                last_seq: 1,
+                landed: landed.clone(),
+            }),
+        },
+        4,
+    );
+    // Bob (and Alice's connection) get it live, and the retry is answered as a duplicate from
+    // memory: no lookup, no new seq.
+    let delivered: Vec<(Vec<ConnId>, u64)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { conns, message } => match &**message {
+                ServerMessage::Deliver { message } => Some((conns.clone(), message.seq)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].0.contains(&2) && delivered[0].1 == 1);
+    assert_eq!(acks(&actions), vec![(1, 1, true)]);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Lookup { .. } | Action::Commit { .. }))
     );
 }
 
