@@ -8,11 +8,7 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod tls;
+#[cfg(target_os = "linux")]
+pub mod uring_path;
 pub mod ws;
 pub mod wt;
-
-// TEMPORARY until tern-uring lands.
-#[allow(clippy::too_many_arguments)]
-pub fn uring_path_start<A, B, C, D, E, F>(_: A, _: B, _: C, _: D, _: E, _: F) {
-    unreachable!()
-}

@@ -54,6 +54,13 @@ pub struct GatewayMetrics {
     pub tls_handshake_failures: Counter,
     /// Open sessions by the shard (thread) that serves them.
     pub shard_connections: Family<ShardLabels, Gauge>,
+    /// io_uring driver, per shard: `io_uring_enter` calls that submitted, entries submitted,
+    /// sends pushed, receives that found the buffer ring empty, buffers held right now.
+    pub uring_submissions: Family<ShardLabels, Counter>,
+    pub uring_sqes: Family<ShardLabels, Counter>,
+    pub uring_sends: Family<ShardLabels, Counter>,
+    pub uring_recv_buffer_exhausted: Family<ShardLabels, Counter>,
+    pub uring_recv_buffers_held: Family<ShardLabels, Gauge>,
     resolved: [TransportCounters; 2],
 }
 
@@ -80,6 +87,11 @@ impl Default for GatewayMetrics {
             messages_in,
             tls_handshake_failures: Counter::default(),
             shard_connections: Family::default(),
+            uring_submissions: Family::default(),
+            uring_sqes: Family::default(),
+            uring_sends: Family::default(),
+            uring_recv_buffer_exhausted: Family::default(),
+            uring_recv_buffers_held: Family::default(),
             resolved,
         }
     }
@@ -124,6 +136,31 @@ impl GatewayMetrics {
             "tern_shard_connections",
             "Open sessions by shard",
             self.shard_connections.clone(),
+        );
+        registry.register(
+            "tern_uring_submissions",
+            "io_uring_enter calls that submitted entries, by shard",
+            self.uring_submissions.clone(),
+        );
+        registry.register(
+            "tern_uring_sqes",
+            "io_uring submission entries, by shard",
+            self.uring_sqes.clone(),
+        );
+        registry.register(
+            "tern_uring_sends",
+            "io_uring send operations, by shard",
+            self.uring_sends.clone(),
+        );
+        registry.register(
+            "tern_uring_recv_buffer_exhausted",
+            "Multishot receives ended because the provided-buffer ring was empty, by shard",
+            self.uring_recv_buffer_exhausted.clone(),
+        );
+        registry.register(
+            "tern_uring_recv_buffers_held",
+            "Provided receive buffers taken and not yet returned, by shard",
+            self.uring_recv_buffers_held.clone(),
         );
     }
 }

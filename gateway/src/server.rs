@@ -152,7 +152,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     Err(error) => tracing::error!(shard = index, %error, "TCP listener failed"),
                 },
                 #[cfg(target_os = "linux")]
-                Io::Uring => crate::uring_path_start(
+                Io::Uring => crate::uring_path::start(
                     tcp,
                     tcp_tls,
                     sessions.clone(),
@@ -203,10 +203,10 @@ fn resolve_io(choice: IoChoice) -> anyhow::Result<Io> {
         match choice {
             IoChoice::Epoll => Ok(Io::Epoll),
             IoChoice::Uring => {
-                uring_probe().context("--io uring: this kernel does not allow it")?;
+                tern_uring::probe().context("--io uring: this kernel does not allow it")?;
                 Ok(Io::Uring)
             }
-            IoChoice::Auto => match uring_probe() {
+            IoChoice::Auto => match tern_uring::probe() {
                 Ok(()) => Ok(Io::Uring),
                 Err(why) => {
                     tracing::warn!(%why, "io_uring unavailable: falling back to epoll");
@@ -382,9 +382,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-// TEMPORARY until tern-uring lands.
-fn uring_probe() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
 }

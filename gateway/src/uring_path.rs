@@ -4,16 +4,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tern_uring::{Handler, UringConfig, WsConnection, WsEvent, WsReceiver, WsSender};
+use prometheus_client::metrics::counter::Counter;
+use tern_uring::{Handler, UringConfig, UringStats, WsConnection, WsEvent, WsReceiver, WsSender};
 use tern_wire::msg::ErrorCode;
 
-use crate::metrics::Transport;
+use crate::metrics::{GatewayMetrics, ShardLabels, Transport};
 use crate::session::{self, FrameRecv, FrameSend, Received, SessionContext, TransportClosed};
 
 /// WebSocket endpoint path (the same route the epoll path serves through axum).
 pub const WS_PATH: &str = "/api/v1/ws";
+/// How often the driver's counters are copied into the Prometheus series.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts this shard's io_uring driver on the current (shard) runtime.
 pub fn start(
@@ -21,15 +26,19 @@ pub fn start(
     tls: Arc<rustls::ServerConfig>,
     sessions: Arc<SessionContext>,
     router: axum::Router,
+    metrics: Arc<GatewayMetrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = UringConfig::new(tls, WS_PATH, sessions.limits.max_frame_bytes);
+    let stats = config.stats.clone();
     let handler: Arc<dyn Handler> = Arc::new(Glue { sessions, router });
-    tokio::task::spawn_local(async move {
+    let shard = crate::shard::current();
+    tokio::spawn(async move {
         if let Err(error) = tern_uring::serve(listener, config, handler, shutdown).await {
-            tracing::error!(%error, shard = crate::shard::current(), "io_uring driver stopped");
+            tracing::error!(%error, shard, "io_uring driver stopped");
         }
     });
+    tokio::spawn(export_stats(stats, metrics, shard));
 }
 
 struct Glue {
@@ -50,7 +59,11 @@ impl Handler for Glue {
 
     fn http(&self, peer: SocketAddr, stream: tokio::io::DuplexStream) {
         let router = self.router.clone();
-        tokio::spawn(crate::server::serve_http(TokioIo::new(stream), peer, router));
+        tokio::spawn(crate::server::serve_http(
+            TokioIo::new(stream),
+            peer,
+            router,
+        ));
     }
 }
 
@@ -76,7 +89,60 @@ impl FrameSend for UringSend {
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
         self.0
-            .close(crate::ws::close_code_for(code), crate::ws::close_reason(reason))
+            .close(
+                crate::ws::close_code_for(code),
+                crate::ws::close_reason(reason),
+            )
             .await;
+    }
+}
+
+/// Copies the driver's atomics into this shard's Prometheus series once a second.
+async fn export_stats(stats: Arc<UringStats>, metrics: Arc<GatewayMetrics>, shard: usize) {
+    let labels = ShardLabels {
+        shard: shard as u32,
+    };
+    let counters: [(&AtomicU64, Counter); 4] = [
+        (
+            &stats.submissions,
+            metrics.uring_submissions.get_or_create(&labels).clone(),
+        ),
+        (
+            &stats.sqes,
+            metrics.uring_sqes.get_or_create(&labels).clone(),
+        ),
+        (
+            &stats.sends,
+            metrics.uring_sends.get_or_create(&labels).clone(),
+        ),
+        (
+            &stats.recv_buffer_exhausted,
+            metrics
+                .uring_recv_buffer_exhausted
+                .get_or_create(&labels)
+                .clone(),
+        ),
+    ];
+    let held = metrics
+        .uring_recv_buffers_held
+        .get_or_create(&labels)
+        .clone();
+    let mut exported = [0u64; 4];
+    let mut tls_failures = 0u64;
+    let mut interval = tokio::time::interval(STATS_INTERVAL);
+    loop {
+        interval.tick().await;
+        for ((source, counter), last) in counters.iter().zip(exported.iter_mut()) {
+            let now = source.load(Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(*last));
+            *last = now;
+        }
+        held.set(stats.recv_buffers_held.load(Ordering::Relaxed) as i64);
+        let failures = stats.tls_failures.load(Ordering::Relaxed)
+            + stats.handshake_timeouts.load(Ordering::Relaxed);
+        metrics
+            .tls_handshake_failures
+            .inc_by(failures.saturating_sub(tls_failures));
+        tls_failures = failures;
     }
 }

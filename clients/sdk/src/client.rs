@@ -9,22 +9,73 @@
 //! [`Client::flush_acks`] / [`Client::close`]). A crash while handling a message therefore
 //! replays it on the next run instead of losing it.
 //!
-//! Design room for the offline outbox (later): [`Client::send_with_id`] takes the idempotency key
-//! from the caller, so an outbox can persist `(client_msg_id, payload)` before sending and retry
-//! after reconnects without creating duplicates.
+//! ## Outbox
+//!
+//! Every send goes through the [`Outbox`] first: [`Client::compose`] (and [`Client::send`],
+//! which composes and then sends) persists the message with a fresh random `client_msg_id`
+//! before any network I/O, and the entry is removed only after its `SendAck` (or a permanent
+//! rejection). A `Client` can be built offline ([`Client::new`]) and composed into with no
+//! connection at all; with a file outbox ([`Outbox::open_file`]) the entries survive an app
+//! restart. Pending entries are sent one at a time, oldest first (so every conversation keeps
+//! compose order), with their original ids (the server deduplicates, so a resend of a message
+//! that was stored but whose ack was lost creates nothing new):
+//! * by [`Client::run_until_connected`] once resume replay is over (`SyncComplete`);
+//! * by [`Client::next_event`] whenever the connection is synced and entries are pending;
+//! * by [`Client::send`] / [`Client::flush_outbox`] right away (older entries first).
+//!
+//! Outcomes: the receipt of [`Client::send`]'s own message is its return value; every other
+//! outbox entry that gets acknowledged surfaces as `ClientEvent::Other(ServerMessage::SendAck)`
+//! (with its `client_msg_id`). A permanent rejection (forbidden, not found, invalid, too large)
+//! removes the entry, surfaces as `ClientEvent::Error { fatal: false, .. }` whose message names
+//! the id, and is kept in structured form for [`Client::take_rejected`]. Transient failures
+//! (timeout, connection lost, rate limited, server shutting down) keep the entry; it is retried
+//! on the next connection (rate limited: after a backoff delay on the same connection).
+//!
+//! ## Reconnecting
+//!
+//! [`Client::run_until_connected`] reconnects with exponential backoff and full jitter
+//! ([`crate::Backoff`], parameters in [`Config::reconnect`]), waits at least the `retry_after_ms`
+//! of a `GoingAway` notice, resumes from the cursors, then drains the outbox. It gives up only
+//! on errors retrying cannot fix (token revoked or unknown, unsupported version, bad
+//! configuration).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use tern_wire::ids::{ConversationId, DeviceId};
 use tern_wire::msg::{Cursor, ErrorCode, Message, Notice, ServerMessage};
+use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::connection::{Connection, Event, HistoryPage, SendReceipt};
 use crate::error::{CloseReason, Error, Result};
+use crate::outbox::{Outbox, OutboxLimits, PendingSend};
 use crate::sync::{Advance, SyncState};
 
 /// Page size for gap filling.
 const GAP_FETCH_LIMIT: u64 = 200;
+/// Structured rejections kept for [`Client::take_rejected`] (oldest dropped beyond this).
+const MAX_REJECTED: usize = 1024;
+
+/// An outbox entry the server refused for good; it was removed from the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub client_msg_id: u128,
+    pub conversation: ConversationId,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// When the outbox may be drained automatically on the current connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainGate {
+    Open,
+    /// Rate limited: not before then.
+    At(Instant),
+    /// A transient failure on this connection: wait for the next one.
+    Parked,
+}
 
 /// Why a range of messages will not be surfaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,17 +132,32 @@ pub struct Client {
     app_cursor: HashMap<ConversationId, u64>,
     /// Highest seq per conversation acknowledged to the server.
     acked: HashMap<ConversationId, u64>,
+    outbox: Outbox,
+    backoff: Backoff,
+    /// `SyncComplete` seen on the current connection.
+    synced: bool,
+    drain: DrainGate,
+    /// When the current (or last) connection came up, and how long the last one stayed up.
+    connected_at: Option<Instant>,
+    last_uptime: Option<Duration>,
+    /// From `GoingAway`: wait at least this long before reconnecting.
+    retry_hint: Option<Duration>,
+    rejected: VecDeque<Rejected>,
 }
 
 impl Client {
-    /// Connects and resumes after `cursors` (what the app persisted; may be empty).
-    pub async fn connect(
+    /// A client that has not connected yet (no I/O): compose into `outbox` offline, then call
+    /// [`Client::run_until_connected`] (or [`Client::reconnect`]). `cursors` are what the app
+    /// persisted (may be empty).
+    pub fn new(
         config: Config,
         token: impl Into<String>,
         device: DeviceId,
         cursors: &[Cursor],
-    ) -> Result<Client> {
-        let mut client = Client {
+        outbox: Outbox,
+    ) -> Client {
+        let backoff = Backoff::random(config.reconnect);
+        Client {
             config,
             token: token.into(),
             device,
@@ -100,23 +166,177 @@ impl Client {
             ready: VecDeque::new(),
             app_cursor: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
             acked: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
-        };
+            outbox,
+            backoff,
+            synced: false,
+            drain: DrainGate::Open,
+            connected_at: None,
+            last_uptime: None,
+            retry_hint: None,
+            rejected: VecDeque::new(),
+        }
+    }
+
+    /// Connects once and resumes after `cursors`, with an in-memory outbox (use
+    /// [`Client::new`] with [`Outbox::open_file`] for one that survives restarts).
+    pub async fn connect(
+        config: Config,
+        token: impl Into<String>,
+        device: DeviceId,
+        cursors: &[Cursor],
+    ) -> Result<Client> {
+        let outbox = Outbox::in_memory(OutboxLimits::default());
+        let mut client = Client::new(config, token, device, cursors, outbox);
         client.reconnect().await?;
         Ok(client)
     }
 
-    /// (Re)connects, resuming after the cursors of everything seen so far. Messages already
-    /// queued for the app stay queued; replayed copies are de-duplicated.
+    /// (Re)connects once, resuming after the cursors of everything seen so far. Messages
+    /// already queued for the app stay queued; replayed copies are de-duplicated. The outbox is
+    /// drained by [`Client::next_event`] after `SyncComplete` (or call
+    /// [`Client::flush_outbox`]).
     pub async fn reconnect(&mut self) -> Result<()> {
         self.flush_acks().await;
         if let Some(old) = self.conn.take() {
             old.close().await;
+            self.note_disconnected();
         }
+        self.synced = false;
         let cursors = self.sync.cursors();
         let conn = Connection::connect(&self.config, &self.token, self.device, &cursors).await?;
         self.sync.on_connect();
         self.conn = Some(conn);
+        self.drain = DrainGate::Open;
+        self.connected_at = Some(Instant::now());
+        self.last_uptime = None;
         Ok(())
+    }
+
+    /// Reconnects until it works, then waits for the end of resume replay (bounded by the
+    /// request timeout) and sends the outbox. Between attempts it sleeps per the backoff
+    /// schedule (at least a `GoingAway`'s `retry_after_ms`); the schedule resets when the
+    /// previous connection stayed up for [`crate::BackoffPolicy::reset_after`].
+    ///
+    /// Returns an error only when retrying cannot help: the token is revoked or unknown
+    /// ([`Error::is_auth`]), the server speaks no version of ours, or the configuration is
+    /// bad. Wrap it in a timeout to bound it otherwise. Events seen meanwhile stay queued for
+    /// [`Client::next_event`].
+    pub async fn run_until_connected(&mut self) -> Result<()> {
+        if let Some(conn) = self.conn.as_ref().filter(|c| !c.is_closed()) {
+            // A path can die silently (a QUIC peer killed without a word): check it answers
+            // before trusting it; a dead one is replaced like a closed one.
+            match conn.ping().await {
+                Ok(_) => {
+                    if let Err(e) = self.wait_synced().await {
+                        tracing::debug!(error = %e, "no SyncComplete");
+                    }
+                    if let Err(e) = self.flush_outbox().await {
+                        tracing::debug!(error = %e, "outbox not fully sent");
+                    }
+                    if self.is_connected() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "connection does not answer; replacing it"),
+            }
+        }
+        self.note_disconnected();
+        if self
+            .last_uptime
+            .is_some_and(|up| up >= self.backoff.policy().reset_after)
+        {
+            self.backoff.reset();
+        }
+        self.last_uptime = None;
+        let mut first = true;
+        loop {
+            let hint = self.retry_hint.take();
+            // The very first attempt after a stable connection goes right away; a flapping
+            // connection (counter not reset) or a GoingAway waits.
+            let delay = if first && hint.is_none() && self.backoff.attempt() == 0 {
+                Duration::ZERO
+            } else {
+                self.backoff.next_delay().max(hint.unwrap_or_default())
+            };
+            first = false;
+            if !delay.is_zero() {
+                tracing::debug!(
+                    ?delay,
+                    attempt = self.backoff.attempt(),
+                    "reconnecting after"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            match self.reconnect().await {
+                Ok(()) => {}
+                Err(e) if connect_error_is_permanent(&e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnect failed");
+                    continue;
+                }
+            }
+            // Replay first (so our own seqs do not look like gaps), then the outbox.
+            if let Err(e) = self.wait_synced().await {
+                tracing::debug!(error = %e, "no SyncComplete");
+            }
+            match self.flush_outbox().await {
+                Ok(_) => return Ok(()),
+                Err(e) if self.is_connected() => {
+                    // Still connected (rate limited, a slow ack): the entries stay queued and
+                    // are retried on this connection or the next.
+                    tracing::debug!(error = %e, "outbox not fully sent");
+                    return Ok(());
+                }
+                // Lost again: next attempt (a revoked token fails the Hello and ends the loop).
+                Err(e) => tracing::debug!(error = %e, "connection lost while sending the outbox"),
+            }
+        }
+    }
+
+    /// Pumps events (queued for the app) until this connection's `SyncComplete`.
+    async fn wait_synced(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        while !self.synced {
+            let conn = self
+                .conn
+                .as_mut()
+                .ok_or(Error::Closed(CloseReason::Local))?;
+            let event = tokio::time::timeout_at(deadline, conn.next_event())
+                .await
+                .map_err(|_| Error::Timeout("SyncComplete"))?;
+            match event {
+                Some(event) => self.on_event(event),
+                None => self.conn = None,
+            }
+        }
+        Ok(())
+    }
+
+    /// Records how long the connection that just ended stayed up.
+    fn note_disconnected(&mut self) {
+        if let Some(at) = self.connected_at.take() {
+            self.last_uptime = Some(at.elapsed());
+        }
+    }
+
+    /// The pending sends.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn outbox_mut(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// Replaces the reconnect schedule (e.g. a seeded one in tests).
+    pub fn set_backoff(&mut self, backoff: Backoff) {
+        self.backoff = backoff;
+    }
+
+    /// Outbox entries the server rejected for good since the last call (at most the latest
+    /// 1024).
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        self.rejected.drain(..).collect()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -146,20 +366,49 @@ impl Client {
         v
     }
 
-    /// Sends with a fresh idempotency key; see [`Client::send_with_id`].
+    /// Puts a message in the outbox (persisted when this returns) without any network I/O and
+    /// returns its `client_msg_id`. Works offline; the message is sent when the outbox is next
+    /// drained (see the module docs). Fails with [`Error::OutboxFull`] when the outbox is at
+    /// its limits and with [`Error::FrameTooLarge`] when the payload cannot fit in a frame.
+    pub fn compose(
+        &mut self,
+        conversation: ConversationId,
+        content_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<u128> {
+        self.check_size(&payload)?;
+        self.outbox.compose(conversation, content_type, payload)
+    }
+
+    fn check_size(&self, payload: &[u8]) -> Result<()> {
+        if payload.len() > self.config.max_frame_bytes {
+            return Err(Error::FrameTooLarge {
+                size: payload.len(),
+                max: self.config.max_frame_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Composes (see [`Client::compose`]) and sends right away, older outbox entries first,
+    /// waiting for the durable `SendAck`.
+    ///
+    /// An error other than [`Error::OutboxFull`], [`Error::FrameTooLarge`] or a permanent
+    /// [`Error::Server`] rejection means the message **is queued** and will be sent after
+    /// reconnecting (no connection, timeout, connection lost, rate limited).
     pub async fn send(
         &mut self,
         conversation: ConversationId,
         content_type: &str,
         payload: Vec<u8>,
     ) -> Result<SendReceipt> {
-        let client_msg_id = uuid::Uuid::now_v7().as_u128();
-        self.send_with_id(conversation, client_msg_id, content_type, payload)
-            .await
+        let client_msg_id = self.compose(conversation, content_type, payload)?;
+        self.send_pending(client_msg_id).await
     }
 
-    /// Sends and waits for the durable `SendAck`. Our own messages are not delivered back to
-    /// this device; their seqs are recorded so they do not look like gaps.
+    /// Like [`Client::send`] with a caller-chosen idempotency key (an id already in the outbox
+    /// is not queued twice). Our own messages are not delivered back to this device; their
+    /// seqs are recorded so they do not look like gaps.
     pub async fn send_with_id(
         &mut self,
         conversation: ConversationId,
@@ -167,16 +416,121 @@ impl Client {
         content_type: &str,
         payload: Vec<u8>,
     ) -> Result<SendReceipt> {
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or(Error::Closed(CloseReason::Local))?;
-        let receipt = conn
-            .send(conversation, client_msg_id, content_type, payload)
-            .await?;
-        let adv = self.sync.on_own_send(conversation, receipt.seq);
-        self.push_advance(conversation, adv);
-        Ok(receipt)
+        self.check_size(&payload)?;
+        self.outbox.enqueue(PendingSend {
+            client_msg_id,
+            conversation,
+            content_type: content_type.to_string(),
+            payload,
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        })?;
+        self.send_pending(client_msg_id).await
+    }
+
+    /// Sends the outbox up to and including `client_msg_id` and returns its receipt.
+    async fn send_pending(&mut self, client_msg_id: u128) -> Result<SendReceipt> {
+        match self.drain_outbox(Some(client_msg_id)).await? {
+            Some(receipt) => Ok(receipt),
+            // Removed meanwhile (a late ack of an earlier copy reported it as stored).
+            None => Err(Error::Protocol(format!(
+                "message {client_msg_id:032x} left the outbox before it was sent"
+            ))),
+        }
+    }
+
+    /// Sends every pending outbox entry now, oldest first, on the current connection, and
+    /// returns how many were acknowledged. Stops at the first transient failure (the entry and
+    /// everything after it stay queued); permanently rejected entries are removed and reported.
+    pub async fn flush_outbox(&mut self) -> Result<usize> {
+        let before = self.outbox.len();
+        self.drain_outbox(None).await?;
+        Ok(before.saturating_sub(self.outbox.len()))
+    }
+
+    /// Sends outbox entries oldest first until the outbox is empty or `target` was sent.
+    /// Entries other than `target` that get acknowledged are surfaced as `SendAck` events.
+    async fn drain_outbox(&mut self, target: Option<u128>) -> Result<Option<SendReceipt>> {
+        while let Some(entry) = self.outbox.front().cloned() {
+            let id = entry.client_msg_id;
+            let conn = match self.conn.as_ref() {
+                Some(c) if !c.is_closed() => c,
+                Some(c) => {
+                    return Err(Error::Closed(
+                        c.close_reason().unwrap_or(CloseReason::Local),
+                    ));
+                }
+                None => return Err(Error::Closed(CloseReason::Local)),
+            };
+            match conn
+                .send(entry.conversation, id, &entry.content_type, entry.payload)
+                .await
+            {
+                Ok(receipt) => {
+                    self.remove_from_outbox(id);
+                    let adv = self.sync.on_own_send(receipt.conversation, receipt.seq);
+                    self.push_advance(receipt.conversation, adv);
+                    if target == Some(id) {
+                        return Ok(Some(receipt));
+                    }
+                    self.push_event(ClientEvent::Other(ServerMessage::SendAck {
+                        request_id: 0,
+                        conversation: receipt.conversation,
+                        client_msg_id: id,
+                        seq: receipt.seq,
+                        message_id: receipt.message_id,
+                        timestamp_ms: receipt.timestamp_ms,
+                        duplicate: receipt.duplicate,
+                    }));
+                }
+                Err(e) => match rejection_code(&e) {
+                    Some(code) => {
+                        self.remove_from_outbox(id);
+                        let rejected = Rejected {
+                            client_msg_id: id,
+                            conversation: entry.conversation,
+                            code,
+                            message: e.to_string(),
+                        };
+                        tracing::warn!(?rejected, "outbox entry rejected; dropped");
+                        self.push_event(ClientEvent::Error {
+                            code,
+                            message: format!(
+                                "message {id:032x} to {} was rejected and removed from the \
+                                 outbox: {e}",
+                                entry.conversation
+                            ),
+                            fatal: false,
+                        });
+                        if self.rejected.len() >= MAX_REJECTED {
+                            self.rejected.pop_front();
+                        }
+                        self.rejected.push_back(rejected);
+                        if target == Some(id) {
+                            return Err(e);
+                        }
+                    }
+                    None => {
+                        self.drain = if e.code() == Some(ErrorCode::RateLimited.as_str()) {
+                            DrainGate::At(Instant::now() + self.backoff.next_delay())
+                        } else {
+                            DrainGate::Parked
+                        };
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        Ok(None)
+    }
+
+    fn remove_from_outbox(&mut self, client_msg_id: u128) {
+        if let Err(e) = self.outbox.remove(client_msg_id) {
+            // The entry is gone from memory; on disk it may linger and be resent after a
+            // restart, which the server answers as a duplicate.
+            tracing::warn!(error = %e, "could not persist an outbox removal");
+        }
     }
 
     /// History over the socket (does not touch cursors).
@@ -215,6 +569,19 @@ impl Client {
             }
             // No connection and nothing queued: the caller has to reconnect.
             self.conn.as_ref()?;
+            if self.synced && !self.outbox.is_empty() {
+                if let DrainGate::At(t) = self.drain
+                    && Instant::now() >= t
+                {
+                    self.drain = DrainGate::Open;
+                }
+                if self.drain == DrainGate::Open {
+                    if let Err(e) = self.drain_outbox(None).await {
+                        tracing::debug!(error = %e, "outbox drain interrupted");
+                    }
+                    continue;
+                }
+            }
             if self.sync.next_gap().is_some() {
                 if let Err(e) = self.fill_gaps().await {
                     // Transport trouble: the Closed event follows from the connection; the gap
@@ -224,8 +591,19 @@ impl Client {
                     continue;
                 }
             }
+            let retry_at = match self.drain {
+                DrainGate::At(t) if !self.outbox.is_empty() => Some(t),
+                _ => None,
+            };
             let conn = self.conn.as_mut()?;
-            let Some(event) = conn.next_event().await else {
+            let event = match retry_at {
+                Some(t) => tokio::select! {
+                    e = conn.next_event() => e,
+                    () = tokio::time::sleep_until(t) => continue,
+                },
+                None => conn.next_event().await,
+            };
+            let Some(event) = event else {
                 self.conn = None;
                 continue;
             };
@@ -266,6 +644,7 @@ impl Client {
                 self.push_advance(conv, adv);
             }
             Event::SyncComplete => {
+                self.synced = true;
                 for (conv, adv) in self.sync.on_sync_complete() {
                     self.push_advance(conv, adv);
                 }
@@ -285,7 +664,12 @@ impl Client {
                 });
                 self.push_advance(conversation, adv);
             }
-            Event::Notice(n) => self.push_event(ClientEvent::Notice(n)),
+            Event::Notice(n) => {
+                if let Notice::GoingAway { retry_after_ms } = n {
+                    self.retry_hint = Some(Duration::from_millis(retry_after_ms.into()));
+                }
+                self.push_event(ClientEvent::Notice(n))
+            }
             Event::Error {
                 code,
                 message,
@@ -306,8 +690,15 @@ impl Client {
                 duplicate,
             }) => {
                 // The ack of a send whose caller gave up (timeout): the message is stored all
-                // the same. Record its seq so it is not mistaken for a gap, and surface the ack
-                // so the app (later: the outbox) learns the send succeeded.
+                // the same. Record its seq so it is not mistaken for a gap, take it out of the
+                // outbox, and surface the ack so the app learns the send succeeded.
+                if self
+                    .outbox
+                    .get(client_msg_id)
+                    .is_some_and(|e| e.conversation == conversation)
+                {
+                    self.remove_from_outbox(client_msg_id);
+                }
                 let adv = self.sync.on_own_send(conversation, seq);
                 self.push_advance(conversation, adv);
                 self.push_event(ClientEvent::Other(ServerMessage::SendAck {
@@ -323,6 +714,7 @@ impl Client {
             Event::Other(m) => self.push_event(ClientEvent::Other(m)),
             Event::Closed(reason) => {
                 self.conn = None;
+                self.note_disconnected();
                 self.push_event(ClientEvent::Disconnected(reason));
             }
         }
@@ -366,6 +758,7 @@ impl Client {
     }
 
     fn push_event(&mut self, event: ClientEvent) {
+        // (Outbox outcomes and server events share the one queue the app reads.)
         self.ready.push_back(Ready {
             event: Some(event),
             ack: None,
@@ -390,5 +783,94 @@ impl Client {
                 ack: Some((conv, cursor)),
             });
         }
+    }
+}
+
+/// The error code when `e` rejects a send for good (retrying the same message cannot succeed);
+/// `None` for transient failures.
+fn rejection_code(e: &Error) -> Option<ErrorCode> {
+    match e {
+        Error::Server { code, fatal, .. } => match code {
+            ErrorCode::Forbidden
+            | ErrorCode::NotFound
+            | ErrorCode::InvalidArgument
+            | ErrorCode::LimitExceeded
+            | ErrorCode::FrameTooLarge
+            | ErrorCode::Conflict
+            | ErrorCode::Unsupported
+                if !*fatal =>
+            {
+                Some(*code)
+            }
+            _ => None,
+        },
+        Error::FrameTooLarge { .. } => Some(ErrorCode::FrameTooLarge),
+        _ => None,
+    }
+}
+
+/// Connect failures that retrying cannot fix.
+fn connect_error_is_permanent(e: &Error) -> bool {
+    e.is_auth()
+        || matches!(
+            e,
+            Error::Config(_)
+                | Error::Tls(_)
+                | Error::Server {
+                    code: ErrorCode::UnsupportedVersion,
+                    ..
+                }
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_and_transient_send_failures() {
+        let server = |code, fatal| Error::Server {
+            code,
+            message: String::new(),
+            fatal,
+        };
+        for code in [
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::InvalidArgument,
+            ErrorCode::LimitExceeded,
+            ErrorCode::FrameTooLarge,
+        ] {
+            assert_eq!(rejection_code(&server(code, false)), Some(code));
+        }
+        for code in [
+            ErrorCode::RateLimited,
+            ErrorCode::Internal,
+            ErrorCode::ServerShutdown,
+            ErrorCode::SlowConsumer,
+            ErrorCode::TokenRevoked,
+            ErrorCode::Unauthenticated,
+        ] {
+            assert_eq!(rejection_code(&server(code, false)), None, "{code:?}");
+        }
+        // A fatal error closes the connection: the message itself was not judged.
+        assert_eq!(
+            rejection_code(&server(ErrorCode::MalformedFrame, true)),
+            None
+        );
+        assert_eq!(rejection_code(&Error::Timeout("x")), None);
+        assert_eq!(
+            rejection_code(&Error::Closed(CloseReason::ClosedByServer)),
+            None
+        );
+        assert_eq!(
+            rejection_code(&Error::FrameTooLarge { size: 2, max: 1 }),
+            Some(ErrorCode::FrameTooLarge)
+        );
+        assert!(connect_error_is_permanent(&server(
+            ErrorCode::Unauthenticated,
+            true
+        )));
+        assert!(!connect_error_is_permanent(&Error::Timeout("Welcome")));
     }
 }

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::BackoffPolicy;
 use crate::error::{Error, Result};
 use crate::tls::{TlsConfigs, Trust};
 
@@ -60,6 +61,8 @@ pub struct Config {
     /// the OS choose. A load generator spreads connections over 127.0.0.0/8 with it, because one
     /// source address has only ~28k ephemeral ports. The HTTPS API does not use it.
     pub bind_address: Option<IpAddr>,
+    /// The reconnect schedule of [`crate::Client::run_until_connected`].
+    pub reconnect: BackoffPolicy,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             heartbeat_interval: Some(Duration::from_secs(20)),
             bind_address: None,
+            reconnect: BackoffPolicy::default(),
         })
     }
 

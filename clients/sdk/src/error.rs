@@ -109,6 +109,19 @@ pub enum Error {
     FrameTooLarge { size: usize, max: usize },
     #[error("I/O: {0}")]
     Io(std::io::Error),
+    /// The outbox reached one of its limits: the new message was not queued (everything already
+    /// queued is kept). Wait until queued messages are sent, or raise the limits.
+    #[error(
+        "outbox full: {pending} messages ({pending_bytes} bytes) waiting to be sent, limits are \
+         {max_entries} messages and {max_bytes} bytes; a {entry_bytes}-byte message does not fit"
+    )]
+    OutboxFull {
+        pending: usize,
+        pending_bytes: usize,
+        entry_bytes: usize,
+        max_entries: usize,
+        max_bytes: usize,
+    },
 }
 
 impl Error {

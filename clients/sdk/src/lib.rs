@@ -7,21 +7,25 @@
 //! * [`Transport`]: raw frames over WebTransport or WebSocket (public so tests can send
 //!   malformed frames).
 //! * [`Connection`]: Hello/Welcome, request/reply matching, an event queue.
-//! * [`Client`]: cursors, resume, de-duplication, gap filling, Acks.
+//! * [`Client`]: cursors, resume, de-duplication, gap filling, Acks, the [`Outbox`] of pending
+//!   sends and reconnecting with [`Backoff`].
 //!
 //! Everything runs on a current-thread tokio runtime (tasks are spawned with `tokio::spawn`, so
 //! call from within a runtime).
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod error;
 pub mod http;
+pub mod outbox;
 pub mod sync;
 pub mod tls;
 pub mod transport;
 
-pub use client::{Client, ClientEvent, SkipReason};
+pub use backoff::{Backoff, BackoffPolicy};
+pub use client::{Client, ClientEvent, Rejected, SkipReason};
 pub use config::{Config, DEFAULT_MAX_FRAME_BYTES, TransportPref};
 pub use connection::{
     Connection, ConnectionSender, EVENT_QUEUE, Event, EventStream, HistoryPage, OUTGOING_QUEUE,
@@ -29,6 +33,7 @@ pub use connection::{
 };
 pub use error::{ApiFailure, CloseReason, Error, Result};
 pub use http::{HistoryQuery, HttpApi, message_from_view};
+pub use outbox::{FileStore, MemoryStore, Outbox, OutboxLimits, OutboxStore, PendingSend};
 pub use sync::{Gap, SyncState};
 pub use tls::{PinnedCertVerifier, Trust, certificate_sha256};
 pub use transport::{FrameReader, FrameWriter, Transport, TransportKind};

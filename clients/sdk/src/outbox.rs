@@ -1,0 +1,776 @@
+//! The persistent outbox: messages composed (possibly offline) and not yet acknowledged by the
+//! server, in compose order.
+//!
+//! Every entry carries the `client_msg_id` chosen when it was composed (random, persisted with
+//! the entry), so a resend after a reconnect or an app restart reuses the same id and the server
+//! stores the message once (it deduplicates by `(conversation, sender, client_msg_id)`).
+//!
+//! Storage sits behind [`OutboxStore`] (load all, append, remove by id) so other platforms can
+//! plug their own (a browser: IndexedDB). Two implementations ship: [`MemoryStore`] (nothing
+//! survives the process) and [`FileStore`] (native, crash-safe; format below).
+//!
+//! ## `FileStore` format and crash safety
+//!
+//! An append-only log. The file starts with the 8-byte magic `TERNOBX1`, then records:
+//!
+//! ```text
+//! len: u32 LE (body length) | check: 8 bytes = SHA-256(len || body)[..8] | body
+//! body = 0x01 client_msg_id u128 LE | conversation u128 LE | created_ms u64 LE
+//!             | content_type_len u16 LE | content_type | payload_len u32 LE | payload   (add)
+//!      | 0x02 client_msg_id u128 LE                                                     (remove)
+//! ```
+//!
+//! * An add is one `write` of the whole record followed by `fdatasync`; [`Outbox::compose`]
+//!   returns only after that, so an entry the app was told about is on disk.
+//! * A crash mid-append leaves a torn record at the tail: its length runs past the end of the
+//!   file or its checksum does not match. Loading stops at the first such record and drops it
+//!   and anything after it (only the tail can be torn: a failed append is cut off again with
+//!   `set_len` before anything else is written, and when even that fails the store refuses
+//!   further writes).
+//! * Removes are appended without `fdatasync`: losing one in a crash only means the entry is
+//!   sent again, which the server answers as a duplicate.
+//! * Loading compacts: the live entries are written to `<file>.tmp`, fsynced, renamed over the
+//!   log and the directory is fsynced, so a crash during compaction leaves either the old or the
+//!   new file, both valid. When the outbox becomes empty the log is truncated back to the magic.
+//!
+//! One process at a time may use a file (there is no lock).
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
+use tern_wire::ids::ConversationId;
+
+use crate::error::{Error, Result};
+
+/// How much the outbox may hold. When either limit is reached, composing fails with
+/// [`Error::OutboxFull`] and nothing already queued is touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    pub max_entries: usize,
+    /// Sum of payload and content-type bytes over all entries.
+    pub max_bytes: usize,
+}
+
+impl OutboxLimits {
+    pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
+    pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// One message waiting to be acknowledged by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSend {
+    pub client_msg_id: u128,
+    pub conversation: ConversationId,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    /// Unix milliseconds, when composed.
+    pub created_ms: u64,
+}
+
+impl PendingSend {
+    /// What the entry counts against [`OutboxLimits::max_bytes`].
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.content_type.len()
+    }
+}
+
+/// Where the outbox persists. Calls are made in this order: one `load` when the outbox opens,
+/// then `append`s and `remove`s as entries come and go. `append` must be durable when it
+/// returns; `remove` may be lazy (a lost remove only causes a resend, which the server
+/// deduplicates).
+pub trait OutboxStore: Send {
+    /// Every live entry, in append order.
+    fn load(&mut self) -> Result<Vec<PendingSend>>;
+    fn append(&mut self, entry: &PendingSend) -> Result<()>;
+    fn remove(&mut self, client_msg_id: u128) -> Result<()>;
+}
+
+/// Keeps nothing beyond the process: for tests and apps that do not want persistence.
+#[derive(Debug, Default)]
+pub struct MemoryStore;
+
+impl OutboxStore for MemoryStore {
+    fn load(&mut self) -> Result<Vec<PendingSend>> {
+        Ok(Vec::new())
+    }
+    fn append(&mut self, _entry: &PendingSend) -> Result<()> {
+        Ok(())
+    }
+    fn remove(&mut self, _client_msg_id: u128) -> Result<()> {
+        Ok(())
+    }
+}
+
+const MAGIC: &[u8; 8] = b"TERNOBX1";
+const KIND_ADD: u8 = 1;
+const KIND_REMOVE: u8 = 2;
+/// Record header: length and checksum.
+const RECORD_HEADER: usize = 4 + 8;
+/// Fixed part of an add body: kind, id, conversation, created, content-type length, payload
+/// length.
+const ADD_FIXED: usize = 1 + 16 + 16 + 8 + 2 + 4;
+/// Larger records can only be corruption (payloads are far below this).
+const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+/// The native crash-safe store: an append-only, checksummed log (see the module docs).
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    file: Option<File>,
+    /// Current length of the valid log.
+    len: u64,
+    /// Live entries in the log (adds minus removes), to know when it can be truncated.
+    live: usize,
+    /// A failed append could not be cut off again: refuse writes until reopened.
+    poisoned: bool,
+    /// Bytes dropped from the tail by the last load (a torn or corrupt record).
+    dropped_bytes: u64,
+}
+
+impl FileStore {
+    /// Does no I/O yet; the file is read (and created) by `load`.
+    pub fn new(path: impl Into<PathBuf>) -> FileStore {
+        FileStore {
+            path: path.into(),
+            file: None,
+            len: 0,
+            live: 0,
+            poisoned: false,
+            dropped_bytes: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes the last `load` dropped as a torn or corrupt tail (0 when the log was clean).
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped_bytes
+    }
+
+    fn file(&mut self) -> Result<&mut File> {
+        if self.poisoned {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "outbox file {} is in an unknown state after a failed write; reopen it",
+                self.path.display()
+            ))));
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| Error::Io(std::io::Error::other("outbox store used before load")))
+    }
+
+    /// Appends one record; on failure cuts the file back to its previous length so a partial
+    /// record can never sit in front of later ones.
+    fn write_record(&mut self, body: &[u8], sync: bool) -> Result<()> {
+        let record = encode_record(body);
+        let start = self.len;
+        let file = self.file()?;
+        let written = file
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| file.write_all(&record))
+            .and_then(|_| if sync { file.sync_data() } else { Ok(()) });
+        match written {
+            Ok(()) => {
+                self.len = start + record.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let file = self.file.as_mut().expect("checked above");
+                if file.set_len(start).and_then(|_| file.sync_data()).is_err() {
+                    self.poisoned = true;
+                }
+                Err(Error::Io(e))
+            }
+        }
+    }
+
+    /// Writes `entries` to a fresh log next to the current one and renames it over it.
+    fn rewrite(&mut self, entries: &[PendingSend]) -> Result<()> {
+        let tmp = tmp_path(&self.path);
+        let mut data = MAGIC.to_vec();
+        for e in entries {
+            data.extend_from_slice(&encode_record(&encode_add(e)));
+        }
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        sync_dir(&self.path);
+        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        self.file = Some(file);
+        self.len = data.len() as u64;
+        self.live = entries.len();
+        self.poisoned = false;
+        Ok(())
+    }
+}
+
+impl OutboxStore for FileStore {
+    fn load(&mut self) -> Result<Vec<PendingSend>> {
+        let mut data = Vec::new();
+        match File::open(&self.path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut data)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io(e)),
+        }
+        let (entries, valid_len) = if data.len() < MAGIC.len() {
+            // Missing, or torn while being created: nothing was ever acknowledged in it.
+            if MAGIC.starts_with(&data) {
+                (Vec::new(), data.len())
+            } else {
+                return Err(not_an_outbox(&self.path));
+            }
+        } else if &data[..MAGIC.len()] != MAGIC {
+            return Err(not_an_outbox(&self.path));
+        } else {
+            parse_log(&data[MAGIC.len()..])
+        };
+        self.dropped_bytes = (data.len() - valid_len.max(MAGIC.len()).min(data.len())) as u64;
+        if self.dropped_bytes > 0 {
+            tracing::warn!(
+                path = %self.path.display(),
+                dropped_bytes = self.dropped_bytes,
+                "outbox log had a torn or corrupt tail; dropped it"
+            );
+        }
+        self.rewrite(&entries)?;
+        Ok(entries)
+    }
+
+    fn append(&mut self, entry: &PendingSend) -> Result<()> {
+        self.write_record(&encode_add(entry), true)?;
+        self.live += 1;
+        Ok(())
+    }
+
+    fn remove(&mut self, client_msg_id: u128) -> Result<()> {
+        self.live = self.live.saturating_sub(1);
+        if self.live == 0 {
+            // Nothing left: cut the log back to the magic (either outcome of a crash during
+            // the truncation is valid).
+            let file = self.file()?;
+            file.set_len(MAGIC.len() as u64)?;
+            self.len = MAGIC.len() as u64;
+            return Ok(());
+        }
+        let mut body = vec![KIND_REMOVE];
+        body.extend_from_slice(&client_msg_id.to_le_bytes());
+        self.write_record(&body, false)
+    }
+}
+
+fn not_an_outbox(path: &Path) -> Error {
+    Error::Config(format!(
+        "{} exists but is not an outbox file (bad magic); refusing to overwrite it",
+        path.display()
+    ))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Makes a rename durable. Best effort: not every platform can open a directory.
+fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn checksum(len: &[u8; 4], body: &[u8]) -> [u8; 8] {
+    let mut h = sha2::Sha256::new();
+    h.update(len);
+    h.update(body);
+    let digest = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+fn encode_record(body: &[u8]) -> Vec<u8> {
+    let len = (body.len() as u32).to_le_bytes();
+    let mut out = Vec::with_capacity(RECORD_HEADER + body.len());
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&checksum(&len, body));
+    out.extend_from_slice(body);
+    out
+}
+
+fn encode_add(e: &PendingSend) -> Vec<u8> {
+    let ct = e.content_type.as_bytes();
+    let ct = &ct[..ct.len().min(u16::MAX as usize)];
+    let mut b = Vec::with_capacity(ADD_FIXED + ct.len() + e.payload.len());
+    b.push(KIND_ADD);
+    b.extend_from_slice(&e.client_msg_id.to_le_bytes());
+    b.extend_from_slice(&e.conversation.as_u128().to_le_bytes());
+    b.extend_from_slice(&e.created_ms.to_le_bytes());
+    b.extend_from_slice(&(ct.len() as u16).to_le_bytes());
+    b.extend_from_slice(ct);
+    b.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&e.payload);
+    b
+}
+
+enum Record {
+    Add(PendingSend),
+    Remove(u128),
+}
+
+/// A tiny bounds-checked reader: every accessor fails instead of panicking.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+}
+
+fn decode_body(body: &[u8]) -> Option<Record> {
+    let mut c = Cursor(body);
+    let kind = c.array::<1>()?[0];
+    let record = match kind {
+        KIND_ADD => {
+            let client_msg_id = u128::from_le_bytes(c.array()?);
+            let conversation = ConversationId(u128::from_le_bytes(c.array()?));
+            let created_ms = u64::from_le_bytes(c.array()?);
+            let ct_len = u16::from_le_bytes(c.array()?) as usize;
+            let content_type = String::from_utf8(c.take(ct_len)?.to_vec()).ok()?;
+            let payload_len = u32::from_le_bytes(c.array()?) as usize;
+            let payload = c.take(payload_len)?.to_vec();
+            Record::Add(PendingSend {
+                client_msg_id,
+                conversation,
+                content_type,
+                payload,
+                created_ms,
+            })
+        }
+        KIND_REMOVE => Record::Remove(u128::from_le_bytes(c.array()?)),
+        _ => return None,
+    };
+    // Trailing bytes mean the record is not what we wrote.
+    c.0.is_empty().then_some(record)
+}
+
+/// Replays the log after the magic. Returns the live entries in append order and the length
+/// (including the magic) of the valid prefix.
+fn parse_log(mut data: &[u8]) -> (Vec<PendingSend>, usize) {
+    let mut valid = MAGIC.len();
+    let mut entries: Vec<PendingSend> = Vec::new();
+    let mut ids: HashSet<u128> = HashSet::new();
+    // Ends at the clean end, or at a torn header.
+    while let Some(header) = data.get(..RECORD_HEADER) {
+        let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > MAX_RECORD {
+            break;
+        }
+        let Some(body) = data.get(RECORD_HEADER..RECORD_HEADER + len) else {
+            break; // torn body
+        };
+        if header[4..] != checksum(&len_bytes, body) {
+            break;
+        }
+        let Some(record) = decode_body(body) else {
+            break;
+        };
+        match record {
+            Record::Add(e) => {
+                if ids.insert(e.client_msg_id) {
+                    entries.push(e);
+                }
+            }
+            Record::Remove(id) => {
+                if ids.remove(&id) {
+                    entries.retain(|e| e.client_msg_id != id);
+                }
+            }
+        }
+        data = &data[RECORD_HEADER + len..];
+        valid += RECORD_HEADER + len;
+    }
+    (entries, valid)
+}
+
+/// Pending sends in compose order, mirrored in memory and persisted through an [`OutboxStore`].
+pub struct Outbox {
+    store: Box<dyn OutboxStore>,
+    entries: VecDeque<PendingSend>,
+    bytes: usize,
+    limits: OutboxLimits,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("entries", &self.entries.len())
+            .field("bytes", &self.bytes)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Loads whatever `store` holds. Entries beyond `limits` (limits lowered since) are kept:
+    /// nothing queued is ever dropped, only new entries are refused.
+    pub fn open(store: impl OutboxStore + 'static, limits: OutboxLimits) -> Result<Outbox> {
+        let mut store: Box<dyn OutboxStore> = Box::new(store);
+        let loaded = store.load()?;
+        let bytes = loaded.iter().map(PendingSend::size).sum();
+        Ok(Outbox {
+            store,
+            entries: loaded.into(),
+            bytes,
+            limits,
+        })
+    }
+
+    /// A crash-safe outbox in `path` (created when missing).
+    pub fn open_file(path: impl Into<PathBuf>, limits: OutboxLimits) -> Result<Outbox> {
+        Self::open(FileStore::new(path), limits)
+    }
+
+    /// An outbox that does not survive the process.
+    pub fn in_memory(limits: OutboxLimits) -> Outbox {
+        Self::open(MemoryStore, limits).expect("the memory store cannot fail")
+    }
+
+    /// Queues a new message with a fresh random `client_msg_id` (persisted before this
+    /// returns) and returns the id.
+    pub fn compose(
+        &mut self,
+        conversation: ConversationId,
+        content_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<u128> {
+        let client_msg_id = loop {
+            let id = uuid::Uuid::new_v4().as_u128();
+            if !self.contains(id) {
+                break id;
+            }
+        };
+        self.enqueue(PendingSend {
+            client_msg_id,
+            conversation,
+            content_type: content_type.to_string(),
+            payload,
+            created_ms: now_ms(),
+        })?;
+        Ok(client_msg_id)
+    }
+
+    /// Queues a message with a caller-chosen id. An id already queued is left as it is
+    /// (returns `Ok`): the first copy is what will be sent.
+    pub fn enqueue(&mut self, entry: PendingSend) -> Result<()> {
+        if self.contains(entry.client_msg_id) {
+            return Ok(());
+        }
+        if entry.content_type.len() > u16::MAX as usize {
+            return Err(Error::Config("content type longer than 65535 bytes".into()));
+        }
+        let size = entry.size();
+        if self.entries.len() >= self.limits.max_entries
+            || self.bytes.saturating_add(size) > self.limits.max_bytes
+        {
+            return Err(Error::OutboxFull {
+                pending: self.entries.len(),
+                pending_bytes: self.bytes,
+                entry_bytes: size,
+                max_entries: self.limits.max_entries,
+                max_bytes: self.limits.max_bytes,
+            });
+        }
+        self.store.append(&entry)?;
+        self.bytes += size;
+        self.entries.push_back(entry);
+        Ok(())
+    }
+
+    /// Removes an entry (after its SendAck, or a permanent rejection). The in-memory entry is
+    /// gone even when the store fails (the entry is then sent again after a restart, which the
+    /// server deduplicates); the store error is returned for logging.
+    pub fn remove(&mut self, client_msg_id: u128) -> Result<Option<PendingSend>> {
+        let Some(pos) = self
+            .entries
+            .iter()
+            .position(|e| e.client_msg_id == client_msg_id)
+        else {
+            return Ok(None);
+        };
+        let entry = self.entries.remove(pos).expect("position is in range");
+        self.bytes -= entry.size();
+        self.store.remove(client_msg_id)?;
+        Ok(Some(entry))
+    }
+
+    pub fn contains(&self, client_msg_id: u128) -> bool {
+        self.get(client_msg_id).is_some()
+    }
+
+    pub fn get(&self, client_msg_id: u128) -> Option<&PendingSend> {
+        self.entries
+            .iter()
+            .find(|e| e.client_msg_id == client_msg_id)
+    }
+
+    /// The oldest entry: the next to send.
+    pub fn front(&self) -> Option<&PendingSend> {
+        self.entries.front()
+    }
+
+    /// Entries in compose order.
+    pub fn iter(&self) -> impl Iterator<Item = &PendingSend> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes counted against [`OutboxLimits::max_bytes`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn limits(&self) -> OutboxLimits {
+        self.limits
+    }
+
+    pub fn set_limits(&mut self, limits: OutboxLimits) {
+        self.limits = limits;
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C1: ConversationId = ConversationId(1);
+    const C2: ConversationId = ConversationId(2);
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "tern-outbox-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    fn ids(o: &Outbox) -> Vec<u128> {
+        o.iter().map(|e| e.client_msg_id).collect()
+    }
+
+    #[test]
+    fn file_roundtrip_keeps_order_ids_and_contents() {
+        let d = dir();
+        let path = d.join("outbox");
+        let mut o = Outbox::open_file(&path, OutboxLimits::default()).expect("open");
+        let a = o.compose(C1, "text", b"one".to_vec()).expect("a");
+        let b = o.compose(C2, "image/png", vec![0, 1, 2, 255]).expect("b");
+        let c = o.compose(C1, "text", Vec::new()).expect("c");
+        let before: Vec<PendingSend> = o.iter().cloned().collect();
+        drop(o);
+        let o = Outbox::open_file(&path, OutboxLimits::default()).expect("reopen");
+        assert_eq!(ids(&o), vec![a, b, c]);
+        assert_eq!(o.iter().cloned().collect::<Vec<_>>(), before);
+        assert_eq!(o.bytes(), 3 + 4 + 4 + 9 + 4);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn remove_persists_and_keeps_the_rest_in_order() {
+        let d = dir();
+        let path = d.join("outbox");
+        let mut o = Outbox::open_file(&path, OutboxLimits::default()).expect("open");
+        let all: Vec<u128> = (0..5)
+            .map(|i| o.compose(C1, "text", vec![i]).expect("compose"))
+            .collect();
+        assert_eq!(
+            o.remove(all[1]).expect("remove").expect("present").payload,
+            vec![1]
+        );
+        assert_eq!(o.remove(all[1]).expect("again"), None);
+        o.remove(all[3]).expect("remove");
+        drop(o);
+        let mut o = Outbox::open_file(&path, OutboxLimits::default()).expect("reopen");
+        assert_eq!(ids(&o), vec![all[0], all[2], all[4]]);
+        // Emptying truncates the log to the magic; new entries still append fine.
+        for id in [all[0], all[2], all[4]] {
+            o.remove(id).expect("remove");
+        }
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len(),
+            MAGIC.len() as u64
+        );
+        let x = o.compose(C2, "text", b"x".to_vec()).expect("x");
+        drop(o);
+        let o = Outbox::open_file(&path, OutboxLimits::default()).expect("reopen");
+        assert_eq!(ids(&o), vec![x]);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn torn_or_corrupt_tail_is_dropped_without_panicking() {
+        let d = dir();
+        let path = d.join("outbox");
+        let mut o = Outbox::open_file(&path, OutboxLimits::default()).expect("open");
+        let a = o.compose(C1, "text", b"first".to_vec()).expect("a");
+        let b = o.compose(C1, "text", b"second".to_vec()).expect("b");
+        drop(o);
+        let full = std::fs::read(&path).expect("read");
+        let last_record = RECORD_HEADER + ADD_FIXED + 4 + 6;
+        let first_end = full.len() - last_record;
+        // Every truncation inside the last record drops exactly that record.
+        for cut in first_end..full.len() {
+            std::fs::write(&path, &full[..cut]).expect("write");
+            let o = Outbox::open_file(&path, OutboxLimits::default()).expect("open torn");
+            assert_eq!(ids(&o), vec![a], "cut at {cut}");
+        }
+        // A flipped bit in the last record: checksum mismatch, dropped.
+        let mut flipped = full.clone();
+        let at = full.len() - 2;
+        flipped[at] ^= 0x40;
+        std::fs::write(&path, &flipped).expect("write");
+        let mut store = FileStore::new(&path);
+        let loaded = store.load().expect("load");
+        assert_eq!(
+            loaded.iter().map(|e| e.client_msg_id).collect::<Vec<_>>(),
+            vec![a]
+        );
+        assert_eq!(store.dropped_bytes(), last_record as u64);
+        // Loading compacted the file: a reload is clean and appends land after the good part.
+        drop(store);
+        let mut o = Outbox::open_file(&path, OutboxLimits::default()).expect("reopen");
+        let c = o.compose(C1, "text", b"third".to_vec()).expect("c");
+        drop(o);
+        let o = Outbox::open_file(&path, OutboxLimits::default()).expect("reopen");
+        assert_eq!(ids(&o), vec![a, c]);
+        assert!(!o.contains(b));
+        // Garbage lengths and random bytes never panic.
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend_from_slice(&[0xff; 40]);
+        std::fs::write(&path, &garbage).expect("write");
+        assert!(
+            Outbox::open_file(&path, OutboxLimits::default())
+                .expect("open")
+                .is_empty()
+        );
+        // A torn magic is an empty outbox; a foreign file is refused, not overwritten.
+        std::fs::write(&path, &MAGIC[..3]).expect("write");
+        assert!(
+            Outbox::open_file(&path, OutboxLimits::default())
+                .expect("open")
+                .is_empty()
+        );
+        std::fs::write(&path, b"not an outbox at all").expect("write");
+        assert!(matches!(
+            Outbox::open_file(&path, OutboxLimits::default()),
+            Err(Error::Config(_))
+        ));
+        assert_eq!(std::fs::read(&path).expect("read"), b"not an outbox at all");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn limits_refuse_new_entries_and_keep_queued_ones() {
+        let d = dir();
+        let path = d.join("outbox");
+        let limits = OutboxLimits {
+            max_entries: 3,
+            max_bytes: 20,
+        };
+        let mut o = Outbox::open_file(&path, limits).expect("open");
+        let a = o.compose(C1, "t", vec![0; 4]).expect("a"); // 5 bytes
+        let b = o.compose(C1, "t", vec![0; 4]).expect("b"); // 10
+        // Too many bytes for what is left.
+        match o.compose(C1, "t", vec![0; 11]) {
+            Err(Error::OutboxFull {
+                pending: 2,
+                pending_bytes: 10,
+                entry_bytes: 12,
+                max_bytes: 20,
+                ..
+            }) => {}
+            other => panic!("expected OutboxFull, got {other:?}"),
+        }
+        let c = o.compose(C1, "t", vec![0; 4]).expect("c");
+        // Too many entries.
+        let err = o.compose(C1, "t", Vec::new()).expect_err("full");
+        assert!(matches!(
+            err,
+            Error::OutboxFull {
+                pending: 3,
+                max_entries: 3,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("outbox full"), "{err}");
+        assert_eq!(ids(&o), vec![a, b, c]);
+        // Freed space is usable again.
+        o.remove(a).expect("remove");
+        let e = o.compose(C1, "t", Vec::new()).expect("room again");
+        drop(o);
+        let o = Outbox::open_file(&path, limits).expect("reopen");
+        assert_eq!(ids(&o), vec![b, c, e]);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn explicit_ids_are_kept_and_not_duplicated() {
+        let mut o = Outbox::in_memory(OutboxLimits::default());
+        let e = PendingSend {
+            client_msg_id: 42,
+            conversation: C1,
+            content_type: "text".into(),
+            payload: b"x".to_vec(),
+            created_ms: 7,
+        };
+        o.enqueue(e.clone()).expect("enqueue");
+        o.enqueue(e.clone()).expect("again");
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.front(), Some(&e));
+    }
+}
