@@ -26,3 +26,6 @@ done
 
 echo "== load generator smoke run (both transports; fails on any loss, duplicate or bad report)"
 bash loadgen/smoke.sh
+
+echo "== crash test: kill -9 the server 20 times under load; every acknowledged message exactly once"
+bash loadgen/crash.sh

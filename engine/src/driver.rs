@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use std::sync::OnceLock;
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{ErrorCode, ServerMessage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::core::{Action, ConnId, ConversationSnapshot, EngineCore, Input, SendRequest};
 use crate::limits::{EngineLimits, InvalidLimits};
@@ -56,31 +57,57 @@ pub struct Outbound {
     pub tracking: Tracking,
 }
 
+/// Why the engine closed a connection: set once, by whichever engine shard closes it first.
+/// (A bounded channel would allocate a block of 32 slots per connection for one message.)
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    reason: OnceLock<CloseReason>,
+    /// One waiter (the session): `notify_one` keeps a permit if it is not waiting yet.
+    notify: Notify,
+}
+
+impl CloseSignal {
+    fn close(&self, reason: CloseReason) {
+        if self.reason.set(reason).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The reason, once the engine closed the connection.
+    pub fn reason(&self) -> Option<&CloseReason> {
+        self.reason.get()
+    }
+
+    /// Resolves when the engine closes the connection.
+    pub async fn closed(&self) -> &CloseReason {
+        loop {
+            if let Some(reason) = self.reason.get() {
+                return reason;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// What the driver needs to reach one connection.
 pub struct ConnSink {
     /// Encoded server envelopes, in order. Bounded: overflow disconnects the connection.
     pub frames: mpsc::Sender<Outbound>,
     /// Gets the reason when the engine closes the connection (revoked token, slow consumer).
-    /// Every shard holds a clone; the first reason wins (capacity 1, never waits).
-    pub close: mpsc::Sender<CloseReason>,
+    /// Every shard holds a clone; the first reason wins.
+    pub close: Arc<CloseSignal>,
 }
 
 impl ConnSink {
-    /// A sink and the two receivers the connection reads: frames, and why it was closed.
-    pub fn new(
-        frames: usize,
-    ) -> (
-        ConnSink,
-        mpsc::Receiver<Outbound>,
-        mpsc::Receiver<CloseReason>,
-    ) {
+    /// A sink and what the connection reads: its frames, and why it was closed.
+    pub fn new(frames: usize) -> (ConnSink, mpsc::Receiver<Outbound>, Arc<CloseSignal>) {
         let (frames_tx, frames_rx) = mpsc::channel(frames);
-        let (close_tx, close_rx) = mpsc::channel(1);
+        let close = Arc::new(CloseSignal::default());
         let sink = ConnSink {
             frames: frames_tx,
-            close: close_tx,
+            close: close.clone(),
         };
-        (sink, frames_rx, close_rx)
+        (sink, frames_rx, close)
     }
 
     fn share(&self) -> ConnSink {
@@ -498,8 +525,8 @@ impl Driver {
 
     fn close(&mut self, conn: ConnId, code: ErrorCode, message: String) {
         if let Some(sink) = self.sinks.remove(&conn) {
-            // Full means another shard already gave a reason: the first one wins.
-            let _ = sink.close.try_send(CloseReason { code, message });
+            // If another shard already gave a reason, the first one wins.
+            sink.close.close(CloseReason { code, message });
         }
     }
 }

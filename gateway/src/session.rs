@@ -12,7 +12,7 @@ use std::time::Duration;
 use tern_engine::accounts::{Accounts, hash_token};
 use tern_engine::conversations::Conversations;
 use tern_engine::core::{Input, SendRequest};
-use tern_engine::driver::{CloseReason, ConnSink, EngineHandle, Outbound, Tracking, now_ms};
+use tern_engine::driver::{CloseSignal, ConnSink, EngineHandle, Outbound, Tracking, now_ms};
 use tern_engine::metrics::EngineMetrics;
 use tern_engine::service::ServiceError;
 use tern_engine::store::{HistoryQuery, Store};
@@ -353,12 +353,7 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         self.write(&frame.bytes).await
     }
 
-    async fn serve(
-        &mut self,
-        conn: u64,
-        cursors: Vec<Cursor>,
-        mut close: mpsc::Receiver<CloseReason>,
-    ) -> End {
+    async fn serve(&mut self, conn: u64, cursors: Vec<Cursor>, close: Arc<CloseSignal>) -> End {
         let welcome = ServerMessage::Welcome {
             version: PROTOCOL_VERSION,
             user: self.user,
@@ -382,19 +377,16 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                     }
                     return End::fatal(ErrorCode::ServerShutdown, "server is shutting down; reconnect later");
                 }
-                reason = close.recv() => {
-                    return match reason {
-                        Some(reason) => End::fatal(reason.code, reason.message),
-                        None => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
-                    };
+                reason = close.closed() => {
+                    return End::fatal(reason.code, reason.message.clone());
                 }
                 frame = self.frames.recv() => {
                     let Some(frame) = frame else {
                         // The engine dropped our queue: it closed us (the reason was sent
                         // first) or it stopped.
-                        return match close.try_recv() {
-                            Ok(reason) => End::fatal(reason.code, reason.message),
-                            Err(_) => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
+                        return match close.reason() {
+                            Some(reason) => End::fatal(reason.code, reason.message.clone()),
+                            None => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
                         };
                     };
                     // A client that stops reading blocks this write; the engine then overflows
@@ -405,11 +397,8 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                                 return end;
                             }
                         }
-                        reason = close.recv() => {
-                            return match reason {
-                                Some(reason) => End::fatal(reason.code, reason.message),
-                                None => End::fatal(ErrorCode::ServerShutdown, "server is shutting down"),
-                            };
+                        reason = close.closed() => {
+                            return End::fatal(reason.code, reason.message.clone());
                         }
                     }
                 }

@@ -119,6 +119,10 @@ pub struct SentEntry {
     /// Sends that never got an acknowledgement (errors until the give-up deadline). The server
     /// may still have stored them, so their arrival is neither required nor an error.
     pub failed: RangeSet,
+    /// (counter, seq) of acknowledged sends, for targets whose acknowledgement carries the
+    /// stored seq (Tern); checked against the stored history by `--verify-history`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seqs: Vec<(u64, u64)>,
 }
 
 /// Sent messages of a set of senders, keyed by (conversation index, sender user index).
@@ -134,6 +138,9 @@ pub struct SentRow {
     pub sender: u32,
     pub acked: RangeSet,
     pub failed: RangeSet,
+    /// See [`SentEntry::seqs`]; left out when sending the table back to the workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seqs: Vec<(u64, u64)>,
 }
 
 impl SentTable {
@@ -150,6 +157,7 @@ impl SentTable {
                 sender,
                 acked: e.acked.clone(),
                 failed: e.failed.clone(),
+                seqs: e.seqs.clone(),
             })
             .collect();
         rows.sort_by_key(|r| (r.conversation, r.sender));
@@ -164,7 +172,9 @@ impl SentTable {
             if e.acked.is_empty() && e.failed.is_empty() {
                 e.acked = r.acked;
                 e.failed = r.failed;
+                e.seqs = r.seqs;
             } else {
+                e.seqs.extend(r.seqs);
                 for &(s, end) in r.acked.ranges() {
                     for x in s..end {
                         e.acked.insert(x);
@@ -196,8 +206,14 @@ pub struct ArrivalCounts {
     pub arrivals: u64,
     /// First arrivals of this run's messages from others (what `delivered` is counted from).
     pub unique: u64,
-    /// Arrivals of a message this receiver already had.
+    /// Arrivals of a message this receiver already had under another seq (or, for targets
+    /// without seqs, at all): the message was stored or fanned out twice.
     pub duplicates: u64,
+    /// Arrivals of a (conversation, seq) this receiver already had, e.g. live and again in the
+    /// resume replay after a reconnection: dropped by the client as a real client would, and
+    /// counted here. Not a failure.
+    #[serde(default)]
+    pub client_dedupes: u64,
     /// Arrivals whose counter is below one already received from the same sender in the same
     /// conversation (the sender's order was not kept).
     pub out_of_order: u64,
@@ -219,6 +235,7 @@ impl ArrivalCounts {
         self.arrivals += o.arrivals;
         self.unique += o.unique;
         self.duplicates += o.duplicates;
+        self.client_dedupes += o.client_dedupes;
         self.out_of_order += o.out_of_order;
         self.seq_regressions += o.seq_regressions;
         self.own += o.own;
@@ -234,6 +251,8 @@ pub enum Arrival {
     /// First arrival of a message from another member: count it, measure its latency.
     New(Header),
     Duplicate,
+    /// A (conversation, seq) already seen: dropped like a client dedupes by seq.
+    ClientDedupe,
     Own,
     Stale,
     Malformed,
@@ -254,6 +273,8 @@ pub struct ReceiverLedger {
     member_of: Vec<u32>,
     streams: HashMap<(u32, u32), Stream>,
     last_seq: HashMap<u32, u64>,
+    /// Seqs seen per conversation (targets with seqs only): what client-side dedupe uses.
+    seen_seqs: HashMap<u32, RangeSet>,
     pub counts: ArrivalCounts,
 }
 
@@ -267,11 +288,17 @@ impl ReceiverLedger {
             member_of,
             streams: HashMap::new(),
             last_seq: HashMap::new(),
+            seen_seqs: HashMap::new(),
             counts: ArrivalCounts::default(),
         }
     }
 
     /// Records one arrival in `conversation` (index) with the target's `seq` if it has one.
+    ///
+    /// With seqs, an arrival whose (conversation, seq) was seen before is a client-side dedupe
+    /// (the same stored message delivered twice, e.g. live and in a resume replay); a message
+    /// (sender, counter) arriving again under a *different* seq is a duplicate: it was stored
+    /// twice.
     pub fn on_message(&mut self, conversation: usize, seq: Option<u64>, payload: &[u8]) -> Arrival {
         self.counts.arrivals += 1;
         let h = match Header::decode(payload) {
@@ -290,6 +317,16 @@ impl ReceiverLedger {
         {
             self.counts.misrouted += 1;
             return Arrival::Misrouted;
+        }
+        if let Some(seq) = seq
+            && !self
+                .seen_seqs
+                .entry(h.conversation)
+                .or_default()
+                .insert(seq)
+        {
+            self.counts.client_dedupes += 1;
+            return Arrival::ClientDedupe;
         }
         let own = h.sender == self.me;
         if !own
@@ -535,6 +572,39 @@ mod tests {
     }
 
     #[test]
+    fn same_seq_is_a_client_dedupe_another_seq_a_duplicate() {
+        let mut l = ReceiverLedger::new(1, 9, vec![0]);
+        assert!(matches!(
+            l.on_message(0, Some(1), &payload(9, 2, 0, 0)),
+            Arrival::New(_)
+        ));
+        assert!(matches!(
+            l.on_message(0, Some(2), &payload(9, 1, 0, 0)),
+            Arrival::Own
+        ));
+        // Live, then again in a resume replay: the same stored message twice.
+        assert_eq!(
+            l.on_message(0, Some(1), &payload(9, 2, 0, 0)),
+            Arrival::ClientDedupe
+        );
+        assert_eq!(
+            l.on_message(0, Some(2), &payload(9, 1, 0, 0)),
+            Arrival::ClientDedupe
+        );
+        // The same message stored twice (another seq): a real duplicate.
+        assert_eq!(
+            l.on_message(0, Some(3), &payload(9, 2, 0, 0)),
+            Arrival::Duplicate
+        );
+        let c = l.counts;
+        assert_eq!(
+            (c.unique, c.own, c.client_dedupes, c.duplicates),
+            (1, 1, 2, 1)
+        );
+        assert_eq!(c.seq_regressions, 0);
+    }
+
+    #[test]
     fn account_finds_loss_unconfirmed_and_phantoms() {
         let mut sent = SentTable::default();
         for x in 0..10 {
@@ -574,6 +644,7 @@ mod tests {
         let mut t = SentTable::default();
         t.entry(1, 2).acked.insert(0);
         t.entry(1, 2).acked.insert(1);
+        t.entry(1, 2).seqs = vec![(0, 5), (1, 7)];
         t.entry(3, 4).failed.insert(9);
         let json = serde_json::to_string(&t.rows()).unwrap();
         let rows: Vec<SentRow> = serde_json::from_str(&json).unwrap();

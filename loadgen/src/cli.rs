@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::population::GroupMix;
 use crate::protocol::{TargetKind, TargetSpec};
-use crate::run::{Common, Scenario};
+use crate::run::{Common, Sabotage, Scenario};
 use crate::schedule::ScheduleKind;
 use crate::util::parse_duration;
 
@@ -182,6 +182,19 @@ pub struct CommonArgs {
     /// TOML scenario file whose keys are defaults for these flags.
     #[arg(long)]
     pub scenario: Option<PathBuf>,
+    /// Tern: after the drain, read every conversation's full stored history and check that
+    /// each acknowledged message is stored exactly once under its acknowledged seq, with
+    /// gapless seqs (report field `history`; any problem fails the run).
+    #[arg(long)]
+    pub verify_history: bool,
+    /// Write this file when traffic starts (setup and initial connections done); the crash
+    /// test (loadgen/crash.sh) waits for it before killing the server.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// TEST ONLY: damage the run on purpose to prove the checks catch it (the run must fail):
+    /// forget-ack, invent-ack, duplicate-send. See loadgen/REPORT.md.
+    #[arg(long, value_enum)]
+    pub debug_sabotage: Option<Sabotage>,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +333,9 @@ impl CommonArgs {
         c.quiet = self.quiet;
         c.label = self.label.clone();
         c.command_line = command_line;
+        c.verify_history = self.verify_history;
+        c.ready_file = self.ready_file.clone();
+        c.sabotage = self.debug_sabotage;
         Ok((
             c,
             Output {

@@ -6,12 +6,14 @@
 //!   Centrifugo).
 //! * [`payload`], [`accounting`], [`schedule`], [`population`]: message header, exact
 //!   loss/duplicate/order accounting, open-loop schedules, who talks to whom.
+//! * [`history`]: `--verify-history`, the stored history checked against the acknowledgements.
 //! * [`histo`], [`report`], [`plot`], [`sysstat`]: measurements and their presentation.
 //! * [`cli`]: flags and scenario files.
 
 pub mod accounting;
 pub mod cli;
 pub mod histo;
+pub mod history;
 pub mod payload;
 pub mod plot;
 pub mod population;

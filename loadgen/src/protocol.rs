@@ -142,6 +142,10 @@ pub struct WorkerPlan {
     pub connect_concurrency: usize,
     /// Attempts per user for the initial connection before it counts as failed.
     pub connect_attempts: u32,
+    /// Test only (`--debug-sabotage duplicate-send`): worker 0 stores one acknowledged message
+    /// a second time under another idempotency key.
+    #[serde(default)]
+    pub sabotage_duplicate_send: bool,
 }
 
 /// Reconnect scenario: which users drop their connection, and when.
@@ -231,6 +235,9 @@ pub struct FinalResult {
     pub send_failed: u64,
     /// Failed send attempts (each retry counts), including those that later succeeded.
     pub send_errors: u64,
+    /// Acknowledgements that said the key had been stored before (a retry after a lost ack).
+    #[serde(default)]
+    pub ack_duplicates: u64,
     pub disconnects: u64,
     pub reconnects: u64,
     pub reconnect_failed_attempts: u64,

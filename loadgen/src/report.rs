@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounting::LossSample;
 use crate::histo::Percentiles;
+use crate::history::HistorySection;
 use crate::sysstat::Machine;
 use crate::util::{fmt_bytes, fmt_us};
 
@@ -38,6 +39,10 @@ pub struct Report {
     pub samples: Vec<Sample>,
     pub fanout: Option<FanoutSection>,
     pub reconnect: Option<ReconnectSection>,
+    /// `--verify-history`: the stored history checked against the acknowledgements; null
+    /// without the flag.
+    #[serde(default)]
+    pub history: Option<HistorySection>,
     pub histograms: Histograms,
     /// Every error the workers saw (connects, sends, reconnects), by message, most frequent
     /// first. Errors are not failures by themselves: a retried send that succeeded is fine.
@@ -108,6 +113,10 @@ pub struct TrafficSection {
     pub send_failed: u64,
     /// Failed send attempts, retries included.
     pub send_errors: u64,
+    /// Acknowledgements saying the message had been stored before (a retry whose first
+    /// acknowledgement was lost, e.g. to a server crash; not a failure).
+    #[serde(default)]
+    pub ack_duplicates: u64,
     pub sent_per_sec: f64,
     /// `accounting.delivered / duration_secs`.
     pub delivered_per_sec: f64,
@@ -131,6 +140,10 @@ pub struct AccountingSection {
     pub delivered: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Arrivals of a (conversation, seq) already received (live and again in a replay):
+    /// dropped as a client would. Not a failure.
+    #[serde(default)]
+    pub client_dedupes: u64,
     pub out_of_order: u64,
     pub seq_regressions: u64,
     pub unconfirmed_delivered: u64,
@@ -300,11 +313,12 @@ impl Report {
         if t.sent > 0 || t.duration_secs > 0.0 {
             let _ = writeln!(
                 s,
-                "traffic: {:.0}s, sent {} ({:.1}/s), acked {}, failed {}, send errors {}, delivered {:.1}/s",
+                "traffic: {:.0}s, sent {} ({:.1}/s), acked {} ({} as already stored), failed {}, send errors {}, delivered {:.1}/s",
                 t.duration_secs,
                 t.sent,
                 t.sent_per_sec,
                 t.acked,
+                t.ack_duplicates,
                 t.send_failed,
                 t.send_errors,
                 t.delivered_per_sec
@@ -322,14 +336,36 @@ impl Report {
         let a = &self.accounting;
         let _ = writeln!(
             s,
-            "accounting: expected {}, delivered {}, lost {}, duplicated {}, out of order {}, seq regressions {}",
-            a.expected, a.delivered, a.lost, a.duplicated, a.out_of_order, a.seq_regressions
+            "accounting: expected {}, delivered {}, lost {}, duplicated {}, out of order {}, seq regressions {}, client dedupes {}",
+            a.expected,
+            a.delivered,
+            a.lost,
+            a.duplicated,
+            a.out_of_order,
+            a.seq_regressions,
+            a.client_dedupes
         );
         if a.unconfirmed_delivered + a.phantom + a.misrouted + a.malformed + a.stale > 0 {
             let _ = writeln!(
                 s,
                 "  also: unconfirmed delivered {}, phantom {}, misrouted {}, malformed {}, stale (earlier runs) {}",
                 a.unconfirmed_delivered, a.phantom, a.misrouted, a.malformed, a.stale
+            );
+        }
+        if let Some(h) = &self.history {
+            let _ = writeln!(
+                s,
+                "history: {} conversations, {} messages ({} of this run); acknowledged missing {}, duplicates {}, seq gaps {}, seq mismatch {}, unexpected {}, read errors {}; unacknowledged but stored {}",
+                h.conversations,
+                h.messages,
+                h.this_run,
+                h.acknowledged_missing,
+                h.duplicates,
+                h.seq_gaps,
+                h.seq_mismatch,
+                h.unexpected,
+                h.read_errors,
+                h.unacknowledged_stored
             );
         }
         let cn = &self.connections;
@@ -524,6 +560,7 @@ mod tests {
                 ..Default::default()
             }),
             reconnect: Some(ReconnectSection::default()),
+            history: Some(HistorySection::default()),
             histograms: Histograms::default(),
             errors: vec![],
             passed: true,

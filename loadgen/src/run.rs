@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::accounting::{ArrivalCounts, LossSample, SentTable, Tally};
 use crate::histo::{self, Hist, percentiles};
+use crate::history::HistorySection;
 use crate::population::{self, GroupMix, PopulationError};
 use crate::protocol::{
     DropSpec, FinalResult, FromWorker, Progress, TargetSpec, ToWorker, TrafficSpec, WorkerPlan,
@@ -29,7 +30,7 @@ use crate::report::{
 };
 use crate::schedule::{ScheduleKind, ScheduleSpec};
 use crate::sysstat::{self, ProcSample};
-use crate::target::{Population, TargetError, UserSpec};
+use crate::target::{ConversationRef, Population, Target, TargetError, UserSpec};
 use crate::util::{SplitMix64, derive_seed, unix_now_ns};
 use crate::worker;
 
@@ -245,6 +246,29 @@ pub struct Common {
     pub command_line: Vec<String>,
     /// The executable started as `worker` (default: this one).
     pub worker_exe: Option<PathBuf>,
+    /// After the drain, read every conversation's stored history and check it against the
+    /// acknowledgements (see [`crate::history`]).
+    pub verify_history: bool,
+    /// Written (with the traffic start time) when the first traffic phase starts: setup and
+    /// the initial connections are done. The crash test starts killing the server then.
+    pub ready_file: Option<PathBuf>,
+    /// Test only: break the run on purpose to show the checks notice.
+    pub sabotage: Option<Sabotage>,
+}
+
+/// `--debug-sabotage`: deliberate damage for testing the checks themselves (never in CI runs
+/// that are meant to pass). Each must make the run fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sabotage {
+    /// Forget one acknowledged message before accounting: its arrivals become phantom and its
+    /// stored copy unexpected.
+    ForgetAck,
+    /// Claim one message was acknowledged that was never sent: every member misses it (lost)
+    /// and the history lacks it (acknowledged_missing).
+    InventAck,
+    /// Store one acknowledged message a second time under another idempotency key: receivers
+    /// get it under two seqs (duplicated) and the history holds it twice (duplicates).
+    DuplicateSend,
 }
 
 impl Common {
@@ -264,6 +288,9 @@ impl Common {
             label: None,
             command_line: Vec::new(),
             worker_exe: None,
+            verify_history: false,
+            ready_file: None,
+            sabotage: None,
         }
     }
 }
@@ -896,6 +923,19 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         Scenario::Connect { ramp, .. } => *ramp,
         _ => common.connect_rate,
     };
+    // Who reads each conversation's history for --verify-history: its first member.
+    let history_access: Vec<(Option<String>, Option<ConversationRef>)> = population
+        .conversations
+        .iter()
+        .enumerate()
+        .map(|(ci, members)| {
+            let spec = members.first().and_then(|&u| specs.get(u));
+            (
+                spec.and_then(|s| s.token.clone()),
+                spec.and_then(|s| s.conversations.iter().find(|c| c.index == ci).cloned()),
+            )
+        })
+        .collect();
     let mut slices: Vec<Vec<UserSpec>> = vec![Vec::new(); processes];
     let per = specs.len().div_ceil(processes).max(1);
     for (i, s) in specs.into_iter().enumerate() {
@@ -917,6 +957,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
             connect_rate,
             connect_concurrency: common.connect_concurrency,
             connect_attempts: common.connect_attempts,
+            sabotage_duplicate_send: common.sabotage == Some(Sabotage::DuplicateSend),
         })
         .collect();
     let run_dir =
@@ -1001,6 +1042,11 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
     let server_hold = sum_samples(&common.server_pids);
     let loadgen_hold = sum_samples(&co.sampler.loadgen_pids());
     let up_at_hold = co.total().connected;
+
+    if let Some(path) = &common.ready_file {
+        std::fs::write(path, format!("traffic {}\n", rfc3339_now()))
+            .map_err(|e| RunError::Io(path.display().to_string(), e))?;
+    }
 
     // Traffic.
     let mut st = PhaseState {
@@ -1155,8 +1201,18 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
     for rows in sent_rows {
         table.merge_rows(rows);
     }
-    let rows = table.rows();
-    drop(table);
+    if let Some(s) = common.sabotage {
+        sabotage_table(&mut table, s);
+    }
+    // The workers do not need the acknowledged seqs (only --verify-history does).
+    let rows: Vec<_> = table
+        .rows()
+        .into_iter()
+        .map(|mut r| {
+            r.seqs = Vec::new();
+            r
+        })
+        .collect();
     co.broadcast(ToWorker::Account { rows })?;
     let finals: Vec<Box<FinalResult>> = co
         .gather(|m| match m {
@@ -1178,6 +1234,16 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
     for c in &mut co.children {
         let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
     }
+    let history = if common.verify_history {
+        co.sampler.set_phase("verify");
+        co.bar.set_prefix("history");
+        co.bar
+            .set_message("reading every conversation's stored history");
+        Some(verify_history(&common, &table, run_id, &history_access).await?)
+    } else {
+        None
+    };
+    drop(table);
     co.bar.finish_and_clear();
 
     // Merge.
@@ -1212,6 +1278,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         acked: totals.acked,
         send_failed: totals.send_failed,
         send_errors: totals.send_errors,
+        ack_duplicates: totals.ack_duplicates,
         sent_per_sec: per_sec(totals.sent, traffic_secs),
         delivered_per_sec: per_sec(tally.delivered, traffic_secs),
     };
@@ -1220,6 +1287,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         delivered: tally.delivered,
         lost: tally.lost,
         duplicated: counts.duplicates,
+        client_dedupes: counts.client_dedupes,
         out_of_order: counts.out_of_order,
         seq_regressions: counts.seq_regressions,
         unconfirmed_delivered: tally.unconfirmed_delivered,
@@ -1326,6 +1394,13 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
             failures.push(format!("{n} {what}"));
         }
     }
+    if let Some(h) = &history {
+        for (n, what) in h.problems() {
+            if n > 0 {
+                failures.push(format!("history: {n} {what}"));
+            }
+        }
+    }
     let wants_traffic = match &scenario {
         Scenario::Connect { .. } => false,
         Scenario::Chat { rate, .. } | Scenario::Reconnect { rate, .. } => *rate > 0.0,
@@ -1400,6 +1475,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         samples: co.sampler.samples.borrow().clone(),
         fanout: fanout_section,
         reconnect: reconnect_section,
+        history,
         histograms: Histograms {
             delivery: histo::encode(&delivery).unwrap_or_default(),
             send_ack: histo::encode(&send_ack).unwrap_or_default(),
@@ -1411,6 +1487,140 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         failures,
     };
     Ok(report)
+}
+
+/// `--debug-sabotage` applied to the merged sent table (see [`Sabotage`]).
+fn sabotage_table(table: &mut SentTable, s: Sabotage) {
+    let mut keys: Vec<(u32, u32)> = table
+        .entries
+        .iter()
+        .filter(|(_, e)| !e.acked.is_empty())
+        .map(|(&k, _)| k)
+        .collect();
+    keys.sort_unstable();
+    let Some(key) = keys.first().copied() else {
+        tracing::warn!("debug sabotage: nothing was acknowledged, nothing to break");
+        return;
+    };
+    let Some(e) = table.entries.get_mut(&key) else {
+        return;
+    };
+    match s {
+        Sabotage::ForgetAck => {
+            let Some(counter) = e.acked.max() else {
+                return;
+            };
+            let mut kept = crate::accounting::RangeSet::new();
+            for &(a, b) in e.acked.ranges() {
+                for x in a..b {
+                    if x != counter {
+                        kept.insert(x);
+                    }
+                }
+            }
+            e.acked = kept;
+            e.seqs.retain(|&(c, _)| c != counter);
+            tracing::warn!(
+                conversation = key.0,
+                sender = key.1,
+                counter,
+                "debug sabotage: forgot one acknowledgement"
+            );
+        }
+        Sabotage::InventAck => {
+            let counter = e.acked.max().unwrap_or(0) + e.failed.max().unwrap_or(0) + 1_000_000;
+            e.acked.insert(counter);
+            tracing::warn!(
+                conversation = key.0,
+                sender = key.1,
+                counter,
+                "debug sabotage: invented one acknowledgement"
+            );
+        }
+        // Done by worker 0 during the traffic.
+        Sabotage::DuplicateSend => {}
+    }
+}
+
+/// Pages through every conversation's stored history and checks it against `table`.
+async fn verify_history(
+    common: &Common,
+    table: &SentTable,
+    run_id: u32,
+    access: &[(Option<String>, Option<ConversationRef>)],
+) -> Result<HistorySection, RunError> {
+    use futures_util::StreamExt as _;
+
+    let target = common.target.build()?;
+    let mut by_conversation: HashMap<u32, HashMap<u32, &crate::accounting::SentEntry>> =
+        HashMap::new();
+    for (&(c, s), e) in &table.entries {
+        by_conversation.entry(c).or_default().insert(s, e);
+    }
+    let empty = HashMap::new();
+    let jobs = access.iter().enumerate().map(|(ci, (token, conv))| {
+        let target = target.clone();
+        async move {
+            (
+                ci,
+                read_history(target.as_ref(), token.as_deref(), conv.as_ref()).await,
+            )
+        }
+    });
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
+    let mut total = HistorySection::default();
+    while let Some((ci, r)) = results.next().await {
+        let ci = ci as u32;
+        match r {
+            Ok(entries) => {
+                let sent = by_conversation.get(&ci).unwrap_or(&empty);
+                total.add(&crate::history::check_conversation(
+                    ci, run_id, &entries, sent,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(conversation = ci, error = %e, "cannot read the history");
+                total.conversations += 1;
+                total.read_errors += 1;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// A conversation's whole history, ascending, retrying each page for up to a minute (the server
+/// may be restarting when the crash test's last kill was late).
+async fn read_history(
+    target: &dyn Target,
+    token: Option<&str>,
+    conversation: Option<&ConversationRef>,
+) -> Result<Vec<crate::target::HistoryEntry>, TargetError> {
+    let conversation =
+        conversation.ok_or_else(|| TargetError::Setup("conversation without members".into()))?;
+    // Newest page first, then backwards: pages in reverse order, each ascending.
+    let mut pages: Vec<Vec<crate::target::HistoryEntry>> = Vec::new();
+    let mut before = 0u64;
+    loop {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        let (page, more) = loop {
+            match target.history_page(token, conversation, before).await {
+                Ok(p) => break p,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!(error = %e, "history page failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let oldest = page.first().map(|m| m.seq);
+        pages.push(page);
+        match oldest {
+            // Stop at the start, or if the server stopped making progress.
+            Some(seq) if more && (before == 0 || seq < before) && seq > 1 => before = seq,
+            _ => break,
+        }
+    }
+    Ok(pages.into_iter().rev().flatten().collect())
 }
 
 /// Removes a directory when dropped.
@@ -1428,6 +1638,7 @@ struct FinalTotals {
     acked: u64,
     send_failed: u64,
     send_errors: u64,
+    ack_duplicates: u64,
     disconnects: u64,
     reconnects: u64,
     reconnect_failed_attempts: u64,
@@ -1441,6 +1652,7 @@ impl FinalTotals {
         self.acked += f.acked;
         self.send_failed += f.send_failed;
         self.send_errors += f.send_errors;
+        self.ack_duplicates += f.ack_duplicates;
         self.disconnects += f.disconnects;
         self.reconnects += f.reconnects;
         self.reconnect_failed_attempts += f.reconnect_failed_attempts;
@@ -1549,6 +1761,68 @@ mod tests {
             .to_string();
         assert!(e.contains("--workers 2"), "{e}");
         assert!(plan_workers(Some(1), 30_000, 20_000).is_err());
+    }
+
+    /// Serves a history the way Tern does: the newest `page` messages below `before`.
+    struct FakeHistory {
+        n: u64,
+        page: u64,
+    }
+
+    #[async_trait::async_trait]
+    impl Target for FakeHistory {
+        fn name(&self) -> String {
+            "fake".into()
+        }
+        async fn setup(&self, _: &Population) -> Result<Vec<UserSpec>, TargetError> {
+            Err(TargetError::Setup("fake".into()))
+        }
+        async fn connect(
+            &self,
+            _: &UserSpec,
+            _: IpAddr,
+        ) -> Result<crate::target::Connected, TargetError> {
+            Err(TargetError::Connect("fake".into()))
+        }
+        async fn history_page(
+            &self,
+            _: Option<&str>,
+            _: &ConversationRef,
+            before: u64,
+        ) -> Result<(Vec<crate::target::HistoryEntry>, bool), TargetError> {
+            let hi = if before == 0 { self.n } else { before - 1 };
+            let lo = hi.saturating_sub(self.page) + 1;
+            let page = (lo..=hi)
+                .map(|seq| crate::target::HistoryEntry {
+                    seq,
+                    sender_user: "u".into(),
+                    client_msg_id: seq as u128,
+                    payload: Vec::new(),
+                })
+                .collect();
+            Ok((page, lo > 1))
+        }
+    }
+
+    #[tokio::test]
+    async fn history_is_read_whole_and_ascending() {
+        let conv = ConversationRef {
+            index: 0,
+            key: "c".into(),
+        };
+        for (n, page) in [
+            (0, 500),
+            (1, 500),
+            (500, 500),
+            (501, 500),
+            (1234, 500),
+            (7, 2),
+        ] {
+            let t = FakeHistory { n, page };
+            let all = read_history(&t, Some("token"), Some(&conv)).await.unwrap();
+            let seqs: Vec<u64> = all.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "n={n} page={page}");
+        }
     }
 
     #[test]

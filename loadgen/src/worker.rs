@@ -75,6 +75,7 @@ struct UserRt {
 struct Counters {
     progress: Progress,
     send_errors: u64,
+    ack_duplicates: u64,
     reconnects: u64,
     reconnect_failed_attempts: u64,
     dropped: u64,
@@ -108,6 +109,8 @@ struct Worker {
     outstanding: Cell<u64>,
     dispatch_done: Cell<bool>,
     phase: Cell<u32>,
+    /// `--debug-sabotage duplicate-send`: still to do (once per run, worker 0 only).
+    sabotage_pending: Cell<bool>,
 }
 
 /// Runs a worker until `Shutdown` (or its command channel closes).
@@ -224,6 +227,7 @@ impl Worker {
             outstanding: Cell::new(0),
             dispatch_done: Cell::new(true),
             phase: Cell::new(0),
+            sabotage_pending: Cell::new(plan.sabotage_duplicate_send && plan.index == 0),
             plan,
         })
     }
@@ -389,6 +393,7 @@ impl Worker {
                     sender: u.global,
                     acked: e.acked.clone(),
                     failed: e.failed.clone(),
+                    seqs: e.seqs.clone(),
                 });
             }
         }
@@ -421,6 +426,7 @@ impl Worker {
             acked: c.progress.acked,
             send_failed: c.progress.send_failed,
             send_errors: c.send_errors,
+            ack_duplicates: c.ack_duplicates,
             disconnects: c.progress.disconnects,
             reconnects: c.reconnects,
             reconnect_failed_attempts: c.reconnect_failed_attempts,
@@ -475,10 +481,12 @@ async fn connection_task(w: Rc<Worker>, u: Rc<UserRt>, first_at: Instant) {
                 } else {
                     w.counters.borrow_mut().reconnect_failed_attempts += 1;
                 }
-                // Back off (100 ms doubling, at most 2 s) so a refusing server is not hammered.
+                // Back off (100 ms doubling, at most 2 s, with jitter: after a server restart
+                // every user reconnects at once) so a refusing server is not hammered.
                 let backoff = Duration::from_millis(100 * (1u64 << attempt.min(5)))
                     .min(Duration::from_secs(2));
-                tokio::time::sleep(backoff).await;
+                let jitter = 0.5 + rand::random::<f64>() * 0.5;
+                tokio::time::sleep(backoff.mul_f64(jitter)).await;
                 continue;
             }
         };
@@ -581,18 +589,31 @@ async fn send_one(w: &Worker, u: &UserRt, job: Job) {
         };
         let started = Instant::now();
         match tokio::time::timeout_at(give_up, sender.send(conv_ref, payload.clone())).await {
-            Ok(Ok(())) => {
+            Ok(Ok(outcome)) => {
                 let us = started.elapsed().as_micros() as u64;
-                let mut hs = w.hists.borrow_mut();
-                histo::record_us(&mut hs.send_ack, us);
-                histo::record_us(&mut hs.phase_send_ack, us);
-                u.sent
-                    .borrow_mut()
-                    .entry(job.conversation)
-                    .or_default()
-                    .acked
-                    .insert(counter);
-                w.counters.borrow_mut().progress.acked += 1;
+                {
+                    let mut hs = w.hists.borrow_mut();
+                    histo::record_us(&mut hs.send_ack, us);
+                    histo::record_us(&mut hs.phase_send_ack, us);
+                }
+                {
+                    let mut sent = u.sent.borrow_mut();
+                    let entry = sent.entry(job.conversation).or_default();
+                    entry.acked.insert(counter);
+                    if let Some(seq) = outcome.seq {
+                        entry.seqs.push((counter, seq));
+                    }
+                }
+                {
+                    let mut c = w.counters.borrow_mut();
+                    c.progress.acked += 1;
+                    if outcome.duplicate {
+                        c.ack_duplicates += 1;
+                    }
+                }
+                if w.sabotage_pending.replace(false) {
+                    sabotage_duplicate(w, &sender, conv_ref, &header, payload).await;
+                }
                 return;
             }
             Ok(Err(e)) => {
@@ -611,6 +632,29 @@ async fn send_one(w: &Worker, u: &UserRt, job: Job) {
         .failed
         .insert(counter);
     w.counters.borrow_mut().progress.send_failed += 1;
+}
+
+/// `--debug-sabotage duplicate-send` (test only): stores an acknowledged message a second time
+/// under another idempotency key, so the receivers get it under two seqs and the history holds
+/// it twice; the run must then fail. Proves the duplicate checks work end to end.
+async fn sabotage_duplicate(
+    w: &Worker,
+    sender: &Sender,
+    conv_ref: &ConversationRef,
+    header: &Header,
+    payload: Vec<u8>,
+) {
+    let key = header.client_msg_id() ^ (1u128 << 127);
+    match sender.send_with_key(conv_ref, payload, key).await {
+        Ok(o) => tracing::warn!(
+            sender = header.sender,
+            conversation = header.conversation,
+            counter = header.counter,
+            seq = ?o.seq,
+            "debug sabotage: stored one acknowledged message a second time"
+        ),
+        Err(e) => w.note_error(&e),
+    }
 }
 
 /// Walks the global schedule and queues this worker's sends at their times; performs the drop

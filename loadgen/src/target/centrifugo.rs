@@ -33,7 +33,8 @@ use super::socketio::{
     next_text, open_websocket, specs_by_index, websocket_tls, write_text,
 };
 use super::{
-    Connected, ConversationRef, Inbound, MessageSender, Population, Target, TargetError, UserSpec,
+    Connected, ConversationRef, Inbound, MessageSender, Population, SendOutcome, Target,
+    TargetError, UserSpec,
 };
 
 /// Extra silence tolerated beyond the announced ping interval before the connection counts as
@@ -327,7 +328,7 @@ impl MessageSender for CentrifugoSender {
         &self,
         conversation: &ConversationRef,
         payload: Vec<u8>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<SendOutcome, TargetError> {
         // Publication data must be JSON in the JSON protocol: the opaque bytes go in as base64.
         let payload = base64::engine::general_purpose::STANDARD.encode(payload);
         let (id, rx) = self.pending.register()?;
@@ -355,7 +356,9 @@ impl MessageSender for CentrifugoSender {
             self.pending.forget(id);
             return Err(TargetError::Send(e));
         }
-        await_reply(&self.pending, id, rx).await
+        await_reply(&self.pending, id, rx)
+            .await
+            .map(|()| SendOutcome::default())
     }
 
     async fn close(&self) {

@@ -67,6 +67,26 @@ pub enum TargetError {
     Timeout(String),
 }
 
+/// What the server said when it acknowledged a send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Tern: the seq the message was stored under; peers without one: `None`.
+    pub seq: Option<u64>,
+    /// Tern: the server had stored this idempotency key before (a retry of a send whose
+    /// acknowledgement was lost, e.g. to a server crash): nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// One stored message, as a history read returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub seq: u64,
+    /// The server's id of the sending user (opaque here; compared for equality only).
+    pub sender_user: String,
+    pub client_msg_id: u128,
+    pub payload: Vec<u8>,
+}
+
 /// Sends messages for one connected user. `send` resolves when the server acknowledged the
 /// message (Tern: durable `SendAck`; Socket.IO: the emit acknowledgement; Centrifugo: the
 /// publish reply).
@@ -76,7 +96,20 @@ pub trait MessageSender: Send + Sync {
         &self,
         conversation: &ConversationRef,
         payload: Vec<u8>,
-    ) -> Result<(), TargetError>;
+    ) -> Result<SendOutcome, TargetError>;
+    /// Sends `payload` under an explicit idempotency key instead of the one derived from it.
+    /// Only the crash test's `--debug-sabotage duplicate-send` uses it (to store one message
+    /// twice on purpose and prove the checks notice); targets without keys do not support it.
+    async fn send_with_key(
+        &self,
+        _conversation: &ConversationRef,
+        _payload: Vec<u8>,
+        _client_msg_id: u128,
+    ) -> Result<SendOutcome, TargetError> {
+        Err(TargetError::Send(
+            "explicit idempotency keys are not supported by this target".into(),
+        ))
+    }
     /// Closes the connection (the reader ends and the inbound stream closes).
     async fn close(&self);
 }
@@ -110,5 +143,21 @@ pub trait Target: Send + Sync {
     /// Takes what [`Target::export_state`] produced in the parent process.
     fn import_state(&self, _state: serde_json::Value) -> Result<(), TargetError> {
         Ok(())
+    }
+
+    /// One page of a conversation's stored history, read with `token` (a member's): the
+    /// newest messages with seq below `before` (0: the newest of all), ascending by seq, and
+    /// whether older ones exist. `--verify-history` pages backwards with it (Tern's API reads
+    /// forward only from a non-zero `after`; `after=0` means "the newest page").
+    async fn history_page(
+        &self,
+        _token: Option<&str>,
+        _conversation: &ConversationRef,
+        _before: u64,
+    ) -> Result<(Vec<HistoryEntry>, bool), TargetError> {
+        Err(TargetError::Setup(format!(
+            "{} has no history API for --verify-history",
+            self.name()
+        )))
     }
 }

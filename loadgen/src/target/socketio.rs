@@ -32,7 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::{
-    Connected, ConversationRef, Inbound, MessageSender, Population, Target, TargetError, UserSpec,
+    Connected, ConversationRef, Inbound, MessageSender, Population, SendOutcome, Target,
+    TargetError, UserSpec,
 };
 
 /// Deliveries buffered per connection before the reader stops reading the socket (backpressure,
@@ -467,7 +468,7 @@ impl MessageSender for SocketIoSender {
         &self,
         conversation: &ConversationRef,
         payload: Vec<u8>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<SendOutcome, TargetError> {
         let payload = base64::engine::general_purpose::STANDARD.encode(payload);
         let body = SendBody {
             room: &conversation.key,
@@ -479,7 +480,9 @@ impl MessageSender for SocketIoSender {
             self.pending.forget(id);
             return Err(TargetError::Send(e));
         }
-        await_reply(&self.pending, id, rx).await
+        await_reply(&self.pending, id, rx)
+            .await
+            .map(|()| SendOutcome::default())
     }
 
     async fn close(&self) {

@@ -26,13 +26,14 @@ use serde::{Deserialize, Serialize};
 use tern_sdk::tern_wire::ids::{ConversationId, DeviceId};
 use tern_sdk::tern_wire::msg::{Cursor, Message};
 use tern_sdk::{
-    Config, Connection, ConnectionSender, Error as SdkError, Event, EventStream, HttpApi,
-    TransportPref, Trust,
+    Config, Connection, ConnectionSender, Error as SdkError, Event, EventStream, HistoryQuery,
+    HttpApi, TransportPref, Trust,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Connected, ConversationRef, Inbound, MessageSender, Population, Target, TargetError, UserSpec,
+    Connected, ConversationRef, HistoryEntry, Inbound, MessageSender, Population, SendOutcome,
+    Target, TargetError, UserSpec,
 };
 use crate::payload::Header;
 
@@ -51,6 +52,8 @@ const STATE_VERSION: u32 = 1;
 const CHECKPOINT_EVERY: usize = 250;
 /// Content type of load-test messages (server-visible; the payload is opaque to it).
 const CONTENT_TYPE: &str = "loadgen";
+/// Messages per history request of `--verify-history` (the HTTP API allows 1..=500).
+const HISTORY_PAGE: u32 = 500;
 
 /// Which transport a [`TernTarget`] connects with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +313,48 @@ impl Target for TernTarget {
         sh.cursors.clear();
         Ok(())
     }
+
+    async fn history_page(
+        &self,
+        token: Option<&str>,
+        conversation: &ConversationRef,
+        before: u64,
+    ) -> Result<(Vec<HistoryEntry>, bool), TargetError> {
+        let fail = |e: String| TargetError::Setup(format!("history of {}: {e}", conversation.key));
+        let token = token.ok_or_else(|| fail("no token".into()))?;
+        let id: ConversationId = conversation
+            .key
+            .parse()
+            .map_err(|e| fail(format!("bad conversation id: {e}")))?;
+        let http = self.http()?.with_token(token.to_string());
+        let page = with_retry(|| {
+            let http = http.clone();
+            async move {
+                http.history(
+                    id,
+                    HistoryQuery {
+                        before: (before > 0).then_some(before),
+                        limit: Some(HISTORY_PAGE),
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        let mut out = Vec::with_capacity(page.messages.len());
+        for v in &page.messages {
+            let m = tern_sdk::message_from_view(id, v).map_err(|e| fail(e.to_string()))?;
+            out.push(HistoryEntry {
+                seq: m.seq,
+                sender_user: m.sender_user.to_string(),
+                client_msg_id: m.client_msg_id,
+                payload: m.payload,
+            });
+        }
+        Ok((out, page.has_more))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -440,29 +485,51 @@ struct TernSender {
     flush: mpsc::Sender<oneshot::Sender<()>>,
 }
 
+impl TernSender {
+    fn conversation_id(
+        &self,
+        conversation: &ConversationRef,
+    ) -> Result<ConversationId, TargetError> {
+        match self.id_of.get(&conversation.index) {
+            Some(id) => Ok(*id),
+            None => conversation
+                .key
+                .parse()
+                .map_err(|e| TargetError::Send(format!("bad conversation key: {e}"))),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl MessageSender for TernSender {
     async fn send(
         &self,
         conversation: &ConversationRef,
         payload: Vec<u8>,
-    ) -> Result<(), TargetError> {
-        let id = match self.id_of.get(&conversation.index) {
-            Some(id) => *id,
-            None => conversation
-                .key
-                .parse()
-                .map_err(|e| TargetError::Send(format!("bad conversation key: {e}")))?,
-        };
+    ) -> Result<SendOutcome, TargetError> {
         // Same message → same key, so retries are idempotent; a payload without a loadgen
         // header (never sent by the scenarios) gets a random one.
         let client_msg_id = Header::decode(&payload)
             .map(|h| h.client_msg_id())
             .unwrap_or_else(|_| uuid::Uuid::new_v4().as_u128());
+        self.send_with_key(conversation, payload, client_msg_id)
+            .await
+    }
+
+    async fn send_with_key(
+        &self,
+        conversation: &ConversationRef,
+        payload: Vec<u8>,
+        client_msg_id: u128,
+    ) -> Result<SendOutcome, TargetError> {
+        let id = self.conversation_id(conversation)?;
         self.tx
             .send(id, client_msg_id, CONTENT_TYPE, payload)
             .await
-            .map(|_| ())
+            .map(|r| SendOutcome {
+                seq: Some(r.seq),
+                duplicate: r.duplicate,
+            })
             .map_err(|e| match e {
                 SdkError::Timeout(what) => TargetError::Timeout(what.to_string()),
                 other => TargetError::Send(other.to_string()),
