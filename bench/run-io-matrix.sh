@@ -12,7 +12,8 @@
 # Writes every report and log to OUT and a table (io-comparison.md) built by io-compare.py.
 #
 # Usage: bench/run-io-matrix.sh [--quick] [options]
-#   --configs "io:shards ..."  [CONFIGS, default "epoll:2 uring:2 uring:1"]
+#   --configs "io:shards ..."  [CONFIGS, default "epoll:2 uring:2 epoll:1 uring:1"]
+#   --runs "idle prd fanout"   which runs, per configuration [RUNS, default all three]
 #   --idle N                   idle connections      [IDLE, default 15000]
 #   --users N                  PRD users             [USERS, default 10000]
 #   --rate N                   PRD msg/s             [RATE, default 1000]
@@ -28,7 +29,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CONFIGS="${CONFIGS:-epoll:2 uring:2 uring:1}"
+CONFIGS="${CONFIGS:-epoll:2 uring:2 epoll:1 uring:1}"
+RUNS="${RUNS:-idle prd fanout}"
 IDLE="${IDLE:-15000}"
 USERS="${USERS:-10000}"
 RATE="${RATE:-1000}"
@@ -45,6 +47,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) IDLE=1000; USERS=500; RATE=100; DURATION=15s; FANOUT_STEPS=3; shift ;;
         --configs) CONFIGS="$2"; shift 2 ;;
+        --runs) RUNS="$2"; shift 2 ;;
         --idle) IDLE="$2"; shift 2 ;;
         --users) USERS="$2"; shift 2 ;;
         --rate) RATE="$2"; shift 2 ;;
@@ -120,7 +123,7 @@ common=(--target tern-ws --server "127.0.0.1:$PORT" --ca-file "$CERT" --state-di
 status=0
 for config in $CONFIGS; do
     io="${config%%:*}"; shards="${config##*:}"; name="$io-$shards"
-    for run in idle prd fanout; do
+    for run in $RUNS; do
         log "== $name: $run"
         start_server "$io" "$shards" "$OUT/logs/$name-$run.server.log" || { status=1; continue; }
         case "$run" in
@@ -138,6 +141,9 @@ for config in $CONFIGS; do
             [[ "$run" == fanout && -s "$OUT/$name-$run.json" ]] || { log "$name $run failed"; status=1; }
         fi
         grep -m1 -E "io_uring|shards started" "$OUT/logs/$name-$run.server.log" >&2 || true
+        # The server's own counters (io_uring submissions vs sends, deliveries) after the run.
+        curl -fsS --max-time 5 --cacert "$CERT" "https://127.0.0.1:$PORT/metrics" \
+            >"$OUT/$name-$run.metrics.txt" 2>/dev/null || true
         stop_server
     done
 done

@@ -54,8 +54,9 @@ pub struct ServeArgs {
     /// [default: the cores this process may use].
     #[arg(long, env = "TERN_SHARDS")]
     pub shards: Option<usize>,
-    /// TCP/WebSocket I/O driver: "uring", "epoll", or "auto" (uring when the kernel allows it,
-    /// else epoll, logged) [default: auto].
+    /// TCP/WebSocket I/O driver: "epoll", "uring", or "auto" (uring when the kernel allows it,
+    /// else epoll, logged) [default: epoll — io_uring saves memory per connection but costs
+    /// more CPU per delivered message here; see RESULTS.md].
     #[arg(long, env = "TERN_IO")]
     pub io: Option<String>,
 }
@@ -196,8 +197,8 @@ impl Config {
             )));
         }
         let io = match args.io.or(file.io).as_deref() {
-            None | Some("auto") => IoChoice::Auto,
-            Some("epoll") => IoChoice::Epoll,
+            Some("auto") => IoChoice::Auto,
+            None | Some("epoll") => IoChoice::Epoll,
             Some("uring") => IoChoice::Uring,
             Some(other) => {
                 return Err(ConfigError::Invalid(format!(

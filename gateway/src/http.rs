@@ -397,9 +397,12 @@ async fn list_conversations(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct HistoryParams {
-    /// Only messages with seq below this.
+    /// Only messages with seq below this (absent or 0: no upper bound). Without `after`, the
+    /// page is the newest messages below it: scroll back by passing a page's first seq.
     before: Option<u64>,
-    /// Only messages with seq above this.
+    /// Only messages with seq above this; when above 0 the page is the oldest messages after
+    /// it (catching up forward). Absent or 0 means "not set": the page is then the newest
+    /// messages, not the oldest — read a whole conversation by scrolling back from the newest.
     after: Option<u64>,
     /// Page size (1..=500, default 50).
     limit: Option<u32>,

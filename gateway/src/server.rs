@@ -115,6 +115,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let router = crate::http::router(api, sessions.clone());
     let tcp_tls = Arc::new(certs.tcp_config()?);
     let quic_tls = certs.quic_config()?;
+    let quic_reset_key =
+        crate::tls::quic_reset_key(&config.data_dir).context("loading the QUIC reset key")?;
 
     let cpus = crate::shard::allowed_cpus();
     // Pinning only helps when every shard gets a core of its own.
@@ -130,11 +132,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let metrics = gateway_metrics.clone();
         let mut shutdown = shutdown.clone();
         let thread = shard.start(cpu, move || async move {
-            let wt_config = wtransport::ServerConfig::builder()
+            let mut wt_config = wtransport::ServerConfig::builder()
                 .with_bind_socket(udp)
                 .with_custom_tls(quic_tls)
                 .keep_alive_interval(Some(Duration::from_secs(15)))
                 .build();
+            let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &quic_reset_key);
+            let mut endpoint_config = wtransport::quinn::EndpointConfig::new(Arc::new(reset_key));
+            // quinn's default generator signs connection ids with a key random per endpoint and
+            // silently drops packets whose ids it did not sign: a restarted server (or another
+            // shard) would never answer with the reset. Random ids are recognised everywhere;
+            // resets stay rate-limited and smaller than the packet that caused them.
+            endpoint_config.cid_generator(|| Box::new(crate::tls::RandomCids));
+            *wt_config.quic_endpoint_config_mut() = endpoint_config;
             match wtransport::Endpoint::server(wt_config) {
                 Ok(endpoint) => {
                     tokio::spawn(crate::wt::accept_loop(endpoint, sessions.clone()));

@@ -5,10 +5,13 @@
 //! same port with `SO_REUSEPORT`: the kernel spreads new connections over the shards by a hash
 //! of the 4-tuple. A connection then lives on its shard for good. For QUIC this means
 //! connection migration (a client whose address or port changes, e.g. Wi-Fi to cellular) lands
-//! on whichever shard the new 4-tuple hashes to, which does not know the connection: the packets
-//! are dropped and the client reconnects and resumes from its cursors (nothing is lost, the
-//! session is new). Steering by connection id (an eBPF `SO_ATTACH_REUSEPORT_EBPF` program
-//! reading the QUIC DCID) would keep migrating connections on their shard; not done yet.
+//! on whichever shard the new 4-tuple hashes to (1 in N it is the same one). A shard that does
+//! not know the connection answers with a QUIC stateless reset, which the client recognises
+//! because every shard (and every restart) derives reset tokens from the same persisted secret
+//! (`tls::quic_reset_key`): the client reconnects at once and resumes from its cursors — nothing
+//! is lost, but the session is new. Steering by connection id (an eBPF
+//! `SO_ATTACH_REUSEPORT_EBPF` program reading the QUIC DCID) would keep migrating connections on
+//! their shard; not done yet. TCP has no migration: a new address is a new connection anyway.
 
 use std::cell::Cell;
 use std::future::Future;

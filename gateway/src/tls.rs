@@ -279,6 +279,61 @@ fn generate_self_signed(dir: &Path, now: i64) -> Result<ActiveCert, TlsError> {
     })
 }
 
+/// File (in the data directory) holding the QUIC stateless-reset secret.
+pub const QUIC_RESET_KEY_FILE: &str = "quic-reset-key";
+
+/// The secret every shard's QUIC endpoint derives stateless-reset tokens from, kept across
+/// restarts. Shared by all shards and all runs, a packet for a connection this process does not
+/// know (it restarted, or the packet landed on another shard after the client's address
+/// changed) is answered with a reset the client recognises: it reconnects at once instead of
+/// waiting for its idle timeout.
+pub fn quic_reset_key(data_dir: &Path) -> Result<[u8; 32], TlsError> {
+    let path = data_dir.join(QUIC_RESET_KEY_FILE);
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
+    }
+    let mut key = [0u8; 32];
+    rand::fill(&mut key);
+    let tmp = path.with_extension("tmp");
+    let io = |source| TlsError::Io {
+        path: path.clone(),
+        source,
+    };
+    {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(io)?;
+        file.write_all(&key).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(key)
+}
+
+/// QUIC connection ids: 8 random bytes (quinn's length), valid on every endpoint.
+pub struct RandomCids;
+
+impl wtransport::quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> wtransport::quinn::ConnectionId {
+        let mut bytes = [0u8; 8];
+        rand::fill(&mut bytes);
+        wtransport::quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     // Write then rename, so that a crash never leaves a half-written certificate behind.
     let tmp = path.with_extension("tmp");

@@ -1183,7 +1183,34 @@ async fn websocket_traffic_goes_through_the_requested_io_driver() {
             }
             assert!(log_says_uring());
         }
-        // The default (auto) is whichever the kernel allows; both are fine.
-        _ => {}
+        // The default is epoll (io_uring is opt-in until it wins on CPU too).
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(uring_sends().await, 0.0, "the default driver is epoll");
+        }
+        Ok(other) => panic!("unknown TERN_TEST_IO {other:?}"),
     }
+}
+
+/// A server killed and restarted answers the old connection's next packet with a QUIC stateless
+/// reset the client recognises (the reset secret persists in the data directory), so the client
+/// reconnects at once instead of waiting for a timeout.
+#[tokio::test]
+async fn webtransport_clients_learn_of_a_restart_at_once() {
+    let mut server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let (conn, _) = connect_synced(
+        &server,
+        TransportPref::WebTransport,
+        &alice,
+        DeviceId::random(),
+    )
+    .await;
+    server.restart().await;
+    // Without a recognised reset the ping would wait for its 10 s request timeout.
+    let answer = tokio::time::timeout(Duration::from_secs(5), conn.ping()).await;
+    assert!(
+        matches!(answer, Ok(Err(_))),
+        "the old connection failed fast after the restart: {answer:?}"
+    );
 }
