@@ -10,5 +10,6 @@ pub mod hash_pool;
 pub mod limits;
 pub mod metrics;
 pub mod password;
+pub mod reactions;
 pub mod service;
 pub mod store;

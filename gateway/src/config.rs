@@ -78,6 +78,10 @@ pub struct FileConfig {
     pub shards: Option<usize>,
     pub io: Option<String>,
     pub resume_backlog_messages: Option<u64>,
+    /// Presence: how long a user stays online after the last device disconnects.
+    pub presence_grace_ms: Option<u64>,
+    /// Typing indicators not refreshed for this long end on their own.
+    pub typing_timeout_ms: Option<u64>,
 }
 
 /// Which driver moves bytes for TCP (TLS, WebSocket, HTTPS) connections.
@@ -121,6 +125,8 @@ pub struct Config {
     pub login_attempts_per_address: u32,
     pub shards: usize,
     pub io: IoChoice,
+    /// Presence grace period and typing timeout.
+    pub presence: crate::presence::PresenceConfig,
     /// Most messages replayed per conversation when a device resumes.
     pub resume_backlog_messages: u64,
 }
@@ -220,6 +226,12 @@ impl Config {
             login_attempts_per_address: file.login_attempts_per_address.unwrap_or(30).max(1),
             shards,
             io,
+            presence: crate::presence::PresenceConfig {
+                grace: Duration::from_millis(file.presence_grace_ms.unwrap_or(5_000).min(600_000)),
+                typing_timeout: Duration::from_millis(
+                    file.typing_timeout_ms.unwrap_or(5_000).clamp(100, 60_000),
+                ),
+            },
             resume_backlog_messages: file
                 .resume_backlog_messages
                 .unwrap_or(DEFAULT_RESUME_BACKLOG)

@@ -21,8 +21,8 @@ use tern_engine::driver::EngineHandle;
 use tern_engine::service::ServiceError;
 use tern_wire::api::{
     ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup,
-    Credentials, ErrorBody, FileRefView, HistoryPageView, LoginResponse, MemberView, MessageView,
-    TransportInfo, UserView,
+    Credentials, ErrorBody, FileRefView, HistoryPageView, InvitationList, InvitationView,
+    LoginResponse, MemberView, MessageView, TransportInfo, UserRef, UserView,
 };
 use tern_wire::ids::{ConversationId, UserId};
 use tern_wire::msg::{
@@ -54,8 +54,8 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
-    paths(register, login, logout, me, user_by_name, create_direct, create_group, list_conversations, history, transport),
-    components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, CertificateHash, TransportInfo, ErrorBody, ApiError)),
+    paths(register, login, logout, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave),
+    components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -84,6 +84,22 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
         .route("/conversations/direct", post(create_direct))
         .route("/conversations/group", post(create_group))
         .route("/conversations/{id}/messages", get(history))
+        .route("/invitations", get(list_invitations))
+        .route("/conversations/{id}/invitations", post(invite))
+        .route(
+            "/conversations/{id}/invitations/accept",
+            post(accept_invite),
+        )
+        .route(
+            "/conversations/{id}/invitations/decline",
+            post(decline_invite),
+        )
+        .route("/conversations/{id}/members", post(add_member))
+        .route(
+            "/conversations/{id}/members/{username}",
+            axum::routing::delete(remove_member),
+        )
+        .route("/conversations/{id}/leave", post(leave))
         .route("/transport", get(transport))
         .route("/openapi.json", get(openapi))
         .with_state(api.clone());
@@ -434,6 +450,122 @@ async fn history(
         messages: messages.into_iter().map(message_view).collect(),
         has_more,
     }))
+}
+
+fn invitation_view(p: tern_engine::conversations::PendingInvitation) -> InvitationView {
+    InvitationView {
+        conversation_id: p.invitation.conversation,
+        name: p.name,
+        inviter_id: p.invitation.inviter,
+        inviter: p.inviter,
+        created_ms: p.invitation.created_ms,
+    }
+}
+
+fn conversation_id(id: &str) -> Result<ConversationId, ServiceError> {
+    id.parse()
+        .map_err(|_| ServiceError::invalid("conversation id must be a UUID"))
+}
+
+#[utoipa::path(get, path = "/api/v1/invitations", security(("bearer" = [])),
+    responses((status = 200, body = InvitationList, description = "the caller's pending group invitations, oldest first")))]
+async fn list_invitations(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<InvitationList>, HttpError> {
+    let mut invitations = Vec::new();
+    for pending in api.conversations.invitations(caller.user).await? {
+        invitations.push(invitation_view(pending));
+    }
+    Ok(Json(InvitationList { invitations }))
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/invitations", request_body = UserRef, security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 201, body = InvitationView), (status = 403, body = ApiError, description = "not the group's owner"), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "already a member")))]
+async fn invite(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UserRef>,
+) -> Result<(StatusCode, Json<InvitationView>), HttpError> {
+    let id = conversation_id(&id)?;
+    let user = api.accounts.user_by_name(&body.username).await?;
+    let pending = api.conversations.invite(caller.user, id, user.id).await?;
+    Ok((StatusCode::CREATED, Json(invitation_view(pending))))
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/invitations/accept", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = ConversationView, description = "joined"), (status = 404, body = ApiError, description = "no pending invitation")))]
+async fn accept_invite(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ConversationView>, HttpError> {
+    let id = conversation_id(&id)?;
+    let info = api.conversations.accept_invite(caller.user, id).await?;
+    Ok(Json(conversation_view(info)))
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/invitations/decline", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 204, description = "declined; the inviter is notified"), (status = 404, body = ApiError, description = "no pending invitation")))]
+async fn decline_invite(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    let id = conversation_id(&id)?;
+    api.conversations.decline_invite(caller.user, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/members", request_body = UserRef, security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = ConversationView, description = "added directly by the owner"), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 413, body = ApiError)))]
+async fn add_member(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UserRef>,
+) -> Result<Json<ConversationView>, HttpError> {
+    let id = conversation_id(&id)?;
+    let user = api.accounts.user_by_name(&body.username).await?;
+    let info = api
+        .conversations
+        .add_member(caller.user, id, user.id)
+        .await?;
+    Ok(Json(conversation_view(info)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/conversations/{id}/members/{username}", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid), ("username" = String, Path)),
+    responses((status = 204, description = "removed; they receive nothing sent from now on"), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn remove_member(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path((id, username)): Path<(String, String)>,
+) -> Result<StatusCode, HttpError> {
+    let id = conversation_id(&id)?;
+    let user = api.accounts.user_by_name(&username).await?;
+    api.conversations
+        .remove_member(caller.user, id, user.id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/leave", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 204, description = "left"), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the owner cannot leave while other members remain")))]
+async fn leave(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    let id = conversation_id(&id)?;
+    api.conversations.leave(caller.user, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/transport",

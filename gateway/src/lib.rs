@@ -4,6 +4,7 @@
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod presence;
 pub mod server;
 pub mod session;
 pub mod shard;

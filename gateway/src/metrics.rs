@@ -61,6 +61,15 @@ pub struct GatewayMetrics {
     pub uring_sends: Family<ShardLabels, Counter>,
     pub uring_recv_buffer_exhausted: Family<ShardLabels, Counter>,
     pub uring_recv_buffers_held: Family<ShardLabels, Gauge>,
+    /// WebTransport datagrams received and sent (typing indicators).
+    pub datagrams_in: Counter,
+    pub datagrams_out: Counter,
+    /// Typing updates dropped (rate limit, not a member, table full).
+    pub typing_dropped: Counter,
+    /// Typing indicators that ended on their own (not refreshed in time).
+    pub typing_expired: Counter,
+    /// Presence/typing events dropped because a session's event queue was full.
+    pub presence_events_dropped: Counter,
     resolved: [TransportCounters; 2],
 }
 
@@ -92,6 +101,11 @@ impl Default for GatewayMetrics {
             uring_sends: Family::default(),
             uring_recv_buffer_exhausted: Family::default(),
             uring_recv_buffers_held: Family::default(),
+            datagrams_in: Counter::default(),
+            datagrams_out: Counter::default(),
+            typing_dropped: Counter::default(),
+            typing_expired: Counter::default(),
+            presence_events_dropped: Counter::default(),
             resolved,
         }
     }
@@ -161,6 +175,31 @@ impl GatewayMetrics {
             "tern_uring_recv_buffers_held",
             "Provided receive buffers taken and not yet returned, by shard",
             self.uring_recv_buffers_held.clone(),
+        );
+        registry.register(
+            "tern_datagrams_in",
+            "WebTransport datagrams received",
+            self.datagrams_in.clone(),
+        );
+        registry.register(
+            "tern_datagrams_out",
+            "WebTransport datagrams sent",
+            self.datagrams_out.clone(),
+        );
+        registry.register(
+            "tern_typing_dropped",
+            "Typing updates dropped (rate limit, not a member, table full)",
+            self.typing_dropped.clone(),
+        );
+        registry.register(
+            "tern_typing_expired",
+            "Typing indicators that expired without a refresh",
+            self.typing_expired.clone(),
+        );
+        registry.register(
+            "tern_presence_events_dropped",
+            "Presence and typing events dropped on a full session event queue",
+            self.presence_events_dropped.clone(),
         );
     }
 }

@@ -12,8 +12,11 @@ use tern_engine::accounts::{AccountLimits, Accounts};
 use tern_engine::conversations::{ConversationLimits, Conversations};
 use tern_engine::driver::{EngineConfig, spawn_engine_shards};
 use tern_engine::metrics::EngineMetrics;
+use tern_engine::reactions::{ReactionLimits, Reactions};
 use tern_engine::store::Store;
 use tern_engine::store::embedded::EmbeddedStore;
+use tern_engine::store::embedded_reactions::EmbeddedReactions;
+use tern_engine::store::reactions::ReactionStore;
 use tern_wire::Limits;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -44,10 +47,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let store_dir = config.data_dir.join("store");
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&store_dir)
-            .with_context(|| format!("opening store in {}", store_dir.display()))?,
-    );
+    let embedded = EmbeddedStore::open(&store_dir)
+        .with_context(|| format!("opening store in {}", store_dir.display()))?;
+    let reaction_store: Arc<dyn ReactionStore> =
+        Arc::new(EmbeddedReactions::open(&embedded).context("opening the reaction store")?);
+    let store: Arc<dyn Store> = Arc::new(embedded);
     let certs = Certificates::load(config.certs.clone()).context("loading TLS certificate")?;
     let io = resolve_io(config.io)?;
 
@@ -82,6 +86,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         engine.clone(),
         ConversationLimits::default(),
     ));
+    let reactions = Arc::new(Reactions::new(
+        store.clone(),
+        reaction_store,
+        engine.clone(),
+        ReactionLimits::default(),
+    ));
 
     let sockets = bind_shards(config.listen, config.shards)?;
     let local = sockets[0].0.local_addr()?;
@@ -90,9 +100,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         max_frame_bytes: config.max_frame_bytes,
         ..Limits::default()
     };
+    let presence = crate::presence::PresenceService::spawn(
+        store.clone(),
+        config.presence,
+        gateway_metrics.clone(),
+        &handles[0],
+    );
     let sessions = Arc::new(SessionContext {
+        presence,
         accounts: accounts.clone(),
         conversations: conversations.clone(),
+        reactions,
         engine: engine.clone(),
         store: store.clone(),
         limits,

@@ -14,12 +14,14 @@ use tern_engine::conversations::Conversations;
 use tern_engine::core::{Input, SendRequest};
 use tern_engine::driver::{CloseSignal, ConnSink, EngineHandle, Outbound, Tracking, now_ms};
 use tern_engine::metrics::EngineMetrics;
+use tern_engine::reactions::Reactions;
 use tern_engine::service::ServiceError;
 use tern_engine::store::{HistoryQuery, Store};
 use tern_wire::Limits;
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{
-    ClientMessage, ConversationKind, Cursor, ErrorCode, Notice, PROTOCOL_VERSION, ServerMessage,
+    ClientMessage, ConversationKind, Cursor, ErrorCode, Notice, PROTOCOL_VERSION, PresenceStatus,
+    ServerMessage,
 };
 use tokio::sync::mpsc;
 
@@ -59,6 +61,11 @@ pub trait FrameRecv: Send {
 
 pub trait FrameSend: Send {
     fn send(&mut self, frame: &[u8]) -> impl Future<Output = Result<(), TransportClosed>> + Send;
+    /// Sends one envelope as an unreliable datagram if the transport has them (WebTransport);
+    /// `false` means it was not sent and should go as a frame.
+    fn send_datagram(&mut self, _frame: &[u8]) -> bool {
+        false
+    }
     /// Ends the connection with a reason the client can read.
     fn close(&mut self, code: ErrorCode, reason: &str) -> impl Future<Output = ()> + Send;
 }
@@ -71,7 +78,10 @@ pub struct TransportClosed;
 pub struct SessionContext {
     pub accounts: Arc<Accounts>,
     pub conversations: Arc<Conversations>,
+    pub reactions: Arc<Reactions>,
     pub engine: EngineHandle,
+    /// Presence and typing (see `presence.rs`).
+    pub presence: crate::presence::PresenceService,
     pub store: Arc<dyn Store>,
     pub limits: Limits,
     pub engine_metrics: Arc<EngineMetrics>,
@@ -116,6 +126,8 @@ struct Session<'a, R, W> {
     /// Highest seq sent to this device per conversation: drops live copies of replayed messages.
     delivered: HashMap<ConversationId, u64>,
     frames: mpsc::Receiver<Outbound>,
+    /// Presence and typing events for this device (ephemeral, never tracked).
+    presence_events: mpsc::Receiver<crate::presence::PresenceEvent>,
 }
 
 pub async fn run<R: FrameRecv, W: FrameSend>(
@@ -282,6 +294,7 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
         .await;
         return;
     };
+    let presence_events = ctx.presence.connect(user, conn).await;
     let mut session = Session {
         ctx,
         transport,
@@ -291,8 +304,10 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
         device,
         delivered: HashMap::new(),
         frames: frames_rx,
+        presence_events,
     };
     let end = session.serve(conn, cursors, close_rx).await;
+    ctx.presence.disconnect(user, conn).await;
     ctx.engine.disconnect(conn).await;
     // Frames still queued will never be written.
     ctx.engine_metrics
@@ -402,6 +417,11 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                         }
                     }
                 }
+                Some(event) = self.presence_events.recv() => {
+                    if let Err(end) = self.write_presence(event).await {
+                        return end;
+                    }
+                }
                 received = tokio::time::timeout(self.ctx.idle_timeout, self.rx.recv()) => {
                     let received = match received {
                         Ok(received) => received,
@@ -415,6 +435,15 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 }
             }
         }
+    }
+
+    /// Writes a presence or typing event: typing as a datagram where the transport has them.
+    async fn write_presence(&mut self, event: crate::presence::PresenceEvent) -> Result<(), End> {
+        if event.datagram && self.tx.send_datagram(&event.bytes) {
+            self.ctx.metrics.datagrams_out.inc();
+            return Ok(());
+        }
+        self.write(&event.bytes).await
     }
 
     async fn on_received(&mut self, conn: u64, received: Received) -> Result<(), End> {
@@ -488,13 +517,18 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                     .history(self.user, conversation, before_seq, after_seq, limit)
                     .await
                 {
-                    Ok((messages, has_more)) => ServerMessage::HistoryPage {
-                        request_id,
-                        conversation,
-                        messages,
-                        reactions: vec![],
-                        has_more,
-                    },
+                    Ok((messages, has_more)) => {
+                        match self.ctx.reactions.for_page(conversation, &messages).await {
+                            Ok(reactions) => ServerMessage::HistoryPage {
+                                request_id,
+                                conversation,
+                                messages,
+                                reactions,
+                                has_more,
+                            },
+                            Err(e) => service_error(request_id, e),
+                        }
+                    }
                     Err(e) => service_error(request_id, e),
                 };
                 self.reply(&answer).await
@@ -531,6 +565,24 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 };
                 self.reply(&answer).await
             }
+            ClientMessage::React {
+                request_id,
+                conversation,
+                seq,
+                emoji,
+                add,
+            } => {
+                let answer = match self
+                    .ctx
+                    .reactions
+                    .react(self.user, conversation, seq, &emoji, add)
+                    .await
+                {
+                    Ok(()) => ServerMessage::Ok { request_id },
+                    Err(e) => service_error(request_id, e),
+                };
+                self.reply(&answer).await
+            }
             ClientMessage::Ping { nonce } => self.reply(&ServerMessage::Pong { nonce }).await,
             ClientMessage::Hello { .. } => {
                 self.reply(&ServerMessage::error(
@@ -541,20 +593,115 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 ))
                 .await
             }
-            ClientMessage::Invite { request_id, .. }
-            | ClientMessage::AcceptInvite { request_id, .. }
-            | ClientMessage::DeclineInvite { request_id, .. }
-            | ClientMessage::AddMember { request_id, .. }
-            | ClientMessage::RemoveMember { request_id, .. }
-            | ClientMessage::Leave { request_id, .. }
-            | ClientMessage::React { request_id, .. }
-            | ClientMessage::PublishKeys { request_id, .. }
+            ClientMessage::Invite {
+                request_id,
+                conversation,
+                user,
+            } => {
+                let result = self
+                    .ctx
+                    .conversations
+                    .invite(self.user, conversation, user)
+                    .await;
+                self.reply(&ok_or_error(request_id, result)).await
+            }
+            ClientMessage::AcceptInvite {
+                request_id,
+                conversation,
+            } => {
+                // The joiner's devices also get the `Conversation` announcement; this is the
+                // answer to the request.
+                let answer = match self
+                    .ctx
+                    .conversations
+                    .accept_invite(self.user, conversation)
+                    .await
+                {
+                    Ok(info) => ServerMessage::Conversation { request_id, info },
+                    Err(e) => service_error(request_id, e),
+                };
+                self.reply(&answer).await
+            }
+            ClientMessage::DeclineInvite {
+                request_id,
+                conversation,
+            } => {
+                let result = self
+                    .ctx
+                    .conversations
+                    .decline_invite(self.user, conversation)
+                    .await;
+                self.reply(&ok_or_error(request_id, result)).await
+            }
+            ClientMessage::AddMember {
+                request_id,
+                conversation,
+                user,
+            } => {
+                let answer = match self
+                    .ctx
+                    .conversations
+                    .add_member(self.user, conversation, user)
+                    .await
+                {
+                    Ok(info) => ServerMessage::Conversation { request_id, info },
+                    Err(e) => service_error(request_id, e),
+                };
+                self.reply(&answer).await
+            }
+            ClientMessage::RemoveMember {
+                request_id,
+                conversation,
+                user,
+            } => {
+                let result = self
+                    .ctx
+                    .conversations
+                    .remove_member(self.user, conversation, user)
+                    .await;
+                self.reply(&ok_or_error(request_id, result)).await
+            }
+            ClientMessage::Leave {
+                request_id,
+                conversation,
+            } => {
+                let result = self.ctx.conversations.leave(self.user, conversation).await;
+                // Live copies still queued for this conversation are not dropped here: the
+                // engine stopped fanning out to this user before the answer was sent.
+                self.reply(&ok_or_error(request_id, result)).await
+            }
+            ClientMessage::PublishKeys { request_id, .. }
             | ClientMessage::ClaimKeys { request_id, .. } => {
                 self.reply(&unsupported(request_id)).await
             }
-            ClientMessage::SetPresence { .. }
-            | ClientMessage::Typing { .. }
-            | ClientMessage::KeyShare { .. } => self.reply(&unsupported(0)).await,
+            ClientMessage::SetPresence { status } => match status {
+                PresenceStatus::Online | PresenceStatus::Away => {
+                    let away = status == PresenceStatus::Away;
+                    self.ctx.presence.set_away(self.user, conn, away);
+                    Ok(())
+                }
+                PresenceStatus::Offline => {
+                    self.reply(&ServerMessage::error(
+                        0,
+                        ErrorCode::InvalidArgument,
+                        "a connected device is online or away",
+                        false,
+                    ))
+                    .await
+                }
+            },
+            ClientMessage::Typing {
+                conversation,
+                active,
+            } => {
+                // Fire and forget: rate limit, membership check and fan-out happen in the
+                // presence task; nothing is answered (non-members are silently ignored).
+                self.ctx
+                    .presence
+                    .typing(self.user, conn, conversation, active);
+                Ok(())
+            }
+            ClientMessage::KeyShare { .. } => self.reply(&unsupported(0)).await,
         }
     }
 
@@ -661,6 +808,14 @@ fn unsupported(request_id: u64) -> ServerMessage {
         "not supported by this server version yet",
         false,
     )
+}
+
+/// `Ok` for a request that succeeded without another answer, else its error.
+fn ok_or_error<T>(request_id: u64, result: Result<T, ServiceError>) -> ServerMessage {
+    match result {
+        Ok(_) => ServerMessage::Ok { request_id },
+        Err(e) => service_error(request_id, e),
+    }
 }
 
 fn service_error(request_id: u64, e: ServiceError) -> ServerMessage {

@@ -54,6 +54,8 @@ pub async fn accept_loop(endpoint: Endpoint<Server>, ctx: Arc<SessionContext>) {
                 };
             let limit = ctx.limits.max_frame_bytes;
             let recv = WtRecv {
+                connection: connection.clone(),
+                metrics: ctx.metrics.clone(),
                 recv,
                 decoder: FrameDecoder::new(limit),
                 buf: vec![0; READ_CHUNK],
@@ -65,6 +67,9 @@ pub async fn accept_loop(endpoint: Endpoint<Server>, ctx: Arc<SessionContext>) {
 }
 
 struct WtRecv {
+    /// Datagrams (one envelope each, e.g. `Typing`) arrive on the connection.
+    connection: Connection,
+    metrics: Arc<crate::metrics::GatewayMetrics>,
     recv: RecvStream,
     decoder: FrameDecoder,
     buf: Vec<u8>,
@@ -81,9 +86,20 @@ impl FrameRecv for WtRecv {
                 }
                 Err(error) => return Received::Malformed(error.to_string()),
             }
-            match self.recv.read(&mut self.buf).await {
-                Ok(Some(n)) => self.decoder.push(&self.buf[..n]),
-                Ok(None) | Err(_) => return Received::Closed,
+            // Both are cancel-safe: an unread datagram stays queued, an unfinished read
+            // consumed nothing.
+            tokio::select! {
+                read = self.recv.read(&mut self.buf) => match read {
+                    Ok(Some(n)) => self.decoder.push(&self.buf[..n]),
+                    Ok(None) | Err(_) => return Received::Closed,
+                },
+                datagram = self.connection.receive_datagram() => match datagram {
+                    Ok(datagram) => {
+                        self.metrics.datagrams_in.inc();
+                        return Received::Frame(datagram.payload().to_vec());
+                    }
+                    Err(_) => return Received::Closed,
+                },
             }
         }
     }
@@ -101,6 +117,13 @@ impl FrameSend for WtSend {
             .write_all(&framed)
             .await
             .map_err(|_| TransportClosed)
+    }
+
+    fn send_datagram(&mut self, frame: &[u8]) -> bool {
+        self.connection
+            .max_datagram_size()
+            .is_some_and(|max| frame.len() <= max)
+            && self.connection.send_datagram(frame).is_ok()
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {

@@ -153,3 +153,30 @@ pub struct ErrorBody {
 pub struct ApiError {
     pub error: ErrorBody,
 }
+
+/// A user named in a group-management request (invite, add).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UserRef {
+    pub username: String,
+}
+
+/// A pending invitation into a group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct InvitationView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub conversation_id: ConversationId,
+    /// The group's name.
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub inviter_id: UserId,
+    pub inviter: String,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct InvitationList {
+    pub invitations: Vec<InvitationView>,
+}

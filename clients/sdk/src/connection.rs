@@ -89,6 +89,8 @@ pub enum Event {
 
 enum Outgoing {
     Frame(Vec<u8>),
+    /// Unreliable: a WebTransport datagram where available (see `FrameWriter::send_datagram`).
+    Datagram(Vec<u8>),
     Close(oneshot::Sender<()>),
 }
 
@@ -535,6 +537,11 @@ impl Connection {
         self.sender.send_message(msg).await
     }
 
+    /// See [`ConnectionSender::typing`].
+    pub async fn typing(&self, conversation: ConversationId, active: bool) -> Result<()> {
+        self.sender.typing(conversation, active).await
+    }
+
     /// Flushes queued frames, closes the transport gracefully and stops the tasks.
     pub async fn close(self) {
         self.sender.close().await;
@@ -732,6 +739,23 @@ impl ConnectionSender {
             .map_err(|_| self.closed_error())
     }
 
+    /// Tells the conversation's other members this user is (or stopped) typing. Unreliable: a
+    /// WebTransport datagram when the connection has them, a normal frame on WebSocket. The
+    /// server expires a typing indicator that is not refreshed within a few seconds.
+    pub async fn typing(&self, conversation: ConversationId, active: bool) -> Result<()> {
+        let frame = tern_wire::encode_client(&ClientMessage::Typing {
+            conversation,
+            active,
+        });
+        if let Some(reason) = self.shared.reason() {
+            return Err(Error::Closed(reason));
+        }
+        self.out
+            .send(Outgoing::Datagram(frame))
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
     /// Flushes queued frames, closes the transport gracefully and stops the tasks. Other clones
     /// of this sender see the connection closed (`CloseReason::Local`); the event stream ends
     /// with `Event::Closed`.
@@ -864,6 +888,12 @@ async fn write_loop(
                 if let Err(e) = writer.send_frame(&frame).await {
                     shared.close(CloseReason::Transport(e.to_string()));
                     return;
+                }
+            }
+            Outgoing::Datagram(frame) => {
+                // Unreliable by design: a datagram that cannot be sent is simply lost.
+                if let Err(e) = writer.send_datagram(&frame).await {
+                    tracing::debug!(error = %e, "datagram not sent");
                 }
             }
             Outgoing::Close(done) => {

@@ -82,6 +82,8 @@ enum ReaderInner {
         recv: wtransport::RecvStream,
         decoder: FrameDecoder,
         buf: Box<[u8]>,
+        /// Datagrams (one envelope each, e.g. `Typing`) arrive on the connection, not the stream.
+        conn: wtransport::Connection,
     },
 }
 
@@ -202,6 +204,7 @@ impl Transport {
         let (conn, send, recv) = tokio::time::timeout(config.connect_timeout, session)
             .await
             .map_err(|_| Error::Timeout("WebTransport connect"))??;
+        let reader_conn = conn.clone();
         Ok(Transport {
             writer: FrameWriter {
                 inner: WriterInner::Wt {
@@ -215,6 +218,7 @@ impl Transport {
                     recv,
                     decoder: FrameDecoder::new(config.max_frame_bytes),
                     buf: vec![0u8; WT_READ_CHUNK].into_boxed_slice(),
+                    conn: reader_conn,
                 },
             },
         })
@@ -321,6 +325,22 @@ impl FrameWriter {
         }
     }
 
+    /// Sends one envelope unreliably: as a WebTransport datagram (no length prefix) when the
+    /// transport has datagrams and it fits, else as an ordinary frame. For ephemeral messages
+    /// such as `Typing`.
+    pub async fn send_datagram(&mut self, frame: &[u8]) -> Result<()> {
+        if let WriterInner::Wt { conn, .. } = &self.inner
+            && conn
+                .max_datagram_size()
+                .is_some_and(|max| frame.len() <= max)
+        {
+            return conn
+                .send_datagram(frame)
+                .map_err(|e| Error::WebTransport(format!("datagram: {e}")));
+        }
+        self.send_frame(frame).await
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         match &mut self.inner {
             WriterInner::Ws(sink) => {
@@ -393,14 +413,29 @@ impl FrameReader {
                     Some(Err(e)) => return Err(e.into()),
                 }
             },
-            ReaderInner::Wt { recv, decoder, buf } => loop {
+            ReaderInner::Wt {
+                recv,
+                decoder,
+                buf,
+                conn,
+            } => loop {
                 if let Some(frame) = decoder.next_frame()? {
                     return Ok(Some(frame));
                 }
-                match recv.read(buf).await {
-                    Ok(Some(n)) => decoder.push(&buf[..n]),
-                    Ok(None) => return Ok(None),
-                    Err(e) => return Err(Error::WebTransport(format!("read: {e}"))),
+                // Both are cancel-safe: an unread datagram stays queued, a stream read that
+                // did not complete consumed nothing.
+                tokio::select! {
+                    read = recv.read(buf) => match read {
+                        Ok(Some(n)) => decoder.push(&buf[..n]),
+                        Ok(None) => return Ok(None),
+                        Err(e) => return Err(Error::WebTransport(format!("read: {e}"))),
+                    },
+                    datagram = conn.receive_datagram() => {
+                        if let Ok(datagram) = datagram {
+                            return Ok(Some(datagram.payload().to_vec()));
+                        }
+                        // The connection is gone; the stream read reports how.
+                    }
                 }
             },
         }

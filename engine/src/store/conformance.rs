@@ -35,8 +35,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, MemberRecord, Store,
-    StoreError, StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, InvitationRecord,
+    MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// Runs every check, each on a store freshly made by `make`.
@@ -60,6 +60,11 @@ where
     check_large_batch(make().await).await;
     check_payloads(make().await).await;
     check_concurrent_commits(make().await).await;
+    check_group_names(make().await).await;
+    check_group_name_race(make().await).await;
+    check_invitations(make().await).await;
+    check_invitation_race(make().await).await;
+    check_membership_changes(make().await).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1326,4 +1331,407 @@ where
             "store conformance: user lost {what}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// groups: names, invitations, membership changes
+
+fn owner(user: UserId) -> MemberRecord {
+    MemberRecord {
+        user,
+        role: MemberRole::Owner,
+    }
+}
+
+fn member(user: UserId) -> MemberRecord {
+    MemberRecord {
+        user,
+        role: MemberRole::Member,
+    }
+}
+
+/// A taken name key refuses a second group and writes nothing of it.
+pub async fn check_group_names<S: Store>(store: S) {
+    let (a, b) = (UserId::random(), UserId::random());
+    let g1 = group(a);
+    ok(
+        store
+            .create_named_group(g1.clone(), vec![owner(a)], "team".to_owned())
+            .await,
+        "create_named_group",
+    );
+    assert_eq!(
+        ok(store.group_by_name("team").await, "group_by_name"),
+        Some(g1.id),
+        "store conformance: the name key must map to its group"
+    );
+    assert_eq!(
+        ok(store.conversation(g1.id).await, "conversation"),
+        Some(g1.clone()),
+        "store conformance: a named group must be stored like any conversation"
+    );
+    assert_eq!(
+        ok(store.members(g1.id).await, "members"),
+        vec![owner(a)],
+        "store conformance: a named group's members"
+    );
+    let g2 = group(b);
+    already_exists(
+        store
+            .create_named_group(g2.clone(), vec![owner(b)], "team".to_owned())
+            .await,
+        "second group with a taken name key",
+    );
+    assert_eq!(
+        ok(store.conversation(g2.id).await, "conversation"),
+        None,
+        "store conformance: a refused group must not be stored"
+    );
+    assert!(
+        !ok(store.is_member(g2.id, b).await, "is_member"),
+        "store conformance: a refused group must store no membership"
+    );
+    assert_eq!(
+        ok(store.conversations_of(b).await, "conversations_of"),
+        Vec::<ConversationId>::new(),
+        "store conformance: a refused group must not be listed"
+    );
+    // Keys are compared exactly: normalisation is the caller's job.
+    ok(
+        store
+            .create_named_group(g2.clone(), vec![owner(b)], "team2".to_owned())
+            .await,
+        "create_named_group with another key",
+    );
+    assert_eq!(
+        ok(store.group_by_name("nope").await, "group_by_name"),
+        None,
+        "store conformance: an unknown name key"
+    );
+}
+
+/// Concurrent creations with one name key: exactly one wins.
+pub async fn check_group_name_race<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let a = UserId::random();
+            let g = group(a);
+            let id = g.id;
+            (
+                id,
+                store
+                    .create_named_group(g, vec![owner(a)], "race".to_owned())
+                    .await,
+            )
+        });
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, result) = joined
+            .unwrap_or_else(|e| panic!("store conformance: create_named_group task failed: {e}"));
+        match result {
+            Ok(()) => winners.push(id),
+            Err(StoreError::AlreadyExists(_)) => losers.push(id),
+            Err(e) => panic!("store conformance: concurrent create_named_group: {e}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "store conformance: 32 concurrent creations of one name must have exactly one winner"
+    );
+    assert_eq!(
+        ok(store.group_by_name("race").await, "group_by_name"),
+        Some(winners[0]),
+        "store conformance: the name maps to the winner"
+    );
+    for id in losers {
+        assert_eq!(
+            ok(store.conversation(id).await, "conversation"),
+            None,
+            "store conformance: a losing creation must store nothing"
+        );
+    }
+}
+
+/// Invitations: put, read, list per user, take, accept (joins atomically), decline.
+pub async fn check_invitations<S: Store>(store: S) {
+    let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
+    let g = group(a);
+    ok(
+        store
+            .create_named_group(g.clone(), vec![owner(a)], "inv".to_owned())
+            .await,
+        "create_named_group",
+    );
+    // A neighbouring group's invitation must not leak into g's.
+    let g2 = ConversationRecord {
+        id: next_conversation(g.id),
+        ..group(a)
+    };
+    ok(
+        store
+            .create_named_group(g2.clone(), vec![owner(a)], "inv2".to_owned())
+            .await,
+        "create_named_group",
+    );
+    let inv_b = InvitationRecord {
+        conversation: g.id,
+        user: b,
+        inviter: a,
+        created_ms: 5,
+    };
+    let inv_b2 = InvitationRecord {
+        conversation: g2.id,
+        ..inv_b
+    };
+    let inv_c = InvitationRecord { user: c, ..inv_b };
+    for i in [inv_b, inv_b2, inv_c] {
+        ok(store.put_invitation(i).await, "put_invitation");
+    }
+    // Putting again replaces, it does not duplicate.
+    ok(store.put_invitation(inv_b).await, "put_invitation again");
+    assert_eq!(
+        ok(store.invitation(g.id, b).await, "invitation"),
+        Some(inv_b),
+        "store conformance: a stored invitation reads back"
+    );
+    assert_eq!(
+        ok(store.invitation(g.id, a).await, "invitation"),
+        None,
+        "store conformance: no invitation for an uninvited user"
+    );
+    let mut listed = ok(store.invitations_of(b).await, "invitations_of");
+    listed.sort_by_key(|i| i.conversation);
+    let mut want = vec![inv_b, inv_b2];
+    want.sort_by_key(|i| i.conversation);
+    assert_eq!(
+        listed, want,
+        "store conformance: invitations_of lists each pending invitation once"
+    );
+    // Accepting joins and removes the invitation.
+    assert_eq!(
+        ok(store.accept_invitation(g.id, member(b)).await, "accept"),
+        Some(inv_b),
+        "store conformance: accept returns the invitation"
+    );
+    assert!(
+        ok(store.is_member(g.id, b).await, "is_member"),
+        "store conformance: accepting makes a member"
+    );
+    assert!(
+        ok(store.conversations_of(b).await, "conversations_of").contains(&g.id),
+        "store conformance: accepting lists the conversation"
+    );
+    assert_eq!(
+        ok(store.invitation(g.id, b).await, "invitation"),
+        None,
+        "store conformance: an accepted invitation is gone"
+    );
+    assert_eq!(
+        ok(store.invitations_of(b).await, "invitations_of"),
+        vec![inv_b2],
+        "store conformance: only the other invitation remains"
+    );
+    // Accepting without an invitation writes nothing.
+    let d = UserId::random();
+    assert_eq!(
+        ok(store.accept_invitation(g.id, member(d)).await, "accept"),
+        None,
+        "store conformance: accept without an invitation"
+    );
+    assert!(
+        !ok(store.is_member(g.id, d).await, "is_member"),
+        "store conformance: accept without an invitation must not join"
+    );
+    // Declining (take) removes it once.
+    assert_eq!(
+        ok(store.take_invitation(g.id, c).await, "take_invitation"),
+        Some(inv_c),
+        "store conformance: take returns the invitation"
+    );
+    assert_eq!(
+        ok(store.take_invitation(g.id, c).await, "take_invitation"),
+        None,
+        "store conformance: a taken invitation is gone"
+    );
+    assert!(
+        ok(store.invitations_of(c).await, "invitations_of").is_empty(),
+        "store conformance: a taken invitation is not listed"
+    );
+    assert!(
+        !ok(store.is_member(g.id, c).await, "is_member"),
+        "store conformance: declining does not join"
+    );
+}
+
+/// Concurrent accepts and takes of one invitation: exactly one gets it.
+pub async fn check_invitation_race<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let (a, b) = (UserId::random(), UserId::random());
+    let g = group(a);
+    ok(
+        store
+            .create_named_group(g.clone(), vec![owner(a)], "inv-race".to_owned())
+            .await,
+        "create_named_group",
+    );
+    let inv = InvitationRecord {
+        conversation: g.id,
+        user: b,
+        inviter: a,
+        created_ms: 1,
+    };
+    ok(store.put_invitation(inv).await, "put_invitation");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                (true, store.accept_invitation(g.id, member(b)).await)
+            } else {
+                (false, store.take_invitation(g.id, b).await)
+            }
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (accepted, result) =
+            joined.unwrap_or_else(|e| panic!("store conformance: invitation task failed: {e}"));
+        if ok(result, "concurrent accept/take").is_some() {
+            winners.push(accepted);
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "store conformance: one invitation is used exactly once"
+    );
+    assert_eq!(
+        ok(store.is_member(g.id, b).await, "is_member"),
+        winners[0],
+        "store conformance: membership follows whether the winner accepted"
+    );
+}
+
+/// add_member, remove_member and departure records.
+pub async fn check_membership_changes<S: Store>(store: S) {
+    let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
+    let g = group(a);
+    ok(
+        store
+            .create_named_group(g.clone(), vec![owner(a)], "members".to_owned())
+            .await,
+        "create_named_group",
+    );
+    let missing = ConversationId::random();
+    match store.add_member(missing, member(b)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("store conformance: add_member to a missing group: {other:?}"),
+    }
+    // A pending invitation is consumed by a direct add.
+    ok(
+        store
+            .put_invitation(InvitationRecord {
+                conversation: g.id,
+                user: b,
+                inviter: a,
+                created_ms: 1,
+            })
+            .await,
+        "put_invitation",
+    );
+    assert!(
+        ok(store.add_member(g.id, member(b)).await, "add_member"),
+        "store conformance: add_member of a new member returns true"
+    );
+    assert!(
+        !ok(store.add_member(g.id, member(b)).await, "add_member again"),
+        "store conformance: add_member of a member returns false"
+    );
+    assert_eq!(
+        ok(store.invitation(g.id, b).await, "invitation"),
+        None,
+        "store conformance: a direct add removes the pending invitation"
+    );
+    ok(store.add_member(g.id, member(c)).await, "add_member");
+    let mut users: Vec<UserId> = ok(store.members(g.id).await, "members")
+        .into_iter()
+        .map(|m| m.user)
+        .collect();
+    users.sort();
+    let mut want = vec![a, b, c];
+    want.sort();
+    assert_eq!(users, want, "store conformance: members after adds");
+    assert_eq!(
+        ok(store.departure(g.id, b).await, "departure"),
+        None,
+        "store conformance: no departure for a member"
+    );
+    ok(store.commit(batch(msgs(g.id, a, 1..=3))).await, "commit");
+    assert_eq!(
+        ok(store.remove_member(g.id, b).await, "remove_member"),
+        Some(3),
+        "store conformance: remove_member returns the last stored seq"
+    );
+    assert!(
+        !ok(store.is_member(g.id, b).await, "is_member"),
+        "store conformance: a removed user is no member"
+    );
+    assert!(
+        !ok(store.conversations_of(b).await, "conversations_of").contains(&g.id),
+        "store conformance: a removed user's conversations omit the group"
+    );
+    assert!(
+        ok(store.members(g.id).await, "members")
+            .iter()
+            .all(|m| m.user != b),
+        "store conformance: a removed user is not listed"
+    );
+    assert_eq!(
+        ok(store.departure(g.id, b).await, "departure"),
+        Some(3),
+        "store conformance: the departure seq is kept"
+    );
+    assert_eq!(
+        ok(store.remove_member(g.id, b).await, "remove_member again"),
+        None,
+        "store conformance: removing a non-member writes nothing"
+    );
+    assert_eq!(
+        ok(store.departure(g.id, b).await, "departure"),
+        Some(3),
+        "store conformance: a second removal must not move the departure seq"
+    );
+    // Leaving an empty conversation records 0.
+    let g2 = group(c);
+    ok(
+        store
+            .create_named_group(g2.clone(), vec![owner(c)], "empty".to_owned())
+            .await,
+        "create_named_group",
+    );
+    assert_eq!(
+        ok(store.remove_member(g2.id, c).await, "remove_member"),
+        Some(0),
+        "store conformance: departure from an empty conversation"
+    );
+    // Rejoining clears the departure.
+    assert!(
+        ok(store.add_member(g.id, member(b)).await, "re-add"),
+        "store conformance: a former member can be added again"
+    );
+    assert_eq!(
+        ok(store.departure(g.id, b).await, "departure"),
+        None,
+        "store conformance: rejoining clears the departure"
+    );
+    assert!(
+        ok(store.conversations_of(b).await, "conversations_of").contains(&g.id),
+        "store conformance: a re-added member's conversations list the group"
+    );
 }

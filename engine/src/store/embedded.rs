@@ -16,6 +16,10 @@
 //! | `members`            | conversation id (16), user id (16)                   | member record       |
 //! | `user_conversations` | user id (16), conversation id (16)                   | empty               |
 //! | `direct_pairs`       | min(a, b) (16), max(a, b) (16)                       | conversation id (16)|
+//! | `group_names`        | normalised group name (UTF-8)                        | conversation id (16)|
+//! | `invitations`        | conversation id (16), user id (16)                   | invitation record   |
+//! | `user_invitations`   | user id (16), conversation id (16)                   | empty               |
+//! | `departures`         | conversation id (16), user id (16)                   | seq (8)             |
 //! | `messages`           | conversation id (16), seq (8)                        | message record      |
 //! | `client_ids`         | conversation id (16), sender (16), client msg id (16)| seq (8)             |
 //! | `cursors`            | device id (16), conversation id (16)                 | seq (8)             |
@@ -56,8 +60,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, HistoryFrom, HistoryQuery, MemberRecord, Store, StoreError,
-    StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, HistoryFrom, HistoryQuery, InvitationRecord, MemberRecord,
+    Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// The most messages one [`Store::history`] call returns, whatever `limit` asks for: a page is
@@ -112,12 +116,17 @@ struct Inner {
     members: Keyspace,
     user_conversations: Keyspace,
     direct_pairs: Keyspace,
+    group_names: Keyspace,
+    invitations: Keyspace,
+    user_invitations: Keyspace,
+    departures: Keyspace,
     messages: Keyspace,
     client_ids: Keyspace,
     cursors: Keyspace,
-    /// Held across every check-then-write on accounts, tokens, conversations and direct pairs,
-    /// so two concurrent calls cannot both see "free" and both write (duplicate usernames, two
-    /// 1:1 conversations for one pair, a token deleted "twice").
+    /// Held across every check-then-write on accounts, tokens, conversations, direct pairs,
+    /// group names, invitations and memberships, so two concurrent calls cannot both see
+    /// "free" and both write (duplicate usernames or group names, two 1:1 conversations for one
+    /// pair, a token deleted "twice", one invitation accepted and declined).
     meta_lock: Mutex<()>,
     /// Held across the read-max-write of cursors in `commit`, so concurrent commits cannot move
     /// a cursor backwards.
@@ -156,6 +165,10 @@ impl EmbeddedStore {
             members: keyspace("members")?,
             user_conversations: keyspace("user_conversations")?,
             direct_pairs: keyspace("direct_pairs")?,
+            group_names: keyspace("group_names")?,
+            invitations: keyspace("invitations")?,
+            user_invitations: keyspace("user_invitations")?,
+            departures: keyspace("departures")?,
             messages: keyspace("messages")?,
             client_ids: keyspace("client_ids")?,
             cursors: keyspace("cursors")?,
@@ -180,6 +193,12 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The fjall database, for stores kept beside this one in their own keyspaces
+    /// (`embedded_reactions`).
+    pub(crate) fn database(&self) -> Database {
+        self.inner.db.clone()
     }
 
     /// Runs `f` on tokio's blocking pool: fjall may block on disk and fsync.
@@ -344,6 +363,12 @@ struct MemberV1 {
 }
 
 #[derive(Serialize, Deserialize)]
+struct InvitationV1 {
+    inviter: u128,
+    created_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
 struct FileV1<'a> {
     file_id: u128,
     size: u64,
@@ -494,6 +519,42 @@ fn encode_member(role: MemberRole) -> StoreResult<Vec<u8>> {
 fn decode_member(bytes: &[u8]) -> StoreResult<MemberRole> {
     let r: MemberV1 = decode(bytes, "member record")?;
     role_from_u8(r.role)
+}
+
+fn encode_invitation(i: &InvitationRecord) -> StoreResult<Vec<u8>> {
+    encode(
+        &InvitationV1 {
+            inviter: i.inviter.0,
+            created_ms: i.created_ms,
+        },
+        "invitation",
+    )
+}
+
+fn decode_invitation(
+    conversation: ConversationId,
+    user: UserId,
+    bytes: &[u8],
+) -> StoreResult<InvitationRecord> {
+    let v: InvitationV1 = decode(bytes, "invitation")?;
+    Ok(InvitationRecord {
+        conversation,
+        user,
+        inviter: UserId(v.inviter),
+        created_ms: v.created_ms,
+    })
+}
+
+/// The group-name index key: the engine normalises names; this only bounds the key for fjall.
+fn group_name_key(name_key: &str) -> StoreResult<Vec<u8>> {
+    let bytes = name_key.as_bytes().to_vec();
+    if bytes.is_empty() || bytes.len() > MAX_USERNAME_BYTES {
+        return Err(StoreError::Backend(format!(
+            "group name key must be 1..={MAX_USERNAME_BYTES} bytes, got {}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 fn encode_message(m: &Message) -> StoreResult<Vec<u8>> {
@@ -716,6 +777,234 @@ impl Inner {
         batch.commit().map_err(backend)
     }
 
+    fn create_named_group(
+        &self,
+        c: &ConversationRecord,
+        members: &[MemberRecord],
+        name_key: &str,
+    ) -> StoreResult<()> {
+        let key = group_name_key(name_key)?;
+        let conv_key = c.id.to_be_bytes();
+        let value = encode_conversation(c)?;
+        let mut batch = self.batch();
+        batch.insert(&self.conversations, conv_key, value);
+        for m in members {
+            let user_key = m.user.to_be_bytes();
+            batch.insert(
+                &self.members,
+                cat2(conv_key, user_key),
+                encode_member(m.role)?,
+            );
+            batch.insert(&self.user_conversations, cat2(user_key, conv_key), []);
+        }
+        batch.insert(&self.group_names, key.clone(), conv_key);
+        // Check and write under one lock: two creations with one name cannot both see it free.
+        let _guard = lock(&self.meta_lock);
+        if self.group_names.contains_key(&key).map_err(backend)? {
+            return Err(StoreError::AlreadyExists(format!(
+                "group name {name_key:?}"
+            )));
+        }
+        if self.conversations.contains_key(conv_key).map_err(backend)? {
+            return Err(StoreError::AlreadyExists(format!("conversation {}", c.id)));
+        }
+        batch.commit().map_err(backend)
+    }
+
+    fn group_by_name(&self, name_key: &str) -> StoreResult<Option<ConversationId>> {
+        let Ok(key) = group_name_key(name_key) else {
+            return Ok(None);
+        };
+        match self.read().get(&self.group_names, key).map_err(backend)? {
+            Some(v) => Ok(Some(ConversationId(exact_u128(&v, "group name index")?))),
+            None => Ok(None),
+        }
+    }
+
+    fn put_invitation(&self, i: &InvitationRecord) -> StoreResult<()> {
+        let (conv_key, user_key) = (i.conversation.to_be_bytes(), i.user.to_be_bytes());
+        let mut batch = self.batch();
+        batch.insert(
+            &self.invitations,
+            cat2(conv_key, user_key),
+            encode_invitation(i)?,
+        );
+        batch.insert(&self.user_invitations, cat2(user_key, conv_key), []);
+        let _guard = lock(&self.meta_lock);
+        batch.commit().map_err(backend)
+    }
+
+    fn invitation_of(
+        &self,
+        reader: &impl Readable,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        match reader
+            .get(
+                &self.invitations,
+                cat2(conversation.to_be_bytes(), user.to_be_bytes()),
+            )
+            .map_err(backend)?
+        {
+            Some(v) => decode_invitation(conversation, user, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn invitations_of(&self, user: UserId) -> StoreResult<Vec<InvitationRecord>> {
+        let snap = self.read();
+        let mut out = Vec::new();
+        for kv in snap.prefix(&self.user_invitations, user.to_be_bytes()) {
+            let k = kv.key().map_err(backend)?;
+            let conversation = ConversationId(second_id(&k, "user_invitations key")?);
+            match self.invitation_of(&snap, conversation, user)? {
+                Some(i) => out.push(i),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "invitation index of {user} points to missing invitation in {conversation}"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds the invitation's removal to `batch` if there is one (caller holds `meta_lock`).
+    fn remove_invitation_into(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        let (conv_key, user_key) = (conversation.to_be_bytes(), user.to_be_bytes());
+        let found = match self
+            .invitations
+            .get(cat2(conv_key, user_key))
+            .map_err(backend)?
+        {
+            Some(v) => Some(decode_invitation(conversation, user, &v)?),
+            None => None,
+        };
+        if found.is_some() {
+            batch.remove(&self.invitations, cat2(conv_key, user_key));
+            batch.remove(&self.user_invitations, cat2(user_key, conv_key));
+        }
+        Ok(found)
+    }
+
+    fn take_invitation(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        let _guard = lock(&self.meta_lock);
+        let mut batch = self.batch();
+        let found = self.remove_invitation_into(&mut batch, conversation, user)?;
+        if found.is_some() {
+            batch.commit().map_err(backend)?;
+        }
+        Ok(found)
+    }
+
+    /// Adds the membership writes to `batch` (caller holds `meta_lock`).
+    fn join_into(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        conversation: ConversationId,
+        member: MemberRecord,
+    ) -> StoreResult<()> {
+        let (conv_key, user_key) = (conversation.to_be_bytes(), member.user.to_be_bytes());
+        batch.insert(
+            &self.members,
+            cat2(conv_key, user_key),
+            encode_member(member.role)?,
+        );
+        batch.insert(&self.user_conversations, cat2(user_key, conv_key), []);
+        batch.remove(&self.departures, cat2(conv_key, user_key));
+        Ok(())
+    }
+
+    fn accept_invitation(
+        &self,
+        conversation: ConversationId,
+        member: MemberRecord,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        let _guard = lock(&self.meta_lock);
+        let mut batch = self.batch();
+        let Some(found) = self.remove_invitation_into(&mut batch, conversation, member.user)?
+        else {
+            return Ok(None);
+        };
+        if !self
+            .conversations
+            .contains_key(conversation.to_be_bytes())
+            .map_err(backend)?
+        {
+            return Err(StoreError::NotFound(format!("conversation {conversation}")));
+        }
+        self.join_into(&mut batch, conversation, member)?;
+        batch.commit().map_err(backend)?;
+        Ok(Some(found))
+    }
+
+    fn add_member(&self, conversation: ConversationId, member: MemberRecord) -> StoreResult<bool> {
+        let conv_key = conversation.to_be_bytes();
+        let _guard = lock(&self.meta_lock);
+        if !self.conversations.contains_key(conv_key).map_err(backend)? {
+            return Err(StoreError::NotFound(format!("conversation {conversation}")));
+        }
+        if self
+            .members
+            .contains_key(cat2(conv_key, member.user.to_be_bytes()))
+            .map_err(backend)?
+        {
+            return Ok(false);
+        }
+        let mut batch = self.batch();
+        self.remove_invitation_into(&mut batch, conversation, member.user)?;
+        self.join_into(&mut batch, conversation, member)?;
+        batch.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn remove_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<u64>> {
+        let (conv_key, user_key) = (conversation.to_be_bytes(), user.to_be_bytes());
+        let _guard = lock(&self.meta_lock);
+        if !self
+            .members
+            .contains_key(cat2(conv_key, user_key))
+            .map_err(backend)?
+        {
+            return Ok(None);
+        }
+        let at = self.last_seq(conversation)?;
+        let mut batch = self.batch();
+        batch.remove(&self.members, cat2(conv_key, user_key));
+        batch.remove(&self.user_conversations, cat2(user_key, conv_key));
+        batch.insert(&self.departures, cat2(conv_key, user_key), at.to_be_bytes());
+        batch.commit().map_err(backend)?;
+        Ok(Some(at))
+    }
+
+    fn departure(&self, conversation: ConversationId, user: UserId) -> StoreResult<Option<u64>> {
+        match self
+            .read()
+            .get(
+                &self.departures,
+                cat2(conversation.to_be_bytes(), user.to_be_bytes()),
+            )
+            .map_err(backend)?
+        {
+            Some(v) => exact_u64(&v, "departure").map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn commit(&self, batch_in: &CommitBatch) -> StoreResult<()> {
         if batch_in.messages.is_empty() && batch_in.cursors.is_empty() {
             return Ok(());
@@ -931,6 +1220,80 @@ impl Store for EmbeddedStore {
         id: ConversationId,
     ) -> StoreResult<()> {
         self.run(move |s| s.set_direct_conversation(a, b, id)).await
+    }
+
+    async fn create_named_group(
+        &self,
+        conversation: ConversationRecord,
+        members: Vec<MemberRecord>,
+        name_key: String,
+    ) -> StoreResult<()> {
+        self.run(move |s| s.create_named_group(&conversation, &members, &name_key))
+            .await
+    }
+
+    async fn group_by_name(&self, name_key: &str) -> StoreResult<Option<ConversationId>> {
+        let name_key = name_key.to_owned();
+        self.run(move |s| s.group_by_name(&name_key)).await
+    }
+
+    async fn put_invitation(&self, invitation: InvitationRecord) -> StoreResult<()> {
+        self.run(move |s| s.put_invitation(&invitation)).await
+    }
+
+    async fn invitation(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        self.run(move |s| s.invitation_of(&s.read(), conversation, user))
+            .await
+    }
+
+    async fn invitations_of(&self, user: UserId) -> StoreResult<Vec<InvitationRecord>> {
+        self.run(move |s| s.invitations_of(user)).await
+    }
+
+    async fn take_invitation(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        self.run(move |s| s.take_invitation(conversation, user))
+            .await
+    }
+
+    async fn accept_invitation(
+        &self,
+        conversation: ConversationId,
+        member: MemberRecord,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        self.run(move |s| s.accept_invitation(conversation, member))
+            .await
+    }
+
+    async fn add_member(
+        &self,
+        conversation: ConversationId,
+        member: MemberRecord,
+    ) -> StoreResult<bool> {
+        self.run(move |s| s.add_member(conversation, member)).await
+    }
+
+    async fn remove_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<u64>> {
+        self.run(move |s| s.remove_member(conversation, user)).await
+    }
+
+    async fn departure(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<u64>> {
+        self.run(move |s| s.departure(conversation, user)).await
     }
 
     async fn commit(&self, batch: CommitBatch) -> StoreResult<()> {

@@ -10,6 +10,8 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod embedded_reactions;
+pub mod reactions;
 
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{ConversationKind, MemberRole, Message};
@@ -61,6 +63,15 @@ pub struct ConversationRecord {
 pub struct MemberRecord {
     pub user: UserId,
     pub role: MemberRole,
+}
+
+/// A pending invitation of `user` into a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvitationRecord {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    pub inviter: UserId,
+    pub created_ms: u64,
 }
 
 /// A cursor update: `device` has everything in `conversation` up to `seq`.
@@ -165,6 +176,66 @@ pub trait Store: Send + Sync + 'static {
         b: UserId,
         id: ConversationId,
     ) -> StoreResult<()>;
+
+    // ---- groups: unique names, invitations, membership changes ----
+    /// Like [`Store::create_conversation`], and atomically claims `name_key` (the normalised
+    /// group name) in the group-name index. Fails with `AlreadyExists` when the key is taken,
+    /// writing nothing: of two concurrent creations with one key exactly one succeeds.
+    async fn create_named_group(
+        &self,
+        conversation: ConversationRecord,
+        members: Vec<MemberRecord>,
+        name_key: String,
+    ) -> StoreResult<()>;
+    /// The group that holds `name_key` in the group-name index.
+    async fn group_by_name(&self, name_key: &str) -> StoreResult<Option<ConversationId>>;
+    /// Stores (or replaces) the pending invitation of `invitation.user`.
+    async fn put_invitation(&self, invitation: InvitationRecord) -> StoreResult<()>;
+    async fn invitation(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<InvitationRecord>>;
+    /// Pending invitations of a user, in no particular order.
+    async fn invitations_of(&self, user: UserId) -> StoreResult<Vec<InvitationRecord>>;
+    /// Removes the invitation and returns it; of concurrent calls exactly one gets `Some`.
+    async fn take_invitation(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<InvitationRecord>>;
+    /// Atomically: removes the pending invitation and makes the user a member (with the given
+    /// role), clearing any departure record. Returns the invitation, or `None` (writing
+    /// nothing) when there was none. Of concurrent calls exactly one gets `Some`.
+    async fn accept_invitation(
+        &self,
+        conversation: ConversationId,
+        member: MemberRecord,
+    ) -> StoreResult<Option<InvitationRecord>>;
+    /// Adds a member directly (also removing a pending invitation and any departure record).
+    /// Returns false, writing nothing, when the user already is a member; `NotFound` when the
+    /// conversation does not exist.
+    async fn add_member(
+        &self,
+        conversation: ConversationId,
+        member: MemberRecord,
+    ) -> StoreResult<bool>;
+    /// Ends a membership (removal or leaving): `is_member` is false and `conversations_of`
+    /// omits the conversation from now on, and a departure record keeps the highest seq stored
+    /// at that moment. Returns that seq, or `None` (writing nothing) when the user was not a
+    /// member.
+    async fn remove_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<u64>>;
+    /// The seq recorded when the user's membership ended (if it did and they did not rejoin):
+    /// the last message they may read.
+    async fn departure(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> StoreResult<Option<u64>>;
 
     // ---- messages ----
     /// Durably stores a batch (one fsync for the whole batch on the embedded backend).
