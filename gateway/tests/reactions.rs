@@ -281,6 +281,12 @@ async fn two_users_count_two_and_removal_is_live_and_gone_from_history(transport
     let both = vec![count(1, "🎉", &[alice.id, bob.id])];
     assert_eq!(reactions_of(&alice_conn, conversation).await, both);
     assert_eq!(reactions_of(&bob_conn, conversation).await, both);
+    // The SDK's history call carries them too.
+    let sdk_page = bob_conn
+        .history(conversation, 0, 0, 100)
+        .await
+        .expect("sdk history");
+    assert_eq!(sdk_page.reactions, both);
 
     // Alice takes hers back: Bob sees it live, history counts one.
     react(&alice_conn, conversation, 1, "🎉", false)

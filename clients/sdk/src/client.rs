@@ -738,6 +738,7 @@ impl Client {
                 Err(Error::Server { .. }) => HistoryPage {
                     conversation: gap.conversation,
                     messages: vec![],
+                    reactions: vec![],
                     has_more: false,
                 },
                 Err(e) => return Err(e),

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
-    ClientMessage, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION, ServerMessage,
+    ClientMessage, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION, ReactionCount,
+    ServerMessage,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -63,6 +64,8 @@ pub struct SendReceipt {
 pub struct HistoryPage {
     pub conversation: ConversationId,
     pub messages: Vec<Message>,
+    /// Reactions to the page's messages, aggregated per (seq, emoji).
+    pub reactions: Vec<ReactionCount>,
     pub has_more: bool,
 }
 
@@ -651,6 +654,7 @@ impl ConnectionSender {
             ServerMessage::HistoryPage {
                 conversation: c,
                 mut messages,
+                reactions,
                 has_more,
                 ..
             } => {
@@ -664,6 +668,7 @@ impl ConnectionSender {
                 Ok(HistoryPage {
                     conversation,
                     messages,
+                    reactions,
                     has_more,
                 })
             }
