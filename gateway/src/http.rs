@@ -22,7 +22,7 @@ use tern_engine::service::ServiceError;
 use tern_wire::api::{
     ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup,
     Credentials, ErrorBody, FileRefView, HistoryPageView, InvitationList, InvitationView,
-    LoginResponse, MemberView, MessageView, TransportInfo, UserRef, UserView,
+    LoginResponse, MemberView, MessageView, ReactionView, TransportInfo, UserRef, UserView,
 };
 use tern_wire::ids::{ConversationId, UserId};
 use tern_wire::msg::{
@@ -39,6 +39,7 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct ApiState {
     pub accounts: Arc<Accounts>,
     pub conversations: Arc<Conversations>,
+    pub reactions: Arc<tern_engine::reactions::Reactions>,
     pub engine: EngineHandle,
     pub certs: Arc<Certificates>,
     pub registry: Arc<Registry>,
@@ -55,7 +56,7 @@ pub struct ClientAddr(pub SocketAddr);
 #[openapi(
     info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
     paths(register, login, logout, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave),
-    components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
+    components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -446,8 +447,21 @@ async fn history(
             params.limit.unwrap_or(50),
         )
         .await?;
+    let reactions = api
+        .reactions
+        .for_page(id, &messages)
+        .await?
+        .into_iter()
+        .map(|r| ReactionView {
+            seq: r.seq,
+            emoji: r.emoji,
+            count: r.count,
+            users: r.users,
+        })
+        .collect();
     Ok(Json(HistoryPageView {
         messages: messages.into_iter().map(message_view).collect(),
+        reactions,
         has_more,
     }))
 }

@@ -110,7 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         presence,
         accounts: accounts.clone(),
         conversations: conversations.clone(),
-        reactions,
+        reactions: reactions.clone(),
         engine: engine.clone(),
         store: store.clone(),
         limits,
@@ -124,6 +124,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let api = Arc::new(ApiState {
         accounts,
         conversations,
+        reactions,
         engine,
         certs: certs.clone(),
         registry: Arc::new(registry),

@@ -287,6 +287,21 @@ async fn two_users_count_two_and_removal_is_live_and_gone_from_history(transport
         .await
         .expect("sdk history");
     assert_eq!(sdk_page.reactions, both);
+    // And the HTTPS API's history page.
+    let http_page = bob
+        .http
+        .history(conversation, tern_sdk::HistoryQuery::default())
+        .await
+        .expect("http history");
+    assert_eq!(http_page.reactions.len(), 1);
+    assert_eq!(
+        (
+            http_page.reactions[0].seq,
+            http_page.reactions[0].emoji.as_str()
+        ),
+        (1, "🎉")
+    );
+    assert_eq!(http_page.reactions[0].count, 2);
 
     // Alice takes hers back: Bob sees it live, history counts one.
     react(&alice_conn, conversation, 1, "🎉", false)

@@ -116,7 +116,23 @@ pub struct MessageView {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct HistoryPageView {
     pub messages: Vec<MessageView>,
+    /// Reactions to the page's messages, one entry per (seq, emoji).
+    #[serde(default)]
+    pub reactions: Vec<ReactionView>,
     pub has_more: bool,
+}
+
+/// The reactions with one emoji to one message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ReactionView {
+    pub seq: u64,
+    pub emoji: String,
+    /// Exact number of users who reacted so.
+    pub count: u32,
+    /// Who reacted (possibly capped: `count` stays exact).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub users: Vec<UserId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
