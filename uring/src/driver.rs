@@ -739,8 +739,12 @@ impl Driver {
             conn.recv_armed = false;
             conn.cancel_sent = false;
         }
-        if result > 0 {
-            let bid = bid.expect("multishot receive completes with a buffer");
+        if result > 0 && bid.is_none() {
+            // The kernel always selects a buffer for data; if it ever does not, drop this
+            // connection rather than the whole driver.
+            tracing::error!(peer = %conn.peer, "receive completed without a provided buffer");
+            self.hard_close(&mut conn);
+        } else if let (true, Some(bid)) = (result > 0, bid) {
             self.stats
                 .bytes_received
                 .fetch_add(result as u64, Ordering::Relaxed);
