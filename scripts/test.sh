@@ -5,27 +5,28 @@
 # module proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/stages.sh
 
-echo "== peer servers for the comparison adapters' tests"
+stage "peer servers for the comparison adapters' tests"
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 npm ci --prefix bench/peers/socketio --no-audit --no-fund --loglevel=error
 bash bench/peers/centrifugo/install.sh
 
-echo "== cargo test"
+stage "cargo test"
 cargo test --workspace --locked -- --test-threads="${TERN_TEST_THREADS:-2}"
 
 # The whole integration suite again on every I/O driver and shard count: the behaviour must be
 # the same on each path (two shards put conversations and their members on different threads).
 for io in epoll uring; do
     for shards in 1 2; do
-        echo "== integration suite with --io $io --shards $shards"
+        stage "integration suite with --io $io --shards $shards"
         TERN_TEST_IO="$io" TERN_TEST_SHARDS="$shards" \
             cargo test -p tern-gateway --locked --test integration -- --test-threads="${TERN_TEST_THREADS:-2}"
     done
 done
 
-echo "== load generator smoke run (both transports; fails on any loss, duplicate or bad report)"
+stage "load generator smoke run (both transports; fails on any loss, duplicate or bad report)"
 bash loadgen/smoke.sh
 
-echo "== crash test: kill -9 the server 20 times under load; every acknowledged message exactly once"
+stage "crash test: kill -9 the server 20 times under load; every acknowledged message exactly once"
 bash loadgen/crash.sh

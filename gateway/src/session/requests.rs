@@ -1,0 +1,150 @@
+//! Client requests after authentication: `dispatch` routes each message to the handler of its
+//! family (`messaging.rs`, `membership.rs`); session control and presence are small enough to
+//! live here.
+
+use super::*;
+
+impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
+    pub(super) async fn dispatch(&mut self, conn: u64, message: ClientMessage) -> Result<(), End> {
+        match message {
+            ClientMessage::Send {
+                request_id,
+                conversation,
+                client_msg_id,
+                content_type,
+                payload,
+                files,
+            } => {
+                let request = SendRequest {
+                    conn,
+                    request_id,
+                    conversation,
+                    client_msg_id,
+                    content_type,
+                    payload,
+                    files,
+                };
+                self.on_send(request).await
+            }
+            ClientMessage::Ack { conversation, seq } => self.on_ack(conn, conversation, seq).await,
+            ClientMessage::History {
+                request_id,
+                conversation,
+                before_seq,
+                after_seq,
+                limit,
+            } => {
+                self.on_history(request_id, conversation, before_seq, after_seq, limit)
+                    .await
+            }
+            ClientMessage::React {
+                request_id,
+                conversation,
+                seq,
+                emoji,
+                add,
+            } => {
+                self.on_react(request_id, conversation, seq, &emoji, add)
+                    .await
+            }
+            ClientMessage::CreateConversation {
+                request_id,
+                kind,
+                name,
+                description,
+                members,
+            } => {
+                self.on_create_conversation(request_id, kind, &name, &description, &members)
+                    .await
+            }
+            ClientMessage::Invite {
+                request_id,
+                conversation,
+                user,
+            } => self.on_invite(request_id, conversation, user).await,
+            ClientMessage::AcceptInvite {
+                request_id,
+                conversation,
+            } => self.on_accept_invite(request_id, conversation).await,
+            ClientMessage::DeclineInvite {
+                request_id,
+                conversation,
+            } => self.on_decline_invite(request_id, conversation).await,
+            ClientMessage::AddMember {
+                request_id,
+                conversation,
+                user,
+            } => self.on_add_member(request_id, conversation, user).await,
+            ClientMessage::RemoveMember {
+                request_id,
+                conversation,
+                user,
+            } => self.on_remove_member(request_id, conversation, user).await,
+            ClientMessage::Leave {
+                request_id,
+                conversation,
+            } => self.on_leave(request_id, conversation).await,
+            ClientMessage::SetPresence { status } => self.on_set_presence(conn, status).await,
+            ClientMessage::Typing {
+                conversation,
+                active,
+            } => {
+                // Fire and forget: rate limit, membership check and fan-out happen in the
+                // presence task; nothing is answered (non-members are silently ignored).
+                self.ctx
+                    .presence
+                    .typing(self.user, conn, conversation, active);
+                Ok(())
+            }
+            ClientMessage::Resume { cursors } => self.on_resume(&cursors).await,
+            ClientMessage::Ping { nonce } => self.reply(&ServerMessage::Pong { nonce }).await,
+            ClientMessage::Hello { .. } => {
+                self.reply(&ServerMessage::error(
+                    0,
+                    ErrorCode::InvalidArgument,
+                    "already authenticated",
+                    false,
+                ))
+                .await
+            }
+            ClientMessage::PublishKeys { request_id, .. }
+            | ClientMessage::ClaimKeys { request_id, .. } => {
+                self.reply(&unsupported(request_id)).await
+            }
+            ClientMessage::KeyShare { .. } => self.reply(&unsupported(0)).await,
+        }
+    }
+
+    async fn on_resume(&mut self, cursors: &[Cursor]) -> Result<(), End> {
+        if cursors.len() > MAX_RESUME_CURSORS {
+            return self
+                .reply(&ServerMessage::error(
+                    0,
+                    ErrorCode::LimitExceeded,
+                    "too many cursors",
+                    false,
+                ))
+                .await;
+        }
+        self.resume(cursors, false).await
+    }
+
+    async fn on_set_presence(&mut self, conn: u64, status: PresenceStatus) -> Result<(), End> {
+        match status {
+            PresenceStatus::Online | PresenceStatus::Away => {
+                let away = status == PresenceStatus::Away;
+                self.ctx.presence.set_away(self.user, conn, away);
+                Ok(())
+            }
+            PresenceStatus::Offline => {
+                self.reply(&ServerMessage::error(
+                    0,
+                    ErrorCode::InvalidArgument,
+                    "a connected device is online or away",
+                    false,
+                ))
+                .await
+            }
+        }
+    }
+}
