@@ -59,6 +59,14 @@ pub struct ServeArgs {
     /// more CPU per delivered message here; see RESULTS.md].
     #[arg(long, env = "TERN_IO")]
     pub io: Option<String>,
+    /// Operations listener (TLS: /healthz, /metrics), "off" to disable
+    /// [default: loopback, the client port + 1].
+    #[arg(long, env = "TERN_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
+    /// host[:port] clients use to reach this server, for the URLs in /api/v1/transport
+    /// [default: the bound address].
+    #[arg(long, env = "TERN_PUBLIC_AUTHORITY")]
+    pub public_authority: Option<String>,
 }
 
 /// The TOML file form.
@@ -82,7 +90,66 @@ pub struct FileConfig {
     pub presence_grace_ms: Option<u64>,
     /// Typing indicators not refreshed for this long end on their own.
     pub typing_timeout_ms: Option<u64>,
+    // ---- edge: connection admission, per-phase timeouts, operations listener (issue 10) ----
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub fd_reserve: Option<usize>,
+    pub tls_handshake_timeout_ms: Option<u64>,
+    pub http_head_timeout_ms: Option<u64>,
+    pub http_body_timeout_ms: Option<u64>,
+    pub quic_connect_timeout_ms: Option<u64>,
+    pub ops_listen: Option<String>,
+    pub ops_max_connections: Option<usize>,
+    pub public_authority: Option<String>,
 }
+
+/// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
+/// connection may take before it is closed.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Global connection budget (TCP on either driver plus QUIC). `None`: the descriptor limit
+    /// minus `fd_reserve`; a configured value is lowered to that too.
+    pub max_connections: Option<usize>,
+    /// Connections one IPv4 address or one IPv6 /64 may hold at once.
+    pub per_address: usize,
+    /// Descriptors kept out of the connection budget (store files, rings, listeners, ops).
+    pub fd_reserve: usize,
+    /// TCP accept → TLS handshake done.
+    pub tls_handshake_timeout: Duration,
+    /// TLS done (or the previous response sent, keep-alive) → a complete request head. This is
+    /// also the keep-alive idle limit: hyper starts it when the connection goes idle.
+    pub http_head_timeout: Duration,
+    /// Request head → the whole request body (a total, so 1 byte per second cannot hold it).
+    pub http_body_timeout: Duration,
+    /// QUIC connection attempt → the WebTransport CONNECT request (handshake included).
+    pub quic_connect_timeout: Duration,
+    /// The operations listener (`None`: off).
+    pub ops_listen: Option<SocketAddr>,
+    /// Connections the operations listener holds at once (its own budget, outside the client's).
+    pub ops_max_connections: usize,
+    /// host[:port] in the URLs of `/api/v1/transport` (`None`: the bound address).
+    pub public_authority: Option<String>,
+}
+
+/// 64 per address: a household or office behind one NAT address with a few dozen devices, each
+/// holding one session and an HTTPS connection, fits; one attacker address cannot hold more
+/// than that. Operators behind carrier-grade NAT raise it.
+pub const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// fjall caches up to 900 open segment files by default; the rest covers listeners, rings,
+/// eventfds, the journal and the operations listener.
+pub const DEFAULT_FD_RESERVE: usize = 1_024;
+/// A TLS handshake is two round trips; 10 s covers a bad mobile link.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// A request head is one packet for every real client; 20 s also bounds keep-alive idle, which
+/// clients handle by reconnecting (their pools already expect servers to close idle ones).
+pub const DEFAULT_HTTP_HEAD_TIMEOUT_MS: u64 = 20_000;
+/// The largest body is 1 MiB (JSON limit): 30 s means at least ~35 KB/s, far below any link
+/// that can use the service.
+pub const DEFAULT_HTTP_BODY_TIMEOUT_MS: u64 = 30_000;
+/// QUIC handshake plus the CONNECT request: the same budget as TLS over TCP.
+pub const DEFAULT_QUIC_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Health checks and scrapes are a few at a time.
+pub const DEFAULT_OPS_MAX_CONNECTIONS: usize = 16;
 
 /// Which driver moves bytes for TCP (TLS, WebSocket, HTTPS) connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +196,7 @@ pub struct Config {
     pub presence: crate::presence::PresenceConfig,
     /// Most messages replayed per conversation when a device resumes.
     pub resume_backlog_messages: u64,
+    pub edge: EdgeConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,15 +223,15 @@ impl Config {
         };
         let data_dir = args
             .data_dir
-            .or(file.data_dir)
+            .or(file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("tern-data"));
         let listen = args
             .listen
             .or(file.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)));
         let certs = match (
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
+            args.tls_cert.or(file.tls_cert.clone()),
+            args.tls_key.or(file.tls_key.clone()),
         ) {
             (Some(cert), Some(key)) => CertSource::Pem { cert, key },
             (None, None) => CertSource::SelfSigned {
@@ -184,7 +252,7 @@ impl Config {
                 "max_frame_bytes must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES_CEILING}"
             )));
         }
-        let log_format = match args.log_format.or(file.log_format).as_deref() {
+        let log_format = match args.log_format.or(file.log_format.clone()).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
@@ -202,7 +270,7 @@ impl Config {
                 "shards must be between 1 and {MAX_SHARDS}"
             )));
         }
-        let io = match args.io.or(file.io).as_deref() {
+        let io = match args.io.or(file.io.clone()).as_deref() {
             Some("auto") => IoChoice::Auto,
             None | Some("epoll") => IoChoice::Epoll,
             Some("uring") => IoChoice::Uring,
@@ -212,6 +280,12 @@ impl Config {
                 )));
             }
         };
+        let edge = resolve_edge(
+            &file,
+            args.ops_listen.or(file.ops_listen.clone()),
+            args.public_authority.or(file.public_authority.clone()),
+            listen,
+        )?;
         let idle_timeout = Duration::from_secs(file.idle_timeout_secs.unwrap_or(90).clamp(5, 3600));
         let send_queue_frames = file.send_queue_frames.unwrap_or(1024).clamp(16, 1 << 20);
         Ok(Config {
@@ -236,8 +310,96 @@ impl Config {
                 .resume_backlog_messages
                 .unwrap_or(DEFAULT_RESUME_BACKLOG)
                 .clamp(1, MAX_RESUME_BACKLOG),
+            edge,
         })
     }
+}
+
+fn millis(value: Option<u64>, default: u64, name: &str) -> Result<Duration, ConfigError> {
+    let ms = value.unwrap_or(default);
+    // Never 0 (no limit) and never above 10 minutes: a limit that can be switched off is none.
+    if !(50..=600_000).contains(&ms) {
+        return Err(ConfigError::Invalid(format!(
+            "{name} must be between 50 and 600000"
+        )));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn resolve_edge(
+    file: &FileConfig,
+    ops_listen: Option<String>,
+    public_authority: Option<String>,
+    listen: SocketAddr,
+) -> Result<EdgeConfig, ConfigError> {
+    let ops_listen = match ops_listen.as_deref().map(str::trim) {
+        Some("off") => None,
+        Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::Invalid(format!("ops_listen {addr:?}: {e} (an address or \"off\")"))
+        })?),
+        // Loopback only by default: metrics are for the operator, not the internet.
+        None => {
+            let ip: std::net::IpAddr = if listen.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            let port = if listen.port() == 0 {
+                0
+            } else {
+                listen.port().checked_add(1).ok_or_else(|| {
+                    ConfigError::Invalid("ops_listen: set it, the client port has no +1".into())
+                })?
+            };
+            Some(SocketAddr::new(ip, port))
+        }
+    };
+    if let Some(authority) = &public_authority
+        && (authority.parse::<axum::http::uri::Authority>().is_err() || authority.contains('@'))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "public_authority {authority:?} is not host[:port]"
+        )));
+    }
+    let per_address = file
+        .max_connections_per_address
+        .unwrap_or(DEFAULT_CONNECTIONS_PER_ADDRESS);
+    if per_address == 0 || file.max_connections == Some(0) {
+        return Err(ConfigError::Invalid(
+            "max_connections and max_connections_per_address must be at least 1".into(),
+        ));
+    }
+    Ok(EdgeConfig {
+        max_connections: file.max_connections,
+        per_address,
+        fd_reserve: file.fd_reserve.unwrap_or(DEFAULT_FD_RESERVE).min(1 << 20),
+        tls_handshake_timeout: millis(
+            file.tls_handshake_timeout_ms,
+            DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+            "tls_handshake_timeout_ms",
+        )?,
+        http_head_timeout: millis(
+            file.http_head_timeout_ms,
+            DEFAULT_HTTP_HEAD_TIMEOUT_MS,
+            "http_head_timeout_ms",
+        )?,
+        http_body_timeout: millis(
+            file.http_body_timeout_ms,
+            DEFAULT_HTTP_BODY_TIMEOUT_MS,
+            "http_body_timeout_ms",
+        )?,
+        quic_connect_timeout: millis(
+            file.quic_connect_timeout_ms,
+            DEFAULT_QUIC_CONNECT_TIMEOUT_MS,
+            "quic_connect_timeout_ms",
+        )?,
+        ops_listen,
+        ops_max_connections: file
+            .ops_max_connections
+            .unwrap_or(DEFAULT_OPS_MAX_CONNECTIONS)
+            .clamp(1, 1_024),
+        public_authority,
+    })
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {

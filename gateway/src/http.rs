@@ -43,8 +43,9 @@ pub struct ApiState {
     pub engine: EngineHandle,
     pub certs: Arc<Certificates>,
     pub registry: Arc<Registry>,
-    /// The address clients should use (the bound one, with the real port).
-    pub public_addr: SocketAddr,
+    /// host[:port] clients use to reach us (configured, else the bound address): the URLs in
+    /// `/api/v1/transport` name it, never the request's `Host` header, which the client chose.
+    pub public_authority: String,
     pub max_frame_bytes: usize,
 }
 
@@ -110,17 +111,29 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .merge(ws)
+        // Load balancers check the client port; /metrics lives on the operations listener only.
+        .route("/healthz", get(healthz))
+        .with_state(api)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// The operations listener's routes: health and metrics, nothing a client uses.
+pub fn ops_router(api: Arc<ApiState>) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(api)
-        .fallback(|| async {
-            error_response(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint".into(),
-            )
-        })
+        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint".into(),
+    )
 }
 
 /// An API error: the JSON body `{"error": {"code", "message"}}` with the matching status.
@@ -584,14 +597,8 @@ async fn leave(
 
 #[utoipa::path(get, path = "/api/v1/transport",
     responses((status = 200, body = TransportInfo, description = "where to connect and which certificate hashes to pin")))]
-async fn transport(State(api): State<Arc<ApiState>>, headers: HeaderMap) -> Json<TransportInfo> {
-    // The authority the client used to reach us is the one it can use again (the bound address
-    // may be 0.0.0.0); anything that is not a plain host:port falls back to the bound address.
-    let addr = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.parse::<axum::http::uri::Authority>().is_ok() && !h.contains('@'))
-        .map_or_else(|| api.public_addr.to_string(), str::to_owned);
+async fn transport(State(api): State<Arc<ApiState>>) -> Json<TransportInfo> {
+    let addr = &api.public_authority;
     let active = api.certs.active();
     Json(TransportInfo {
         webtransport_url: format!("https://{addr}{}", crate::wt::WT_PATH),

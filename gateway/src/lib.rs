@@ -2,7 +2,9 @@
 //! around the engine. See ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod edge;
 pub mod http;
+pub mod http_serve;
 pub mod metrics;
 pub mod presence;
 pub mod server;

@@ -70,6 +70,8 @@ pub struct GatewayMetrics {
     pub typing_expired: Counter,
     /// Presence/typing events dropped because a session's event queue was full.
     pub presence_events_dropped: Counter,
+    /// QUIC connections dropped for not sending the WebTransport CONNECT in time.
+    pub quic_connect_timeouts: Counter,
     resolved: [TransportCounters; 2],
 }
 
@@ -106,6 +108,7 @@ impl Default for GatewayMetrics {
             typing_dropped: Counter::default(),
             typing_expired: Counter::default(),
             presence_events_dropped: Counter::default(),
+            quic_connect_timeouts: Counter::default(),
             resolved,
         }
     }
@@ -200,6 +203,11 @@ impl GatewayMetrics {
             "tern_presence_events_dropped",
             "Presence and typing events dropped on a full session event queue",
             self.presence_events_dropped.clone(),
+        );
+        registry.register(
+            "tern_quic_connect_timeouts",
+            "QUIC connections closed for not sending the WebTransport CONNECT in time",
+            self.quic_connect_timeouts.clone(),
         );
     }
 }

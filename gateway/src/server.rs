@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tern_engine::accounts::{AccountLimits, Accounts};
 use tern_engine::conversations::{ConversationLimits, Conversations};
@@ -20,17 +20,18 @@ use tern_engine::store::reactions::ReactionStore;
 use tern_wire::Limits;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tower::Service as _;
 
 use crate::config::{Config, IoChoice};
-use crate::http::{ApiState, ClientAddr};
+use crate::edge::{Admission, AdmissionLimits, AdmissionMetrics};
+use crate::http::ApiState;
+use crate::http_serve::{HttpLimits, serve_http};
 use crate::metrics::{GatewayMetrics, Transport};
 use crate::session::SessionContext;
 use crate::shard::ShardRuntime;
 use crate::tls::{Certificates, unix_now};
 
-/// A TLS handshake that has not finished in this time is dropped (slowloris).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Operations connections from one address (health checkers and scrapers are few).
+const OPS_PER_ADDRESS: usize = 8;
 /// How long shutdown waits for sessions to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
@@ -44,8 +45,27 @@ const PORT_ATTEMPTS: usize = 20;
 /// thread per shard for connections and engine shards.
 pub fn run(config: Config) -> anyhow::Result<()> {
     crate::tls::install_default_provider();
-    std::fs::create_dir_all(&config.data_dir)
+    // Before the first file is created: everything in the data directory is private.
+    crate::edge::restrict_file_modes();
+    crate::edge::private_dir(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let fd_limit = crate::edge::raise_fd_limit();
+    let max_connections = crate::edge::global_budget(
+        config.edge.max_connections,
+        fd_limit,
+        config.edge.fd_reserve,
+    );
+    if config
+        .edge
+        .max_connections
+        .is_some_and(|wanted| wanted > max_connections)
+    {
+        tracing::warn!(
+            fd_limit,
+            max_connections,
+            "max_connections lowered to what the descriptor limit allows"
+        );
+    }
     let store_dir = config.data_dir.join("store");
     let embedded = EmbeddedStore::open(&store_dir)
         .with_context(|| format!("opening store in {}", store_dir.display()))?;
@@ -60,6 +80,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     engine_metrics.register(&mut registry);
     let gateway_metrics = Arc::new(GatewayMetrics::default());
     gateway_metrics.register(&mut registry);
+    let admission_metrics = AdmissionMetrics::default();
+    admission_metrics.register(&mut registry);
+    let admission_metrics = Arc::new(admission_metrics);
+    let client_admission = Admission::new(
+        "client",
+        AdmissionLimits {
+            max_connections,
+            per_address: config.edge.per_address,
+        },
+        &admission_metrics,
+    );
+    let ops_admission = Admission::new(
+        "ops",
+        AdmissionLimits {
+            max_connections: config.edge.ops_max_connections,
+            per_address: OPS_PER_ADDRESS.min(config.edge.ops_max_connections),
+        },
+        &admission_metrics,
+    );
+    tracing::info!(
+        fd_limit,
+        max_connections,
+        per_address = config.edge.per_address,
+        "connection budget"
+    );
+    let http_limits = HttpLimits {
+        head_timeout: config.edge.http_head_timeout,
+        body_timeout: config.edge.http_body_timeout,
+        metrics: admission_metrics.clone(),
+    };
 
     let shards = (0..config.shards)
         .map(ShardRuntime::build)
@@ -128,10 +178,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         engine,
         certs: certs.clone(),
         registry: Arc::new(registry),
-        public_addr: local,
+        public_authority: config
+            .edge
+            .public_authority
+            .clone()
+            .unwrap_or_else(|| local.to_string()),
         max_frame_bytes: config.max_frame_bytes,
     });
+    if config.edge.public_authority.is_none() && local.ip().is_unspecified() {
+        tracing::warn!(
+            %local,
+            "listening on an unspecified address without public_authority: /api/v1/transport \
+             will name {local}, which clients cannot reach; set public_authority"
+        );
+    }
+    let ops_router = crate::http::ops_router(api.clone());
     let router = crate::http::router(api, sessions.clone());
+    let ops_listener = match config.edge.ops_listen {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the operations listener {addr}"))?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
     let tcp_tls = Arc::new(certs.tcp_config()?);
     let quic_tls = certs.quic_config()?;
     let quic_reset_key =
@@ -149,6 +220,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let router = router.clone();
         let tcp_tls = tcp_tls.clone();
         let metrics = gateway_metrics.clone();
+        let admission = client_admission.clone();
+        let http_limits = http_limits.clone();
+        let edge = config.edge.clone();
         let mut shutdown = shutdown.clone();
         let thread = shard.start(cpu, move || async move {
             let mut wt_config = wtransport::ServerConfig::builder()
@@ -166,7 +240,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             *wt_config.quic_endpoint_config_mut() = endpoint_config;
             match wtransport::Endpoint::server(wt_config) {
                 Ok(endpoint) => {
-                    tokio::spawn(crate::wt::accept_loop(endpoint, sessions.clone()));
+                    tokio::spawn(crate::wt::accept_loop(
+                        endpoint,
+                        sessions.clone(),
+                        admission.clone(),
+                        edge.quic_connect_timeout,
+                    ));
                 }
                 Err(error) => {
                     tracing::error!(shard = index, %error, "starting the QUIC endpoint failed");
@@ -176,7 +255,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 Io::Epoll => match TcpListener::from_std(tcp) {
                     Ok(listener) => {
                         let acceptor = TlsAcceptor::from(tcp_tls);
-                        tokio::spawn(tcp_accept_loop(listener, acceptor, router, metrics));
+                        tokio::spawn(tcp_accept_loop(
+                            listener,
+                            TcpEdge {
+                                acceptor,
+                                router,
+                                metrics,
+                                admission,
+                                tls_timeout: edge.tls_handshake_timeout,
+                                http: http_limits,
+                            },
+                        ));
                     }
                     Err(error) => tracing::error!(shard = index, %error, "TCP listener failed"),
                 },
@@ -187,6 +276,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     sessions.clone(),
                     router,
                     metrics,
+                    crate::uring_path::UringEdge {
+                        admission,
+                        http: http_limits,
+                        // The driver times TLS and the first request head as one phase.
+                        handshake_timeout: edge.tls_handshake_timeout + edge.http_head_timeout,
+                    },
                     shutdown.clone(),
                 ),
             }
@@ -204,7 +299,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     control.block_on(async {
         tokio::spawn(rotate_certificates(certs.clone()));
-        print_banner(local, &certs);
+        let mut ops_addr = None;
+        if let Some(listener) = ops_listener {
+            ops_addr = listener.local_addr().ok();
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(tcp_accept_loop(
+                        listener,
+                        TcpEdge {
+                            acceptor: TlsAcceptor::from(tcp_tls.clone()),
+                            router: ops_router,
+                            metrics: gateway_metrics.clone(),
+                            admission: ops_admission,
+                            tls_timeout: config.edge.tls_handshake_timeout,
+                            http: http_limits.clone(),
+                        },
+                    ));
+                }
+                Err(error) => tracing::error!(%error, "operations listener failed"),
+            }
+        }
+        print_banner(local, ops_addr, &certs);
         shutdown_signal().await;
         tracing::info!("shutting down: telling clients to reconnect later");
         let _ = shutdown_tx.send(true);
@@ -290,70 +405,59 @@ fn bind_shards(
     ))
 }
 
-async fn tcp_accept_loop(
-    listener: TcpListener,
+/// What the epoll path needs for every connection of one listener.
+#[derive(Clone)]
+struct TcpEdge {
     acceptor: TlsAcceptor,
     router: axum::Router,
     metrics: Arc<GatewayMetrics>,
-) {
+    admission: Arc<Admission>,
+    tls_timeout: Duration,
+    http: HttpLimits,
+}
+
+async fn tcp_accept_loop(listener: TcpListener, edge: TcpEdge) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                // Out of file descriptors and similar: back off instead of spinning.
+                // The budget keeps us below the descriptor limit, so this is rare; back off
+                // instead of spinning.
                 tracing::warn!(%error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move { serve_tcp(stream, peer, acceptor, router, metrics).await });
+        // Over budget: closed right here (dropping the stream), before any TLS work.
+        let Ok(admitted) = edge.admission.admit(peer.ip()) else {
+            continue;
+        };
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            serve_tcp(stream, peer, edge).await;
+            drop(admitted);
+        });
     }
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    router: axum::Router,
-    metrics: Arc<GatewayMetrics>,
-) {
+async fn serve_tcp(stream: TcpStream, peer: SocketAddr, edge: TcpEdge) {
     let _ = stream.set_nodelay(true);
     // No plaintext: anything that is not a TLS handshake (a plain HTTP request included) fails
     // here and the socket is closed without an HTTP answer.
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(edge.tls_timeout, edge.acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
-            metrics.tls_handshake_failures.inc();
+            edge.metrics.tls_handshake_failures.inc();
             tracing::debug!(%peer, %error, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            metrics.tls_handshake_failures.inc();
+            edge.metrics.tls_handshake_failures.inc();
+            edge.http.metrics.timeout("tls_handshake");
             return;
         }
     };
-    serve_http(TokioIo::new(tls), peer, router).await;
-}
-
-/// Serves HTTP/1.1 (API, metrics, WebSocket upgrades) on a TLS-decrypted stream; both I/O
-/// drivers end here for everything that is not their own WebSocket data path.
-pub(crate) async fn serve_http<IO>(io: IO, peer: SocketAddr, router: axum::Router)
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let service =
-        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ClientAddr(peer));
-            let mut router = router.clone();
-            async move { router.call(request).await }
-        });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
-        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
-    }
+    serve_http(TokioIo::new(tls), peer, edge.router, edge.http).await;
 }
 
 async fn rotate_certificates(certs: Arc<Certificates>) {
@@ -378,14 +482,17 @@ fn open_sessions(metrics: &GatewayMetrics) -> i64 {
         .sum()
 }
 
-fn print_banner(addr: SocketAddr, certs: &Certificates) {
+fn print_banner(addr: SocketAddr, ops: Option<SocketAddr>, certs: &Certificates) {
     let active = certs.active();
     let hash = hex::encode(active.sha256);
-    // Plain stdout lines: people read them, and tests parse "listening on".
+    // Plain stdout lines: people read them, and tests parse "listening on" and "operations:".
     println!("tern listening on {addr}");
     println!("  https api:     https://{addr}/api/v1");
     println!("  websocket:     wss://{addr}/api/v1/ws");
     println!("  webtransport:  https://{addr}{}", crate::wt::WT_PATH);
+    if let Some(ops) = ops {
+        println!("  operations:    https://{ops} (/healthz, /metrics)");
+    }
     println!("  certificate sha-256: {hash}");
     if let Some(not_after) = active.not_after {
         println!("  self-signed, valid until unix time {not_after}; clients pin the hash above");

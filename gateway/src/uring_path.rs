@@ -12,6 +12,8 @@ use prometheus_client::metrics::counter::Counter;
 use tern_uring::{Handler, UringConfig, UringStats, WsConnection, WsEvent, WsReceiver, WsSender};
 use tern_wire::msg::ErrorCode;
 
+use crate::edge::Admission;
+use crate::http_serve::HttpLimits;
 use crate::metrics::{GatewayMetrics, ShardLabels, Transport};
 use crate::session::{self, FrameRecv, FrameSend, Received, SessionContext, TransportClosed};
 
@@ -20,6 +22,14 @@ pub const WS_PATH: &str = "/api/v1/ws";
 /// How often the driver's counters are copied into the Prometheus series.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The edge limits the driver applies: the shared connection budget, the HTTP deadlines of
+/// bridged requests, and its own deadline for TLS plus the first request head.
+pub struct UringEdge {
+    pub admission: Arc<Admission>,
+    pub http: HttpLimits,
+    pub handshake_timeout: Duration,
+}
+
 /// Starts this shard's io_uring driver on the current (shard) runtime.
 pub fn start(
     listener: std::net::TcpListener,
@@ -27,11 +37,18 @@ pub fn start(
     sessions: Arc<SessionContext>,
     router: axum::Router,
     metrics: Arc<GatewayMetrics>,
+    edge: UringEdge,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let config = UringConfig::new(tls, WS_PATH, sessions.limits.max_frame_bytes);
+    let mut config = UringConfig::new(tls, WS_PATH, sessions.limits.max_frame_bytes);
+    config.handshake_timeout = edge.handshake_timeout;
     let stats = config.stats.clone();
-    let handler: Arc<dyn Handler> = Arc::new(Glue { sessions, router });
+    let handler: Arc<dyn Handler> = Arc::new(Glue {
+        sessions,
+        router,
+        admission: edge.admission,
+        http: edge.http,
+    });
     let shard = crate::shard::current();
     tokio::spawn(async move {
         if let Err(error) = tern_uring::serve(listener, config, handler, shutdown).await {
@@ -44,9 +61,16 @@ pub fn start(
 struct Glue {
     sessions: Arc<SessionContext>,
     router: axum::Router,
+    admission: Arc<Admission>,
+    http: HttpLimits,
 }
 
 impl Handler for Glue {
+    fn admit(&self, peer: SocketAddr) -> Option<tern_uring::Admitted> {
+        let admitted = self.admission.admit(peer.ip()).ok()?;
+        Some(Box::new(admitted))
+    }
+
     fn websocket(&self, _peer: SocketAddr, connection: WsConnection) {
         let ctx = self.sessions.clone();
         tokio::spawn(session::run(
@@ -59,10 +83,11 @@ impl Handler for Glue {
 
     fn http(&self, peer: SocketAddr, stream: tokio::io::DuplexStream) {
         let router = self.router.clone();
-        tokio::spawn(crate::server::serve_http(
+        tokio::spawn(crate::http_serve::serve_http(
             TokioIo::new(stream),
             peer,
             router,
+            self.http.clone(),
         ));
     }
 }

@@ -18,15 +18,33 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 4 * 1024;
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn accept_loop(endpoint: Endpoint<Server>, ctx: Arc<SessionContext>) {
+/// Accepts QUIC connections: each asks the shared budget for a place before its handshake
+/// (refused: QUIC CONNECTION_REFUSED, no handshake state kept), and must have finished the
+/// handshake and sent its WebTransport CONNECT within `connect_timeout`, else it is dropped —
+/// which closes it, since the future owns the only handles to the connection.
+pub async fn accept_loop(
+    endpoint: Endpoint<Server>,
+    ctx: Arc<SessionContext>,
+    admission: Arc<crate::edge::Admission>,
+    connect_timeout: Duration,
+) {
     loop {
         let incoming = endpoint.accept().await;
+        let Ok(admitted) = admission.admit(incoming.remote_address().ip()) else {
+            incoming.refuse();
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let request = match incoming.await {
-                Ok(request) => request,
-                Err(error) => {
+            let _admitted = admitted;
+            let request = match tokio::time::timeout(connect_timeout, incoming).await {
+                Ok(Ok(request)) => request,
+                Ok(Err(error)) => {
                     tracing::debug!(%error, "webtransport handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    ctx.metrics.quic_connect_timeouts.inc();
                     return;
                 }
             };

@@ -777,8 +777,10 @@ async fn operations_endpoints_and_openapi_document() {
     conn.send(conversation, 1, "text", text("count me"))
         .await
         .expect("send");
+    // Metrics are served on the operations listener only (issue 10).
+    let ops = server.ops_addr.expect("operations listener");
     let metrics = client
-        .get(format!("{base}/metrics"))
+        .get(format!("https://{ops}/metrics"))
         .send()
         .await
         .expect("metrics")

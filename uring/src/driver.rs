@@ -165,6 +165,8 @@ struct Conn {
     held: Option<WsEvent>,
     ws: Option<WsCodec>,
     close_sent: bool,
+    /// The handler's budget place, given back when this struct is dropped (slot freed).
+    _admitted: crate::Admitted,
 }
 
 impl Conn {
@@ -672,6 +674,11 @@ impl Driver {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        // Over the handler's budget: the socket is closed right here, before any TLS work.
+        let Some(admitted) = self.handler.admit(peer) else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let mut tls = match rustls::ServerConnection::new(self.cfg.tls.clone()) {
             Ok(tls) => tls,
             Err(error) => {
@@ -717,6 +724,7 @@ impl Driver {
             held: None,
             ws: None,
             close_sent: false,
+            _admitted: admitted,
         });
         self.open += 1;
         self.stats

@@ -144,8 +144,17 @@ pub fn probe() -> Result<(), UringUnavailable> {
     driver::probe().map_err(UringUnavailable)
 }
 
+/// A connection's place in a budget the handler keeps; dropped when the connection is freed.
+pub type Admitted = Box<dyn Send>;
+
 /// What the driver hands finished upgrades to.
 pub trait Handler: Send + Sync + 'static {
+    /// Asked for every accepted connection before anything is read from it: `None` closes it at
+    /// once (counted in [`UringStats::refused`]); `Some` is held until the connection is freed.
+    fn admit(&self, _peer: SocketAddr) -> Option<Admitted> {
+        Some(Box::new(()))
+    }
+
     /// A WebSocket upgrade completed; spawn the session (tokio::spawn on the current runtime).
     fn websocket(&self, peer: SocketAddr, connection: WsConnection);
     /// Anything else: serve HTTP over this plaintext stream (the request head already read is

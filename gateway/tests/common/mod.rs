@@ -20,6 +20,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub struct TestServer {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The operations listener (/healthz, /metrics), when the config did not switch it off.
+    pub ops_addr: Option<SocketAddr>,
     pub cert_hash: [u8; 32],
     pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
@@ -39,8 +41,13 @@ impl TestServer {
     pub async fn start_in(dir: tempfile::TempDir, config: &[&str]) -> TestServer {
         let data_dir = dir.path().join("data");
         let config_path = dir.path().join("tern.toml");
-        std::fs::write(&config_path, config.join("\n")).expect("write config");
-        let (child, addr, cert_hash) = spawn(
+        let mut lines = config.join("\n");
+        // The default operations port (client port + 1) could be taken: a free one instead.
+        if !lines.contains("ops_listen") {
+            lines.push_str("\nops_listen = \"127.0.0.1:0\"\n");
+        }
+        std::fs::write(&config_path, lines).expect("write config");
+        let (child, addr, ops_addr, cert_hash) = spawn(
             &data_dir,
             &config_path,
             "127.0.0.1:0".parse().expect("addr"),
@@ -49,6 +56,7 @@ impl TestServer {
         TestServer {
             child: Some(child),
             addr,
+            ops_addr,
             cert_hash,
             data_dir,
             _dir: dir,
@@ -85,8 +93,10 @@ impl TestServer {
     pub async fn restart(&mut self) {
         self.kill9().await;
         let config_path = self.data_dir.parent().expect("parent").join("tern.toml");
-        let (child, addr, cert_hash) = spawn(&self.data_dir, &config_path, self.addr).await;
+        let (child, addr, ops_addr, cert_hash) =
+            spawn(&self.data_dir, &config_path, self.addr).await;
         assert_eq!(addr, self.addr);
+        self.ops_addr = ops_addr;
         assert_eq!(
             cert_hash, self.cert_hash,
             "a restart keeps the persisted certificate"
@@ -118,7 +128,7 @@ async fn spawn(
     data_dir: &std::path::Path,
     config: &std::path::Path,
     listen: SocketAddr,
-) -> (Child, SocketAddr, [u8; 32]) {
+) -> (Child, SocketAddr, Option<SocketAddr>, [u8; 32]) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -153,11 +163,17 @@ async fn spawn(
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
+    let mut ops_addr = None;
     let mut hash = None;
     let read = async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.strip_prefix("tern listening on ") {
                 addr = Some(rest.trim().parse::<SocketAddr>().expect("listen address"));
+            }
+            if let Some(rest) = line.trim().strip_prefix("operations:") {
+                let authority = rest.trim().trim_start_matches("https://");
+                let authority = authority.split_whitespace().next().unwrap_or_default();
+                ops_addr = Some(authority.parse::<SocketAddr>().expect("operations address"));
             }
             if let Some(rest) = line.trim().strip_prefix("certificate sha-256: ") {
                 let bytes = hex::decode(rest.trim()).expect("hex hash");
@@ -174,6 +190,7 @@ async fn spawn(
     (
         child,
         addr.expect("banner has the address"),
+        ops_addr,
         hash.expect("banner has the certificate hash"),
     )
 }
@@ -297,9 +314,11 @@ pub async fn alice_and_bob(server: &TestServer) -> (TestUser, TestUser, Conversa
     (alice, bob, conversation)
 }
 
-/// One sample of a Prometheus series from `GET /metrics` (0 when absent).
+/// One sample of a Prometheus series from `GET /metrics` on the operations listener (0 when
+/// absent).
 pub async fn metric(server: &TestServer, series: &str) -> f64 {
-    let url = format!("https://{}/metrics", server.addr);
+    let ops = server.ops_addr.expect("the operations listener is on");
+    let url = format!("https://{ops}/metrics");
     let body = https(server)
         .get(url)
         .send()

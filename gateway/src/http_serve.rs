@@ -1,0 +1,158 @@
+//! One HTTP/1.1 connection on a TLS-decrypted stream, with a deadline on every phase. Both I/O
+//! drivers (and the operations listener) end here for everything that is not their own
+//! WebSocket data path.
+//!
+//! Only HTTP/1.1 is spoken: ALPN offers nothing else, and an HTTP/2 preface sent by "prior
+//! knowledge" is a parse error that closes the connection (hyper's http1 server), so nobody can
+//! open 200 streams with a body buffered on each.
+//!
+//! Phases and their limits:
+//! - request head: `head_timeout` from the moment hyper waits for a head — right after the TLS
+//!   handshake and again whenever a keep-alive connection goes idle after a response — to the
+//!   head's last byte (hyper's `header_read_timeout` on a tokio timer). So idle keep-alive and a
+//!   header line every 25 s both end at `head_timeout`;
+//! - request body: `body_timeout` in total from the head, whatever the rate ([`DeadlineBody`]);
+//!   a late body is answered 408 and the connection closed;
+//! - buffered bytes: hyper's read buffer is bounded by [`MAX_BUF_BYTES`] and bodies are read with
+//!   backpressure (and limited to 1 MiB by the router);
+//! - WebSocket: after the upgrade the session's Hello timeout and idle timeout take over.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tower::Service as _;
+
+use crate::edge::AdmissionMetrics;
+use crate::http::ClientAddr;
+
+/// hyper's read buffer (request heads; bodies stream through it). The io_uring driver already
+/// refuses heads above 16 KiB; this is the same order of magnitude and hyper's minimum is 8 KiB.
+pub const MAX_BUF_BYTES: usize = 64 * 1024;
+/// Header fields per request (hyper's default is 100).
+const MAX_HEADERS: usize = 64;
+
+/// The deadlines of every HTTP connection.
+#[derive(Clone)]
+pub struct HttpLimits {
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub metrics: Arc<AdmissionMetrics>,
+}
+
+/// Serves HTTP/1.1 (API, metrics, WebSocket upgrades) until the client or a deadline ends it.
+pub(crate) async fn serve_http<IO>(io: IO, peer: SocketAddr, router: axum::Router, limits: HttpLimits)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let body_timeout = limits.body_timeout;
+    let metrics = limits.metrics.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(ClientAddr(peer));
+        let late = Arc::new(AtomicBool::new(false));
+        let body = DeadlineBody::new(body, body_timeout, late.clone());
+        let request = Request::from_parts(parts, axum::body::Body::new(body));
+        let mut router = router.clone();
+        let metrics = metrics.clone();
+        async move {
+            let response = router.call(request).await;
+            if late.load(Ordering::Relaxed) {
+                metrics.timeout("http_body");
+                return Ok(body_timeout_response());
+            }
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(MAX_BUF_BYTES)
+        .max_headers(MAX_HEADERS);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    if let Err(error) = connection.await {
+        if error.is_timeout() {
+            limits.metrics.timeout("http_head");
+        }
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+/// 408 with `Connection: close`: hyper then closes instead of reading the rest of the body.
+fn body_timeout_response() -> Response<axum::body::Body> {
+    let mut response = Response::new(axum::body::Body::from(
+        "{\"error\":{\"code\":\"request_timeout\",\"message\":\"the request body took too long\"}}",
+    ));
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received in time")]
+pub struct BodyTimeout;
+
+/// A request body that fails once its deadline (counted from the request head) has passed, and
+/// flags that so the response can say 408 and close.
+pub struct DeadlineBody {
+    inner: Incoming,
+    deadline: tokio::time::Instant,
+    /// Armed the first time the body is not ready: bodies read at once cost no timer.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    late: Arc<AtomicBool>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, timeout: Duration, late: Arc<AtomicBool>) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: tokio::time::Instant::now() + timeout,
+            sleep: None,
+            late,
+        }
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            this.late.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
