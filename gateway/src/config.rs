@@ -97,6 +97,7 @@ pub struct FileConfig {
     pub tls_handshake_timeout_ms: Option<u64>,
     pub http_head_timeout_ms: Option<u64>,
     pub http_body_timeout_ms: Option<u64>,
+    pub http_write_timeout_ms: Option<u64>,
     pub quic_connect_timeout_ms: Option<u64>,
     pub ops_listen: Option<String>,
     pub ops_max_connections: Option<usize>,
@@ -121,6 +122,8 @@ pub struct EdgeConfig {
     pub http_head_timeout: Duration,
     /// Request head → the whole request body (a total, so 1 byte per second cannot hold it).
     pub http_body_timeout: Duration,
+    /// A response write without progress (the client stopped reading) → closed.
+    pub http_write_timeout: Duration,
     /// QUIC connection attempt → the WebTransport CONNECT request (handshake included).
     pub quic_connect_timeout: Duration,
     /// The operations listener (`None`: off).
@@ -146,6 +149,8 @@ pub const DEFAULT_HTTP_HEAD_TIMEOUT_MS: u64 = 20_000;
 /// The largest body is 1 MiB (JSON limit): 30 s means at least ~35 KB/s, far below any link
 /// that can use the service.
 pub const DEFAULT_HTTP_BODY_TIMEOUT_MS: u64 = 30_000;
+/// The same as the session's write timeout: a client that reads nothing for 30 s is gone.
+pub const DEFAULT_HTTP_WRITE_TIMEOUT_MS: u64 = 30_000;
 /// QUIC handshake plus the CONNECT request: the same budget as TLS over TCP.
 pub const DEFAULT_QUIC_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Health checks and scrapes are a few at a time.
@@ -388,6 +393,11 @@ fn resolve_edge(
             DEFAULT_HTTP_BODY_TIMEOUT_MS,
             "http_body_timeout_ms",
         )?,
+        http_write_timeout: millis(
+            file.http_write_timeout_ms,
+            DEFAULT_HTTP_WRITE_TIMEOUT_MS,
+            "http_write_timeout_ms",
+        )?,
         quic_connect_timeout: millis(
             file.quic_connect_timeout_ms,
             DEFAULT_QUIC_CONNECT_TIMEOUT_MS,
@@ -449,5 +459,41 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn edge_defaults_bounds_and_the_example_file() {
+        let config = Config::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(config.edge.per_address, DEFAULT_CONNECTIONS_PER_ADDRESS);
+        assert_eq!(
+            config.edge.ops_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 4434))),
+            "operations on loopback, next port"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        for bad in [
+            "http_head_timeout_ms = 0",
+            "http_body_timeout_ms = 100000000",
+            "max_connections_per_address = 0",
+            "max_connections = 0",
+            "ops_listen = \"nowhere\"",
+            "public_authority = \"user@evil:1\"",
+        ] {
+            assert!(resolve(bad).is_err(), "{bad} is refused");
+        }
+        let off = resolve("ops_listen = \"off\"").expect("off");
+        assert_eq!(off.edge.ops_listen, None);
+        // Every key of the operator's example is one we know, with a valid value.
+        let example = include_str!("../../ops/tern.example.toml");
+        let example = resolve(example).expect("the example configuration resolves");
+        assert_eq!(example.edge.http_head_timeout, Duration::from_secs(20));
     }
 }

@@ -13,6 +13,8 @@
 //!   header line every 25 s both end at `head_timeout`;
 //! - request body: `body_timeout` in total from the head, whatever the rate ([`DeadlineBody`]);
 //!   a late body is answered 408 and the connection closed;
+//! - response write: `write_timeout` without progress on a write (a client that asks and never
+//!   reads must not hold a connection and its response forever) ([`WriteDeadline`]);
 //! - buffered bytes: hyper's read buffer is bounded by [`MAX_BUF_BYTES`] and bodies are read with
 //!   backpressure (and limited to 1 MiB by the router);
 //! - WebSocket: after the upgrade the session's Hello timeout and idle timeout take over.
@@ -43,12 +45,17 @@ const MAX_HEADERS: usize = 64;
 pub struct HttpLimits {
     pub head_timeout: Duration,
     pub body_timeout: Duration,
+    pub write_timeout: Duration,
     pub metrics: Arc<AdmissionMetrics>,
 }
 
 /// Serves HTTP/1.1 (API, metrics, WebSocket upgrades) until the client or a deadline ends it.
-pub(crate) async fn serve_http<IO>(io: IO, peer: SocketAddr, router: axum::Router, limits: HttpLimits)
-where
+pub(crate) async fn serve_http<IO>(
+    io: IO,
+    peer: SocketAddr,
+    router: axum::Router,
+    limits: HttpLimits,
+) where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let body_timeout = limits.body_timeout;
@@ -76,6 +83,7 @@ where
         .header_read_timeout(limits.head_timeout)
         .max_buf_size(MAX_BUF_BYTES)
         .max_headers(MAX_HEADERS);
+    let io = WriteDeadline::new(io, limits.write_timeout, limits.metrics.clone());
     let connection = builder.serve_connection(io, service).with_upgrades();
     if let Err(error) = connection.await {
         if error.is_timeout() {
@@ -154,5 +162,103 @@ impl Body for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An I/O stream whose writes fail once one has made no progress for `limit`: the clock starts
+/// when a write (or flush) first returns `Pending` and stops when one completes. Reads pass
+/// through (their deadlines are hyper's head timer and [`DeadlineBody`]). After a WebSocket
+/// upgrade on the epoll path the session writes through it too, with the same meaning.
+pub struct WriteDeadline<IO> {
+    io: IO,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Arc<AdmissionMetrics>,
+}
+
+impl<IO> WriteDeadline<IO> {
+    fn new(io: IO, limit: Duration, metrics: Arc<AdmissionMetrics>) -> Self {
+        WriteDeadline {
+            io,
+            limit,
+            stalled: None,
+            metrics,
+        }
+    }
+
+    /// Called when the inner write is pending: `Ready(Err)` once the stall outlasted the limit.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let limit = self.limit;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.metrics.timeout("http_write");
+                Poll::Ready(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                ))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(
+        &mut self,
+        result: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        match result {
+            Poll::Ready(done) => {
+                self.stalled = None;
+                Poll::Ready(done)
+            }
+            Poll::Pending => self.stall(cx).map(Err),
+        }
+    }
+}
+
+impl<IO: hyper::rt::Read + Unpin> hyper::rt::Read for WriteDeadline<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: hyper::rt::Write + Unpin> hyper::rt::Write for WriteDeadline<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(result, cx)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(result, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.progress(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(result, cx)
     }
 }

@@ -108,6 +108,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let http_limits = HttpLimits {
         head_timeout: config.edge.http_head_timeout,
         body_timeout: config.edge.http_body_timeout,
+        write_timeout: config.edge.http_write_timeout,
         metrics: admission_metrics.clone(),
     };
 

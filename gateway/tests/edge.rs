@@ -79,11 +79,7 @@ async fn closed_in_time<S: AsyncRead + Unpin>(stream: &mut S) -> (bool, Vec<u8>)
 }
 
 /// A GET over an open connection; the response head and body as text (up to `Content-Length`).
-async fn get<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    path: &str,
-    host: &str,
-) -> String {
+async fn get<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, path: &str, host: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
@@ -137,7 +133,10 @@ async fn one_address_holds_at_most_its_budget_and_others_still_connect() {
             Err(_) => true,
             Ok(mut stream) => closed_in_time(&mut stream).await.0,
         };
-        assert!(refused, "{io}: a fifth connection from one address is refused");
+        assert!(
+            refused,
+            "{io}: a fifth connection from one address is refused"
+        );
         // Another address is not affected.
         let mut other = tls_from(&server, [127, 0, 0, 2].into(), server.addr)
             .await
@@ -148,12 +147,9 @@ async fn one_address_holds_at_most_its_budget_and_others_still_connect() {
         let mut again = None;
         for _ in 0..50 {
             if let Ok(mut stream) = tls_from(&server, attacker, server.addr).await
-                && tokio::time::timeout(
-                    Duration::from_secs(2),
-                    get(&mut stream, "/healthz", "x"),
-                )
-                .await
-                .is_ok()
+                && tokio::time::timeout(Duration::from_secs(2), get(&mut stream, "/healthz", "x"))
+                    .await
+                    .is_ok()
             {
                 again = Some(stream);
                 break;
@@ -186,7 +182,10 @@ async fn at_the_global_budget_connections_are_shed_and_healthz_still_answers() {
             Err(_) => true,
             Ok(mut stream) => closed_in_time(&mut stream).await.0,
         };
-        assert!(refused, "{io}: past the global budget a connection is closed");
+        assert!(
+            refused,
+            "{io}: past the global budget a connection is closed"
+        );
         // The operations listener has a budget of its own: health checks keep working.
         let ops = server.ops_addr.expect("operations listener");
         let health = https(&server)
@@ -209,10 +208,11 @@ async fn at_the_global_budget_connections_are_shed_and_healthz_still_answers() {
 }
 
 /// Short deadlines for the slowloris tests: each variant must be closed by its own.
-const SHORT_DEADLINES: [&str; 3] = [
+const SHORT_DEADLINES: [&str; 4] = [
     "tls_handshake_timeout_ms = 1000",
     "http_head_timeout_ms = 1000",
     "http_body_timeout_ms = 1500",
+    "http_write_timeout_ms = 1000",
 ];
 
 #[tokio::test]
@@ -221,7 +221,10 @@ async fn a_connection_that_never_starts_tls_is_closed() {
         let server = start(io, &SHORT_DEADLINES).await;
         let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         let (closed, _) = closed_in_time(&mut tcp).await;
-        assert!(closed, "{io}: silent TCP connection closed at the TLS deadline");
+        assert!(
+            closed,
+            "{io}: silent TCP connection closed at the TLS deadline"
+        );
     }
 }
 
@@ -231,7 +234,10 @@ async fn a_tls_connection_that_never_sends_a_request_is_closed() {
         let server = start(io, &SHORT_DEADLINES).await;
         let mut stream = tls(&server).await;
         let (closed, sent) = closed_in_time(&mut stream).await;
-        assert!(closed, "{io}: idle TLS connection closed at the head deadline");
+        assert!(
+            closed,
+            "{io}: idle TLS connection closed at the head deadline"
+        );
         assert!(
             !String::from_utf8_lossy(&sent).starts_with("HTTP/1.1 2"),
             "{io}"
@@ -323,6 +329,52 @@ async fn an_idle_keep_alive_connection_is_closed() {
         assert!(healthz_ok(&server, &mut stream).await, "{io}");
         let (closed, _) = closed_in_time(&mut stream).await;
         assert!(closed, "{io}: keep-alive idle ends at the head deadline");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_asks_and_never_reads_is_closed() {
+    for io in DRIVERS {
+        let server = start(io, &SHORT_DEADLINES).await;
+        // A tiny receive window, and thousands of pipelined requests for a large document: the
+        // server's writes stall once the socket buffers are full.
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let tcp = socket.connect(server.addr).await.expect("connect");
+        let connector = TlsConnector::from(client_tls(&server, &[b"http/1.1"]));
+        let stream = connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS");
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let pipelined = tokio::spawn(async move {
+            let request = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: localhost\r\n\r\n";
+            for _ in 0..3_000 {
+                if writer.write_all(request).await.is_err() {
+                    break;
+                }
+            }
+            // Keeps the write half (and so the connection) open.
+            tokio::time::sleep(CLOSED_WITHIN * 2).await;
+        });
+        // Read nothing while the write deadline passes...
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // ...then drain: a closed connection ends after what was already buffered.
+        let drained = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let closed = tokio::time::timeout(CLOSED_WITHIN, drained).await.is_ok();
+        pipelined.abort();
+        assert!(
+            closed,
+            "{io}: a stalled response write closed the connection"
+        );
     }
 }
 
