@@ -93,6 +93,8 @@ CERT="$DATA/tls/cert.pem"
 KEY="$DATA/tls/key.pem"
 cat >"$OUT/tern.toml" <<EOF
 login_attempts_per_address = 1000000
+# Every simulated user connects from one address unless --source-addrs spreads them.
+max_connections_per_address = 1000000
 login_failures_per_username = 1000
 EOF
 {
@@ -142,7 +144,8 @@ for config in $CONFIGS; do
         fi
         grep -m1 -E "io_uring|shards started" "$OUT/logs/$name-$run.server.log" >&2 || true
         # The server's own counters (io_uring submissions vs sends, deliveries) after the run.
-        curl -fsS --max-time 5 --cacert "$CERT" "https://127.0.0.1:$PORT/metrics" \
+        # Metrics live on the operations listener (default: loopback, the client port + 1).
+        curl -fsS --max-time 5 --cacert "$CERT" "https://127.0.0.1:$((PORT + 1))/metrics" \
             >"$OUT/$name-$run.metrics.txt" 2>/dev/null || true
         stop_server
     done

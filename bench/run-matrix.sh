@@ -192,6 +192,8 @@ KEY="$OUT/tls/key.pem"
 TERN_DATA="$OUT/tern-data"
 cat >"$OUT/tern.toml" <<EOF
 login_attempts_per_address = 1000000
+# Every simulated user connects from one address unless --source-addrs spreads them.
+max_connections_per_address = 1000000
 login_failures_per_username = 1000
 log_format = "text"
 EOF

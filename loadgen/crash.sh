@@ -122,6 +122,8 @@ trap 'log "interrupted"; exit 130' INT TERM
 mkdir -p "$work/logs"
 cat > "$work/tern.toml" <<'EOF'
 login_attempts_per_address = 1000000
+# Every simulated user connects from one address unless --source-addrs spreads them.
+max_connections_per_address = 1000000
 login_failures_per_username = 1000
 log_format = "text"
 EOF

@@ -49,6 +49,8 @@ trap cleanup EXIT
 
 cat > "$work/tern.toml" <<'EOF'
 login_attempts_per_address = 1000000
+# Every simulated user connects from one address unless --source-addrs spreads them.
+max_connections_per_address = 1000000
 log_format = "text"
 EOF
 

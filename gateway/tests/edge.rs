@@ -357,8 +357,17 @@ async fn a_client_that_asks_and_never_reads_is_closed() {
             // Keeps the write half (and so the connection) open.
             tokio::time::sleep(CLOSED_WITHIN * 2).await;
         });
-        // Read nothing while the write deadline passes...
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Read nothing until the server reports a stalled write it gave up on...
+        let series = "tern_edge_timeouts_total{phase=\"http_write\"}";
+        let mut stalled = false;
+        for _ in 0..100 {
+            if metric(&server, series).await >= 1.0 {
+                stalled = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(stalled, "{io}: the server gave up on a stalled write");
         // ...then drain: a closed connection ends after what was already buffered.
         let drained = async {
             let mut buf = vec![0u8; 64 * 1024];

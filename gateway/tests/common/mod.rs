@@ -46,6 +46,12 @@ impl TestServer {
         if !lines.contains("ops_listen") {
             lines.push_str("\nops_listen = \"127.0.0.1:0\"\n");
         }
+        // Every test client connects from 127.0.0.1 and each SDK user keeps its own HTTPS pool:
+        // suites with hundreds of users would meet the per-address budget (tests/edge.rs sets
+        // its own).
+        if !lines.contains("max_connections_per_address") {
+            lines.push_str("\nmax_connections_per_address = 1000000\n");
+        }
         std::fs::write(&config_path, lines).expect("write config");
         let (child, addr, ops_addr, cert_hash) = spawn(
             &data_dir,
