@@ -94,6 +94,9 @@ KEY="$DATA/tls/key.pem"
 cat >"$OUT/tern.toml" <<EOF
 login_attempts_per_address = 1000000
 login_failures_per_username = 1000
+registrations_per_address = 1000000
+registrations_per_window = 1000000
+hash_queue_per_client = 256
 EOF
 {
     echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"

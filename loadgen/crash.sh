@@ -123,6 +123,9 @@ mkdir -p "$work/logs"
 cat > "$work/tern.toml" <<'EOF'
 login_attempts_per_address = 1000000
 login_failures_per_username = 1000
+registrations_per_address = 1000000
+registrations_per_window = 1000000
+hash_queue_per_client = 256
 log_format = "text"
 EOF
 

@@ -49,6 +49,9 @@ trap cleanup EXIT
 
 cat > "$work/tern.toml" <<'EOF'
 login_attempts_per_address = 1000000
+registrations_per_address = 1000000
+registrations_per_window = 1000000
+hash_queue_per_client = 256
 log_format = "text"
 EOF
 

@@ -13,11 +13,11 @@ use sha2::{Digest, Sha256};
 use tern_wire::ids::UserId;
 use tern_wire::msg::ErrorCode;
 
+use crate::client_addr::client_prefix;
 use crate::driver::now_ms;
 use crate::hash_pool::HashPool;
 use crate::password;
 use crate::service::ServiceError;
-use crate::client_addr::client_prefix;
 use crate::store::{DeviceRecord, Store, StoreError, TokenRecord, UserRecord};
 use tern_wire::ids::DeviceId;
 
@@ -225,7 +225,12 @@ impl LoginLimits {
 
     /// A login attempt for `user_key` (lowercased username) from `client` (address prefix):
     /// counted against the address, refused while the pair is over its failure limit.
-    pub fn admit_login(&mut self, user_key: &str, client: IpAddr, now: u64) -> Result<(), Duration> {
+    pub fn admit_login(
+        &mut self,
+        user_key: &str,
+        client: IpAddr,
+        now: u64,
+    ) -> Result<(), Duration> {
         if let Some(wait) = self.by_address.check(&client, now) {
             return Err(wait);
         }
@@ -494,7 +499,11 @@ impl Accounts {
     }
 
     /// Whether the token with this hash still exists and has not expired.
-    pub async fn token_is_live(&self, token_hash: &[u8; 32], now: u64) -> Result<bool, ServiceError> {
+    pub async fn token_is_live(
+        &self,
+        token_hash: &[u8; 32],
+        now: u64,
+    ) -> Result<bool, ServiceError> {
         Ok(self
             .store
             .token(token_hash)
@@ -634,7 +643,11 @@ mod tests {
             l.admit_login("victim", ATTACKER, 1_000).is_err(),
             "the guessing pair is stopped"
         );
-        assert_eq!(l.admit_login("victim", OWNER, 1_000), Ok(()), "the owner is not");
+        assert_eq!(
+            l.admit_login("victim", OWNER, 1_000),
+            Ok(()),
+            "the owner is not"
+        );
         assert_eq!(
             l.admit_login("someone-else", ATTACKER, 1_000),
             Ok(()),
@@ -683,9 +696,12 @@ mod tests {
             assert_eq!(l.admit_login("victim", client, 1_000), Ok(()));
             l.login_failed("victim", client, 1_000);
         }
-        let rotated = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0xffff, 1, 2, 3));
+        let rotated = IpAddr::V6(std::net::Ipv6Addr::new(
+            0x2001, 0xdb8, 0, 1, 0xffff, 1, 2, 3,
+        ));
         assert!(
-            l.admit_login("victim", client_prefix(rotated), 1_000).is_err(),
+            l.admit_login("victim", client_prefix(rotated), 1_000)
+                .is_err(),
             "a new address in the same /64 is the same client"
         );
     }
@@ -707,8 +723,7 @@ mod tests {
         assert_eq!(admitted, 90, "30 per address per window");
         let mut others = 0;
         for i in 0..200u8 {
-            if l
-                .admit_registration(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)), 1_000)
+            if l.admit_registration(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)), 1_000)
                 .is_ok()
             {
                 others += 1;

@@ -133,7 +133,9 @@ mod tests {
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
 
     /// Occupies the pool's only thread until the returned sender is used.
-    async fn block(pool: &Arc<HashPool>) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+    async fn block(
+        pool: &Arc<HashPool>,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (started_tx, started) = oneshot::channel::<()>();
         let blocking_pool = pool.clone();
@@ -202,7 +204,10 @@ mod tests {
         }
         release.send(()).expect("release");
         blocker.await.expect("join");
-        assert!(owner.await.expect("join").is_ok(), "the other client got in");
+        assert!(
+            owner.await.expect("join").is_ok(),
+            "the other client got in"
+        );
         for f in flood {
             assert!(f.await.expect("join").is_ok());
         }

@@ -289,7 +289,9 @@ fn account_limits(file: &FileConfig) -> Result<tern_engine::accounts::AccountLim
             "hash_queue must be between 1 and {MAX_HASH_QUEUE}"
         )));
     }
-    let hash_queue_per_client = file.hash_queue_per_client.unwrap_or(d.hash_queue_per_client);
+    let hash_queue_per_client = file
+        .hash_queue_per_client
+        .unwrap_or(d.hash_queue_per_client);
     if !(1..=hash_queue).contains(&hash_queue_per_client) {
         return Err(ConfigError::Invalid(
             "hash_queue_per_client must be between 1 and hash_queue".into(),

@@ -309,7 +309,9 @@ async fn logout_all(
         .await
         .is_err()
     {
-        tracing::warn!("engine stopped: live connections of a user logged out everywhere not closed");
+        tracing::warn!(
+            "engine stopped: live connections of a user logged out everywhere not closed"
+        );
     }
     Ok(StatusCode::NO_CONTENT)
 }

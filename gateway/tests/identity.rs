@@ -90,7 +90,8 @@ async fn another_users_hello_with_my_device_is_refused_and_changes_nothing(
             .await
             .expect("bob sends");
     }
-    let intruder = Connection::connect(&server.config(transport), &bob.token, alice_device, &[]).await;
+    let intruder =
+        Connection::connect(&server.config(transport), &bob.token, alice_device, &[]).await;
     let accepted = match intruder {
         Err(e) => {
             assert_eq!(e.code(), Some("forbidden"), "{e}");
@@ -114,7 +115,10 @@ async fn another_users_hello_with_my_device_is_refused_and_changes_nothing(
         vec![1, 2, 3],
         "Alice's device replays everything it has not acknowledged"
     );
-    assert!(!accepted, "another user's Hello with Alice's device was accepted");
+    assert!(
+        !accepted,
+        "another user's Hello with Alice's device was accepted"
+    );
 }
 
 /// Logging out and in again on the same device keeps working (the device is re-bound to the
@@ -142,10 +146,18 @@ async fn a_device_is_rebound_after_logout_and_login_but_not_while_its_token_live
         .send(conversation, 1, "text/plain", text("while you were out"))
         .await
         .expect("send");
-    let login = alice.http.login("alice", PASSWORD).await.expect("login again");
+    let login = alice
+        .http
+        .login("alice", PASSWORD)
+        .await
+        .expect("login again");
     alice.token = login.token;
     let (_back, replayed) = connect_synced(&server, transport, &alice, device).await;
-    assert_eq!(seqs(&replayed), vec![1], "the re-bound device resumes where it was");
+    assert_eq!(
+        seqs(&replayed),
+        vec![1],
+        "the re-bound device resumes where it was"
+    );
     // Now the other (still valid) token cannot take it back while this one lives.
     let error = Connection::connect(&server.config(transport), &other.token, device, &[])
         .await
@@ -182,8 +194,13 @@ async fn logout_everywhere_closes_every_connection_and_revokes_every_token() {
     let (alice, bob, _conversation) = alice_and_bob(&server).await;
     let mut phone = server.http();
     let phone_login = phone.login("alice", PASSWORD).await.expect("second login");
-    let (mut ws, _) =
-        connect_synced(&server, TransportPref::WebSocket, &alice, DeviceId::random()).await;
+    let (mut ws, _) = connect_synced(
+        &server,
+        TransportPref::WebSocket,
+        &alice,
+        DeviceId::random(),
+    )
+    .await;
     let (mut wt, _) = {
         let phone_user = TestUser {
             name: "alice".into(),
@@ -214,11 +231,15 @@ async fn logout_everywhere_closes_every_connection_and_revokes_every_token() {
             .me()
             .await
             .expect_err("revoked");
-        assert!(matches!(&error, Error::Api(f) if f.status == 401), "{error}");
+        assert!(
+            matches!(&error, Error::Api(f) if f.status == 401),
+            "{error}"
+        );
         for transport in [TransportPref::WebSocket, TransportPref::WebTransport] {
-            let error = Connection::connect(&server.config(transport), token, DeviceId::random(), &[])
-                .await
-                .expect_err("revoked token must not connect");
+            let error =
+                Connection::connect(&server.config(transport), token, DeviceId::random(), &[])
+                    .await
+                    .expect_err("revoked token must not connect");
             assert_eq!(error.code(), Some("unauthenticated"), "{error}");
         }
     }
@@ -244,7 +265,10 @@ async fn an_attacker_elsewhere_cannot_lock_the_owner_out() {
             other => panic!("unexpected login result: {other:?}"),
         }
     }
-    assert_eq!(refused, 15, "the attacker's pair is stopped after five failures");
+    assert_eq!(
+        refused, 15,
+        "the attacker's pair is stopped after five failures"
+    );
     let mut owner = http_from(&server, OWNER);
     let login = owner
         .login("victim", PASSWORD)
@@ -281,7 +305,10 @@ async fn a_login_flood_from_one_address_does_not_starve_another() {
                 if done.load(Ordering::Relaxed) {
                     break;
                 }
-                let slot = match http.login(&format!("nobody{f}x{i}"), "wrong password").await {
+                let slot = match http
+                    .login(&format!("nobody{f}x{i}"), "wrong password")
+                    .await
+                {
                     Err(Error::Api(a)) if a.status == 401 => 0,
                     Err(Error::Api(a)) if a.status == 429 => 1,
                     _ => 2,

@@ -50,7 +50,7 @@ async fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("tern.toml");
     // Every simulated user registers from 127.0.0.1.
-    std::fs::write(&config, "login_attempts_per_address = 1000000\n").expect("config");
+    std::fs::write(&config, "login_attempts_per_address = 1000000\nregistrations_per_address = 1000000\nregistrations_per_window = 1000000\nhash_queue_per_client = 256\n").expect("config");
     let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
     let mut child = Command::new(tern_binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

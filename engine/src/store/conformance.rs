@@ -35,8 +35,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom, HistoryQuery, InvitationRecord,
-    MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom, HistoryQuery,
+    InvitationRecord, MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// Runs every check, each on a store freshly made by `make`.
@@ -424,7 +424,11 @@ pub async fn check_tokens_of_user<S: Store>(store: S) {
         "store conformance: tokens put after a sweep are found by the next one"
     );
     assert!(
-        ok(store.delete_tokens_of(UserId::random()).await, "delete_tokens_of").is_empty(),
+        ok(
+            store.delete_tokens_of(UserId::random()).await,
+            "delete_tokens_of"
+        )
+        .is_empty(),
         "store conformance: a user without tokens has nothing to delete"
     );
 }
@@ -472,12 +476,18 @@ pub async fn check_devices<S: Store>(store: S) {
     );
     let second = device_record(device, user, [2; 32]);
     assert!(
-        !ok(store.bind_device(second, Some([3; 32])).await, "bind_device"),
+        !ok(
+            store.bind_device(second, Some([3; 32])).await,
+            "bind_device"
+        ),
         "store conformance: bind_device with the wrong expected token must fail"
     );
     assert_eq!(ok(store.device(device).await, "device"), Some(first));
     assert!(
-        ok(store.bind_device(second, Some([1; 32])).await, "bind_device"),
+        ok(
+            store.bind_device(second, Some([1; 32])).await,
+            "bind_device"
+        ),
         "store conformance: bind_device with the current token as expected must succeed"
     );
     assert_eq!(ok(store.device(device).await, "device"), Some(second));

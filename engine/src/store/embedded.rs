@@ -65,8 +65,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, DeviceRecord, HistoryFrom, HistoryQuery, InvitationRecord, MemberRecord,
-    Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, DeviceRecord, HistoryFrom, HistoryQuery, InvitationRecord,
+    MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// The most messages one [`Store::history`] call returns, whatever `limit` asks for: a page is
@@ -737,7 +737,11 @@ impl Inner {
                 StoreError::Corrupt(format!("token key: expected 32 bytes, got {}", k.len()))
             })?;
             let record = decode_token(token_hash, &v)?;
-            batch.insert(&self.user_tokens, user_token_key(record.user, token_hash), []);
+            batch.insert(
+                &self.user_tokens,
+                user_token_key(record.user, token_hash),
+                [],
+            );
         }
         batch.commit().map_err(backend)
     }

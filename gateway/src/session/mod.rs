@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_engine::accounts::{Accounts, hash_token};
-use tern_engine::store::TokenRecord;
 use tern_engine::conversations::Conversations;
 use tern_engine::core::{Input, SendRequest};
 use tern_engine::driver::{CloseSignal, ConnSink, EngineHandle, Outbound, Tracking, now_ms};
 use tern_engine::metrics::EngineMetrics;
 use tern_engine::reactions::Reactions;
 use tern_engine::service::ServiceError;
+use tern_engine::store::TokenRecord;
 use tern_engine::store::{HistoryQuery, Store};
 use tern_wire::Limits;
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
@@ -297,7 +297,11 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
 ) {
     let user = token.user;
     let (sink, frames_rx, close_rx) = ConnSink::new(ctx.send_queue_frames);
-    let Ok(conn) = ctx.engine.connect(user, device, token.token_hash, sink).await else {
+    let Ok(conn) = ctx
+        .engine
+        .connect(user, device, token.token_hash, sink)
+        .await
+    else {
         let mut tx = tx;
         refuse(
             &mut tx,
@@ -311,7 +315,11 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
     // A logout (or log out everywhere) between authentication and registration found no
     // connection to close; checking the token again now that we are registered closes that
     // gap: any revocation from here on finds this connection.
-    match ctx.accounts.token_is_live(&token.token_hash, now_ms()).await {
+    match ctx
+        .accounts
+        .token_is_live(&token.token_hash, now_ms())
+        .await
+    {
         Ok(true) => {}
         live => {
             ctx.engine.disconnect(conn).await;
