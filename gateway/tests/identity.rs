@@ -384,3 +384,50 @@ async fn a_registration_flood_from_three_addresses_stops_at_the_limit() {
         );
     }
 }
+
+/// The RESULTS quick check (ignored in the normal suite; run with `--ignored --nocapture`,
+/// against another build with `TERN_TEST_BIN`): the owner's login success rate while 40
+/// attacker addresses (127.0.1.1-40) flood logins for random usernames at 30 concurrent
+/// requests each, with the server's default limits. Prints `owner_success=N/M`.
+#[tokio::test]
+#[ignore]
+async fn owner_login_success_rate_under_a_multi_address_flood() {
+    const ADDRESSES: u8 = 40;
+    const CONCURRENT_PER_ADDRESS: usize = 30;
+    const ATTEMPTS_PER_TASK: usize = 10;
+    const OWNER_LOGINS: usize = 20;
+    let server = TestServer::start().await;
+    http_from(&server, OWNER)
+        .register("victim", PASSWORD)
+        .await
+        .expect("register");
+    let done = Arc::new(AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for a in 1..=ADDRESSES {
+        let http = http_from(&server, [127, 0, 1, a]);
+        for t in 0..CONCURRENT_PER_ADDRESS {
+            let (mut http, done) = (http.clone(), done.clone());
+            flood.push(tokio::spawn(async move {
+                for i in 0..ATTEMPTS_PER_TASK {
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = http.login(&format!("nobody{a}x{t}x{i}"), "wrong").await;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut owner = http_from(&server, OWNER);
+    let mut ok = 0;
+    for _ in 0..OWNER_LOGINS {
+        if owner.login("victim", PASSWORD).await.is_ok() {
+            ok += 1;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.expect("flood task");
+    }
+    println!("owner_success={ok}/{OWNER_LOGINS}");
+}

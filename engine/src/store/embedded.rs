@@ -1670,4 +1670,39 @@ mod tests {
         }
         assert_corrupt(EmbeddedStore::open(dir.path()), "layout version");
     }
+
+    #[tokio::test]
+    async fn a_layout_1_directory_gets_its_token_index_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let user = UserId::random();
+        let token = TokenRecord {
+            token_hash: [3; 32],
+            user,
+            created_ms: 1,
+            expires_ms: u64::MAX,
+        };
+        {
+            // What a layout-1 store holds: the token, no `user_tokens` entry, layout 1.
+            let store = EmbeddedStore::open(dir.path()).expect("open");
+            store.put_token(token.clone()).await.expect("put");
+            store
+                .inner
+                .user_tokens
+                .remove(user_token_key(user, token.token_hash))
+                .expect("remove index");
+            let meta = store
+                .inner
+                .db
+                .keyspace("meta", KeyspaceCreateOptions::default)
+                .expect("meta");
+            meta.insert(LAYOUT_KEY, [LAYOUT_VERSION_1]).expect("insert");
+        }
+        let store = EmbeddedStore::open(dir.path()).expect("a layout-1 directory opens");
+        assert_eq!(
+            store.delete_tokens_of(user).await.expect("delete"),
+            vec![token.token_hash],
+            "tokens written before the index existed are found"
+        );
+        assert_eq!(store.token(&token.token_hash).await.expect("token"), None);
+    }
 }
