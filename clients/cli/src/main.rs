@@ -177,7 +177,7 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             // The device is bound to the session that last used it while that token is valid:
             // end the previous session here (best effort) so the new token can take it over.
             if let Some(old) = st.session.take()
-                && old.server == config.authority().to_string()
+                && old.server == config.authority()
                 && let Ok(api) = HttpApi::new(&config)
             {
                 let mut api = api.with_token(&old.token);
