@@ -125,6 +125,9 @@ login_attempts_per_address = 1000000
 # Every simulated user connects from one address unless --source-addrs spreads them.
 max_connections_per_address = 1000000
 login_failures_per_username = 1000
+registrations_per_address = 1000000
+registrations_per_window = 1000000
+hash_queue_per_client = 256
 log_format = "text"
 EOF
 

@@ -51,6 +51,9 @@ cat > "$work/tern.toml" <<'EOF'
 login_attempts_per_address = 1000000
 # Every simulated user connects from one address unless --source-addrs spreads them.
 max_connections_per_address = 1000000
+registrations_per_address = 1000000
+registrations_per_window = 1000000
+hash_queue_per_client = 256
 log_format = "text"
 EOF
 

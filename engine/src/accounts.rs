@@ -1,7 +1,9 @@
 //! Accounts and sessions: registration, argon2id password hashes, opaque revocable tokens and
 //! login rate limits.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,11 +13,13 @@ use sha2::{Digest, Sha256};
 use tern_wire::ids::UserId;
 use tern_wire::msg::ErrorCode;
 
+use crate::client_addr::client_prefix;
 use crate::driver::now_ms;
 use crate::hash_pool::HashPool;
 use crate::password;
 use crate::service::ServiceError;
-use crate::store::{Store, StoreError, TokenRecord, UserRecord};
+use crate::store::{DeviceRecord, Store, StoreError, TokenRecord, UserRecord};
+use tern_wire::ids::DeviceId;
 
 pub const MIN_USERNAME_CHARS: usize = 3;
 pub const MAX_USERNAME_CHARS: usize = 32;
@@ -26,43 +30,65 @@ pub const MAX_PASSWORD_BYTES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct AccountLimits {
     pub token_ttl: Duration,
-    /// Failed logins allowed per username per window before 429.
+    /// Failed logins allowed per (username, client address prefix) per window before that pair
+    /// gets 429. Keyed by the pair, so that an attacker at one address cannot lock the owner
+    /// out at another (the issue-10 finding: 7 failures used to lock the account everywhere).
+    pub failures_per_user_address: u32,
+    /// Failed logins per username per window, from all addresses together, past which the
+    /// username is under attack from many addresses: every pair then gets one failure per
+    /// window instead of `failures_per_user_address`. This slows a distributed guesser to one
+    /// guess per address per window and never refuses an address that has not failed, so it
+    /// cannot be used to lock the owner out.
     pub failures_per_username: u32,
-    /// Login attempts (any outcome) allowed per client address per window before 429.
+    /// Login and registration attempts (any outcome) allowed per client address prefix
+    /// (IPv4 /32, IPv6 /64) per window before 429.
     pub attempts_per_address: u32,
     pub window: Duration,
+    /// Registrations allowed per client address prefix per `registration_window`.
+    pub registrations_per_address: u32,
+    /// Registrations allowed from all addresses together per `registration_window`.
+    pub registrations_per_window: u32,
+    pub registration_window: Duration,
     /// Upper bound on tracked usernames/addresses; the limiter forgets expired entries first.
     pub max_tracked_keys: usize,
     /// Threads hashing passwords (each holds one 19 MiB argon2 block); default: one per core.
     pub hash_threads: usize,
     /// Hash jobs waiting for a thread before registrations and logins get `RateLimited`.
     pub hash_queue: usize,
+    /// Hash jobs one client address prefix may have waiting; its next one gets `RateLimited`
+    /// while other clients' jobs are still queued (served round-robin).
+    pub hash_queue_per_client: usize,
 }
 
 impl Default for AccountLimits {
     fn default() -> Self {
         AccountLimits {
             token_ttl: Duration::from_secs(30 * 24 * 3600),
-            failures_per_username: 5,
+            failures_per_user_address: 5,
+            failures_per_username: 100,
             attempts_per_address: 30,
             window: Duration::from_secs(60),
+            registrations_per_address: 30,
+            registrations_per_window: 600,
+            registration_window: Duration::from_secs(600),
             max_tracked_keys: 100_000,
             hash_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hash_queue: 256,
+            hash_queue_per_client: 8,
         }
     }
 }
 
 /// Fixed-window counters with a hard size bound. Sans-IO: the caller passes the time.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = String> {
     limit: u32,
     window_ms: u64,
     max_keys: usize,
-    windows: HashMap<String, (u64, u32)>,
+    windows: HashMap<K, (u64, u32)>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(limit: u32, window: Duration, max_keys: usize) -> Self {
         assert!(limit > 0 && max_keys > 0, "rate limits must be positive");
         RateLimiter {
@@ -73,14 +99,43 @@ impl RateLimiter {
         }
     }
 
-    /// How long the key must wait, or `None` when it is under its limit.
-    pub fn check(&self, key: &str, now_ms: u64) -> Option<Duration> {
-        let (start, count) = *self.windows.get(key)?;
-        let ends = start + self.window_ms;
-        (now_ms < ends && count >= self.limit).then(|| Duration::from_millis(ends - now_ms))
+    /// Events recorded for `key` in its current window.
+    pub fn count<Q>(&self, key: &Q, now_ms: u64) -> u32
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match self.windows.get(key) {
+            Some(&(start, count)) if now_ms < start + self.window_ms => count,
+            _ => 0,
+        }
     }
 
-    pub fn record(&mut self, key: &str, now_ms: u64) {
+    /// How long the key must wait, or `None` when it is under its limit.
+    pub fn check<Q>(&self, key: &Q, now_ms: u64) -> Option<Duration>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.check_with(key, self.limit, now_ms)
+    }
+
+    /// Like [`RateLimiter::check`] with another limit (a tightened one).
+    pub fn check_with<Q>(&self, key: &Q, limit: u32, now_ms: u64) -> Option<Duration>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (start, count) = *self.windows.get(key)?;
+        let ends = start + self.window_ms;
+        (now_ms < ends && count >= limit).then(|| Duration::from_millis(ends - now_ms))
+    }
+
+    pub fn record<Q>(&mut self, key: &Q, now_ms: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if self.windows.len() >= self.max_keys && !self.windows.contains_key(key) {
             let window = self.window_ms;
             self.windows
@@ -93,18 +148,26 @@ impl RateLimiter {
                     .min_by_key(|(_, (s, _))| *s)
                     .map(|(k, _)| k.clone())
                 {
-                    self.windows.remove(&oldest);
+                    self.windows.remove::<K>(&oldest);
                 }
             }
         }
-        let entry = self.windows.entry(key.to_owned()).or_insert((now_ms, 0));
-        if now_ms >= entry.0 + self.window_ms {
+        let window = self.window_ms;
+        let entry = match self.windows.get_mut(key) {
+            Some(entry) => entry,
+            None => self.windows.entry(key.to_owned()).or_insert((now_ms, 0)),
+        };
+        if now_ms >= entry.0 + window {
             *entry = (now_ms, 0);
         }
         entry.1 += 1;
     }
 
-    pub fn clear(&mut self, key: &str) {
+    pub fn clear<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.windows.remove(key);
     }
 
@@ -113,11 +176,112 @@ impl RateLimiter {
     }
 }
 
+/// Every login and registration limit, behind one lock (each attempt touches several).
+/// Sans-IO: the decisions take `now` and return how long to wait.
+pub struct LoginLimits {
+    failures_per_user_address: u32,
+    /// Attempts per client address prefix (logins and registrations).
+    by_address: RateLimiter<IpAddr>,
+    /// Failures per (lowercased username, address prefix).
+    by_user_address: RateLimiter<(String, IpAddr)>,
+    /// Failures per lowercased username, all addresses together.
+    by_username: RateLimiter<String>,
+    /// Registrations per address prefix, and all together (one key).
+    registrations_by_address: RateLimiter<IpAddr>,
+    registrations: RateLimiter<()>,
+}
+
+impl LoginLimits {
+    pub fn new(limits: &AccountLimits) -> Self {
+        LoginLimits {
+            failures_per_user_address: limits.failures_per_user_address,
+            by_address: RateLimiter::new(
+                limits.attempts_per_address,
+                limits.window,
+                limits.max_tracked_keys,
+            ),
+            by_user_address: RateLimiter::new(
+                limits.failures_per_user_address,
+                limits.window,
+                limits.max_tracked_keys,
+            ),
+            by_username: RateLimiter::new(
+                limits.failures_per_username,
+                limits.window,
+                limits.max_tracked_keys,
+            ),
+            registrations_by_address: RateLimiter::new(
+                limits.registrations_per_address,
+                limits.registration_window,
+                limits.max_tracked_keys,
+            ),
+            registrations: RateLimiter::new(
+                limits.registrations_per_window,
+                limits.registration_window,
+                1,
+            ),
+        }
+    }
+
+    /// A login attempt for `user_key` (lowercased username) from `client` (address prefix):
+    /// counted against the address, refused while the pair is over its failure limit.
+    pub fn admit_login(
+        &mut self,
+        user_key: &str,
+        client: IpAddr,
+        now: u64,
+    ) -> Result<(), Duration> {
+        if let Some(wait) = self.by_address.check(&client, now) {
+            return Err(wait);
+        }
+        self.by_address.record(&client, now);
+        // Under attack from many addresses: one failure per pair and window.
+        let per_pair = if self.by_username.check(user_key, now).is_some() {
+            1
+        } else {
+            self.failures_per_user_address
+        };
+        let pair = (user_key.to_owned(), client);
+        match self.by_user_address.check_with(&pair, per_pair, now) {
+            Some(wait) => Err(wait),
+            None => Ok(()),
+        }
+    }
+
+    pub fn login_failed(&mut self, user_key: &str, client: IpAddr, now: u64) {
+        self.by_user_address
+            .record(&(user_key.to_owned(), client), now);
+        self.by_username.record(user_key, now);
+    }
+
+    /// A success forgets the pair's failures (the owner mistyping twice is not held against
+    /// them), but not the username's: an attacker's count stays.
+    pub fn login_succeeded(&mut self, user_key: &str, client: IpAddr) {
+        self.by_user_address.clear(&(user_key.to_owned(), client));
+    }
+
+    /// A registration from `client`: counted against its address attempts, its registrations
+    /// and the global registration ceiling, refused past any of them.
+    pub fn admit_registration(&mut self, client: IpAddr, now: u64) -> Result<(), Duration> {
+        let wait = self
+            .by_address
+            .check(&client, now)
+            .or_else(|| self.registrations_by_address.check(&client, now))
+            .or_else(|| self.registrations.check(&(), now));
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        self.by_address.record(&client, now);
+        self.registrations_by_address.record(&client, now);
+        self.registrations.record(&(), now);
+        Ok(())
+    }
+}
+
 pub struct Accounts {
     store: Arc<dyn Store>,
     limits: AccountLimits,
-    by_username: Mutex<RateLimiter>,
-    by_address: Mutex<RateLimiter>,
+    login_limits: Mutex<LoginLimits>,
     /// Verified against when the username does not exist, so that a login for an unknown user
     /// costs the same time as a wrong password (no user enumeration by timing).
     dummy_hash: String,
@@ -150,17 +314,12 @@ fn internal(e: StoreError) -> ServiceError {
 impl Accounts {
     pub fn new(store: Arc<dyn Store>, limits: AccountLimits) -> Result<Self, ServiceError> {
         Ok(Accounts {
-            by_username: Mutex::new(RateLimiter::new(
-                limits.failures_per_username,
-                limits.window,
-                limits.max_tracked_keys,
-            )),
-            by_address: Mutex::new(RateLimiter::new(
-                limits.attempts_per_address,
-                limits.window,
-                limits.max_tracked_keys,
-            )),
-            hasher: HashPool::new(limits.hash_threads, limits.hash_queue)?,
+            login_limits: Mutex::new(LoginLimits::new(&limits)),
+            hasher: HashPool::new(
+                limits.hash_threads,
+                limits.hash_queue,
+                limits.hash_queue_per_client,
+            )?,
             store,
             limits,
             dummy_hash: DUMMY_HASH.to_owned(),
@@ -185,19 +344,10 @@ impl Accounts {
         Ok(())
     }
 
-    /// Counts one attempt (login or registration) from `address`; refuses it past the limit.
-    /// Both cost an argon2 hash, so both are limited before any work is done.
-    fn admit_address(&self, address: IpAddr, now: u64) -> Result<(), ServiceError> {
-        let key = address.to_string();
-        let mut by_address = self
-            .by_address
+    fn limits(&self) -> Result<std::sync::MutexGuard<'_, LoginLimits>, ServiceError> {
+        self.login_limits
             .lock()
-            .map_err(|_| ServiceError::poisoned())?;
-        if let Some(wait) = by_address.check(&key, now) {
-            return Err(ServiceError::rate_limited(wait));
-        }
-        by_address.record(&key, now);
-        Ok(())
+            .map_err(|_| ServiceError::poisoned())
     }
 
     pub async fn register(
@@ -206,7 +356,14 @@ impl Accounts {
         password: &str,
         address: IpAddr,
     ) -> Result<UserRecord, ServiceError> {
-        self.admit_address(address, now_ms())?;
+        let now = now_ms();
+        let client = client_prefix(address);
+        // Registration costs an argon2 hash like a login, so it counts against the per-address
+        // attempts too; its own limits (per address and all together) are what stop account
+        // farming (4,000 accounts a minute from three addresses).
+        self.limits()?
+            .admit_registration(client, now)
+            .map_err(ServiceError::rate_limited)?;
         Self::validate_username(username)?;
         if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len()) {
             return Err(ServiceError::invalid(format!(
@@ -225,7 +382,7 @@ impl Accounts {
         let password = password.to_owned();
         let hash = self
             .hasher
-            .run(move || password::hash(&password))
+            .run(client, move || password::hash(&password))
             .await?
             .map_err(|_| ServiceError::new(ErrorCode::Internal, "password hashing failed"))?;
         let user = UserRecord {
@@ -243,7 +400,11 @@ impl Accounts {
         }
     }
 
-    /// Checks both rate limits before doing any work, so a flood costs no argon2 time.
+    /// Checks the rate limits before doing any work, so a flood costs no argon2 time.
+    ///
+    /// Failures count per (username, address prefix), so the owner at another address is
+    /// never refused because of someone else's guesses; see [`AccountLimits`] for the
+    /// per-username ceiling that slows distributed guessing without locking anybody out.
     pub async fn login(
         &self,
         username: &str,
@@ -251,17 +412,11 @@ impl Accounts {
         address: IpAddr,
     ) -> Result<Session, ServiceError> {
         let now = now_ms();
+        let client = client_prefix(address);
         let user_key = username.to_lowercase();
-        self.admit_address(address, now)?;
-        {
-            let by_username = self
-                .by_username
-                .lock()
-                .map_err(|_| ServiceError::poisoned())?;
-            if let Some(wait) = by_username.check(&user_key, now) {
-                return Err(ServiceError::rate_limited(wait));
-            }
-        }
+        self.limits()?
+            .admit_login(&user_key, client, now)
+            .map_err(ServiceError::rate_limited)?;
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(ServiceError::invalid("password too long"));
         }
@@ -272,24 +427,20 @@ impl Accounts {
         let candidate = password.to_owned();
         let verified = self
             .hasher
-            .run(move || password::verify(&candidate, &stored_hash))
+            .run(client, move || password::verify(&candidate, &stored_hash))
             .await?;
         let user = match (user, verified) {
             (Some(user), true) => user,
             _ => {
-                let mut by_username = self
-                    .by_username
-                    .lock()
-                    .map_err(|_| ServiceError::poisoned())?;
-                by_username.record(&user_key, now);
+                self.limits()?.login_failed(&user_key, client, now);
                 return Err(ServiceError::new(
                     ErrorCode::Unauthenticated,
                     "wrong username or password",
                 ));
             }
         };
-        if let Ok(mut by_username) = self.by_username.lock() {
-            by_username.clear(&user_key);
+        if let Ok(mut limits) = self.login_limits.lock() {
+            limits.login_succeeded(&user_key, client);
         }
         let mut raw = [0u8; 32];
         rand::fill(&mut raw);
@@ -340,6 +491,83 @@ impl Accounts {
         Ok(record.token_hash)
     }
 
+    /// "Log out everywhere": revokes every token of the user. The caller closes the user's
+    /// live connections (`Input::UserRevoked`).
+    pub async fn logout_all(&self, user: UserId) -> Result<usize, ServiceError> {
+        let revoked = self.store.delete_tokens_of(user).await.map_err(internal)?;
+        Ok(revoked.len())
+    }
+
+    /// Whether the token with this hash still exists and has not expired.
+    pub async fn token_is_live(
+        &self,
+        token_hash: &[u8; 32],
+        now: u64,
+    ) -> Result<bool, ServiceError> {
+        Ok(self
+            .store
+            .token(token_hash)
+            .await
+            .map_err(internal)?
+            .is_some_and(|t| t.expires_ms > now))
+    }
+
+    /// Binds `device` to the token's user (and to the token), or refuses it.
+    ///
+    /// - An unknown device is bound to this user and token.
+    /// - A device of another user is refused (`Forbidden`), changing nothing: device ids are
+    ///   public (every `Deliver` carries one), so this is what stops another user from acking
+    ///   the victim's cursors away.
+    /// - A device of this user bound to this token is fine.
+    /// - A device of this user bound to another token is taken over only when that token is
+    ///   revoked or expired (log out, log in again on the same device); while it is live the
+    ///   device is in use by another session and is refused.
+    pub async fn bind_device(
+        &self,
+        device: DeviceId,
+        token: &TokenRecord,
+    ) -> Result<(), ServiceError> {
+        let forbidden = |why: &str| ServiceError::new(ErrorCode::Forbidden, why.to_owned());
+        // Each round either finishes or lost a compare-and-set to a concurrent binding, which
+        // changed the record; three rounds cover any realistic contention.
+        for _ in 0..3 {
+            let now = now_ms();
+            let record = DeviceRecord {
+                device,
+                user: token.user,
+                token_hash: token.token_hash,
+                bound_ms: now,
+            };
+            let expected = match self.store.device(device).await.map_err(internal)? {
+                None => None,
+                Some(bound) if bound.user != token.user => {
+                    return Err(forbidden("this device id belongs to another user"));
+                }
+                Some(bound) if bound.token_hash == token.token_hash => return Ok(()),
+                Some(bound) => {
+                    if self.token_is_live(&bound.token_hash, now).await? {
+                        return Err(forbidden(
+                            "this device is in use by another session of this user; log out there first",
+                        ));
+                    }
+                    Some(bound.token_hash)
+                }
+            };
+            if self
+                .store
+                .bind_device(record, expected)
+                .await
+                .map_err(internal)?
+            {
+                return Ok(());
+            }
+        }
+        Err(ServiceError::new(
+            ErrorCode::Conflict,
+            "the device is being bound concurrently; retry",
+        ))
+    }
+
     pub async fn user(&self, id: UserId) -> Result<UserRecord, ServiceError> {
         self.store
             .user_by_id(id)
@@ -365,7 +593,7 @@ mod tests {
 
     #[test]
     fn limiter_blocks_after_limit_and_reopens_after_window() {
-        let mut limiter = RateLimiter::new(3, Duration::from_secs(10), 100);
+        let mut limiter = RateLimiter::<String>::new(3, Duration::from_secs(10), 100);
         for _ in 0..3 {
             assert_eq!(limiter.check("k", 1_000), None);
             limiter.record("k", 1_000);
@@ -383,11 +611,129 @@ mod tests {
 
     #[test]
     fn limiter_never_exceeds_its_key_bound() {
-        let mut limiter = RateLimiter::new(1, Duration::from_secs(60), 50);
+        let mut limiter = RateLimiter::<String>::new(1, Duration::from_secs(60), 50);
         for i in 0..10_000u64 {
             limiter.record(&format!("key{i}"), i);
             assert!(limiter.tracked() <= 50);
         }
+    }
+
+    const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    const OWNER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+    fn limits() -> AccountLimits {
+        AccountLimits {
+            failures_per_user_address: 5,
+            failures_per_username: 20,
+            attempts_per_address: 1_000,
+            registrations_per_address: 30,
+            registrations_per_window: 100,
+            ..AccountLimits::default()
+        }
+    }
+
+    #[test]
+    fn failures_at_one_address_never_lock_the_owner_out_at_another() {
+        let mut l = LoginLimits::new(&limits());
+        for _ in 0..5 {
+            assert_eq!(l.admit_login("victim", ATTACKER, 1_000), Ok(()));
+            l.login_failed("victim", ATTACKER, 1_000);
+        }
+        assert!(
+            l.admit_login("victim", ATTACKER, 1_000).is_err(),
+            "the guessing pair is stopped"
+        );
+        assert_eq!(
+            l.admit_login("victim", OWNER, 1_000),
+            Ok(()),
+            "the owner is not"
+        );
+        assert_eq!(
+            l.admit_login("someone-else", ATTACKER, 1_000),
+            Ok(()),
+            "other usernames are judged on their own"
+        );
+        assert_eq!(
+            l.admit_login("victim", ATTACKER, 61_000),
+            Ok(()),
+            "the pair gets a new window"
+        );
+    }
+
+    #[test]
+    fn many_addresses_tighten_each_pair_to_one_failure_but_lock_nobody() {
+        let mut l = LoginLimits::new(&limits());
+        // 20 failures from 10 addresses: the username's ceiling is reached.
+        for i in 0..10u8 {
+            let from = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, i));
+            for _ in 0..2 {
+                assert_eq!(l.admit_login("victim", from, 1_000), Ok(()));
+                l.login_failed("victim", from, 1_000);
+            }
+        }
+        let fresh = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 1, 1));
+        assert_eq!(l.admit_login("victim", fresh, 1_000), Ok(()));
+        l.login_failed("victim", fresh, 1_000);
+        assert!(
+            l.admit_login("victim", fresh, 1_000).is_err(),
+            "under attack, a pair gets one failure per window, not five"
+        );
+        assert_eq!(
+            l.admit_login("victim", OWNER, 1_000),
+            Ok(()),
+            "an address that has not failed is still admitted"
+        );
+        l.login_succeeded("victim", OWNER);
+        assert_eq!(l.admit_login("victim", OWNER, 2_000), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let mut l = LoginLimits::new(&limits());
+        for i in 0..5u16 {
+            let from = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i));
+            let client = client_prefix(from);
+            assert_eq!(l.admit_login("victim", client, 1_000), Ok(()));
+            l.login_failed("victim", client, 1_000);
+        }
+        let rotated = IpAddr::V6(std::net::Ipv6Addr::new(
+            0x2001, 0xdb8, 0, 1, 0xffff, 1, 2, 3,
+        ));
+        assert!(
+            l.admit_login("victim", client_prefix(rotated), 1_000)
+                .is_err(),
+            "a new address in the same /64 is the same client"
+        );
+    }
+
+    #[test]
+    fn registrations_stop_per_address_and_all_together() {
+        let mut l = LoginLimits::new(&limits());
+        let addresses: Vec<IpAddr> = (2..5u8)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, i)))
+            .collect();
+        let mut admitted = 0;
+        for _ in 0..4_000 / 3 {
+            for &a in &addresses {
+                if l.admit_registration(a, 1_000).is_ok() {
+                    admitted += 1;
+                }
+            }
+        }
+        assert_eq!(admitted, 90, "30 per address per window");
+        let mut others = 0;
+        for i in 0..200u8 {
+            if l.admit_registration(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)), 1_000)
+                .is_ok()
+            {
+                others += 1;
+            }
+        }
+        assert_eq!(others, 10, "the global ceiling (100 per window) holds");
+        assert!(
+            l.admit_registration(addresses[0], 601_000).is_ok(),
+            "a new window admits again"
+        );
     }
 
     #[test]

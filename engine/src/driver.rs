@@ -207,6 +207,7 @@ impl EngineHandle {
             Input::Connected { .. }
             | Input::Disconnected { .. }
             | Input::TokenRevoked { .. }
+            | Input::UserRevoked { .. }
             | Input::Committed { .. } => None,
         };
         match target {

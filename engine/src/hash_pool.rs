@@ -1,4 +1,4 @@
-//! A small, fixed pool of threads for password hashing.
+//! A small, fixed pool of threads for password hashing, fed fairly per client.
 //!
 //! argon2id needs 19 MiB per hash. Run on tokio's blocking pool, every one of its (up to
 //! hundreds of) threads ends up holding a malloc arena with such a block: 40 concurrent
@@ -6,77 +6,122 @@
 //! core bounds both the memory (threads × 19 MiB) and the CPU argon2 can take from everything
 //! else, and its bounded queue turns a registration or login flood into `RateLimited` answers
 //! instead of an ever-growing backlog.
+//!
+//! The queue is a [`FairQueue`] keyed by client (address prefix, see `client_addr`): with one
+//! global FIFO, 300 concurrent bogus logins from one address filled it and the real owner's
+//! logins failed 10 times out of 12. Now a client has at most `per_client` jobs waiting, and the
+//! threads take one job from each waiting client in turn.
 
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex};
 
 use tern_wire::msg::ErrorCode;
 use tokio::sync::oneshot;
 
+use crate::fair_queue::FairQueue;
 use crate::service::ServiceError;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+struct Shared {
+    queue: Mutex<State>,
+    ready: Condvar,
+}
+
+struct State {
+    jobs: FairQueue<IpAddr, Job>,
+    /// Set when the pool is dropped: threads finish what is queued and exit.
+    closed: bool,
+}
+
 pub struct HashPool {
-    jobs: SyncSender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl HashPool {
-    /// `threads` workers and at most `queue` jobs waiting for one.
-    pub fn new(threads: usize, queue: usize) -> Result<Self, ServiceError> {
+    /// `threads` workers and at most `queue` jobs waiting for one, of which at most
+    /// `per_client` from one client.
+    pub fn new(threads: usize, queue: usize, per_client: usize) -> Result<Self, ServiceError> {
         assert!(threads > 0, "a hash pool needs at least one thread");
-        let (jobs, receiver) = sync_channel::<Job>(queue);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(State {
+                jobs: FairQueue::new(per_client.max(1), queue.max(1)),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
         for i in 0..threads {
-            let receiver = receiver.clone();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("tern-argon2-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only while taking a job, never while running it.
-                        let job = match receiver.lock() {
-                            Ok(guard) => guard.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return, // the pool was dropped
-                        }
-                    }
-                })
+                .spawn(move || worker(&shared))
                 .map_err(|_| {
                     ServiceError::new(ErrorCode::Internal, "cannot start hashing threads")
                 })?;
         }
-        Ok(HashPool { jobs })
+        Ok(HashPool { shared })
     }
 
-    /// Runs `f` on a pool thread. A full queue is answered at once with `RateLimited`.
+    /// Runs `f` on a pool thread, in `client`'s turn. A full queue (this client's share or
+    /// the whole) is answered at once with `RateLimited`.
     pub async fn run<T: Send + 'static>(
         &self,
+        client: IpAddr,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ServiceError> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = done.send(f());
         });
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+        {
+            let mut state = self
+                .shared
+                .queue
+                .lock()
+                .map_err(|_| ServiceError::poisoned())?;
+            if state.jobs.push(client, job).is_err() {
                 return Err(ServiceError::rate_limited(std::time::Duration::from_secs(
                     1,
                 )));
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(ServiceError::new(
-                    ErrorCode::Internal,
-                    "hashing threads stopped",
-                ));
-            }
         }
+        self.shared.ready.notify_one();
         result
             .await
             .map_err(|_| ServiceError::new(ErrorCode::Internal, "hashing failed"))
+    }
+}
+
+impl Drop for HashPool {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.queue.lock() {
+            state.closed = true;
+        }
+        self.shared.ready.notify_all();
+    }
+}
+
+fn worker(shared: &Shared) {
+    loop {
+        // The lock is held only while taking a job, never while running it.
+        let job = {
+            let Ok(mut state) = shared.queue.lock() else {
+                return;
+            };
+            loop {
+                if let Some(job) = state.jobs.pop() {
+                    break job;
+                }
+                if state.closed {
+                    return;
+                }
+                state = match shared.ready.wait(state) {
+                    Ok(state) => state,
+                    Err(_) => return,
+                };
+            }
+        };
+        job();
     }
 }
 
@@ -84,30 +129,93 @@ impl HashPool {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn runs_jobs_and_refuses_past_its_queue() {
-        let pool = Arc::new(HashPool::new(1, 1).expect("pool"));
-        assert_eq!(pool.run(|| 41 + 1).await.expect("runs"), 42);
-        // Block the only thread, fill the one queue slot, then the next job is refused.
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+    /// Occupies the pool's only thread until the returned sender is used.
+    async fn block(
+        pool: &Arc<HashPool>,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (started_tx, started) = oneshot::channel::<()>();
         let blocking_pool = pool.clone();
         let blocker = tokio::spawn(async move {
-            blocking_pool
-                .run(move || {
+            let _ = blocking_pool
+                .run(B, move || {
                     let _ = started_tx.send(());
                     let _ = wait.recv();
                 })
-                .await
+                .await;
         });
         started.await.expect("the blocking job started");
-        assert!(
-            pool.jobs.try_send(Box::new(|| {})).is_ok(),
-            "one job may wait"
-        );
-        let refused = pool.run(|| ()).await;
+        (release, blocker)
+    }
+
+    #[tokio::test]
+    async fn runs_jobs_and_refuses_past_its_queue() {
+        let pool = Arc::new(HashPool::new(1, 1, 1).expect("pool"));
+        assert_eq!(pool.run(A, || 41 + 1).await.expect("runs"), 42);
+        let (release, blocker) = block(&pool).await;
+        let waiting = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(A, || ()).await })
+        };
+        while pool.shared.queue.lock().expect("lock").jobs.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let refused = pool.run(B, || ()).await;
         assert_eq!(refused.map_err(|e| e.code), Err(ErrorCode::RateLimited));
         release.send(()).expect("release");
-        assert!(blocker.await.expect("join").is_ok());
+        blocker.await.expect("join");
+        assert!(waiting.await.expect("join").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_flooding_client_is_refused_and_others_are_served_first() {
+        let pool = Arc::new(HashPool::new(1, 100, 3).expect("pool"));
+        let (release, blocker) = block(&pool).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut flood = Vec::new();
+        for i in 0..3 {
+            let (pool, order) = (pool.clone(), order.clone());
+            flood.push(tokio::spawn(async move {
+                pool.run(A, move || order.lock().expect("lock").push(("A", i)))
+                    .await
+            }));
+        }
+        while pool.shared.queue.lock().expect("lock").jobs.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        let refused = pool.run(A, || ()).await;
+        assert_eq!(
+            refused.map_err(|e| e.code),
+            Err(ErrorCode::RateLimited),
+            "past its own share the flooding client is refused"
+        );
+        let owner = {
+            let (pool, order) = (pool.clone(), order.clone());
+            tokio::spawn(async move {
+                pool.run(B, move || order.lock().expect("lock").push(("B", 0)))
+                    .await
+            })
+        };
+        while pool.shared.queue.lock().expect("lock").jobs.len() < 4 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("release");
+        blocker.await.expect("join");
+        assert!(
+            owner.await.expect("join").is_ok(),
+            "the other client got in"
+        );
+        for f in flood {
+            assert!(f.await.expect("join").is_ok());
+        }
+        let order = order.lock().expect("lock").clone();
+        assert_eq!(
+            order,
+            vec![("A", 0), ("B", 0), ("A", 1), ("A", 2)],
+            "the other client waited for one flood job, not three"
+        );
     }
 }

@@ -3,9 +3,11 @@
 //! trait. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod accounts;
+pub mod client_addr;
 pub mod conversations;
 pub mod core;
 pub mod driver;
+pub mod fair_queue;
 pub mod hash_pool;
 pub mod limits;
 pub mod metrics;

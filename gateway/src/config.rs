@@ -81,8 +81,6 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub idle_timeout_secs: Option<u64>,
     pub send_queue_frames: Option<usize>,
-    pub login_failures_per_username: Option<u32>,
-    pub login_attempts_per_address: Option<u32>,
     pub shards: Option<usize>,
     pub io: Option<String>,
     pub resume_backlog_messages: Option<u64>,
@@ -102,6 +100,24 @@ pub struct FileConfig {
     pub ops_listen: Option<String>,
     pub ops_max_connections: Option<usize>,
     pub public_authority: Option<String>,
+
+    // ---- accounts: token lifetime, login and registration limits, hash queue (issue 10) ----
+    /// Lifetime of a login token; live sockets are closed when it ends.
+    pub token_ttl_secs: Option<u64>,
+    /// Failed logins per (username, address prefix) per 60 s before that pair gets 429.
+    pub login_failures_per_user_address: Option<u32>,
+    /// Failed logins per username (all addresses) per 60 s past which each pair gets only one.
+    pub login_failures_per_username: Option<u32>,
+    /// Logins and registrations per address prefix (IPv4 /32, IPv6 /64) per 60 s.
+    pub login_attempts_per_address: Option<u32>,
+    /// Registrations per address prefix per registration window.
+    pub registrations_per_address: Option<u32>,
+    /// Registrations from all addresses together per registration window.
+    pub registrations_per_window: Option<u32>,
+    pub registration_window_secs: Option<u64>,
+    /// Password-hash jobs waiting in all, and per address prefix (served round-robin).
+    pub hash_queue: Option<usize>,
+    pub hash_queue_per_client: Option<usize>,
 }
 
 /// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
@@ -193,8 +209,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Frames queued to one connection before it counts as a slow consumer.
     pub send_queue_frames: usize,
-    pub login_failures_per_username: u32,
-    pub login_attempts_per_address: u32,
+    /// Token lifetime, login/registration limits and the password-hash queue.
+    pub accounts: tern_engine::accounts::AccountLimits,
     pub shards: usize,
     pub io: IoChoice,
     /// Presence grace period and typing timeout.
@@ -226,6 +242,7 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let accounts = account_limits(&file)?;
         let data_dir = args
             .data_dir
             .or(file.data_dir.clone())
@@ -301,8 +318,7 @@ impl Config {
             log_format,
             idle_timeout,
             send_queue_frames,
-            login_failures_per_username: file.login_failures_per_username.unwrap_or(5).max(1),
-            login_attempts_per_address: file.login_attempts_per_address.unwrap_or(30).max(1),
+            accounts,
             shards,
             io,
             presence: crate::presence::PresenceConfig {
@@ -412,6 +428,81 @@ fn resolve_edge(
     })
 }
 
+/// Bounds of the account settings: a misconfiguration may loosen a limit, never remove it.
+const MAX_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
+const MAX_REGISTRATION_WINDOW_SECS: u64 = 24 * 3600;
+const MAX_HASH_QUEUE: usize = 65_536;
+
+fn account_limits(file: &FileConfig) -> Result<tern_engine::accounts::AccountLimits, ConfigError> {
+    use tern_engine::accounts::AccountLimits;
+    let d = AccountLimits::default();
+    let positive = |name: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    };
+    let token_ttl_secs = file.token_ttl_secs.unwrap_or(d.token_ttl.as_secs());
+    if !(1..=MAX_TOKEN_TTL_SECS).contains(&token_ttl_secs) {
+        return Err(ConfigError::Invalid(format!(
+            "token_ttl_secs must be between 1 and {MAX_TOKEN_TTL_SECS}"
+        )));
+    }
+    let registration_window_secs = file
+        .registration_window_secs
+        .unwrap_or(d.registration_window.as_secs());
+    if !(1..=MAX_REGISTRATION_WINDOW_SECS).contains(&registration_window_secs) {
+        return Err(ConfigError::Invalid(format!(
+            "registration_window_secs must be between 1 and {MAX_REGISTRATION_WINDOW_SECS}"
+        )));
+    }
+    let hash_queue = file.hash_queue.unwrap_or(d.hash_queue);
+    if !(1..=MAX_HASH_QUEUE).contains(&hash_queue) {
+        return Err(ConfigError::Invalid(format!(
+            "hash_queue must be between 1 and {MAX_HASH_QUEUE}"
+        )));
+    }
+    let hash_queue_per_client = file
+        .hash_queue_per_client
+        .unwrap_or(d.hash_queue_per_client);
+    if !(1..=hash_queue).contains(&hash_queue_per_client) {
+        return Err(ConfigError::Invalid(
+            "hash_queue_per_client must be between 1 and hash_queue".into(),
+        ));
+    }
+    Ok(AccountLimits {
+        token_ttl: Duration::from_secs(token_ttl_secs),
+        failures_per_user_address: positive(
+            "login_failures_per_user_address",
+            file.login_failures_per_user_address,
+            d.failures_per_user_address,
+        )?,
+        failures_per_username: positive(
+            "login_failures_per_username",
+            file.login_failures_per_username,
+            d.failures_per_username,
+        )?,
+        attempts_per_address: positive(
+            "login_attempts_per_address",
+            file.login_attempts_per_address,
+            d.attempts_per_address,
+        )?,
+        registrations_per_address: positive(
+            "registrations_per_address",
+            file.registrations_per_address,
+            d.registrations_per_address,
+        )?,
+        registrations_per_window: positive(
+            "registrations_per_window",
+            file.registrations_per_window,
+            d.registrations_per_window,
+        )?,
+        registration_window: Duration::from_secs(registration_window_secs),
+        hash_queue,
+        hash_queue_per_client,
+        ..d
+    })
+}
+
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e))
@@ -427,6 +518,31 @@ mod tests {
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 4433)));
         assert_eq!(config.max_frame_bytes, 65536);
         assert!(matches!(config.certs, CertSource::SelfSigned { .. }));
+        assert_eq!(config.accounts.failures_per_user_address, 5);
+        assert_eq!(config.accounts.registrations_per_address, 30);
+    }
+
+    #[test]
+    fn account_limits_are_read_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        let config = resolve(
+            "token_ttl_secs = 3\nregistrations_per_address = 7\nhash_queue_per_client = 2\n",
+        )
+        .expect("resolve");
+        assert_eq!(config.accounts.token_ttl, Duration::from_secs(3));
+        assert_eq!(config.accounts.registrations_per_address, 7);
+        assert_eq!(config.accounts.hash_queue_per_client, 2);
+        assert!(resolve("token_ttl_secs = 0\n").is_err());
+        assert!(resolve("login_failures_per_user_address = 0\n").is_err());
+        assert!(resolve("hash_queue = 4\nhash_queue_per_client = 5\n").is_err());
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
-    paths(register, login, logout, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave),
+    paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave),
     components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
     modifiers(&BearerAuth)
 )]
@@ -80,6 +80,7 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
         .route("/register", post(register))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/logout/all", post(logout_all))
         .route("/me", get(me))
         .route("/users/{username}", get(user_by_name))
         .route("/conversations", get(list_conversations))
@@ -300,6 +301,30 @@ async fn logout(State(api): State<Arc<ApiState>>, caller: Caller) -> Result<Stat
         .is_err()
     {
         tracing::warn!("engine stopped: live connections of a revoked token not closed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Log out everywhere: revokes every token of the caller's user (this one included) and closes
+/// all their live WebSocket and WebTransport connections with `token_revoked`.
+#[utoipa::path(post, path = "/api/v1/logout/all", security(("bearer" = [])),
+    responses((status = 204, description = "every token of the user revoked and all their live connections closed"),
+              (status = 401, body = ApiError)))]
+async fn logout_all(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<StatusCode, HttpError> {
+    let revoked = api.accounts.logout_all(caller.user).await?;
+    tracing::info!(user = %caller.user, tokens = revoked, "logged out everywhere");
+    if api
+        .engine
+        .input(Input::UserRevoked { user: caller.user })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "engine stopped: live connections of a user logged out everywhere not closed"
+        );
     }
     Ok(StatusCode::NO_CONTENT)
 }

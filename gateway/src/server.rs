@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
-use tern_engine::accounts::{AccountLimits, Accounts};
+use tern_engine::accounts::Accounts;
 use tern_engine::conversations::{ConversationLimits, Conversations};
 use tern_engine::driver::{EngineConfig, spawn_engine_shards};
 use tern_engine::metrics::EngineMetrics;
@@ -126,12 +126,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         engine_metrics.clone(),
         &handles,
     )?;
-    let account_limits = AccountLimits {
-        failures_per_username: config.login_failures_per_username,
-        attempts_per_address: config.login_attempts_per_address,
-        ..AccountLimits::default()
-    };
-    let accounts = Arc::new(Accounts::new(store.clone(), account_limits)?);
+    let accounts = Arc::new(Accounts::new(store.clone(), config.accounts.clone())?);
     let conversations = Arc::new(Conversations::new(
         store.clone(),
         engine.clone(),

@@ -41,7 +41,12 @@ over_both_transports!(
 
 /// A server that lets one address register many users (the tests all come from 127.0.0.1).
 async fn server() -> TestServer {
-    TestServer::start_with(&["login_attempts_per_address = 1000000"]).await
+    TestServer::start_with(&[
+        "login_attempts_per_address = 1000000",
+        "registrations_per_address = 1000000",
+        "registrations_per_window = 1000000",
+    ])
+    .await
 }
 
 /// The next non-message event that matches, skipping deliveries and other events.

@@ -52,7 +52,9 @@ async fn start_server() -> Server {
     // Every simulated user registers from 127.0.0.1.
     std::fs::write(
         &config,
-        "login_attempts_per_address = 1000000\nmax_connections_per_address = 1000000\n",
+        "login_attempts_per_address = 1000000\nmax_connections_per_address = 1000000\n\
+         registrations_per_address = 1000000\nregistrations_per_window = 1000000\n\
+         hash_queue_per_client = 256\n",
     )
     .expect("config");
     let log = std::fs::File::create(dir.path().join("server.log")).expect("log");

@@ -170,6 +170,22 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             if st.cursor_owner != Some(resp.user_id) {
                 st.cursors.clear();
                 st.cursor_owner = Some(resp.user_id);
+                // The server binds a device id to the user who first used it: another user
+                // logging in here gets a device of their own.
+                st.device_id = None;
+            }
+            // The device is bound to the session that last used it while that token is valid:
+            // end the previous session here (best effort) so the new token can take it over.
+            if let Some(old) = st.session.take()
+                && old.server == config.authority()
+                && let Ok(api) = HttpApi::new(&config)
+            {
+                let mut api = api.with_token(&old.token);
+                if let Err(e) = api.logout().await
+                    && !e.is_auth()
+                {
+                    eprintln!("note: could not end the previous session on the server: {e}");
+                }
             }
             st.device();
             st.session = Some(Session {

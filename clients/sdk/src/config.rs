@@ -59,7 +59,8 @@ pub struct Config {
     /// Local address the real-time connection originates from (WebSocket: the TCP socket is
     /// bound to it before connecting; WebTransport: the QUIC endpoint's UDP socket). `None` lets
     /// the OS choose. A load generator spreads connections over 127.0.0.0/8 with it, because one
-    /// source address has only ~28k ephemeral ports. The HTTPS API does not use it.
+    /// source address has only ~28k ephemeral ports. [`crate::HttpApi`] binds its TCP
+    /// connections to it too (the server's login and registration limits are per address).
     pub bind_address: Option<IpAddr>,
     /// The reconnect schedule of [`crate::Client::run_until_connected`].
     pub reconnect: BackoffPolicy,

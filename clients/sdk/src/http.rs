@@ -46,6 +46,8 @@ impl HttpApi {
             // The server is addressed directly; an environment proxy would only get in the way
             // (and would see the bearer token's destination).
             .no_proxy()
+            // The same source address as the sockets, when one is configured.
+            .local_address(config.bind_address)
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(config.client_name.clone())
@@ -99,6 +101,15 @@ impl HttpApi {
     /// `POST /logout` → 204; revokes the token (live connections using it are closed too).
     pub async fn logout(&mut self) -> Result<()> {
         self.call_empty(Method::POST, self.url(&["logout"])?)
+            .await?;
+        self.token = None;
+        Ok(())
+    }
+
+    /// `POST /logout/all`: log out everywhere. Revokes every token of this user (this one
+    /// included) and closes all their live connections; other devices must log in again.
+    pub async fn logout_all(&mut self) -> Result<()> {
+        self.call_empty(Method::POST, self.url(&["logout", "all"])?)
             .await?;
         self.token = None;
         Ok(())

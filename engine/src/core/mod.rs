@@ -108,6 +108,10 @@ pub enum Input {
     TokenRevoked {
         token_hash: [u8; 32],
     },
+    /// Every token of the user was revoked ("log out everywhere"): close all their connections.
+    UserRevoked {
+        user: UserId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -324,6 +328,16 @@ impl EngineCore {
                         conn,
                         code: ErrorCode::TokenRevoked,
                         reason: "session ended".into(),
+                    });
+                }
+            }
+            Input::UserRevoked { user } => {
+                for conn in self.conns_of(user) {
+                    self.remove_conn(conn);
+                    out.push(Action::Close {
+                        conn,
+                        code: ErrorCode::TokenRevoked,
+                        reason: "logged out everywhere".into(),
                     });
                 }
             }

@@ -352,6 +352,29 @@ fn revoking_a_token_closes_only_its_connections() {
 }
 
 #[test]
+fn revoking_a_user_closes_every_connection_of_that_user_only() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, BOB);
+    connect(&mut core, 3, ALICE);
+    let mut closed: Vec<ConnId> = core
+        .handle(Input::UserRevoked { user: ALICE }, 1)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Close { conn, code, .. } => {
+                assert_eq!(code, ErrorCode::TokenRevoked);
+                Some(conn)
+            }
+            _ => None,
+        })
+        .collect();
+    closed.sort_unstable();
+    assert_eq!(closed, vec![1, 3]);
+    assert!(!core.is_connected(1) && !core.is_connected(3));
+    assert!(core.is_connected(2));
+}
+
+#[test]
 fn removed_members_stop_receiving_at_once() {
     let mut core = core();
     connect(&mut core, 1, ALICE);

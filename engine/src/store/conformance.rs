@@ -35,8 +35,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, InvitationRecord,
-    MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom, HistoryQuery,
+    InvitationRecord, MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// Runs every check, each on a store freshly made by `make`.
@@ -49,6 +49,9 @@ where
     check_duplicate_usernames(make().await).await;
     check_concurrent_usernames(make().await).await;
     check_tokens(make().await).await;
+    check_tokens_of_user(make().await).await;
+    check_devices(make().await).await;
+    check_device_bind_race(make().await).await;
     check_conversations(make().await).await;
     check_direct_pairs(make().await).await;
     check_direct_pair_race(make().await).await;
@@ -370,6 +373,160 @@ pub async fn check_tokens<S: Store>(store: S) {
         ok(store.token(&t2.token_hash).await, "token"),
         Some(t2),
         "store conformance: deleting one token must leave the user's other tokens alone"
+    );
+}
+
+/// "Log out everywhere": every token of one user goes, other users' tokens stay, and a token
+/// deleted alone is not reported again.
+pub async fn check_tokens_of_user<S: Store>(store: S) {
+    let owner = UserId::random();
+    let other = UserId::random();
+    let mine: Vec<TokenRecord> = (0..5u8).map(|i| token(owner, i * 50)).collect();
+    let theirs = token(other, 0x80);
+    for t in &mine {
+        ok(store.put_token(t.clone()).await, "put_token");
+    }
+    ok(store.put_token(theirs.clone()).await, "put_token");
+    assert!(ok(
+        store.delete_token(&mine[0].token_hash).await,
+        "delete_token"
+    ));
+    let mut deleted = ok(store.delete_tokens_of(owner).await, "delete_tokens_of");
+    deleted.sort();
+    let mut expected: Vec<[u8; 32]> = mine[1..].iter().map(|t| t.token_hash).collect();
+    expected.sort();
+    assert_eq!(
+        deleted, expected,
+        "store conformance: delete_tokens_of must return exactly the user's remaining tokens"
+    );
+    for t in &mine {
+        assert_eq!(
+            ok(store.token(&t.token_hash).await, "token"),
+            None,
+            "store conformance: delete_tokens_of must delete every token of the user"
+        );
+    }
+    assert_eq!(
+        ok(store.token(&theirs.token_hash).await, "token"),
+        Some(theirs.clone()),
+        "store conformance: delete_tokens_of must leave other users' tokens alone"
+    );
+    assert!(
+        ok(store.delete_tokens_of(owner).await, "delete_tokens_of").is_empty(),
+        "store conformance: a second delete_tokens_of finds nothing"
+    );
+    // A token put after the sweep is a new session and counts.
+    let later = token(owner, 0x11);
+    ok(store.put_token(later.clone()).await, "put_token");
+    assert_eq!(
+        ok(store.delete_tokens_of(owner).await, "delete_tokens_of"),
+        vec![later.token_hash],
+        "store conformance: tokens put after a sweep are found by the next one"
+    );
+    assert!(
+        ok(
+            store.delete_tokens_of(UserId::random()).await,
+            "delete_tokens_of"
+        )
+        .is_empty(),
+        "store conformance: a user without tokens has nothing to delete"
+    );
+}
+
+fn device_record(device: DeviceId, user: UserId, token_hash: [u8; 32]) -> DeviceRecord {
+    DeviceRecord {
+        device,
+        user,
+        token_hash,
+        bound_ms: 1_700_000_000_000,
+    }
+}
+
+/// Device bindings are a compare-and-set on the bound token hash.
+pub async fn check_devices<S: Store>(store: S) {
+    let device = DeviceId::random();
+    let user = UserId::random();
+    assert_eq!(
+        ok(store.device(device).await, "device"),
+        None,
+        "store conformance: an unknown device has no record"
+    );
+    let first = device_record(device, user, [1; 32]);
+    assert!(
+        !ok(store.bind_device(first, Some([9; 32])).await, "bind_device"),
+        "store conformance: bind_device expecting a binding must fail on an unbound device"
+    );
+    assert!(
+        ok(store.bind_device(first, None).await, "bind_device"),
+        "store conformance: bind_device of an unbound device expecting none must succeed"
+    );
+    assert_eq!(
+        ok(store.device(device).await, "device"),
+        Some(first),
+        "store conformance: device() must return the record exactly as bound"
+    );
+    assert!(
+        !ok(
+            store
+                .bind_device(device_record(device, UserId::random(), [2; 32]), None)
+                .await,
+            "bind_device"
+        ),
+        "store conformance: bind_device expecting no record must fail once one exists"
+    );
+    let second = device_record(device, user, [2; 32]);
+    assert!(
+        !ok(
+            store.bind_device(second, Some([3; 32])).await,
+            "bind_device"
+        ),
+        "store conformance: bind_device with the wrong expected token must fail"
+    );
+    assert_eq!(ok(store.device(device).await, "device"), Some(first));
+    assert!(
+        ok(
+            store.bind_device(second, Some([1; 32])).await,
+            "bind_device"
+        ),
+        "store conformance: bind_device with the current token as expected must succeed"
+    );
+    assert_eq!(ok(store.device(device).await, "device"), Some(second));
+    let neighbour = DeviceId(device.0 ^ 1);
+    assert_eq!(
+        ok(store.device(neighbour).await, "device"),
+        None,
+        "store conformance: binding one device must not bind its neighbour"
+    );
+}
+
+/// Of concurrent first bindings of one device, exactly one wins.
+pub async fn check_device_bind_race<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let device = DeviceId::random();
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let record = device_record(device, UserId::random(), [i; 32]);
+            (record, store.bind_device(record, None).await)
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (record, won) = task.await.expect("bind task");
+        if ok(won, "bind_device") {
+            winners.push(record);
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "store conformance: exactly one concurrent first binding must win"
+    );
+    assert_eq!(
+        ok(store.device(device).await, "device"),
+        Some(winners[0]),
+        "store conformance: the stored binding is the winner's"
     );
 }
 

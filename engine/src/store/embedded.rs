@@ -12,6 +12,8 @@
 //! | `users`              | user id (16)                                         | user record         |
 //! | `usernames`          | lowercased username (UTF-8)                          | user id (16)        |
 //! | `tokens`             | SHA-256 of the token (32)                            | token record        |
+//! | `user_tokens`        | user id (16), SHA-256 of the token (32)              | empty               |
+//! | `devices`            | device id (16)                                       | device record       |
 //! | `conversations`      | conversation id (16)                                 | conversation record |
 //! | `members`            | conversation id (16), user id (16)                   | member record       |
 //! | `user_conversations` | user id (16), conversation id (16)                   | empty               |
@@ -24,6 +26,9 @@
 //! | `client_ids`         | conversation id (16), sender (16), client msg id (16)| seq (8)             |
 //! | `cursors`            | device id (16), conversation id (16)                 | seq (8)             |
 //! | `meta`               | `layout`                                             | layout version (1)  |
+//!
+//! Layout 2 added `user_tokens` (log out everywhere) and `devices` (device binding); opening a
+//! layout-1 directory builds `user_tokens` from `tokens` once, then records layout 2.
 //!
 //! Records are a private, versioned encoding: one format-version byte, then postcard of a private
 //! serde struct that mirrors the public record (the public types carry no serde, so the disk
@@ -60,8 +65,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, HistoryFrom, HistoryQuery, InvitationRecord, MemberRecord,
-    Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, DeviceRecord, HistoryFrom, HistoryQuery, InvitationRecord,
+    MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// The most messages one [`Store::history`] call returns, whatever `limit` asks for: a page is
@@ -78,7 +83,9 @@ const RECORD_V1: u8 = 1;
 
 /// Version of the keyspace layout as a whole, stored under `meta/layout`. Opening a directory
 /// written with a layout this build does not know fails instead of misreading it.
-const LAYOUT_VERSION: u8 = 1;
+const LAYOUT_VERSION: u8 = 2;
+/// The layout before `user_tokens` and `devices`; upgraded in place on open.
+const LAYOUT_VERSION_1: u8 = 1;
 const LAYOUT_KEY: &[u8] = b"layout";
 
 /// Tuning knobs of [`EmbeddedStore::open_with`]. `None` keeps fjall's default.
@@ -112,6 +119,8 @@ struct Inner {
     users: Keyspace,
     usernames: Keyspace,
     tokens: Keyspace,
+    user_tokens: Keyspace,
+    devices: Keyspace,
     conversations: Keyspace,
     members: Keyspace,
     user_conversations: Keyspace,
@@ -161,6 +170,8 @@ impl EmbeddedStore {
             users: keyspace("users")?,
             usernames: keyspace("usernames")?,
             tokens: keyspace("tokens")?,
+            user_tokens: keyspace("user_tokens")?,
+            devices: keyspace("devices")?,
             conversations: keyspace("conversations")?,
             members: keyspace("members")?,
             user_conversations: keyspace("user_conversations")?,
@@ -178,6 +189,12 @@ impl EmbeddedStore {
         };
         match meta.get(LAYOUT_KEY).map_err(backend)? {
             Some(v) if v.as_ref() == [LAYOUT_VERSION] => {}
+            Some(v) if v.as_ref() == [LAYOUT_VERSION_1] => {
+                inner.index_tokens_by_user()?;
+                let mut batch = inner.batch();
+                batch.insert(&meta, LAYOUT_KEY, [LAYOUT_VERSION]);
+                batch.commit().map_err(backend)?;
+            }
             Some(v) => {
                 return Err(StoreError::Corrupt(format!(
                     "data directory has layout version {:?}, this build reads {LAYOUT_VERSION}",
@@ -347,6 +364,13 @@ struct TokenV1 {
 }
 
 #[derive(Serialize, Deserialize)]
+struct DeviceV1 {
+    user: u128,
+    token_hash: [u8; 32],
+    bound_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
 struct ConversationV1<'a> {
     kind: u8,
     #[serde(borrow)]
@@ -485,6 +509,35 @@ fn decode_token(token_hash: [u8; 32], bytes: &[u8]) -> StoreResult<TokenRecord> 
         created_ms: r.created_ms,
         expires_ms: r.expires_ms,
     })
+}
+
+fn encode_device(d: &DeviceRecord) -> StoreResult<Vec<u8>> {
+    encode(
+        &DeviceV1 {
+            user: d.user.as_u128(),
+            token_hash: d.token_hash,
+            bound_ms: d.bound_ms,
+        },
+        "device record",
+    )
+}
+
+fn decode_device(device: DeviceId, bytes: &[u8]) -> StoreResult<DeviceRecord> {
+    let r: DeviceV1 = decode(bytes, "device record")?;
+    Ok(DeviceRecord {
+        device,
+        user: UserId(r.user),
+        token_hash: r.token_hash,
+        bound_ms: r.bound_ms,
+    })
+}
+
+/// `user_tokens` key: user id, then the token hash.
+fn user_token_key(user: UserId, token_hash: [u8; 32]) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(&user.to_be_bytes());
+    k[16..].copy_from_slice(&token_hash);
+    k
 }
 
 fn encode_conversation(c: &ConversationRecord) -> StoreResult<Vec<u8>> {
@@ -662,9 +715,92 @@ impl Inner {
 
     fn put_token(&self, token: &TokenRecord) -> StoreResult<()> {
         let value = encode_token(token)?;
+        // Under the lock so that `delete_tokens_of` never sees the index without the token.
+        let _guard = lock(&self.meta_lock);
         let mut batch = self.batch();
         batch.insert(&self.tokens, token.token_hash, value);
+        batch.insert(
+            &self.user_tokens,
+            user_token_key(token.user, token.token_hash),
+            [],
+        );
         batch.commit().map_err(backend)
+    }
+
+    /// Layout 1 → 2: every stored token gets its `user_tokens` entry (one batch).
+    fn index_tokens_by_user(&self) -> StoreResult<()> {
+        let _guard = lock(&self.meta_lock);
+        let mut batch = self.batch();
+        for kv in self.tokens.iter() {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            let token_hash = <[u8; 32]>::try_from(k.as_ref()).map_err(|_| {
+                StoreError::Corrupt(format!("token key: expected 32 bytes, got {}", k.len()))
+            })?;
+            let record = decode_token(token_hash, &v)?;
+            batch.insert(
+                &self.user_tokens,
+                user_token_key(record.user, token_hash),
+                [],
+            );
+        }
+        batch.commit().map_err(backend)
+    }
+
+    fn delete_tokens_of(&self, user: UserId) -> StoreResult<Vec<[u8; 32]>> {
+        let _guard = lock(&self.meta_lock);
+        let mut hashes = Vec::new();
+        for kv in self.user_tokens.prefix(user.to_be_bytes()) {
+            let k = kv.key().map_err(backend)?;
+            let hash = k
+                .get(16..)
+                .and_then(|tail| <[u8; 32]>::try_from(tail).ok())
+                .filter(|_| k.len() == 48)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "user_tokens key: expected 48 bytes, got {}",
+                        k.len()
+                    ))
+                })?;
+            hashes.push(hash);
+        }
+        if hashes.is_empty() {
+            return Ok(hashes);
+        }
+        let mut batch = self.batch();
+        for hash in &hashes {
+            batch.remove(&self.tokens, *hash);
+            batch.remove(&self.user_tokens, user_token_key(user, *hash));
+        }
+        batch.commit().map_err(backend)?;
+        Ok(hashes)
+    }
+
+    fn device(&self, device: DeviceId) -> StoreResult<Option<DeviceRecord>> {
+        match self
+            .read()
+            .get(&self.devices, device.to_be_bytes())
+            .map_err(backend)?
+        {
+            Some(v) => decode_device(device, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn bind_device(&self, record: &DeviceRecord, expected: Option<[u8; 32]>) -> StoreResult<bool> {
+        let key = record.device.to_be_bytes();
+        let value = encode_device(record)?;
+        let _guard = lock(&self.meta_lock);
+        let current = match self.devices.get(key).map_err(backend)? {
+            Some(v) => Some(decode_device(record.device, &v)?.token_hash),
+            None => None,
+        };
+        if current != expected {
+            return Ok(false);
+        }
+        let mut batch = self.batch();
+        batch.insert(&self.devices, key, value);
+        batch.commit().map_err(backend)?;
+        Ok(true)
     }
 
     fn token(&self, token_hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
@@ -677,11 +813,13 @@ impl Inner {
     fn delete_token(&self, token_hash: [u8; 32]) -> StoreResult<bool> {
         // Under the lock so that of two concurrent deletes exactly one reports `true`.
         let _guard = lock(&self.meta_lock);
-        if !self.tokens.contains_key(token_hash).map_err(backend)? {
+        let Some(value) = self.tokens.get(token_hash).map_err(backend)? else {
             return Ok(false);
-        }
+        };
+        let record = decode_token(token_hash, &value)?;
         let mut batch = self.batch();
         batch.remove(&self.tokens, token_hash);
+        batch.remove(&self.user_tokens, user_token_key(record.user, token_hash));
         batch.commit().map_err(backend)?;
         Ok(true)
     }
@@ -1180,6 +1318,22 @@ impl Store for EmbeddedStore {
         self.run(move |s| s.delete_token(token_hash)).await
     }
 
+    async fn delete_tokens_of(&self, user: UserId) -> StoreResult<Vec<[u8; 32]>> {
+        self.run(move |s| s.delete_tokens_of(user)).await
+    }
+
+    async fn device(&self, device: DeviceId) -> StoreResult<Option<DeviceRecord>> {
+        self.run(move |s| s.device(device)).await
+    }
+
+    async fn bind_device(
+        &self,
+        record: DeviceRecord,
+        expected: Option<[u8; 32]>,
+    ) -> StoreResult<bool> {
+        self.run(move |s| s.bind_device(&record, expected)).await
+    }
+
     async fn create_conversation(
         &self,
         conversation: ConversationRecord,
@@ -1515,5 +1669,40 @@ mod tests {
                 .expect("insert");
         }
         assert_corrupt(EmbeddedStore::open(dir.path()), "layout version");
+    }
+
+    #[tokio::test]
+    async fn a_layout_1_directory_gets_its_token_index_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let user = UserId::random();
+        let token = TokenRecord {
+            token_hash: [3; 32],
+            user,
+            created_ms: 1,
+            expires_ms: u64::MAX,
+        };
+        {
+            // What a layout-1 store holds: the token, no `user_tokens` entry, layout 1.
+            let store = EmbeddedStore::open(dir.path()).expect("open");
+            store.put_token(token.clone()).await.expect("put");
+            store
+                .inner
+                .user_tokens
+                .remove(user_token_key(user, token.token_hash))
+                .expect("remove index");
+            let meta = store
+                .inner
+                .db
+                .keyspace("meta", KeyspaceCreateOptions::default)
+                .expect("meta");
+            meta.insert(LAYOUT_KEY, [LAYOUT_VERSION_1]).expect("insert");
+        }
+        let store = EmbeddedStore::open(dir.path()).expect("a layout-1 directory opens");
+        assert_eq!(
+            store.delete_tokens_of(user).await.expect("delete"),
+            vec![token.token_hash],
+            "tokens written before the index existed are found"
+        );
+        assert_eq!(store.token(&token.token_hash).await.expect("token"), None);
     }
 }

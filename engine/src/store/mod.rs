@@ -49,6 +49,18 @@ pub struct TokenRecord {
     pub expires_ms: u64,
 }
 
+/// Who a device id belongs to: the user, and the token that registered (last bound) it.
+/// A device id travels in every `Deliver` (`sender_device`), so it is no secret: this record is
+/// what stops another user from connecting as that device and moving its cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device: DeviceId,
+    pub user: UserId,
+    /// SHA-256 of the token the device is bound to.
+    pub token_hash: [u8; 32],
+    pub bound_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationRecord {
     pub id: ConversationId,
@@ -149,6 +161,20 @@ pub trait Store: Send + Sync + 'static {
     async fn token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<TokenRecord>>;
     /// Returns whether a token was deleted.
     async fn delete_token(&self, token_hash: &[u8; 32]) -> StoreResult<bool>;
+    /// Deletes every token of `user` ("log out everywhere") and returns their hashes. Tokens
+    /// put after the call started may survive; every token put before it returned is gone.
+    async fn delete_tokens_of(&self, user: UserId) -> StoreResult<Vec<[u8; 32]>>;
+
+    // ---- devices ----
+    async fn device(&self, device: DeviceId) -> StoreResult<Option<DeviceRecord>>;
+    /// Compare-and-set: stores `record` only when the device's current binding has the token
+    /// hash `expected` (`None`: the device has no record yet). Returns whether it was written;
+    /// of concurrent calls with the same expectation at most one gets `true`.
+    async fn bind_device(
+        &self,
+        record: DeviceRecord,
+        expected: Option<[u8; 32]>,
+    ) -> StoreResult<bool>;
 
     // ---- conversations ----
     /// Creates the conversation and all its memberships atomically.

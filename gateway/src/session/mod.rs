@@ -16,6 +16,7 @@ use tern_engine::driver::{CloseSignal, ConnSink, EngineHandle, Outbound, Trackin
 use tern_engine::metrics::EngineMetrics;
 use tern_engine::reactions::Reactions;
 use tern_engine::service::ServiceError;
+use tern_engine::store::TokenRecord;
 use tern_engine::store::{HistoryQuery, Store};
 use tern_wire::Limits;
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
@@ -128,6 +129,8 @@ struct Session<'a, R, W> {
     tx: W,
     user: UserId,
     device: DeviceId,
+    /// When the token this session authenticated with expires: the session ends then.
+    token_expires_ms: u64,
     /// Highest seq sent to this device per conversation: drops live copies of replayed messages.
     delivered: HashMap<ConversationId, u64>,
     frames: mpsc::Receiver<Outbound>,
@@ -158,8 +161,8 @@ pub async fn run<R: FrameRecv, W: FrameSend>(
     };
     match authenticate(&ctx, transport, hello).await {
         Err(end) => refuse(&mut tx, &metrics, transport, end).await,
-        Ok((user, device, token_hash, cursors)) => {
-            run_authenticated(&ctx, transport, rx, tx, user, device, token_hash, cursors).await;
+        Ok((token, device, cursors)) => {
+            run_authenticated(&ctx, transport, rx, tx, token, device, cursors).await;
         }
     }
 }
@@ -233,7 +236,7 @@ fn decode_received(
     tern_wire::decode_client(&bytes, &ctx.limits).map_err(|e| End::fatal(e.code(), e.to_string()))
 }
 
-type Authenticated = (UserId, DeviceId, [u8; 32], Vec<Cursor>);
+type Authenticated = (TokenRecord, DeviceId, Vec<Cursor>);
 
 async fn authenticate(
     ctx: &SessionContext,
@@ -273,7 +276,13 @@ async fn authenticate(
         .await
         .map_err(|e| End::fatal(e.code, e.message))?;
     debug_assert_eq!(record.token_hash, hash_token(&token));
-    Ok((record.user, device, record.token_hash, cursors))
+    // The device must be this user's (and this session's): refused before anything of the
+    // device's state (cursors, live registration) is touched.
+    ctx.accounts
+        .bind_device(device, &record)
+        .await
+        .map_err(|e| End::fatal(e.code, e.message))?;
+    Ok((record, device, cursors))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,13 +291,17 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
     transport: Transport,
     rx: R,
     tx: W,
-    user: UserId,
+    token: TokenRecord,
     device: DeviceId,
-    token_hash: [u8; 32],
     cursors: Vec<Cursor>,
 ) {
+    let user = token.user;
     let (sink, frames_rx, close_rx) = ConnSink::new(ctx.send_queue_frames);
-    let Ok(conn) = ctx.engine.connect(user, device, token_hash, sink).await else {
+    let Ok(conn) = ctx
+        .engine
+        .connect(user, device, token.token_hash, sink)
+        .await
+    else {
         let mut tx = tx;
         refuse(
             &mut tx,
@@ -299,6 +312,26 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
         .await;
         return;
     };
+    // A logout (or log out everywhere) between authentication and registration found no
+    // connection to close; checking the token again now that we are registered closes that
+    // gap: any revocation from here on finds this connection.
+    match ctx
+        .accounts
+        .token_is_live(&token.token_hash, now_ms())
+        .await
+    {
+        Ok(true) => {}
+        live => {
+            ctx.engine.disconnect(conn).await;
+            let end = match live {
+                Ok(_) => End::fatal(ErrorCode::TokenRevoked, "session ended"),
+                Err(e) => End::fatal(e.code, e.message),
+            };
+            let mut tx = tx;
+            refuse(&mut tx, &ctx.metrics, transport, end).await;
+            return;
+        }
+    }
     let presence_events = ctx.presence.connect(user, conn).await;
     let mut session = Session {
         ctx,
@@ -307,6 +340,7 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
         tx,
         user,
         device,
+        token_expires_ms: token.expires_ms,
         delivered: HashMap::new(),
         frames: frames_rx,
         presence_events,
@@ -388,8 +422,17 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             return end;
         }
         let mut shutdown = self.ctx.shutdown.clone();
+        // A socket must not outlive its credential: at the token's expiry the session ends
+        // with an error that says so (the client logs in again and reconnects).
+        let expiry = tokio::time::sleep(Duration::from_millis(
+            self.token_expires_ms.saturating_sub(now_ms()),
+        ));
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
+                () = &mut expiry => {
+                    return End::fatal(ErrorCode::Unauthenticated, "token expired; log in again");
+                }
                 () = stopping(&mut shutdown) => {
                     let notice = ServerMessage::Notice { notice: Notice::GoingAway { retry_after_ms: GOING_AWAY_RETRY_MS } };
                     if let Err(end) = self.reply(&notice).await {

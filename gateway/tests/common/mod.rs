@@ -140,7 +140,11 @@ async fn spawn(
         .append(true)
         .open(data_dir.parent().expect("parent").join("server.log"))
         .expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tern"));
+    // TERN_TEST_BIN runs the same tests against another build (e.g. the previous release, to
+    // show a new test fails there).
+    let binary = std::env::var_os("TERN_TEST_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tern")), PathBuf::from);
+    let mut command = Command::new(binary);
     command
         .args(["serve", "--data-dir"])
         .arg(data_dir)

@@ -675,7 +675,7 @@ where
                 let wait = f.retry_after.unwrap_or(Duration::from_secs(1));
                 tracing::warn!(
                     wait_s = wait.as_secs(),
-                    "rate limited during setup; waiting (raise login_attempts_per_address)"
+                    "rate limited during setup; waiting (raise login_attempts_per_address, registrations_per_address, registrations_per_window)"
                 );
                 tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
             }
