@@ -491,6 +491,10 @@ pub struct BystanderArgs {
     /// Prefix of the accounts this run registers (a random suffix keeps runs apart).
     #[arg(long, default_value = "abuse")]
     pub user_prefix: String,
+    /// The tern-loadgen binary that runs the attacker (default: this executable; tests give
+    /// the real binary since theirs is the test harness).
+    #[arg(long, hide = true)]
+    pub attacker_exe: Option<PathBuf>,
 }
 
 /// The environment variable that carries the flooder's bearer token to `attack flood`.

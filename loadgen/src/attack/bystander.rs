@@ -588,7 +588,11 @@ fn start_attacker(
     std::fs::create_dir_all(&dir).map_err(|e| AttackError::Setup(format!("temp dir: {e}")))?;
     let dir = TempDir(dir);
     let report = dir.0.join("flood.json");
-    let exe = std::env::current_exe().map_err(|e| AttackError::Setup(format!("own path: {e}")))?;
+    let exe = match &a.attacker_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| AttackError::Setup(format!("own path: {e}")))?,
+    };
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["attack", "flood", "--server", &a.common.server]);
     for h in &a.common.cert_hash {

@@ -29,8 +29,10 @@ pub struct LoginFloodStats {
     pub tried: u64,
     /// Answers by HTTP status.
     pub by_status: BTreeMap<String, u64>,
-    /// Failures without an answer, by message.
+    /// Requests that got no answer (write failed, closed, timed out), by message.
     pub errors: BTreeMap<String, u64>,
+    /// Connections that could not be opened, by message (retried after 100 ms).
+    pub connect_errors: BTreeMap<String, u64>,
     pub reconnects: u64,
 }
 
@@ -143,7 +145,7 @@ async fn login_flood(
                     {
                         Ok(s) => s,
                         Err(e) => {
-                            *lock(&st).errors.entry(e).or_default() += 1;
+                            *lock(&st).connect_errors.entry(e).or_default() += 1;
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }

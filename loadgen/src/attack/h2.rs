@@ -349,7 +349,18 @@ async fn one_connection(
     read_task.abort();
     let s = lock(&state);
     out.h2 = s.settings_seen;
-    out.not_h2 = s.not_h2.clone();
+    // Every connection ends up as h2 or not: an HTTP/1 answer, a close, or silence.
+    out.not_h2 = if s.settings_seen {
+        None
+    } else {
+        Some(s.not_h2.clone().unwrap_or_else(|| {
+            if s.closed {
+                "(closed without an answer)".into()
+            } else {
+                "(no answer)".into()
+            }
+        }))
+    };
     out.goaway = s.goaway;
     out.closed = s.closed;
     out.max_concurrent = s.max_concurrent;
@@ -424,8 +435,8 @@ async fn drive(
             let w = s.initial_window;
             s.windows.insert(id, w);
         }
-        write(writer, &encode_frame(HEADERS, FLAG_END_HEADERS, id, &block)).await?;
         out.opened += 1;
+        write(writer, &encode_frame(HEADERS, FLAG_END_HEADERS, id, &block)).await?;
         remaining.push((id, a.body_bytes.saturating_sub(1)));
     }
     // Round-robin DATA within the windows until every body is one byte short of done.

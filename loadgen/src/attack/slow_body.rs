@@ -122,6 +122,9 @@ pub async fn run(target: &AttackTarget, a: &SlowBodyArgs) -> anyhow::Result<Outc
             }
         });
     }
+    // Every handshake settled (opened or failed) before the counts are read.
+    let all = gate.acquire_many(concurrency as u32).await;
+    drop(all);
     tokio::time::sleep_until(deadline).await;
     let rss = rss.map(RssSampler::finish);
     let health = health.finish(target, a.common.probe_from).await;
