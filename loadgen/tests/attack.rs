@@ -12,7 +12,7 @@ use clap::Parser as _;
 use serde_json::Value;
 use tern_loadgen::attack::bystander::{ChatLedger, LoginLedger, decode_chat, encode_chat};
 use tern_loadgen::attack::{self, AttackReport};
-use tern_loadgen::cli::{Cli, Command};
+use tern_loadgen::cli::{AttackCommand, Cli, Command};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command as Process};
 
@@ -84,17 +84,13 @@ async fn start_server() -> Server {
     }
 }
 
-fn parse(args: &[&str]) -> attack_cmd::Cmd {
+fn parse(args: &[&str]) -> AttackCommand {
     let mut argv = vec!["tern-loadgen", "attack"];
     argv.extend_from_slice(args);
     match Cli::try_parse_from(argv).expect("parses").command {
         Command::Attack(a) => a,
         other => panic!("not an attack: {other:?}"),
     }
-}
-
-mod attack_cmd {
-    pub type Cmd = tern_loadgen::cli::AttackCommand;
 }
 
 async fn run(server: &Server, args: &[&str]) -> AttackReport {
@@ -127,23 +123,92 @@ fn sum(v: &Value) -> u64 {
 async fn refuses_non_loopback_targets_and_sources() {
     let hash = "00".repeat(32);
     for args in [
-        vec!["idle-conns", "--server", "10.1.2.3:443", "--cert-hash", &hash],
+        vec![
+            "idle-conns",
+            "--server",
+            "10.1.2.3:443",
+            "--cert-hash",
+            &hash,
+        ],
         vec!["h2", "--server", "[2001:db8::1]:443", "--cert-hash", &hash],
-        vec!["idle-conns", "--server", "127.0.0.1:9", "--cert-hash", &hash, "--from", "192.0.2.1"],
-        vec!["slow-body", "--server", "127.0.0.1:9", "--cert-hash", &hash, "--probe-from", "192.0.2.1"],
-        vec!["bystander", "--server", "127.0.0.1:9", "--cert-hash", &hash, "--attacker-from", "127.0.0.3,192.0.2.7"],
-        vec!["bystander", "--server", "127.0.0.1:9", "--cert-hash", &hash, "--user-from", "192.0.2.9"],
+        vec![
+            "idle-conns",
+            "--server",
+            "127.0.0.1:9",
+            "--cert-hash",
+            &hash,
+            "--from",
+            "192.0.2.1",
+        ],
+        vec![
+            "slow-body",
+            "--server",
+            "127.0.0.1:9",
+            "--cert-hash",
+            &hash,
+            "--probe-from",
+            "192.0.2.1",
+        ],
+        vec![
+            "bystander",
+            "--server",
+            "127.0.0.1:9",
+            "--cert-hash",
+            &hash,
+            "--attacker-from",
+            "127.0.0.3,192.0.2.7",
+        ],
+        vec![
+            "bystander",
+            "--server",
+            "127.0.0.1:9",
+            "--cert-hash",
+            &hash,
+            "--user-from",
+            "192.0.2.9",
+        ],
     ] {
-        let err = attack::run(parse(&args), vec![]).await.expect_err("refused");
-        assert!(err.to_string().contains("not a loopback address"), "{args:?}: {err}");
+        let err = attack::run(parse(&args), vec![])
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("not a loopback address"),
+            "{args:?}: {err}"
+        );
     }
     // Bounds: counts and durations.
     for args in [
-        vec!["idle-conns", "--server", "127.0.0.1:9", "--cert-hash", &hash, "--max", "60001"],
-        vec!["h2", "--server", "127.0.0.1:9", "--cert-hash", &hash, "--streams", "0"],
-        vec!["slow-body", "--server", "127.0.0.1:9", "--cert-hash", &hash, "--duration", "11m"],
+        vec![
+            "idle-conns",
+            "--server",
+            "127.0.0.1:9",
+            "--cert-hash",
+            &hash,
+            "--max",
+            "60001",
+        ],
+        vec![
+            "h2",
+            "--server",
+            "127.0.0.1:9",
+            "--cert-hash",
+            &hash,
+            "--streams",
+            "0",
+        ],
+        vec![
+            "slow-body",
+            "--server",
+            "127.0.0.1:9",
+            "--cert-hash",
+            &hash,
+            "--duration",
+            "11m",
+        ],
     ] {
-        let err = attack::run(parse(&args), vec![]).await.expect_err("refused");
+        let err = attack::run(parse(&args), vec![])
+            .await
+            .expect_err("refused");
         assert!(err.to_string().contains("must be"), "{args:?}: {err}");
     }
 }
@@ -162,8 +227,10 @@ fn ledgers_count_every_attempt_once() {
     assert_eq!(s.success_rate, 0.25);
     assert_eq!(s.latency.count, 3, "answers only");
 
-    let mut c = ChatLedger::default();
-    c.sent = 3;
+    let mut c = ChatLedger {
+        sent: 3,
+        ..ChatLedger::default()
+    };
     c.acked.extend([1, 2, 3]);
     c.delivery(1, 100);
     c.delivery(1, 100);
@@ -185,7 +252,10 @@ async fn idle_h2_and_slow_body_account_for_every_connection() {
     assert_eq!(r.kind, "idle-conns");
     assert_eq!(u(v, "attempted"), 20);
     assert_eq!(u(v, "opened") + u(v, "open_failed"), 20);
-    assert_eq!(u(v, "opened"), u(v, "held_at_end") + u(v, "closed_by_server"));
+    assert_eq!(
+        u(v, "opened"),
+        u(v, "held_at_end") + u(v, "closed_by_server")
+    );
     assert!(u(v, "max_held") <= u(v, "opened"));
     let h = r.healthz.as_ref().expect("healthz probed");
     assert_eq!(h.probes, h.ok + h.failed);
@@ -193,7 +263,17 @@ async fn idle_h2_and_slow_body_account_for_every_connection() {
 
     let r = run(
         &server,
-        &["h2", "--conns", "2", "--streams", "3", "--body-bytes", "40000", "--duration", "1s"],
+        &[
+            "h2",
+            "--conns",
+            "2",
+            "--streams",
+            "3",
+            "--body-bytes",
+            "40000",
+            "--duration",
+            "1s",
+        ],
     )
     .await;
     let v = &r.result;
@@ -206,11 +286,22 @@ async fn idle_h2_and_slow_body_account_for_every_connection() {
         "{v}"
     );
     // At most one byte short of every opened body.
-    assert!(u(v, "body_bytes_sent") <= u(v, "streams_opened") * 39_999, "{v}");
+    assert!(
+        u(v, "body_bytes_sent") <= u(v, "streams_opened") * 39_999,
+        "{v}"
+    );
 
     let r = run(
         &server,
-        &["slow-body", "--conns", "5", "--interval", "100ms", "--duration", "1s"],
+        &[
+            "slow-body",
+            "--conns",
+            "5",
+            "--interval",
+            "100ms",
+            "--duration",
+            "1s",
+        ],
     )
     .await;
     let v = &r.result;
@@ -223,7 +314,14 @@ async fn idle_h2_and_slow_body_account_for_every_connection() {
     assert!(sum(&v["answered"]) <= u(v, "closed_by_server"));
     // The report is JSON with the documented top-level fields.
     let json = serde_json::to_value(&r).expect("serializes");
-    for key in ["schema_version", "kind", "machine", "server_rss", "healthz", "result"] {
+    for key in [
+        "schema_version",
+        "kind",
+        "machine",
+        "server_rss",
+        "healthz",
+        "result",
+    ] {
         assert!(json.get(key).is_some(), "{key}");
     }
 }

@@ -253,7 +253,13 @@ async fn account(http: &HttpApi, name: &str) -> Result<Account, AttackError> {
 
 type Ledgers = Arc<Mutex<Vec<ChatLedger>>>;
 
-async fn receive(mut events: EventStream, me: UserId, ledgers: Ledgers, sender: ConnectionSender, disconnects: Arc<Mutex<u64>>) {
+async fn receive(
+    mut events: EventStream,
+    me: UserId,
+    ledgers: Ledgers,
+    sender: ConnectionSender,
+    disconnects: Arc<Mutex<u64>>,
+) {
     let mut unacked = 0usize;
     while let Some(ev) = events.next_event().await {
         match ev {
@@ -311,13 +317,20 @@ async fn chat_sender(
         lock(&ledgers)[phase as usize].sent += 1;
         let (s, l) = (sender.clone(), ledgers.clone());
         sends.spawn(async move {
-            let r = s.send(conversation, rand::random(), "loadgen", payload).await;
+            let r = s
+                .send(conversation, rand::random(), "loadgen", payload)
+                .await;
             let mut l = lock(&l);
             match r {
                 Ok(_) => {
                     l[phase as usize].acked.insert(number);
                 }
-                Err(e) => *l[phase as usize].send_errors.entry(e.to_string()).or_default() += 1,
+                Err(e) => {
+                    *l[phase as usize]
+                        .send_errors
+                        .entry(e.to_string())
+                        .or_default() += 1
+                }
             }
         });
     }
@@ -365,9 +378,12 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
         .conversation_id;
 
     let config = target.sdk.clone().with_transport(TransportPref::WebSocket);
-    let ledgers: Ledgers = Arc::new(Mutex::new((0..PHASES.len()).map(|_| ChatLedger::default()).collect()));
-    let logins: Arc<Mutex<Vec<LoginLedger>>> =
-        Arc::new(Mutex::new((0..PHASES.len()).map(|_| LoginLedger::default()).collect()));
+    let ledgers: Ledgers = Arc::new(Mutex::new(
+        (0..PHASES.len()).map(|_| ChatLedger::default()).collect(),
+    ));
+    let logins: Arc<Mutex<Vec<LoginLedger>>> = Arc::new(Mutex::new(
+        (0..PHASES.len()).map(|_| LoginLedger::default()).collect(),
+    ));
     let disconnects = Arc::new(Mutex::new(0u64));
     let mut members = Vec::new();
     let mut receivers = Vec::new();
@@ -387,7 +403,11 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
     }
     let rss = RssSampler::start(&a.common.server_pid, a.common.sample_every);
 
-    let phases = if a.attack == crate::cli::AttackMix::None { 1 } else { 2 };
+    let phases = if a.attack == crate::cli::AttackMix::None {
+        1
+    } else {
+        2
+    };
     let mut results = Vec::new();
     for (pi, pname) in PHASES.iter().enumerate().take(phases) {
         tracing::info!(phase = pname, "phase starts");
@@ -400,8 +420,14 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
         };
         // The legitimate user's logins.
         let login_task = {
-            let (t, ledgers, from, every) = (target.clone(), logins.clone(), a.user_from, a.login_every);
-            let request = Arc::new(super::raw::login_request(&target.authority, &victim.name, PASSWORD, true));
+            let (t, ledgers, from, every) =
+                (target.clone(), logins.clone(), a.user_from, a.login_every);
+            let request = Arc::new(super::raw::login_request(
+                &target.authority,
+                &victim.name,
+                PASSWORD,
+                true,
+            ));
             tokio::spawn(async move {
                 let mut attempts = tokio::task::JoinSet::new();
                 let mut tick = tokio::time::interval(every);
@@ -426,8 +452,28 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
         let mut sends0 = tokio::task::JoinSet::new();
         let mut sends1 = tokio::task::JoinSet::new();
         tokio::join!(
-            chat_sender(s0, chat, pi as u8, 0, a.chat_rate, a.chat_bytes, end, l0, &mut sends0),
-            chat_sender(s1, chat, pi as u8, 1, a.chat_rate, a.chat_bytes, end, l1, &mut sends1),
+            chat_sender(
+                s0,
+                chat,
+                pi as u8,
+                0,
+                a.chat_rate,
+                a.chat_bytes,
+                end,
+                l0,
+                &mut sends0
+            ),
+            chat_sender(
+                s1,
+                chat,
+                pi as u8,
+                1,
+                a.chat_rate,
+                a.chat_bytes,
+                end,
+                l1,
+                &mut sends1
+            ),
         );
         let _ = login_task.await;
         let (attacker_result, attacker_error) = match attacker {
@@ -584,14 +630,19 @@ fn start_attacker(
     flooder_token: &str,
     conversation: ConversationId,
 ) -> Result<Attacker, AttackError> {
-    let dir = std::env::temp_dir().join(format!("tern-attack-{}-{:x}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "tern-attack-{}-{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| AttackError::Setup(format!("temp dir: {e}")))?;
     let dir = TempDir(dir);
     let report = dir.0.join("flood.json");
     let exe = match &a.attacker_exe {
         Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| AttackError::Setup(format!("own path: {e}")))?,
+        None => {
+            std::env::current_exe().map_err(|e| AttackError::Setup(format!("own path: {e}")))?
+        }
     };
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["attack", "flood", "--server", &a.common.server]);

@@ -140,16 +140,15 @@ async fn login_flood(
                         lock(&st).reconnects += 1;
                     }
                     first = false;
-                    let mut s = match super::raw::tls_from(&t, tls.clone(), source, LOGIN_TIMEOUT)
-                        .await
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            *lock(&st).connect_errors.entry(e).or_default() += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
+                    let mut s =
+                        match super::raw::tls_from(&t, tls.clone(), source, LOGIN_TIMEOUT).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                *lock(&st).connect_errors.entry(e).or_default() += 1;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        };
                     let mut buf = Vec::new();
                     loop {
                         lock(&st).tried += 1;
@@ -165,8 +164,7 @@ async fn login_flood(
                         .unwrap_or_else(|_| Err("timed out".into()));
                         match answer {
                             Ok(r) => {
-                                *lock(&st).by_status.entry(r.status.to_string()).or_default() +=
-                                    1;
+                                *lock(&st).by_status.entry(r.status.to_string()).or_default() += 1;
                                 if !r.reusable {
                                     break;
                                 }
@@ -213,7 +211,10 @@ async fn send_flood(
         {
             Err(_) => break,
             Ok(Err(e)) => {
-                *lock(&stats).errors.entry(format!("connect: {e}")).or_default() += 1;
+                *lock(&stats)
+                    .errors
+                    .entry(format!("connect: {e}"))
+                    .or_default() += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -262,6 +263,5 @@ async fn send_flood(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    let s = lock(&stats).clone();
-    s
+    lock(&stats).clone()
 }

@@ -459,7 +459,10 @@ async fn drive(
                     continue;
                 };
                 all_done = false;
-                let n = (*left as i64).min(s.max_frame as i64).min(s.conn_window).min(sw);
+                let n = (*left as i64)
+                    .min(s.max_frame as i64)
+                    .min(s.conn_window)
+                    .min(sw);
                 if n <= 0 {
                     continue;
                 }

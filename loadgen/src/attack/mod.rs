@@ -82,7 +82,9 @@ impl AttackTarget {
             (Some(f), true) => Trust::ca_pem_file(f),
             (None, false) => Trust::pinned_hex(&args.cert_hash),
             (None, true) => {
-                return Err(AttackError::Usage("--cert-hash or --ca-file is required".into()));
+                return Err(AttackError::Usage(
+                    "--cert-hash or --ca-file is required".into(),
+                ));
             }
         }
         .map_err(|e| AttackError::Usage(e.to_string()))?;

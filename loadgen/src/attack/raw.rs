@@ -96,7 +96,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1 response: {:?}", truncate(status_line)));
+        return Err(format!(
+            "not an HTTP/1 response: {:?}",
+            truncate(status_line)
+        ));
     }
     let status: u16 = parts
         .next()
@@ -229,7 +232,10 @@ mod tests {
         let h = parse_head(b"HTTP/1.1 429 Too Many\r\ncontent-length: 12\r\n\r\n{\"x\":1}")
             .unwrap()
             .unwrap();
-        assert_eq!((h.status, h.content_length, h.close), (429, Some(12), false));
+        assert_eq!(
+            (h.status, h.content_length, h.close),
+            (429, Some(12), false)
+        );
         let h = parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             .unwrap()
             .unwrap();
@@ -244,7 +250,10 @@ mod tests {
         let mut buf = Vec::new();
         let a = read_response(&mut r, &mut buf).await.unwrap();
         let b = read_response(&mut r, &mut buf).await.unwrap();
-        assert_eq!((a.status, a.body.as_slice(), a.reusable), (401, &b"abc"[..], true));
+        assert_eq!(
+            (a.status, a.body.as_slice(), a.reusable),
+            (401, &b"abc"[..], true)
+        );
         assert_eq!((b.status, b.body.as_slice()), (200, &b"ok"[..]));
         assert!(read_response(&mut r, &mut buf).await.is_err());
     }

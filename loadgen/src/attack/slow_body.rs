@@ -111,9 +111,8 @@ pub async fn run(target: &AttackTarget, a: &SlowBodyArgs) -> anyhow::Result<Outc
                         c.bytes.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     r = read_some(&mut stream, &mut buf) => {
-                        match r {
-                            Some(status) => *lock(&ans).entry(status).or_default() += 1,
-                            None => {}
+                        if let Some(status) = r {
+                            *lock(&ans).entry(status).or_default() += 1;
                         }
                         gone(&c);
                         return;
