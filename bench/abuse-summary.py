@@ -19,6 +19,10 @@ if r:
     print(f"| idle TLS connections one address (127.0.0.2) holds after {x['hold_secs']:.0f} s "
           f"(server fd limit {env.get('nofile')}) | {x['held_at_end']} held of "
           f"{x['attempted']} tried ({x['open_failed']} failed to open, {x['closed_by_server']} closed by the server) |")
+    acc = os.path.join(out, "logs", "idle.server-summary.txt")
+    if os.path.exists(acc):
+        n = open(acc).read().strip().split("=")[-1]
+        print(f"| server log lines `accept failed` during it | {n} |")
     print(f"| GET /healthz from another address during it | {h['ok']} ok / {h['probes']} "
           f"({h['failures'][0] if h['failures'] else 'no failure'}) |")
 r = load("h2")
