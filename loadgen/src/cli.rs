@@ -59,6 +59,10 @@ pub enum Command {
     Reconnect(ReconnectArgs),
     /// Runs the scenario a file describes (its `kind` key names the scenario).
     Run(RunArgs),
+    /// Hostile-client measurements (issue 10): idle connections, HTTP/2 streams, slow
+    /// bodies, login and send floods next to a bystander. Loopback targets only.
+    #[command(subcommand)]
+    Attack(AttackCommand),
     /// A worker process (started by the coordinator; not for direct use).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -281,6 +285,243 @@ pub struct ReconnectArgs {
     pub schedule: ScheduleKind,
 }
 
+/// `tern-loadgen attack ...`: see [`crate::attack`].
+#[derive(Debug, Subcommand)]
+pub enum AttackCommand {
+    /// Opens TLS connections from one source address and sends nothing; counts how many the
+    /// server still holds after --duration and whether another address can GET /healthz.
+    IdleConns(IdleConnsArgs),
+    /// HTTP/2 by prior knowledge: streams each sending headers and an unfinished body;
+    /// server RSS sampled from /proc.
+    H2(H2Args),
+    /// POSTs with a large Content-Length whose body trickles in; server RSS and the
+    /// connections it still holds after --duration.
+    SlowBody(SlowBodyArgs),
+    /// A bystander pair chatting and a legitimate user logging in, first quiet, then while an
+    /// attacker floods logins and/or sends; one report with both phases.
+    Bystander(BystanderArgs),
+    /// The attacker of `bystander`, run as a child process so that its CPU is not the
+    /// measurer's (started by `bystander`; not for direct use).
+    #[command(hide = true)]
+    Flood(FloodArgs),
+}
+
+impl AttackCommand {
+    pub fn common(&self) -> &AttackCommonArgs {
+        match self {
+            AttackCommand::IdleConns(a) => &a.common,
+            AttackCommand::H2(a) => &a.common,
+            AttackCommand::SlowBody(a) => &a.common,
+            AttackCommand::Bystander(a) => &a.common,
+            AttackCommand::Flood(a) => &a.common,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AttackCommonArgs {
+    /// Server address, host:port; must be a loopback address (127.0.0.0/8 or ::1).
+    #[arg(long, alias = "target")]
+    pub server: String,
+    /// Pin the server certificate by SHA-256 (hex, as the server prints it). Repeatable.
+    #[arg(long)]
+    pub cert_hash: Vec<String>,
+    /// Trust the server certificate through this CA (PEM) instead of a pin.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Server process to sample (RSS, CPU) from /proc; repeatable or comma-separated (summed).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Write the JSON report here (schema: loadgen/REPORT.md, "attack reports").
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Free text stored in the report.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Address the /healthz probe (and other "someone else" requests) connect from.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub probe_from: IpAddr,
+    /// How often the server's RSS is sampled and /healthz is probed.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub sample_every: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleConnsArgs {
+    #[command(flatten)]
+    pub common: AttackCommonArgs,
+    /// Source address of every idle connection.
+    #[arg(long, default_value = "127.0.0.2")]
+    pub from: IpAddr,
+    /// Connections to open (at most 60,000).
+    #[arg(long, default_value_t = 2000)]
+    pub max: usize,
+    /// TCP + TLS handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long to hold them after the last one was opened.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// TCP + TLS handshake timeout per connection.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+}
+
+/// ALPN a raw attack connection offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlpnChoice {
+    /// No ALPN extension at all (prior knowledge).
+    None,
+    /// `http/1.1` only, like the SDK (then sends the HTTP/2 preface anyway).
+    Http11,
+    /// `h2`.
+    H2,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct H2Args {
+    #[command(flatten)]
+    pub common: AttackCommonArgs,
+    #[arg(long, default_value = "127.0.0.2")]
+    pub from: IpAddr,
+    /// Connections (at most 1,000).
+    #[arg(long, default_value_t = 5)]
+    pub conns: usize,
+    /// Streams opened per connection (at most 10,000).
+    #[arg(long, default_value_t = 200)]
+    pub streams: usize,
+    /// Content-Length each stream announces; one byte less is sent, so no body ever ends
+    /// (at most 64 MiB).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub body_bytes: usize,
+    /// Path the streams POST to (the body is JSON-looking whitespace).
+    #[arg(long, default_value = "/api/v1/register")]
+    pub path: String,
+    #[arg(long, value_enum, default_value = "none")]
+    pub alpn: AlpnChoice,
+    /// How long to keep the connections open after the streams were opened.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SlowBodyArgs {
+    #[command(flatten)]
+    pub common: AttackCommonArgs,
+    #[arg(long, default_value = "127.0.0.2")]
+    pub from: IpAddr,
+    /// Connections, one unfinished POST each (at most 60,000).
+    #[arg(long, default_value_t = 500)]
+    pub conns: usize,
+    /// The Content-Length announced (at most 64 MiB).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub body_bytes: usize,
+    /// Bytes written per tick.
+    #[arg(long, default_value_t = 1)]
+    pub chunk_bytes: usize,
+    /// Time between ticks.
+    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    pub interval: Duration,
+    #[arg(long, default_value = "/api/v1/register")]
+    pub path: String,
+    /// How long the bodies trickle; the connections still open then are counted.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+/// Which attack runs in the bystander scenario's attack phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackMix {
+    /// Only the quiet phase.
+    None,
+    Logins,
+    Sends,
+    Both,
+}
+
+impl AttackMix {
+    pub fn logins(self) -> bool {
+        matches!(self, AttackMix::Logins | AttackMix::Both)
+    }
+    pub fn sends(self) -> bool {
+        matches!(self, AttackMix::Sends | AttackMix::Both)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BystanderArgs {
+    #[command(flatten)]
+    pub common: AttackCommonArgs,
+    #[arg(long, value_enum, default_value = "both")]
+    pub attack: AttackMix,
+    /// Length of the quiet phase and of the attack phase each.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub phase: Duration,
+    /// Messages per second each member of the bystander pair sends to the other.
+    #[arg(long, default_value_t = 20.0)]
+    pub chat_rate: f64,
+    /// Bystander payload size in bytes (at least 16).
+    #[arg(long, default_value_t = 128)]
+    pub chat_bytes: usize,
+    /// The legitimate user logs in (correct password, fresh TLS connection) this often.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub login_every: Duration,
+    /// Source address of the legitimate user's logins.
+    #[arg(long, default_value = "127.0.0.5")]
+    pub user_from: IpAddr,
+    /// Source addresses of the attacker's login flood (comma list or IPv4 range).
+    #[arg(long, value_parser = parse_source_addrs, default_value = "127.0.0.3")]
+    pub attacker_from: SourceAddrs,
+    /// Concurrent keep-alive connections flooding wrong-password logins (at most 10,000).
+    #[arg(long, default_value_t = 300)]
+    pub login_flood_conns: usize,
+    /// Sends the flooder keeps in flight on its one socket (at most 100,000).
+    #[arg(long, default_value_t = 256)]
+    pub send_flood_inflight: usize,
+    /// Flooded message payload size.
+    #[arg(long, default_value_t = 1024)]
+    pub send_flood_bytes: usize,
+    /// After each phase, wait at most this long for the bystanders' outstanding deliveries.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain: Duration,
+    /// Prefix of the accounts this run registers (a random suffix keeps runs apart).
+    #[arg(long, default_value = "abuse")]
+    pub user_prefix: String,
+    /// The tern-loadgen binary that runs the attacker (default: this executable; tests give
+    /// the real binary since theirs is the test harness).
+    #[arg(long, hide = true)]
+    pub attacker_exe: Option<PathBuf>,
+}
+
+/// The environment variable that carries the flooder's bearer token to `attack flood`.
+pub const FLOOD_TOKEN_ENV: &str = "TERN_ATTACK_FLOOD_TOKEN";
+
+#[derive(Debug, Clone, Args)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub common: AttackCommonArgs,
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Flood wrong-password logins for this username.
+    #[arg(long)]
+    pub logins_for: Option<String>,
+    #[arg(long, default_value_t = 300)]
+    pub login_conns: usize,
+    #[arg(long, value_parser = parse_source_addrs, default_value = "127.0.0.3")]
+    pub from: SourceAddrs,
+    /// Flood sends into this conversation (the token is in $TERN_ATTACK_FLOOD_TOKEN).
+    #[arg(long)]
+    pub send_conversation: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub inflight: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub bytes: usize,
+}
+
 /// Where the results go.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -417,7 +658,7 @@ pub fn into_run(
                 "`run` needs --scenario FILE with a `kind` key".into(),
             ));
         }
-        Command::Worker(_) => return Ok(None),
+        Command::Worker(_) | Command::Attack(_) => return Ok(None),
     }))
 }
 

@@ -9,8 +9,10 @@
 //! * [`history`]: `--verify-history`, the stored history checked against the acknowledgements.
 //! * [`histo`], [`report`], [`plot`], [`sysstat`]: measurements and their presentation.
 //! * [`cli`]: flags and scenario files.
+//! * [`attack`]: `tern-loadgen attack ...`, hostile-client measurements (loopback only).
 
 pub mod accounting;
+pub mod attack;
 pub mod cli;
 pub mod histo;
 pub mod history;

@@ -42,6 +42,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
         tern_loadgen::sysstat::raise_nofile_limit().context("raising the open-file limit")?;
     tracing::debug!(limit, "open-file limit");
 
+    if let cli::Command::Attack(a) = parsed.command {
+        tern_loadgen::attack::main(a, argv)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let cli::Command::Worker(w) = &parsed.command {
         tern_loadgen::worker_process::main(&w.plan)?;
         return Ok(ExitCode::SUCCESS);

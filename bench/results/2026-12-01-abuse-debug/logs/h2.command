@@ -1,0 +1,1 @@
+/work/wt/attack/target/debug/tern-loadgen attack h2 --server 127.0.0.1:47200 --cert-hash d11eafd689ef2b361ab36e08df83353d01d448665a14215b5a7f96c41e9b12f0 --server-pid 6937 --report /work/wt/attack/bench/results/2026-12-01-abuse-debug/h2.json --label abuse h2 --from 127.0.0.2 --alpn none --conns 5 --streams 200 --body-bytes 1000000 --duration 20s

@@ -1,0 +1,1 @@
+/work/wt/attack/target/debug/tern-loadgen attack idle-conns --server 127.0.0.1:47200 --cert-hash 7f56fb2761a55762e194a1e32b6d2403879cb8ae42fc84ac361f11bfcb0f49c4 --server-pid 5911 --report /work/wt/attack/bench/results/2026-12-01-abuse-debug/idle.json --label abuse idle --from 127.0.0.2 --max 2000 --concurrency 128 --connect-timeout 5s --duration 30s

@@ -1,0 +1,1 @@
+/work/wt/attack/target/debug/tern-loadgen attack slow-body --server 127.0.0.1:47200 --cert-hash 5afc4123333a26c0f74a4b57e7d75d2dead384dedaf19d65652492f09c47c502 --server-pid 7449 --report /work/wt/attack/bench/results/2026-12-01-abuse-debug/slow-body.json --label abuse slow-body --from 127.0.0.2 --conns 500 --body-bytes 1000000 --chunk-bytes 1 --interval 4s --duration 60s
