@@ -4,7 +4,10 @@
 //! that floods logins fill it, so everybody else's login waited behind (or was refused after)
 //! the flood. Here every client has its own small FIFO, and [`FairQueue::pop`] takes one job
 //! from each waiting client in turn: a flooding client only ever delays others by one job per
-//! round, and past its own bound it is refused while the others are still admitted.
+//! round, and past its own bound it is refused while the others are still admitted. When the
+//! queue as a whole is full (many clients), a client with fewer jobs waiting than the busiest
+//! one still gets in: the busiest client's newest job is evicted (and refused) to make room, so
+//! the queue shares itself max-min fairly instead of first come, first served.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -43,20 +46,39 @@ impl<K: Hash + Eq + Clone, J> FairQueue<K, J> {
         }
     }
 
-    pub fn push(&mut self, client: K, job: J) -> Result<(), Refused> {
-        if self.len >= self.total_limit {
-            return Err(Refused::Full);
-        }
-        let queue = self.per_client.entry(client.clone()).or_default();
-        if queue.len() >= self.per_client_limit {
+    /// Queues `job` for `client`. `Ok(Some(evicted))`: the queue was full and another
+    /// client's newest job was taken out to make room; the caller must refuse it.
+    pub fn push(&mut self, client: K, job: J) -> Result<Option<J>, Refused> {
+        let own = self.per_client.get(&client).map_or(0, VecDeque::len);
+        if own >= self.per_client_limit {
             return Err(Refused::ClientFull);
         }
+        let mut evicted = None;
+        if self.len >= self.total_limit {
+            let busiest = self
+                .per_client
+                .iter()
+                .max_by_key(|(_, q)| q.len())
+                .map(|(k, q)| (k.clone(), q.len()));
+            match busiest {
+                // Only a client that would still have more waiting than this one gives way.
+                Some((busiest, waiting)) if waiting > own + 1 => {
+                    if let Some(queue) = self.per_client.get_mut(&busiest) {
+                        // `waiting >= 2`, so the busiest client keeps at least one job.
+                        evicted = queue.pop_back();
+                        self.len -= 1;
+                    }
+                }
+                _ => return Err(Refused::Full),
+            }
+        }
+        let queue = self.per_client.entry(client.clone()).or_default();
         if queue.is_empty() {
             self.turn.push_back(client);
         }
         queue.push_back(job);
         self.len += 1;
-        Ok(())
+        Ok(evicted)
     }
 
     /// The next job: the oldest of the client whose turn it is.
@@ -130,12 +152,29 @@ mod tests {
             q.push(c, 0).expect("other clients still get in");
         }
         assert_eq!(q.len(), 10);
-        assert_eq!(q.push(42, 0), Err(Refused::Full), "the total bound holds");
-        // The flood's next job waits for everyone else's first one.
+        // Full: a new client takes the place of the busiest client's newest job.
+        assert_eq!(
+            q.push(42, 0),
+            Ok(Some(2)),
+            "client 1's newest job gives way"
+        );
+        assert_eq!(q.len(), 10, "the total bound holds");
+        assert_eq!(
+            q.push(43, 0),
+            Ok(Some(1)),
+            "client 1 still has the most waiting"
+        );
+        // Now every client has one job waiting: nobody has more than a newcomer would.
+        assert_eq!(q.push(44, 0), Err(Refused::Full));
+        assert_eq!(
+            q.push(42, 1),
+            Err(Refused::Full),
+            "no client grows past another"
+        );
         let first_round: Vec<_> = (0..8).filter_map(|_| q.pop()).collect();
         assert_eq!(first_round.len(), 8);
         assert_eq!(q.len(), 2);
-        q.push(1, 7).expect("room again after its jobs ran");
+        assert_eq!(q.push(1, 7), Ok(None), "room again after its jobs ran");
     }
 
     #[test]

@@ -21,7 +21,13 @@ use tokio::sync::oneshot;
 use crate::fair_queue::FairQueue;
 use crate::service::ServiceError;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A queued hash: called with `true` to run it, `false` to refuse it (evicted from a full
+/// queue to make room for a client with fewer jobs waiting).
+type Job = Box<dyn FnOnce(bool) + Send + 'static>;
+
+fn queue_full() -> ServiceError {
+    ServiceError::rate_limited(std::time::Duration::from_secs(1))
+}
 
 struct Shared {
     queue: Mutex<State>,
@@ -70,25 +76,25 @@ impl HashPool {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ServiceError> {
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = done.send(f());
+        let job: Job = Box::new(move |run| {
+            let _ = done.send(if run { Ok(f()) } else { Err(queue_full()) });
         });
-        {
+        let evicted = {
             let mut state = self
                 .shared
                 .queue
                 .lock()
                 .map_err(|_| ServiceError::poisoned())?;
-            if state.jobs.push(client, job).is_err() {
-                return Err(ServiceError::rate_limited(std::time::Duration::from_secs(
-                    1,
-                )));
-            }
+            state.jobs.push(client, job).map_err(|_| queue_full())?
+        };
+        match evicted {
+            // Refused outside the lock; the queue's length is unchanged, no worker to wake.
+            Some(evicted) => evicted(false),
+            None => self.shared.ready.notify_one(),
         }
-        self.shared.ready.notify_one();
         result
             .await
-            .map_err(|_| ServiceError::new(ErrorCode::Internal, "hashing failed"))
+            .map_err(|_| ServiceError::new(ErrorCode::Internal, "hashing failed"))?
     }
 }
 
@@ -121,7 +127,7 @@ fn worker(shared: &Shared) {
                 };
             }
         };
-        job();
+        job(true);
     }
 }
 
@@ -216,6 +222,42 @@ mod tests {
             order,
             vec![("A", 0), ("B", 0), ("A", 1), ("A", 2)],
             "the other client waited for one flood job, not three"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_room_for_a_client_with_less_waiting() {
+        let pool = Arc::new(HashPool::new(1, 2, 2).expect("pool"));
+        let (release, blocker) = block(&pool).await;
+        let mut flood = Vec::new();
+        for i in 0..2 {
+            let flooder = pool.clone();
+            flood.push(tokio::spawn(async move { flooder.run(A, move || i).await }));
+            while pool.shared.queue.lock().expect("lock").jobs.len() < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let owner = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(B, || "owner").await })
+        };
+        let newest = flood.pop().expect("two").await.expect("join");
+        assert_eq!(
+            newest.map_err(|e| e.code),
+            Err(ErrorCode::RateLimited),
+            "the flooding client's newest job gave way"
+        );
+        release.send(()).expect("release");
+        blocker.await.expect("join");
+        assert_eq!(owner.await.expect("join").expect("runs"), "owner");
+        assert_eq!(
+            flood
+                .pop()
+                .expect("one")
+                .await
+                .expect("join")
+                .expect("runs"),
+            0
         );
     }
 }

@@ -812,7 +812,11 @@ fn rejection_code(e: &Error) -> Option<ErrorCode> {
 
 /// Connect failures that retrying cannot fix.
 fn connect_error_is_permanent(e: &Error) -> bool {
+    // `forbidden` at Hello: the device id belongs to another user, or to a live session of this
+    // user; reconnecting with it cannot succeed (the application needs another device id, or
+    // to log out the other session).
     e.is_auth()
+        || e.code() == Some("forbidden")
         || matches!(
             e,
             Error::Config(_)
@@ -873,5 +877,9 @@ mod tests {
             true
         )));
         assert!(!connect_error_is_permanent(&Error::Timeout("Welcome")));
+        assert!(
+            connect_error_is_permanent(&server(ErrorCode::Forbidden, true)),
+            "a device bound elsewhere stays bound: no reconnect loop"
+        );
     }
 }
