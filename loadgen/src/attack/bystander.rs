@@ -197,6 +197,18 @@ pub struct PhaseResult {
     /// The attacker's own counts (null in the quiet phase).
     pub attacker: Option<FloodResult>,
     pub attacker_error: Option<String>,
+    /// /proc/loadavg (1-minute) at the phase's start and end: on a shared machine, a quiet
+    /// phase is only quiet if this is low.
+    pub load_avg_start: f64,
+    pub load_avg_end: f64,
+}
+
+/// The 1-minute load average (0 if unreadable).
+pub fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -412,6 +424,7 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
     for (pi, pname) in PHASES.iter().enumerate().take(phases) {
         tracing::info!(phase = pname, "phase starts");
         let t0 = Instant::now();
+        let load_avg_start = load_avg();
         let end = tokio::time::Instant::now() + phase;
         let attacker = if pi == 1 {
             Some(start_attacker(a, &victim.name, &flooder.token, flood_conv)?)
@@ -494,6 +507,8 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
             secs: t0.elapsed().as_secs_f64(),
             attacker: attacker_result,
             attacker_error,
+            load_avg_start,
+            load_avg_end: load_avg(),
             ..PhaseResult::default()
         });
     }
@@ -560,9 +575,12 @@ pub fn summary(r: &BystanderResult) -> String {
         let b = &p.bystander;
         let l = &p.login;
         s += &format!(
-            "  {:<6} bystander delivery p50 {} p99 {} max {} ({} delivered of {} acked, lost {}, dup {}, send errors {})\n",
+            "  {:<6} (load avg {:.1} → {:.1}) bystander delivery p50 {} p90 {} p99 {} max {} ({} delivered of {} acked, lost {}, dup {}, send errors {})\n",
             p.name,
+            p.load_avg_start,
+            p.load_avg_end,
             fmt_us(b.latency.p50_us),
+            fmt_us(b.latency.p90_us),
             fmt_us(b.latency.p99_us),
             fmt_us(b.latency.max_us),
             b.delivered,
