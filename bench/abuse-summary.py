@@ -44,7 +44,8 @@ if r:
     x = r["result"]
     for p in x["phases"]:
         b, l = p["bystander"], p["login"]
-        print(f"| bystander delivery p50 / p99 / max, {p['name']} | {ms(b['latency']['p50_us'])} / "
+        la = f", load avg {p['load_avg_start']:.1f}→{p['load_avg_end']:.1f}" if 'load_avg_start' in p else ""
+        print(f"| bystander delivery p50 / p90 / p99 / max, {p['name']}{la} | {ms(b['latency']['p50_us'])} / {ms(b['latency']['p90_us'])} / "
               f"{ms(b['latency']['p99_us'])} / {ms(b['latency']['max_us'])} (lost {b['lost']}, dup {b['duplicates']}) |")
         print(f"| legitimate login success, {p['name']} | {l['ok']}/{l['attempts']} ({l['success_rate']*100:.0f}%; "
               f"429: {l['rate_limited']}, other: {l['other_status'] or 0}, errors: {sum(l['errors'].values())}); "

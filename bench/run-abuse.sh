@@ -27,6 +27,10 @@
 #   --idle-hold D      [IDLE_HOLD, default 30s]
 #   --slow-hold D      [SLOW_HOLD, default 60s]
 #   --phase D          bystander phase length [PHASE, default 30s]
+#   --login-every D    the legitimate user's login interval [LOGIN_EVERY, default 3s; 600s
+#                      leaves one login per phase, so its own argon2 does not show in the p99]
+#   --attacker-from L  login-flood source addresses [ATTACKER_FROM, default 127.0.0.3; a range
+#                      such as 127.0.0.3-127.0.0.40 gets past per-address limits to the hash queue]
 #   --port P           [PORT, default 47200]
 #   --out DIR          [OUT, default bench/results/<UTC date>-abuse]
 #   --quick            short everything (a smoke test of the script, not a measurement)
@@ -42,6 +46,8 @@ MAX="${MAX:-2000}"
 IDLE_HOLD="${IDLE_HOLD:-30s}"
 SLOW_HOLD="${SLOW_HOLD:-60s}"
 PHASE="${PHASE:-30s}"
+LOGIN_EVERY="${LOGIN_EVERY:-3s}"
+ATTACKER_FROM="${ATTACKER_FROM:-127.0.0.3}"
 PORT="${PORT:-47200}"
 OUT="${OUT:-}"
 H2_CONNS=5; H2_STREAMS=200; SLOW_CONNS=500; FLOOD_CONNS=300; FLOOD_INFLIGHT=256
@@ -59,6 +65,8 @@ while [[ $# -gt 0 ]]; do
         --idle-hold) IDLE_HOLD="$2"; shift 2 ;;
         --slow-hold) SLOW_HOLD="$2"; shift 2 ;;
         --phase) PHASE="$2"; shift 2 ;;
+        --login-every) LOGIN_EVERY="$2"; shift 2 ;;
+        --attacker-from) ATTACKER_FROM="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --quick) MAX=200; IDLE_HOLD=3s; SLOW_HOLD=5s; PHASE=5s; H2_CONNS=1; H2_STREAMS=20
@@ -98,7 +106,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     echo "load_avg_at_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "command=bench/run-abuse.sh ${ARGS[*]:-}"
     echo "nofile=$NOFILE"
-    echo "runs=$RUNS nofile=$NOFILE max=$MAX idle_hold=$IDLE_HOLD slow_hold=$SLOW_HOLD phase=$PHASE config=${CONFIG:-none}"
+    echo "runs=$RUNS nofile=$NOFILE max=$MAX idle_hold=$IDLE_HOLD slow_hold=$SLOW_HOLD phase=$PHASE login_every=$LOGIN_EVERY attacker_from=$ATTACKER_FROM config=${CONFIG:-none}"
 } >"$OUT/environment.txt"
 
 SERVER_PID=""
@@ -151,8 +159,8 @@ for run in $RUNS; do
         slow-body) args=(attack slow-body "${common[@]}" --from 127.0.0.2 --conns "$SLOW_CONNS"
                          --body-bytes 1000000 --chunk-bytes 1 --interval 4s --duration "$SLOW_HOLD") ;;
         bystander) args=(attack bystander "${common[@]}" --attack both --phase "$PHASE"
-                         --chat-rate 20 --chat-bytes 128 --login-every 3s --user-from 127.0.0.5
-                         --attacker-from 127.0.0.3 --login-flood-conns "$FLOOD_CONNS"
+                         --chat-rate 20 --chat-bytes 128 --login-every "$LOGIN_EVERY" --user-from 127.0.0.5
+                         --attacker-from "$ATTACKER_FROM" --login-flood-conns "$FLOOD_CONNS"
                          --send-flood-inflight "$FLOOD_INFLIGHT" --send-flood-bytes 1024) ;;
         *) log "unknown run $run"; status=1; stop_server; continue ;;
     esac

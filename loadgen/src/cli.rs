@@ -452,10 +452,39 @@ impl AttackMix {
     }
 }
 
+/// The transport of the bystanders' and the send flooder's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SocketTransport {
+    /// Secure WebSocket.
+    Ws,
+    /// WebTransport over QUIC.
+    Wt,
+}
+
+impl SocketTransport {
+    pub fn sdk(self) -> tern_sdk::TransportPref {
+        match self {
+            SocketTransport::Ws => tern_sdk::TransportPref::WebSocket,
+            SocketTransport::Wt => tern_sdk::TransportPref::WebTransport,
+        }
+    }
+
+    pub fn flag(self) -> &'static str {
+        match self {
+            SocketTransport::Ws => "ws",
+            SocketTransport::Wt => "wt",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BystanderArgs {
     #[command(flatten)]
     pub common: AttackCommonArgs,
+    /// Transport of the bystanders' and the send flooder's sockets.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: SocketTransport,
     #[arg(long, value_enum, default_value = "both")]
     pub attack: AttackMix,
     /// Length of the quiet phase and of the attack phase each.
@@ -520,6 +549,8 @@ pub struct FloodArgs {
     pub inflight: usize,
     #[arg(long, default_value_t = 1024)]
     pub bytes: usize,
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: SocketTransport,
 }
 
 /// Where the results go.

@@ -327,13 +327,24 @@ async fn idle_h2_and_slow_body_account_for_every_connection() {
 }
 
 #[tokio::test]
-async fn bystander_quiet_and_attack_phases_in_one_report() {
+async fn bystander_quiet_and_attack_phases_in_one_report_over_websocket() {
+    bystander_quiet_and_attack_phases_in_one_report("ws").await;
+}
+
+#[tokio::test]
+async fn bystander_quiet_and_attack_phases_in_one_report_over_webtransport() {
+    bystander_quiet_and_attack_phases_in_one_report("wt").await;
+}
+
+async fn bystander_quiet_and_attack_phases_in_one_report(transport: &str) {
     let server = start_server().await;
     let exe = env!("CARGO_BIN_EXE_tern-loadgen");
     let r = run(
         &server,
         &[
             "bystander",
+            "--transport",
+            transport,
             "--attack",
             "both",
             "--phase",
@@ -354,6 +365,7 @@ async fn bystander_quiet_and_attack_phases_in_one_report() {
     )
     .await;
     let v = &r.result;
+    assert_eq!(v["transport"], transport);
     let phases = v["phases"].as_array().expect("phases");
     assert_eq!(phases.len(), 2);
     assert_eq!(phases[0]["name"], "quiet");

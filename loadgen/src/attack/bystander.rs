@@ -3,8 +3,8 @@
 //! One process measures, in phases of `--phase` each: "quiet" (no attack), then "attack" (with
 //! `--attack logins|sends|both`, the attacker runs as a child process, [`super::flood`], so
 //! its CPU is not the measurer's):
-//! * a bystander pair (two users in a 1:1 conversation over WebSocket) sends `--chat-rate`
-//!   msg/s each way; delivery latency (send time → delivery, HdrHistogram), lost (acknowledged,
+//! * a bystander pair (two users in a 1:1 conversation) sends `--chat-rate`
+//!   msg/s each way (`--transport ws|wt`); delivery latency (send time → delivery, HdrHistogram), lost (acknowledged,
 //!   never delivered after `--drain`) and duplicated deliveries;
 //! * a legitimate user logs in with the correct password every `--login-every` on a fresh
 //!   TLS connection from `--user-from`: ok / 429 / other answers / errors, and latency;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tern_sdk::tern_wire::ids::{ConversationId, DeviceId, UserId};
-use tern_sdk::{Connection, ConnectionSender, Event, EventStream, HttpApi, TransportPref};
+use tern_sdk::{Connection, ConnectionSender, Event, EventStream, HttpApi};
 
 use super::flood::FloodResult;
 use super::probe::{RssSampler, lock};
@@ -197,11 +197,25 @@ pub struct PhaseResult {
     /// The attacker's own counts (null in the quiet phase).
     pub attacker: Option<FloodResult>,
     pub attacker_error: Option<String>,
+    /// /proc/loadavg (1-minute) at the phase's start and end: on a shared machine, a quiet
+    /// phase is only quiet if this is low.
+    pub load_avg_start: f64,
+    pub load_avg_end: f64,
+}
+
+/// The 1-minute load average (0 if unreadable).
+pub fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BystanderResult {
     pub attack: String,
+    /// "ws" or "wt": the bystanders' and the send flooder's sockets.
+    pub transport: String,
     pub phase_secs: f64,
     pub chat_rate_per_member: f64,
     pub chat_bytes: usize,
@@ -377,7 +391,7 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
         .map_err(|e| AttackError::Setup(format!("flood conversation: {e}")))?
         .conversation_id;
 
-    let config = target.sdk.clone().with_transport(TransportPref::WebSocket);
+    let config = target.sdk.clone().with_transport(a.transport.sdk());
     let ledgers: Ledgers = Arc::new(Mutex::new(
         (0..PHASES.len()).map(|_| ChatLedger::default()).collect(),
     ));
@@ -412,6 +426,7 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
     for (pi, pname) in PHASES.iter().enumerate().take(phases) {
         tracing::info!(phase = pname, "phase starts");
         let t0 = Instant::now();
+        let load_avg_start = load_avg();
         let end = tokio::time::Instant::now() + phase;
         let attacker = if pi == 1 {
             Some(start_attacker(a, &victim.name, &flooder.token, flood_conv)?)
@@ -494,6 +509,8 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
             secs: t0.elapsed().as_secs_f64(),
             attacker: attacker_result,
             attacker_error,
+            load_avg_start,
+            load_avg_end: load_avg(),
             ..PhaseResult::default()
         });
     }
@@ -532,6 +549,7 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
     .collect();
     let result = BystanderResult {
         attack: format!("{:?}", a.attack).to_lowercase(),
+        transport: a.transport.flag().into(),
         phase_secs: phase.as_secs_f64(),
         chat_rate_per_member: a.chat_rate,
         chat_bytes: a.chat_bytes,
@@ -560,9 +578,12 @@ pub fn summary(r: &BystanderResult) -> String {
         let b = &p.bystander;
         let l = &p.login;
         s += &format!(
-            "  {:<6} bystander delivery p50 {} p99 {} max {} ({} delivered of {} acked, lost {}, dup {}, send errors {})\n",
+            "  {:<6} (load avg {:.1} → {:.1}) bystander delivery p50 {} p90 {} p99 {} max {} ({} delivered of {} acked, lost {}, dup {}, send errors {})\n",
             p.name,
+            p.load_avg_start,
+            p.load_avg_end,
             fmt_us(b.latency.p50_us),
+            fmt_us(b.latency.p90_us),
             fmt_us(b.latency.p99_us),
             fmt_us(b.latency.max_us),
             b.delivered,
@@ -663,6 +684,7 @@ fn start_attacker(
         cmd.args(["--login-conns", &a.login_flood_conns.to_string()]);
     }
     if a.attack.sends() {
+        cmd.args(["--transport", a.transport.flag()]);
         cmd.args(["--send-conversation", &conversation.to_string()]);
         cmd.args(["--inflight", &a.send_flood_inflight.to_string()]);
         cmd.args(["--bytes", &a.send_flood_bytes.to_string()]);

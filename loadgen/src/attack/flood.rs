@@ -84,8 +84,9 @@ pub async fn run(target: &AttackTarget, a: &FloodArgs) -> anyhow::Result<Outcome
             let inflight = bounded("--inflight", a.inflight, 1, 100_000)?;
             let bytes = bounded("--bytes", a.bytes, 1, 1 << 20)?;
             let t = target.clone();
+            let transport = a.transport.sdk();
             Some(tokio::spawn(async move {
-                send_flood(t, token, conversation, inflight, bytes, deadline).await
+                send_flood(t, transport, token, conversation, inflight, bytes, deadline).await
             }))
         }
         None => None,
@@ -187,6 +188,7 @@ async fn login_flood(
 
 async fn send_flood(
     target: AttackTarget,
+    transport: TransportPref,
     token: String,
     conversation: ConversationId,
     inflight: usize,
@@ -198,7 +200,7 @@ async fn send_flood(
         payload_bytes: bytes as u64,
         ..SendFloodStats::default()
     }));
-    let config = target.sdk.clone().with_transport(TransportPref::WebSocket);
+    let config = target.sdk.clone().with_transport(transport);
     let device = DeviceId(rand::random::<u128>());
     let payload = vec![0x5a_u8; bytes];
     while tokio::time::Instant::now() < deadline {

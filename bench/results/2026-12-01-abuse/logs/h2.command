@@ -1,0 +1,1 @@
+/work/wt/attack/target/release/tern-loadgen attack h2 --server 127.0.0.1:47200 --cert-hash 1f6625913104a18d4e75c8e8dabe140d6b25ddebf7b51c377f6de0ffa04d358d --server-pid 6564 --report /work/wt/attack/bench/results/2026-12-01-abuse/h2.json --label abuse h2 --from 127.0.0.2 --alpn none --conns 5 --streams 200 --body-bytes 1000000 --duration 20s

@@ -1,0 +1,1 @@
+/work/wt/attack/target/release/tern-loadgen attack idle-conns --server 127.0.0.1:47200 --cert-hash 97e614bb9c16b47cad5bf1511deac73496cb767fb656ab529260cf376870bc61 --server-pid 4325 --report /work/wt/attack/bench/results/2026-12-01-abuse/idle.json --label abuse idle --from 127.0.0.2 --max 2000 --concurrency 128 --connect-timeout 5s --duration 30s

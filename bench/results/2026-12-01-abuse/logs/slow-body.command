@@ -1,0 +1,1 @@
+/work/wt/attack/target/release/tern-loadgen attack slow-body --server 127.0.0.1:47200 --cert-hash 59c26000421f086254043594985f446b3e704436c2bdfae93120b555f3b45601 --server-pid 7479 --report /work/wt/attack/bench/results/2026-12-01-abuse/slow-body.json --label abuse slow-body --from 127.0.0.2 --conns 500 --body-bytes 1000000 --chunk-bytes 1 --interval 4s --duration 60s
