@@ -60,7 +60,10 @@ impl HashPool {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("tern-argon2-{i}"))
-                .spawn(move || worker(&shared))
+                .spawn(move || {
+                    yield_to_message_path();
+                    worker(&shared)
+                })
                 .map_err(|_| {
                     ServiceError::new(ErrorCode::Internal, "cannot start hashing threads")
                 })?;
@@ -104,6 +107,29 @@ impl Drop for HashPool {
             state.closed = true;
         }
         self.shared.ready.notify_all();
+    }
+}
+
+/// How much lower than the shard threads a hashing thread runs (nice value). A hash is ~50–100
+/// ms of CPU; at equal priority a login on a 2-core machine took a pinned shard's core for that
+/// long and a bystander's delivery p99 rose from ~8 ms to ~145 ms with one login every 3 s
+/// (bench/results/2026-12-01-abuse/login-stall). Niced, the scheduler hands the core back to a
+/// shard as soon as it has work; hashing only gets slower when the shards keep every core busy,
+/// which is when logins should wait.
+const HASH_THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: the nice value is per thread).
+fn yield_to_message_path() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as is.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, HASH_THREAD_NICE)
+        };
+        if result != 0 {
+            tracing::debug!("could not lower the hashing thread's priority");
+        }
     }
 }
 
