@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use tern_engine::limits::EngineLimits;
+use tern_engine::rate::BucketConfig;
+
 use crate::tls::CertSource;
 
 #[derive(Debug, clap::Parser)]
@@ -82,6 +85,19 @@ pub struct FileConfig {
     pub presence_grace_ms: Option<u64>,
     /// Typing indicators not refreshed for this long end on their own.
     pub typing_timeout_ms: Option<u64>,
+    // ---- rate limits and quotas (issue 10: floods) ----
+    pub device_send_burst: Option<u64>,
+    pub device_sends_per_sec: Option<u64>,
+    pub device_send_bytes_burst: Option<u64>,
+    pub device_send_bytes_per_sec: Option<u64>,
+    pub device_request_burst: Option<u64>,
+    pub device_requests_per_sec: Option<u64>,
+    pub user_send_burst: Option<u64>,
+    pub user_sends_per_sec: Option<u64>,
+    pub conversation_send_burst: Option<u64>,
+    pub conversation_sends_per_sec: Option<u64>,
+    pub storage_quota_bytes: Option<u64>,
+    pub http_history_max_bytes: Option<u64>,
 }
 
 /// Which driver moves bytes for TCP (TLS, WebSocket, HTTPS) connections.
@@ -129,7 +145,42 @@ pub struct Config {
     pub presence: crate::presence::PresenceConfig,
     /// Most messages replayed per conversation when a device resumes.
     pub resume_backlog_messages: u64,
+    /// Rate limits and the storage quota.
+    pub floods: FloodLimits,
 }
+
+/// Rate limits (token buckets: burst and sustained rate) and the storage quota.
+#[derive(Debug, Clone, Copy)]
+pub struct FloodLimits {
+    pub device_sends: BucketConfig,
+    pub device_send_bytes: BucketConfig,
+    pub device_requests: BucketConfig,
+    pub user_sends: BucketConfig,
+    pub conversation_sends: BucketConfig,
+    pub storage_quota_bytes: u64,
+    /// Largest HTTPS history response (JSON bytes, estimated); pages are cut to fit.
+    pub http_history_max_bytes: u64,
+}
+
+/// Per device: 1,000 messages at once (an outbox flushed after a day offline), 100 per second
+/// sustained. A fast human types one message every few seconds and bots that relay traffic
+/// rarely pass 10/s; the load generator's heaviest default (fan-out, one sender per group)
+/// peaks at ~87/s per device. The issue's flood was 10,900/s from one socket.
+pub const DEFAULT_DEVICE_SENDS: BucketConfig = BucketConfig::new(1_000, 100);
+/// Per device, payload bytes: 16 MiB at once, 2 MiB/s sustained (~35 maximum-size messages a
+/// second; chat text is ~100 bytes, attachments travel as file references). The flood in the
+/// issue pushed 190 MB/s.
+pub const DEFAULT_DEVICE_SEND_BYTES: BucketConfig = BucketConfig::new(16 << 20, 2 << 20);
+/// Per device, every other request: 500 at once (opening the app fetches history of many
+/// conversations), 50 per second sustained (a client pings every ~20 s and asks for history
+/// as the user scrolls).
+pub const DEFAULT_DEVICE_REQUESTS: BucketConfig = BucketConfig::new(500, 50);
+/// 4 GiB of payload per user: ~10 years of a heavy user's text (1,000 messages of 1 KB a day)
+/// while one account still cannot fill a disk. Attachments are file references, not payload.
+pub const DEFAULT_STORAGE_QUOTA_BYTES: u64 = 4 << 30;
+/// 1 MiB of JSON per history response: a second on a slow mobile link, and 16 pages of the
+/// largest messages; scrolling further asks for the next page.
+pub const DEFAULT_HTTP_HISTORY_MAX_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -153,6 +204,12 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        // Before any field moves out of `file`.
+        let frame_for_floods = args
+            .max_frame_bytes
+            .or(file.max_frame_bytes)
+            .unwrap_or(64 * 1024);
+        let floods = flood_limits(&file, frame_for_floods)?;
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -236,8 +293,94 @@ impl Config {
                 .resume_backlog_messages
                 .unwrap_or(DEFAULT_RESUME_BACKLOG)
                 .clamp(1, MAX_RESUME_BACKLOG),
+            floods,
         })
     }
+}
+
+/// A bucket from two keys; both must be positive (0 would refuse everything forever).
+fn bucket(
+    burst: Option<u64>,
+    per_sec: Option<u64>,
+    default: BucketConfig,
+    name: &str,
+) -> Result<BucketConfig, ConfigError> {
+    let config = BucketConfig::new(
+        burst.unwrap_or(default.capacity),
+        per_sec.unwrap_or(default.refill_per_sec),
+    );
+    if !config.is_valid() {
+        return Err(ConfigError::Invalid(format!(
+            "{name}_burst and {name}s_per_sec must be positive"
+        )));
+    }
+    Ok(config)
+}
+
+fn flood_limits(file: &FileConfig, max_frame_bytes: usize) -> Result<FloodLimits, ConfigError> {
+    let engine = EngineLimits::default();
+    let device_send_bytes = BucketConfig::new(
+        file.device_send_bytes_burst
+            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES.capacity),
+        file.device_send_bytes_per_sec
+            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES.refill_per_sec),
+    );
+    // A burst smaller than one frame would make every large message wait for a full bucket.
+    if device_send_bytes.capacity < max_frame_bytes as u64 || device_send_bytes.refill_per_sec == 0
+    {
+        return Err(ConfigError::Invalid(
+            "device_send_bytes_burst must be at least max_frame_bytes and \
+             device_send_bytes_per_sec positive"
+                .into(),
+        ));
+    }
+    let storage_quota_bytes = file
+        .storage_quota_bytes
+        .unwrap_or(DEFAULT_STORAGE_QUOTA_BYTES);
+    if storage_quota_bytes == 0 {
+        return Err(ConfigError::Invalid(
+            "storage_quota_bytes must be positive".into(),
+        ));
+    }
+    let http_history_max_bytes = file
+        .http_history_max_bytes
+        .unwrap_or(DEFAULT_HTTP_HISTORY_MAX_BYTES);
+    // At least one message of the largest size fits (JSON is ~4/3 of the frame).
+    let min_http = 2 * max_frame_bytes as u64;
+    if !(min_http..=(256 << 20)).contains(&http_history_max_bytes) {
+        return Err(ConfigError::Invalid(format!(
+            "http_history_max_bytes must be between {min_http} (twice max_frame_bytes) and 256 MiB"
+        )));
+    }
+    Ok(FloodLimits {
+        device_sends: bucket(
+            file.device_send_burst,
+            file.device_sends_per_sec,
+            DEFAULT_DEVICE_SENDS,
+            "device_send",
+        )?,
+        device_send_bytes,
+        device_requests: bucket(
+            file.device_request_burst,
+            file.device_requests_per_sec,
+            DEFAULT_DEVICE_REQUESTS,
+            "device_request",
+        )?,
+        user_sends: bucket(
+            file.user_send_burst,
+            file.user_sends_per_sec,
+            engine.user_sends,
+            "user_send",
+        )?,
+        conversation_sends: bucket(
+            file.conversation_send_burst,
+            file.conversation_sends_per_sec,
+            engine.conversation_sends,
+            "conversation_send",
+        )?,
+        storage_quota_bytes,
+        http_history_max_bytes,
+    })
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -255,6 +398,39 @@ mod tests {
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 4433)));
         assert_eq!(config.max_frame_bytes, 65536);
         assert!(matches!(config.certs, CertSource::SelfSigned { .. }));
+        assert_eq!(config.floods.device_sends, DEFAULT_DEVICE_SENDS);
+        assert_eq!(config.floods.storage_quota_bytes, 4 << 30);
+    }
+
+    #[test]
+    fn flood_limits_are_configurable_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        let config = resolve(
+            "device_send_burst = 5\ndevice_sends_per_sec = 2\nstorage_quota_bytes = 1000\n\
+             user_sends_per_sec = 7\nhttp_history_max_bytes = 200000\n",
+        )
+        .expect("resolve");
+        assert_eq!(config.floods.device_sends, BucketConfig::new(5, 2));
+        assert_eq!(config.floods.user_sends.refill_per_sec, 7);
+        assert_eq!(config.floods.storage_quota_bytes, 1000);
+        assert_eq!(config.floods.http_history_max_bytes, 200_000);
+        for bad in [
+            "device_sends_per_sec = 0",
+            "conversation_send_burst = 0",
+            "storage_quota_bytes = 0",
+            "device_send_bytes_burst = 100",
+            "http_history_max_bytes = 10",
+        ] {
+            assert!(resolve(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

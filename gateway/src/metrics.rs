@@ -70,6 +70,8 @@ pub struct GatewayMetrics {
     pub typing_expired: Counter,
     /// Presence/typing events dropped because a session's event queue was full.
     pub presence_events_dropped: Counter,
+    /// Requests (sends and others) refused by a per-device rate limit in the session.
+    pub rate_limited: Counter,
     resolved: [TransportCounters; 2],
 }
 
@@ -106,6 +108,7 @@ impl Default for GatewayMetrics {
             typing_dropped: Counter::default(),
             typing_expired: Counter::default(),
             presence_events_dropped: Counter::default(),
+            rate_limited: Counter::default(),
             resolved,
         }
     }
@@ -140,6 +143,11 @@ impl GatewayMetrics {
             "tern_messages_in",
             "Send requests received by transport",
             self.messages_in.clone(),
+        );
+        registry.register(
+            "tern_rate_limited",
+            "Requests refused by a per-device rate limit",
+            self.rate_limited.clone(),
         );
         registry.register(
             "tern_tls_handshake_failures",

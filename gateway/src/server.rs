@@ -69,6 +69,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let mut engine_config = EngineConfig::default();
     engine_config.limits.max_payload_bytes = config.max_frame_bytes - ENVELOPE_HEADROOM_BYTES;
+    engine_config.limits.user_sends = config.floods.user_sends;
+    engine_config.limits.conversation_sends = config.floods.conversation_sends;
     let engine = spawn_engine_shards(
         store.clone(),
         engine_config,
@@ -120,6 +122,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         send_queue_frames: config.send_queue_frames,
         resume_backlog: config.resume_backlog_messages,
         shutdown: shutdown.clone(),
+        device_limits: crate::session::limits::DeviceLimits {
+            sends: config.floods.device_sends,
+            send_bytes: config.floods.device_send_bytes,
+            requests: config.floods.device_requests,
+            storage_quota_bytes: config.floods.storage_quota_bytes,
+        },
     });
     let api = Arc::new(ApiState {
         accounts,
@@ -130,6 +138,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         public_addr: local,
         max_frame_bytes: config.max_frame_bytes,
+        http_history_max_bytes: config.floods.http_history_max_bytes,
     });
     let router = crate::http::router(api, sessions.clone());
     let tcp_tls = Arc::new(certs.tcp_config()?);
