@@ -167,10 +167,11 @@ pub struct FloodLimits {
 /// rarely pass 10/s; the load generator's heaviest default (fan-out, one sender per group)
 /// peaks at ~87/s per device. The issue's flood was 10,900/s from one socket.
 pub const DEFAULT_DEVICE_SENDS: BucketConfig = BucketConfig::new(1_000, 100);
-/// Per device, payload bytes: 16 MiB at once, 2 MiB/s sustained (~35 maximum-size messages a
-/// second; chat text is ~100 bytes, attachments travel as file references). The flood in the
-/// issue pushed 190 MB/s.
-pub const DEFAULT_DEVICE_SEND_BYTES: BucketConfig = BucketConfig::new(16 << 20, 2 << 20);
+/// Per device, payload bytes, in frames of `max_frame_bytes`: 256 at once, 32 per second
+/// sustained; with the default 64 KiB frames 16 MiB and 2 MiB/s (chat text is ~100 bytes,
+/// attachments travel as file references; the flood in the issue pushed 190 MB/s). Scaled with
+/// the frame limit because an operator who raises it expects large messages.
+pub const DEFAULT_DEVICE_SEND_BYTES_IN_FRAMES: BucketConfig = BucketConfig::new(256, 32);
 /// Per device, every other request: 500 at once (opening the app fetches history of many
 /// conversations), 50 per second sustained (a client pings every ~20 s and asks for history
 /// as the user scrolls).
@@ -178,9 +179,10 @@ pub const DEFAULT_DEVICE_REQUESTS: BucketConfig = BucketConfig::new(500, 50);
 /// 4 GiB of payload per user: ~10 years of a heavy user's text (1,000 messages of 1 KB a day)
 /// while one account still cannot fill a disk. Attachments are file references, not payload.
 pub const DEFAULT_STORAGE_QUOTA_BYTES: u64 = 4 << 30;
-/// 1 MiB of JSON per history response: a second on a slow mobile link, and 16 pages of the
-/// largest messages; scrolling further asks for the next page.
-pub const DEFAULT_HTTP_HISTORY_MAX_BYTES: u64 = 1 << 20;
+/// JSON per history response, in frames of `max_frame_bytes`: 16, so 1 MiB with the default
+/// frames (a second on a slow mobile link, a dozen of the largest messages); scrolling further
+/// asks for the next page.
+pub const DEFAULT_HTTP_HISTORY_MAX_FRAMES: u64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -319,11 +321,12 @@ fn bucket(
 
 fn flood_limits(file: &FileConfig, max_frame_bytes: usize) -> Result<FloodLimits, ConfigError> {
     let engine = EngineLimits::default();
+    let frame = max_frame_bytes as u64;
     let device_send_bytes = BucketConfig::new(
         file.device_send_bytes_burst
-            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES.capacity),
+            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES_IN_FRAMES.capacity * frame),
         file.device_send_bytes_per_sec
-            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES.refill_per_sec),
+            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES_IN_FRAMES.refill_per_sec * frame),
     );
     // A burst smaller than one frame would make every large message wait for a full bucket.
     if device_send_bytes.capacity < max_frame_bytes as u64 || device_send_bytes.refill_per_sec == 0
@@ -344,7 +347,7 @@ fn flood_limits(file: &FileConfig, max_frame_bytes: usize) -> Result<FloodLimits
     }
     let http_history_max_bytes = file
         .http_history_max_bytes
-        .unwrap_or(DEFAULT_HTTP_HISTORY_MAX_BYTES);
+        .unwrap_or(DEFAULT_HTTP_HISTORY_MAX_FRAMES * frame);
     // At least one message of the largest size fits (JSON is ~4/3 of the frame).
     let min_http = 2 * max_frame_bytes as u64;
     if !(min_http..=(256 << 20)).contains(&http_history_max_bytes) {
@@ -400,6 +403,11 @@ mod tests {
         assert!(matches!(config.certs, CertSource::SelfSigned { .. }));
         assert_eq!(config.floods.device_sends, DEFAULT_DEVICE_SENDS);
         assert_eq!(config.floods.storage_quota_bytes, 4 << 30);
+        assert_eq!(
+            config.floods.device_send_bytes,
+            BucketConfig::new(16 << 20, 2 << 20)
+        );
+        assert_eq!(config.floods.http_history_max_bytes, 1 << 20);
     }
 
     #[test]
