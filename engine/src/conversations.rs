@@ -801,8 +801,13 @@ impl Conversations {
             }
         }
         let over = messages.iter().map(cost.message).sum::<u64>() > max_bytes;
-        if crate::paging::fit(&mut messages, &mut Vec::new(), after_seq > 0, max_bytes, cost)
-            || over
+        if crate::paging::fit(
+            &mut messages,
+            &mut Vec::new(),
+            after_seq > 0,
+            max_bytes,
+            cost,
+        ) || over
         {
             // Cut by size, or one message alone is over the budget (there may be more).
             has_more = true;

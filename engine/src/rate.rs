@@ -212,7 +212,11 @@ mod tests {
         let mut m = BucketMap::new(BucketConfig::new(1, 1), 2);
         assert_eq!(m.try_take(1u32, 0, 1), Ok(()));
         assert!(m.try_take(1, 0, 1).is_err());
-        assert_eq!(m.try_take(2, 0, 1), Ok(()), "another key has its own bucket");
+        assert_eq!(
+            m.try_take(2, 0, 1),
+            Ok(()),
+            "another key has its own bucket"
+        );
         // Both draining: a third key grows the map rather than forgive anyone.
         assert_eq!(m.try_take(3, 0, 1), Ok(()));
         assert_eq!(m.len(), 3);

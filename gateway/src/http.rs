@@ -456,7 +456,13 @@ async fn history(
         )
         .await?;
     let mut reactions = api.reactions.for_page(id, &messages).await?;
-    if tern_engine::paging::fit(&mut messages, &mut reactions, after > 0, budget, PageCost::JSON) {
+    if tern_engine::paging::fit(
+        &mut messages,
+        &mut reactions,
+        after > 0,
+        budget,
+        PageCost::JSON,
+    ) {
         has_more = true;
     }
     let reactions = reactions

@@ -51,14 +51,19 @@ async fn flood(
 ) -> Vec<(u128, Outcome)> {
     let sends = (0..n).map(|i| async move {
         let id = base + i;
-        let outcome = match conn.send(conversation, id, "text", vec![b'x'; payload]).await {
+        let outcome = match conn
+            .send(conversation, id, "text", vec![b'x'; payload])
+            .await
+        {
             Ok(receipt) => Outcome::Accepted(receipt),
             Err(Error::Server {
                 code: ErrorCode::RateLimited,
                 fatal: false,
                 retry_after,
                 ..
-            }) => Outcome::RateLimited(retry_after.expect("a rate-limit refusal says when to retry")),
+            }) => {
+                Outcome::RateLimited(retry_after.expect("a rate-limit refusal says when to retry"))
+            }
             Err(e) => panic!("send {id}: expected an ack or RateLimited, got {e}"),
         };
         (id, outcome)
@@ -119,7 +124,11 @@ async fn a_flooding_device_is_refused_with_retry_after_and_loses_nothing_accepte
         ok.len()
     );
     assert!(!refusals.is_empty(), "sends past the burst are refused");
-    assert!(refusals.iter().all(|d| *d > Duration::ZERO && *d <= Duration::from_secs(1)));
+    assert!(
+        refusals
+            .iter()
+            .all(|d| *d > Duration::ZERO && *d <= Duration::from_secs(1))
+    );
     // Accepted sends are sequenced gaplessly (refused ones took no seq) and all delivered once.
     assert_eq!(
         ok.keys().copied().collect::<Vec<_>>(),
@@ -153,8 +162,15 @@ async fn two_devices_of_one_user_share_the_user_limit(transport: TransportPref) 
     let mut all: Vec<(u128, Outcome)> = a;
     all.extend(b);
     let ok = accepted(&all);
-    assert!(ok.len() >= 10, "the user's burst is accepted, got {}", ok.len());
-    assert!(!refused(&all).is_empty(), "16 sends at once exceed the user's 10");
+    assert!(
+        ok.len() >= 10,
+        "the user's burst is accepted, got {}",
+        ok.len()
+    );
+    assert!(
+        !refused(&all).is_empty(),
+        "16 sends at once exceed the user's 10"
+    );
     // Bob, another user, is not limited by Alice's bucket.
     bob_conn
         .send(conversation, 7, "text", text("bob is fine"))
@@ -180,8 +196,15 @@ async fn a_conversation_is_limited_across_its_members(transport: TransportPref) 
     let mut all = a;
     all.extend(b);
     let ok = accepted(&all);
-    assert!(ok.len() >= 10, "the conversation's burst is accepted, got {}", ok.len());
-    assert!(!refused(&all).is_empty(), "16 sends at once exceed the conversation's 10");
+    assert!(
+        ok.len() >= 10,
+        "the conversation's burst is accepted, got {}",
+        ok.len()
+    );
+    assert!(
+        !refused(&all).is_empty(),
+        "16 sends at once exceed the conversation's 10"
+    );
     // Another conversation of the same users is not affected.
     let carol = user(&server, "carol").await;
     let other = alice
@@ -352,8 +375,7 @@ async fn history_pages_of_large_messages_fit_the_frame_limit_and_the_http_budget
 
 async fn a_request_flood_is_rate_limited(transport: TransportPref) {
     let server =
-        TestServer::start_with(&["device_request_burst = 10", "device_requests_per_sec = 5"])
-            .await;
+        TestServer::start_with(&["device_request_burst = 10", "device_requests_per_sec = 5"]).await;
     let (alice, _bob, conversation) = alice_and_bob(&server).await;
     let (conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     conn.send(conversation, 1, "text", text("hello"))
@@ -380,7 +402,10 @@ async fn a_request_flood_is_rate_limited(transport: TransportPref) {
         }
     }
     assert!(ok >= 10, "the burst is served ({ok})");
-    assert!(!limited.is_empty(), "a flood of history requests is refused");
+    assert!(
+        !limited.is_empty(),
+        "a flood of history requests is refused"
+    );
     // Sends have their own buckets: a request flood does not stop messages.
     conn.send(conversation, 2, "text", text("still sending"))
         .await

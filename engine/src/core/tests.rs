@@ -450,7 +450,10 @@ fn a_conversation_over_its_send_rate_is_refused_but_non_members_cannot_drain_it(
     core.handle(loaded(0), 1);
     for i in 0..5 {
         let actions = core.handle(send(3, 100 + i, 100 + u128::from(i)), 1);
-        assert!(rate_limited(&actions).is_empty(), "Mallory is forbidden, not counted");
+        assert!(
+            rate_limited(&actions).is_empty(),
+            "Mallory is forbidden, not counted"
+        );
     }
     assert!(rate_limited(&core.handle(send(2, 2, 2), 1)).is_empty());
     assert_eq!(

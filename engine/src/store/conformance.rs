@@ -35,8 +35,8 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, message_cost, InvitationRecord,
-    MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    CommitBatch, ConversationRecord, CursorUpdate, HistoryFrom, HistoryQuery, InvitationRecord,
+    MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord, message_cost,
 };
 
 /// Runs every check, each on a store freshly made by `make`.
@@ -774,13 +774,34 @@ pub async fn check_history<S: Store>(store: S) {
     };
     let bounded = [
         // Oldest first: 1..=3 cost exactly cost(1..=3), not over it, so 4 crosses.
-        (HistoryQuery::after(conv, 0, 100).with_max_bytes(cost(1..=3)), r(1, 4)),
-        (HistoryQuery::after(conv, 0, 100).with_max_bytes(cost(1..=3) - 1), r(1, 3)),
-        (HistoryQuery::after(conv, 45, 100).with_max_bytes(1), r(46, 46)),
-        (HistoryQuery::after(conv, 0, 2).with_max_bytes(cost(1..=10)), r(1, 2)),
-        (HistoryQuery::before(conv, 0, 100).with_max_bytes(cost(48..=50)), r(47, 50)),
-        (HistoryQuery::before(conv, 20, 100).with_max_bytes(0), r(19, 19)),
-        (HistoryQuery::before(conv, 0, 100).with_max_bytes(u64::MAX), r(1, 50)),
+        (
+            HistoryQuery::after(conv, 0, 100).with_max_bytes(cost(1..=3)),
+            r(1, 4),
+        ),
+        (
+            HistoryQuery::after(conv, 0, 100).with_max_bytes(cost(1..=3) - 1),
+            r(1, 3),
+        ),
+        (
+            HistoryQuery::after(conv, 45, 100).with_max_bytes(1),
+            r(46, 46),
+        ),
+        (
+            HistoryQuery::after(conv, 0, 2).with_max_bytes(cost(1..=10)),
+            r(1, 2),
+        ),
+        (
+            HistoryQuery::before(conv, 0, 100).with_max_bytes(cost(48..=50)),
+            r(47, 50),
+        ),
+        (
+            HistoryQuery::before(conv, 20, 100).with_max_bytes(0),
+            r(19, 19),
+        ),
+        (
+            HistoryQuery::before(conv, 0, 100).with_max_bytes(u64::MAX),
+            r(1, 50),
+        ),
     ];
     for (query, want) in bounded {
         let page = ok(store.history(query).await, "history");

@@ -53,7 +53,10 @@ pub enum QuotaCheck {
     /// Read the user's stored bytes from the store, then call [`DeviceRate::quota_read`].
     NeedsRead,
     /// Over the quota: `stored` bytes already, the quota is `quota`.
-    Exceeded { stored: u64, quota: u64 },
+    Exceeded {
+        stored: u64,
+        quota: u64,
+    },
 }
 
 impl DeviceRate {

@@ -12,7 +12,11 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         let bytes = request.payload.len() as u64;
         if let Err(retry) = self.rate.take_send(bytes) {
             return self
-                .refuse_rate(request.request_id, "too many messages from this device", retry)
+                .refuse_rate(
+                    request.request_id,
+                    "too many messages from this device",
+                    retry,
+                )
                 .await;
         }
         if let Some(refusal) = self.over_quota(request.request_id, bytes).await {
