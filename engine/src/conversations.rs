@@ -734,8 +734,8 @@ impl Conversations {
     }
 
     /// One page of history, ascending by seq, and whether more exists in the paging direction.
-    /// One page of history: at most `limit` messages and, counted by `cost`, at most
-    /// `max_bytes` (a page always holds one message if the range has any). `has_more` is set
+    /// One page of history: at most `limit` messages and, counted by `budget.cost`, at most
+    /// `budget.max_bytes` (a page always holds one message if the range has any). `has_more` is set
     /// when the page was cut by either bound. See `paging` for which end is cut.
     pub async fn history(
         &self,
@@ -744,9 +744,9 @@ impl Conversations {
         before_seq: u64,
         after_seq: u64,
         limit: u32,
-        max_bytes: u64,
-        cost: crate::paging::PageCost,
+        budget: crate::paging::PageBudget,
     ) -> Result<(Vec<Message>, bool), ServiceError> {
+        let crate::paging::PageBudget { max_bytes, cost } = budget;
         // Former members read up to their departure, never beyond.
         let mut before_seq = before_seq;
         if !self

@@ -30,6 +30,13 @@ impl PageCost {
     };
 }
 
+/// The byte bound of a page and how its items are counted.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBudget {
+    pub max_bytes: u64,
+    pub cost: PageCost,
+}
+
 /// A reaction entry in FlatBuffers: seq, count, offsets, the emoji and 16 bytes per user.
 pub fn reaction_wire_cost(r: &ReactionCount) -> u64 {
     64 + r.emoji.len() as u64 + 16 * r.users.len() as u64

@@ -18,7 +18,7 @@ use tern_engine::accounts::Accounts;
 use tern_engine::conversations::Conversations;
 use tern_engine::core::Input;
 use tern_engine::driver::EngineHandle;
-use tern_engine::paging::PageCost;
+use tern_engine::paging::{PageBudget, PageCost};
 use tern_engine::service::ServiceError;
 use tern_wire::api::{
     ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup,
@@ -451,8 +451,10 @@ async fn history(
             params.before.unwrap_or(0),
             after,
             params.limit.unwrap_or(50),
-            budget,
-            PageCost::JSON,
+            PageBudget {
+                max_bytes: budget,
+                cost: PageCost::JSON,
+            },
         )
         .await?;
     let mut reactions = api.reactions.for_page(id, &messages).await?;

@@ -2,7 +2,7 @@
 
 use super::limits::QuotaCheck;
 use super::*;
-use tern_engine::paging::{self, PageCost};
+use tern_engine::paging::{self, PageBudget, PageCost};
 
 impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     /// Per-device rate limits and the storage quota are checked here, before the engine's
@@ -109,8 +109,10 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 before_seq,
                 after_seq,
                 limit,
-                budget,
-                PageCost::WIRE,
+                PageBudget {
+                    max_bytes: budget,
+                    cost: PageCost::WIRE,
+                },
             )
             .await;
         let (mut messages, mut has_more) = match page {
