@@ -734,6 +734,9 @@ impl Conversations {
     }
 
     /// One page of history, ascending by seq, and whether more exists in the paging direction.
+    /// One page of history: at most `limit` messages and, counted by `budget.cost`, at most
+    /// `budget.max_bytes` (a page always holds one message if the range has any). `has_more` is set
+    /// when the page was cut by either bound. See `paging` for which end is cut.
     pub async fn history(
         &self,
         me: UserId,
@@ -741,7 +744,9 @@ impl Conversations {
         before_seq: u64,
         after_seq: u64,
         limit: u32,
+        budget: crate::paging::PageBudget,
     ) -> Result<(Vec<Message>, bool), ServiceError> {
+        let crate::paging::PageBudget { max_bytes, cost } = budget;
         // Former members read up to their departure, never beyond.
         let mut before_seq = before_seq;
         if !self
@@ -776,21 +781,36 @@ impl Conversations {
         } else {
             HistoryFrom::Newest
         };
+        // The store stops reading after the message that crosses `max_bytes` (by its own
+        // count, which `cost` never undercuts), so a large page is never read whole.
         let query = HistoryQuery {
             conversation,
             before_seq,
             after_seq,
             limit: limit + 1,
             from,
+            max_bytes,
         };
         let mut messages = self.store.history(query).await.map_err(internal)?;
-        let has_more = messages.len() > limit as usize;
+        let mut has_more = messages.len() > limit as usize;
         if has_more {
             if after_seq > 0 {
                 messages.truncate(limit as usize);
             } else {
                 messages.remove(0);
             }
+        }
+        let over = messages.iter().map(cost.message).sum::<u64>() > max_bytes;
+        if crate::paging::fit(
+            &mut messages,
+            &mut Vec::new(),
+            after_seq > 0,
+            max_bytes,
+            cost,
+        ) || over
+        {
+            // Cut by size, or one message alone is over the budget (there may be more).
+            has_more = true;
         }
         Ok((messages, has_more))
     }

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use tern_engine::limits::EngineLimits;
+use tern_engine::rate::BucketConfig;
+
 use crate::tls::CertSource;
 
 #[derive(Debug, clap::Parser)]
@@ -118,6 +121,19 @@ pub struct FileConfig {
     /// Password-hash jobs waiting in all, and per address prefix (served round-robin).
     pub hash_queue: Option<usize>,
     pub hash_queue_per_client: Option<usize>,
+    // ---- rate limits and quotas (issue 10: floods) ----
+    pub device_send_burst: Option<u64>,
+    pub device_sends_per_sec: Option<u64>,
+    pub device_send_bytes_burst: Option<u64>,
+    pub device_send_bytes_per_sec: Option<u64>,
+    pub device_request_burst: Option<u64>,
+    pub device_requests_per_sec: Option<u64>,
+    pub user_send_burst: Option<u64>,
+    pub user_sends_per_sec: Option<u64>,
+    pub conversation_send_burst: Option<u64>,
+    pub conversation_sends_per_sec: Option<u64>,
+    pub storage_quota_bytes: Option<u64>,
+    pub http_history_max_bytes: Option<u64>,
 }
 
 /// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
@@ -218,7 +234,44 @@ pub struct Config {
     /// Most messages replayed per conversation when a device resumes.
     pub resume_backlog_messages: u64,
     pub edge: EdgeConfig,
+    /// Rate limits and the storage quota.
+    pub floods: FloodLimits,
 }
+
+/// Rate limits (token buckets: burst and sustained rate) and the storage quota.
+#[derive(Debug, Clone, Copy)]
+pub struct FloodLimits {
+    pub device_sends: BucketConfig,
+    pub device_send_bytes: BucketConfig,
+    pub device_requests: BucketConfig,
+    pub user_sends: BucketConfig,
+    pub conversation_sends: BucketConfig,
+    pub storage_quota_bytes: u64,
+    /// Largest HTTPS history response (JSON bytes, estimated); pages are cut to fit.
+    pub http_history_max_bytes: u64,
+}
+
+/// Per device: 1,000 messages at once (an outbox flushed after a day offline), 100 per second
+/// sustained. A fast human types one message every few seconds and bots that relay traffic
+/// rarely pass 10/s; the load generator's heaviest default (fan-out, one sender per group)
+/// peaks at ~87/s per device. The issue's flood was 10,900/s from one socket.
+pub const DEFAULT_DEVICE_SENDS: BucketConfig = BucketConfig::new(1_000, 100);
+/// Per device, payload bytes, in frames of `max_frame_bytes`: 256 at once, 32 per second
+/// sustained; with the default 64 KiB frames 16 MiB and 2 MiB/s (chat text is ~100 bytes,
+/// attachments travel as file references; the flood in the issue pushed 190 MB/s). Scaled with
+/// the frame limit because an operator who raises it expects large messages.
+pub const DEFAULT_DEVICE_SEND_BYTES_IN_FRAMES: BucketConfig = BucketConfig::new(256, 32);
+/// Per device, every other request: 500 at once (opening the app fetches history of many
+/// conversations), 50 per second sustained (a client pings every ~20 s and asks for history
+/// as the user scrolls).
+pub const DEFAULT_DEVICE_REQUESTS: BucketConfig = BucketConfig::new(500, 50);
+/// 4 GiB of payload per user: ~10 years of a heavy user's text (1,000 messages of 1 KB a day)
+/// while one account still cannot fill a disk. Attachments are file references, not payload.
+pub const DEFAULT_STORAGE_QUOTA_BYTES: u64 = 4 << 30;
+/// JSON per history response, in frames of `max_frame_bytes`: 16, so 1 MiB with the default
+/// frames (a second on a slow mobile link, a dozen of the largest messages); scrolling further
+/// asks for the next page.
+pub const DEFAULT_HTTP_HISTORY_MAX_FRAMES: u64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -243,6 +296,12 @@ impl Config {
             None => FileConfig::default(),
         };
         let accounts = account_limits(&file)?;
+        // Before any field moves out of `file`.
+        let frame_for_floods = args
+            .max_frame_bytes
+            .or(file.max_frame_bytes)
+            .unwrap_or(64 * 1024);
+        let floods = flood_limits(&file, frame_for_floods)?;
         let data_dir = args
             .data_dir
             .or(file.data_dir.clone())
@@ -332,6 +391,7 @@ impl Config {
                 .unwrap_or(DEFAULT_RESUME_BACKLOG)
                 .clamp(1, MAX_RESUME_BACKLOG),
             edge,
+            floods,
         })
     }
 }
@@ -503,6 +563,92 @@ fn account_limits(file: &FileConfig) -> Result<tern_engine::accounts::AccountLim
     })
 }
 
+/// A bucket from two keys; both must be positive (0 would refuse everything forever).
+fn bucket(
+    burst: Option<u64>,
+    per_sec: Option<u64>,
+    default: BucketConfig,
+    name: &str,
+) -> Result<BucketConfig, ConfigError> {
+    let config = BucketConfig::new(
+        burst.unwrap_or(default.capacity),
+        per_sec.unwrap_or(default.refill_per_sec),
+    );
+    if !config.is_valid() {
+        return Err(ConfigError::Invalid(format!(
+            "{name}_burst and {name}s_per_sec must be positive"
+        )));
+    }
+    Ok(config)
+}
+
+fn flood_limits(file: &FileConfig, max_frame_bytes: usize) -> Result<FloodLimits, ConfigError> {
+    let engine = EngineLimits::default();
+    let frame = max_frame_bytes as u64;
+    let device_send_bytes = BucketConfig::new(
+        file.device_send_bytes_burst
+            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES_IN_FRAMES.capacity * frame),
+        file.device_send_bytes_per_sec
+            .unwrap_or(DEFAULT_DEVICE_SEND_BYTES_IN_FRAMES.refill_per_sec * frame),
+    );
+    // A burst smaller than one frame would make every large message wait for a full bucket.
+    if device_send_bytes.capacity < max_frame_bytes as u64 || device_send_bytes.refill_per_sec == 0
+    {
+        return Err(ConfigError::Invalid(
+            "device_send_bytes_burst must be at least max_frame_bytes and \
+             device_send_bytes_per_sec positive"
+                .into(),
+        ));
+    }
+    let storage_quota_bytes = file
+        .storage_quota_bytes
+        .unwrap_or(DEFAULT_STORAGE_QUOTA_BYTES);
+    if storage_quota_bytes == 0 {
+        return Err(ConfigError::Invalid(
+            "storage_quota_bytes must be positive".into(),
+        ));
+    }
+    let http_history_max_bytes = file
+        .http_history_max_bytes
+        .unwrap_or(DEFAULT_HTTP_HISTORY_MAX_FRAMES * frame);
+    // At least one message of the largest size fits (JSON is ~4/3 of the frame).
+    let min_http = 2 * max_frame_bytes as u64;
+    if !(min_http..=(256 << 20)).contains(&http_history_max_bytes) {
+        return Err(ConfigError::Invalid(format!(
+            "http_history_max_bytes must be between {min_http} (twice max_frame_bytes) and 256 MiB"
+        )));
+    }
+    Ok(FloodLimits {
+        device_sends: bucket(
+            file.device_send_burst,
+            file.device_sends_per_sec,
+            DEFAULT_DEVICE_SENDS,
+            "device_send",
+        )?,
+        device_send_bytes,
+        device_requests: bucket(
+            file.device_request_burst,
+            file.device_requests_per_sec,
+            DEFAULT_DEVICE_REQUESTS,
+            "device_request",
+        )?,
+        user_sends: bucket(
+            file.user_send_burst,
+            file.user_sends_per_sec,
+            engine.user_sends,
+            "user_send",
+        )?,
+        conversation_sends: bucket(
+            file.conversation_send_burst,
+            file.conversation_sends_per_sec,
+            engine.conversation_sends,
+            "conversation_send",
+        )?,
+        storage_quota_bytes,
+        http_history_max_bytes,
+    })
+}
+
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e))
@@ -520,6 +666,13 @@ mod tests {
         assert!(matches!(config.certs, CertSource::SelfSigned { .. }));
         assert_eq!(config.accounts.failures_per_user_address, 5);
         assert_eq!(config.accounts.registrations_per_address, 30);
+        assert_eq!(config.floods.device_sends, DEFAULT_DEVICE_SENDS);
+        assert_eq!(config.floods.storage_quota_bytes, 4 << 30);
+        assert_eq!(
+            config.floods.device_send_bytes,
+            BucketConfig::new(16 << 20, 2 << 20)
+        );
+        assert_eq!(config.floods.http_history_max_bytes, 1 << 20);
     }
 
     #[test]
@@ -543,6 +696,37 @@ mod tests {
         assert!(resolve("token_ttl_secs = 0\n").is_err());
         assert!(resolve("login_failures_per_user_address = 0\n").is_err());
         assert!(resolve("hash_queue = 4\nhash_queue_per_client = 5\n").is_err());
+    }
+
+    #[test]
+    fn flood_limits_are_configurable_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        let config = resolve(
+            "device_send_burst = 5\ndevice_sends_per_sec = 2\nstorage_quota_bytes = 1000\n\
+             user_sends_per_sec = 7\nhttp_history_max_bytes = 200000\n",
+        )
+        .expect("resolve");
+        assert_eq!(config.floods.device_sends, BucketConfig::new(5, 2));
+        assert_eq!(config.floods.user_sends.refill_per_sec, 7);
+        assert_eq!(config.floods.storage_quota_bytes, 1000);
+        assert_eq!(config.floods.http_history_max_bytes, 200_000);
+        for bad in [
+            "device_sends_per_sec = 0",
+            "conversation_send_burst = 0",
+            "storage_quota_bytes = 0",
+            "device_send_bytes_burst = 100",
+            "http_history_max_bytes = 10",
+        ] {
+            assert!(resolve(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tern_engine::accounts::Accounts;
 use tern_engine::conversations::Conversations;
 use tern_engine::core::Input;
 use tern_engine::driver::EngineHandle;
+use tern_engine::paging::{PageBudget, PageCost};
 use tern_engine::service::ServiceError;
 use tern_wire::api::{
     ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup,
@@ -47,6 +48,8 @@ pub struct ApiState {
     /// `/api/v1/transport` name it, never the request's `Host` header, which the client chose.
     pub public_authority: String,
     pub max_frame_bytes: usize,
+    /// Largest history response (estimated JSON bytes).
+    pub http_history_max_bytes: u64,
 }
 
 /// The TCP peer address, inserted by the listener into every request.
@@ -475,20 +478,34 @@ async fn history(
     let id: ConversationId = id
         .parse()
         .map_err(|_| ServiceError::invalid("conversation id must be a UUID"))?;
-    let (messages, has_more) = api
+    // Pages are bounded by (estimated) JSON bytes too, so one response stays bounded.
+    let budget = api.http_history_max_bytes;
+    let after = params.after.unwrap_or(0);
+    let (mut messages, mut has_more) = api
         .conversations
         .history(
             caller.user,
             id,
             params.before.unwrap_or(0),
-            params.after.unwrap_or(0),
+            after,
             params.limit.unwrap_or(50),
+            PageBudget {
+                max_bytes: budget,
+                cost: PageCost::JSON,
+            },
         )
         .await?;
-    let reactions = api
-        .reactions
-        .for_page(id, &messages)
-        .await?
+    let mut reactions = api.reactions.for_page(id, &messages).await?;
+    if tern_engine::paging::fit(
+        &mut messages,
+        &mut reactions,
+        after > 0,
+        budget,
+        PageCost::JSON,
+    ) {
+        has_more = true;
+    }
+    let reactions = reactions
         .into_iter()
         .map(|r| ReactionView {
             seq: r.seq,
@@ -658,4 +675,52 @@ async fn metrics(State(api): State<Arc<ApiState>>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_wire::ids::{DeviceId, MessageId};
+    use tern_wire::msg::{FileRef, Message, ReactionCount};
+
+    /// The JSON estimate that bounds HTTPS history pages is never below the real JSON.
+    #[test]
+    fn json_page_costs_are_upper_bounds() {
+        let m = Message {
+            conversation: ConversationId::random(),
+            seq: u64::MAX,
+            message_id: MessageId(u128::MAX),
+            sender_user: UserId::random(),
+            sender_device: DeviceId::random(),
+            client_msg_id: u128::MAX,
+            timestamp_ms: u64::MAX,
+            content_type: "c\"".repeat(64),
+            payload: vec![0xff; 60 * 1024 + 1],
+            files: (0..16)
+                .map(|i| FileRef {
+                    file_id: MessageId(i),
+                    size: u64::MAX,
+                    content_type: "f\"".repeat(32),
+                })
+                .collect(),
+        };
+        let cost = (PageCost::JSON.message)(&m);
+        let json = serde_json::to_vec(&message_view(m)).expect("json").len() as u64;
+        assert!(json <= cost, "message: json {json} > estimate {cost}");
+        let r = ReactionCount {
+            seq: u64::MAX,
+            emoji: "👍🏽".into(),
+            count: u32::MAX,
+            users: (0..32).map(|_| UserId::random()).collect(),
+        };
+        let cost = (PageCost::JSON.reaction)(&r);
+        let view = ReactionView {
+            seq: r.seq,
+            emoji: r.emoji,
+            count: r.count,
+            users: r.users,
+        };
+        let json = serde_json::to_vec(&view).expect("json").len() as u64;
+        assert!(json <= cost, "reaction: json {json} > estimate {cost}");
+    }
 }

@@ -72,6 +72,8 @@ pub struct GatewayMetrics {
     pub presence_events_dropped: Counter,
     /// QUIC connections dropped for not sending the WebTransport CONNECT in time.
     pub quic_connect_timeouts: Counter,
+    /// Requests (sends and others) refused by a per-device rate limit in the session.
+    pub rate_limited: Counter,
     resolved: [TransportCounters; 2],
 }
 
@@ -109,6 +111,7 @@ impl Default for GatewayMetrics {
             typing_expired: Counter::default(),
             presence_events_dropped: Counter::default(),
             quic_connect_timeouts: Counter::default(),
+            rate_limited: Counter::default(),
             resolved,
         }
     }
@@ -143,6 +146,11 @@ impl GatewayMetrics {
             "tern_messages_in",
             "Send requests received by transport",
             self.messages_in.clone(),
+        );
+        registry.register(
+            "tern_rate_limited",
+            "Requests refused by a per-device rate limit",
+            self.rate_limited.clone(),
         );
         registry.register(
             "tern_tls_handshake_failures",

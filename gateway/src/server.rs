@@ -120,6 +120,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let mut engine_config = EngineConfig::default();
     engine_config.limits.max_payload_bytes = config.max_frame_bytes - ENVELOPE_HEADROOM_BYTES;
+    engine_config.limits.user_sends = config.floods.user_sends;
+    engine_config.limits.conversation_sends = config.floods.conversation_sends;
     let engine = spawn_engine_shards(
         store.clone(),
         engine_config,
@@ -166,6 +168,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         send_queue_frames: config.send_queue_frames,
         resume_backlog: config.resume_backlog_messages,
         shutdown: shutdown.clone(),
+        device_limits: crate::session::limits::DeviceLimits {
+            sends: config.floods.device_sends,
+            send_bytes: config.floods.device_send_bytes,
+            requests: config.floods.device_requests,
+            storage_quota_bytes: config.floods.storage_quota_bytes,
+        },
     });
     let api = Arc::new(ApiState {
         accounts,
@@ -180,6 +188,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| local.to_string()),
         max_frame_bytes: config.max_frame_bytes,
+        http_history_max_bytes: config.floods.http_history_max_bytes,
     });
     if config.edge.public_authority.is_none() && local.ip().is_unspecified() {
         tracing::warn!(

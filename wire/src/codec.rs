@@ -892,6 +892,7 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
             code,
             message,
             fatal,
+            retry_after_ms,
         } => {
             let message = string(fbb, message);
             let args = fb::ServerErrorArgs {
@@ -899,6 +900,7 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
                 code: error_code_to_fb(*code),
                 message,
                 fatal: *fatal,
+                retry_after_ms: *retry_after_ms,
             };
             (
                 fb::Body::ServerError,
@@ -1393,6 +1395,7 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
                 code: error_code_of(b.code())?,
                 message: string_of(b.message()),
                 fatal: b.fatal(),
+                retry_after_ms: b.retry_after_ms(),
             }
         }
         fb::Body::ServerNotice => {

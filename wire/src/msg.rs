@@ -424,6 +424,9 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
         fatal: bool,
+        /// For `RateLimited`: how long to wait before retrying; 0 when the server does not say.
+        #[serde(default)]
+        retry_after_ms: u32,
     },
     Notice {
         notice: Notice,
@@ -445,6 +448,18 @@ impl ServerMessage {
             code,
             message: message.into(),
             fatal,
+            retry_after_ms: 0,
+        }
+    }
+
+    /// A non-fatal `RateLimited` answer that says when to retry.
+    pub fn rate_limited(request_id: u64, message: impl Into<String>, retry_after_ms: u32) -> Self {
+        ServerMessage::Error {
+            request_id,
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            fatal: false,
+            retry_after_ms: retry_after_ms.max(1),
         }
     }
 }

@@ -468,7 +468,12 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                 code: ErrorCode::Forbidden,
                 message: "not a member".into(),
                 fatal: false,
+                retry_after_ms: 0,
             },
+        ),
+        (
+            "error_rate_limited",
+            ServerMessage::rate_limited(6, "device send rate exceeded", 250),
         ),
         (
             "error_fatal",

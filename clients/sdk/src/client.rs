@@ -513,7 +513,11 @@ impl Client {
                     }
                     None => {
                         self.drain = if e.code() == Some(ErrorCode::RateLimited.as_str()) {
-                            DrainGate::At(Instant::now() + self.backoff.next_delay())
+                            // The server's retry-after when it gave one (never sooner than
+                            // the backoff: several devices may share the limit).
+                            let backoff = self.backoff.next_delay();
+                            let wait = e.retry_after().map_or(backoff, |r| r.max(backoff));
+                            DrainGate::At(Instant::now() + wait)
                         } else {
                             DrainGate::Parked
                         };
@@ -834,11 +838,7 @@ mod tests {
 
     #[test]
     fn permanent_and_transient_send_failures() {
-        let server = |code, fatal| Error::Server {
-            code,
-            message: String::new(),
-            fatal,
-        };
+        let server = |code, fatal| Error::server(code, String::new(), fatal, 0);
         for code in [
             ErrorCode::Forbidden,
             ErrorCode::NotFound,

@@ -390,12 +390,9 @@ impl Connection {
                 code,
                 message,
                 fatal,
+                retry_after_ms,
                 ..
-            }) => Err(Error::Server {
-                code,
-                message,
-                fatal,
-            }),
+            }) => Err(Error::server(code, message, fatal, retry_after_ms)),
             Some(other) => Err(Error::Protocol(format!(
                 "expected Welcome, got {}",
                 variant_name(&other)
@@ -716,12 +713,9 @@ impl ConnectionSender {
                 code,
                 message,
                 fatal,
+                retry_after_ms,
                 ..
-            })) => Err(Error::Server {
-                code,
-                message,
-                fatal,
-            }),
+            })) => Err(Error::server(code, message, fatal, retry_after_ms)),
             Ok(Ok(reply)) => Ok(reply),
         }
     }
@@ -831,6 +825,7 @@ async fn read_loop(
                 code,
                 message,
                 fatal,
+                ..
             } => Event::Error {
                 request_id,
                 code,

@@ -94,6 +94,8 @@ pub enum Error {
         code: ErrorCode,
         message: String,
         fatal: bool,
+        /// For `RateLimited`: how long the server asks the client to wait before retrying.
+        retry_after: Option<Duration>,
     },
     /// The server sent something out of protocol.
     #[error("protocol violation: {0}")]
@@ -125,6 +127,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// An `Error` frame as an SDK error (`retry_after_ms` 0 means the server did not say).
+    pub fn server(code: ErrorCode, message: String, fatal: bool, retry_after_ms: u32) -> Self {
+        Error::Server {
+            code,
+            message,
+            fatal,
+            retry_after: (retry_after_ms > 0)
+                .then(|| Duration::from_millis(u64::from(retry_after_ms))),
+        }
+    }
+
+    /// How long the server asked to wait before retrying (rate limits), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Server { retry_after, .. } => *retry_after,
+            Error::Api(f) => f.retry_after,
+            _ => None,
+        }
+    }
+
     /// The API error code (HTTP errors) or the wire error code's string form (socket errors).
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -223,12 +245,11 @@ mod tests {
 
     #[test]
     fn codes_and_auth() {
-        let e = Error::Server {
-            code: ErrorCode::TokenRevoked,
-            message: String::new(),
-            fatal: true,
-        };
+        let e = Error::server(ErrorCode::TokenRevoked, String::new(), true, 0);
         assert!(e.is_auth());
+        assert_eq!(e.retry_after(), None);
+        let e = Error::server(ErrorCode::RateLimited, String::new(), false, 250);
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
         let e = Error::Api(ApiFailure {
             status: 409,
             code: "conflict".into(),

@@ -6,6 +6,7 @@ use tern_wire::ids::{MessageId, UserId};
 use tern_wire::msg::Message;
 
 use super::SendRequest;
+use crate::rate::TokenBucket;
 
 /// `(sender, client_msg_id)`: the idempotency key of a send within one conversation.
 pub(super) type ClientKey = (UserId, u128);
@@ -97,10 +98,12 @@ pub(super) struct Loaded {
     window: usize,
     /// Keys of messages with seq <= this may exist only in the store.
     complete_after: u64,
+    /// The conversation's send rate limit (all members together).
+    pub sends: TokenBucket,
 }
 
 impl Loaded {
-    pub fn new(members: Vec<UserId>, last_seq: u64, window: usize) -> Self {
+    pub fn new(members: Vec<UserId>, last_seq: u64, window: usize, sends: TokenBucket) -> Self {
         assert!(window > 0, "dedupe window must hold at least one key");
         let member_set = members.iter().copied().collect();
         Loaded {
@@ -114,6 +117,7 @@ impl Loaded {
             recent_order: VecDeque::new(),
             window,
             complete_after: last_seq,
+            sends,
         }
     }
 

@@ -24,6 +24,7 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ErrorCode, FileRef, Message, ServerMessage};
 
 use crate::limits::{EngineLimits, InvalidLimits};
+use crate::rate::{BucketMap, TokenBucket};
 use crate::store::{CommitBatch, CursorUpdate};
 use conversation::{ConversationState, HeadDecision, Intake, Loaded, Original};
 
@@ -191,12 +192,16 @@ pub struct EngineCore {
     /// Conversations dropped after a failed commit → the first seq of that commit. The next load
     /// delivers whatever of it reached the disk (nothing acknowledged or delivered it).
     unconfirmed: HashMap<ConversationId, u64>,
+    /// Send rate limit per user (of the conversations this core owns).
+    user_sends: BucketMap<UserId>,
 }
 
 impl EngineCore {
     pub fn new(limits: EngineLimits, seed: u64) -> Result<Self, InvalidLimits> {
         limits.validate()?;
+        let user_sends = BucketMap::new(limits.user_sends, limits.max_user_buckets);
         Ok(EngineCore {
+            user_sends,
             limits,
             conns: HashMap::new(),
             user_conns: HashMap::new(),
@@ -398,6 +403,20 @@ impl EngineCore {
                 "too many file references",
             );
         }
+        // Refused before anything is queued or loaded; the conversation's own limit is checked
+        // once membership is known (a non-member must not drain it).
+        let now = self.last_timestamp_ms;
+        if let Err(retry) = self.user_sends.try_take(sender, now, 1) {
+            out.push(Action::Reply {
+                conn: req.conn,
+                message: ServerMessage::rate_limited(
+                    req.request_id,
+                    "too many messages from this user, retry later",
+                    retry.ms,
+                ),
+            });
+            return;
+        }
         let conversation = req.conversation;
         match self.conversations.get_mut(&conversation) {
             None => {
@@ -441,6 +460,11 @@ impl EngineCore {
                         "conversation is busy, retry",
                     );
                 }
+                if let Err(retry) = conv.sends.try_take(now, 1) {
+                    self.user_sends.refund(sender, 1);
+                    out.push(conversation_rate_limited(&req, retry.ms));
+                    return;
+                }
                 conv.intake.push_back(Intake::new(req, sender));
                 self.drain_intake(conversation, out);
             }
@@ -480,10 +504,12 @@ impl EngineCore {
             }
             return;
         };
+        let now = self.last_timestamp_ms;
         let mut conv = Loaded::new(
             snapshot.members,
             snapshot.last_seq,
             self.limits.dedupe_window,
+            TokenBucket::new(self.limits.conversation_sends, now),
         );
         // Delivered before anything sequenced from now on, so every device sees them in order.
         for message in snapshot.landed {
@@ -517,6 +543,11 @@ impl EngineCore {
                     ErrorCode::Forbidden,
                     "not a member of this conversation",
                 );
+                continue;
+            }
+            if let Err(retry) = conv.sends.try_take(now, 1) {
+                self.user_sends.refund(info.user, 1);
+                out.push(conversation_rate_limited(&req, retry.ms));
                 continue;
             }
             conv.intake.push_back(Intake::new(req, info.user));
@@ -740,6 +771,17 @@ impl EngineCore {
                 }
             }
         }
+    }
+}
+
+fn conversation_rate_limited(req: &SendRequest, retry_after_ms: u32) -> Action {
+    Action::Reply {
+        conn: req.conn,
+        message: ServerMessage::rate_limited(
+            req.request_id,
+            "too many messages in this conversation, retry later",
+            retry_after_ms,
+        ),
     }
 }
 

@@ -406,3 +406,82 @@ fn limits_are_validated() {
     };
     assert!(EngineCore::new(limits, 1).is_err());
 }
+
+fn rate_limited(actions: &[Action]) -> Vec<(ConnId, u64, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply {
+                conn,
+                message:
+                    ServerMessage::Error {
+                        request_id,
+                        code: ErrorCode::RateLimited,
+                        retry_after_ms,
+                        ..
+                    },
+            } => Some((*conn, *request_id, *retry_after_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sequenced(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Commit { data, .. } => data.messages.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_user_over_its_send_rate_is_refused_with_retry_after_and_nothing_is_sequenced() {
+    let limits = EngineLimits {
+        user_sends: crate::rate::BucketConfig::new(3, 10),
+        ..EngineLimits::default()
+    };
+    let mut core = EngineCore::new(limits, 7).expect("valid");
+    // Two devices of one user share the user's bucket.
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, ALICE);
+    core.handle(send(1, 1, 1), 1);
+    let mut actions = core.handle(loaded(0), 1);
+    actions.extend(core.handle(send(2, 2, 2), 1));
+    actions.extend(core.handle(send(1, 3, 3), 1));
+    let refused = core.handle(send(2, 4, 4), 1);
+    assert_eq!(rate_limited(&refused), vec![(2, 4, 100)]);
+    assert_eq!(sequenced(&refused), 0, "a refused send is not sequenced");
+    // Another user is not affected; after the refill Alice sends again.
+    connect(&mut core, 3, BOB);
+    assert!(rate_limited(&core.handle(send(3, 5, 5), 1)).is_empty());
+    assert!(rate_limited(&core.handle(send(1, 6, 6), 101)).is_empty());
+}
+
+#[test]
+fn a_conversation_over_its_send_rate_is_refused_but_non_members_cannot_drain_it() {
+    let limits = EngineLimits {
+        conversation_sends: crate::rate::BucketConfig::new(2, 1),
+        ..EngineLimits::default()
+    };
+    let mut core = EngineCore::new(limits, 7).expect("valid");
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, BOB);
+    connect(&mut core, 3, MALLORY);
+    core.handle(send(1, 1, 1), 1);
+    core.handle(loaded(0), 1);
+    for i in 0..5 {
+        let actions = core.handle(send(3, 100 + i, 100 + u128::from(i)), 1);
+        assert!(
+            rate_limited(&actions).is_empty(),
+            "Mallory is forbidden, not counted"
+        );
+    }
+    assert!(rate_limited(&core.handle(send(2, 2, 2), 1)).is_empty());
+    assert_eq!(
+        rate_limited(&core.handle(send(1, 3, 3), 1)),
+        vec![(1, 3, 1000)]
+    );
+    assert!(rate_limited(&core.handle(send(1, 4, 4), 1001)).is_empty());
+}

@@ -37,6 +37,7 @@ use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
 use super::{
     CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom, HistoryQuery,
     InvitationRecord, MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    message_cost,
 };
 
 /// Runs every check, each on a store freshly made by `make`.
@@ -68,6 +69,72 @@ where
     check_invitations(make().await).await;
     check_invitation_race(make().await).await;
     check_membership_changes(make().await).await;
+    check_stored_bytes(make().await).await;
+}
+
+/// Committed payload bytes are counted per sender, atomically with the commit, once per
+/// message (a retried commit of stored messages adds nothing).
+pub async fn check_stored_bytes<S: Store>(store: S) {
+    let alice = UserId::random();
+    let bob = UserId::random();
+    let conv = ConversationId::random();
+    assert_eq!(
+        ok(store.stored_bytes(alice).await, "stored_bytes"),
+        0,
+        "store conformance: a user who sent nothing has 0 stored bytes"
+    );
+    let mut a = msgs(conv, alice, 1..=3);
+    for (i, m) in a.iter_mut().enumerate() {
+        m.payload = vec![7; 100 * (i + 1)];
+    }
+    let mut b = msg(conv, 4, bob, 9);
+    b.payload = vec![1; 1000];
+    let mut first = a.clone();
+    first.push(b.clone());
+    ok(store.commit(batch(first)).await, "commit");
+    assert_eq!(
+        ok(store.stored_bytes(alice).await, "stored_bytes"),
+        600,
+        "store conformance: stored_bytes must sum the sender's payloads of a commit"
+    );
+    assert_eq!(
+        ok(store.stored_bytes(bob).await, "stored_bytes"),
+        1000,
+        "store conformance: stored_bytes is per sender"
+    );
+    // A retried batch with stored messages and one new one counts only the new one.
+    let mut c = msg(conv, 5, alice, 10);
+    c.payload = vec![2; 50];
+    let mut again = a.clone();
+    again.push(c);
+    ok(store.commit(batch(again)).await, "commit (retry)");
+    assert_eq!(
+        ok(store.stored_bytes(alice).await, "stored_bytes"),
+        650,
+        "store conformance: re-committed messages must not be counted twice"
+    );
+    // Concurrent commits (engine shards) must not lose increments.
+    let store = std::sync::Arc::new(store);
+    let mut tasks = Vec::new();
+    for k in 0..8u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let conv = ConversationId::random();
+            for s in 1..=5 {
+                let mut m = msg(conv, s, alice, u128::from(k * 100 + s));
+                m.payload = vec![3; 10];
+                ok(store.commit(batch(vec![m])).await, "concurrent commit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("commit task");
+    }
+    assert_eq!(
+        ok(store.stored_bytes(alice).await, "stored_bytes"),
+        650 + 8 * 5 * 10,
+        "store conformance: concurrent commits lost a stored_bytes increment"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,6 +256,7 @@ async fn history<S: Store>(
         after_seq,
         limit,
         from,
+        max_bytes: u64::MAX,
     };
     ok(store.history(q).await, &format!("history({q:?})"))
 }
@@ -832,6 +900,7 @@ pub async fn check_history<S: Store>(store: S) {
                 limit: 3,
                 from: HistoryFrom::Newest,
                 conversation: conv,
+                max_bytes: u64::MAX,
             },
             r(27, 29),
         ),
@@ -842,6 +911,7 @@ pub async fn check_history<S: Store>(store: S) {
                 limit: 3,
                 from: HistoryFrom::Oldest,
                 conversation: conv,
+                max_bytes: u64::MAX,
             },
             r(11, 13),
         ),
@@ -852,6 +922,51 @@ pub async fn check_history<S: Store>(store: S) {
             seqs(&page),
             want,
             "store conformance: {query:?} returned the wrong page"
+        );
+    }
+
+    // Pages bounded by bytes stop after the message that crosses the bound, from either end,
+    // and always hold at least one message.
+    let cost = |seqs: std::ops::RangeInclusive<u64>| -> u64 {
+        seqs.map(|s| message_cost(&all[s as usize - 1])).sum()
+    };
+    let bounded = [
+        // Oldest first: 1..=3 cost exactly cost(1..=3), not over it, so 4 crosses.
+        (
+            HistoryQuery::after(conv, 0, 100).with_max_bytes(cost(1..=3)),
+            r(1, 4),
+        ),
+        (
+            HistoryQuery::after(conv, 0, 100).with_max_bytes(cost(1..=3) - 1),
+            r(1, 3),
+        ),
+        (
+            HistoryQuery::after(conv, 45, 100).with_max_bytes(1),
+            r(46, 46),
+        ),
+        (
+            HistoryQuery::after(conv, 0, 2).with_max_bytes(cost(1..=10)),
+            r(1, 2),
+        ),
+        (
+            HistoryQuery::before(conv, 0, 100).with_max_bytes(cost(48..=50)),
+            r(47, 50),
+        ),
+        (
+            HistoryQuery::before(conv, 20, 100).with_max_bytes(0),
+            r(19, 19),
+        ),
+        (
+            HistoryQuery::before(conv, 0, 100).with_max_bytes(u64::MAX),
+            r(1, 50),
+        ),
+    ];
+    for (query, want) in bounded {
+        let page = ok(store.history(query).await, "history");
+        assert_eq!(
+            seqs(&page),
+            want,
+            "store conformance: {query:?} (bounded by bytes) returned the wrong page"
         );
     }
 
@@ -1481,6 +1596,12 @@ where
             ok(store.cursor(device, conv.id).await, what),
             25,
             "store conformance: cursor lost {what}"
+        );
+        let payload_bytes: u64 = all.iter().map(|m| m.payload.len() as u64).sum();
+        assert_eq!(
+            ok(store.stored_bytes(all[0].sender_user).await, what),
+            payload_bytes,
+            "store conformance: stored_bytes lost {what}"
         );
         assert_eq!(
             ok(store.user_by_name("alice").await, what),

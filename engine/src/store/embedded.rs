@@ -132,13 +132,16 @@ struct Inner {
     messages: Keyspace,
     client_ids: Keyspace,
     cursors: Keyspace,
+    /// User id → payload bytes stored (u64 big-endian): the storage quota's counter.
+    usage: Keyspace,
     /// Held across every check-then-write on accounts, tokens, conversations, direct pairs,
     /// group names, invitations and memberships, so two concurrent calls cannot both see
     /// "free" and both write (duplicate usernames or group names, two 1:1 conversations for one
     /// pair, a token deleted "twice", one invitation accepted and declined).
     meta_lock: Mutex<()>,
-    /// Held across the read-max-write of cursors in `commit`, so concurrent commits cannot move
-    /// a cursor backwards.
+    /// Held across the read-max-write of cursors and the read-add-write of usage counters in
+    /// `commit`, so concurrent commits (engine shards) cannot move a cursor backwards or lose a
+    /// usage increment. Taken once per group commit, not per message.
     cursor_lock: Mutex<()>,
 }
 
@@ -183,6 +186,7 @@ impl EmbeddedStore {
             messages: keyspace("messages")?,
             client_ids: keyspace("client_ids")?,
             cursors: keyspace("cursors")?,
+            usage: keyspace("usage")?,
             db: db.clone(),
             meta_lock: Mutex::new(()),
             cursor_lock: Mutex::new(()),
@@ -1165,9 +1169,6 @@ impl Inner {
                 m.seq.to_be_bytes(),
             );
         }
-        if batch_in.cursors.is_empty() {
-            return batch.commit().map_err(backend);
-        }
         // Several updates of one cursor in a batch collapse to their maximum first.
         let mut wanted: HashMap<[u8; 32], u64> = HashMap::with_capacity(batch_in.cursors.len());
         for c in &batch_in.cursors {
@@ -1176,8 +1177,32 @@ impl Inner {
                 .or_insert(0);
             *seq = (*seq).max(c.seq);
         }
-        // Read-max-write must not interleave with another commit's, or a cursor could regress.
+        // Read-max-write must not interleave with another commit's, or a cursor could regress
+        // (and a usage increment could be lost).
         let _guard = lock(&self.cursor_lock);
+        // Payload bytes per sender. A message already stored (a retried commit) was counted
+        // when it first landed.
+        let mut added: HashMap<UserId, u64> = HashMap::new();
+        for m in &batch_in.messages {
+            let known = self
+                .messages
+                .contains_key(message_key(m.conversation, m.seq))
+                .map_err(backend)?;
+            if !known {
+                *added.entry(m.sender_user).or_insert(0) += m.payload.len() as u64;
+            }
+        }
+        for (user, bytes) in added {
+            let stored = match self.usage.get(user.to_be_bytes()).map_err(backend)? {
+                Some(v) => exact_u64(&v, "usage")?,
+                None => 0,
+            };
+            batch.insert(
+                &self.usage,
+                user.to_be_bytes(),
+                stored.saturating_add(bytes).to_be_bytes(),
+            );
+        }
         for (key, seq) in wanted {
             let stored = match self.cursors.get(key).map_err(backend)? {
                 Some(v) => exact_u64(&v, "cursor")?,
@@ -1253,25 +1278,45 @@ impl Inner {
         let range = message_key(q.conversation, lo)..=message_key(q.conversation, hi);
         // A snapshot, so a page never shows half of a concurrent commit.
         let iter = self.read().range(&self.messages, range);
-        let mut out = Vec::with_capacity(limit);
-        let mut push = |kv: fjall::Guard| -> StoreResult<()> {
+        let mut out = Vec::with_capacity(limit.min(64));
+        let mut cost: u64 = 0;
+        // Returns whether to read on: the byte bound stops the page after the message that
+        // crossed it (see `HistoryQuery::max_bytes`).
+        let mut push = |kv: fjall::Guard| -> StoreResult<bool> {
             let (k, v) = kv.into_inner().map_err(backend)?;
-            out.push(decode_message(q.conversation, seq_of_message_key(&k)?, &v)?);
-            Ok(())
+            let m = decode_message(q.conversation, seq_of_message_key(&k)?, &v)?;
+            cost = cost.saturating_add(super::message_cost(&m));
+            out.push(m);
+            Ok(cost <= q.max_bytes)
         };
         if q.from == HistoryFrom::Oldest {
             // Oldest `limit` above after_seq.
             for kv in iter.take(limit) {
-                push(kv)?;
+                if !push(kv)? {
+                    break;
+                }
             }
         } else {
             // Newest `limit` below before_seq, read backwards and returned ascending.
             for kv in iter.rev().take(limit) {
-                push(kv)?;
+                if !push(kv)? {
+                    break;
+                }
             }
             out.reverse();
         }
         Ok(out)
+    }
+
+    fn stored_bytes(&self, user: UserId) -> StoreResult<u64> {
+        match self
+            .read()
+            .get(&self.usage, user.to_be_bytes())
+            .map_err(backend)?
+        {
+            Some(v) => exact_u64(&v, "usage"),
+            None => Ok(0),
+        }
     }
 
     fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64> {
@@ -1452,6 +1497,10 @@ impl Store for EmbeddedStore {
 
     async fn commit(&self, batch: CommitBatch) -> StoreResult<()> {
         self.run(move |s| s.commit(&batch)).await
+    }
+
+    async fn stored_bytes(&self, user: UserId) -> StoreResult<u64> {
+        self.run(move |s| s.stored_bytes(user)).await
     }
 
     async fn last_seq(&self, conversation: ConversationId) -> StoreResult<u64> {

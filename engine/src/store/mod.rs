@@ -112,6 +112,11 @@ pub enum HistoryFrom {
 
 /// Which page of history to read: messages with `after_seq < seq < before_seq`, at most `limit`
 /// of them, from the given end of that range, always returned in ascending seq order.
+///
+/// `max_bytes` bounds the page by size too: reading from the chosen end, the store stops after
+/// the first message that brings the sum of [`message_cost`] over `max_bytes`. That message is
+/// included, so a page whose cost exceeds `max_bytes` tells the caller it was cut by size (and
+/// the first message is always returned, however large). `u64::MAX` means no byte bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub conversation: ConversationId,
@@ -121,6 +126,25 @@ pub struct HistoryQuery {
     pub after_seq: u64,
     pub limit: u32,
     pub from: HistoryFrom,
+    pub max_bytes: u64,
+}
+
+/// Bytes a message is counted as when pages are bounded by size: its variable-length fields
+/// plus a fixed allowance for ids, numbers and encoding overhead. An estimate that is never
+/// below a message's FlatBuffers size inside a `HistoryPage` (checked in the wire tests of the
+/// session's paging), so callers can budget frames with it.
+pub fn message_cost(m: &Message) -> u64 {
+    /// Ids (message, sender, device: 48 bytes), seq, timestamps, client id, vtables and
+    /// offsets, with room to spare.
+    const FIXED: u64 = 256;
+    /// A file reference's id, size and offsets, besides its content type.
+    const PER_FILE: u64 = 64;
+    let files: u64 = m
+        .files
+        .iter()
+        .map(|f| PER_FILE + f.content_type.len() as u64)
+        .sum();
+    FIXED + m.payload.len() as u64 + m.content_type.len() as u64 + files
 }
 
 impl HistoryQuery {
@@ -132,6 +156,7 @@ impl HistoryQuery {
             after_seq,
             limit,
             from: HistoryFrom::Oldest,
+            max_bytes: u64::MAX,
         }
     }
 
@@ -143,7 +168,13 @@ impl HistoryQuery {
             after_seq: 0,
             limit,
             from: HistoryFrom::Newest,
+            max_bytes: u64::MAX,
         }
+    }
+
+    /// The same page, bounded by size as well (see [`HistoryQuery::max_bytes`]).
+    pub fn with_max_bytes(self, max_bytes: u64) -> Self {
+        HistoryQuery { max_bytes, ..self }
     }
 }
 
@@ -266,8 +297,12 @@ pub trait Store: Send + Sync + 'static {
     // ---- messages ----
     /// Durably stores a batch (one fsync for the whole batch on the embedded backend).
     /// Messages must have unique `(conversation, seq)`; an existing key is overwritten with
-    /// identical content only (the sequencer guarantees it).
+    /// identical content only (the sequencer guarantees it). Atomically with the messages, each
+    /// sender's [`Store::stored_bytes`] grows by the payload bytes of its messages.
     async fn commit(&self, batch: CommitBatch) -> StoreResult<()>;
+    /// Payload bytes of every message the user has sent, as counted by committed batches
+    /// (the storage quota). 0 for a user who never sent anything.
+    async fn stored_bytes(&self, user: UserId) -> StoreResult<u64>;
     /// Highest stored seq of the conversation (0 when empty).
     async fn last_seq(&self, conversation: ConversationId) -> StoreResult<u64>;
     /// The message a sender stored under `client_msg_id`, if any (idempotent retries).

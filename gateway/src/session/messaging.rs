@@ -1,11 +1,61 @@
 //! Messages and what hangs off them: send, acknowledge, history pages, reactions.
 
+use super::limits::QuotaCheck;
 use super::*;
+use tern_engine::paging::{self, PageBudget, PageCost};
 
 impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
+    /// Per-device rate limits and the storage quota are checked here, before the engine's
+    /// queue: a refused send costs its neighbours nothing and is never sequenced.
     pub(super) async fn on_send(&mut self, request: SendRequest) -> Result<(), End> {
         self.ctx.metrics.of(self.transport).messages_in.inc();
+        let bytes = request.payload.len() as u64;
+        if let Err(retry) = self.rate.take_send(bytes) {
+            return self
+                .refuse_rate(
+                    request.request_id,
+                    "too many messages from this device",
+                    retry,
+                )
+                .await;
+        }
+        if let Some(refusal) = self.over_quota(request.request_id, bytes).await {
+            self.rate.refund_send(bytes);
+            return self.reply(&refusal).await;
+        }
         self.ctx.engine.send(request).await.map_err(engine_gone)
+    }
+
+    /// The refusal when `bytes` more would exceed the user's storage quota.
+    async fn over_quota(&mut self, request_id: u64, bytes: u64) -> Option<ServerMessage> {
+        loop {
+            match self.rate.check_quota(bytes) {
+                QuotaCheck::Fits => return None,
+                QuotaCheck::NeedsRead => match self.ctx.store.stored_bytes(self.user).await {
+                    Ok(stored) => self.rate.quota_read(stored),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading stored bytes for the quota");
+                        return Some(ServerMessage::error(
+                            request_id,
+                            ErrorCode::Internal,
+                            "storage unavailable, retry",
+                            false,
+                        ));
+                    }
+                },
+                QuotaCheck::Exceeded { stored, quota } => {
+                    return Some(ServerMessage::error(
+                        request_id,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "storage quota exceeded: {stored} of {quota} payload bytes used, \
+                             this message needs {bytes} more"
+                        ),
+                        false,
+                    ));
+                }
+            }
+        }
     }
 
     pub(super) async fn on_ack(
@@ -20,6 +70,13 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             return Ok(());
         };
         let seq = seq.min(sent);
+        // Only progress is forwarded, so acks cannot flood the engine: at most one per message
+        // the device was sent.
+        let acked = self.acked.entry(conversation).or_insert(0);
+        if seq <= *acked {
+            return Ok(());
+        }
+        *acked = seq;
         self.ctx
             .engine
             .input(Input::Ack {
@@ -39,27 +96,63 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         after_seq: u64,
         limit: u32,
     ) -> Result<(), End> {
-        let answer = match self
+        // Every page fits in one frame of the negotiated size: cut by bytes (has_more set).
+        let max_frame = self.ctx.limits.max_frame_bytes;
+        let budget = (max_frame - PAGE_HEADROOM_BYTES) as u64;
+        let forward = after_seq > 0;
+        let page = self
             .ctx
             .conversations
-            .history(self.user, conversation, before_seq, after_seq, limit)
-            .await
-        {
-            Ok((messages, has_more)) => {
-                match self.ctx.reactions.for_page(conversation, &messages).await {
-                    Ok(reactions) => ServerMessage::HistoryPage {
-                        request_id,
-                        conversation,
-                        messages,
-                        reactions,
-                        has_more,
-                    },
-                    Err(e) => service_error(request_id, e),
-                }
-            }
-            Err(e) => service_error(request_id, e),
+            .history(
+                self.user,
+                conversation,
+                before_seq,
+                after_seq,
+                limit,
+                PageBudget {
+                    max_bytes: budget,
+                    cost: PageCost::WIRE,
+                },
+            )
+            .await;
+        let (mut messages, mut has_more) = match page {
+            Ok(page) => page,
+            Err(e) => return self.reply(&service_error(request_id, e)).await,
         };
-        self.reply(&answer).await
+        let mut reactions = match self.ctx.reactions.for_page(conversation, &messages).await {
+            Ok(reactions) => reactions,
+            Err(e) => return self.reply(&service_error(request_id, e)).await,
+        };
+        if paging::fit(
+            &mut messages,
+            &mut reactions,
+            forward,
+            budget,
+            PageCost::WIRE,
+        ) {
+            has_more = true;
+        }
+        let mut page = ServerMessage::HistoryPage {
+            request_id,
+            conversation,
+            messages,
+            reactions,
+            has_more,
+        };
+        let mut frame = tern_wire::encode_server(&page);
+        if frame.len() > max_frame
+            && let ServerMessage::HistoryPage { reactions, .. } = &mut page
+        {
+            // Only a single message with many reactions can get here (the estimates are upper
+            // bounds): its reactions are left out rather than the frame limit broken.
+            reactions.clear();
+            frame = tern_wire::encode_server(&page);
+        }
+        debug_assert!(
+            frame.len() <= max_frame,
+            "a history page of one message always fits in a frame"
+        );
+        self.write(&frame).await
     }
 
     pub(super) async fn on_react(

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::{GatewayMetrics, Transport};
 
+pub mod limits;
 mod membership;
 mod messaging;
 mod requests;
@@ -37,6 +38,12 @@ mod resume;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages read from the store per page during resume replay.
 const REPLAY_PAGE: u32 = 256;
+/// Bytes (as `store::message_cost` counts them) read from the store per replay page: bounds
+/// the memory one resuming session holds (256 messages of 60 KB would be 15 MB).
+const REPLAY_PAGE_BYTES: u64 = 1024 * 1024;
+/// Room in a `HistoryPage` frame for everything but its messages and reactions (envelope,
+/// request id, conversation, vector headers; measured below 256 bytes in `paging`'s tests).
+const PAGE_HEADROOM_BYTES: usize = 1024;
 /// Most conversations a Hello or Resume may list.
 const MAX_RESUME_CURSORS: usize = 10_000;
 /// Longest a single frame write may wait for the peer to take data.
@@ -99,6 +106,8 @@ pub struct SessionContext {
     pub resume_backlog: u64,
     /// Flips to true when the server shuts down: sessions say `GoingAway` and close.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Per-device send and request rate limits, and the per-user storage quota.
+    pub device_limits: limits::DeviceLimits,
 }
 
 /// Why a session ended, and what the client is told.
@@ -136,6 +145,10 @@ struct Session<'a, R, W> {
     frames: mpsc::Receiver<Outbound>,
     /// Presence and typing events for this device (ephemeral, never tracked).
     presence_events: mpsc::Receiver<crate::presence::PresenceEvent>,
+    /// Rate limits and the quota estimate of this connection.
+    rate: limits::DeviceRate,
+    /// Highest seq acknowledged per conversation: repeated or older acks are not forwarded.
+    acked: HashMap<ConversationId, u64>,
 }
 
 pub async fn run<R: FrameRecv, W: FrameSend>(
@@ -344,6 +357,8 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
         delivered: HashMap::new(),
         frames: frames_rx,
         presence_events,
+        rate: limits::DeviceRate::new(&ctx.device_limits),
+        acked: HashMap::new(),
     };
     let end = session.serve(conn, cursors, close_rx).await;
     ctx.presence.disconnect(user, conn).await;
@@ -429,9 +444,14 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         ));
         tokio::pin!(expiry);
         loop {
+            // After a rate-limit refusal the device's frames wait (in its socket) until then.
+            let paused = self.rate.paused_until;
             tokio::select! {
                 () = &mut expiry => {
                     return End::fatal(ErrorCode::Unauthenticated, "token expired; log in again");
+                }
+                () = tokio::time::sleep_until(paused.unwrap_or_else(std::time::Instant::now).into()), if paused.is_some() => {
+                    self.rate.paused_until = None;
                 }
                 () = stopping(&mut shutdown) => {
                     let notice = ServerMessage::Notice { notice: Notice::GoingAway { retry_after_ms: GOING_AWAY_RETRY_MS } };
@@ -470,7 +490,7 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                         return end;
                     }
                 }
-                received = tokio::time::timeout(self.ctx.idle_timeout, self.rx.recv()) => {
+                received = tokio::time::timeout(self.ctx.idle_timeout, self.rx.recv()), if paused.is_none() => {
                     let received = match received {
                         Ok(received) => received,
                         // Silent for longer than any live client (they ping every ~20 s): the
@@ -527,6 +547,25 @@ fn ok_or_error<T>(request_id: u64, result: Result<T, ServiceError>) -> ServerMes
     match result {
         Ok(_) => ServerMessage::Ok { request_id },
         Err(e) => service_error(request_id, e),
+    }
+}
+
+/// Answers a request refused by a rate limit and pauses reading (see `limits`).
+impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
+    async fn refuse_rate(
+        &mut self,
+        request_id: u64,
+        what: &str,
+        retry: tern_engine::rate::RetryAfter,
+    ) -> Result<(), End> {
+        self.ctx.metrics.rate_limited.inc();
+        self.rate.pause_reads(retry);
+        let answer = ServerMessage::rate_limited(
+            request_id,
+            format!("{what}; retry in {} ms", retry.ms),
+            retry.ms,
+        );
+        self.reply(&answer).await
     }
 }
 

@@ -6,6 +6,15 @@ use super::*;
 
 impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     pub(super) async fn dispatch(&mut self, conn: u64, message: ClientMessage) -> Result<(), End> {
+        // Sends have their own buckets (on_send), acks forward only progress, typing is limited
+        // by the presence task; everything else shares the device's request bucket.
+        if let Some(request_id) = limited_request_id(&message)
+            && let Err(retry) = self.rate.take_request()
+        {
+            return self
+                .refuse_rate(request_id, "too many requests from this device", retry)
+                .await;
+        }
         match message {
             ClientMessage::Send {
                 request_id,
@@ -146,5 +155,31 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 .await
             }
         }
+    }
+}
+
+/// The request id to answer a refusal with (0 for requests that carry none), or `None` for
+/// messages outside the request bucket.
+fn limited_request_id(message: &ClientMessage) -> Option<u64> {
+    match message {
+        ClientMessage::Send { .. } | ClientMessage::Ack { .. } | ClientMessage::Typing { .. } => {
+            None
+        }
+        ClientMessage::History { request_id, .. }
+        | ClientMessage::React { request_id, .. }
+        | ClientMessage::CreateConversation { request_id, .. }
+        | ClientMessage::Invite { request_id, .. }
+        | ClientMessage::AcceptInvite { request_id, .. }
+        | ClientMessage::DeclineInvite { request_id, .. }
+        | ClientMessage::AddMember { request_id, .. }
+        | ClientMessage::RemoveMember { request_id, .. }
+        | ClientMessage::Leave { request_id, .. }
+        | ClientMessage::PublishKeys { request_id, .. }
+        | ClientMessage::ClaimKeys { request_id, .. } => Some(*request_id),
+        ClientMessage::Resume { .. }
+        | ClientMessage::Ping { .. }
+        | ClientMessage::SetPresence { .. }
+        | ClientMessage::Hello { .. }
+        | ClientMessage::KeyShare { .. } => Some(0),
     }
 }

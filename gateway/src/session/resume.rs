@@ -57,13 +57,18 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 self.delivered.insert(conversation, after);
             }
             loop {
-                let query = HistoryQuery::after(conversation, after, REPLAY_PAGE);
+                // One Deliver frame per message, each within the frame limit by the payload
+                // limit; pages bounded by bytes keep the memory held here bounded too.
+                let query = HistoryQuery::after(conversation, after, REPLAY_PAGE)
+                    .with_max_bytes(REPLAY_PAGE_BYTES);
                 let page = store.history(query).await.map_err(internal)?;
+                let mut cost = 0u64;
                 for message in &page {
                     debug_assert!(message.seq > after, "history pages ascend");
                     after = message.seq;
+                    cost += tern_engine::store::message_cost(message);
                 }
-                let full = page.len() as u32 >= REPLAY_PAGE;
+                let full = page.len() as u32 >= REPLAY_PAGE || cost > REPLAY_PAGE_BYTES;
                 for message in page {
                     self.reply(&ServerMessage::Deliver { message }).await?;
                 }

@@ -6549,6 +6549,7 @@ impl<'a> ServerError<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 6;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 8;
   pub const VT_FATAL: ::flatbuffers::VOffsetT = 10;
+  pub const VT_RETRY_AFTER_MS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6561,6 +6562,7 @@ impl<'a> ServerError<'a> {
   ) -> ::flatbuffers::WIPOffset<ServerError<'bldr>> {
     let mut builder = ServerErrorBuilder::new(_fbb);
     builder.add_request_id(args.request_id);
+    builder.add_retry_after_ms(args.retry_after_ms);
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
     builder.add_fatal(args.fatal);
@@ -6596,6 +6598,13 @@ impl<'a> ServerError<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(ServerError::VT_FATAL, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn retry_after_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ServerError::VT_RETRY_AFTER_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ServerError<'_> {
@@ -6608,6 +6617,7 @@ impl ::flatbuffers::Verifiable for ServerError<'_> {
      .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<bool>("fatal", Self::VT_FATAL, false)?
+     .visit_field::<u32>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -6617,6 +6627,7 @@ pub struct ServerErrorArgs<'a> {
     pub code: ErrorCode,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub fatal: bool,
+    pub retry_after_ms: u32,
 }
 impl<'a> Default for ServerErrorArgs<'a> {
   #[inline]
@@ -6626,6 +6637,7 @@ impl<'a> Default for ServerErrorArgs<'a> {
       code: ErrorCode::Unspecified,
       message: None,
       fatal: false,
+      retry_after_ms: 0,
     }
   }
 }
@@ -6652,6 +6664,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerErrorBuilder<'a, 'b, A>
     self.fbb_.push_slot::<bool>(ServerError::VT_FATAL, fatal, false);
   }
   #[inline]
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: u32) {
+    self.fbb_.push_slot::<u32>(ServerError::VT_RETRY_AFTER_MS, retry_after_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerErrorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ServerErrorBuilder {
@@ -6673,6 +6689,7 @@ impl ::core::fmt::Debug for ServerError<'_> {
       ds.field("code", &self.code());
       ds.field("message", &self.message());
       ds.field("fatal", &self.fatal());
+      ds.field("retry_after_ms", &self.retry_after_ms());
       ds.finish()
   }
 }

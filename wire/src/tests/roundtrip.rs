@@ -309,6 +309,7 @@ fn empty_collections_and_strings_round_trip() {
         code: ErrorCode::Internal,
         message: String::new(),
         fatal: false,
+        retry_after_ms: 0,
     });
 }
 
@@ -354,6 +355,7 @@ fn max_size_payload_and_strings() {
         code: ErrorCode::Internal,
         message: "x".repeat(limits.max_frame_bytes),
         fatal: true,
+        retry_after_ms: 0,
     };
     assert!(matches!(
         decode_server(&crate::encode_server(&long), &limits),
