@@ -130,6 +130,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         public_addr: local,
         max_frame_bytes: config.max_frame_bytes,
+        presence: sessions.presence.clone(),
     });
     let router = crate::http::router(api, sessions.clone());
     let tcp_tls = Arc::new(certs.tcp_config()?);

@@ -196,3 +196,10 @@ pub struct InvitationView {
 pub struct InvitationList {
     pub invitations: Vec<InvitationView>,
 }
+
+/// `GET /blocks`: the users the caller blocks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BlockList {
+    pub blocked: Vec<UserView>,
+}

@@ -415,8 +415,8 @@ impl EngineCore {
                     return self.reply_error(
                         out,
                         &req,
-                        ErrorCode::Forbidden,
-                        "not a member of this conversation",
+                        ErrorCode::NotFound,
+                        "no such conversation",
                     );
                 }
                 if conv.intake.len() >= self.limits.max_queued_sends_per_conversation {
@@ -500,8 +500,8 @@ impl EngineCore {
                 self.reply_error(
                     out,
                     &req,
-                    ErrorCode::Forbidden,
-                    "not a member of this conversation",
+                    ErrorCode::NotFound,
+                    "no such conversation",
                 );
                 continue;
             }
@@ -575,8 +575,8 @@ impl EngineCore {
                             conn: ack.conn,
                             message: ServerMessage::error(
                                 ack.request_id,
-                                ErrorCode::Forbidden,
-                                "not a member of this conversation",
+                                ErrorCode::NotFound,
+                                "no such conversation",
                                 false,
                             ),
                         });

@@ -84,6 +84,11 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 request_id,
                 conversation,
             } => self.on_leave(request_id, conversation).await,
+            ClientMessage::Block {
+                request_id,
+                user,
+                blocked,
+            } => self.on_block(request_id, user, blocked).await,
             ClientMessage::SetPresence { status } => self.on_set_presence(conn, status).await,
             ClientMessage::Typing {
                 conversation,
