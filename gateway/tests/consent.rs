@@ -225,6 +225,12 @@ async fn a_direct_request_delivers_but_shares_no_presence_until_accepted(
         .await
         .expect("open 1:1")
         .conversation_id;
+    // Devices connecting now get no presence of the other either.
+    let (mut alice_second, _) =
+        connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    expect_nothing_of(&mut alice_second, bob.id, None, QUIET).await;
+    let (mut bob_second, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
+    expect_nothing_of(&mut bob_second, alice.id, None, QUIET).await;
     // Bob sees it as a request, and gets the messages.
     assert_eq!(expect_invitation(&mut bob_conn, dm).await, alice.id);
     let requests = bob.http.invitations().await.expect("invitations");
@@ -243,11 +249,6 @@ async fn a_direct_request_delivers_but_shares_no_presence_until_accepted(
     assert_eq!((m.conversation, m.seq), (dm, receipt.seq));
     // No presence either way, live or on connect.
     expect_nothing_of(&mut bob_conn, alice.id, None, QUIET).await;
-    let (mut alice_second, _) =
-        connect_synced(&server, transport, &alice, DeviceId::random()).await;
-    expect_nothing_of(&mut alice_second, bob.id, None, QUIET).await;
-    let (mut bob_second, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
-    expect_nothing_of(&mut bob_second, alice.id, None, QUIET).await;
     expect_nothing_of(&mut alice_conn, bob.id, None, Duration::from_millis(50)).await;
     // Accepting the request: presence both ways, and the request is gone.
     bob_conn.accept_invite(dm).await.expect("accept the request");
@@ -339,7 +340,14 @@ async fn non_members_get_exactly_the_answer_a_missing_conversation_gets(
     transport: TransportPref,
 ) {
     let server = start().await;
-    let (alice, _bob, dm) = alice_and_bob(&server).await;
+    let alice = user(&server, "alice").await;
+    let _bob = user(&server, "bob").await;
+    let dm = alice
+        .http
+        .create_direct("bob")
+        .await
+        .expect("dm")
+        .conversation_id;
     let mallory = user(&server, "mallory").await;
     let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     let group = create_group(&alice_conn, "Hidden", vec![])
