@@ -121,7 +121,11 @@ fn is_forbidden_in_text(c: char) -> bool {
 }
 
 /// Whether `a` and `b` block each other in either direction.
-pub async fn blocked_either_way(store: &dyn Store, a: UserId, b: UserId) -> Result<bool, StoreError> {
+pub async fn blocked_either_way(
+    store: &dyn Store,
+    a: UserId,
+    b: UserId,
+) -> Result<bool, StoreError> {
     Ok(store.is_blocked(a, b).await? || store.is_blocked(b, a).await?)
 }
 
@@ -354,10 +358,7 @@ impl Conversations {
                 inviter: me,
                 created_ms: now_ms(),
             };
-            self.store
-                .put_invitation(request)
-                .await
-                .map_err(internal)?;
+            self.store.put_invitation(request).await.map_err(internal)?;
             let record = ConversationRecord {
                 id,
                 kind: ConversationKind::Direct,
@@ -534,10 +535,7 @@ impl Conversations {
             return Err(ServiceError::invalid("you cannot block yourself"));
         }
         self.require_user(user).await?;
-        self.store
-            .set_block(me, user, on)
-            .await
-            .map_err(internal)?;
+        self.store.set_block(me, user, on).await.map_err(internal)?;
         if on {
             for invitation in self.store.invitations_of(me).await.map_err(internal)? {
                 if invitation.inviter == user {
@@ -1135,8 +1133,18 @@ mod tests {
     #[test]
     fn format_control_and_separator_characters_are_forbidden() {
         for c in [
-            '\u{202E}', '\u{2066}', '\u{200B}', '\u{200D}', '\u{FEFF}', '\u{2028}', '\u{2029}',
-            '\u{0007}', '\u{0085}', '\u{00AD}', '\u{E0041}', '\u{3164}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{FEFF}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{0007}',
+            '\u{0085}',
+            '\u{00AD}',
+            '\u{E0041}',
+            '\u{3164}',
         ] {
             assert!(is_forbidden_in_text(c), "{:04X}", c as u32);
         }

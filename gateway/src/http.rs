@@ -20,9 +20,10 @@ use tern_engine::core::Input;
 use tern_engine::driver::EngineHandle;
 use tern_engine::service::ServiceError;
 use tern_wire::api::{
-    ApiError, BlockList, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup,
-    Credentials, ErrorBody, FileRefView, HistoryPageView, InvitationList, InvitationView,
-    LoginResponse, MemberView, MessageView, ReactionView, TransportInfo, UserRef, UserView,
+    ApiError, BlockList, CertificateHash, ConversationList, ConversationView, CreateDirect,
+    CreateGroup, Credentials, ErrorBody, FileRefView, HistoryPageView, InvitationList,
+    InvitationView, LoginResponse, MemberView, MessageView, ReactionView, TransportInfo, UserRef,
+    UserView,
 };
 use tern_wire::ids::{ConversationId, UserId};
 use tern_wire::msg::{

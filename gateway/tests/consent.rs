@@ -89,6 +89,14 @@ async fn expect_nothing_of(
     }
 }
 
+/// Discards whatever arrives during `window`.
+async fn drain(conn: &mut Connection, window: Duration) {
+    let deadline = Instant::now() + window;
+    while let Ok(event) = tokio::time::timeout_at(deadline.into(), conn.next_event()).await {
+        assert!(event.is_some(), "connection closed");
+    }
+}
+
 /// The next `Invitation` to `conversation`, skipping other events.
 async fn expect_invitation(conn: &mut Connection, conversation: ConversationId) -> UserId {
     loop {
@@ -165,7 +173,11 @@ async fn group_creation_invites_and_invitees_see_nothing_before_accepting(
         .expect("send");
     expect_nothing_of(&mut bob_conn, alice.id, Some(group), QUIET).await;
     assert_eq!(
-        bob_conn.history(group, 0, 0, 10).await.err().and_then(|e| e.code().map(str::to_owned)),
+        bob_conn
+            .history(group, 0, 0, 10)
+            .await
+            .err()
+            .and_then(|e| e.code().map(str::to_owned)),
         Some("not_found".to_owned())
     );
     assert!(bob.http.conversations().await.expect("list").is_empty());
@@ -211,9 +223,7 @@ async fn unknown_member_ids_refuse_group_creation(transport: TransportPref) {
         .expect("same name, real members");
 }
 
-async fn a_direct_request_delivers_but_shares_no_presence_until_accepted(
-    transport: TransportPref,
-) {
+async fn a_direct_request_delivers_but_shares_no_presence_until_accepted(transport: TransportPref) {
     let server = start().await;
     let alice = user(&server, "alice").await;
     let bob = user(&server, "bob").await;
@@ -251,11 +261,17 @@ async fn a_direct_request_delivers_but_shares_no_presence_until_accepted(
     expect_nothing_of(&mut bob_conn, alice.id, None, QUIET).await;
     expect_nothing_of(&mut alice_conn, bob.id, None, Duration::from_millis(50)).await;
     // Accepting the request: presence both ways, and the request is gone.
-    bob_conn.accept_invite(dm).await.expect("accept the request");
+    bob_conn
+        .accept_invite(dm)
+        .await
+        .expect("accept the request");
     expect_presence(&mut bob_conn, alice.id, PresenceStatus::Online).await;
     expect_presence(&mut alice_conn, bob.id, PresenceStatus::Online).await;
     assert!(bob.http.invitations().await.expect("list").is_empty());
-    let back = bob_conn.send(dm, 1, "text", text("hi")).await.expect("send");
+    let back = bob_conn
+        .send(dm, 1, "text", text("hi"))
+        .await
+        .expect("send");
     let m = next_message(&mut alice_conn).await;
     assert_eq!(m.seq, back.seq);
 }
@@ -266,8 +282,13 @@ async fn blocking_stops_direct_messages_invitations_and_presence_until_unblocked
     let server = start().await;
     let (alice, bob, dm) = alice_and_bob(&server).await;
     let (mut bob_conn, _) = connect_synced(&server, transport, &bob, DeviceId::random()).await;
-    let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+    let (mut alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
     expect_presence(&mut bob_conn, alice.id, PresenceStatus::Online).await;
+    expect_presence(&mut alice_conn, bob.id, PresenceStatus::Online).await;
+    // A device's snapshot of its contacts is read when it connects and may repeat what the
+    // other's announcement already said: let those settle before blocking.
+    drain(&mut bob_conn, QUIET).await;
+    drain(&mut alice_conn, QUIET).await;
 
     bob_conn.block(alice.id, true).await.expect("block");
     let blocked = bob.http.blocks().await.expect("block list");
@@ -336,9 +357,7 @@ async fn blocking_stops_direct_messages_invitations_and_presence_until_unblocked
     );
 }
 
-async fn non_members_get_exactly_the_answer_a_missing_conversation_gets(
-    transport: TransportPref,
-) {
+async fn non_members_get_exactly_the_answer_a_missing_conversation_gets(transport: TransportPref) {
     let server = start().await;
     let alice = user(&server, "alice").await;
     let _bob = user(&server, "bob").await;
@@ -368,7 +387,10 @@ async fn non_members_get_exactly_the_answer_a_missing_conversation_gets(
             let victim = alice.id;
             async move {
                 vec![
-                    ("send", refusal(conn.send(target, n, "text", text("x")).await)),
+                    (
+                        "send",
+                        refusal(conn.send(target, n, "text", text("x")).await),
+                    ),
                     ("history", refusal(conn.history(target, 0, 0, 10).await)),
                     (
                         "react",
@@ -431,18 +453,10 @@ async fn non_members_get_exactly_the_answer_a_missing_conversation_gets(
     let https = https(&server);
     let body_of = |id: ConversationId| {
         let https = https.clone();
-        let url = format!(
-            "https://{}/api/v1/conversations/{id}/messages",
-            server.addr
-        );
+        let url = format!("https://{}/api/v1/conversations/{id}/messages", server.addr);
         let token = mallory.token.clone();
         async move {
-            let response = https
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("GET");
+            let response = https.get(url).bearer_auth(token).send().await.expect("GET");
             (response.status(), response.text().await.unwrap_or_default())
         }
     };
@@ -467,12 +481,14 @@ async fn group_names_with_invisible_or_control_characters_are_refused(transport:
         "two\nlines",          // a newline in a name
         "\u{3164}",            // Hangul filler (renders as nothing)
     ] {
-        let error = create_group(&alice_conn, bad, vec![])
-            .await
-            .expect_err(bad);
+        let error = create_group(&alice_conn, bad, vec![]).await.expect_err(bad);
         assert_eq!(error.code(), Some("invalid_argument"), "{bad:?}: {error}");
         let error = alice.http.create_group(bad, "", &[]).await.expect_err(bad);
-        assert_eq!(error.code(), Some("invalid_argument"), "{bad:?} over HTTPS: {error}");
+        assert_eq!(
+            error.code(),
+            Some("invalid_argument"),
+            "{bad:?} over HTTPS: {error}"
+        );
     }
     // Descriptions refuse them too (a newline is fine there).
     let response = alice

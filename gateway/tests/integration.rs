@@ -935,20 +935,14 @@ async fn members_on_different_shards_talk_through_conversations_on_both_shards(
             .await
             .expect("send from ann");
         let got = next_message(&mut ben_conn).await;
-        assert_eq!(
-            (got.conversation, got.seq),
-            (group_id, there.seq)
-        );
+        assert_eq!((got.conversation, got.seq), (group_id, there.seq));
         request += 1;
         let back = ben_conn
             .send(group_id, request, "text", text("to ann"))
             .await
             .expect("send from ben");
         let got = next_message(&mut ann_conn).await;
-        assert_eq!(
-            (got.conversation, got.seq),
-            (group_id, back.seq)
-        );
+        assert_eq!((got.conversation, got.seq), (group_id, back.seq));
         assert_eq!(back.seq, there.seq + 1);
         let on_shard_0 = metric(&server, "tern_engine_shard_messages_total{shard=\"0\"}").await;
         let on_shard_1 = metric(&server, "tern_engine_shard_messages_total{shard=\"1\"}").await;

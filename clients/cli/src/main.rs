@@ -429,15 +429,19 @@ fn resolve_invitation(
     }
     let matches: Vec<&tern_sdk::tern_wire::api::InvitationView> = invitations
         .iter()
-        .filter(|i| match (wanted.strip_prefix('@'), wanted.strip_prefix('#')) {
-            (Some(user), _) => i.inviter.eq_ignore_ascii_case(user),
-            (_, Some(name)) => i.name == name,
-            _ => false,
-        })
+        .filter(
+            |i| match (wanted.strip_prefix('@'), wanted.strip_prefix('#')) {
+                (Some(user), _) => i.inviter.eq_ignore_ascii_case(user),
+                (_, Some(name)) => i.name == name,
+                _ => false,
+            },
+        )
         .collect();
     match matches.as_slice() {
         [one] => Ok(one.conversation_id),
-        [] => anyhow::bail!("no pending invitation matches {wanted:?} (see `tern-cli invitations`)"),
+        [] => {
+            anyhow::bail!("no pending invitation matches {wanted:?} (see `tern-cli invitations`)")
+        }
         _ => anyhow::bail!("{wanted:?} matches several invitations; use the conversation id"),
     }
 }

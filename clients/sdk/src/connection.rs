@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
-    ClientMessage, ConversationInfo, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION, ReactionCount,
-    ServerMessage,
+    ClientMessage, ConversationInfo, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION,
+    ReactionCount, ServerMessage,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;

@@ -160,18 +160,16 @@ impl HttpApi {
     /// `GET /invitations`: pending group invitations and 1:1 message requests, oldest first.
     pub async fn invitations(&self) -> Result<Vec<InvitationView>> {
         let list: InvitationList = self
-            .call(
-                Method::GET,
-                self.url(&["invitations"])?,
-                None::<&()>,
-                true,
-            )
+            .call(Method::GET, self.url(&["invitations"])?, None::<&()>, true)
             .await?;
         Ok(list.invitations)
     }
 
     /// `POST /conversations/{id}/invitations/accept`: joins a group, or accepts a 1:1 request.
-    pub async fn accept_invitation(&self, conversation: ConversationId) -> Result<ConversationView> {
+    pub async fn accept_invitation(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<ConversationView> {
         let id = conversation.to_string();
         self.call(
             Method::POST,

@@ -497,12 +497,7 @@ impl EngineCore {
                 continue;
             };
             if !conv.is_member(&info.user) {
-                self.reply_error(
-                    out,
-                    &req,
-                    ErrorCode::NotFound,
-                    "no such conversation",
-                );
+                self.reply_error(out, &req, ErrorCode::NotFound, "no such conversation");
                 continue;
             }
             conv.intake.push_back(Intake::new(req, info.user));

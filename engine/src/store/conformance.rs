@@ -1749,7 +1749,10 @@ pub async fn check_bulk_invitations<S: Store>(store: S) {
             .await,
         "create_named_group",
     );
-    ok(store.put_invitations(Vec::new()).await, "put_invitations([])");
+    ok(
+        store.put_invitations(Vec::new()).await,
+        "put_invitations([])",
+    );
     let invitees: Vec<UserId> = (0..50).map(|_| UserId::random()).collect();
     let invitations: Vec<InvitationRecord> = invitees
         .iter()
@@ -1795,7 +1798,10 @@ pub async fn check_bulk_invitations<S: Store>(store: S) {
 pub async fn check_blocks<S: Store>(store: S) {
     let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
     assert!(!ok(store.is_blocked(a, b).await, "is_blocked"));
-    assert!(ok(store.set_block(a, b, true).await, "set_block"), "a new block changes");
+    assert!(
+        ok(store.set_block(a, b, true).await, "set_block"),
+        "a new block changes"
+    );
     assert!(
         !ok(store.set_block(a, b, true).await, "set_block again"),
         "store conformance: blocking twice changes nothing"
@@ -1811,19 +1817,31 @@ pub async fn check_blocks<S: Store>(store: S) {
     blocks.sort();
     let mut expected = vec![b, c];
     expected.sort();
-    assert_eq!(blocks, expected, "store conformance: blocks_of lists whom a user blocks");
+    assert_eq!(
+        blocks, expected,
+        "store conformance: blocks_of lists whom a user blocks"
+    );
     let mut blockers = ok(store.blockers_of(b).await, "blockers_of");
     blockers.sort();
     let mut expected = vec![a, c];
     expected.sort();
-    assert_eq!(blockers, expected, "store conformance: blockers_of lists who blocks a user");
+    assert_eq!(
+        blockers, expected,
+        "store conformance: blockers_of lists who blocks a user"
+    );
     assert!(ok(store.blocks_of(b).await, "blocks_of").is_empty());
-    assert!(ok(store.set_block(a, b, false).await, "unblock"), "unblocking changes");
+    assert!(
+        ok(store.set_block(a, b, false).await, "unblock"),
+        "unblocking changes"
+    );
     assert!(
         !ok(store.set_block(a, b, false).await, "unblock again"),
         "store conformance: unblocking twice changes nothing"
     );
-    assert!(!ok(store.is_blocked(a, b).await, "is_blocked after unblock"));
+    assert!(!ok(
+        store.is_blocked(a, b).await,
+        "is_blocked after unblock"
+    ));
     assert_eq!(ok(store.blocks_of(a).await, "blocks_of"), vec![c]);
     assert_eq!(ok(store.blockers_of(b).await, "blockers_of"), vec![c]);
 }

@@ -79,7 +79,10 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             .await;
         if result.is_ok() && !blocked {
             // Unblocked: presence flows again where they share an accepted conversation.
-            self.ctx.presence.relations_changed(&[self.user, user]).await;
+            self.ctx
+                .presence
+                .relations_changed(&[self.user, user])
+                .await;
         }
         self.reply(&ok_or_error(request_id, result)).await
     }
