@@ -43,14 +43,17 @@ pub struct CreateDirect {
     pub peer: String,
 }
 
-/// `POST /conversations/group` body. The creator is always a member (the owner).
+/// `POST /conversations/group` body. The creator is the owner and, at first, the only member:
+/// every listed user is invited and joins by accepting. An unknown username refuses the
+/// creation (404). Names are unique per owner (ignoring case, normalisation and look-alikes)
+/// and may not hold control, format (bidi, zero-width) or line-separator characters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct CreateGroup {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// Usernames of the other members.
+    /// Usernames to invite.
     pub members: Vec<String>,
 }
 
