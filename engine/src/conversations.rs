@@ -797,13 +797,23 @@ impl Conversations {
     ) -> Result<ConversationInfo, ServiceError> {
         let no_invitation =
             || ServiceError::new(ErrorCode::NotFound, "no pending invitation to this group");
-        if self
+        let Some(invitation) = self
             .store
             .invitation(conversation, me)
             .await
             .map_err(internal)?
-            .is_none()
+        else {
+            return Err(no_invitation());
+        };
+        // The inviter blocked `me` (or `me` the inviter) after inviting: the invitation is void.
+        if blocked_either_way(&*self.store, me, invitation.inviter)
+            .await
+            .map_err(internal)?
         {
+            self.store
+                .take_invitation(conversation, me)
+                .await
+                .map_err(internal)?;
             return Err(no_invitation());
         }
         self.require_room(conversation).await?;

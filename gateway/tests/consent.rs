@@ -312,6 +312,20 @@ async fn blocking_stops_direct_messages_invitations_and_presence_until_unblocked
         "NotFound"
     );
     expect_nothing_of(&mut bob_conn, alice.id, Some(dm), QUIET).await;
+    // Reactions in the 1:1 neither (answered like a missing conversation).
+    let react = |conversation| {
+        alice_conn.request(move |request_id| ClientMessage::React {
+            request_id,
+            conversation,
+            seq: 1,
+            emoji: "👍".into(),
+            add: true,
+        })
+    };
+    assert_eq!(
+        refusal(react(dm).await),
+        refusal(react(ConversationId::random()).await)
+    );
     let error = alice.http.create_direct("bob").await.expect_err("blocked");
     assert_eq!(error.code(), Some("not_found"), "{error}");
     // No invitations: creation and Invite answer as usual, but bob gets nothing.
@@ -328,6 +342,23 @@ async fn blocking_stops_direct_messages_invitations_and_presence_until_unblocked
         .await
         .expect("invite answers like any invitation");
     assert!(bob.http.invitations().await.expect("list").is_empty());
+    // An invitation made before a block cannot be accepted after it (carol invites alice, then
+    // blocks her).
+    let carol = user(&server, "carol").await;
+    let (carol_conn, _) = connect_synced(&server, transport, &carol, DeviceId::random()).await;
+    let before = create_group(&carol_conn, "Earlier", vec![alice.id])
+        .await
+        .expect("group")
+        .conversation;
+    carol_conn
+        .block(alice.id, true)
+        .await
+        .expect("carol blocks alice");
+    assert_eq!(
+        refusal(alice_conn.accept_invite(before).await).0,
+        "NotFound",
+        "a blocker's earlier invitation is void"
+    );
     // No presence either way: reconnects are not shown.
     alice_conn.close().await;
     tokio::time::sleep(Duration::from_millis(GRACE_MS * 2)).await;
