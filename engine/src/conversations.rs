@@ -3,13 +3,37 @@
 //!
 //! # Groups
 //!
-//! - Names are unique across the server, compared by [`group_name_key`] (NFKC, lowercased,
-//!   NFKC again): "Café", "CAFÉ" and "cafe\u{301}" are one name. The store claims the key
-//!   atomically with the creation, so of two concurrent creations one gets `Conflict`.
-//! - The creator is the group's owner (`MemberRole::Owner`) and the only one who invites, adds
-//!   and removes members.
-//! - Joining is by invitation only (or a direct add by the owner): `AcceptInvite` without a
-//!   pending invitation is `NotFound`. Declining tells the inviter (`InviteDeclined`).
+//! - Names are unique **per owner**, compared by [`group_uniqueness_key`]: the owner's id and
+//!   the Unicode confusable skeleton (UTS #39, `unicode-security`) of [`group_name_key`] (NFKC,
+//!   lowercased, NFKC again): "Café", "CAFÉ", "cafe\u{301}" and "Cаfé" (Cyrillic а) are one
+//!   name for one owner. Two owners may both have a "Team": a name is a label, groups are found
+//!   by id or invitation, so nobody can squat a name for others or probe which names exist.
+//!   The store claims the key atomically with the creation, so of two concurrent creations one
+//!   gets `Conflict`. Names and descriptions refuse control (Cc, except a newline in
+//!   descriptions), format (Cf: bidi overrides and isolates, zero-width characters, BOM) and
+//!   line/paragraph separator characters, and the invisible Hangul fillers.
+//! - The creator is the group's owner (`MemberRole::Owner`), its only member at creation, and
+//!   the only one who invites and removes members. Every user listed at creation gets an
+//!   invitation (stored and sent live); unknown user ids refuse the creation (`NotFound`,
+//!   nothing created). Nobody joins without accepting: `AddMember` is an invitation too.
+//! - Joining is by invitation only: `AcceptInvite` without a pending invitation is `NotFound`.
+//!   Declining tells the inviter (`InviteDeclined`).
+//! - Blocks: an invitation between two users where either blocks the other is silently not
+//!   made (the inviter sees what an unanswered invitation looks like; the block is not
+//!   disclosed). Group messages are still fanned out to both: hiding a blocked member's group
+//!   messages is the client's job (it knows its block list).
+//!
+//! # 1:1 conversations are message requests
+//!
+//! Opening a 1:1 creates it with both users as members (so the initiator can write and the
+//! recipient receives at once) plus a pending invitation of the recipient: the request. The
+//! recipient accepts it with `AcceptInvite` on the conversation (sending in it does not accept:
+//! clients accept when their user replies) or declines it, which ends the recipient's
+//! membership without telling the initiator; the recipient can reopen it later. Presence flows
+//! only between users who both accepted a shared conversation ([`accepted_contacts`]). Either
+//! user blocking the other empties the 1:1's member list in the engine ([`engine_members`]):
+//! nobody can send in it (`NotFound`, like a missing conversation) and nothing is delivered;
+//! opening it is refused as for an unknown user.
 //! - Removal and leaving end the membership in the store first (`is_member` false, the
 //!   conversation leaves `conversations_of`, so resume skips it), then tell the engine
 //!   (`MembersChanged`), so fan-out stops before the request is answered. The store keeps a
@@ -36,12 +60,145 @@ use crate::store::{
 /// Most pending invitations one user may hold; further invitations are refused.
 pub const MAX_PENDING_INVITATIONS: usize = 1_000;
 
-/// The key under which group names are unique: NFKC, lowercased, NFKC again (lowercasing can
-/// denormalise). Not full case folding ("ß" and "ss" stay distinct).
+/// A group name compared ignoring case and normalisation: NFKC, lowercased, NFKC again
+/// (lowercasing can denormalise). Not full case folding ("ß" and "ss" stay distinct).
 pub fn group_name_key(name: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
     let lowered: String = name.nfkc().collect::<String>().to_lowercase();
     lowered.nfkc().collect()
+}
+
+/// The UTS #39 confusable skeleton of [`group_name_key`]: names that look alike ("paypal" with
+/// a Cyrillic "а", "l" and "1" and "I") have one skeleton.
+pub fn group_name_skeleton(name: &str) -> String {
+    unicode_security::skeleton(&group_name_key(name)).collect()
+}
+
+/// The key under which group names are unique: per owner, by skeleton. Hashed so that the
+/// index key has a fixed length whatever the skeleton expands to.
+pub fn group_uniqueness_key(owner: UserId, name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(group_name_skeleton(name).as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{owner}:{hex}")
+}
+
+/// Characters no shown text may hold: control (Cc) and format (Cf: bidi embeddings,
+/// overrides and isolates, zero-width space/joiners, word joiner, BOM, interlinear
+/// annotations, tags), line and paragraph separators (Zl, Zp), and characters that render as
+/// nothing (Hangul fillers, combining grapheme joiner). The Cf ranges follow Unicode 16.
+fn is_forbidden_in_text(c: char) -> bool {
+    if c.is_control() {
+        return true;
+    }
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1345F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// Whether `a` and `b` block each other in either direction.
+pub async fn blocked_either_way(
+    store: &dyn Store,
+    a: UserId,
+    b: UserId,
+) -> Result<bool, StoreError> {
+    Ok(store.is_blocked(a, b).await? || store.is_blocked(b, a).await?)
+}
+
+/// The members the engine sequences and fans out to: the stored members, except that a 1:1
+/// whose two users block each other (either way) has none, so nobody sends or receives in it.
+pub async fn engine_members(
+    store: &dyn Store,
+    record: &ConversationRecord,
+) -> Result<Vec<UserId>, StoreError> {
+    let members: Vec<UserId> = store
+        .members(record.id)
+        .await?
+        .into_iter()
+        .map(|m| m.user)
+        .collect();
+    if record.kind == ConversationKind::Direct
+        && let [a, b] = members.as_slice()
+        && blocked_either_way(store, *a, *b).await?
+    {
+        return Ok(Vec::new());
+    }
+    Ok(members)
+}
+
+/// Most conversations read when computing a user's contacts (bounds the store work).
+pub const MAX_CONTACT_CONVERSATIONS: usize = 1_000;
+
+/// The users whose presence `user` may see and who may see `user`'s: members of a
+/// conversation that both accepted (a group membership is accepted; a 1:1 is accepted by its
+/// initiator, and by its recipient once the request is accepted), minus anyone blocking or
+/// blocked by `user`.
+pub async fn accepted_contacts(store: &dyn Store, user: UserId) -> Result<Vec<UserId>, StoreError> {
+    use std::collections::HashSet;
+    let pending: HashSet<ConversationId> = store
+        .invitations_of(user)
+        .await?
+        .into_iter()
+        .map(|i| i.conversation)
+        .collect();
+    let mut contacts = HashSet::new();
+    for conversation in store
+        .conversations_of(user)
+        .await?
+        .into_iter()
+        .take(MAX_CONTACT_CONVERSATIONS)
+    {
+        if pending.contains(&conversation) {
+            continue;
+        }
+        let Some(record) = store.conversation(conversation).await? else {
+            continue;
+        };
+        let members = store.members(conversation).await?;
+        for m in members {
+            if m.user == user {
+                continue;
+            }
+            // Only a 1:1 has members with a pending invitation (its request).
+            if record.kind == ConversationKind::Direct
+                && store.invitation(conversation, m.user).await?.is_some()
+            {
+                continue;
+            }
+            contacts.insert(m.user);
+        }
+    }
+    for blocked in store.blocks_of(user).await? {
+        contacts.remove(&blocked);
+    }
+    for blocker in store.blockers_of(user).await? {
+        contacts.remove(&blocker);
+    }
+    Ok(contacts.into_iter().collect())
 }
 
 #[derive(Debug, Clone)]
@@ -94,12 +251,14 @@ fn not_found() -> ServiceError {
     ServiceError::new(ErrorCode::NotFound, "no such conversation")
 }
 
-/// Text the server shows to others (names, descriptions): no control characters.
+/// Text the server shows to others (names, descriptions): no control, format or separator
+/// characters (see [`is_forbidden_in_text`]); descriptions may hold newlines.
 fn validate_text(
     what: &str,
     value: &str,
     max_chars: usize,
     allow_empty: bool,
+    allow_newline: bool,
 ) -> Result<String, ServiceError> {
     let value = value.trim();
     if value.is_empty() && !allow_empty {
@@ -110,9 +269,12 @@ fn validate_text(
             "{what} is longer than {max_chars} characters"
         )));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n') {
+    if value
+        .chars()
+        .any(|c| is_forbidden_in_text(c) && !(allow_newline && c == '\n'))
+    {
         return Err(ServiceError::invalid(format!(
-            "{what} contains control characters"
+            "{what} contains control, format or invisible characters"
         )));
     }
     Ok(value.to_owned())
@@ -128,8 +290,9 @@ impl Conversations {
         }
     }
 
-    /// Opens the 1:1 conversation between `me` and `peer`, creating it on first use.
-    /// Returns the conversation and whether it was created now.
+    /// Opens the 1:1 conversation between `me` and `peer`, creating it on first use as a
+    /// message request to `peer` (see the module docs). Returns the conversation and whether it
+    /// was created now. Refused as for an unknown user when either blocks the other.
     pub async fn open_direct(
         &self,
         me: UserId,
@@ -140,13 +303,12 @@ impl Conversations {
                 "a 1:1 conversation needs another person",
             ));
         }
-        if self
-            .store
-            .user_by_id(peer)
+        self.require_user(peer).await?;
+        if blocked_either_way(&*self.store, me, peer)
             .await
             .map_err(internal)?
-            .is_none()
         {
+            // The same answer as for an unknown user: the block is not disclosed.
             return Err(ServiceError::new(ErrorCode::NotFound, "no such user"));
         }
         let _guard = self.direct_creation.lock().await;
@@ -187,6 +349,16 @@ impl Conversations {
             }
         };
         if created {
+            // The request is stored before the conversation: a crash in between leaves a
+            // request without a conversation (not listed), never a recipient who is a member
+            // without having been asked.
+            let request = InvitationRecord {
+                conversation: id,
+                user: peer,
+                inviter: me,
+                created_ms: now_ms(),
+            };
+            self.store.put_invitation(request).await.map_err(internal)?;
             let record = ConversationRecord {
                 id,
                 kind: ConversationKind::Direct,
@@ -209,14 +381,38 @@ impl Conversations {
                 .create_conversation(record, members)
                 .await
                 .map_err(internal)?;
+        } else if !self.store.is_member(id, me).await.map_err(internal)? {
+            // `me` declined this 1:1's request earlier and now opens it: back in, accepted.
+            let member = MemberRecord {
+                user: me,
+                role: MemberRole::Member,
+            };
+            match self.store.add_member(id, member).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound(_)) => return Err(not_found()),
+                Err(e) => return Err(internal(e)),
+            }
+            self.members_changed(id).await?;
         }
         let info = self.info(id).await?;
         if created {
             self.announce(&info).await;
+            self.notify(
+                vec![peer],
+                ServerMessage::Invitation {
+                    conversation: id,
+                    inviter: me,
+                    name: String::new(),
+                },
+            )
+            .await;
         }
         Ok((info, created))
     }
 
+    /// Creates a group owned by `me`, its only member, and invites every listed user (unknown
+    /// ids refuse the creation; blocked pairs and users with a full invitation list are
+    /// silently not invited).
     pub async fn create_group(
         &self,
         me: UserId,
@@ -224,27 +420,22 @@ impl Conversations {
         description: &str,
         members: &[UserId],
     ) -> Result<ConversationInfo, ServiceError> {
-        let name = validate_text("name", name, self.limits.max_name_chars, false)?;
+        let name = validate_text("name", name, self.limits.max_name_chars, false, false)?;
         let display = name.clone();
         let description = validate_text(
             "description",
             description,
             self.limits.max_description_chars,
             true,
+            true,
         )?;
-        let mut records = vec![MemberRecord {
-            user: me,
-            role: MemberRole::Owner,
-        }];
+        let mut invitees: Vec<UserId> = Vec::new();
         for user in members {
-            if records.iter().any(|m| m.user == *user) {
+            if *user == me || invitees.contains(user) {
                 continue;
             }
-            records.push(MemberRecord {
-                user: *user,
-                role: MemberRole::Member,
-            });
-            if records.len() > self.limits.max_group_members {
+            invitees.push(*user);
+            if invitees.len() + 1 > self.limits.max_group_members {
                 return Err(ServiceError::new(
                     ErrorCode::LimitExceeded,
                     format!(
@@ -254,35 +445,123 @@ impl Conversations {
                 ));
             }
         }
+        // Every listed id must name a user before anything is written.
+        let mut invitations = Vec::with_capacity(invitees.len());
         let id = ConversationId::random();
+        let created_ms = now_ms();
+        for user in invitees {
+            self.require_user(user).await?;
+            if !self.may_invite(me, id, user).await? {
+                continue;
+            }
+            invitations.push(InvitationRecord {
+                conversation: id,
+                user,
+                inviter: me,
+                created_ms,
+            });
+        }
         let record = ConversationRecord {
             id,
             kind: ConversationKind::Group,
             name,
             description,
             created_by: me,
-            created_ms: now_ms(),
+            created_ms,
         };
-        let name_key = group_name_key(&record.name);
-        match self
-            .store
-            .create_named_group(record, records, name_key)
-            .await
-        {
+        let owner = vec![MemberRecord {
+            user: me,
+            role: MemberRole::Owner,
+        }];
+        let name_key = group_uniqueness_key(me, &record.name);
+        let group_name = record.name.clone();
+        match self.store.create_named_group(record, owner, name_key).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists(_)) => {
                 return Err(ServiceError::new(
                     ErrorCode::Conflict,
                     format!(
-                        "a group named {display:?} already exists (names are compared ignoring case and Unicode normalisation)"
+                        "you already have a group named {display:?} (names are compared ignoring case, Unicode normalisation and look-alike characters)"
                     ),
                 ));
             }
             Err(e) => return Err(internal(e)),
         }
+        // After the group: a crash in between leaves a group without its invitations, never
+        // an invitation to a group that does not exist.
+        self.store
+            .put_invitations(invitations.clone())
+            .await
+            .map_err(internal)?;
         let info = self.info(id).await?;
         self.announce(&info).await;
+        for invitation in invitations {
+            self.notify(
+                vec![invitation.user],
+                ServerMessage::Invitation {
+                    conversation: id,
+                    inviter: me,
+                    name: group_name.clone(),
+                },
+            )
+            .await;
+        }
         Ok(info)
+    }
+
+    /// Whether `inviter` may invite `user` into `conversation` now: no block either way and
+    /// room in the invitee's pending list. A `false` is not reported to the inviter.
+    async fn may_invite(
+        &self,
+        inviter: UserId,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<bool, ServiceError> {
+        if blocked_either_way(&*self.store, inviter, user)
+            .await
+            .map_err(internal)?
+        {
+            return Ok(false);
+        }
+        let pending = self.store.invitations_of(user).await.map_err(internal)?;
+        Ok(pending.iter().any(|i| i.conversation == conversation)
+            || pending.len() < MAX_PENDING_INVITATIONS)
+    }
+
+    /// `me` blocks (`on`) or unblocks `user`. Blocking also drops `me`'s pending invitations
+    /// from `user` and empties their 1:1 in the engine; unblocking restores it.
+    pub async fn set_block(&self, me: UserId, user: UserId, on: bool) -> Result<(), ServiceError> {
+        if me == user {
+            return Err(ServiceError::invalid("you cannot block yourself"));
+        }
+        self.require_user(user).await?;
+        self.store.set_block(me, user, on).await.map_err(internal)?;
+        if on {
+            for invitation in self.store.invitations_of(me).await.map_err(internal)? {
+                if invitation.inviter == user {
+                    self.store
+                        .take_invitation(invitation.conversation, me)
+                        .await
+                        .map_err(internal)?;
+                }
+            }
+        }
+        if let Some(direct) = self
+            .store
+            .direct_conversation(me, user)
+            .await
+            .map_err(internal)?
+        {
+            self.members_changed(direct).await?;
+        }
+        Ok(())
+    }
+
+    /// The users `me` blocks.
+    pub async fn blocked(&self, me: UserId) -> Result<Vec<UserId>, ServiceError> {
+        let mut users = self.store.blocks_of(me).await.map_err(internal)?;
+        users.sort();
+        Ok(users)
     }
 
     /// Tells every online member's devices about a new conversation.
@@ -320,14 +599,17 @@ impl Conversations {
 
     /// Tells the engine the stored member list changed (fan-out and send checks use it).
     async fn members_changed(&self, conversation: ConversationId) -> Result<(), ServiceError> {
-        let members = self
+        let Some(record) = self
             .store
-            .members(conversation)
+            .conversation(conversation)
             .await
             .map_err(internal)?
-            .into_iter()
-            .map(|m| m.user)
-            .collect();
+        else {
+            return Ok(());
+        };
+        let members = engine_members(&*self.store, &record)
+            .await
+            .map_err(internal)?;
         self.engine
             .input(Input::MembersChanged {
                 conversation,
@@ -423,6 +705,23 @@ impl Conversations {
             ));
         }
         self.require_room(conversation).await?;
+        if blocked_either_way(&*self.store, me, user)
+            .await
+            .map_err(internal)?
+        {
+            // Answered like a stored invitation that is never accepted: the block is not
+            // disclosed to the inviter.
+            return Ok(PendingInvitation {
+                invitation: InvitationRecord {
+                    conversation,
+                    user,
+                    inviter: me,
+                    created_ms: now_ms(),
+                },
+                name: record.name,
+                inviter: self.username(me).await?,
+            });
+        }
         let pending = self.store.invitations_of(user).await.map_err(internal)?;
         if !pending.iter().any(|i| i.conversation == conversation)
             && pending.len() >= MAX_PENDING_INVITATIONS
@@ -498,13 +797,23 @@ impl Conversations {
     ) -> Result<ConversationInfo, ServiceError> {
         let no_invitation =
             || ServiceError::new(ErrorCode::NotFound, "no pending invitation to this group");
-        if self
+        let Some(invitation) = self
             .store
             .invitation(conversation, me)
             .await
             .map_err(internal)?
-            .is_none()
+        else {
+            return Err(no_invitation());
+        };
+        // The inviter blocked `me` (or `me` the inviter) after inviting: the invitation is void.
+        if blocked_either_way(&*self.store, me, invitation.inviter)
+            .await
+            .map_err(internal)?
         {
+            self.store
+                .take_invitation(conversation, me)
+                .await
+                .map_err(internal)?;
             return Err(no_invitation());
         }
         self.require_room(conversation).await?;
@@ -524,7 +833,9 @@ impl Conversations {
         Ok(info)
     }
 
-    /// Declines a pending invitation; the inviter is told with `InviteDeclined`.
+    /// Declines a pending invitation; the inviter is told with `InviteDeclined`. Declining a
+    /// 1:1 request ends `me`'s membership instead and tells only `me`'s devices
+    /// (`MemberRemoved`): the initiator is not told.
     pub async fn decline_invite(
         &self,
         me: UserId,
@@ -541,6 +852,32 @@ impl Conversations {
                 "no pending invitation to this group",
             ));
         };
+        let kind = self
+            .store
+            .conversation(conversation)
+            .await
+            .map_err(internal)?
+            .map(|r| r.kind);
+        if kind == Some(ConversationKind::Direct) {
+            if self
+                .store
+                .remove_member(conversation, me)
+                .await
+                .map_err(internal)?
+                .is_some()
+            {
+                self.members_changed(conversation).await?;
+                self.notify(
+                    vec![me],
+                    ServerMessage::MemberRemoved {
+                        conversation,
+                        user: me,
+                    },
+                )
+                .await;
+            }
+            return Ok(());
+        }
         self.notify(
             vec![invitation.inviter],
             ServerMessage::InviteDeclined {
@@ -552,36 +889,16 @@ impl Conversations {
         Ok(())
     }
 
-    /// The owner adds `user` directly (no invitation needed). Every member gets the updated
-    /// `Conversation`.
+    /// `AddMember`: nobody joins a group without consenting, so this invites `user` (exactly
+    /// like [`Conversations::invite`]) and answers with the group as it is.
     pub async fn add_member(
         &self,
         me: UserId,
         conversation: ConversationId,
         user: UserId,
     ) -> Result<ConversationInfo, ServiceError> {
-        self.owned_group(me, conversation).await?;
-        self.require_user(user).await?;
-        self.require_room(conversation).await?;
-        let member = MemberRecord {
-            user,
-            role: MemberRole::Member,
-        };
-        match self.store.add_member(conversation, member).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(ServiceError::new(
-                    ErrorCode::Conflict,
-                    "the user already is a member",
-                ));
-            }
-            Err(StoreError::NotFound(_)) => return Err(not_found()),
-            Err(e) => return Err(internal(e)),
-        }
-        self.members_changed(conversation).await?;
-        let info = self.info(conversation).await?;
-        self.announce(&info).await;
-        Ok(info)
+        self.invite(me, conversation, user).await?;
+        self.info(conversation).await
     }
 
     /// Ends `user`'s membership and tells the engine before returning; the remaining members
@@ -818,7 +1135,53 @@ impl Conversations {
 
 #[cfg(test)]
 mod tests {
-    use super::group_name_key;
+    use super::{group_name_key, group_uniqueness_key, is_forbidden_in_text};
+    use tern_wire::ids::UserId;
+
+    #[test]
+    fn look_alike_names_share_a_key_per_owner_only() {
+        let (a, b) = (UserId::random(), UserId::random());
+        // Latin "paypal" and one with a Cyrillic "а" (U+0430); "l" and "I" look alike.
+        assert_eq!(
+            group_uniqueness_key(a, "paypal"),
+            group_uniqueness_key(a, "p\u{0430}ypal")
+        );
+        assert_eq!(
+            group_uniqueness_key(a, "Team"),
+            group_uniqueness_key(a, "TEAM")
+        );
+        assert_ne!(
+            group_uniqueness_key(a, "Team"),
+            group_uniqueness_key(b, "Team")
+        );
+        assert_ne!(
+            group_uniqueness_key(a, "Team"),
+            group_uniqueness_key(a, "Tea")
+        );
+    }
+
+    #[test]
+    fn format_control_and_separator_characters_are_forbidden() {
+        for c in [
+            '\u{202E}',
+            '\u{2066}',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{FEFF}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{0007}',
+            '\u{0085}',
+            '\u{00AD}',
+            '\u{E0041}',
+            '\u{3164}',
+        ] {
+            assert!(is_forbidden_in_text(c), "{:04X}", c as u32);
+        }
+        for c in ['a', 'é', 'ж', '中', '😀', ' ', '-'] {
+            assert!(!is_forbidden_in_text(c), "{c}");
+        }
+    }
 
     #[test]
     fn group_names_compare_ignoring_case_and_normalisation() {

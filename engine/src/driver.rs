@@ -541,15 +541,11 @@ async fn load_snapshot(
     conversation: ConversationId,
     landed_from: Option<u64>,
 ) -> Result<Option<ConversationSnapshot>, crate::store::StoreError> {
-    if store.conversation(conversation).await?.is_none() {
+    let Some(record) = store.conversation(conversation).await? else {
         return Ok(None);
-    }
-    let members = store
-        .members(conversation)
-        .await?
-        .into_iter()
-        .map(|m| m.user)
-        .collect();
+    };
+    // A 1:1 whose users block each other has no members here: no sends, no deliveries.
+    let members = crate::conversations::engine_members(store, &record).await?;
     let last_seq = store.last_seq(conversation).await?;
     let landed = match landed_from {
         Some(from) if from <= last_seq => {

@@ -77,13 +77,22 @@ impl Reactions {
         add: bool,
     ) -> Result<(), ServiceError> {
         validate_emoji(emoji)?;
-        // Non-members get the answer a missing conversation gets (as in `Conversations`).
-        if !self
+        // Non-members get the answer a missing conversation gets (as in `Conversations`); so
+        // do the two users of a 1:1 one of them blocks (nothing is sent in it, see
+        // `conversations::engine_members`).
+        let active_member = match self
             .store
-            .is_member(conversation, me)
+            .conversation(conversation)
             .await
             .map_err(internal)?
         {
+            Some(record) => crate::conversations::engine_members(&*self.store, &record)
+                .await
+                .map_err(internal)?
+                .contains(&me),
+            None => false,
+        };
+        if !active_member {
             return Err(ServiceError::new(
                 ErrorCode::NotFound,
                 "no such conversation",

@@ -21,9 +21,10 @@ use tern_engine::driver::EngineHandle;
 use tern_engine::paging::{PageBudget, PageCost};
 use tern_engine::service::ServiceError;
 use tern_wire::api::{
-    ApiError, CertificateHash, ConversationList, ConversationView, CreateDirect, CreateGroup,
-    Credentials, ErrorBody, FileRefView, HistoryPageView, InvitationList, InvitationView,
-    LoginResponse, MemberView, MessageView, ReactionView, TransportInfo, UserRef, UserView,
+    ApiError, BlockList, CertificateHash, ConversationList, ConversationView, CreateDirect,
+    CreateGroup, Credentials, ErrorBody, FileRefView, HistoryPageView, InvitationList,
+    InvitationView, LoginResponse, MemberView, MessageView, ReactionView, TransportInfo, UserRef,
+    UserView,
 };
 use tern_wire::ids::{ConversationId, UserId};
 use tern_wire::msg::{
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub max_frame_bytes: usize,
     /// Largest history response (estimated JSON bytes).
     pub http_history_max_bytes: u64,
+    /// Told when who may see whose presence changes (accepted invitations, unblocks).
+    pub presence: crate::presence::PresenceService,
 }
 
 /// The TCP peer address, inserted by the listener into every request.
@@ -59,7 +62,7 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
-    paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave),
+    paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave, list_blocks, block, unblock),
     components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
     modifiers(&BearerAuth)
 )]
@@ -106,6 +109,11 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
             axum::routing::delete(remove_member),
         )
         .route("/conversations/{id}/leave", post(leave))
+        .route("/blocks", get(list_blocks))
+        .route(
+            "/blocks/{username}",
+            axum::routing::put(block).delete(unblock),
+        )
         .route("/transport", get(transport))
         .route("/openapi.json", get(openapi))
         .with_state(api.clone());
@@ -566,7 +574,7 @@ async fn invite(
 
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/invitations/accept", security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = ConversationView, description = "joined"), (status = 404, body = ApiError, description = "no pending invitation")))]
+    responses((status = 200, body = ConversationView, description = "joined the group, or accepted the 1:1 request"), (status = 404, body = ApiError, description = "no pending invitation")))]
 async fn accept_invite(
     State(api): State<Arc<ApiState>>,
     caller: Caller,
@@ -574,6 +582,7 @@ async fn accept_invite(
 ) -> Result<Json<ConversationView>, HttpError> {
     let id = conversation_id(&id)?;
     let info = api.conversations.accept_invite(caller.user, id).await?;
+    api.presence.relations_changed(&[caller.user]).await;
     Ok(Json(conversation_view(info)))
 }
 
@@ -592,7 +601,7 @@ async fn decline_invite(
 
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/members", request_body = UserRef, security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = ConversationView, description = "added directly by the owner"), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 413, body = ApiError)))]
+    responses((status = 200, body = ConversationView, description = "the user is invited (nobody joins without accepting); the group as it is"), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 413, body = ApiError)))]
 async fn add_member(
     State(api): State<Arc<ApiState>>,
     caller: Caller,
@@ -634,6 +643,56 @@ async fn leave(
 ) -> Result<StatusCode, HttpError> {
     let id = conversation_id(&id)?;
     api.conversations.leave(caller.user, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/blocks", security(("bearer" = [])),
+    responses((status = 200, body = BlockList, description = "the users the caller blocks")))]
+async fn list_blocks(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<BlockList>, HttpError> {
+    let mut blocked = Vec::new();
+    for user in api.conversations.blocked(caller.user).await? {
+        let record = api.accounts.user(user).await?;
+        blocked.push(UserView {
+            user_id: record.id,
+            username: record.username,
+        });
+    }
+    Ok(Json(BlockList { blocked }))
+}
+
+#[utoipa::path(put, path = "/api/v1/blocks/{username}", security(("bearer" = [])),
+    params(("username" = String, Path)),
+    responses((status = 204, description = "blocked: no 1:1 messages, invitations or presence between the two"), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn block(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    let user = api.accounts.user_by_name(&username).await?;
+    api.conversations
+        .set_block(caller.user, user.id, true)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/api/v1/blocks/{username}", security(("bearer" = [])),
+    params(("username" = String, Path)),
+    responses((status = 204, description = "unblocked"), (status = 404, body = ApiError)))]
+async fn unblock(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    let user = api.accounts.user_by_name(&username).await?;
+    api.conversations
+        .set_block(caller.user, user.id, false)
+        .await?;
+    api.presence
+        .relations_changed(&[caller.user, user.id])
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tern_engine::conversations::{accepted_contacts, engine_members};
 use tern_engine::driver::now_ms;
 use tern_engine::store::Store;
 use tern_wire::ids::{ConversationId, UserId};
@@ -42,8 +43,6 @@ const MAX_TYPING: usize = 65_536;
 /// Typing updates one device may send per `RATE_WINDOW`; excess is dropped silently.
 const TYPING_PER_WINDOW: u32 = 5;
 const RATE_WINDOW: Duration = Duration::from_secs(1);
-/// Conversations read when computing a user's contacts (bounds the store work per change).
-const MAX_CONTACT_CONVERSATIONS: usize = 1_000;
 /// How often grace periods and typing expiries are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -101,6 +100,11 @@ enum Command {
         announce: bool,
         snapshot_to: Option<u64>,
     },
+    /// Who may see `user`'s presence changed (an accepted request or invitation, an unblock):
+    /// announce `user` to its contacts and send its devices their presence.
+    Refresh {
+        user: UserId,
+    },
     /// Result of a membership lookup for a typing update.
     TypingChecked {
         user: UserId,
@@ -151,6 +155,13 @@ impl PresenceService {
 
     pub async fn disconnect(&self, user: UserId, conn: u64) {
         let _ = self.commands.send(Command::Disconnect { user, conn }).await;
+    }
+
+    /// The users whose contacts changed (accept, unblock): presence is exchanged anew.
+    pub async fn relations_changed(&self, users: &[UserId]) {
+        for &user in users {
+            let _ = self.commands.send(Command::Refresh { user }).await;
+        }
     }
 
     /// Never waits: a dropped request under overload is acceptable for presence hints.
@@ -304,10 +315,12 @@ impl State {
                 let store = self.store.clone();
                 let commands = self.commands.clone();
                 tokio::spawn(async move {
-                    let members = match store.members(conversation).await {
-                        Ok(members) if members.iter().any(|m| m.user == user) => {
-                            Some(members.into_iter().map(|m| m.user).collect())
-                        }
+                    // The engine's view of the members: a blocked 1:1 has none.
+                    let members = match store.conversation(conversation).await {
+                        Ok(Some(record)) => match engine_members(&*store, &record).await {
+                            Ok(members) if members.contains(&user) => Some(members.into()),
+                            _ => None,
+                        },
                         _ => None,
                     };
                     if let Some(commands) = commands.upgrade() {
@@ -328,6 +341,23 @@ impl State {
                 active,
                 members,
             } => self.typing_checked(user, conversation, active, members),
+            Command::Refresh { user } => {
+                let conns: Vec<u64> = self
+                    .users
+                    .get(&user)
+                    .map(|s| s.devices.keys().copied().collect())
+                    .unwrap_or_default();
+                if conns.is_empty() {
+                    if self.last_seen.contains_key(&user) {
+                        self.lookup_contacts(user, true, None);
+                    }
+                } else {
+                    // Announce once; every device gets its contacts' presence.
+                    for (i, conn) in conns.into_iter().enumerate() {
+                        self.lookup_contacts(user, i == 0, Some(conn));
+                    }
+                }
+            }
             Command::Contacts {
                 user,
                 contacts,
@@ -521,18 +551,16 @@ impl State {
     }
 }
 
-/// Users who share a conversation with `user` (not `user`), from the store.
+/// Users who share a conversation with `user` that both accepted, minus blocks either way
+/// (see `tern_engine::conversations::accepted_contacts`). A store failure means no contacts.
 async fn contacts_of(store: &dyn Store, user: UserId) -> Vec<UserId> {
-    let Ok(conversations) = store.conversations_of(user).await else {
-        return Vec::new();
-    };
-    let mut contacts = HashSet::new();
-    for conversation in conversations.into_iter().take(MAX_CONTACT_CONVERSATIONS) {
-        if let Ok(members) = store.members(conversation).await {
-            contacts.extend(members.into_iter().map(|m| m.user).filter(|m| *m != user));
+    match accepted_contacts(store, user).await {
+        Ok(contacts) => contacts,
+        Err(e) => {
+            tracing::warn!(error = %e, "presence: contacts unavailable");
+            Vec::new()
         }
     }
-    contacts.into_iter().collect()
 }
 
 fn encode(message: &ServerMessage) -> Bytes {

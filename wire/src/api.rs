@@ -43,14 +43,17 @@ pub struct CreateDirect {
     pub peer: String,
 }
 
-/// `POST /conversations/group` body. The creator is always a member (the owner).
+/// `POST /conversations/group` body. The creator is the owner and, at first, the only member:
+/// every listed user is invited and joins by accepting. An unknown username refuses the
+/// creation (404). Names are unique per owner (ignoring case, normalisation and look-alikes)
+/// and may not hold control, format (bidi, zero-width) or line-separator characters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct CreateGroup {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// Usernames of the other members.
+    /// Usernames to invite.
     pub members: Vec<String>,
 }
 
@@ -195,4 +198,11 @@ pub struct InvitationView {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct InvitationList {
     pub invitations: Vec<InvitationView>,
+}
+
+/// `GET /blocks`: the users the caller blocks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BlockList {
+    pub blocked: Vec<UserView>,
 }

@@ -626,6 +626,22 @@ fn build_client(fbb: &mut Fbb<'_>, msg: &ClientMessage) -> (fb::Body, Union) {
                 fb::ClientPing::create(fbb, &args).as_union_value(),
             )
         }
+        ClientMessage::Block {
+            request_id,
+            user,
+            blocked,
+        } => {
+            let user = uid(*user);
+            let args = fb::ClientBlockArgs {
+                request_id: *request_id,
+                user: Some(&user),
+                blocked: *blocked,
+            };
+            (
+                fb::Body::ClientBlock,
+                fb::ClientBlock::create(fbb, &args).as_union_value(),
+            )
+        }
     }
 }
 
@@ -1232,6 +1248,14 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
         fb::Body::ClientPing => {
             let b = present(env.body_as_client_ping())?;
             ClientMessage::Ping { nonce: b.nonce() }
+        }
+        fb::Body::ClientBlock => {
+            let b = present(env.body_as_client_block())?;
+            ClientMessage::Block {
+                request_id: b.request_id(),
+                user: user_of(b.user()),
+                blocked: b.blocked(),
+            }
         }
         other => return Err(unexpected_body(other)),
     })

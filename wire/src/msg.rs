@@ -318,6 +318,12 @@ pub enum ClientMessage {
     Ping {
         nonce: u64,
     },
+    /// Blocks (`blocked: true`) or unblocks `user`; answered with `Ok`.
+    Block {
+        request_id: u64,
+        user: UserId,
+        blocked: bool,
+    },
 }
 
 /// Server-initiated notices that are not errors.
@@ -487,6 +493,7 @@ impl ClientMessage {
             ClientMessage::ClaimKeys { .. } => "claim_keys",
             ClientMessage::KeyShare { .. } => "key_share",
             ClientMessage::Ping { .. } => "ping",
+            ClientMessage::Block { .. } => "block",
         }
     }
 }

@@ -280,6 +280,22 @@ pub fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                 nonce: 9_007_199_254_740_991,
             },
         ),
+        (
+            "block",
+            ClientMessage::Block {
+                request_id: 20,
+                user: CAROL,
+                blocked: true,
+            },
+        ),
+        (
+            "unblock",
+            ClientMessage::Block {
+                request_id: 21,
+                user: CAROL,
+                blocked: false,
+            },
+        ),
     ]
 }
 

@@ -88,7 +88,7 @@ enum Command {
     Me,
     /// Open (or create) the 1:1 conversation with USER; prints its id.
     Dm { username: String },
-    /// Create a group; prints its id.
+    /// Create a group (the members are invited; they join by accepting); prints its id.
     Group {
         name: String,
         /// Other members' usernames, comma-separated.
@@ -108,6 +108,18 @@ enum Command {
         #[arg(long)]
         before: Option<u64>,
     },
+    /// List pending group invitations and 1:1 message requests.
+    Invitations,
+    /// Accept an invitation or message request (conversation id, @inviter or #group).
+    Accept { invitation: String },
+    /// Decline an invitation or message request (conversation id, @inviter or #group).
+    Decline { invitation: String },
+    /// Block USER: no 1:1 messages, invitations or presence between you.
+    Block { username: String },
+    /// Lift a block.
+    Unblock { username: String },
+    /// List the users you block.
+    Blocked,
     /// Chat interactively: every line you type is sent; incoming messages are printed.
     /// `/quit` or Ctrl-D leaves. Resumes where this device left off.
     Chat { conversation: String },
@@ -243,6 +255,57 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             let conv = api.create_group(name, description, members).await?;
             println!("{}", conv.conversation_id);
         }
+        Command::Invitations => {
+            let (api, _) = authed(&cli, &st)?;
+            let invitations = api.invitations().await?;
+            if invitations.is_empty() {
+                println!("no pending invitations");
+            }
+            for i in &invitations {
+                let what = if i.name.is_empty() {
+                    "message request".to_owned()
+                } else {
+                    format!("group #{}", render::sanitize(&i.name))
+                };
+                println!(
+                    "{}  {what} from @{}",
+                    i.conversation_id,
+                    render::sanitize(&i.inviter)
+                );
+            }
+        }
+        Command::Accept { invitation } | Command::Decline { invitation } => {
+            let (api, _) = authed(&cli, &st)?;
+            let invitations = api.invitations().await?;
+            let id = resolve_invitation(invitation, &invitations)?;
+            if matches!(cli.command, Command::Accept { .. }) {
+                api.accept_invitation(id).await?;
+                println!("accepted {id}");
+            } else {
+                api.decline_invitation(id).await?;
+                println!("declined {id}");
+            }
+        }
+        Command::Block { username } => {
+            let (api, _) = authed(&cli, &st)?;
+            api.block(username).await?;
+            println!("blocked {}", render::sanitize(username));
+        }
+        Command::Unblock { username } => {
+            let (api, _) = authed(&cli, &st)?;
+            api.unblock(username).await?;
+            println!("unblocked {}", render::sanitize(username));
+        }
+        Command::Blocked => {
+            let (api, _) = authed(&cli, &st)?;
+            let blocked = api.blocks().await?;
+            if blocked.is_empty() {
+                println!("you block nobody");
+            }
+            for u in &blocked {
+                println!("{} ({})", render::sanitize(&u.username), u.user_id);
+            }
+        }
         Command::List => {
             let (api, session) = authed(&cli, &st)?;
             let convs = api.conversations().await?;
@@ -372,6 +435,33 @@ fn authed(cli: &Cli, st: &State) -> Result<(HttpApi, Session)> {
 }
 
 /// Finds a conversation by id, `@user` (direct), `#name` or a bare name (group or peer).
+/// An invitation named by its conversation id, `@inviter` or `#group name`.
+fn resolve_invitation(
+    wanted: &str,
+    invitations: &[tern_sdk::tern_wire::api::InvitationView],
+) -> Result<ConversationId> {
+    if let Ok(id) = wanted.parse::<ConversationId>() {
+        return Ok(id);
+    }
+    let matches: Vec<&tern_sdk::tern_wire::api::InvitationView> = invitations
+        .iter()
+        .filter(
+            |i| match (wanted.strip_prefix('@'), wanted.strip_prefix('#')) {
+                (Some(user), _) => i.inviter.eq_ignore_ascii_case(user),
+                (_, Some(name)) => i.name == name,
+                _ => false,
+            },
+        )
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.conversation_id),
+        [] => {
+            anyhow::bail!("no pending invitation matches {wanted:?} (see `tern-cli invitations`)")
+        }
+        _ => anyhow::bail!("{wanted:?} matches several invitations; use the conversation id"),
+    }
+}
+
 fn resolve<'a>(
     arg: &str,
     me: tern_sdk::tern_wire::ids::UserId,

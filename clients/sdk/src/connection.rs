@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
-    ClientMessage, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION, ReactionCount,
-    ServerMessage,
+    ClientMessage, ConversationInfo, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION,
+    ReactionCount, ServerMessage,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -525,6 +525,21 @@ impl Connection {
         self.sender.ping().await
     }
 
+    /// See [`ConnectionSender::accept_invite`].
+    pub async fn accept_invite(&self, conversation: ConversationId) -> Result<ConversationInfo> {
+        self.sender.accept_invite(conversation).await
+    }
+
+    /// See [`ConnectionSender::decline_invite`].
+    pub async fn decline_invite(&self, conversation: ConversationId) -> Result<()> {
+        self.sender.decline_invite(conversation).await
+    }
+
+    /// See [`ConnectionSender::block`].
+    pub async fn block(&self, user: UserId, blocked: bool) -> Result<()> {
+        self.sender.block(user, blocked).await
+    }
+
     /// Sends a request built with a fresh `request_id` and waits for the reply that carries it.
     /// An `Error` reply becomes `Error::Server`. The building block for requests this type has
     /// no dedicated method for (CreateConversation, Invite, React, ClaimKeys, ...).
@@ -671,6 +686,52 @@ impl ConnectionSender {
             }
             other => Err(Error::Protocol(format!(
                 "expected HistoryPage, got {}",
+                variant_name(&other)
+            ))),
+        }
+    }
+
+    /// Accepts a group invitation or a 1:1 message request; answers the conversation.
+    pub async fn accept_invite(&self, conversation: ConversationId) -> Result<ConversationInfo> {
+        match self
+            .request(|request_id| ClientMessage::AcceptInvite {
+                request_id,
+                conversation,
+            })
+            .await?
+        {
+            ServerMessage::Conversation { info, .. } => Ok(info),
+            other => Err(Error::Protocol(format!(
+                "expected Conversation, got {}",
+                variant_name(&other)
+            ))),
+        }
+    }
+
+    /// Declines a group invitation or a 1:1 message request.
+    pub async fn decline_invite(&self, conversation: ConversationId) -> Result<()> {
+        self.request_ok(|request_id| ClientMessage::DeclineInvite {
+            request_id,
+            conversation,
+        })
+        .await
+    }
+
+    /// Blocks (`blocked: true`) or unblocks `user`.
+    pub async fn block(&self, user: UserId, blocked: bool) -> Result<()> {
+        self.request_ok(|request_id| ClientMessage::Block {
+            request_id,
+            user,
+            blocked,
+        })
+        .await
+    }
+
+    async fn request_ok(&self, build: impl FnOnce(u64) -> ClientMessage) -> Result<()> {
+        match self.request(build).await? {
+            ServerMessage::Ok { .. } => Ok(()),
+            other => Err(Error::Protocol(format!(
+                "expected Ok, got {}",
                 variant_name(&other)
             ))),
         }

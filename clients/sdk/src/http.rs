@@ -7,8 +7,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tern_wire::api::{
-    ApiError, ConversationList, ConversationView, CreateDirect, CreateGroup, Credentials,
-    HistoryPageView, LoginResponse, MessageView, TransportInfo, UserView,
+    ApiError, BlockList, ConversationList, ConversationView, CreateDirect, CreateGroup,
+    Credentials, HistoryPageView, InvitationList, InvitationView, LoginResponse, MessageView,
+    TransportInfo, UserView,
 };
 use tern_wire::ids::ConversationId;
 use tern_wire::msg::{FileRef, Message};
@@ -165,6 +166,59 @@ impl HttpApi {
             true,
         )
         .await
+    }
+
+    /// `GET /invitations`: pending group invitations and 1:1 message requests, oldest first.
+    pub async fn invitations(&self) -> Result<Vec<InvitationView>> {
+        let list: InvitationList = self
+            .call(Method::GET, self.url(&["invitations"])?, None::<&()>, true)
+            .await?;
+        Ok(list.invitations)
+    }
+
+    /// `POST /conversations/{id}/invitations/accept`: joins a group, or accepts a 1:1 request.
+    pub async fn accept_invitation(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<ConversationView> {
+        let id = conversation.to_string();
+        self.call(
+            Method::POST,
+            self.url(&["conversations", &id, "invitations", "accept"])?,
+            None::<&()>,
+            true,
+        )
+        .await
+    }
+
+    /// `POST /conversations/{id}/invitations/decline`
+    pub async fn decline_invitation(&self, conversation: ConversationId) -> Result<()> {
+        let id = conversation.to_string();
+        self.call_empty(
+            Method::POST,
+            self.url(&["conversations", &id, "invitations", "decline"])?,
+        )
+        .await
+    }
+
+    /// `PUT /blocks/{username}`: no 1:1 messages, invitations or presence between the two.
+    pub async fn block(&self, username: &str) -> Result<()> {
+        self.call_empty(Method::PUT, self.url(&["blocks", username])?)
+            .await
+    }
+
+    /// `DELETE /blocks/{username}`
+    pub async fn unblock(&self, username: &str) -> Result<()> {
+        self.call_empty(Method::DELETE, self.url(&["blocks", username])?)
+            .await
+    }
+
+    /// `GET /blocks`: the users the caller blocks (clients hide their group messages).
+    pub async fn blocks(&self) -> Result<Vec<UserView>> {
+        let list: BlockList = self
+            .call(Method::GET, self.url(&["blocks"])?, None::<&()>, true)
+            .await?;
+        Ok(list.blocked)
     }
 
     /// `GET /conversations`

@@ -448,8 +448,8 @@ impl EngineCore {
                     return self.reply_error(
                         out,
                         &req,
-                        ErrorCode::Forbidden,
-                        "not a member of this conversation",
+                        ErrorCode::NotFound,
+                        "no such conversation",
                     );
                 }
                 if conv.intake.len() >= self.limits.max_queued_sends_per_conversation {
@@ -537,12 +537,7 @@ impl EngineCore {
                 continue;
             };
             if !conv.is_member(&info.user) {
-                self.reply_error(
-                    out,
-                    &req,
-                    ErrorCode::Forbidden,
-                    "not a member of this conversation",
-                );
+                self.reply_error(out, &req, ErrorCode::NotFound, "no such conversation");
                 continue;
             }
             if let Err(retry) = conv.sends.try_take(now, 1) {
@@ -620,8 +615,8 @@ impl EngineCore {
                             conn: ack.conn,
                             message: ServerMessage::error(
                                 ack.request_id,
-                                ErrorCode::Forbidden,
-                                "not a member of this conversation",
+                                ErrorCode::NotFound,
+                                "no such conversation",
                                 false,
                             ),
                         });

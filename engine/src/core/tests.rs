@@ -229,11 +229,12 @@ fn non_members_are_refused_and_nothing_is_stored() {
     connect(&mut core, 1, MALLORY);
     core.handle(send(1, 1, 1), 1);
     let actions = core.handle(loaded(0), 1);
+    // Answered like a missing conversation: existence is not disclosed.
     assert!(matches!(
         actions.as_slice(),
         [Action::Reply {
             message: ServerMessage::Error {
-                code: ErrorCode::Forbidden,
+                code: ErrorCode::NotFound,
                 ..
             },
             ..

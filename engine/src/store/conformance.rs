@@ -70,6 +70,8 @@ where
     check_invitation_race(make().await).await;
     check_membership_changes(make().await).await;
     check_stored_bytes(make().await).await;
+    check_bulk_invitations(make().await).await;
+    check_blocks(make().await).await;
 }
 
 /// Committed payload bytes are counted per sender, atomically with the commit, once per
@@ -2012,4 +2014,112 @@ pub async fn check_membership_changes<S: Store>(store: S) {
         ok(store.conversations_of(b).await, "conversations_of").contains(&g.id),
         "store conformance: a re-added member's conversations list the group"
     );
+}
+
+/// `put_invitations`: every invitation stored and indexed per user, like `put_invitation`;
+/// an empty list writes nothing and succeeds.
+pub async fn check_bulk_invitations<S: Store>(store: S) {
+    let a = UserId::random();
+    let g = group(a);
+    ok(
+        store
+            .create_named_group(g.clone(), vec![owner(a)], "bulk".to_owned())
+            .await,
+        "create_named_group",
+    );
+    ok(
+        store.put_invitations(Vec::new()).await,
+        "put_invitations([])",
+    );
+    let invitees: Vec<UserId> = (0..50).map(|_| UserId::random()).collect();
+    let invitations: Vec<InvitationRecord> = invitees
+        .iter()
+        .map(|&user| InvitationRecord {
+            conversation: g.id,
+            user,
+            inviter: a,
+            created_ms: 7,
+        })
+        .collect();
+    ok(
+        store.put_invitations(invitations.clone()).await,
+        "put_invitations",
+    );
+    for i in &invitations {
+        assert_eq!(
+            ok(store.invitation(g.id, i.user).await, "invitation"),
+            Some(*i),
+            "store conformance: a bulk invitation is readable"
+        );
+        assert_eq!(
+            ok(store.invitations_of(i.user).await, "invitations_of"),
+            vec![*i],
+            "store conformance: a bulk invitation is listed for its user"
+        );
+        assert!(
+            !ok(store.is_member(g.id, i.user).await, "is_member"),
+            "store conformance: an invitation does not make a member"
+        );
+    }
+    // Putting again replaces, it does not duplicate.
+    ok(
+        store.put_invitations(invitations[..1].to_vec()).await,
+        "put_invitations again",
+    );
+    assert_eq!(
+        ok(store.invitations_of(invitees[0]).await, "invitations_of").len(),
+        1
+    );
+}
+
+/// Blocks are directed, idempotent, listed both ways, and lifted cleanly.
+pub async fn check_blocks<S: Store>(store: S) {
+    let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
+    assert!(!ok(store.is_blocked(a, b).await, "is_blocked"));
+    assert!(
+        ok(store.set_block(a, b, true).await, "set_block"),
+        "a new block changes"
+    );
+    assert!(
+        !ok(store.set_block(a, b, true).await, "set_block again"),
+        "store conformance: blocking twice changes nothing"
+    );
+    ok(store.set_block(a, c, true).await, "set_block");
+    ok(store.set_block(c, b, true).await, "set_block");
+    assert!(ok(store.is_blocked(a, b).await, "is_blocked"));
+    assert!(
+        !ok(store.is_blocked(b, a).await, "is_blocked reverse"),
+        "store conformance: a block is directed"
+    );
+    let mut blocks = ok(store.blocks_of(a).await, "blocks_of");
+    blocks.sort();
+    let mut expected = vec![b, c];
+    expected.sort();
+    assert_eq!(
+        blocks, expected,
+        "store conformance: blocks_of lists whom a user blocks"
+    );
+    let mut blockers = ok(store.blockers_of(b).await, "blockers_of");
+    blockers.sort();
+    let mut expected = vec![a, c];
+    expected.sort();
+    assert_eq!(
+        blockers, expected,
+        "store conformance: blockers_of lists who blocks a user"
+    );
+    assert!(ok(store.blocks_of(b).await, "blocks_of").is_empty());
+    assert!(
+        ok(store.set_block(a, b, false).await, "unblock"),
+        "unblocking changes"
+    );
+    assert!(
+        !ok(store.set_block(a, b, false).await, "unblock again"),
+        "store conformance: unblocking twice changes nothing"
+    );
+    assert!(!ok(
+        store.is_blocked(a, b).await,
+        "is_blocked after unblock"
+    ));
+    assert_eq!(ok(store.blocks_of(a).await, "blocks_of"), vec![c]);
+    assert_eq!(ok(store.blockers_of(b).await, "blockers_of"), vec![c]);
 }

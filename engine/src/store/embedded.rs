@@ -129,6 +129,10 @@ struct Inner {
     invitations: Keyspace,
     user_invitations: Keyspace,
     departures: Keyspace,
+    /// `blocker ++ blocked` → empty.
+    blocks: Keyspace,
+    /// `blocked ++ blocker` → empty (who blocks a user, for presence).
+    blocked_by: Keyspace,
     messages: Keyspace,
     client_ids: Keyspace,
     cursors: Keyspace,
@@ -183,6 +187,8 @@ impl EmbeddedStore {
             invitations: keyspace("invitations")?,
             user_invitations: keyspace("user_invitations")?,
             departures: keyspace("departures")?,
+            blocks: keyspace("blocks")?,
+            blocked_by: keyspace("blocked_by")?,
             messages: keyspace("messages")?,
             client_ids: keyspace("client_ids")?,
             cursors: keyspace("cursors")?,
@@ -976,6 +982,62 @@ impl Inner {
         batch.commit().map_err(backend)
     }
 
+    fn put_invitations(&self, invitations: &[InvitationRecord]) -> StoreResult<()> {
+        if invitations.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.batch();
+        for i in invitations {
+            let (conv_key, user_key) = (i.conversation.to_be_bytes(), i.user.to_be_bytes());
+            batch.insert(
+                &self.invitations,
+                cat2(conv_key, user_key),
+                encode_invitation(i)?,
+            );
+            batch.insert(&self.user_invitations, cat2(user_key, conv_key), []);
+        }
+        let _guard = lock(&self.meta_lock);
+        batch.commit().map_err(backend)
+    }
+
+    fn set_block(&self, blocker: UserId, blocked: UserId, on: bool) -> StoreResult<bool> {
+        let (a, b) = (blocker.to_be_bytes(), blocked.to_be_bytes());
+        let _guard = lock(&self.meta_lock);
+        if self.blocks.contains_key(cat2(a, b)).map_err(backend)? == on {
+            return Ok(false);
+        }
+        let mut batch = self.batch();
+        if on {
+            batch.insert(&self.blocks, cat2(a, b), []);
+            batch.insert(&self.blocked_by, cat2(b, a), []);
+        } else {
+            batch.remove(&self.blocks, cat2(a, b));
+            batch.remove(&self.blocked_by, cat2(b, a));
+        }
+        batch.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn is_blocked(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        self.read()
+            .contains_key(
+                &self.blocks,
+                cat2(blocker.to_be_bytes(), blocked.to_be_bytes()),
+            )
+            .map_err(backend)
+    }
+
+    /// The second ids of every key under `first` in `keyspace` (`blocks` or `blocked_by`).
+    fn second_ids(&self, keyspace: &Keyspace, first: UserId) -> StoreResult<Vec<UserId>> {
+        let snap = self.read();
+        let mut out = Vec::new();
+        for kv in snap.prefix(keyspace, first.to_be_bytes()) {
+            let k = kv.key().map_err(backend)?;
+            out.push(UserId(second_id(&k, "block key")?));
+        }
+        Ok(out)
+    }
+
     fn invitation_of(
         &self,
         reader: &impl Readable,
@@ -1451,6 +1513,26 @@ impl Store for EmbeddedStore {
 
     async fn invitations_of(&self, user: UserId) -> StoreResult<Vec<InvitationRecord>> {
         self.run(move |s| s.invitations_of(user)).await
+    }
+
+    async fn put_invitations(&self, invitations: Vec<InvitationRecord>) -> StoreResult<()> {
+        self.run(move |s| s.put_invitations(&invitations)).await
+    }
+
+    async fn set_block(&self, blocker: UserId, blocked: UserId, on: bool) -> StoreResult<bool> {
+        self.run(move |s| s.set_block(blocker, blocked, on)).await
+    }
+
+    async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        self.run(move |s| s.is_blocked(blocker, blocked)).await
+    }
+
+    async fn blocks_of(&self, blocker: UserId) -> StoreResult<Vec<UserId>> {
+        self.run(move |s| s.second_ids(&s.blocks, blocker)).await
+    }
+
+    async fn blockers_of(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        self.run(move |s| s.second_ids(&s.blocked_by, user)).await
     }
 
     async fn take_invitation(

@@ -253,6 +253,9 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         user: UserId,
     ) -> StoreResult<Option<InvitationRecord>>;
+    /// Stores (or replaces) several pending invitations durably in one write (group creation
+    /// invites every listed user at once: one fsync, not one per invitee).
+    async fn put_invitations(&self, invitations: Vec<InvitationRecord>) -> StoreResult<()>;
     /// Pending invitations of a user, in no particular order.
     async fn invitations_of(&self, user: UserId) -> StoreResult<Vec<InvitationRecord>>;
     /// Removes the invitation and returns it; of concurrent calls exactly one gets `Some`.
@@ -293,6 +296,15 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         user: UserId,
     ) -> StoreResult<Option<u64>>;
+
+    // ---- blocks (directed: `blocker` blocks `blocked`) ----
+    /// Records (`on`) or lifts a block. Returns whether anything changed. Durable on return.
+    async fn set_block(&self, blocker: UserId, blocked: UserId, on: bool) -> StoreResult<bool>;
+    async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool>;
+    /// The users `blocker` blocks, in no particular order.
+    async fn blocks_of(&self, blocker: UserId) -> StoreResult<Vec<UserId>>;
+    /// The users who block `user`, in no particular order.
+    async fn blockers_of(&self, user: UserId) -> StoreResult<Vec<UserId>>;
 
     // ---- messages ----
     /// Durably stores a batch (one fsync for the whole batch on the embedded backend).

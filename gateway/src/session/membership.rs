@@ -1,4 +1,5 @@
-//! Conversations and who is in them: create, invite, accept, decline, add, remove, leave.
+//! Conversations and who is in them: create, invite, accept, decline, add, remove, leave,
+//! block.
 //! The rules (owner checks, limits, notifications) live in `tern_engine::conversations`.
 
 use super::*;
@@ -58,7 +59,32 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             .conversations
             .accept_invite(self.user, conversation)
             .await;
+        if result.is_ok() {
+            // Presence may now flow between the joiner and the members.
+            self.ctx.presence.relations_changed(&[self.user]).await;
+        }
         self.reply(&conversation_or_error(request_id, result)).await
+    }
+
+    pub(super) async fn on_block(
+        &mut self,
+        request_id: u64,
+        user: UserId,
+        blocked: bool,
+    ) -> Result<(), End> {
+        let result = self
+            .ctx
+            .conversations
+            .set_block(self.user, user, blocked)
+            .await;
+        if result.is_ok() && !blocked {
+            // Unblocked: presence flows again where they share an accepted conversation.
+            self.ctx
+                .presence
+                .relations_changed(&[self.user, user])
+                .await;
+        }
+        self.reply(&ok_or_error(request_id, result)).await
     }
 
     pub(super) async fn on_decline_invite(

@@ -93,6 +93,11 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 request_id,
                 conversation,
             } => self.on_leave(request_id, conversation).await,
+            ClientMessage::Block {
+                request_id,
+                user,
+                blocked,
+            } => self.on_block(request_id, user, blocked).await,
             ClientMessage::SetPresence { status } => self.on_set_presence(conn, status).await,
             ClientMessage::Typing {
                 conversation,
@@ -175,7 +180,8 @@ fn limited_request_id(message: &ClientMessage) -> Option<u64> {
         | ClientMessage::RemoveMember { request_id, .. }
         | ClientMessage::Leave { request_id, .. }
         | ClientMessage::PublishKeys { request_id, .. }
-        | ClientMessage::ClaimKeys { request_id, .. } => Some(*request_id),
+        | ClientMessage::ClaimKeys { request_id, .. }
+        | ClientMessage::Block { request_id, .. } => Some(*request_id),
         ClientMessage::Resume { .. }
         | ClientMessage::Ping { .. }
         | ClientMessage::SetPresence { .. }

@@ -311,7 +311,8 @@ pub fn https(server: &TestServer) -> reqwest::Client {
         .expect("https client")
 }
 
-/// Alice and Bob, registered and logged in, with their 1:1 conversation.
+/// Alice and Bob, registered and logged in, with their 1:1 conversation: opened by Alice,
+/// accepted by Bob (so presence flows between them too).
 pub async fn alice_and_bob(server: &TestServer) -> (TestUser, TestUser, ConversationId) {
     let alice = user(server, "alice").await;
     let bob = user(server, "bob").await;
@@ -321,7 +322,45 @@ pub async fn alice_and_bob(server: &TestServer) -> (TestUser, TestUser, Conversa
         .await
         .expect("dm")
         .conversation_id;
+    bob.http
+        .accept_invitation(conversation)
+        .await
+        .expect("bob accepts alice's request");
     (alice, bob, conversation)
+}
+
+/// Accepts `conversation`'s pending invitation (a group, or a 1:1 request) for every one of
+/// `users` over HTTPS, many at once.
+pub async fn accept_all(conversation: ConversationId, users: &[&TestUser]) {
+    use futures_util::StreamExt as _;
+    futures_util::stream::iter(users.iter())
+        .map(|u| async move {
+            u.http
+                .accept_invitation(conversation)
+                .await
+                .unwrap_or_else(|e| panic!("{} accepts {conversation}: {e}", u.name))
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// A group owned by `owner` with `members` in it, made the way the product works: creation
+/// invites them (and adds nobody), then each accepts. Returns the group's id.
+pub async fn group_with_members(
+    owner: &TestUser,
+    name: &str,
+    members: &[&TestUser],
+) -> ConversationId {
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    let view = owner
+        .http
+        .create_group(name, "", &names)
+        .await
+        .expect("create group");
+    assert_eq!(view.members.len(), 1, "creation invites, it adds nobody");
+    accept_all(view.conversation_id, members).await;
+    view.conversation_id
 }
 
 /// One sample of a Prometheus series from `GET /metrics` on the operations listener (0 when

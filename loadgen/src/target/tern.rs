@@ -684,6 +684,29 @@ where
     }
 }
 
+/// Every invitee accepts `conversation` (a group invitation or a 1:1 request), many at once:
+/// a group of 100 is joined in parallel. An invitation already used up (an earlier run)
+/// counts as accepted.
+async fn accept_invitations(
+    conversation: tern_sdk::tern_wire::ids::ConversationId,
+    invitees: Vec<HttpApi>,
+) -> tern_sdk::Result<()> {
+    /// Accepts in flight per conversation (each is one HTTPS request).
+    const PARALLEL_ACCEPTS: usize = 32;
+    let results: Vec<tern_sdk::Result<()>> = futures_util::stream::iter(invitees)
+        .map(|http| async move {
+            match with_retry(|| http.accept_invitation(conversation)).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == Some("not_found") => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(PARALLEL_ACCEPTS)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 async fn register_one(http: HttpApi, name: String) -> Result<Cred, TargetError> {
     let fail = |what: &str, e: SdkError| TargetError::Setup(format!("{what} {name}: {e}"));
     match with_retry(|| {
@@ -789,6 +812,13 @@ async fn create_conversations(
             .clone()
             .ok_or_else(|| TargetError::Setup(format!("user {} not registered", members[0])))?;
         let others: Vec<String> = members[1..].iter().map(|&u| st.username(u)).collect();
+        let mut invitees = Vec::with_capacity(members.len() - 1);
+        for &u in &members[1..] {
+            let cred = st.users[u]
+                .clone()
+                .ok_or_else(|| TargetError::Setup(format!("user {u} not registered")))?;
+            invitees.push(http.clone().with_token(cred.token));
+        }
         let http = http.clone().with_token(creator.token);
         jobs.push(async move {
             let r = with_retry(|| {
@@ -804,6 +834,12 @@ async fn create_conversations(
                 }
             })
             .await;
+            let r = match r {
+                Ok(view) => accept_invitations(view.conversation_id, invitees)
+                    .await
+                    .map(|()| view),
+                Err(e) => Err(e),
+            };
             (c, r)
         });
     }

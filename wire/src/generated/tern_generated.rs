@@ -516,7 +516,7 @@ pub const ENUM_MIN_BODY: u8 = 0;
 pub const ENUM_MAX_BODY: u8 = 81;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 38] = [
+pub const ENUM_VALUES_BODY: [Body; 39] = [
   Body::NONE,
   Body::ClientHello,
   Body::ClientSend,
@@ -537,6 +537,7 @@ pub const ENUM_VALUES_BODY: [Body; 38] = [
   Body::ClientClaimKeys,
   Body::ClientKeyShare,
   Body::ClientPing,
+  Body::ClientBlock,
   Body::ServerWelcome,
   Body::ServerSendAck,
   Body::ServerDeliver,
@@ -582,6 +583,7 @@ impl Body {
   pub const ClientClaimKeys: Self = Self(17);
   pub const ClientKeyShare: Self = Self(18);
   pub const ClientPing: Self = Self(19);
+  pub const ClientBlock: Self = Self(20);
   pub const ServerWelcome: Self = Self(64);
   pub const ServerSendAck: Self = Self(65);
   pub const ServerDeliver: Self = Self(66);
@@ -624,6 +626,7 @@ impl Body {
     Self::ClientClaimKeys,
     Self::ClientKeyShare,
     Self::ClientPing,
+    Self::ClientBlock,
     Self::ServerWelcome,
     Self::ServerSendAck,
     Self::ServerDeliver,
@@ -666,6 +669,7 @@ impl Body {
       Self::ClientClaimKeys => Some("ClientClaimKeys"),
       Self::ClientKeyShare => Some("ClientKeyShare"),
       Self::ClientPing => Some("ClientPing"),
+      Self::ClientBlock => Some("ClientBlock"),
       Self::ServerWelcome => Some("ServerWelcome"),
       Self::ServerSendAck => Some("ServerSendAck"),
       Self::ServerDeliver => Some("ServerDeliver"),
@@ -4477,6 +4481,137 @@ impl ::core::fmt::Debug for ClientKeyShare<'_> {
       ds.finish()
   }
 }
+pub enum ClientBlockOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClientBlock<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientBlock<'a> {
+  type Inner = ClientBlock<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientBlock<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BLOCKED: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientBlock { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientBlockArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientBlock<'bldr>> {
+    let mut builder = ClientBlockBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_blocked(args.blocked);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientBlock::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn user(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(ClientBlock::VT_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn blocked(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ClientBlock::VT_BLOCKED, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientBlock<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<Id128>("user", Self::VT_USER, true)?
+     .visit_field::<bool>("blocked", Self::VT_BLOCKED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientBlockArgs<'a> {
+    pub request_id: u64,
+    pub user: Option<&'a Id128>,
+    pub blocked: bool,
+}
+impl<'a> Default for ClientBlockArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientBlockArgs {
+      request_id: 0,
+      user: None, // required field
+      blocked: false,
+    }
+  }
+}
+
+pub struct ClientBlockBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientBlockBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ClientBlock::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(ClientBlock::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_blocked(&mut self, blocked: bool) {
+    self.fbb_.push_slot::<bool>(ClientBlock::VT_BLOCKED, blocked, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientBlockBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientBlockBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientBlock<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ClientBlock::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientBlock<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientBlock");
+      ds.field("request_id", &self.request_id());
+      ds.field("user", &self.user());
+      ds.field("blocked", &self.blocked());
+      ds.finish()
+  }
+}
 pub enum ClientPingOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7604,6 +7739,20 @@ impl<'a> Envelope<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
+  pub fn body_as_client_block(&self) -> Option<ClientBlock<'a>> {
+    if self.body_type() == Body::ClientBlock {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClientBlock::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
   pub fn body_as_server_welcome(&self) -> Option<ServerWelcome<'a>> {
     if self.body_type() == Body::ServerWelcome {
       let u = self.body();
@@ -7883,6 +8032,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ClientClaimKeys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientClaimKeys>>("Body::ClientClaimKeys", pos),
           Body::ClientKeyShare => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientKeyShare>>("Body::ClientKeyShare", pos),
           Body::ClientPing => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientPing>>("Body::ClientPing", pos),
+          Body::ClientBlock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientBlock>>("Body::ClientBlock", pos),
           Body::ServerWelcome => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerWelcome>>("Body::ServerWelcome", pos),
           Body::ServerSendAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerSendAck>>("Body::ServerSendAck", pos),
           Body::ServerDeliver => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDeliver>>("Body::ServerDeliver", pos),
@@ -8084,6 +8234,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::ClientPing => {
           if let Some(x) = self.body_as_client_ping() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ClientBlock => {
+          if let Some(x) = self.body_as_client_block() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
