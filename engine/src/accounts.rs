@@ -185,6 +185,16 @@ impl Accounts {
         Ok(())
     }
 
+    /// The length rule for a password chosen at registration.
+    pub fn validate_new_password(password: &str) -> Result<(), ServiceError> {
+        if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len()) {
+            return Err(ServiceError::invalid(format!(
+                "password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Counts one attempt (login or registration) from `address`; refuses it past the limit.
     /// Both cost an argon2 hash, so both are limited before any work is done.
     fn admit_address(&self, address: IpAddr, now: u64) -> Result<(), ServiceError> {
@@ -208,11 +218,7 @@ impl Accounts {
     ) -> Result<UserRecord, ServiceError> {
         self.admit_address(address, now_ms())?;
         Self::validate_username(username)?;
-        if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len()) {
-            return Err(ServiceError::invalid(format!(
-                "password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes"
-            )));
-        }
+        Self::validate_new_password(password)?;
         if self
             .store
             .user_by_name(username)

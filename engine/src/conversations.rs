@@ -94,8 +94,9 @@ fn not_found() -> ServiceError {
     ServiceError::new(ErrorCode::NotFound, "no such conversation")
 }
 
-/// Text the server shows to others (names, descriptions): no control characters.
-fn validate_text(
+/// Text the server shows to others (names, descriptions): no control characters. Returns the
+/// trimmed text. Pure (public for the `http_json` fuzz target).
+pub fn validate_text(
     what: &str,
     value: &str,
     max_chars: usize,
