@@ -61,7 +61,10 @@ fn stream_matches_reference(data: &[u8]) {
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    assert!(!frame.is_empty() && frame.len() <= max_frame, "frame above limit");
+                    assert!(
+                        !frame.is_empty() && frame.len() <= max_frame,
+                        "frame above limit"
+                    );
                     frames.push(frame);
                 }
                 Ok(None) => break,
@@ -90,7 +93,10 @@ fn reference(mut stream: &[u8], max_frame: usize) -> (Vec<Vec<u8>>, Option<WireE
     while let Some((len, rest)) = stream.split_first_chunk::<4>() {
         let len = u32::from_le_bytes(*len) as usize;
         if len == 0 {
-            return (frames, Some(WireError::Malformed("zero-length frame".into())));
+            return (
+                frames,
+                Some(WireError::Malformed("zero-length frame".into())),
+            );
         }
         if len > max_frame {
             let error = WireError::FrameTooLarge {

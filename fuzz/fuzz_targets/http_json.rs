@@ -40,7 +40,12 @@ fuzz_target!(|data: &[u8]| {
             if let Some(g) = parse::<CreateGroup>(body) {
                 let limits = ConversationLimits::default();
                 check_text("name", &g.name, limits.max_name_chars, false);
-                check_text("description", &g.description, limits.max_description_chars, true);
+                check_text(
+                    "description",
+                    &g.description,
+                    limits.max_description_chars,
+                    true,
+                );
                 let _ = group_name_key(&g.name);
                 for member in &g.members {
                     check_username(member);
@@ -102,6 +107,9 @@ fn check_text(what: &str, value: &str, max_chars: usize, allow_empty: bool) {
         assert!(clean.chars().count() <= max_chars);
         assert!(!clean.chars().any(|c| c.is_control() && c != '\n'));
         // Validation is stable: the cleaned text is accepted as it is.
-        assert_eq!(validate_text(what, &clean, max_chars, allow_empty).ok(), Some(clean));
+        assert_eq!(
+            validate_text(what, &clean, max_chars, allow_empty).ok(),
+            Some(clean)
+        );
     }
 }

@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(!file.starts_with(MAGIC) && !MAGIC.starts_with(&file));
         return;
     };
-    assert!(parsed.valid_len <= file.len(), "valid prefix beyond the input");
+    assert!(
+        parsed.valid_len <= file.len(),
+        "valid prefix beyond the input"
+    );
 
     // Walk the valid prefix independently: every record checksums and decodes.
     let mut at = MAGIC.len().min(file.len());
@@ -37,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
         let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(len_bytes) as usize;
         let body = &file[at + RECORD_HEADER..at + RECORD_HEADER + len];
-        assert_eq!(header[4..], checksum(&len_bytes, body), "record without its checksum");
+        assert_eq!(
+            header[4..],
+            checksum(&len_bytes, body),
+            "record without its checksum"
+        );
         assert!(decode_body(body).is_some(), "record that does not decode");
         at += RECORD_HEADER + len;
         records += 1;
