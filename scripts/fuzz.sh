@@ -31,8 +31,10 @@ if [[ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_V
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 
-# fuzz/ is its own workspace (excluded from the main one), so check its formatting here.
+# fuzz/ is its own workspace (excluded from the main one), so its formatting and lints are
+# checked here rather than by the workspace-wide gates.
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --locked --all-targets -- -D warnings
 
 cd fuzz
 # cargo fuzz has no --locked: check that fuzz/Cargo.lock is current the same way.
