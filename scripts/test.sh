@@ -15,6 +15,9 @@ bash bench/peers/centrifugo/install.sh
 stage "cargo test"
 cargo test --workspace --locked -- --test-threads="${TERN_TEST_THREADS:-2}"
 
+stage "fuzz targets, ${FUZZ_SECONDS:-15} s each (cargo-fuzz, nightly; fails on any crash)"
+bash scripts/fuzz.sh
+
 # The whole integration suite again on every I/O driver and shard count: the behaviour must be
 # the same on each path (two shards put conversations and their members on different threads).
 for io in epoll uring; do

@@ -344,6 +344,16 @@ impl Accounts {
         Ok(())
     }
 
+    /// The length rule for a password chosen at registration.
+    pub fn validate_new_password(password: &str) -> Result<(), ServiceError> {
+        if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len()) {
+            return Err(ServiceError::invalid(format!(
+                "password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     fn limits(&self) -> Result<std::sync::MutexGuard<'_, LoginLimits>, ServiceError> {
         self.login_limits
             .lock()
@@ -365,11 +375,7 @@ impl Accounts {
             .admit_registration(client, now)
             .map_err(ServiceError::rate_limited)?;
         Self::validate_username(username)?;
-        if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len()) {
-            return Err(ServiceError::invalid(format!(
-                "password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes"
-            )));
-        }
+        Self::validate_new_password(password)?;
         if self
             .store
             .user_by_name(username)

@@ -252,8 +252,9 @@ fn not_found() -> ServiceError {
 }
 
 /// Text the server shows to others (names, descriptions): no control, format or separator
-/// characters (see [`is_forbidden_in_text`]); descriptions may hold newlines.
-fn validate_text(
+/// characters (see [`is_forbidden_in_text`]); descriptions may hold newlines. Pure (public for
+/// the `http_json` fuzz target).
+pub fn validate_text(
     what: &str,
     value: &str,
     max_chars: usize,

@@ -13,7 +13,9 @@
 mod bufring;
 mod driver;
 mod session;
-mod ws;
+/// Public for the fuzz target (`fuzz/fuzz_targets/uring_ws_frames.rs`): message assembly is
+/// pure, so it is fuzzed without a ring or TLS.
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,11 +11,12 @@ use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 
 use crate::WsEvent;
 
-pub(crate) const CLOSE_PROTOCOL: u16 = 1002;
-pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// The outcome of parsing (at most) one frame.
-pub(crate) enum Step {
+#[derive(Debug)]
+pub enum Step {
     /// Not a whole frame yet.
     NeedMore,
     /// A frame was consumed and nothing is to be reported (fragment, pong).
@@ -29,7 +30,7 @@ pub(crate) enum Step {
     Fatal(WsEvent, u16),
 }
 
-pub(crate) struct WsCodec {
+pub struct WsCodec {
     /// Text flag and bytes of a fragmented message being assembled.
     partial: Option<(bool, Vec<u8>)>,
     frame_limit: usize,
@@ -41,7 +42,7 @@ fn malformed(text: impl Into<String>) -> Step {
 }
 
 impl WsCodec {
-    pub(crate) fn new(frame_limit: usize, max_message: usize) -> Self {
+    pub fn new(frame_limit: usize, max_message: usize) -> Self {
         Self {
             partial: None,
             frame_limit,
@@ -50,7 +51,7 @@ impl WsCodec {
     }
 
     /// Parses one frame from the front of `input`; returns the bytes consumed.
-    pub(crate) fn step(&mut self, input: &[u8]) -> (usize, Step) {
+    pub fn step(&mut self, input: &[u8]) -> (usize, Step) {
         let mut cursor = Cursor::new(input);
         let (header, length) = match FrameHeader::parse(&mut cursor) {
             Ok(Some(parsed)) => parsed,
@@ -153,7 +154,7 @@ fn unmask(bytes: &mut [u8], mask: [u8; 4]) {
 }
 
 /// The header of an unmasked final binary frame of `len` bytes.
-pub(crate) fn binary_header(len: usize) -> ([u8; 14], usize) {
+pub fn binary_header(len: usize) -> ([u8; 14], usize) {
     let header = FrameHeader {
         is_final: true,
         rsv1: false,
@@ -171,7 +172,7 @@ pub(crate) fn binary_header(len: usize) -> ([u8; 14], usize) {
     (out, n)
 }
 
-pub(crate) fn pong(payload: Vec<u8>) -> Vec<u8> {
+pub fn pong(payload: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 2);
     Frame::pong(payload)
         .format(&mut out)
@@ -180,7 +181,7 @@ pub(crate) fn pong(payload: Vec<u8>) -> Vec<u8> {
 }
 
 /// A close frame; `reason` is cut to 120 bytes on a character boundary.
-pub(crate) fn close(code: u16, reason: &str) -> Vec<u8> {
+pub fn close(code: u16, reason: &str) -> Vec<u8> {
     let mut end = reason.len().min(120);
     while !reason.is_char_boundary(end) {
         end -= 1;

@@ -11,14 +11,8 @@
 //!
 //! ## `FileStore` format and crash safety
 //!
-//! An append-only log. The file starts with the 8-byte magic `TERNOBX1`, then records:
-//!
-//! ```text
-//! len: u32 LE (body length) | check: 8 bytes = SHA-256(len || body)[..8] | body
-//! body = 0x01 client_msg_id u128 LE | conversation u128 LE | created_ms u64 LE
-//!             | content_type_len u16 LE | content_type | payload_len u32 LE | payload   (add)
-//!      | 0x02 client_msg_id u128 LE                                                     (remove)
-//! ```
+//! An append-only, checksummed log; its byte format (and the pure replay) is in the
+//! [`tern_outbox_log`] crate, so the parser builds and fuzzes without the SDK's network stack.
 //!
 //! * An add is one `write` of the whole record followed by `fdatasync`; [`Outbox::compose`]
 //!   returns only after that, so an entry the app was told about is on disk.
@@ -35,12 +29,12 @@
 //!
 //! One process at a time may use a file (there is no lock).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
+use tern_outbox_log::{MAGIC, encode_add, encode_log, encode_record, encode_remove};
 use tern_wire::ids::ConversationId;
 
 use crate::error::{Error, Result};
@@ -68,23 +62,7 @@ impl Default for OutboxLimits {
     }
 }
 
-/// One message waiting to be acknowledged by the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingSend {
-    pub client_msg_id: u128,
-    pub conversation: ConversationId,
-    pub content_type: String,
-    pub payload: Vec<u8>,
-    /// Unix milliseconds, when composed.
-    pub created_ms: u64,
-}
-
-impl PendingSend {
-    /// What the entry counts against [`OutboxLimits::max_bytes`].
-    pub fn size(&self) -> usize {
-        self.payload.len() + self.content_type.len()
-    }
-}
+pub use tern_outbox_log::PendingSend;
 
 /// Where the outbox persists. Calls are made in this order: one `load` when the outbox opens,
 /// then `append`s and `remove`s as entries come and go. `append` must be durable when it
@@ -112,17 +90,6 @@ impl OutboxStore for MemoryStore {
         Ok(())
     }
 }
-
-const MAGIC: &[u8; 8] = b"TERNOBX1";
-const KIND_ADD: u8 = 1;
-const KIND_REMOVE: u8 = 2;
-/// Record header: length and checksum.
-const RECORD_HEADER: usize = 4 + 8;
-/// Fixed part of an add body: kind, id, conversation, created, content-type length, payload
-/// length.
-const ADD_FIXED: usize = 1 + 16 + 16 + 8 + 2 + 4;
-/// Larger records can only be corruption (payloads are far below this).
-const MAX_RECORD: usize = 256 * 1024 * 1024;
 
 /// The native crash-safe store: an append-only, checksummed log (see the module docs).
 #[derive(Debug)]
@@ -201,10 +168,7 @@ impl FileStore {
     /// Writes `entries` to a fresh log next to the current one and renames it over it.
     fn rewrite(&mut self, entries: &[PendingSend]) -> Result<()> {
         let tmp = tmp_path(&self.path);
-        let mut data = MAGIC.to_vec();
-        for e in entries {
-            data.extend_from_slice(&encode_record(&encode_add(e)));
-        }
+        let data = encode_log(entries);
         {
             let mut f = File::create(&tmp)?;
             f.write_all(&data)?;
@@ -231,18 +195,10 @@ impl OutboxStore for FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::Io(e)),
         }
-        let (entries, valid_len) = if data.len() < MAGIC.len() {
-            // Missing, or torn while being created: nothing was ever acknowledged in it.
-            if MAGIC.starts_with(&data) {
-                (Vec::new(), data.len())
-            } else {
-                return Err(not_an_outbox(&self.path));
-            }
-        } else if &data[..MAGIC.len()] != MAGIC {
-            return Err(not_an_outbox(&self.path));
-        } else {
-            parse_log(&data[MAGIC.len()..])
-        };
+        // Missing, or torn while being created, is an empty outbox: nothing was ever
+        // acknowledged in it.
+        let parsed = tern_outbox_log::parse(&data).map_err(|_| not_an_outbox(&self.path))?;
+        let (entries, valid_len) = (parsed.entries, parsed.valid_len);
         self.dropped_bytes = (data.len() - valid_len.max(MAGIC.len()).min(data.len())) as u64;
         if self.dropped_bytes > 0 {
             tracing::warn!(
@@ -271,9 +227,7 @@ impl OutboxStore for FileStore {
             self.len = MAGIC.len() as u64;
             return Ok(());
         }
-        let mut body = vec![KIND_REMOVE];
-        body.extend_from_slice(&client_msg_id.to_le_bytes());
-        self.write_record(&body, false)
+        self.write_record(&encode_remove(client_msg_id), false)
     }
 }
 
@@ -299,129 +253,6 @@ fn sync_dir(path: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-}
-
-fn checksum(len: &[u8; 4], body: &[u8]) -> [u8; 8] {
-    let mut h = sha2::Sha256::new();
-    h.update(len);
-    h.update(body);
-    let digest = h.finalize();
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&digest[..8]);
-    out
-}
-
-fn encode_record(body: &[u8]) -> Vec<u8> {
-    let len = (body.len() as u32).to_le_bytes();
-    let mut out = Vec::with_capacity(RECORD_HEADER + body.len());
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&checksum(&len, body));
-    out.extend_from_slice(body);
-    out
-}
-
-fn encode_add(e: &PendingSend) -> Vec<u8> {
-    let ct = e.content_type.as_bytes();
-    let ct = &ct[..ct.len().min(u16::MAX as usize)];
-    let mut b = Vec::with_capacity(ADD_FIXED + ct.len() + e.payload.len());
-    b.push(KIND_ADD);
-    b.extend_from_slice(&e.client_msg_id.to_le_bytes());
-    b.extend_from_slice(&e.conversation.as_u128().to_le_bytes());
-    b.extend_from_slice(&e.created_ms.to_le_bytes());
-    b.extend_from_slice(&(ct.len() as u16).to_le_bytes());
-    b.extend_from_slice(ct);
-    b.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
-    b.extend_from_slice(&e.payload);
-    b
-}
-
-enum Record {
-    Add(PendingSend),
-    Remove(u128),
-}
-
-/// A tiny bounds-checked reader: every accessor fails instead of panicking.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-}
-
-fn decode_body(body: &[u8]) -> Option<Record> {
-    let mut c = Cursor(body);
-    let kind = c.array::<1>()?[0];
-    let record = match kind {
-        KIND_ADD => {
-            let client_msg_id = u128::from_le_bytes(c.array()?);
-            let conversation = ConversationId(u128::from_le_bytes(c.array()?));
-            let created_ms = u64::from_le_bytes(c.array()?);
-            let ct_len = u16::from_le_bytes(c.array()?) as usize;
-            let content_type = String::from_utf8(c.take(ct_len)?.to_vec()).ok()?;
-            let payload_len = u32::from_le_bytes(c.array()?) as usize;
-            let payload = c.take(payload_len)?.to_vec();
-            Record::Add(PendingSend {
-                client_msg_id,
-                conversation,
-                content_type,
-                payload,
-                created_ms,
-            })
-        }
-        KIND_REMOVE => Record::Remove(u128::from_le_bytes(c.array()?)),
-        _ => return None,
-    };
-    // Trailing bytes mean the record is not what we wrote.
-    c.0.is_empty().then_some(record)
-}
-
-/// Replays the log after the magic. Returns the live entries in append order and the length
-/// (including the magic) of the valid prefix.
-fn parse_log(mut data: &[u8]) -> (Vec<PendingSend>, usize) {
-    let mut valid = MAGIC.len();
-    let mut entries: Vec<PendingSend> = Vec::new();
-    let mut ids: HashSet<u128> = HashSet::new();
-    // Ends at the clean end, or at a torn header.
-    while let Some(header) = data.get(..RECORD_HEADER) {
-        let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        if len > MAX_RECORD {
-            break;
-        }
-        let Some(body) = data.get(RECORD_HEADER..RECORD_HEADER + len) else {
-            break; // torn body
-        };
-        if header[4..] != checksum(&len_bytes, body) {
-            break;
-        }
-        let Some(record) = decode_body(body) else {
-            break;
-        };
-        match record {
-            Record::Add(e) => {
-                if ids.insert(e.client_msg_id) {
-                    entries.push(e);
-                }
-            }
-            Record::Remove(id) => {
-                if ids.remove(&id) {
-                    entries.retain(|e| e.client_msg_id != id);
-                }
-            }
-        }
-        data = &data[RECORD_HEADER + len..];
-        valid += RECORD_HEADER + len;
-    }
-    (entries, valid)
 }
 
 /// Pending sends in compose order, mirrored in memory and persisted through an [`OutboxStore`].
@@ -586,6 +417,7 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_outbox_log::{ADD_FIXED, RECORD_HEADER};
 
     const C1: ConversationId = ConversationId(1);
     const C2: ConversationId = ConversationId(2);
