@@ -245,6 +245,19 @@ async fn logout_everywhere_closes_every_connection_and_revokes_every_token() {
     }
     bob_conn.ping().await.expect("bob is untouched");
     bob.http.me().await.expect("bob's token still works");
+    // It is part of the documented API.
+    let openapi: serde_json::Value = https(&server)
+        .get(format!("https://{}/api/v1/openapi.json", server.addr))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        openapi["paths"]["/api/v1/logout/all"].get("post").is_some(),
+        "OpenAPI documents POST /api/v1/logout/all"
+    );
 }
 
 /// Finding 4: an attacker at one address fails the victim's password until refused; the owner
