@@ -282,6 +282,21 @@ pub fn validate_text(
 }
 
 impl Conversations {
+    /// Refuses a member list longer than a group may be before anything looks the members up
+    /// (a request naming 10^5 users must not cost 10^5 store reads).
+    pub fn check_member_count(&self, listed: usize) -> Result<(), ServiceError> {
+        if listed + 1 > self.limits.max_group_members {
+            return Err(ServiceError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a group has at most {} members",
+                    self.limits.max_group_members
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(store: Arc<dyn Store>, engine: EngineHandle, limits: ConversationLimits) -> Self {
         Conversations {
             store,

@@ -438,6 +438,7 @@ async fn create_group(
     caller: Caller,
     ApiJson(body): ApiJson<CreateGroup>,
 ) -> Result<(StatusCode, Json<ConversationView>), HttpError> {
+    api.conversations.check_member_count(body.members.len())?;
     let mut members = Vec::with_capacity(body.members.len());
     for username in &body.members {
         members.push(api.accounts.user_by_name(username).await?.id);

@@ -978,16 +978,21 @@ impl Driver {
     }
 
     fn ws_input(&mut self, conn: &mut Conn) {
+        // Consumed bytes are dropped once at the end, not after every frame: a receive full of
+        // tiny frames (6-byte pongs) would otherwise cost a copy of the rest per frame.
+        let mut consumed = 0;
         while !conn.suspended && !conn.input_done && conn.closing == Closing::Open {
             let Some(codec) = conn.ws.as_mut() else {
-                return;
+                break;
             };
-            let (used, step) = codec.step(&conn.plain_in);
-            if used > 0 {
-                conn.plain_in.drain(..used);
-            }
+            let (used, step) = codec.step(&conn.plain_in[consumed..]);
+            consumed += used;
+            debug_assert!(
+                consumed <= conn.plain_in.len(),
+                "the codec consumed past its input"
+            );
             match step {
-                Step::NeedMore => return,
+                Step::NeedMore => break,
                 Step::Nothing => {}
                 Step::Event(event) => self.deliver(conn, event),
                 Step::Ping(payload) => {
@@ -997,8 +1002,11 @@ impl Driver {
                 }
                 Step::Close(code) => {
                     conn.input_done = true;
-                    // Echo the peer's code (RFC 6455 5.5.1); the session sees Closed.
-                    let code = code.filter(|c| (1000..=4999).contains(c)).unwrap_or(1000);
+                    // Echo the peer's code (RFC 6455 5.5.1); the session sees Closed. 1005, 1006
+                    // and 1015 must never be sent (7.4.1): answer those, and nonsense, with 1000.
+                    let code = code
+                        .filter(|c| (1000..=4999).contains(c) && ![1005, 1006, 1015].contains(c))
+                        .unwrap_or(1000);
                     self.begin_close(conn, Some((code, "")));
                 }
                 Step::Fatal(event, _code) => {
@@ -1008,6 +1016,9 @@ impl Driver {
                 }
             }
         }
+        // A close inside the loop already dropped the whole buffer.
+        let consumed = consumed.min(conn.plain_in.len());
+        conn.plain_in.drain(..consumed);
     }
 
     fn read_head(&mut self, conn: &mut Conn) {

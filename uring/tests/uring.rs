@@ -475,3 +475,34 @@ fn serve_future_is_send() {
     assert_send_type::<tern_uring::WsReceiver>();
     assert_send_type::<tern_uring::WsSender>();
 }
+
+/// RFC 6455 7.4.1: 1005, 1006 and 1015 are never sent in a close frame. A peer that closes with
+/// one gets 1000 back, not its own code (before, the driver echoed any code in 1000..=4999).
+#[tokio::test]
+async fn reserved_close_codes_are_not_echoed() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let server = start(|_| {});
+    bounded(async {
+        for reserved in [1006u16, 1015] {
+            let mut ws = server.connect().await;
+            let frame = Frame::close(Some(CloseFrame {
+                code: CloseCode::from(reserved),
+                reason: "".into(),
+            }));
+            ws.send(Message::Frame(frame)).await.unwrap();
+            let echoed = loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected the server's close frame, got {other:?}"),
+                }
+            };
+            assert_eq!(
+                echoed,
+                Some(1000),
+                "close code {reserved} was answered with {echoed:?}"
+            );
+        }
+    })
+    .await;
+}
