@@ -109,7 +109,15 @@ impl Rig {
     /// core is warm: conversations `Ready`, nothing queued or in flight.
     pub fn new(config: RigConfig) -> Self {
         assert!(config.conversations > 0 && config.members > 0);
-        let core = EngineCore::new(EngineLimits::default(), 7).expect("default limits are valid");
+        // The benchmarks measure sequencing and fan-out, not the flood limits: every send of a
+        // run happens at one instant, so the send buckets are made too large to run dry.
+        let unlimited = tern_engine::rate::BucketConfig::new(1 << 40, 1 << 30);
+        let limits = EngineLimits {
+            user_sends: unlimited,
+            conversation_sends: unlimited,
+            ..EngineLimits::default()
+        };
+        let core = EngineCore::new(limits, 7).expect("limits are valid");
         let mut rig = Rig {
             core,
             config,
