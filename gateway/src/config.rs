@@ -99,6 +99,7 @@ pub struct FileConfig {
     pub http_head_timeout_ms: Option<u64>,
     pub http_body_timeout_ms: Option<u64>,
     pub http_write_timeout_ms: Option<u64>,
+    pub http_refusal_delay_ms: Option<u64>,
     pub quic_connect_timeout_ms: Option<u64>,
     pub ops_listen: Option<String>,
     pub ops_max_connections: Option<usize>,
@@ -156,6 +157,9 @@ pub struct EdgeConfig {
     pub http_body_timeout: Duration,
     /// A response write without progress (the client stopped reading) → closed.
     pub http_write_timeout: Duration,
+    /// A `429` answer is held back this long (0: sent at once): a flooder's connections each
+    /// ask at most once per delay instead of as fast as the server can refuse.
+    pub http_refusal_delay: Duration,
     /// QUIC connection attempt → the WebTransport CONNECT request (handshake included).
     pub quic_connect_timeout: Duration,
     /// The operations listener (`None`: off).
@@ -183,6 +187,9 @@ pub const DEFAULT_HTTP_HEAD_TIMEOUT_MS: u64 = 20_000;
 pub const DEFAULT_HTTP_BODY_TIMEOUT_MS: u64 = 30_000;
 /// The same as the session's write timeout: a client that reads nothing for 30 s is gone.
 pub const DEFAULT_HTTP_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// One second: a keep-alive flooder's connection gets one refusal a second instead of tens of
+/// thousands; a real client was told to wait longer (Retry-After) anyway.
+pub const DEFAULT_HTTP_REFUSAL_DELAY_MS: u64 = 1_000;
 /// QUIC handshake plus the CONNECT request: the same budget as TLS over TCP.
 pub const DEFAULT_QUIC_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Health checks and scrapes are a few at a time.
@@ -474,6 +481,17 @@ fn resolve_edge(
             DEFAULT_HTTP_WRITE_TIMEOUT_MS,
             "http_write_timeout_ms",
         )?,
+        http_refusal_delay: {
+            let ms = file
+                .http_refusal_delay_ms
+                .unwrap_or(DEFAULT_HTTP_REFUSAL_DELAY_MS);
+            if ms > 10_000 {
+                return Err(ConfigError::Invalid(
+                    "http_refusal_delay_ms must be between 0 and 10000".into(),
+                ));
+            }
+            Duration::from_millis(ms)
+        },
         quic_connect_timeout: millis(
             file.quic_connect_timeout_ms,
             DEFAULT_QUIC_CONNECT_TIMEOUT_MS,

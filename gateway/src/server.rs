@@ -189,6 +189,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|| local.to_string()),
         max_frame_bytes: config.max_frame_bytes,
         http_history_max_bytes: config.floods.http_history_max_bytes,
+        refusal_delay: config.edge.http_refusal_delay,
         presence: sessions.presence.clone(),
     });
     if config.edge.public_authority.is_none() && local.ip().is_unspecified() {

@@ -460,3 +460,33 @@ async fn owner_login_success_rate_under_a_multi_address_flood() {
         "the owner's logins starved behind the flood"
     );
 }
+
+/// Refusals are held back: a `429` arrives no sooner than `http_refusal_delay_ms` after its
+/// request, so a flooder's keep-alive connection gets one refusal per delay instead of as many
+/// as the server can produce (2.1 M in 20 s from one address before). The refused client's own
+/// next request, and other addresses, are not held.
+#[tokio::test]
+async fn a_refused_request_is_held_back_before_its_answer() {
+    let server = TestServer::start_with(&[
+        "login_attempts_per_address = 2",
+        "http_refusal_delay_ms = 1500",
+    ])
+    .await;
+    let mut attacker = http_from(&server, ATTACKER);
+    for attempt in 0..2 {
+        match attacker.login("nobody", &format!("guess-{attempt}")).await {
+            Err(Error::Api(f)) if f.status == 401 => {}
+            other => panic!("the first attempts are answered 401, got {other:?}"),
+        }
+    }
+    let asked = std::time::Instant::now();
+    match attacker.login("nobody", "guess-3").await {
+        Err(Error::Api(f)) if f.status == 429 => {}
+        other => panic!("past the per-address limit: 429, got {other:?}"),
+    }
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the refusal came back after {waited:?}, before the configured 1.5 s delay"
+    );
+}

@@ -1,0 +1,1 @@
+/work/rel-target/release/tern-loadgen attack h2 --server 127.0.0.1:47200 --cert-hash 6c3a4ed2699c3fc4c0817de0afb75b5cff0a2a5fa9956a5348ad9c598609a1c4 --server-pid 20756 --report /work/main/bench/results/2026-12-01-abuse-after/h2.json --label abuse h2 --from 127.0.0.2 --alpn none --conns 5 --streams 200 --body-bytes 1000000 --duration 20s

@@ -1,0 +1,1 @@
+/work/rel-target/release/tern-loadgen attack idle-conns --server 127.0.0.1:47200 --cert-hash cb22bdf07008e9bb6691bb20ef719ec81453df705ebdef55b0fbb5b4f8460ee1 --server-pid 20706 --report /work/main/bench/results/2026-12-01-abuse-after/idle.json --label abuse idle --from 127.0.0.2 --max 2000 --concurrency 128 --connect-timeout 5s --duration 30s

@@ -1,0 +1,1 @@
+/work/rel-target/release/tern-loadgen attack slow-body --server 127.0.0.1:47200 --cert-hash b7d36682836438233231e0277f18532c86dbbadcf8df2945463e6fa8c49db55f --server-pid 20783 --report /work/main/bench/results/2026-12-01-abuse-after/slow-body.json --label abuse slow-body --from 127.0.0.2 --conns 500 --body-bytes 1000000 --chunk-bytes 1 --interval 4s --duration 60s
