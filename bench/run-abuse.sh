@@ -30,7 +30,7 @@
 #   --login-every D    the legitimate user's login interval [LOGIN_EVERY, default 3s; 600s
 #                      leaves one login per phase, so its own argon2 does not show in the p99]
 #   --attacker-from L  login-flood source addresses [ATTACKER_FROM, default 127.0.0.3; a range
-#                      such as 127.0.0.3-127.0.0.40 gets past per-address limits to the hash queue]
+#                      such as 127.0.0.10-127.0.0.49 (not the user's 127.0.0.5) gets past per-address limits to the hash queue]
 #   --port P           [PORT, default 47200]
 #   --out DIR          [OUT, default bench/results/<UTC date>-abuse]
 #   --quick            short everything (a smoke test of the script, not a measurement)

@@ -355,6 +355,15 @@ pub async fn run(target: &AttackTarget, a: &BystanderArgs) -> anyhow::Result<Out
     for ip in &a.attacker_from.0 {
         require_loopback("--attacker-from", *ip)?;
     }
+    // The server keys login limits by address: an attacker sharing the user's address would
+    // measure the (intended) lockout of that address, not whether the owner is spared.
+    if a.attacker_from.0.contains(&a.user_from) {
+        return Err(AttackError::Usage(format!(
+            "--attacker-from must not include --user-from ({})",
+            a.user_from
+        ))
+        .into());
+    }
     let phase = bounded_duration("--phase", a.phase)?;
     bounded_duration("--drain", a.drain)?;
     if !(0.1..=1000.0).contains(&a.chat_rate) {
