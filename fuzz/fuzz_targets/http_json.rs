@@ -39,11 +39,12 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Some(g) = parse::<CreateGroup>(body) {
                 let limits = ConversationLimits::default();
-                check_text("name", &g.name, limits.max_name_chars, false);
+                check_text("name", &g.name, limits.max_name_chars, false, false);
                 check_text(
                     "description",
                     &g.description,
                     limits.max_description_chars,
+                    true,
                     true,
                 );
                 let _ = group_name_key(&g.name);
@@ -100,15 +101,25 @@ fn check_password(password: &str) {
     );
 }
 
-fn check_text(what: &str, value: &str, max_chars: usize, allow_empty: bool) {
-    if let Ok(clean) = validate_text(what, value, max_chars, allow_empty) {
+fn check_text(what: &str, value: &str, max_chars: usize, allow_empty: bool, allow_newline: bool) {
+    if let Ok(clean) = validate_text(what, value, max_chars, allow_empty, allow_newline) {
         assert_eq!(clean, clean.trim(), "accepted text is trimmed");
         assert!(allow_empty || !clean.is_empty());
         assert!(clean.chars().count() <= max_chars);
-        assert!(!clean.chars().any(|c| c.is_control() && c != '\n'));
+        assert!(
+            !clean
+                .chars()
+                .any(|c| c.is_control() && !(allow_newline && c == '\n'))
+        );
+        // Names and descriptions never carry bidi overrides, zero-width or separator characters.
+        assert!(!clean.chars().any(|c| matches!(
+            c,
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200F}'
+                | '\u{2028}' | '\u{2029}' | '\u{FEFF}'
+        )));
         // Validation is stable: the cleaned text is accepted as it is.
         assert_eq!(
-            validate_text(what, &clean, max_chars, allow_empty).ok(),
+            validate_text(what, &clean, max_chars, allow_empty, allow_newline).ok(),
             Some(clean)
         );
     }
