@@ -31,10 +31,14 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 use crate::error::WireError;
 use crate::generated as fb;
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
-use crate::limits::Limits;
+use crate::limits::{
+    Limits, MAX_CLAIM_DEVICES, MAX_KEY_BLOB_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES,
+    MAX_KEY_SHARES_PER_REQUEST, MAX_ONE_TIME_KEYS_PER_PUBLISH, MAX_QUERY_KEYS_USERS,
+};
 use crate::msg::{
     ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode, FileRef,
-    Member, MemberRole, Message, Notice, PresenceStatus, ReactionCount, ServerMessage,
+    KeyShareItem, Member, MemberRole, Message, Notice, PresenceStatus, ReactionCount,
+    ServerMessage,
 };
 
 /// A builder's first allocation: enough for every small control message without regrowth.
@@ -179,6 +183,30 @@ fn bytes<'f>(fbb: &mut Fbb<'f>, b: &[u8]) -> Option<WIPOffset<Vector<'f, u8>>> {
     (!b.is_empty()).then(|| fbb.create_vector(b))
 }
 
+fn device_id_vec<'f>(
+    fbb: &mut Fbb<'f>,
+    ids: &[DeviceId],
+) -> Option<WIPOffset<Vector<'f, fb::Id128>>> {
+    if ids.is_empty() {
+        return None;
+    }
+    let ids: Vec<fb::Id128> = ids.iter().map(|d| did(*d)).collect();
+    Some(fbb.create_vector(&ids))
+}
+
+fn key_share_item<'f>(fbb: &mut Fbb<'f>, k: &KeyShareItem) -> WIPOffset<fb::KeyShareItem<'f>> {
+    let payload = bytes(fbb, &k.payload);
+    let (to_user, to_device) = (uid(k.to_user), did(k.to_device));
+    fb::KeyShareItem::create(
+        fbb,
+        &fb::KeyShareItemArgs {
+            to_user: Some(&to_user),
+            to_device: Some(&to_device),
+            payload,
+        },
+    )
+}
+
 fn id_vec<'f>(fbb: &mut Fbb<'f>, ids: &[UserId]) -> Option<WIPOffset<Vector<'f, fb::Id128>>> {
     if ids.is_empty() {
         return None;
@@ -309,6 +337,9 @@ fn device_keys<'f>(fbb: &mut Fbb<'f>, k: &DeviceKeys) -> WIPOffset<fb::DeviceKey
     let identity_key = bytes(fbb, &k.identity_key);
     let signed_prekey = bytes(fbb, &k.signed_prekey);
     let one_time_keys = table_vec(fbb, &k.one_time_keys, |fbb, b| byte_string(fbb, b));
+    let signing_key = bytes(fbb, &k.signing_key);
+    let fallback_key = bytes(fbb, &k.fallback_key);
+    let signature = bytes(fbb, &k.signature);
     let (user, device) = (uid(k.user), did(k.device));
     fb::DeviceKeys::create(
         fbb,
@@ -318,6 +349,9 @@ fn device_keys<'f>(fbb: &mut Fbb<'f>, k: &DeviceKeys) -> WIPOffset<fb::DeviceKey
             identity_key,
             signed_prekey,
             one_time_keys,
+            signing_key,
+            fallback_key,
+            signature,
         },
     )
 }
@@ -591,11 +625,17 @@ fn build_client(fbb: &mut Fbb<'_>, msg: &ClientMessage) -> (fb::Body, Union) {
                 fb::ClientPublishKeys::create(fbb, &args).as_union_value(),
             )
         }
-        ClientMessage::ClaimKeys { request_id, user } => {
+        ClientMessage::ClaimKeys {
+            request_id,
+            user,
+            devices,
+        } => {
+            let devices = device_id_vec(fbb, devices);
             let user = uid(*user);
             let args = fb::ClientClaimKeysArgs {
                 request_id: *request_id,
                 user: Some(&user),
+                devices,
             };
             (
                 fb::Body::ClientClaimKeys,
@@ -640,6 +680,35 @@ fn build_client(fbb: &mut Fbb<'_>, msg: &ClientMessage) -> (fb::Body, Union) {
             (
                 fb::Body::ClientBlock,
                 fb::ClientBlock::create(fbb, &args).as_union_value(),
+            )
+        }
+        ClientMessage::QueryKeys { request_id, users } => {
+            let users = id_vec(fbb, users);
+            let args = fb::ClientQueryKeysArgs {
+                request_id: *request_id,
+                users,
+            };
+            (
+                fb::Body::ClientQueryKeys,
+                fb::ClientQueryKeys::create(fbb, &args).as_union_value(),
+            )
+        }
+        ClientMessage::SendKeyShares { request_id, shares } => {
+            let shares = table_vec(fbb, shares, key_share_item);
+            let args = fb::ClientSendKeySharesArgs {
+                request_id: *request_id,
+                shares,
+            };
+            (
+                fb::Body::ClientSendKeyShares,
+                fb::ClientSendKeyShares::create(fbb, &args).as_union_value(),
+            )
+        }
+        ClientMessage::AckKeyShares { up_to } => {
+            let args = fb::ClientAckKeySharesArgs { up_to: *up_to };
+            (
+                fb::Body::ClientAckKeyShares,
+                fb::ClientAckKeyShares::create(fbb, &args).as_union_value(),
             )
         }
     }
@@ -687,6 +756,7 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
             device,
             server_time_ms,
             max_frame_bytes,
+            one_time_keys_left,
         } => {
             let (user, device) = (uid(*user), did(*device));
             let args = fb::ServerWelcomeArgs {
@@ -695,6 +765,7 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
                 device: Some(&device),
                 server_time_ms: *server_time_ms,
                 max_frame_bytes: *max_frame_bytes,
+                one_time_keys_left: *one_time_keys_left,
             };
             (
                 fb::Body::ServerWelcome,
@@ -881,6 +952,7 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
             from_user,
             from_device,
             payload,
+            inbox_id,
         } => {
             let payload = bytes(fbb, payload);
             let (from_user, from_device) = (uid(*from_user), did(*from_device));
@@ -888,6 +960,7 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
                 from_user: Some(&from_user),
                 from_device: Some(&from_device),
                 payload,
+                inbox_id: *inbox_id,
             };
             (
                 fb::Body::ServerKeyShare,
@@ -939,6 +1012,25 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
             (
                 fb::Body::ServerPong,
                 fb::ServerPong::create(fbb, &args).as_union_value(),
+            )
+        }
+        ServerMessage::KeySharesStored { request_id, full } => {
+            let full = device_id_vec(fbb, full);
+            let args = fb::ServerKeySharesStoredArgs {
+                request_id: *request_id,
+                full,
+            };
+            (
+                fb::Body::ServerKeySharesStored,
+                fb::ServerKeySharesStored::create(fbb, &args).as_union_value(),
+            )
+        }
+        ServerMessage::DeviceListChanged { user } => {
+            let user = uid(*user);
+            let args = fb::ServerDeviceListChangedArgs { user: Some(&user) };
+            (
+                fb::Body::ServerDeviceListChanged,
+                fb::ServerDeviceListChanged::create(fbb, &args).as_union_value(),
             )
         }
     }
@@ -1087,13 +1179,64 @@ fn reaction_count_of(r: fb::ReactionCount<'_>) -> Result<ReactionCount, WireErro
     })
 }
 
+fn devices_of(v: Option<Vector<'_, fb::Id128>>) -> Vec<DeviceId> {
+    v.map(|v| v.iter().map(device_of).collect())
+        .unwrap_or_default()
+}
+
+/// Fails when a vector has more than `max` entries (checked before anything is copied).
+fn bounded_len(what: &str, len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::malformed(format!(
+            "{what}: {len} entries exceed the maximum of {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// Copies a byte vector that must be at most `max` bytes long.
+fn bounded_bytes(what: &str, v: Option<Vector<'_, u8>>, max: usize) -> Result<Vec<u8>, WireError> {
+    let len = v.map_or(0, |v| v.len());
+    if len > max {
+        return Err(WireError::malformed(format!(
+            "{what} of {len} bytes exceeds the maximum of {max} bytes"
+        )));
+    }
+    Ok(bytes_of(v))
+}
+
+fn key_blob(what: &str, v: Option<Vector<'_, u8>>) -> Result<Vec<u8>, WireError> {
+    bounded_bytes(what, v, MAX_KEY_BLOB_BYTES)
+}
+
 fn device_keys_of(k: fb::DeviceKeys<'_>) -> Result<DeviceKeys, WireError> {
+    let otks = k.one_time_keys();
+    bounded_len(
+        "one_time_keys",
+        otks.map_or(0, |v| v.len()),
+        MAX_ONE_TIME_KEYS_PER_PUBLISH,
+    )?;
     Ok(DeviceKeys {
         user: user_of(k.user()),
         device: device_of(k.device()),
-        identity_key: bytes_of(k.identity_key()),
-        signed_prekey: bytes_of(k.signed_prekey()),
-        one_time_keys: tables_of(k.one_time_keys(), |b| Ok(bytes_of(b.data())))?,
+        identity_key: key_blob("identity_key", k.identity_key())?,
+        signed_prekey: key_blob("signed_prekey", k.signed_prekey())?,
+        one_time_keys: tables_of(otks, |b| key_blob("one-time key", b.data()))?,
+        signing_key: key_blob("signing_key", k.signing_key())?,
+        fallback_key: key_blob("fallback_key", k.fallback_key())?,
+        signature: key_blob("signature", k.signature())?,
+    })
+}
+
+fn key_share_item_of(k: fb::KeyShareItem<'_>) -> Result<KeyShareItem, WireError> {
+    Ok(KeyShareItem {
+        to_user: user_of(k.to_user()),
+        to_device: device_of(k.to_device()),
+        payload: bounded_bytes(
+            "key share payload",
+            k.payload(),
+            MAX_KEY_SHARE_PAYLOAD_BYTES,
+        )?,
     })
 }
 
@@ -1232,9 +1375,16 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
         }
         fb::Body::ClientClaimKeys => {
             let b = present(env.body_as_client_claim_keys())?;
+            let devices = b.devices();
+            bounded_len(
+                "claim devices",
+                devices.map_or(0, |v| v.len()),
+                MAX_CLAIM_DEVICES,
+            )?;
             ClientMessage::ClaimKeys {
                 request_id: b.request_id(),
                 user: user_of(b.user()),
+                devices: devices_of(devices),
             }
         }
         fb::Body::ClientKeyShare => {
@@ -1242,7 +1392,11 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
             ClientMessage::KeyShare {
                 to_user: user_of(b.to_user()),
                 to_device: device_of(b.to_device()),
-                payload: bytes_of(b.payload()),
+                payload: bounded_bytes(
+                    "key share payload",
+                    b.payload(),
+                    MAX_KEY_SHARE_PAYLOAD_BYTES,
+                )?,
             }
         }
         fb::Body::ClientPing => {
@@ -1256,6 +1410,36 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
                 user: user_of(b.user()),
                 blocked: b.blocked(),
             }
+        }
+        fb::Body::ClientQueryKeys => {
+            let b = present(env.body_as_client_query_keys())?;
+            let users = b.users();
+            bounded_len(
+                "query users",
+                users.map_or(0, |v| v.len()),
+                MAX_QUERY_KEYS_USERS,
+            )?;
+            ClientMessage::QueryKeys {
+                request_id: b.request_id(),
+                users: users_of(users),
+            }
+        }
+        fb::Body::ClientSendKeyShares => {
+            let b = present(env.body_as_client_send_key_shares())?;
+            let shares = b.shares();
+            bounded_len(
+                "key shares",
+                shares.map_or(0, |v| v.len()),
+                MAX_KEY_SHARES_PER_REQUEST,
+            )?;
+            ClientMessage::SendKeyShares {
+                request_id: b.request_id(),
+                shares: tables_of(shares, key_share_item_of)?,
+            }
+        }
+        fb::Body::ClientAckKeyShares => {
+            let b = present(env.body_as_client_ack_key_shares())?;
+            ClientMessage::AckKeyShares { up_to: b.up_to() }
         }
         other => return Err(unexpected_body(other)),
     })
@@ -1302,6 +1486,7 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
                 device: device_of(b.device()),
                 server_time_ms: b.server_time_ms(),
                 max_frame_bytes: b.max_frame_bytes(),
+                one_time_keys_left: b.one_time_keys_left(),
             }
         }
         fb::Body::ServerSendAck => {
@@ -1404,6 +1589,7 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
                 from_user: user_of(b.from_user()),
                 from_device: device_of(b.from_device()),
                 payload: bytes_of(b.payload()),
+                inbox_id: b.inbox_id(),
             }
         }
         fb::Body::ServerOk => {
@@ -1431,6 +1617,19 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
         fb::Body::ServerPong => {
             let b = present(env.body_as_server_pong())?;
             ServerMessage::Pong { nonce: b.nonce() }
+        }
+        fb::Body::ServerKeySharesStored => {
+            let b = present(env.body_as_server_key_shares_stored())?;
+            ServerMessage::KeySharesStored {
+                request_id: b.request_id(),
+                full: devices_of(b.full()),
+            }
+        }
+        fb::Body::ServerDeviceListChanged => {
+            let b = present(env.body_as_server_device_list_changed())?;
+            ServerMessage::DeviceListChanged {
+                user: user_of(b.user()),
+            }
         }
         other => return Err(unexpected_body(other)),
     })

@@ -79,6 +79,27 @@ impl Limits {
     }
 }
 
+/// End-to-end key material bounds, checked by the decoder (a frame breaking one is malformed).
+///
+/// A key blob (identity, signing, one-time or fallback key, signature) is at most this long.
+/// 128 B: the largest real one is a signed key blob (32-byte Curve25519 key + 64-byte Ed25519
+/// signature + a few bytes of framing); anything larger is not a key and would only bloat the
+/// directory every contact downloads.
+pub const MAX_KEY_BLOB_BYTES: usize = 128;
+/// One key share payload: an Olm-encrypted Megolm session key is well under 1 KiB; 8 KiB leaves
+/// room for future fields while bounding a device inbox to 10,000 x 8 KiB = 80 MiB worst case.
+pub const MAX_KEY_SHARE_PAYLOAD_BYTES: usize = 8 * 1024;
+/// Shares in one `SendKeyShares`: one per member device of a large group's rotation burst
+/// (1,000 members x 2 devices); a 64 KiB frame holds fewer anyway, so this bounds the work of
+/// frames from larger-frame configurations.
+pub const MAX_KEY_SHARES_PER_REQUEST: usize = 2_000;
+/// Users in one `QueryKeys`: the members of one large group.
+pub const MAX_QUERY_KEYS_USERS: usize = 1_000;
+/// One-time keys in one `PublishKeys` (the server keeps at most 100 per device).
+pub const MAX_ONE_TIME_KEYS_PER_PUBLISH: usize = 100;
+/// Devices named in one `ClaimKeys` (a user with more devices is claimed with an empty list).
+pub const MAX_CLAIM_DEVICES: usize = 100;
+
 impl Default for Limits {
     /// 64 KiB frames, depth 8, 8192 tables.
     fn default() -> Self {

@@ -205,6 +205,41 @@ pub struct DeviceKeys {
     /// On publish: the one-time keys uploaded. On claim: at most one, consumed by the claim.
     #[serde(with = "serde_hex::bytes_vec")]
     pub one_time_keys: Vec<Vec<u8>>,
+    /// Ed25519 public key (32 bytes).
+    #[serde(default, with = "serde_hex::bytes")]
+    pub signing_key: Vec<u8>,
+    /// A signed key blob. On publish non-empty replaces the stored one; on claim set only when no
+    /// one-time key was left (the fallback is not consumed).
+    #[serde(default, with = "serde_hex::bytes")]
+    pub fallback_key: Vec<u8>,
+    /// Ed25519 signature over the canonical device-keys bytes (made and checked by clients).
+    #[serde(default, with = "serde_hex::bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl DeviceKeys {
+    /// Keys with only the ids set (everything else empty).
+    pub fn empty(user: UserId, device: DeviceId) -> Self {
+        Self {
+            user,
+            device,
+            identity_key: Vec::new(),
+            signed_prekey: Vec::new(),
+            one_time_keys: Vec::new(),
+            signing_key: Vec::new(),
+            fallback_key: Vec::new(),
+            signature: Vec::new(),
+        }
+    }
+}
+
+/// One opaque key share addressed to one device's durable inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyShareItem {
+    pub to_user: UserId,
+    pub to_device: DeviceId,
+    #[serde(with = "serde_hex::bytes")]
+    pub payload: Vec<u8>,
 }
 
 /// Messages a client sends.
@@ -307,6 +342,9 @@ pub enum ClientMessage {
     ClaimKeys {
         request_id: u64,
         user: UserId,
+        /// Empty: every device of `user`.
+        #[serde(default)]
+        devices: Vec<DeviceId>,
     },
     /// A device-to-device key share (e.g. an Olm-encrypted Megolm session key), opaque.
     KeyShare {
@@ -323,6 +361,21 @@ pub enum ClientMessage {
         request_id: u64,
         user: UserId,
         blocked: bool,
+    },
+    /// Identity keys of every device of `users` (no one-time or fallback keys); answered with
+    /// `KeyBundle`.
+    QueryKeys {
+        request_id: u64,
+        users: Vec<UserId>,
+    },
+    /// Stores key shares in recipient device inboxes; answered with `KeySharesStored`.
+    SendKeyShares {
+        request_id: u64,
+        shares: Vec<KeyShareItem>,
+    },
+    /// Deletes this device's inbox entries with `inbox_id <= up_to`. No answer.
+    AckKeyShares {
+        up_to: u64,
     },
 }
 
@@ -352,6 +405,9 @@ pub enum ServerMessage {
         device: DeviceId,
         server_time_ms: u64,
         max_frame_bytes: u32,
+        /// This device's unclaimed one-time keys (clients top up below 50).
+        #[serde(default)]
+        one_time_keys_left: u32,
     },
     SendAck {
         request_id: u64,
@@ -420,6 +476,9 @@ pub enum ServerMessage {
         from_device: DeviceId,
         #[serde(with = "serde_hex::bytes")]
         payload: Vec<u8>,
+        /// Per-device increasing id; acknowledge with `AckKeyShares`.
+        #[serde(default)]
+        inbox_id: u64,
     },
     /// Generic success answer for requests with no other result.
     Ok {
@@ -439,6 +498,16 @@ pub enum ServerMessage {
     },
     Pong {
         nonce: u64,
+    },
+    /// Answer to `SendKeyShares`: recipient devices whose inbox was full (those shares were not
+    /// stored; all others were).
+    KeySharesStored {
+        request_id: u64,
+        full: Vec<DeviceId>,
+    },
+    /// `user` published new identity keys for a device or revoked one: re-query its devices.
+    DeviceListChanged {
+        user: UserId,
     },
 }
 
@@ -494,6 +563,9 @@ impl ClientMessage {
             ClientMessage::KeyShare { .. } => "key_share",
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Block { .. } => "block",
+            ClientMessage::QueryKeys { .. } => "query_keys",
+            ClientMessage::SendKeyShares { .. } => "send_key_shares",
+            ClientMessage::AckKeyShares { .. } => "ack_key_shares",
         }
     }
 }
@@ -531,6 +603,8 @@ impl ServerMessage {
             ServerMessage::Error { .. } => "error",
             ServerMessage::Notice { .. } => "notice",
             ServerMessage::Pong { .. } => "pong",
+            ServerMessage::KeySharesStored { .. } => "key_shares_stored",
+            ServerMessage::DeviceListChanged { .. } => "device_list_changed",
         }
     }
 }

@@ -12,8 +12,8 @@
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
 use crate::msg::{
     ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode, FileRef,
-    Member, MemberRole, Message, Notice, PROTOCOL_VERSION, PresenceStatus, ReactionCount,
-    ServerMessage,
+    KeyShareItem, Member, MemberRole, Message, Notice, PROTOCOL_VERSION, PresenceStatus,
+    ReactionCount, ServerMessage,
 };
 
 pub const ALICE: UserId = UserId(0x0a11_ce00_0000_4000_8000_0000_0000_0001);
@@ -90,6 +90,9 @@ fn alice_keys() -> DeviceKeys {
         identity_key: vec![0x1d; 32],
         signed_prekey: vec![0x5e; 64],
         one_time_keys: vec![vec![0x01; 32], vec![0x02; 32], vec![]],
+        signing_key: vec![0x5a; 32],
+        fallback_key: vec![0xfb; 100],
+        signature: vec![0x51; 64],
     }
 }
 
@@ -264,6 +267,15 @@ pub fn client_messages() -> Vec<(&'static str, ClientMessage)> {
             ClientMessage::ClaimKeys {
                 request_id: 13,
                 user: BOB,
+                devices: vec![],
+            },
+        ),
+        (
+            "claim_keys_devices",
+            ClientMessage::ClaimKeys {
+                request_id: 14,
+                user: BOB,
+                devices: vec![BOB_LAPTOP],
             },
         ),
         (
@@ -296,6 +308,32 @@ pub fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                 blocked: false,
             },
         ),
+        (
+            "query_keys",
+            ClientMessage::QueryKeys {
+                request_id: 22,
+                users: vec![BOB, CAROL],
+            },
+        ),
+        (
+            "send_key_shares",
+            ClientMessage::SendKeyShares {
+                request_id: 23,
+                shares: vec![
+                    KeyShareItem {
+                        to_user: BOB,
+                        to_device: BOB_LAPTOP,
+                        payload: vec![0xee; 48],
+                    },
+                    KeyShareItem {
+                        to_user: ALICE,
+                        to_device: ALICE_PHONE,
+                        payload: vec![0xef; 16],
+                    },
+                ],
+            },
+        ),
+        ("ack_key_shares", ClientMessage::AckKeyShares { up_to: 17 }),
     ]
 }
 
@@ -310,6 +348,7 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                 device: ALICE_PHONE,
                 server_time_ms: T0_MS,
                 max_frame_bytes: 65_536,
+                one_time_keys_left: 37,
             },
         ),
         (
@@ -456,6 +495,7 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                 devices: vec![
                     DeviceKeys {
                         one_time_keys: vec![vec![0x01; 32]],
+                        fallback_key: vec![],
                         ..alice_keys()
                     },
                     DeviceKeys {
@@ -464,6 +504,9 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                         identity_key: vec![0x2d; 32],
                         signed_prekey: vec![0x6e; 64],
                         one_time_keys: vec![],
+                        signing_key: vec![0x6a; 32],
+                        fallback_key: vec![0xfc; 100],
+                        signature: vec![0x61; 64],
                     },
                 ],
             },
@@ -474,6 +517,7 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                 from_user: ALICE,
                 from_device: ALICE_PHONE,
                 payload: vec![0xee; 48],
+                inbox_id: 17,
             },
         ),
         ("ok", ServerMessage::Ok { request_id: 10 }),
@@ -529,6 +573,17 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
             ServerMessage::Pong {
                 nonce: 9_007_199_254_740_991,
             },
+        ),
+        (
+            "key_shares_stored",
+            ServerMessage::KeySharesStored {
+                request_id: 23,
+                full: vec![BOB_LAPTOP],
+            },
+        ),
+        (
+            "device_list_changed",
+            ServerMessage::DeviceListChanged { user: ALICE },
         ),
     ]
 }

@@ -513,10 +513,10 @@ pub struct NoticeUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 81;
+pub const ENUM_MAX_BODY: u8 = 83;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 39] = [
+pub const ENUM_VALUES_BODY: [Body; 44] = [
   Body::NONE,
   Body::ClientHello,
   Body::ClientSend,
@@ -538,6 +538,9 @@ pub const ENUM_VALUES_BODY: [Body; 39] = [
   Body::ClientKeyShare,
   Body::ClientPing,
   Body::ClientBlock,
+  Body::ClientQueryKeys,
+  Body::ClientSendKeyShares,
+  Body::ClientAckKeyShares,
   Body::ServerWelcome,
   Body::ServerSendAck,
   Body::ServerDeliver,
@@ -556,6 +559,8 @@ pub const ENUM_VALUES_BODY: [Body; 39] = [
   Body::ServerError,
   Body::ServerNotice,
   Body::ServerPong,
+  Body::ServerKeySharesStored,
+  Body::ServerDeviceListChanged,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -584,6 +589,9 @@ impl Body {
   pub const ClientKeyShare: Self = Self(18);
   pub const ClientPing: Self = Self(19);
   pub const ClientBlock: Self = Self(20);
+  pub const ClientQueryKeys: Self = Self(21);
+  pub const ClientSendKeyShares: Self = Self(22);
+  pub const ClientAckKeyShares: Self = Self(23);
   pub const ServerWelcome: Self = Self(64);
   pub const ServerSendAck: Self = Self(65);
   pub const ServerDeliver: Self = Self(66);
@@ -602,9 +610,11 @@ impl Body {
   pub const ServerError: Self = Self(79);
   pub const ServerNotice: Self = Self(80);
   pub const ServerPong: Self = Self(81);
+  pub const ServerKeySharesStored: Self = Self(82);
+  pub const ServerDeviceListChanged: Self = Self(83);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 81;
+  pub const ENUM_MAX: u8 = 83;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ClientHello,
@@ -627,6 +637,9 @@ impl Body {
     Self::ClientKeyShare,
     Self::ClientPing,
     Self::ClientBlock,
+    Self::ClientQueryKeys,
+    Self::ClientSendKeyShares,
+    Self::ClientAckKeyShares,
     Self::ServerWelcome,
     Self::ServerSendAck,
     Self::ServerDeliver,
@@ -645,6 +658,8 @@ impl Body {
     Self::ServerError,
     Self::ServerNotice,
     Self::ServerPong,
+    Self::ServerKeySharesStored,
+    Self::ServerDeviceListChanged,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -670,6 +685,9 @@ impl Body {
       Self::ClientKeyShare => Some("ClientKeyShare"),
       Self::ClientPing => Some("ClientPing"),
       Self::ClientBlock => Some("ClientBlock"),
+      Self::ClientQueryKeys => Some("ClientQueryKeys"),
+      Self::ClientSendKeyShares => Some("ClientSendKeyShares"),
+      Self::ClientAckKeyShares => Some("ClientAckKeyShares"),
       Self::ServerWelcome => Some("ServerWelcome"),
       Self::ServerSendAck => Some("ServerSendAck"),
       Self::ServerDeliver => Some("ServerDeliver"),
@@ -688,6 +706,8 @@ impl Body {
       Self::ServerError => Some("ServerError"),
       Self::ServerNotice => Some("ServerNotice"),
       Self::ServerPong => Some("ServerPong"),
+      Self::ServerKeySharesStored => Some("ServerKeySharesStored"),
+      Self::ServerDeviceListChanged => Some("ServerDeviceListChanged"),
       _ => None,
     }
   }
@@ -1955,6 +1975,9 @@ impl<'a> DeviceKeys<'a> {
   pub const VT_IDENTITY_KEY: ::flatbuffers::VOffsetT = 8;
   pub const VT_SIGNED_PREKEY: ::flatbuffers::VOffsetT = 10;
   pub const VT_ONE_TIME_KEYS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SIGNING_KEY: ::flatbuffers::VOffsetT = 14;
+  pub const VT_FALLBACK_KEY: ::flatbuffers::VOffsetT = 16;
+  pub const VT_SIGNATURE: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1966,6 +1989,9 @@ impl<'a> DeviceKeys<'a> {
     args: &'args DeviceKeysArgs<'args>
   ) -> ::flatbuffers::WIPOffset<DeviceKeys<'bldr>> {
     let mut builder = DeviceKeysBuilder::new(_fbb);
+    if let Some(x) = args.signature { builder.add_signature(x); }
+    if let Some(x) = args.fallback_key { builder.add_fallback_key(x); }
+    if let Some(x) = args.signing_key { builder.add_signing_key(x); }
     if let Some(x) = args.one_time_keys { builder.add_one_time_keys(x); }
     if let Some(x) = args.signed_prekey { builder.add_signed_prekey(x); }
     if let Some(x) = args.identity_key { builder.add_identity_key(x); }
@@ -2010,6 +2036,27 @@ impl<'a> DeviceKeys<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Bytes>>>>(DeviceKeys::VT_ONE_TIME_KEYS, None)}
   }
+  #[inline]
+  pub fn signing_key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(DeviceKeys::VT_SIGNING_KEY, None)}
+  }
+  #[inline]
+  pub fn fallback_key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(DeviceKeys::VT_FALLBACK_KEY, None)}
+  }
+  #[inline]
+  pub fn signature(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(DeviceKeys::VT_SIGNATURE, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for DeviceKeys<'_> {
@@ -2023,6 +2070,9 @@ impl ::flatbuffers::Verifiable for DeviceKeys<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("identity_key", Self::VT_IDENTITY_KEY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("signed_prekey", Self::VT_SIGNED_PREKEY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Bytes>>>>("one_time_keys", Self::VT_ONE_TIME_KEYS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("signing_key", Self::VT_SIGNING_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("fallback_key", Self::VT_FALLBACK_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("signature", Self::VT_SIGNATURE, false)?
      .finish();
     Ok(())
   }
@@ -2033,6 +2083,9 @@ pub struct DeviceKeysArgs<'a> {
     pub identity_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub signed_prekey: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub one_time_keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Bytes<'a>>>>>,
+    pub signing_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub fallback_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub signature: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for DeviceKeysArgs<'a> {
   #[inline]
@@ -2043,6 +2096,9 @@ impl<'a> Default for DeviceKeysArgs<'a> {
       identity_key: None,
       signed_prekey: None,
       one_time_keys: None,
+      signing_key: None,
+      fallback_key: None,
+      signature: None,
     }
   }
 }
@@ -2073,6 +2129,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeviceKeysBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeviceKeys::VT_ONE_TIME_KEYS, one_time_keys);
   }
   #[inline]
+  pub fn add_signing_key(&mut self, signing_key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeviceKeys::VT_SIGNING_KEY, signing_key);
+  }
+  #[inline]
+  pub fn add_fallback_key(&mut self, fallback_key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeviceKeys::VT_FALLBACK_KEY, fallback_key);
+  }
+  #[inline]
+  pub fn add_signature(&mut self, signature: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeviceKeys::VT_SIGNATURE, signature);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeviceKeysBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     DeviceKeysBuilder {
@@ -2097,6 +2165,9 @@ impl ::core::fmt::Debug for DeviceKeys<'_> {
       ds.field("identity_key", &self.identity_key());
       ds.field("signed_prekey", &self.signed_prekey());
       ds.field("one_time_keys", &self.one_time_keys());
+      ds.field("signing_key", &self.signing_key());
+      ds.field("fallback_key", &self.fallback_key());
+      ds.field("signature", &self.signature());
       ds.finish()
   }
 }
@@ -4252,6 +4323,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ClientClaimKeys<'a> {
 impl<'a> ClientClaimKeys<'a> {
   pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_USER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DEVICES: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4264,6 +4336,7 @@ impl<'a> ClientClaimKeys<'a> {
   ) -> ::flatbuffers::WIPOffset<ClientClaimKeys<'bldr>> {
     let mut builder = ClientClaimKeysBuilder::new(_fbb);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.devices { builder.add_devices(x); }
     if let Some(x) = args.user { builder.add_user(x); }
     builder.finish()
   }
@@ -4283,6 +4356,13 @@ impl<'a> ClientClaimKeys<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Id128>(ClientClaimKeys::VT_USER, None).unwrap()}
   }
+  #[inline]
+  pub fn devices(&self) -> Option<::flatbuffers::Vector<'a, Id128>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Id128>>>(ClientClaimKeys::VT_DEVICES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClientClaimKeys<'_> {
@@ -4293,6 +4373,7 @@ impl ::flatbuffers::Verifiable for ClientClaimKeys<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
      .visit_field::<Id128>("user", Self::VT_USER, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Id128>>>("devices", Self::VT_DEVICES, false)?
      .finish();
     Ok(())
   }
@@ -4300,6 +4381,7 @@ impl ::flatbuffers::Verifiable for ClientClaimKeys<'_> {
 pub struct ClientClaimKeysArgs<'a> {
     pub request_id: u64,
     pub user: Option<&'a Id128>,
+    pub devices: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Id128>>>,
 }
 impl<'a> Default for ClientClaimKeysArgs<'a> {
   #[inline]
@@ -4307,6 +4389,7 @@ impl<'a> Default for ClientClaimKeysArgs<'a> {
     ClientClaimKeysArgs {
       request_id: 0,
       user: None, // required field
+      devices: None,
     }
   }
 }
@@ -4323,6 +4406,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientClaimKeysBuilder<'a, 'b
   #[inline]
   pub fn add_user(&mut self, user: &Id128) {
     self.fbb_.push_slot_always::<&Id128>(ClientClaimKeys::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_devices(&mut self, devices: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Id128>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientClaimKeys::VT_DEVICES, devices);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientClaimKeysBuilder<'a, 'b, A> {
@@ -4345,6 +4432,7 @@ impl ::core::fmt::Debug for ClientClaimKeys<'_> {
     let mut ds = f.debug_struct("ClientClaimKeys");
       ds.field("request_id", &self.request_id());
       ds.field("user", &self.user());
+      ds.field("devices", &self.devices());
       ds.finish()
   }
 }
@@ -4612,6 +4700,466 @@ impl ::core::fmt::Debug for ClientBlock<'_> {
       ds.finish()
   }
 }
+pub enum ClientQueryKeysOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Identity keys (no one-time or fallback keys) of every device of the listed users; answered
+/// with ServerKeyBundle. At most 1,000 users.
+pub struct ClientQueryKeys<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientQueryKeys<'a> {
+  type Inner = ClientQueryKeys<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientQueryKeys<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USERS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientQueryKeys { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientQueryKeysArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientQueryKeys<'bldr>> {
+    let mut builder = ClientQueryKeysBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.users { builder.add_users(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientQueryKeys::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn users(&self) -> Option<::flatbuffers::Vector<'a, Id128>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Id128>>>(ClientQueryKeys::VT_USERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientQueryKeys<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Id128>>>("users", Self::VT_USERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientQueryKeysArgs<'a> {
+    pub request_id: u64,
+    pub users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Id128>>>,
+}
+impl<'a> Default for ClientQueryKeysArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientQueryKeysArgs {
+      request_id: 0,
+      users: None,
+    }
+  }
+}
+
+pub struct ClientQueryKeysBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientQueryKeysBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ClientQueryKeys::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_users(&mut self, users: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Id128>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientQueryKeys::VT_USERS, users);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientQueryKeysBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientQueryKeysBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientQueryKeys<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientQueryKeys<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientQueryKeys");
+      ds.field("request_id", &self.request_id());
+      ds.field("users", &self.users());
+      ds.finish()
+  }
+}
+pub enum KeyShareItemOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One opaque key share for one device's durable inbox.
+pub struct KeyShareItem<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeyShareItem<'a> {
+  type Inner = KeyShareItem<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeyShareItem<'a> {
+  pub const VT_TO_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TO_DEVICE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeyShareItem { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyShareItemArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeyShareItem<'bldr>> {
+    let mut builder = KeyShareItemBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    if let Some(x) = args.to_device { builder.add_to_device(x); }
+    if let Some(x) = args.to_user { builder.add_to_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn to_user(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(KeyShareItem::VT_TO_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn to_device(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(KeyShareItem::VT_TO_DEVICE, None).unwrap()}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyShareItem::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeyShareItem<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<Id128>("to_user", Self::VT_TO_USER, true)?
+     .visit_field::<Id128>("to_device", Self::VT_TO_DEVICE, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyShareItemArgs<'a> {
+    pub to_user: Option<&'a Id128>,
+    pub to_device: Option<&'a Id128>,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeyShareItemArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyShareItemArgs {
+      to_user: None, // required field
+      to_device: None, // required field
+      payload: None,
+    }
+  }
+}
+
+pub struct KeyShareItemBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyShareItemBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_to_user(&mut self, to_user: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(KeyShareItem::VT_TO_USER, to_user);
+  }
+  #[inline]
+  pub fn add_to_device(&mut self, to_device: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(KeyShareItem::VT_TO_DEVICE, to_device);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyShareItem::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyShareItemBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyShareItemBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyShareItem<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, KeyShareItem::VT_TO_USER,"to_user");
+    self.fbb_.required(o, KeyShareItem::VT_TO_DEVICE,"to_device");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeyShareItem<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeyShareItem");
+      ds.field("to_user", &self.to_user());
+      ds.field("to_device", &self.to_device());
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
+pub enum ClientSendKeySharesOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Stores key shares in the recipients' device inboxes (supersedes ClientKeyShare); answered
+/// with ServerKeySharesStored. At most 2,000 shares, payloads at most 8 KiB each.
+pub struct ClientSendKeyShares<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientSendKeyShares<'a> {
+  type Inner = ClientSendKeyShares<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientSendKeyShares<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SHARES: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientSendKeyShares { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientSendKeySharesArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientSendKeyShares<'bldr>> {
+    let mut builder = ClientSendKeySharesBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.shares { builder.add_shares(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientSendKeyShares::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn shares(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyShareItem<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyShareItem>>>>(ClientSendKeyShares::VT_SHARES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientSendKeyShares<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyShareItem>>>>("shares", Self::VT_SHARES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientSendKeySharesArgs<'a> {
+    pub request_id: u64,
+    pub shares: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyShareItem<'a>>>>>,
+}
+impl<'a> Default for ClientSendKeySharesArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientSendKeySharesArgs {
+      request_id: 0,
+      shares: None,
+    }
+  }
+}
+
+pub struct ClientSendKeySharesBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientSendKeySharesBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ClientSendKeyShares::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_shares(&mut self, shares: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyShareItem<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientSendKeyShares::VT_SHARES, shares);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientSendKeySharesBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientSendKeySharesBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientSendKeyShares<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientSendKeyShares<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientSendKeyShares");
+      ds.field("request_id", &self.request_id());
+      ds.field("shares", &self.shares());
+      ds.finish()
+  }
+}
+pub enum ClientAckKeySharesOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Deletes this device's inbox entries with inbox_id <= up_to. No answer.
+pub struct ClientAckKeyShares<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientAckKeyShares<'a> {
+  type Inner = ClientAckKeyShares<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientAckKeyShares<'a> {
+  pub const VT_UP_TO: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientAckKeyShares { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientAckKeySharesArgs
+  ) -> ::flatbuffers::WIPOffset<ClientAckKeyShares<'bldr>> {
+    let mut builder = ClientAckKeySharesBuilder::new(_fbb);
+    builder.add_up_to(args.up_to);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn up_to(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientAckKeyShares::VT_UP_TO, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientAckKeyShares<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("up_to", Self::VT_UP_TO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientAckKeySharesArgs {
+    pub up_to: u64,
+}
+impl<'a> Default for ClientAckKeySharesArgs {
+  #[inline]
+  fn default() -> Self {
+    ClientAckKeySharesArgs {
+      up_to: 0,
+    }
+  }
+}
+
+pub struct ClientAckKeySharesBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientAckKeySharesBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_up_to(&mut self, up_to: u64) {
+    self.fbb_.push_slot::<u64>(ClientAckKeyShares::VT_UP_TO, up_to, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientAckKeySharesBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientAckKeySharesBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientAckKeyShares<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientAckKeyShares<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientAckKeyShares");
+      ds.field("up_to", &self.up_to());
+      ds.finish()
+  }
+}
 pub enum ClientPingOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4729,6 +5277,7 @@ impl<'a> ServerWelcome<'a> {
   pub const VT_DEVICE: ::flatbuffers::VOffsetT = 8;
   pub const VT_SERVER_TIME_MS: ::flatbuffers::VOffsetT = 10;
   pub const VT_MAX_FRAME_BYTES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_ONE_TIME_KEYS_LEFT: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4741,6 +5290,7 @@ impl<'a> ServerWelcome<'a> {
   ) -> ::flatbuffers::WIPOffset<ServerWelcome<'bldr>> {
     let mut builder = ServerWelcomeBuilder::new(_fbb);
     builder.add_server_time_ms(args.server_time_ms);
+    builder.add_one_time_keys_left(args.one_time_keys_left);
     builder.add_max_frame_bytes(args.max_frame_bytes);
     if let Some(x) = args.device { builder.add_device(x); }
     if let Some(x) = args.user { builder.add_user(x); }
@@ -4784,6 +5334,13 @@ impl<'a> ServerWelcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(ServerWelcome::VT_MAX_FRAME_BYTES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn one_time_keys_left(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ServerWelcome::VT_ONE_TIME_KEYS_LEFT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ServerWelcome<'_> {
@@ -4797,6 +5354,7 @@ impl ::flatbuffers::Verifiable for ServerWelcome<'_> {
      .visit_field::<Id128>("device", Self::VT_DEVICE, true)?
      .visit_field::<u64>("server_time_ms", Self::VT_SERVER_TIME_MS, false)?
      .visit_field::<u32>("max_frame_bytes", Self::VT_MAX_FRAME_BYTES, false)?
+     .visit_field::<u32>("one_time_keys_left", Self::VT_ONE_TIME_KEYS_LEFT, false)?
      .finish();
     Ok(())
   }
@@ -4807,6 +5365,7 @@ pub struct ServerWelcomeArgs<'a> {
     pub device: Option<&'a Id128>,
     pub server_time_ms: u64,
     pub max_frame_bytes: u32,
+    pub one_time_keys_left: u32,
 }
 impl<'a> Default for ServerWelcomeArgs<'a> {
   #[inline]
@@ -4817,6 +5376,7 @@ impl<'a> Default for ServerWelcomeArgs<'a> {
       device: None, // required field
       server_time_ms: 0,
       max_frame_bytes: 0,
+      one_time_keys_left: 0,
     }
   }
 }
@@ -4847,6 +5407,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerWelcomeBuilder<'a, 'b, 
     self.fbb_.push_slot::<u32>(ServerWelcome::VT_MAX_FRAME_BYTES, max_frame_bytes, 0);
   }
   #[inline]
+  pub fn add_one_time_keys_left(&mut self, one_time_keys_left: u32) {
+    self.fbb_.push_slot::<u32>(ServerWelcome::VT_ONE_TIME_KEYS_LEFT, one_time_keys_left, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerWelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ServerWelcomeBuilder {
@@ -4871,6 +5435,7 @@ impl ::core::fmt::Debug for ServerWelcome<'_> {
       ds.field("device", &self.device());
       ds.field("server_time_ms", &self.server_time_ms());
       ds.field("max_frame_bytes", &self.max_frame_bytes());
+      ds.field("one_time_keys_left", &self.one_time_keys_left());
       ds.finish()
   }
 }
@@ -6454,6 +7019,7 @@ impl<'a> ServerKeyShare<'a> {
   pub const VT_FROM_USER: ::flatbuffers::VOffsetT = 4;
   pub const VT_FROM_DEVICE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 8;
+  pub const VT_INBOX_ID: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6465,6 +7031,7 @@ impl<'a> ServerKeyShare<'a> {
     args: &'args ServerKeyShareArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ServerKeyShare<'bldr>> {
     let mut builder = ServerKeyShareBuilder::new(_fbb);
+    builder.add_inbox_id(args.inbox_id);
     if let Some(x) = args.payload { builder.add_payload(x); }
     if let Some(x) = args.from_device { builder.add_from_device(x); }
     if let Some(x) = args.from_user { builder.add_from_user(x); }
@@ -6493,6 +7060,13 @@ impl<'a> ServerKeyShare<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ServerKeyShare::VT_PAYLOAD, None)}
   }
+  #[inline]
+  pub fn inbox_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServerKeyShare::VT_INBOX_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ServerKeyShare<'_> {
@@ -6504,6 +7078,7 @@ impl ::flatbuffers::Verifiable for ServerKeyShare<'_> {
      .visit_field::<Id128>("from_user", Self::VT_FROM_USER, true)?
      .visit_field::<Id128>("from_device", Self::VT_FROM_DEVICE, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .visit_field::<u64>("inbox_id", Self::VT_INBOX_ID, false)?
      .finish();
     Ok(())
   }
@@ -6512,6 +7087,7 @@ pub struct ServerKeyShareArgs<'a> {
     pub from_user: Option<&'a Id128>,
     pub from_device: Option<&'a Id128>,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub inbox_id: u64,
 }
 impl<'a> Default for ServerKeyShareArgs<'a> {
   #[inline]
@@ -6520,6 +7096,7 @@ impl<'a> Default for ServerKeyShareArgs<'a> {
       from_user: None, // required field
       from_device: None, // required field
       payload: None,
+      inbox_id: 0,
     }
   }
 }
@@ -6540,6 +7117,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerKeyShareBuilder<'a, 'b,
   #[inline]
   pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ServerKeyShare::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn add_inbox_id(&mut self, inbox_id: u64) {
+    self.fbb_.push_slot::<u64>(ServerKeyShare::VT_INBOX_ID, inbox_id, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerKeyShareBuilder<'a, 'b, A> {
@@ -6564,6 +7145,220 @@ impl ::core::fmt::Debug for ServerKeyShare<'_> {
       ds.field("from_user", &self.from_user());
       ds.field("from_device", &self.from_device());
       ds.field("payload", &self.payload());
+      ds.field("inbox_id", &self.inbox_id());
+      ds.finish()
+  }
+}
+pub enum ServerKeySharesStoredOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answer to ClientSendKeyShares: `full` lists recipient devices whose inbox was full (their
+/// shares were not stored); every other share was stored.
+pub struct ServerKeySharesStored<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ServerKeySharesStored<'a> {
+  type Inner = ServerKeySharesStored<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ServerKeySharesStored<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FULL: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ServerKeySharesStored { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ServerKeySharesStoredArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ServerKeySharesStored<'bldr>> {
+    let mut builder = ServerKeySharesStoredBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.full { builder.add_full(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServerKeySharesStored::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn full(&self) -> Option<::flatbuffers::Vector<'a, Id128>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Id128>>>(ServerKeySharesStored::VT_FULL, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ServerKeySharesStored<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Id128>>>("full", Self::VT_FULL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ServerKeySharesStoredArgs<'a> {
+    pub request_id: u64,
+    pub full: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Id128>>>,
+}
+impl<'a> Default for ServerKeySharesStoredArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ServerKeySharesStoredArgs {
+      request_id: 0,
+      full: None,
+    }
+  }
+}
+
+pub struct ServerKeySharesStoredBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerKeySharesStoredBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ServerKeySharesStored::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_full(&mut self, full: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Id128>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ServerKeySharesStored::VT_FULL, full);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerKeySharesStoredBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ServerKeySharesStoredBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ServerKeySharesStored<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ServerKeySharesStored<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ServerKeySharesStored");
+      ds.field("request_id", &self.request_id());
+      ds.field("full", &self.full());
+      ds.finish()
+  }
+}
+pub enum ServerDeviceListChangedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `user` published new identity keys for a device or revoked one: re-query its devices.
+pub struct ServerDeviceListChanged<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ServerDeviceListChanged<'a> {
+  type Inner = ServerDeviceListChanged<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ServerDeviceListChanged<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ServerDeviceListChanged { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ServerDeviceListChangedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ServerDeviceListChanged<'bldr>> {
+    let mut builder = ServerDeviceListChangedBuilder::new(_fbb);
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(ServerDeviceListChanged::VT_USER, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ServerDeviceListChanged<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<Id128>("user", Self::VT_USER, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ServerDeviceListChangedArgs<'a> {
+    pub user: Option<&'a Id128>,
+}
+impl<'a> Default for ServerDeviceListChangedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ServerDeviceListChangedArgs {
+      user: None, // required field
+    }
+  }
+}
+
+pub struct ServerDeviceListChangedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerDeviceListChangedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(ServerDeviceListChanged::VT_USER, user);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerDeviceListChangedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ServerDeviceListChangedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ServerDeviceListChanged<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ServerDeviceListChanged::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ServerDeviceListChanged<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ServerDeviceListChanged");
+      ds.field("user", &self.user());
       ds.finish()
   }
 }
@@ -7753,6 +8548,48 @@ impl<'a> Envelope<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
+  pub fn body_as_client_query_keys(&self) -> Option<ClientQueryKeys<'a>> {
+    if self.body_type() == Body::ClientQueryKeys {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClientQueryKeys::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_client_send_key_shares(&self) -> Option<ClientSendKeyShares<'a>> {
+    if self.body_type() == Body::ClientSendKeyShares {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClientSendKeyShares::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_client_ack_key_shares(&self) -> Option<ClientAckKeyShares<'a>> {
+    if self.body_type() == Body::ClientAckKeyShares {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClientAckKeyShares::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
   pub fn body_as_server_welcome(&self) -> Option<ServerWelcome<'a>> {
     if self.body_type() == Body::ServerWelcome {
       let u = self.body();
@@ -8003,6 +8840,34 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_server_key_shares_stored(&self) -> Option<ServerKeySharesStored<'a>> {
+    if self.body_type() == Body::ServerKeySharesStored {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ServerKeySharesStored::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_server_device_list_changed(&self) -> Option<ServerDeviceListChanged<'a>> {
+    if self.body_type() == Body::ServerDeviceListChanged {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ServerDeviceListChanged::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -8033,6 +8898,9 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ClientKeyShare => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientKeyShare>>("Body::ClientKeyShare", pos),
           Body::ClientPing => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientPing>>("Body::ClientPing", pos),
           Body::ClientBlock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientBlock>>("Body::ClientBlock", pos),
+          Body::ClientQueryKeys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientQueryKeys>>("Body::ClientQueryKeys", pos),
+          Body::ClientSendKeyShares => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientSendKeyShares>>("Body::ClientSendKeyShares", pos),
+          Body::ClientAckKeyShares => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientAckKeyShares>>("Body::ClientAckKeyShares", pos),
           Body::ServerWelcome => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerWelcome>>("Body::ServerWelcome", pos),
           Body::ServerSendAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerSendAck>>("Body::ServerSendAck", pos),
           Body::ServerDeliver => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDeliver>>("Body::ServerDeliver", pos),
@@ -8051,6 +8919,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ServerError => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerError>>("Body::ServerError", pos),
           Body::ServerNotice => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerNotice>>("Body::ServerNotice", pos),
           Body::ServerPong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerPong>>("Body::ServerPong", pos),
+          Body::ServerKeySharesStored => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerKeySharesStored>>("Body::ServerKeySharesStored", pos),
+          Body::ServerDeviceListChanged => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDeviceListChanged>>("Body::ServerDeviceListChanged", pos),
           _ => Ok(()),
         }
      })?
@@ -8246,6 +9116,27 @@ impl ::core::fmt::Debug for Envelope<'_> {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Body::ClientQueryKeys => {
+          if let Some(x) = self.body_as_client_query_keys() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ClientSendKeyShares => {
+          if let Some(x) = self.body_as_client_send_key_shares() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ClientAckKeyShares => {
+          if let Some(x) = self.body_as_client_ack_key_shares() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         Body::ServerWelcome => {
           if let Some(x) = self.body_as_server_welcome() {
             ds.field("body", &x)
@@ -8367,6 +9258,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::ServerPong => {
           if let Some(x) = self.body_as_server_pong() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ServerKeySharesStored => {
+          if let Some(x) = self.body_as_server_key_shares_stored() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ServerDeviceListChanged => {
+          if let Some(x) = self.body_as_server_device_list_changed() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -222,6 +222,7 @@ fn extreme_scalars_round_trip() {
         device: DeviceId(u128::MAX),
         server_time_ms: u64::MAX,
         max_frame_bytes: u32::MAX,
+        one_time_keys_left: u32::MAX,
     });
     round_trip_server(&ServerMessage::Reaction {
         conversation: ConversationId(1 << 64),
@@ -250,12 +251,21 @@ fn empty_collections_and_strings_round_trip() {
     round_trip_client(&ClientMessage::PublishKeys {
         request_id: 0,
         keys: DeviceKeys {
-            user: UserId(1),
-            device: DeviceId(2),
-            identity_key: vec![],
-            signed_prekey: vec![],
             one_time_keys: vec![vec![], vec![], vec![1]],
+            ..DeviceKeys::empty(UserId(1), DeviceId(2))
         },
+    });
+    round_trip_client(&ClientMessage::SendKeyShares {
+        request_id: 0,
+        shares: vec![],
+    });
+    round_trip_client(&ClientMessage::QueryKeys {
+        request_id: 0,
+        users: vec![],
+    });
+    round_trip_server(&ServerMessage::KeySharesStored {
+        request_id: 0,
+        full: vec![],
     });
     round_trip_client(&ClientMessage::KeyShare {
         to_user: UserId(1),
@@ -447,5 +457,111 @@ fn variant_names_match_the_json_tag() {
             let v = serde_json::to_value(notice).expect("ser");
             assert_eq!(v["type"], serde_json::json!(notice.variant_name()));
         }
+    }
+}
+
+/// The decoder bounds key material: blobs, payloads and counts one past the limit are malformed,
+/// at the limit they decode.
+#[test]
+fn key_material_bounds_are_checked_in_decode() {
+    use crate::limits::{
+        MAX_CLAIM_DEVICES, MAX_KEY_BLOB_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES,
+        MAX_KEY_SHARES_PER_REQUEST, MAX_ONE_TIME_KEYS_PER_PUBLISH, MAX_QUERY_KEYS_USERS,
+    };
+    use crate::msg::KeyShareItem;
+    // Frames here exceed 64 KiB when counts are at their maximum; decode with a big frame limit
+    // so only the key bounds decide.
+    let big = Limits::for_frame_size(1 << 24);
+    let decode = |m: &ClientMessage| decode_client(&crate::encode_client(m), &big);
+    let publish = |keys: DeviceKeys| ClientMessage::PublishKeys {
+        request_id: 1,
+        keys,
+    };
+    let base = DeviceKeys::empty(UserId(1), DeviceId(2));
+    for n in [MAX_KEY_BLOB_BYTES, MAX_KEY_BLOB_BYTES + 1] {
+        let ok = n <= MAX_KEY_BLOB_BYTES;
+        let cases = [
+            DeviceKeys {
+                identity_key: vec![1; n],
+                ..base.clone()
+            },
+            DeviceKeys {
+                signing_key: vec![1; n],
+                ..base.clone()
+            },
+            DeviceKeys {
+                fallback_key: vec![1; n],
+                ..base.clone()
+            },
+            DeviceKeys {
+                signature: vec![1; n],
+                ..base.clone()
+            },
+            DeviceKeys {
+                one_time_keys: vec![vec![1; n]],
+                ..base.clone()
+            },
+        ];
+        for keys in cases {
+            assert_eq!(decode(&publish(keys)).is_ok(), ok, "blob of {n} bytes");
+        }
+    }
+    for n in [
+        MAX_ONE_TIME_KEYS_PER_PUBLISH,
+        MAX_ONE_TIME_KEYS_PER_PUBLISH + 1,
+    ] {
+        let keys = DeviceKeys {
+            one_time_keys: vec![vec![1; 32]; n],
+            ..base.clone()
+        };
+        assert_eq!(
+            decode(&publish(keys)).is_ok(),
+            n <= MAX_ONE_TIME_KEYS_PER_PUBLISH
+        );
+    }
+    let share = |len: usize| KeyShareItem {
+        to_user: UserId(1),
+        to_device: DeviceId(2),
+        payload: vec![7; len],
+    };
+    for n in [MAX_KEY_SHARE_PAYLOAD_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES + 1] {
+        let ok = n <= MAX_KEY_SHARE_PAYLOAD_BYTES;
+        let batch = ClientMessage::SendKeyShares {
+            request_id: 1,
+            shares: vec![share(n)],
+        };
+        assert_eq!(decode(&batch).is_ok(), ok, "payload of {n} bytes");
+        let single = ClientMessage::KeyShare {
+            to_user: UserId(1),
+            to_device: DeviceId(2),
+            payload: vec![7; n],
+        };
+        assert_eq!(decode(&single).is_ok(), ok, "single payload of {n} bytes");
+    }
+    for n in [MAX_KEY_SHARES_PER_REQUEST, MAX_KEY_SHARES_PER_REQUEST + 1] {
+        let batch = ClientMessage::SendKeyShares {
+            request_id: 1,
+            shares: vec![share(1); n],
+        };
+        assert_eq!(
+            decode(&batch).is_ok(),
+            n <= MAX_KEY_SHARES_PER_REQUEST,
+            "{n} shares"
+        );
+    }
+    for n in [MAX_QUERY_KEYS_USERS, MAX_QUERY_KEYS_USERS + 1] {
+        let q = ClientMessage::QueryKeys {
+            request_id: 1,
+            users: vec![UserId(3); n],
+        };
+        assert_eq!(decode(&q).is_ok(), n <= MAX_QUERY_KEYS_USERS, "{n} users");
+    }
+    for n in [MAX_CLAIM_DEVICES, MAX_CLAIM_DEVICES + 1] {
+        let c = ClientMessage::ClaimKeys {
+            request_id: 1,
+            user: UserId(3),
+            devices: vec![DeviceId(4); n],
+        };
+        assert_eq!(decode(&c).is_ok(), n <= MAX_CLAIM_DEVICES, "{n} devices");
     }
 }
