@@ -124,6 +124,9 @@ pub enum Error {
         max_entries: usize,
         max_bytes: usize,
     },
+    /// End-to-end encryption could not be done (state unreadable, keys missing or invalid).
+    #[error("end-to-end encryption: {0}")]
+    Crypto(String),
 }
 
 impl Error {

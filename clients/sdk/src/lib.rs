@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod e2e;
 pub mod error;
 pub mod http;
 pub mod outbox;
@@ -31,6 +32,7 @@ pub use connection::{
     Connection, ConnectionSender, EVENT_QUEUE, Event, EventStream, HistoryPage, OUTGOING_QUEUE,
     SendReceipt, Welcome,
 };
+pub use e2e::{CryptoNotice, E2e, FileCryptoStore, UndecryptableMessage};
 pub use error::{ApiFailure, CloseReason, Error, Result};
 pub use http::{HistoryQuery, HttpApi, message_from_view};
 pub use outbox::{FileStore, MemoryStore, Outbox, OutboxLimits, OutboxStore, PendingSend};

@@ -48,13 +48,28 @@ pub struct Content {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Body {
-    Text { text: String },
+    Text {
+        text: String,
+    },
+    /// Any other application content: its own content type (hidden from the server, which
+    /// only sees `e2e.megolm.v1`) and bytes, base64 in the JSON.
+    Data {
+        content_type: String,
+        data: String,
+    },
 }
 
 impl Body {
     pub fn text(text: impl Into<String>) -> Self {
         Body::Text { text: text.into() }
     }
+}
+
+/// The Megolm session id of an encrypted message payload (to park a message until its key
+/// arrives), or `None` when the payload is not a Megolm envelope.
+pub fn session_id_of(payload: &[u8]) -> Option<String> {
+    let p: MegolmPayload = serde_json::from_slice(payload).ok()?;
+    (p.v == FORMAT_VERSION).then_some(p.session_id)
 }
 
 /// The secret inside an Olm key share.

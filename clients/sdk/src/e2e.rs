@@ -1,0 +1,570 @@
+//! End-to-end encryption for [`crate::Client`]: the tokio driver of the core's
+//! [`CryptoMachine`] (the machine decides, this module does the I/O it asks for).
+//!
+//! * **State** lives in a [`CryptoStore`]: [`FileCryptoStore`] writes the sealed state
+//!   atomically (temp file, fsync, rename) after every change that must survive a crash — an
+//!   advanced outbound Megolm index before the message leaves (a reused index would be refused
+//!   by every receiver as a replay), a received key before its inbox entry is acknowledged.
+//! * **Sending**: [`E2e::encrypt_outgoing`] makes sure the member list, the members' device
+//!   lists and an Olm session per member device exist (`ClientQueryKeys`, `ClientClaimKeys`),
+//!   encrypts, stores the key shares in the recipients' inboxes (`ClientSendKeyShares`) and
+//!   returns the Megolm payload; the caller sends it with the outbox entry's client id.
+//! * **Receiving**: key shares (`ServerKeyShare`, from the device's inbox, before the resume
+//!   replay) go to [`E2e::on_key_share`]; messages to [`E2e::decrypt`], which turns a Megolm
+//!   message into the plaintext message (content type and payload of its body) or says why not.
+//!   Messages waiting for a key are kept (bounded) and retried when it arrives.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use tern_core::crypto::{
+    Body, CryptoConfig, CryptoError, CryptoEvent, CryptoMachine, CryptoStore, MEGOLM_CONTENT_TYPE,
+    PublishedKeys, TrustEvent, Undecryptable,
+};
+use tern_wire::ids::{ConversationId, DeviceId, UserId};
+use tern_wire::msg::{ClientMessage, DeviceKeys, KeyShareItem, Message, ServerMessage};
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+
+/// Content type of plain text bodies, as apps and the CLI use it.
+pub const TEXT_CONTENT_TYPE: &str = "text";
+/// Messages kept for a retry while their key has not arrived. Beyond this the oldest is
+/// surfaced as undecryptable for good (it can still be decrypted from history later).
+pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
+/// Users per `ClientQueryKeys` (the server's bound).
+const QUERY_BATCH: usize = 1_000;
+/// Shares per `ClientSendKeyShares` (the server's bound).
+const SHARE_BATCH: usize = 2_000;
+/// Claims per `ClientClaimKeys` go per user (the request names one user).
+/// How many `encrypt` rounds may still report missing devices before we send anyway: a
+/// device with no claimable key (never published) must not block the conversation.
+const MAX_CLAIM_ROUNDS: usize = 2;
+
+/// Sealed crypto state in one file, replaced atomically.
+pub struct FileCryptoStore {
+    path: PathBuf,
+}
+
+impl FileCryptoStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl CryptoStore for FileCryptoStore {
+    fn save(&mut self, sealed_state: &[u8]) -> std::result::Result<(), CryptoError> {
+        let tmp = self.path.with_extension("tmp");
+        let store = |e: std::io::Error| CryptoError::Store(format!("{}: {e}", tmp.display()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp).map_err(store)?;
+        file.write_all(sealed_state).map_err(store)?;
+        file.sync_all().map_err(store)?;
+        drop(file);
+        std::fs::rename(&tmp, &self.path).map_err(store)?;
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> std::result::Result<Option<Vec<u8>>, CryptoError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CryptoError::Store(format!("{}: {e}", self.path.display()))),
+        }
+    }
+}
+
+/// Reads (or creates, 0600) a 32-byte pickle key file.
+pub fn load_or_create_pickle_key(path: &Path) -> Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| Error::Config(format!("{}: not a 32-byte key", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| Error::Config(format!("random: {e}")))?;
+            let mut store = FileCryptoStore::new(path);
+            store
+                .save(&key)
+                .map_err(|e| Error::Config(format!("pickle key: {e}")))?;
+            Ok(key)
+        }
+        Err(e) => Err(Error::Config(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Why a message is shown as undecryptable, for the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndecryptableMessage {
+    pub message: Message,
+    pub reason: Undecryptable,
+}
+
+/// What the driver tells the app about crypto (trust warnings, refused keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CryptoNotice {
+    Trust(TrustEvent),
+    Key(CryptoEvent),
+}
+
+/// The E2E state of one device, driven by [`crate::Client`].
+pub struct E2e {
+    machine: CryptoMachine,
+    store: Box<dyn CryptoStore + Send>,
+    pickle_key: [u8; 32],
+    /// Member lists by conversation, from `Conversation` frames and the HTTPS API.
+    members: HashMap<ConversationId, Vec<UserId>>,
+    /// Messages waiting for their Megolm session, by session id, oldest first.
+    waiting: BTreeMap<String, Vec<Message>>,
+    waiting_order: VecDeque<String>,
+    waiting_count: usize,
+    /// Highest inbox id handled and persisted, not yet acknowledged.
+    inbox_ack_due: Option<u64>,
+    notices: VecDeque<CryptoNotice>,
+    /// The plaintext switch for tests that must show an at-rest scan can find plaintext.
+    plaintext: bool,
+}
+
+impl std::fmt::Debug for E2e {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2e")
+            .field("user", &self.machine.user_id())
+            .field("device", &self.machine.device_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn crypto(e: CryptoError) -> Error {
+    Error::Crypto(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `tern_wire` device keys → the core's published keys.
+pub fn published_from_wire(k: &DeviceKeys) -> PublishedKeys {
+    PublishedKeys {
+        user: k.user,
+        device: k.device,
+        identity_key: k.identity_key.clone(),
+        signing_key: k.signing_key.clone(),
+        signature: k.signature.clone(),
+        one_time_keys: k.one_time_keys.clone(),
+        fallback_key: k.fallback_key.clone(),
+    }
+}
+
+/// The core's published keys → `tern_wire` device keys.
+pub fn wire_from_published(k: &PublishedKeys) -> DeviceKeys {
+    DeviceKeys {
+        user: k.user,
+        device: k.device,
+        identity_key: k.identity_key.clone(),
+        signed_prekey: Vec::new(),
+        one_time_keys: k.one_time_keys.clone(),
+        signing_key: k.signing_key.clone(),
+        fallback_key: k.fallback_key.clone(),
+        signature: k.signature.clone(),
+    }
+}
+
+/// The body an app's `(content_type, payload)` becomes inside the encryption.
+pub fn body_of(content_type: &str, payload: &[u8]) -> Body {
+    match (content_type, std::str::from_utf8(payload)) {
+        (TEXT_CONTENT_TYPE, Ok(text)) => Body::text(text),
+        _ => Body::Data {
+            content_type: content_type.to_string(),
+            data: base64::engine::general_purpose::STANDARD.encode(payload),
+        },
+    }
+}
+
+/// The `(content_type, payload)` of a decrypted body.
+pub fn content_of(body: &Body) -> (String, Vec<u8>) {
+    match body {
+        Body::Text { text } => (TEXT_CONTENT_TYPE.to_string(), text.as_bytes().to_vec()),
+        Body::Data { content_type, data } => (
+            content_type.clone(),
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+impl E2e {
+    /// Loads the device's crypto state from `store`, or creates a new identity when there is
+    /// none (a new device). A state of another user or device is refused.
+    pub fn open(
+        user: UserId,
+        device: DeviceId,
+        store: Box<dyn CryptoStore + Send>,
+        pickle_key: [u8; 32],
+        config: CryptoConfig,
+    ) -> Result<E2e> {
+        let machine = match CryptoMachine::load_from(store.as_ref(), &pickle_key).map_err(crypto)? {
+            Some(m) if m.user_id() == user && m.device_id() == device => m,
+            Some(m) => {
+                return Err(Error::Config(format!(
+                    "the crypto state belongs to {}/{}, not {user}/{device}",
+                    m.user_id(),
+                    m.device_id()
+                )));
+            }
+            None => CryptoMachine::new(user, device, config).map_err(crypto)?,
+        };
+        let mut e2e = E2e {
+            machine,
+            store,
+            pickle_key,
+            members: HashMap::new(),
+            waiting: BTreeMap::new(),
+            waiting_order: VecDeque::new(),
+            waiting_count: 0,
+            inbox_ack_due: None,
+            notices: VecDeque::new(),
+            plaintext: false,
+        };
+        e2e.persist()?;
+        Ok(e2e)
+    }
+
+    /// A machine in memory only (load generator devices, tests).
+    pub fn in_memory(user: UserId, device: DeviceId, config: CryptoConfig) -> Result<E2e> {
+        let store = Box::new(tern_core::crypto::MemoryCryptoStore::default());
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| Error::Config(format!("random: {e}")))?;
+        E2e::open(user, device, store, key, config)
+    }
+
+    /// Test-only: send plaintext (so a test can show that its at-rest scan finds plaintext).
+    pub fn set_plaintext_for_tests(&mut self, on: bool) {
+        self.plaintext = on;
+    }
+
+    pub fn machine(&self) -> &CryptoMachine {
+        &self.machine
+    }
+
+    /// Mutable access for trust decisions (verify, block); call [`E2e::persist`] after.
+    pub fn machine_mut(&mut self) -> &mut CryptoMachine {
+        &mut self.machine
+    }
+
+    /// Writes the sealed state.
+    pub fn persist(&mut self) -> Result<()> {
+        self.machine
+            .save_to(self.store.as_mut(), &self.pickle_key)
+            .map_err(crypto)
+    }
+
+    pub fn take_notices(&mut self) -> Vec<CryptoNotice> {
+        self.notices.drain(..).collect()
+    }
+
+    /// Records a conversation's members (from a `Conversation` frame or the HTTPS API).
+    pub fn set_members(&mut self, conversation: ConversationId, members: Vec<UserId>) {
+        self.members.insert(conversation, members);
+    }
+
+    pub fn members(&self, conversation: ConversationId) -> Option<&[UserId]> {
+        self.members.get(&conversation).map(Vec::as_slice)
+    }
+
+    /// `user` left or was removed: the next message uses a new session.
+    pub fn on_member_removed(&mut self, conversation: ConversationId, user: UserId) -> Result<()> {
+        if let Some(m) = self.members.get_mut(&conversation) {
+            m.retain(|u| *u != user);
+        }
+        self.machine.on_member_removed(conversation, user);
+        self.persist()
+    }
+
+    /// `user`'s devices changed: re-query before the next message to them.
+    pub fn on_device_list_changed(&mut self, user: UserId) {
+        self.machine.mark_device_list_stale(user);
+    }
+
+    /// Publishes this device's keys when the machine has new ones (first connection, one-time
+    /// keys running low). `one_time_keys_left` is the server's count from `Welcome`.
+    pub async fn publish_keys(&mut self, conn: &Connection, one_time_keys_left: u32) -> Result<()> {
+        let Some(keys) = self.machine.keys_to_publish(one_time_keys_left) else {
+            return Ok(());
+        };
+        let keys = wire_from_published(&keys);
+        conn.request(|request_id| ClientMessage::PublishKeys { request_id, keys })
+            .await?;
+        self.machine.mark_keys_published();
+        self.persist()
+    }
+
+    /// Asks the server for the device lists of `users` and feeds them to the machine.
+    pub async fn query(&mut self, conn: &Connection, users: &[UserId]) -> Result<()> {
+        for chunk in users.chunks(QUERY_BATCH) {
+            let reply = conn
+                .request(|request_id| ClientMessage::QueryKeys {
+                    request_id,
+                    users: chunk.to_vec(),
+                })
+                .await?;
+            let ServerMessage::KeyBundle { devices, .. } = reply else {
+                return Err(Error::Protocol(format!(
+                    "QueryKeys answered with {}",
+                    reply.variant_name()
+                )));
+            };
+            let mut by_user: BTreeMap<UserId, Vec<PublishedKeys>> =
+                chunk.iter().map(|u| (*u, Vec::new())).collect();
+            for d in &devices {
+                if let Some(list) = by_user.get_mut(&d.user) {
+                    list.push(published_from_wire(d));
+                }
+            }
+            let now = now_ms();
+            for (user, list) in by_user {
+                let events = self
+                    .machine
+                    .on_device_list(user, &list, now)
+                    .map_err(crypto)?;
+                self.notices
+                    .extend(events.into_iter().map(CryptoNotice::Trust));
+            }
+        }
+        self.persist()
+    }
+
+    /// Claims one-time keys for `devices` and creates Olm sessions with them.
+    pub async fn claim(&mut self, conn: &Connection, devices: &[(UserId, DeviceId)]) -> Result<()> {
+        let mut by_user: BTreeMap<UserId, Vec<DeviceId>> = BTreeMap::new();
+        for (u, d) in devices {
+            by_user.entry(*u).or_default().push(*d);
+        }
+        for (user, devices) in by_user {
+            let reply = conn
+                .request(|request_id| ClientMessage::ClaimKeys {
+                    request_id,
+                    user,
+                    devices,
+                })
+                .await?;
+            let ServerMessage::KeyBundle { devices, .. } = reply else {
+                return Err(Error::Protocol(format!(
+                    "ClaimKeys answered with {}",
+                    reply.variant_name()
+                )));
+            };
+            let bundles: Vec<PublishedKeys> = devices.iter().map(published_from_wire).collect();
+            for problem in self.machine.on_claimed(&bundles) {
+                tracing::warn!(?problem, "no Olm session from a claimed key");
+            }
+        }
+        self.persist()
+    }
+
+    /// Encrypts an outgoing message for every member device of `conversation` (whose member
+    /// list must be known: see [`E2e::set_members`]) and stores the key shares it needs in the
+    /// recipients' inboxes. Returns the content type and payload to send.
+    pub async fn encrypt_outgoing(
+        &mut self,
+        conn: &Connection,
+        conversation: ConversationId,
+        content_type: &str,
+        payload: &[u8],
+    ) -> Result<(String, Vec<u8>)> {
+        if self.plaintext {
+            return Ok((content_type.to_string(), payload.to_vec()));
+        }
+        let members = self
+            .members
+            .get(&conversation)
+            .cloned()
+            .ok_or_else(|| Error::Crypto(format!("members of {conversation} are not known")))?;
+        let body = body_of(content_type, payload);
+        let mut rounds = 0;
+        loop {
+            let needs = self
+                .machine
+                .prepare(conversation, &members, now_ms())
+                .map_err(crypto)?;
+            if !needs.query_users.is_empty() {
+                self.query(conn, &needs.query_users).await?;
+                continue_if(&mut rounds)?;
+                continue;
+            }
+            if !needs.claim.is_empty() && rounds < MAX_CLAIM_ROUNDS {
+                self.claim(conn, &needs.claim).await?;
+                rounds += 1;
+                continue;
+            }
+            break;
+        }
+        let encrypted = self
+            .machine
+            .encrypt(conversation, &body, now_ms())
+            .map_err(crypto)?;
+        // The advanced index is on disk before any byte leaves: a crash cannot make us reuse
+        // it.
+        self.persist()?;
+        if !encrypted.missing.is_empty() {
+            tracing::warn!(
+                %conversation,
+                missing = encrypted.missing.len(),
+                "member devices without an Olm session get no key for this message"
+            );
+        }
+        for chunk in encrypted.key_shares.chunks(SHARE_BATCH) {
+            let shares: Vec<KeyShareItem> = chunk
+                .iter()
+                .map(|s| KeyShareItem {
+                    to_user: s.to_user,
+                    to_device: s.to_device,
+                    payload: s.payload.clone(),
+                })
+                .collect();
+            let reply = conn
+                .request(|request_id| ClientMessage::SendKeyShares { request_id, shares })
+                .await?;
+            if let ServerMessage::KeySharesStored { full, .. } = reply
+                && !full.is_empty()
+            {
+                tracing::warn!(?full, "recipient inboxes full: those devices miss this key");
+            }
+        }
+        Ok((encrypted.content_type.to_string(), encrypted.payload))
+    }
+
+    /// A key share from this device's inbox. Returns messages that became readable. The entry
+    /// is acknowledged (by [`E2e::take_inbox_ack`]) only once the state holding it is on disk.
+    pub fn on_key_share(
+        &mut self,
+        from_user: UserId,
+        from_device: DeviceId,
+        payload: &[u8],
+        inbox_id: u64,
+    ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
+        let events = self
+            .machine
+            .on_key_share(from_user, from_device, payload, now_ms());
+        let mut ready = Vec::new();
+        for event in events {
+            if let CryptoEvent::RoomKeyReceived { session_id, .. } = &event {
+                if let Some(messages) = self.waiting.remove(session_id) {
+                    self.waiting_count -= messages.len();
+                    self.waiting_order.retain(|s| s != session_id);
+                    for m in messages {
+                        ready.push(self.decrypt_now(&m));
+                    }
+                }
+            } else {
+                self.notices.push_back(CryptoNotice::Key(event));
+            }
+        }
+        self.persist()?;
+        if inbox_id > 0 {
+            self.inbox_ack_due = Some(self.inbox_ack_due.unwrap_or(0).max(inbox_id));
+        }
+        Ok(ready
+            .into_iter()
+            .filter(|r| !matches!(r, Err(u) if u.reason == Undecryptable::NoKeyYet))
+            .collect())
+    }
+
+    /// The inbox id to acknowledge now (state persisted up to it), once.
+    pub fn take_inbox_ack(&mut self) -> Option<u64> {
+        self.inbox_ack_due.take()
+    }
+
+    /// Decrypts `message` (anything but Megolm passes through untouched). A message whose key
+    /// has not arrived is kept and retried when it does.
+    pub fn decrypt(
+        &mut self,
+        message: &Message,
+    ) -> std::result::Result<Message, UndecryptableMessage> {
+        if message.content_type != MEGOLM_CONTENT_TYPE {
+            return Ok(message.clone());
+        }
+        let result = self.decrypt_now(message);
+        if let Err(u) = &result
+            && matches!(
+                u.reason,
+                Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice
+            )
+        {
+            self.wait_for_key(message.clone());
+        }
+        if let Err(e) = self.persist() {
+            tracing::warn!(error = %e, "could not persist replay records");
+        }
+        result
+    }
+
+    fn decrypt_now(
+        &mut self,
+        message: &Message,
+    ) -> std::result::Result<Message, UndecryptableMessage> {
+        match self.machine.decrypt(message) {
+            Ok(d) => {
+                let (content_type, payload) = content_of(&d.body);
+                let mut plain = message.clone();
+                plain.content_type = content_type;
+                plain.payload = payload;
+                Ok(plain)
+            }
+            Err(reason) => Err(UndecryptableMessage {
+                message: message.clone(),
+                reason,
+            }),
+        }
+    }
+
+    fn wait_for_key(&mut self, message: Message) {
+        let Some(session) = tern_core::crypto::formats::session_id_of(&message.payload) else {
+            return;
+        };
+        if self.waiting_count >= MAX_PENDING_UNDECRYPTABLE
+            && let Some(oldest) = self.waiting_order.pop_front()
+            && let Some(dropped) = self.waiting.remove(&oldest)
+        {
+            self.waiting_count -= dropped.len();
+        }
+        let list = self.waiting.entry(session.clone()).or_default();
+        if list.iter().any(|m| m.message_id == message.message_id) {
+            return;
+        }
+        if list.is_empty() {
+            self.waiting_order.push_back(session);
+        }
+        list.push(message);
+        self.waiting_count += 1;
+    }
+}
+
+fn continue_if(rounds: &mut usize) -> Result<()> {
+    *rounds += 1;
+    if *rounds > MAX_CLAIM_ROUNDS + 2 {
+        return Err(Error::Crypto(
+            "device lists stay stale after repeated queries".into(),
+        ));
+    }
+    Ok(())
+}
