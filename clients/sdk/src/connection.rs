@@ -45,6 +45,8 @@ pub struct Welcome {
     pub device: DeviceId,
     pub server_time_ms: u64,
     pub max_frame_bytes: u32,
+    /// This device's unclaimed one-time keys on the server.
+    pub one_time_keys_left: u32,
 }
 
 /// A durable send: the server stored the message as `seq`.
@@ -157,6 +159,7 @@ impl Shared {
             | ServerMessage::HistoryPage { request_id, .. }
             | ServerMessage::Conversation { request_id, .. }
             | ServerMessage::KeyBundle { request_id, .. }
+            | ServerMessage::KeySharesStored { request_id, .. }
             | ServerMessage::Ok { request_id }
             | ServerMessage::Error { request_id, .. }
                 if *request_id != 0 =>
@@ -372,6 +375,7 @@ impl Connection {
                 device,
                 server_time_ms,
                 max_frame_bytes,
+                one_time_keys_left,
             }) => {
                 if !(1..=PROTOCOL_VERSION).contains(&version) {
                     return Err(Error::Protocol(format!(
@@ -384,6 +388,7 @@ impl Connection {
                     device,
                     server_time_ms,
                     max_frame_bytes,
+                    one_time_keys_left,
                 })
             }
             Some(ServerMessage::Error {
@@ -989,6 +994,8 @@ fn variant_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Notice { .. } => "Notice",
         ServerMessage::Pong { .. } => "Pong",
+        ServerMessage::KeySharesStored { .. } => "KeySharesStored",
+        ServerMessage::DeviceListChanged { .. } => "DeviceListChanged",
     }
 }
 
