@@ -45,7 +45,7 @@ pub struct Welcome {
     pub device: DeviceId,
     pub server_time_ms: u64,
     pub max_frame_bytes: u32,
-    /// This device's unclaimed one-time keys in the key directory.
+    /// This device's unclaimed one-time keys on the server.
     pub one_time_keys_left: u32,
 }
 
