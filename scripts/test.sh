@@ -12,6 +12,11 @@ command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 npm ci --prefix bench/peers/socketio --no-audit --no-fund --loglevel=error
 bash bench/peers/centrifugo/install.sh
 
+stage "client core for wasm32 + its wasm-bindgen bindings under Node (round trip with the native SDK)"
+rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
+cargo build --locked -p tern-core --target wasm32-unknown-unknown
+bash clients/core-wasm/test.sh
+
 stage "cargo test"
 cargo test --workspace --locked -- --test-threads="${TERN_TEST_THREADS:-2}"
 

@@ -131,3 +131,49 @@ pub fn why(u: &UndecryptableMessage) -> String {
     };
     format!("<cannot decrypt: {}{hint}>", u.reason)
 }
+
+/// The first 16 characters of a base64 identity key, grouped for reading aloud.
+pub fn short_fingerprint(identity_b64: &str) -> String {
+    identity_b64
+        .chars()
+        .take(16)
+        .collect::<Vec<_>>()
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn trust_label(trust: Option<tern_sdk::tern_core::crypto::Trust>) -> &'static str {
+    use tern_sdk::tern_core::crypto::Trust as T;
+    match trust {
+        Some(T::Verified) => "verified",
+        Some(T::Unverified) => "not verified (trusted on first use)",
+        Some(T::Changed) => "IDENTITY CHANGED since first seen: verify again",
+        None => "unknown",
+    }
+}
+
+/// A crypto notice as one line for the terminal.
+pub fn notice(n: &tern_sdk::CryptoNotice) -> String {
+    use tern_sdk::tern_core::crypto::{CryptoEvent, TrustEvent};
+    match n {
+        tern_sdk::CryptoNotice::Trust(TrustEvent::IdentityChanged { user, device }) => format!(
+            "WARNING: the identity key of {user}'s device {device} changed; compare safety \
+             numbers again (tern-cli verify)"
+        ),
+        tern_sdk::CryptoNotice::Trust(TrustEvent::NewDevice { user, device }) => {
+            format!("{user} has a new device {device}")
+        }
+        tern_sdk::CryptoNotice::Trust(TrustEvent::DeviceRemoved { user, device }) => {
+            format!("{user}'s device {device} was removed")
+        }
+        tern_sdk::CryptoNotice::Trust(TrustEvent::InvalidKeys { user, device, reason }) => {
+            format!("ignored {user}'s device {device}: its keys are invalid ({reason})")
+        }
+        tern_sdk::CryptoNotice::Key(CryptoEvent::UntrustedKey { user, device }) => format!(
+            "refused a message key from {user}'s device {device}: it does not match their published identity"
+        ),
+        tern_sdk::CryptoNotice::Key(e) => format!("{e:?}"),
+    }
+}

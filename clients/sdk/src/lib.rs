@@ -41,4 +41,5 @@ pub use tls::{PinnedCertVerifier, Trust, certificate_sha256};
 pub use transport::{FrameReader, FrameWriter, Transport, TransportKind};
 
 // Re-exported so users need not depend on tern-wire directly for the common types.
+pub use tern_core;
 pub use tern_wire;
