@@ -272,10 +272,12 @@ impl CryptoMachine {
         let mut directory = Directory::default();
         let own = keys::own_identity(&account, user, device);
         directory.apply_list(user, std::slice::from_ref(&own), (user, device), 0)?;
-        if let Some(rec) = directory.users.get_mut(&user)
-            && let Some(d) = rec.devices.get_mut(&device)
-        {
-            d.trust = Trust::Verified;
+        if let Some(rec) = directory.users.get_mut(&user) {
+            // Only this device is known: the first prepare must query our own other devices.
+            rec.stale = true;
+            if let Some(d) = rec.devices.get_mut(&device) {
+                d.trust = Trust::Verified;
+            }
         }
         Ok(Self {
             user,
