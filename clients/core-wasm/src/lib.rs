@@ -23,7 +23,8 @@ fn err(e: impl std::fmt::Display) -> JsError {
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, JsError> {
-    s.parse().map_err(|_| JsError::new(&format!("invalid {what}: {s}")))
+    s.parse()
+        .map_err(|_| JsError::new(&format!("invalid {what}: {s}")))
 }
 
 fn ms(now_ms: f64) -> Result<u64, JsError> {
@@ -118,8 +119,9 @@ impl Machine {
             }
         }
         let config: CryptoConfig = serde_json::from_value(config).map_err(err)?;
-        let inner = CryptoMachine::new(parse(user, "user id")?, parse(device, "device id")?, config)
-            .map_err(err)?;
+        let inner =
+            CryptoMachine::new(parse(user, "user id")?, parse(device, "device id")?, config)
+                .map_err(err)?;
         Ok(Machine { inner })
     }
 
@@ -158,7 +160,12 @@ impl Machine {
     }
 
     /// `devices_json`: array of `PublishedKeys`. Returns trust events JSON.
-    pub fn on_device_list(&mut self, user: &str, devices_json: &str, now_ms: f64) -> Result<String, JsError> {
+    pub fn on_device_list(
+        &mut self,
+        user: &str,
+        devices_json: &str,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
         let devices: Vec<PublishedKeys> = serde_json::from_str(devices_json).map_err(err)?;
         let events = self
             .inner
@@ -168,11 +175,20 @@ impl Machine {
     }
 
     /// `members_json`: array of user id strings. Returns `{query_users, claim:[{user,device}]}`.
-    pub fn prepare(&mut self, conversation: &str, members_json: &str, now_ms: f64) -> Result<String, JsError> {
+    pub fn prepare(
+        &mut self,
+        conversation: &str,
+        members_json: &str,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
         let members: Vec<UserId> = serde_json::from_str(members_json).map_err(err)?;
         let needs = self
             .inner
-            .prepare(parse(conversation, "conversation id")?, &members, ms(now_ms)?)
+            .prepare(
+                parse(conversation, "conversation id")?,
+                &members,
+                ms(now_ms)?,
+            )
             .map_err(err)?;
         let claim: Vec<Value> = needs
             .claim
@@ -196,10 +212,19 @@ impl Machine {
 
     /// Encrypts a text message. Returns `{content_type, payload (base64), session_id,
     /// key_shares:[{to_user,to_device,payload (base64)}], missing:[{user,device}]}`.
-    pub fn encrypt_text(&mut self, conversation: &str, text: &str, now_ms: f64) -> Result<String, JsError> {
+    pub fn encrypt_text(
+        &mut self,
+        conversation: &str,
+        text: &str,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
         let out = self
             .inner
-            .encrypt(parse(conversation, "conversation id")?, &Body::text(text), ms(now_ms)?)
+            .encrypt(
+                parse(conversation, "conversation id")?,
+                &Body::text(text),
+                ms(now_ms)?,
+            )
             .map_err(err)?;
         let shares: Vec<Value> = out
             .key_shares
@@ -211,13 +236,21 @@ impl Machine {
             .iter()
             .map(|(u, d)| json!({"user":u,"device":d}))
             .collect();
-        Ok(json!({"content_type": out.content_type, "payload": B64.encode(&out.payload),
+        Ok(
+            json!({"content_type": out.content_type, "payload": B64.encode(&out.payload),
             "session_id": out.session_id, "key_shares": shares, "missing": missing})
-        .to_string())
+            .to_string(),
+        )
     }
 
     /// A key share payload from the server's inbox. Returns events JSON.
-    pub fn on_key_share(&mut self, from_user: &str, from_device: &str, payload: &[u8], now_ms: f64) -> Result<String, JsError> {
+    pub fn on_key_share(
+        &mut self,
+        from_user: &str,
+        from_device: &str,
+        payload: &[u8],
+        now_ms: f64,
+    ) -> Result<String, JsError> {
         let from_user: UserId = parse(from_user, "user id")?;
         let from_device: DeviceId = parse(from_device, "device id")?;
         let events = self
@@ -246,4 +279,3 @@ impl Machine {
         Ok(self.inner.safety_number(parse::<UserId>(other, "user id")?))
     }
 }
-

@@ -14,7 +14,9 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).ok_or("usage: wasm_fixture <out.json>")?;
+    let out = std::env::args()
+        .nth(1)
+        .ok_or("usage: wasm_fixture <out.json>")?;
     let (a, b) = (UserId::random(), UserId::random());
     let mut alice = CryptoMachine::new(a, DeviceId::random(), CryptoConfig::default())?;
     let mut bob = CryptoMachine::new(b, DeviceId::random(), CryptoConfig::default())?;

@@ -32,7 +32,8 @@ impl Server {
             let otks = std::mem::take(&mut k.one_time_keys);
             self.otks.entry(dev).or_default().extend(otks);
             if !k.fallback_key.is_empty() {
-                self.fallback.insert(dev, std::mem::take(&mut k.fallback_key));
+                self.fallback
+                    .insert(dev, std::mem::take(&mut k.fallback_key));
             }
             k.fallback_key.clear();
             self.identities.insert(dev, k);
@@ -79,7 +80,8 @@ impl Server {
         }
         let needs = m.prepare(conv, members, now_ms).expect("prepare");
         assert!(needs.query_users.is_empty());
-        let bundles: Vec<PublishedKeys> = needs.claim.iter().filter_map(|d| self.claim(*d)).collect();
+        let bundles: Vec<PublishedKeys> =
+            needs.claim.iter().filter_map(|d| self.claim(*d)).collect();
         let problems = m.on_claimed(&bundles);
         assert!(problems.is_empty(), "{problems:?}");
         let out = m.encrypt(conv, &Body::text(text), now_ms).expect("encrypt");
@@ -107,7 +109,10 @@ impl Server {
 
     /// Delivers a device's inbox (what Hello does before the replay).
     fn deliver(&mut self, m: &mut CryptoMachine, now_ms: u64) -> Vec<CryptoEvent> {
-        let items = self.inbox.remove(&(m.user_id(), m.device_id())).unwrap_or_default();
+        let items = self
+            .inbox
+            .remove(&(m.user_id(), m.device_id()))
+            .unwrap_or_default();
         items
             .into_iter()
             .flat_map(|(u, d, p)| m.on_key_share(u, d, &p, now_ms))
@@ -156,7 +161,10 @@ fn one_to_one_both_directions() {
     let m1 = s.send(&mut alice, conv, &[a, b], "hi bob", 1);
     refresh(&s, &mut bob, &[a]);
     let ev = s.deliver(&mut bob, 2);
-    assert!(matches!(ev.as_slice(), [CryptoEvent::RoomKeyReceived { .. }]), "{ev:?}");
+    assert!(
+        matches!(ev.as_slice(), [CryptoEvent::RoomKeyReceived { .. }]),
+        "{ev:?}"
+    );
     assert_eq!(text_of(&mut bob, &m1).unwrap(), "hi bob");
     // Alice reads her own message (history) with her own inbound copy.
     assert_eq!(text_of(&mut alice, &m1).unwrap(), "hi bob");
@@ -176,21 +184,26 @@ fn five_member_group_every_device_incl_senders_second_device() {
     let mut alice2 = device(&mut s, users[0]);
     let conv = ConversationId::random();
     let msg = s.send(&mut devices[0], conv, &users, "hello group", 10);
-    for m in devices.iter_mut().skip(1).chain(std::iter::once(&mut alice2)) {
+    for m in devices
+        .iter_mut()
+        .skip(1)
+        .chain(std::iter::once(&mut alice2))
+    {
         refresh(&s, m, &users);
         s.deliver(m, 11);
         assert_eq!(text_of(m, &msg).unwrap(), "hello group");
     }
     // Every member answers; everyone reads everything.
     let mut msgs = vec![msg];
-    for i in 1..5 {
-        let m = s.send(&mut devices[i], conv, &users, &format!("from {i}"), 20 + i as u64);
+    for (i, sender) in devices.iter_mut().enumerate().skip(1) {
+        let m = s.send(sender, conv, &users, &format!("from {i}"), 20 + i as u64);
         msgs.push(m);
     }
     for m in devices.iter_mut().chain(std::iter::once(&mut alice2)) {
         let ev = s.deliver(m, 30);
         for (i, msg) in msgs.iter().enumerate() {
-            let t = text_of(m, msg).unwrap_or_else(|e| panic!("msg {i} on {:?}: {e:?}; {ev:?}", m.device_id()));
+            let t = text_of(m, msg)
+                .unwrap_or_else(|e| panic!("msg {i} on {:?}: {e:?}; {ev:?}", m.device_id()));
             assert!(t == "hello group" || t == format!("from {i}"));
         }
     }
@@ -264,7 +277,10 @@ fn revoked_device_rotates_the_session() {
     assert_eq!(text_of(&mut bob_old, &m1).unwrap(), "both bobs");
     s.revoke((b, bob_old.device_id()));
     let ev = refresh(&s, &mut alice, &[b]);
-    assert!(ev.contains(&TrustEvent::DeviceRemoved { user: b, device: bob_old.device_id() }));
+    assert!(ev.contains(&TrustEvent::DeviceRemoved {
+        user: b,
+        device: bob_old.device_id()
+    }));
     let m2 = s.send(&mut alice, conv, &[a, b], "only the new bob", 3);
     s.deliver(&mut bob_old, 4);
     assert_eq!(text_of(&mut bob_old, &m2), Err(Undecryptable::NoKeyYet));
@@ -297,7 +313,11 @@ fn rotation_after_message_count_and_time() {
     assert_ne!(ids[2], ids[3], "rotates after 3 messages");
     let late = s.send(&mut alice, conv, &[a, b], "y", 5_000);
     s.deliver(&mut bob, 5_001);
-    assert_ne!(bob.decrypt(&late).unwrap().session_id, ids[3], "rotates after 1 s");
+    assert_ne!(
+        bob.decrypt(&late).unwrap().session_id,
+        ids[3],
+        "rotates after 1 s"
+    );
 }
 
 #[test]
@@ -363,13 +383,18 @@ fn exhausted_one_time_keys_fall_back_to_the_fallback_key() {
     let mut bob = device_with(&mut s, b, small);
     assert_eq!(s.otk_count((b, bob.device_id())), 2);
     let conv = ConversationId::random();
-    let mut senders: Vec<CryptoMachine> = (0..4).map(|_| device(&mut s, UserId::random())).collect();
+    let mut senders: Vec<CryptoMachine> =
+        (0..4).map(|_| device(&mut s, UserId::random())).collect();
     let mut msgs = Vec::new();
     for (i, m) in senders.iter_mut().enumerate() {
         let members = [m.user_id(), b];
         msgs.push(s.send(m, conv, &members, &format!("sender {i}"), 1));
     }
-    assert_eq!(s.otk_count((b, bob.device_id())), 0, "two claims used the OTKs, two the fallback");
+    assert_eq!(
+        s.otk_count((b, bob.device_id())),
+        0,
+        "two claims used the OTKs, two the fallback"
+    );
     let users: Vec<UserId> = senders.iter().map(|m| m.user_id()).collect();
     refresh(&s, &mut bob, &users);
     let ev = s.deliver(&mut bob, 2);
@@ -395,9 +420,15 @@ fn identity_change_is_flagged_and_changes_the_safety_number() {
     let sn_b = bob.safety_number(a).unwrap();
     assert_eq!(sn_a, sn_b, "same on both sides");
     assert_eq!(sn_a.split(' ').count(), 12);
-    assert!(sn_a.split(' ').all(|g| g.len() == 5 && g.bytes().all(|c| c.is_ascii_digit())));
+    assert!(
+        sn_a.split(' ')
+            .all(|g| g.len() == 5 && g.bytes().all(|c| c.is_ascii_digit()))
+    );
     assert!(alice.mark_user_verified(b));
-    assert_eq!(alice.device_trust(b, bob.device_id()), Some(Trust::Verified));
+    assert_eq!(
+        alice.device_trust(b, bob.device_id()),
+        Some(Trust::Verified)
+    );
 
     let conv = ConversationId::random();
     let old = s.send(&mut bob, conv, &[a, b], "before reinstall", 1);
@@ -408,7 +439,13 @@ fn identity_change_is_flagged_and_changes_the_safety_number() {
     let mut bob2 = CryptoMachine::new(b, bob.device_id(), cfg()).unwrap();
     s.publish(&mut bob2);
     let ev = refresh(&s, &mut alice, &[b]);
-    assert_eq!(ev, vec![TrustEvent::IdentityChanged { user: b, device: bob.device_id() }]);
+    assert_eq!(
+        ev,
+        vec![TrustEvent::IdentityChanged {
+            user: b,
+            device: bob.device_id()
+        }]
+    );
     assert_eq!(alice.device_trust(b, bob.device_id()), Some(Trust::Changed));
     refresh(&s, &mut bob2, &[a]);
     let sn_a2 = alice.safety_number(b).unwrap();
@@ -422,7 +459,13 @@ fn identity_change_is_flagged_and_changes_the_safety_number() {
     // A new device of a known user is flagged too.
     let bob3 = device(&mut s, b);
     let ev = refresh(&s, &mut alice, &[b]);
-    assert_eq!(ev, vec![TrustEvent::NewDevice { user: b, device: bob3.device_id() }]);
+    assert_eq!(
+        ev,
+        vec![TrustEvent::NewDevice {
+            user: b,
+            device: bob3.device_id()
+        }]
+    );
 }
 
 #[test]
@@ -439,7 +482,13 @@ fn share_under_a_foreign_identity_is_untrusted() {
     let shares = s.inbox.remove(&(a, alice.device_id())).unwrap();
     for (_, _, payload) in shares {
         let ev = alice.on_key_share(b, bob.device_id(), &payload, 2);
-        assert_eq!(ev, vec![CryptoEvent::UntrustedKey { user: b, device: bob.device_id() }]);
+        assert_eq!(
+            ev,
+            vec![CryptoEvent::UntrustedKey {
+                user: b,
+                device: bob.device_id()
+            }]
+        );
     }
     let mut forged = msg.clone();
     forged.sender_user = b;
@@ -460,7 +509,10 @@ fn blocked_device_gets_withheld_and_knows_why() {
     refresh(&s, &mut bob, &[a]);
     let ev = s.deliver(&mut bob, 2);
     assert!(matches!(&ev[..], [CryptoEvent::Withheld { reason, .. }] if reason == "blocked"));
-    assert_eq!(text_of(&mut bob, &msg), Err(Undecryptable::Withheld("blocked".into())));
+    assert_eq!(
+        text_of(&mut bob, &msg),
+        Err(Undecryptable::Withheld("blocked".into()))
+    );
 }
 
 #[test]
@@ -476,17 +528,31 @@ fn backup_restore_on_a_new_device_reads_history_and_wrong_passphrase_is_clear() 
     let m2 = s.send(&mut bob, conv, &[a, b], "history two", 3);
     s.deliver(&mut alice, 4);
 
-    let (version, meta) = alice.backup_create("correct horse battery staple", 5).unwrap();
+    let (version, meta) = alice
+        .backup_create("correct horse battery staple", 5)
+        .unwrap();
     let entries = alice.backup_export_sessions().unwrap();
     assert_eq!(entries.len(), 2, "own session + bob's");
-    alice.backup_mark_uploaded(&entries.iter().map(|e| e.session_id.clone()).collect::<Vec<_>>());
-    assert!(alice.backup_export_sessions().unwrap().is_empty(), "only new sessions");
+    alice.backup_mark_uploaded(
+        &entries
+            .iter()
+            .map(|e| e.session_id.clone())
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        alice.backup_export_sessions().unwrap().is_empty(),
+        "only new sessions"
+    );
 
     let mut alice_new = device(&mut s, a);
     refresh(&s, &mut alice_new, &[a, b]);
     assert_eq!(text_of(&mut alice_new, &m1), Err(Undecryptable::NoKeyYet));
-    let wrong = alice_new.backup_restore("correct horse battery stable", &version, &meta, &entries, 6);
-    assert!(matches!(wrong, Err(CryptoError::WrongPassphrase)), "{wrong:?}");
+    let wrong =
+        alice_new.backup_restore("correct horse battery stable", &version, &meta, &entries, 6);
+    assert!(
+        matches!(wrong, Err(CryptoError::WrongPassphrase)),
+        "{wrong:?}"
+    );
     // Another version string (meta moved between backups) fails the same way.
     let moved = alice_new.backup_unlock("correct horse battery staple", "v-other", &meta);
     assert!(matches!(moved, Err(CryptoError::WrongPassphrase)));
@@ -520,18 +586,27 @@ fn pickle_round_trip_keeps_everything_working() {
     let mut store = MemoryCryptoStore::default();
     alice.save_to(&mut store, &key).unwrap();
     let bob_bytes = bob.pickle(&key).unwrap();
-    assert!(matches!(CryptoMachine::from_pickle(&bob_bytes, &[8u8; 32]), Err(CryptoError::BadPickle)));
+    assert!(matches!(
+        CryptoMachine::from_pickle(&bob_bytes, &[8u8; 32]),
+        Err(CryptoError::BadPickle)
+    ));
     let mut flipped = bob_bytes.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    assert!(matches!(CryptoMachine::from_pickle(&flipped, &key), Err(CryptoError::BadPickle)));
+    assert!(matches!(
+        CryptoMachine::from_pickle(&flipped, &key),
+        Err(CryptoError::BadPickle)
+    ));
     let mut alice = CryptoMachine::load_from(&store, &key).unwrap().unwrap();
     let mut bob = CryptoMachine::from_pickle(&bob_bytes, &key).unwrap();
     drop(bob_bytes);
 
     // Same outbound session continues (no new share needed), replay records survived.
     let m2 = s.send(&mut alice, conv, &[a, b], "two", 3);
-    assert!(s.deliver(&mut bob, 4).is_empty(), "no new key needed after reload");
+    assert!(
+        s.deliver(&mut bob, 4).is_empty(),
+        "no new key needed after reload"
+    );
     assert_eq!(text_of(&mut bob, &m2).unwrap(), "two");
     let mut replay = m1.clone();
     replay.message_id = MessageId::random();
@@ -541,7 +616,10 @@ fn pickle_round_trip_keeps_everything_working() {
     s.deliver(&mut alice, 6);
     assert_eq!(text_of(&mut alice, &m3).unwrap(), "three");
     assert_eq!(alice.safety_number(b), bob.safety_number(a));
-    assert!(alice.keys_to_publish(50).is_none(), "publish state survived");
+    assert!(
+        alice.keys_to_publish(50).is_none(),
+        "publish state survived"
+    );
 }
 
 #[test]
@@ -552,7 +630,10 @@ fn forged_device_keys_are_rejected() {
     let mut keys = s.query(b).remove(0);
     assert!(verify_device_keys(&keys).is_ok());
     keys.identity_key[0] ^= 1;
-    assert!(matches!(verify_device_keys(&keys), Err(CryptoError::InvalidKeys { .. })));
+    assert!(matches!(
+        verify_device_keys(&keys),
+        Err(CryptoError::InvalidKeys { .. })
+    ));
     let mut alice = device(&mut s, UserId::random());
     let ev = alice.on_device_list(b, &[keys], 1).unwrap();
     assert!(matches!(ev.as_slice(), [TrustEvent::InvalidKeys { .. }]));

@@ -64,7 +64,9 @@ impl KdfParams {
 
     fn check(&self) -> Result<(), CryptoError> {
         if self.m_kib > MAX_KDF_M_KIB || self.t > MAX_KDF_T || self.p > MAX_KDF_P || self.p == 0 {
-            return Err(CryptoError::BadBackupMeta("key derivation parameters out of bounds"));
+            return Err(CryptoError::BadBackupMeta(
+                "key derivation parameters out of bounds",
+            ));
         }
         Ok(())
     }
@@ -80,7 +82,13 @@ pub(crate) fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u
     let nonce: [u8; NONCE_LEN] = random_bytes()?;
     let cipher = XChaCha20Poly1305::new(key.into());
     let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .map_err(|_| CryptoError::Serde("AEAD encryption failed".into()))?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
@@ -177,7 +185,10 @@ pub(crate) struct BackupSession {
     pub session_key: String,
 }
 
-pub(crate) fn session_aad(conversation: tern_wire::ids::ConversationId, session_id: &str) -> Vec<u8> {
+pub(crate) fn session_aad(
+    conversation: tern_wire::ids::ConversationId,
+    session_id: &str,
+) -> Vec<u8> {
     let mut aad = b"tern.backup.session.v1\0".to_vec();
     aad.extend_from_slice(&conversation.to_be_bytes());
     aad.extend_from_slice(session_id.as_bytes());

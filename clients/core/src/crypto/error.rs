@@ -19,7 +19,11 @@ pub enum CryptoError {
         reason: &'static str,
     },
     #[error("user {user} lists {count} devices, more than the {max} this client caches")]
-    TooManyDevices { user: UserId, count: usize, max: usize },
+    TooManyDevices {
+        user: UserId,
+        count: usize,
+        max: usize,
+    },
     #[error("conversation {conversation} has {count} members, more than {max}")]
     TooManyMembers {
         conversation: ConversationId,

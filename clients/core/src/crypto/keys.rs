@@ -152,7 +152,12 @@ pub(crate) fn own_identity(account: &Account, user: UserId, device: DeviceId) ->
     let ids = account.identity_keys();
     let identity_key = ids.curve25519.to_bytes();
     let signing_key = *ids.ed25519.as_bytes();
-    let signature = account.sign(device_keys_message(user, device, &identity_key, &signing_key));
+    let signature = account.sign(device_keys_message(
+        user,
+        device,
+        &identity_key,
+        &signing_key,
+    ));
     PublishedKeys {
         user,
         device,

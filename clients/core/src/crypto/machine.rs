@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::Message;
+use vodozemac::Curve25519PublicKey;
 use vodozemac::megolm::{
     ExportedSessionKey, GroupSession, GroupSessionPickle, InboundGroupSession,
     InboundGroupSessionPickle, MegolmMessage, SessionConfig as MegolmConfig, SessionKey,
@@ -14,7 +15,6 @@ use vodozemac::megolm::{
 use vodozemac::olm::{
     Account, AccountPickle, OlmMessage, Session, SessionConfig as OlmConfig, SessionPickle,
 };
-use vodozemac::Curve25519PublicKey;
 use zeroize::Zeroizing;
 
 use super::backup::{self, BackupSession, KdfParams};
@@ -23,7 +23,7 @@ use super::formats::{
     SHARE_KIND_WITHHELD, SharePlaintext, Withheld,
 };
 use super::keys::{self, KeyKind, PublishedKeys};
-use super::trust::{self, Directory, DeviceRecord, Trust, TrustEvent};
+use super::trust::{self, DeviceRecord, Directory, Trust, TrustEvent};
 use super::*;
 
 const PICKLE_MAGIC: &[u8; 4] = b"TCP1";
@@ -70,7 +70,9 @@ impl CryptoConfig {
             return Err(CryptoError::BadConfig("rotation_ms must be > 0"));
         }
         if self.one_time_keys_target == 0 || self.one_time_keys_target > 50 {
-            return Err(CryptoError::BadConfig("one_time_keys_target must be 1..=50"));
+            return Err(CryptoError::BadConfig(
+                "one_time_keys_target must be 1..=50",
+            ));
         }
         Ok(())
     }
@@ -333,7 +335,9 @@ impl CryptoMachine {
         otks.sort_by_key(|k| k.to_bytes());
         out.one_time_keys = otks
             .iter()
-            .map(|k| keys::sign_key_blob(&self.account, self.user, self.device, KeyKind::OneTime, k))
+            .map(|k| {
+                keys::sign_key_blob(&self.account, self.user, self.device, KeyKind::OneTime, k)
+            })
             .collect();
         if let Some(k) = fallback.values().next() {
             out.fallback_key =
@@ -413,7 +417,9 @@ impl CryptoMachine {
     pub fn mark_user_verified(&mut self, user: UserId) -> bool {
         match self.directory.users.get_mut(&user) {
             Some(rec) if !rec.devices.is_empty() => {
-                rec.devices.values_mut().for_each(|d| d.trust = Trust::Verified);
+                rec.devices
+                    .values_mut()
+                    .for_each(|d| d.trust = Trust::Verified);
                 true
             }
             _ => false,
@@ -436,7 +442,12 @@ impl CryptoMachine {
         found
     }
 
-    fn set_device(&mut self, user: UserId, device: DeviceId, f: impl FnOnce(&mut DeviceRecord)) -> bool {
+    fn set_device(
+        &mut self,
+        user: UserId,
+        device: DeviceId,
+        f: impl FnOnce(&mut DeviceRecord),
+    ) -> bool {
         match self
             .directory
             .users
@@ -542,7 +553,8 @@ impl CryptoMachine {
                 problems.push(problem("device not in the directory: query its user first"));
                 continue;
             };
-            if rec.identity_key != identity.identity_key || rec.signing_key != identity.signing_key {
+            if rec.identity_key != identity.identity_key || rec.signing_key != identity.signing_key
+            {
                 problems.push(problem("claimed identity differs from the directory's"));
                 continue;
             }
@@ -683,7 +695,10 @@ impl CryptoMachine {
                 }
                 continue;
             }
-            let Some(session) = self.olm.get_mut(&olm_key(&identity)).and_then(|l| l.last_mut())
+            let Some(session) = self
+                .olm
+                .get_mut(&olm_key(&identity))
+                .and_then(|l| l.last_mut())
             else {
                 missing.push((user, device));
                 continue;
@@ -1021,7 +1036,11 @@ impl CryptoMachine {
             return Err(match self.withheld.get(&envelope.session_id) {
                 Some(w)
                     if (w.from_user, w.from_device, w.conversation)
-                        == (message.sender_user, message.sender_device, message.conversation) =>
+                        == (
+                            message.sender_user,
+                            message.sender_device,
+                            message.conversation,
+                        ) =>
                 {
                     Undecryptable::Withheld(w.reason.clone())
                 }
@@ -1042,15 +1061,10 @@ impl CryptoMachine {
             Some(d) if !d.blocked && d.had_identity(&entry.sender_identity_key) => d.trust,
             _ => return Err(Undecryptable::UntrustedDevice),
         };
-        let decrypted = entry
-            .session
-            .decrypt(&megolm)
-            .map_err(|e| match e {
-                vodozemac::megolm::DecryptionError::UnknownMessageIndex(..) => {
-                    Undecryptable::NoKeyYet
-                }
-                _ => Undecryptable::Tampered,
-            })?;
+        let decrypted = entry.session.decrypt(&megolm).map_err(|e| match e {
+            vodozemac::megolm::DecryptionError::UnknownMessageIndex(..) => Undecryptable::NoKeyYet,
+            _ => Undecryptable::Tampered,
+        })?;
         let index = decrypted.message_index;
         let plaintext = Zeroizing::new(decrypted.plaintext);
         match entry.replay.get(&index) {
@@ -1063,7 +1077,8 @@ impl CryptoMachine {
                 entry.replay.insert(index, message.message_id);
                 while entry.replay.len() > MAX_REPLAY_RECORDS_PER_SESSION {
                     if let Some((lowest, _)) = entry.replay.pop_first() {
-                        entry.replay_floor = Some(entry.replay_floor.map_or(lowest, |f| f.max(lowest)));
+                        entry.replay_floor =
+                            Some(entry.replay_floor.map_or(lowest, |f| f.max(lowest)));
                     }
                 }
             }
@@ -1097,7 +1112,11 @@ impl CryptoMachine {
 
     /// Starts a new backup protected by `passphrase`: returns (version, meta) to upload with
     /// `PUT /api/v1/keys/backup`. Every known session is exported again into the new version.
-    pub fn backup_create(&mut self, passphrase: &str, now_ms: u64) -> Result<(String, Vec<u8>), CryptoError> {
+    pub fn backup_create(
+        &mut self,
+        passphrase: &str,
+        now_ms: u64,
+    ) -> Result<(String, Vec<u8>), CryptoError> {
         let nonce: [u8; 8] = backup::random_bytes()?;
         let version = format!("v1-{now_ms}-{}", B64.encode(nonce).trim_end_matches('='));
         let version = version.replace(['+', '/'], "_");
@@ -1160,7 +1179,12 @@ impl CryptoMachine {
 
     /// Derives the recovery key from `passphrase` and checks it against the backup's meta.
     /// Wrong passphrase: [`CryptoError::WrongPassphrase`].
-    pub fn backup_unlock(&mut self, passphrase: &str, version: &str, meta: &[u8]) -> Result<(), CryptoError> {
+    pub fn backup_unlock(
+        &mut self,
+        passphrase: &str,
+        version: &str,
+        meta: &[u8],
+    ) -> Result<(), CryptoError> {
         let key = backup::unlock_meta(passphrase, version, meta)?;
         self.backup = Some(BackupState {
             version: version.to_string(),
@@ -1170,7 +1194,11 @@ impl CryptoMachine {
     }
 
     /// Imports backed-up sessions (after `backup_unlock`), so history decrypts.
-    pub fn backup_import(&mut self, entries: &[BackupEntry], now_ms: u64) -> Result<RestoreReport, CryptoError> {
+    pub fn backup_import(
+        &mut self,
+        entries: &[BackupEntry],
+        now_ms: u64,
+    ) -> Result<RestoreReport, CryptoError> {
         let key = match &self.backup {
             Some(b) => b.key.clone(),
             None => return Err(CryptoError::NoBackup),
@@ -1314,7 +1342,8 @@ impl CryptoMachine {
         if sealed.len() < 4 || &sealed[..4] != PICKLE_MAGIC {
             return Err(CryptoError::BadPickle);
         }
-        let json = backup::open(pickle_key, PICKLE_AAD, &sealed[4..]).ok_or(CryptoError::BadPickle)?;
+        let json =
+            backup::open(pickle_key, PICKLE_AAD, &sealed[4..]).ok_or(CryptoError::BadPickle)?;
         let state: UnpickledState =
             serde_json::from_slice(&json).map_err(|e| CryptoError::Serde(e.to_string()))?;
         if state.v != PICKLE_VERSION {
@@ -1387,12 +1416,19 @@ impl CryptoMachine {
     }
 
     /// Saves the sealed state into `store`.
-    pub fn save_to(&self, store: &mut dyn CryptoStore, pickle_key: &[u8; 32]) -> Result<(), CryptoError> {
+    pub fn save_to(
+        &self,
+        store: &mut dyn CryptoStore,
+        pickle_key: &[u8; 32],
+    ) -> Result<(), CryptoError> {
         store.save(&self.pickle(pickle_key)?)
     }
 
     /// Loads the state from `store`, `None` when it holds none.
-    pub fn load_from(store: &dyn CryptoStore, pickle_key: &[u8; 32]) -> Result<Option<Self>, CryptoError> {
+    pub fn load_from(
+        store: &dyn CryptoStore,
+        pickle_key: &[u8; 32],
+    ) -> Result<Option<Self>, CryptoError> {
         match store.load()? {
             Some(bytes) => Self::from_pickle(&bytes, pickle_key).map(Some),
             None => Ok(None),
@@ -1457,4 +1493,3 @@ struct UnpickledState {
     withheld: Vec<(String, WithheldRecord)>,
     backup: Option<BackupState>,
 }
-

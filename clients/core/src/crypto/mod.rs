@@ -90,4 +90,3 @@ pub const MAX_KEY_SHARE_BYTES: usize = 8 * 1024;
 /// Backup sessions returned per `backup_export_sessions` call: the server's per-request
 /// bound (1,000).
 pub const MAX_BACKUP_BATCH: usize = 1_000;
-
