@@ -645,3 +645,39 @@ fn forged_device_keys_are_rejected() {
     let problems = alice.on_claimed(&[bundle]);
     assert_eq!(problems.len(), 1);
 }
+
+#[test]
+fn limits_are_enforced_with_clear_errors() {
+    let mut s = Server::default();
+    let (a, b) = (UserId::random(), UserId::random());
+    let mut alice = device(&mut s, a);
+    let bob = device(&mut s, b);
+    let one = s.query(b).remove(0);
+    let too_many = vec![one; tern_core::crypto::MAX_DEVICES_PER_USER + 1];
+    assert!(matches!(
+        alice.on_device_list(b, &too_many, 1),
+        Err(CryptoError::TooManyDevices { .. })
+    ));
+    let conv = ConversationId::random();
+    assert!(matches!(
+        alice.encrypt(conv, &Body::text("x"), 1),
+        Err(CryptoError::UnknownConversation(_))
+    ));
+    alice.prepare(conv, &[a, b], 1).unwrap();
+    let big = "x".repeat(tern_core::crypto::MAX_CONTENT_BYTES);
+    assert!(matches!(
+        alice.encrypt(conv, &Body::text(big), 1),
+        Err(CryptoError::TooLarge { .. })
+    ));
+    let oversized = vec![1u8; tern_core::crypto::MAX_KEY_SHARE_BYTES + 1];
+    let ev = alice.on_key_share(b, bob.device_id(), &oversized, 1);
+    assert!(matches!(ev.as_slice(), [CryptoEvent::Rejected { .. }]));
+    let bad = CryptoConfig {
+        rotation_messages: 0,
+        ..cfg()
+    };
+    assert!(matches!(
+        CryptoMachine::new(a, DeviceId::random(), bad),
+        Err(CryptoError::BadConfig(_))
+    ));
+}
