@@ -790,6 +790,9 @@ impl CryptoMachine {
     fn insert_inbound(&mut self, session_id: String, entry: InboundEntry) {
         let conversation = entry.conversation;
         self.inbound.insert(session_id, entry);
+        if self.inbound.len() <= MAX_INBOUND_SESSIONS_PER_CONVERSATION {
+            return; // cannot be over the per-conversation bound: skip the scan
+        }
         let in_conv: Vec<(u64, String)> = self
             .inbound
             .iter()
