@@ -281,11 +281,6 @@ impl CryptoMachine {
                 d.trust = Trust::Verified;
             }
         }
-        // Only this device is known so far: the user's other devices (which must get every key
-        // too) come from the server, so the first `prepare` queries them.
-        if let Some(rec) = directory.users.get_mut(&user) {
-            rec.stale = true;
-        }
         Ok(Self {
             user,
             device,
