@@ -24,3 +24,6 @@ pub mod outbox;
 pub mod reconnect;
 pub mod requests;
 pub mod sync;
+
+#[cfg(test)]
+mod sim_tests;
