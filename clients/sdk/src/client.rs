@@ -39,9 +39,9 @@
 //! on errors retrying cannot fix (token revoked or unknown, unsupported version, bad
 //! configuration).
 
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use tern_core::protocol::delivery::{Delivered, Delivery, Popped};
 use tern_core::protocol::drain::{Drain, SendFailed};
 use tern_core::protocol::failure::{Failure, error_code_from_str};
 use tern_core::protocol::reconnect::{Reconnect, connect_failure_is_permanent};
@@ -54,21 +54,9 @@ use crate::config::Config;
 use crate::connection::{Connection, Event, HistoryPage, SendReceipt};
 use crate::error::{CloseReason, Error, Result};
 use crate::outbox::{Outbox, OutboxLimits, PendingSend};
-use crate::sync::{Advance, SyncState};
 
+pub use tern_core::protocol::delivery::SkipReason;
 pub use tern_core::protocol::drain::Rejected;
-
-/// Page size for gap filling.
-const GAP_FETCH_LIMIT: u64 = 200;
-
-/// Why a range of messages will not be surfaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
-    /// The server skipped them on resume (too far behind); fetch with history if wanted.
-    BacklogTruncated,
-    /// History had nothing for the range (or refused it, e.g. no longer a member).
-    Unavailable,
-}
 
 /// What the app sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +85,25 @@ pub enum ClientEvent {
     Disconnected(CloseReason),
 }
 
-/// Queued output: an optional event plus the cursor it lets us acknowledge once the app has
-/// taken it.
-struct Ready {
-    event: Option<ClientEvent>,
-    ack: Option<(ConversationId, u64)>,
+impl From<Delivered<ClientEvent>> for ClientEvent {
+    fn from(d: Delivered<ClientEvent>) -> Self {
+        match d {
+            Delivered::Message(m) => ClientEvent::Message(m),
+            Delivered::SyncComplete => ClientEvent::SyncComplete,
+            Delivered::Skipped {
+                conversation,
+                from_seq,
+                to_seq,
+                reason,
+            } => ClientEvent::Skipped {
+                conversation,
+                from_seq,
+                to_seq,
+                reason,
+            },
+            Delivered::Other(e) => e,
+        }
+    }
 }
 
 /// A resumable session for one user and device.
@@ -110,15 +112,9 @@ pub struct Client {
     token: String,
     device: DeviceId,
     conn: Option<Connection>,
-    sync: SyncState,
-    ready: VecDeque<Ready>,
-    /// Highest seq per conversation the app has taken (what persisted cursors should be).
-    app_cursor: HashMap<ConversationId, u64>,
-    /// Highest seq per conversation acknowledged to the server.
-    acked: HashMap<ConversationId, u64>,
+    /// The core's cursors, de-duplication, gaps, app queue and ack bookkeeping.
+    delivery: Delivery<ClientEvent>,
     outbox: Outbox,
-    /// `SyncComplete` seen on the current connection.
-    synced: bool,
     /// The core's outbox drain gate and rejection record.
     drain: Drain,
     /// The core's reconnect schedule (backoff, uptime, GoingAway hint).
@@ -145,12 +141,8 @@ impl Client {
             token: token.into(),
             device,
             conn: None,
-            sync: SyncState::with_cursors(cursors),
-            ready: VecDeque::new(),
-            app_cursor: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
-            acked: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
+            delivery: Delivery::new(cursors),
             outbox,
-            synced: false,
             drain: Drain::new(),
             reconnect: Reconnect::new(backoff),
             epoch: Instant::now(),
@@ -191,10 +183,9 @@ impl Client {
             old.close().await;
             self.reconnect.on_disconnected(self.now_ms());
         }
-        self.synced = false;
-        let cursors = self.sync.cursors();
+        self.delivery.on_connect();
+        let cursors = self.delivery.resume_cursors();
         let conn = Connection::connect(&self.config, &self.token, self.device, &cursors).await?;
-        self.sync.on_connect();
         self.conn = Some(conn);
         self.drain.on_connected();
         self.reconnect.on_connected(self.now_ms());
@@ -269,7 +260,7 @@ impl Client {
     /// Pumps events (queued for the app) until this connection's `SyncComplete`.
     async fn wait_synced(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.config.request_timeout;
-        while !self.synced {
+        while !self.delivery.is_synced() {
             let conn = self
                 .conn
                 .as_mut()
@@ -320,16 +311,7 @@ impl Client {
 
     /// Cursors of what the app has taken, to persist and pass to the next `connect`.
     pub fn cursors(&self) -> Vec<Cursor> {
-        let mut v: Vec<Cursor> = self
-            .app_cursor
-            .iter()
-            .map(|(c, s)| Cursor {
-                conversation: *c,
-                seq: *s,
-            })
-            .collect();
-        v.sort_by_key(|c| c.conversation);
-        v
+        self.delivery.cursors()
     }
 
     /// Puts a message in the outbox (persisted when this returns) without any network I/O and
@@ -438,8 +420,7 @@ impl Client {
             {
                 Ok(receipt) => {
                     self.remove_from_outbox(id);
-                    let adv = self.sync.on_own_send(receipt.conversation, receipt.seq);
-                    self.push_advance(receipt.conversation, adv);
+                    self.delivery.on_own_send(receipt.conversation, receipt.seq);
                     if target == Some(id) {
                         return Ok(Some(receipt));
                     }
@@ -525,27 +506,23 @@ impl Client {
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
         loop {
             self.flush_acks().await;
-            if let Some(r) = self.ready.pop_front() {
-                if let Some((conv, seq)) = r.ack {
-                    let e = self.app_cursor.entry(conv).or_insert(0);
-                    *e = (*e).max(seq);
-                }
-                match r.event {
-                    Some(ev) => return Some(ev),
-                    None => continue,
-                }
+            match self.delivery.pop() {
+                Popped::Event(ev) => return Some(ev.into()),
+                Popped::AckOnly => continue,
+                Popped::Empty => {}
             }
             // No connection and nothing queued: the caller has to reconnect.
             self.conn.as_ref()?;
-            if self.synced && !self.outbox.is_empty() {
-                if self.drain.may_drain(self.now_ms()) {
-                    if let Err(e) = self.drain_outbox(None).await {
-                        tracing::debug!(error = %e, "outbox drain interrupted");
-                    }
-                    continue;
+            if self.delivery.is_synced()
+                && !self.outbox.is_empty()
+                && self.drain.may_drain(self.now_ms())
+            {
+                if let Err(e) = self.drain_outbox(None).await {
+                    tracing::debug!(error = %e, "outbox drain interrupted");
                 }
+                continue;
             }
-            if self.sync.next_gap().is_some() {
+            if self.delivery.has_gap() {
                 if let Err(e) = self.fill_gaps().await {
                     // Transport trouble: the Closed event follows from the connection; the gap
                     // stays and is filled by replay after reconnecting.
@@ -579,14 +556,11 @@ impl Client {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        for (conv, seq) in self.app_cursor.iter() {
-            let done = self.acked.get(conv).copied().unwrap_or(0);
-            if *seq > done {
-                if conn.ack(*conv, *seq).await.is_err() {
-                    return; // closed: the next connection resumes from the same cursors
-                }
-                self.acked.insert(*conv, *seq);
+        for (conv, seq) in self.delivery.acks_due() {
+            if conn.ack(conv, seq).await.is_err() {
+                return; // closed: the next connection resumes from the same cursors
             }
+            self.delivery.on_ack_sent(conv, seq);
         }
     }
 
@@ -601,32 +575,15 @@ impl Client {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Deliver(m) => {
-                let conv = m.conversation;
-                let adv = self.sync.on_deliver(m);
-                self.push_advance(conv, adv);
-            }
-            Event::SyncComplete => {
-                self.synced = true;
-                for (conv, adv) in self.sync.on_sync_complete() {
-                    self.push_advance(conv, adv);
-                }
-                self.push_event(ClientEvent::SyncComplete);
-            }
+            Event::Deliver(m) => self.delivery.on_deliver(m),
+            Event::SyncComplete => self.delivery.on_sync_complete(),
             Event::Notice(Notice::BacklogTruncated {
                 conversation,
                 from_seq,
                 to_seq,
-            }) => {
-                let adv = self.sync.skip_to(conversation, to_seq);
-                self.push_event(ClientEvent::Skipped {
-                    conversation,
-                    from_seq,
-                    to_seq,
-                    reason: SkipReason::BacklogTruncated,
-                });
-                self.push_advance(conversation, adv);
-            }
+            }) => self
+                .delivery
+                .on_backlog_truncated(conversation, from_seq, to_seq),
             Event::Notice(n) => {
                 if let Notice::GoingAway { retry_after_ms } = n {
                     self.reconnect.on_going_away(retry_after_ms);
@@ -657,8 +614,7 @@ impl Client {
                 // outbox, and surface the ack so the app learns the send succeeded.
                 let removed = self.outbox.on_acked(conversation, client_msg_id);
                 self.log_store_failure(removed);
-                let adv = self.sync.on_own_send(conversation, seq);
-                self.push_advance(conversation, adv);
+                self.delivery.on_own_send(conversation, seq);
                 self.push_event(ClientEvent::Other(ServerMessage::SendAck {
                     request_id,
                     conversation,
@@ -680,68 +636,34 @@ impl Client {
 
     /// Fetches missing ranges with History until no gap is left (or one proves unfillable).
     async fn fill_gaps(&mut self) -> Result<()> {
-        while let Some(gap) = self.sync.next_gap() {
+        while let Some(fetch) = self.delivery.next_gap_fetch() {
             let conn = self
                 .conn
                 .as_ref()
                 .ok_or(Error::Closed(CloseReason::Local))?;
-            let limit = gap.len().clamp(1, GAP_FETCH_LIMIT) as u32;
-            let page = match conn
-                .history(gap.conversation, gap.before, gap.after, limit)
+            let messages = match conn
+                .history(
+                    fetch.conversation,
+                    fetch.before_seq,
+                    fetch.after_seq,
+                    fetch.limit,
+                )
                 .await
             {
-                Ok(page) => page,
-                // The server refused (not a member any more, not found): skip rather than
-                // block the conversation forever.
-                Err(Error::Server { .. }) => HistoryPage {
-                    conversation: gap.conversation,
-                    messages: vec![],
-                    reactions: vec![],
-                    has_more: false,
-                },
+                Ok(page) => page.messages,
+                // The server refused (not a member any more, not found): the core skips the
+                // range rather than block the conversation forever.
+                Err(Error::Server { .. }) => Vec::new(),
                 Err(e) => return Err(e),
             };
-            let (adv, progressed) = self.sync.on_history(gap.conversation, page.messages);
-            self.push_advance(gap.conversation, adv);
-            if !progressed && let Some(((from, to), adv)) = self.sync.skip_gap(gap.conversation) {
-                self.push_event(ClientEvent::Skipped {
-                    conversation: gap.conversation,
-                    from_seq: from,
-                    to_seq: to,
-                    reason: SkipReason::Unavailable,
-                });
-                self.push_advance(gap.conversation, adv);
-            }
+            self.delivery.on_history(fetch.conversation, messages);
         }
         Ok(())
     }
 
     fn push_event(&mut self, event: ClientEvent) {
         // (Outbox outcomes and server events share the one queue the app reads.)
-        self.ready.push_back(Ready {
-            event: Some(event),
-            ack: None,
-        });
-    }
-
-    /// Queues ready messages; the cursor they complete is acknowledged once the app took them.
-    fn push_advance(&mut self, conv: ConversationId, adv: Advance) {
-        let Some(cursor) = adv.cursor else { return };
-        let n = adv.messages.len();
-        for (i, m) in adv.messages.into_iter().enumerate() {
-            let ack = if i + 1 == n { cursor } else { m.seq };
-            self.ready.push_back(Ready {
-                event: Some(ClientEvent::Message(m)),
-                ack: Some((conv, ack)),
-            });
-        }
-        if n == 0 {
-            // Cursor moved over own sends or skipped seqs only: nothing to show, still ackable.
-            self.ready.push_back(Ready {
-                event: None,
-                ack: Some((conv, cursor)),
-            });
-        }
+        self.delivery.push(event);
     }
 }
 

@@ -6,6 +6,7 @@
 //! drivers over these types.
 //!
 //! * [`sync`]: per-conversation cursors, de-duplication and gap detection.
+//! * [`delivery`]: the app's queue over `sync`, the ack-after-taken rule, gap fetches.
 //! * [`outbox`]: pending sends in compose order, their limits, and the store trait.
 //! * [`drain`]: how an outbox send outcome is judged (permanent rejection, rate limit,
 //!   transient) and when the outbox may be drained again on the current connection.
@@ -17,6 +18,7 @@
 //! * [`failure`]: the core-level view of an error that these decisions work on.
 
 pub mod backoff;
+pub mod delivery;
 pub mod drain;
 pub mod failure;
 pub mod handshake;

@@ -41,7 +41,9 @@ enum Outcome {
     AckLost,
     /// Never reached the server; the connection died.
     Lost,
-    RateLimited { retry_after_ms: Option<u64> },
+    RateLimited {
+        retry_after_ms: Option<u64>,
+    },
     Reject(ErrorCode),
 }
 
@@ -76,7 +78,8 @@ struct Run {
     rejected: Vec<u128>,
 }
 
-const CONVERSATIONS: [ConversationId; 3] = [ConversationId(1), ConversationId(2), ConversationId(3)];
+const CONVERSATIONS: [ConversationId; 3] =
+    [ConversationId(1), ConversationId(2), ConversationId(3)];
 const MESSAGES: usize = 60;
 /// Bounds the run: a bug that never drains fails the test instead of hanging it.
 const MAX_STEPS: usize = 20_000;
@@ -149,7 +152,10 @@ fn simulate(seed: u64) -> Run {
             reconnect.begin(now_ms);
             loop {
                 let delay = reconnect.next_attempt_delay();
-                assert!(delay <= policy().cap, "seed {seed}: delay {delay:?} above the cap");
+                assert!(
+                    delay <= policy().cap,
+                    "seed {seed}: delay {delay:?} above the cap"
+                );
                 now_ms += delay.as_millis() as u64;
                 // A third of the attempts fail (server still down).
                 if rng.below(3) != 0 {
@@ -183,14 +189,16 @@ fn simulate(seed: u64) -> Run {
             break;
         };
         let mut outcome = script(&mut rng);
-        if server.stored.contains_key(&entry.client_msg_id)
-            && matches!(outcome, Outcome::Reject(_))
+        if server.stored.contains_key(&entry.client_msg_id) && matches!(outcome, Outcome::Reject(_))
         {
             // The server judged this message already (stored it, the ack was lost): a resend
             // is answered as a duplicate.
             outcome = Outcome::Ack;
         }
-        trace.push((now_ms, format!("send {} -> {outcome:?}", entry.client_msg_id)));
+        trace.push((
+            now_ms,
+            format!("send {} -> {outcome:?}", entry.client_msg_id),
+        ));
         let failure = match outcome {
             Outcome::Ack => {
                 let (seq, _) = server.store(entry.conversation, entry.client_msg_id);
@@ -237,7 +245,10 @@ fn simulate(seed: u64) -> Run {
                     let Outcome::RateLimited { retry_after_ms } = outcome else {
                         panic!("seed {seed}: only rate limits wait on the connection");
                     };
-                    assert!(t >= now_ms + retry_after_ms.unwrap_or(0), "retry-after honoured");
+                    assert!(
+                        t >= now_ms + retry_after_ms.unwrap_or(0),
+                        "retry-after honoured"
+                    );
                     assert!(outbox.front().map(|e| e.client_msg_id) == Some(entry.client_msg_id));
                 }
                 SendFailed::Retry(gate) => {
@@ -258,9 +269,16 @@ fn simulate(seed: u64) -> Run {
     let mut all: Vec<u128> = composed.iter().map(|(id, _)| *id).collect();
     all.sort_unstable();
     assert_eq!(ended, all, "seed {seed}");
-    assert_eq!(rejected, scripted_rejections, "seed {seed}: rejected exactly the scripted ones");
     assert_eq!(
-        drain.take_rejected().iter().map(|r| r.client_msg_id).collect::<Vec<_>>(),
+        rejected, scripted_rejections,
+        "seed {seed}: rejected exactly the scripted ones"
+    );
+    assert_eq!(
+        drain
+            .take_rejected()
+            .iter()
+            .map(|r| r.client_msg_id)
+            .collect::<Vec<_>>(),
         rejected
     );
     // The server stored each accepted message once (resends were duplicates), in compose
@@ -272,7 +290,10 @@ fn simulate(seed: u64) -> Run {
             .map(|(id, _)| *id)
             .collect();
         let stored = server.order.get(&conversation).cloned().unwrap_or_default();
-        assert_eq!(stored, expected, "seed {seed}: store order of {conversation:?}");
+        assert_eq!(
+            stored, expected,
+            "seed {seed}: store order of {conversation:?}"
+        );
         // Our own seqs are no gaps: the cursor covers everything the server holds.
         let last = server.seqs.get(&conversation).copied().unwrap_or(0);
         assert_eq!(sync.cursor(conversation), Some(last), "seed {seed}");
@@ -302,7 +323,14 @@ fn sim_same_seed_same_run_other_seed_other_run() {
     assert_eq!(a, simulate(42));
     assert_ne!(a.trace, simulate(43).trace);
     // The script exercised every kind of outcome at least once.
-    for kind in ["Ack", "AckLost", "Lost", "RateLimited", "Reject", "connect failed"] {
+    for kind in [
+        "Ack",
+        "AckLost",
+        "Lost",
+        "RateLimited",
+        "Reject",
+        "connect failed",
+    ] {
         assert!(
             a.trace.iter().any(|(_, t)| t.contains(kind)),
             "seed 42 never hit {kind}"
