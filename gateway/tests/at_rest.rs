@@ -20,7 +20,9 @@ use tokio::io::AsyncWriteExt as _;
 /// The CLI binary of this workspace, built (or confirmed up to date) by cargo.
 fn cli_binary() -> PathBuf {
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--locked", "-q", "-p", "tern-cli", "--bin", "tern-cli"])
+        .args([
+            "build", "--locked", "-q", "-p", "tern-cli", "--bin", "tern-cli",
+        ])
         .status()
         .expect("run cargo build for tern-cli");
     assert!(status.success(), "building tern-cli failed");
@@ -72,7 +74,10 @@ impl Cli {
         }
         let mut child = cmd.spawn().expect("spawn tern-cli");
         let mut input = child.stdin.take().expect("stdin");
-        input.write_all(stdin.as_bytes()).await.expect("write stdin");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .expect("write stdin");
         drop(input);
         let out = tokio::time::timeout(WAIT * 2, child.wait_with_output())
             .await
@@ -109,11 +114,22 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 }
 
 /// Sends one SDK message from `bob` into `conversation` (encrypted unless `plaintext`).
-async fn sdk_send(server: &TestServer, bob: &TestUser, conversation: ConversationId, text: &str, plaintext: bool) {
+async fn sdk_send(
+    server: &TestServer,
+    bob: &TestUser,
+    conversation: ConversationId,
+    text: &str,
+    plaintext: bool,
+) {
     let device = DeviceId::random();
-    let mut conn = Connection::connect(&server.config(TransportPref::WebTransport), &bob.token, device, &[])
-        .await
-        .expect("connect");
+    let mut conn = Connection::connect(
+        &server.config(TransportPref::WebTransport),
+        &bob.token,
+        device,
+        &[],
+    )
+    .await
+    .expect("connect");
     let mut e2e = E2e::in_memory(bob.id, device, CryptoConfig::default()).expect("crypto");
     e2e.set_plaintext_for_tests(plaintext);
     e2e.publish_keys(&conn, conn.welcome().one_time_keys_left)
@@ -122,8 +138,14 @@ async fn sdk_send(server: &TestServer, bob: &TestUser, conversation: Conversatio
     loop {
         match next(&mut conn).await {
             Event::SyncComplete => break,
-            Event::Other(ServerMessage::KeyShare { from_user, from_device, payload, inbox_id }) => {
-                e2e.on_key_share(from_user, from_device, &payload, inbox_id).expect("share");
+            Event::Other(ServerMessage::KeyShare {
+                from_user,
+                from_device,
+                payload,
+                inbox_id,
+            }) => {
+                e2e.on_key_share(from_user, from_device, &payload, inbox_id)
+                    .expect("share");
             }
             _ => {}
         }
@@ -149,7 +171,9 @@ async fn sdk_send(server: &TestServer, bob: &TestUser, conversation: Conversatio
         .await
         .expect("send");
     if let Some(up_to) = e2e.take_inbox_ack() {
-        let _ = conn.send_message(&ClientMessage::AckKeyShares { up_to }).await;
+        let _ = conn
+            .send_message(&ClientMessage::AckKeyShares { up_to })
+            .await;
     }
     conn.close().await;
 }
@@ -174,21 +198,33 @@ async fn round(plaintext: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
         .trim()
         .parse()
         .expect("conversation id");
-    bob.http.accept_invitation(conversation).await.expect("accept");
+    bob.http
+        .accept_invitation(conversation)
+        .await
+        .expect("accept");
     // Bob's CLI device publishes its keys (any command that syncs keys does).
     bob_cli.run(&["history", "@alice"], "").await;
 
     let sent = alice_cli
         .run(&["chat", "@bob"], &format!("{cli_marker}\n/quit\n"))
         .await;
-    assert!(sent.contains(&cli_marker), "the CLI echoed the sent line: {sent}");
+    assert!(
+        sent.contains(&cli_marker),
+        "the CLI echoed the sent line: {sent}"
+    );
     sdk_send(&server, &bob, conversation, &sdk_marker, plaintext).await;
 
     // Both messages reach Alice's and Bob's CLI devices and decrypt there.
     let at_bob = bob_cli.run(&["history", "@alice"], "").await;
-    assert!(at_bob.contains(&cli_marker), "bob reads alice's CLI message: {at_bob}");
+    assert!(
+        at_bob.contains(&cli_marker),
+        "bob reads alice's CLI message: {at_bob}"
+    );
     let at_alice = alice_cli.run(&["history", "@bob"], "").await;
-    assert!(at_alice.contains(&sdk_marker), "alice reads bob's SDK message: {at_alice}");
+    assert!(
+        at_alice.contains(&sdk_marker),
+        "alice reads bob's SDK message: {at_alice}"
+    );
 
     server.terminate().await;
     let root = server.data_dir.parent().expect("server dir").to_path_buf();
@@ -205,11 +241,23 @@ fn rand_u32() -> u32 {
 #[tokio::test]
 async fn no_marker_reaches_the_servers_disk_but_the_scan_finds_plaintext() {
     let (cli, sdk) = round(false).await;
-    assert!(cli.is_empty(), "CLI plaintext found on the server's disk: {cli:?}");
-    assert!(sdk.is_empty(), "SDK plaintext found on the server's disk: {sdk:?}");
+    assert!(
+        cli.is_empty(),
+        "CLI plaintext found on the server's disk: {cli:?}"
+    );
+    assert!(
+        sdk.is_empty(),
+        "SDK plaintext found on the server's disk: {sdk:?}"
+    );
 
     // The control: encryption switched off, the same scan must find both markers.
     let (cli, sdk) = round(true).await;
-    assert!(!cli.is_empty(), "the scan must find the CLI marker when it is stored in clear");
-    assert!(!sdk.is_empty(), "the scan must find the SDK marker when it is stored in clear");
+    assert!(
+        !cli.is_empty(),
+        "the scan must find the CLI marker when it is stored in clear"
+    );
+    assert!(
+        !sdk.is_empty(),
+        "the scan must find the SDK marker when it is stored in clear"
+    );
 }

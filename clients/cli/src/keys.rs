@@ -39,7 +39,8 @@ fn crypto_dir(home: &Path) -> Result<PathBuf> {
 pub fn open(home: &Path, session: &Session, device: DeviceId) -> Result<E2e> {
     let dir = crypto_dir(home)?;
     let key = tern_sdk::e2e::load_or_create_pickle_key(&dir.join("pickle.key"))?;
-    let store = tern_sdk::FileCryptoStore::new(dir.join(format!("{}.{device}.state", session.user_id)));
+    let store =
+        tern_sdk::FileCryptoStore::new(dir.join(format!("{}.{device}.state", session.user_id)));
     let mut e2e = E2e::open(
         session.user_id,
         device,
@@ -168,7 +169,11 @@ pub fn notice(n: &tern_sdk::CryptoNotice) -> String {
         tern_sdk::CryptoNotice::Trust(TrustEvent::DeviceRemoved { user, device }) => {
             format!("{user}'s device {device} was removed")
         }
-        tern_sdk::CryptoNotice::Trust(TrustEvent::InvalidKeys { user, device, reason }) => {
+        tern_sdk::CryptoNotice::Trust(TrustEvent::InvalidKeys {
+            user,
+            device,
+            reason,
+        }) => {
             format!("ignored {user}'s device {device}: its keys are invalid ({reason})")
         }
         tern_sdk::CryptoNotice::Key(CryptoEvent::UntrustedKey { user, device }) => format!(

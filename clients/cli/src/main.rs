@@ -432,8 +432,9 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             let (api, _) = authed(&cli, &st)?;
             let me = st.device();
             if let Some(id) = revoke {
-                let id: tern_sdk::tern_wire::ids::DeviceId =
-                    id.parse().map_err(|_| anyhow!("{id:?} is not a device id"))?;
+                let id: tern_sdk::tern_wire::ids::DeviceId = id
+                    .parse()
+                    .map_err(|_| anyhow!("{id:?} is not a device id"))?;
                 if id == me {
                     bail!("that is this device: use `tern-cli logout` here instead");
                 }
@@ -444,10 +445,26 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                     println!(
                         "{}  {}  keys: {}  last seen {}{}",
                         d.device_id,
-                        if d.created_ms > 0 { render::date_time(d.created_ms, offset) } else { "?".into() },
-                        if d.has_keys { keys::short_fingerprint(&d.identity_key) } else { "none".into() },
-                        if d.last_seen_ms > 0 { render::date_time(d.last_seen_ms, offset) } else { "?".into() },
-                        if d.device_id == me { "  (this device)" } else { "" },
+                        if d.created_ms > 0 {
+                            render::date_time(d.created_ms, offset)
+                        } else {
+                            "?".into()
+                        },
+                        if d.has_keys {
+                            keys::short_fingerprint(&d.identity_key)
+                        } else {
+                            "none".into()
+                        },
+                        if d.last_seen_ms > 0 {
+                            render::date_time(d.last_seen_ms, offset)
+                        } else {
+                            "?".into()
+                        },
+                        if d.device_id == me {
+                            "  (this device)"
+                        } else {
+                            ""
+                        },
                     );
                 }
             }
@@ -481,9 +498,14 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             if *confirm {
                 e2e.machine_mut().mark_user_verified(other.user_id);
                 e2e.persist()?;
-                println!("marked {}'s devices verified", render::sanitize(&other.username));
+                println!(
+                    "marked {}'s devices verified",
+                    render::sanitize(&other.username)
+                );
             } else {
-                println!("compare it with them; if it matches: tern-cli verify {username} --confirm");
+                println!(
+                    "compare it with them; if it matches: tern-cli verify {username} --confirm"
+                );
             }
         }
         Command::Backup { action } => {
@@ -494,11 +516,14 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             match action {
                 BackupAction::Create { passphrase } => {
                     let config = config(&cli, Some(&session))?;
-                    let conn = keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
+                    let conn =
+                        keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
                     conn.close().await;
                     let passphrase = password_for(passphrase.as_deref(), true)?;
                     let n = e2e.create_backup(&api, &passphrase).await?;
-                    println!("backup created: {n} message keys uploaded (sealed with your passphrase)");
+                    println!(
+                        "backup created: {n} message keys uploaded (sealed with your passphrase)"
+                    );
                 }
                 BackupAction::Restore { passphrase } => {
                     let passphrase = password_for(passphrase.as_deref(), false)?;

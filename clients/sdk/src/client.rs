@@ -52,6 +52,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::connection::{Connection, Event, HistoryPage, SendReceipt};
+use crate::e2e::{CryptoNotice, E2e, UndecryptableMessage};
 use crate::error::{CloseReason, Error, Result};
 use crate::outbox::{Outbox, OutboxLimits, PendingSend};
 
@@ -83,6 +84,13 @@ pub enum ClientEvent {
     /// The connection ended; call [`Client::reconnect`] (unless the reason says the token is
     /// no longer valid).
     Disconnected(CloseReason),
+    /// End-to-end encryption on ([`Client::set_e2e`]): a message (in its seq order) that could
+    /// not be decrypted, and why. It is retried when its key arrives ([`ClientEvent::Decrypted`]).
+    Undecryptable(UndecryptableMessage),
+    /// A message surfaced earlier as [`ClientEvent::Undecryptable`] whose key has arrived.
+    Decrypted(Message),
+    /// Trust warnings (a contact's identity changed) and refused keys.
+    Crypto(CryptoNotice),
 }
 
 impl From<Delivered<ClientEvent>> for ClientEvent {
@@ -122,6 +130,8 @@ pub struct Client {
     /// Zero of the `now_ms` clock handed to the core (monotonic; tokio's, so paused test time
     /// applies).
     epoch: Instant,
+    /// End-to-end encryption (see [`Client::set_e2e`]); `None` sends payloads as given.
+    e2e: Option<E2e>,
 }
 
 impl Client {
@@ -146,6 +156,7 @@ impl Client {
             drain: Drain::new(),
             reconnect: Reconnect::new(backoff),
             epoch: Instant::now(),
+            e2e: None,
         }
     }
 
@@ -186,6 +197,15 @@ impl Client {
         self.delivery.on_connect();
         let cursors = self.delivery.resume_cursors();
         let conn = Connection::connect(&self.config, &self.token, self.device, &cursors).await?;
+        if let Some(e2e) = self.e2e.as_mut()
+            && let Err(e) = e2e
+                .publish_keys(&conn, conn.welcome().one_time_keys_left)
+                .await
+        {
+            // Retried on the next connection; until then contacts cannot start new sessions
+            // with this device (existing ones keep working).
+            tracing::warn!(error = %e, "could not publish this device's keys");
+        }
         self.conn = Some(conn);
         self.drain.on_connected();
         self.reconnect.on_connected(self.now_ms());
@@ -274,6 +294,23 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Turns on end-to-end encryption: every outbox entry is encrypted for the members'
+    /// devices right before it is sent (the outbox keeps the plaintext on this device only),
+    /// every Megolm message is decrypted before the app sees it, key shares are taken from
+    /// the device's inbox, and this device's keys are published on (re)connect. Call before
+    /// connecting.
+    pub fn set_e2e(&mut self, e2e: E2e) {
+        self.e2e = Some(e2e);
+    }
+
+    pub fn e2e(&self) -> Option<&E2e> {
+        self.e2e.as_ref()
+    }
+
+    pub fn e2e_mut(&mut self) -> Option<&mut E2e> {
+        self.e2e.as_mut()
     }
 
     /// The pending sends.
@@ -409,15 +446,24 @@ impl Client {
                 }
                 None => return Err(Error::Closed(CloseReason::Local)),
             };
-            match conn
-                .send(
-                    entry.conversation,
-                    id,
-                    &entry.content_type,
-                    std::mem::take(&mut entry.payload),
-                )
-                .await
-            {
+            let sent = match self.e2e.as_mut() {
+                None => {
+                    conn.send(
+                        entry.conversation,
+                        id,
+                        &entry.content_type,
+                        std::mem::take(&mut entry.payload),
+                    )
+                    .await
+                }
+                Some(e2e) => encrypt_and_send(e2e, conn, &self.config, &self.token, &entry).await,
+            };
+            if let Some(e2e) = self.e2e.as_mut() {
+                for n in e2e.take_notices() {
+                    self.delivery.push(ClientEvent::Crypto(n));
+                }
+            }
+            match sent {
                 Ok(receipt) => {
                     self.remove_from_outbox(id);
                     self.delivery.on_own_send(receipt.conversation, receipt.seq);
@@ -507,12 +553,15 @@ impl Client {
         loop {
             self.flush_acks().await;
             match self.delivery.pop() {
-                Popped::Event(ev) => return Some(ev.into()),
+                Popped::Event(ev) => return Some(self.decrypted(ev.into())),
                 Popped::AckOnly => continue,
                 Popped::Empty => {}
             }
             // No connection and nothing queued: the caller has to reconnect.
             self.conn.as_ref()?;
+            if self.resolve_unknown_senders().await {
+                continue;
+            }
             if self.delivery.is_synced()
                 && !self.outbox.is_empty()
                 && self.drain.may_drain(self.now_ms())
@@ -556,6 +605,14 @@ impl Client {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
+        if let Some(up_to) = self.e2e.as_mut().and_then(E2e::take_inbox_ack)
+            && conn
+                .send_message(&tern_wire::msg::ClientMessage::AckKeyShares { up_to })
+                .await
+                .is_err()
+        {
+            return; // not acknowledged: the inbox resends it, handled again idempotently
+        }
         for (conv, seq) in self.delivery.acks_due() {
             if conn.ack(conv, seq).await.is_err() {
                 return; // closed: the next connection resumes from the same cursors
@@ -625,7 +682,34 @@ impl Client {
                     duplicate,
                 }));
             }
-            Event::Other(m) => self.push_event(ClientEvent::Other(m)),
+            Event::Other(ServerMessage::KeyShare {
+                from_user,
+                from_device,
+                payload,
+                inbox_id,
+            }) if self.e2e.is_some() => {
+                self.on_key_share(from_user, from_device, &payload, inbox_id)
+            }
+            Event::Other(m) => {
+                if let Some(e2e) = self.e2e.as_mut() {
+                    match &m {
+                        ServerMessage::Conversation { info, .. } => e2e.set_members(
+                            info.conversation,
+                            info.members.iter().map(|m| m.user).collect(),
+                        ),
+                        ServerMessage::MemberRemoved { conversation, user } => {
+                            if let Err(e) = e2e.on_member_removed(*conversation, *user) {
+                                tracing::warn!(error = %e, "could not record a member removal");
+                            }
+                        }
+                        ServerMessage::DeviceListChanged { user } => {
+                            e2e.on_device_list_changed(*user)
+                        }
+                        _ => {}
+                    }
+                }
+                self.push_event(ClientEvent::Other(m))
+            }
             Event::Closed(reason) => {
                 self.conn = None;
                 self.reconnect.on_disconnected(self.now_ms());
@@ -661,10 +745,120 @@ impl Client {
         Ok(())
     }
 
+    /// A Megolm message becomes its plaintext, or `Undecryptable` with the reason.
+    fn decrypted(&mut self, event: ClientEvent) -> ClientEvent {
+        match (event, self.e2e.as_mut()) {
+            (ClientEvent::Message(m), Some(e2e)) => match e2e.decrypt(&m) {
+                Ok(plain) => ClientEvent::Message(plain),
+                Err(u) => ClientEvent::Undecryptable(u),
+            },
+            (event, _) => event,
+        }
+    }
+
+    fn on_key_share(
+        &mut self,
+        from_user: tern_wire::ids::UserId,
+        from_device: DeviceId,
+        payload: &[u8],
+        inbox_id: u64,
+    ) {
+        let Some(e2e) = self.e2e.as_mut() else {
+            return;
+        };
+        let ready = match e2e.on_key_share(from_user, from_device, payload, inbox_id) {
+            Ok(ready) => ready,
+            Err(e) => {
+                // Not persisted, so not acknowledged: the inbox delivers it again.
+                tracing::warn!(error = %e, "key share not stored");
+                return;
+            }
+        };
+        let notices = e2e.take_notices();
+        for r in ready {
+            self.push_event(match r {
+                Ok(m) => ClientEvent::Decrypted(m),
+                Err(u) => ClientEvent::Crypto(CryptoNotice::Key(
+                    tern_core::crypto::CryptoEvent::Rejected {
+                        user: u.message.sender_user,
+                        device: u.message.sender_device,
+                        reason: "a waiting message still did not decrypt",
+                    },
+                )),
+            });
+        }
+        for n in notices {
+            self.push_event(ClientEvent::Crypto(n));
+        }
+    }
+
+    /// Looks up devices that sent keys or messages before we knew them; true when it did.
+    async fn resolve_unknown_senders(&mut self) -> bool {
+        let (Some(e2e), Some(conn)) = (self.e2e.as_mut(), self.conn.as_ref()) else {
+            return false;
+        };
+        if !e2e.has_unknown_senders() {
+            return false;
+        }
+        let ready = match e2e.resolve_unknown_senders(conn).await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::debug!(error = %e, "device lookup failed; retried later");
+                return false;
+            }
+        };
+        let notices = e2e.take_notices();
+        for r in ready {
+            self.push_event(match r {
+                Ok(m) => ClientEvent::Decrypted(m),
+                Err(u) => ClientEvent::Undecryptable(u),
+            });
+        }
+        for n in notices {
+            self.push_event(ClientEvent::Crypto(n));
+        }
+        true
+    }
+
     fn push_event(&mut self, event: ClientEvent) {
         // (Outbox outcomes and server events share the one queue the app reads.)
         self.delivery.push(event);
     }
+}
+
+/// Encrypts one outbox entry for its conversation's member devices (looking the members up
+/// over HTTPS when no `Conversation` frame told us yet) and sends it with its client id.
+async fn encrypt_and_send(
+    e2e: &mut E2e,
+    conn: &Connection,
+    config: &Config,
+    token: &str,
+    entry: &PendingSend,
+) -> Result<SendReceipt> {
+    if e2e.members(entry.conversation).is_none() {
+        let api = crate::HttpApi::new(config)?.with_token(token);
+        for c in api.conversations().await? {
+            e2e.set_members(
+                c.conversation_id,
+                c.members.iter().map(|m| m.user_id).collect(),
+            );
+        }
+    }
+    let (content_type, payload) = e2e
+        .encrypt_outgoing(
+            conn,
+            entry.conversation,
+            &entry.content_type,
+            &entry.payload,
+        )
+        .await?;
+    conn.send(
+        entry.conversation,
+        entry.client_msg_id,
+        &content_type,
+        payload,
+    )
+    .await
 }
 
 /// The core's view of an SDK error, for its retry and rejection rules.
