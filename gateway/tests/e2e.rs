@@ -159,7 +159,7 @@ impl Device {
                         .retain(|(u, _)| u.message_id != m.message_id);
                     self.read.insert(m.message_id, m);
                 }
-                Err(u) => self.undecryptable.push((u.message, u.reason)),
+                Err(u) => self.undecryptable.push((*u.message, u.reason)),
             }
         }
     }
@@ -170,7 +170,7 @@ impl Device {
             Ok(plain) => {
                 self.read.insert(plain.message_id, plain);
             }
-            Err(u) => self.undecryptable.push((u.message, u.reason)),
+            Err(u) => self.undecryptable.push((*u.message, u.reason)),
         }
     }
 

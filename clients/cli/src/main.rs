@@ -416,7 +416,7 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                     }
                     Err(u) => {
                         let text = keys::why(&u);
-                        (u.message, text)
+                        (*u.message, text)
                     }
                 };
                 println!(

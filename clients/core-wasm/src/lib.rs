@@ -265,8 +265,11 @@ impl Machine {
         let message: Message = serde_json::from_str(message_json).map_err(err)?;
         Ok(match self.inner.decrypt(&message) {
             Ok(d) => {
-                let Body::Text { text } = &d.body;
-                json!({"text": text, "sender_user": d.sender_user, "sender_device": d.sender_device,
+                let (text, data) = match &d.body {
+                    Body::Text { text } => (Some(text), None),
+                    Body::Data { content_type, data } => (None, Some(json!({"content_type": content_type, "data": data}))),
+                };
+                json!({"text": text, "data": data, "sender_user": d.sender_user, "sender_device": d.sender_device,
                     "trust": d.trust, "session_id": d.session_id, "message_index": d.message_index})
             }
             Err(u) => undecryptable(&u),

@@ -148,6 +148,7 @@ fn refresh(server: &Server, m: &mut CryptoMachine, users: &[UserId]) -> Vec<Trus
 fn text_of(m: &mut CryptoMachine, msg: &Message) -> Result<String, Undecryptable> {
     m.decrypt(msg).map(|d| match d.body {
         Body::Text { text } => text,
+        Body::Data { content_type, .. } => format!("<{content_type}>"),
     })
 }
 

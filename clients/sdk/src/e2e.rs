@@ -113,7 +113,8 @@ pub fn load_or_create_pickle_key(path: &Path) -> Result<[u8; 32]> {
 /// Why a message is shown as undecryptable, for the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UndecryptableMessage {
-    pub message: Message,
+    /// Boxed: results carrying it stay small on the common (decrypted) path.
+    pub message: Box<Message>,
     pub reason: Undecryptable,
 }
 
@@ -584,7 +585,7 @@ impl E2e {
                 Ok(plain)
             }
             Err(reason) => Err(UndecryptableMessage {
-                message: message.clone(),
+                message: Box::new(message.clone()),
                 reason,
             }),
         }
