@@ -48,6 +48,8 @@ pub enum Tracking {
     Deliver(ConversationId, u64),
     /// A `SendAck`: the device has its own message, never dropped.
     OwnSend(ConversationId, u64),
+    /// A `KeyShare` from the device inbox: dropped if the session already sent that inbox id.
+    KeyShare(u64),
 }
 
 /// One encoded server envelope on its way to a connection.
@@ -204,6 +206,9 @@ impl EngineHandle {
             | Input::LookedUp { conversation, .. } => Some(shard_of(*conversation, n)),
             // Any shard can reach every device; spread by the first user.
             Input::Notify { users, .. } => Some(users.first().map_or(0, |u| (u.0 as usize) % n)),
+            Input::NotifyDevices { messages } => {
+                Some(messages.first().map_or(0, |(d, _)| (d.0 as usize) % n))
+            }
             Input::Connected { .. }
             | Input::Disconnected { .. }
             | Input::TokenRevoked { .. }
@@ -468,6 +473,7 @@ impl Driver {
                         self.shard_messages.inc();
                         Tracking::Deliver(message.conversation, message.seq)
                     }
+                    ServerMessage::KeyShare { inbox_id, .. } => Tracking::KeyShare(*inbox_id),
                     _ => Tracking::None,
                 };
                 for conn in conns {

@@ -8,6 +8,7 @@ pub mod conversations;
 pub mod core;
 pub mod driver;
 pub mod fair_queue;
+pub mod keys;
 pub mod hash_pool;
 pub mod limits;
 pub mod metrics;

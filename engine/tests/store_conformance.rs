@@ -49,6 +49,23 @@ async fn embedded_store_passes_conformance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_key_store_passes_conformance() {
+    let dirs = Arc::new(Mutex::new(Vec::<(TempDir, EmbeddedStore)>::new()));
+    let make = || {
+        let dirs = Arc::clone(&dirs);
+        async move {
+            let dir = tempdir();
+            let store = open(dir.path());
+            let keys = tern_engine::store::embedded_keys::EmbeddedKeys::open(&store)
+                .unwrap_or_else(|e| panic!("opening the key store: {e}"));
+            dirs.lock().unwrap_or_else(|p| p.into_inner()).push((dir, store));
+            keys
+        }
+    };
+    bounded("run_all_keys", conformance::run_all_keys(make)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_survives_reopen() {
     let dir = tempdir();
     let path = dir.path().to_path_buf();

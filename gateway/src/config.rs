@@ -122,6 +122,12 @@ pub struct FileConfig {
     /// Password-hash jobs waiting in all, and per address prefix (served round-robin).
     pub hash_queue: Option<usize>,
     pub hash_queue_per_client: Option<usize>,
+    // ---- end-to-end keys: directory, device inbox, backup (issue 11) ----
+    pub max_one_time_keys_per_device: Option<u32>,
+    pub max_inbox_entries_per_device: Option<u64>,
+    pub inbox_retention_days: Option<u64>,
+    pub key_claims_per_target_per_minute: Option<u32>,
+    pub max_backup_sessions_per_user: Option<u64>,
     // ---- rate limits and quotas (issue 10: floods) ----
     pub device_send_burst: Option<u64>,
     pub device_sends_per_sec: Option<u64>,
@@ -243,6 +249,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Rate limits and the storage quota.
     pub floods: FloodLimits,
+    /// End-to-end key directory, inbox and backup limits.
+    pub keys: tern_engine::keys::KeyLimits,
 }
 
 /// Rate limits (token buckets: burst and sustained rate) and the storage quota.
@@ -399,8 +407,51 @@ impl Config {
                 .clamp(1, MAX_RESUME_BACKLOG),
             edge,
             floods,
+            keys: resolve_keys(&file)?,
         })
     }
+}
+
+/// End-to-end key limits (defaults and their reasons: `tern_engine::keys::KeyLimits`).
+fn resolve_keys(file: &FileConfig) -> Result<tern_engine::keys::KeyLimits, ConfigError> {
+    let d = tern_engine::keys::KeyLimits::default();
+    let range = |name: &str, v: u64, lo: u64, hi: u64| {
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "{name} must be between {lo} and {hi}"
+            )))
+        }
+    };
+    let otks = file
+        .max_one_time_keys_per_device
+        .unwrap_or(d.max_one_time_keys_per_device);
+    // A publish carries at most this many (the decoder's bound), so a larger store limit
+    // could never be reached in one publish anyway; 1,000 bounds a directory entry.
+    range("max_one_time_keys_per_device", u64::from(otks), 1, 1_000)?;
+    let inbox = file
+        .max_inbox_entries_per_device
+        .unwrap_or(d.max_inbox_entries_per_device);
+    range("max_inbox_entries_per_device", inbox, 1, 1_000_000)?;
+    let days = file.inbox_retention_days.unwrap_or(30);
+    range("inbox_retention_days", days, 1, 3_650)?;
+    let claims = file
+        .key_claims_per_target_per_minute
+        .unwrap_or(d.claims_per_target_per_minute);
+    range("key_claims_per_target_per_minute", u64::from(claims), 1, 100_000)?;
+    let backup = file
+        .max_backup_sessions_per_user
+        .unwrap_or(d.max_backup_sessions_per_user);
+    range("max_backup_sessions_per_user", backup, 1, 10_000_000)?;
+    Ok(tern_engine::keys::KeyLimits {
+        max_one_time_keys_per_device: otks,
+        max_inbox_entries_per_device: inbox,
+        inbox_retention: Duration::from_secs(days * 24 * 3600),
+        claims_per_target_per_minute: claims,
+        max_backup_sessions_per_user: backup,
+        ..d
+    })
 }
 
 fn millis(value: Option<u64>, default: u64, name: &str) -> Result<Duration, ConfigError> {

@@ -42,6 +42,8 @@ pub struct ApiState {
     pub accounts: Arc<Accounts>,
     pub conversations: Arc<Conversations>,
     pub reactions: Arc<tern_engine::reactions::Reactions>,
+    /// Devices and the key backup (`http_keys.rs`).
+    pub keys: Arc<tern_engine::keys::Keys>,
     pub engine: EngineHandle,
     pub certs: Arc<Certificates>,
     pub registry: Arc<Registry>,
@@ -64,8 +66,8 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
-    paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave, list_blocks, block, unblock),
-    components(schemas(Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
+    paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave, list_blocks, block, unblock, crate::http_keys::list_devices, crate::http_keys::revoke_device, crate::http_keys::put_backup, crate::http_keys::get_backup, crate::http_keys::put_backup_sessions, crate::http_keys::list_backup_sessions),
+    components(schemas(tern_wire::api::DeviceView, tern_wire::api::DeviceList, tern_wire::api::KeyBackup, tern_wire::api::BackupSessionView, tern_wire::api::PutBackupSessions, tern_wire::api::BackupSessionsStored, tern_wire::api::BackupSessionPage, Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -116,6 +118,24 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
         .route(
             "/blocks/{username}",
             axum::routing::put(block).delete(unblock),
+        )
+        .route("/devices", get(crate::http_keys::list_devices))
+        .route(
+            "/devices/{id}",
+            axum::routing::delete(crate::http_keys::revoke_device),
+        )
+        .route(
+            "/keys/backup",
+            get(crate::http_keys::get_backup).put(crate::http_keys::put_backup),
+        )
+        .route(
+            "/keys/backup/sessions",
+            // The only body larger than MAX_BODY_BYTES (the inner limit wins).
+            get(crate::http_keys::list_backup_sessions)
+                .put(crate::http_keys::put_backup_sessions)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::http_keys::BACKUP_SESSIONS_BODY_BYTES,
+                )),
         )
         .route("/transport", get(transport))
         .route("/openapi.json", get(openapi))
@@ -231,7 +251,7 @@ impl IntoResponse for HttpError {
 }
 
 /// A JSON body whose rejection is reported in the API's own error format.
-pub struct ApiJson<T>(T);
+pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
     type Rejection = HttpError;

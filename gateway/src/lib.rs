@@ -4,6 +4,7 @@
 pub mod config;
 pub mod edge;
 pub mod http;
+pub mod http_keys;
 pub mod http_serve;
 pub mod metrics;
 pub mod presence;

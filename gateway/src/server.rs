@@ -71,6 +71,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening store in {}", store_dir.display()))?;
     let reaction_store: Arc<dyn ReactionStore> =
         Arc::new(EmbeddedReactions::open(&embedded).context("opening the reaction store")?);
+    let key_store: Arc<dyn tern_engine::store::keys::KeyStore> = Arc::new(
+        tern_engine::store::embedded_keys::EmbeddedKeys::open(&embedded)
+            .context("opening the key store")?,
+    );
     let store: Arc<dyn Store> = Arc::new(embedded);
     let certs = Certificates::load(config.certs.clone()).context("loading TLS certificate")?;
     let io = resolve_io(config.io)?;
@@ -141,6 +145,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ReactionLimits::default(),
     ));
 
+    let keys = Arc::new(tern_engine::keys::Keys::new(
+        store.clone(),
+        key_store,
+        engine.clone(),
+        config.keys.clone(),
+    ));
+
     let sockets = bind_shards(config.listen, config.shards)?;
     let local = sockets[0].0.local_addr()?;
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
@@ -159,6 +170,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         accounts: accounts.clone(),
         conversations: conversations.clone(),
         reactions: reactions.clone(),
+        keys: keys.clone(),
         engine: engine.clone(),
         store: store.clone(),
         limits,
@@ -179,6 +191,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         accounts,
         conversations,
         reactions,
+        keys,
         engine,
         certs: certs.clone(),
         registry: Arc::new(registry),

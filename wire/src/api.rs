@@ -206,3 +206,73 @@ pub struct InvitationList {
 pub struct BlockList {
     pub blocked: Vec<UserView>,
 }
+
+/// One of the caller's devices (`GET /devices`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeviceView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub device_id: DeviceId,
+    /// First connection (0 when unknown).
+    pub created_ms: u64,
+    /// Latest connection (0 when unknown).
+    pub last_seen_ms: u64,
+    /// Whether the device published identity keys.
+    pub has_keys: bool,
+    /// The Curve25519 identity key, standard base64 (empty without keys).
+    pub identity_key: String,
+}
+
+/// `GET /devices`: the caller's devices in device-id order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeviceList {
+    pub devices: Vec<DeviceView>,
+}
+
+/// `PUT /keys/backup` body and `GET /keys/backup` answer: the backup's header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct KeyBackup {
+    /// The client's version string (1..=64 bytes); a new one starts an empty backup.
+    pub version: String,
+    /// Opaque client metadata, standard base64 (at most 4 KiB decoded).
+    pub meta: String,
+}
+
+/// One encrypted session in the key backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BackupSessionView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub conversation: ConversationId,
+    /// 1..=128 bytes, no control characters.
+    pub session_id: String,
+    /// The encrypted session, standard base64 (at most 8 KiB decoded).
+    pub data: String,
+}
+
+/// `PUT /keys/backup/sessions` body: upserts at most 1,000 sessions under `version`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PutBackupSessions {
+    pub version: String,
+    pub sessions: Vec<BackupSessionView>,
+}
+
+/// `PUT /keys/backup/sessions` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BackupSessionsStored {
+    /// Session entries in the backup now.
+    pub total: u64,
+}
+
+/// `GET /keys/backup/sessions` answer: one page, ordered by (conversation, session id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BackupSessionPage {
+    pub sessions: Vec<BackupSessionView>,
+    /// Pass as `after` (with the same `conversation`) for the next page; absent on the last.
+    pub next_after: Option<String>,
+}

@@ -322,6 +322,84 @@ impl HttpApi {
         }
         Ok(())
     }
+
+    // ---- end-to-end keys: devices and the key backup (issue 11) ----
+
+    /// `GET /devices`: the caller's devices.
+    pub async fn devices(&self) -> Result<Vec<tern_wire::api::DeviceView>> {
+        let list: tern_wire::api::DeviceList = self
+            .call(Method::GET, self.url(&["devices"])?, None::<&()>, true)
+            .await?;
+        Ok(list.devices)
+    }
+
+    /// `DELETE /devices/{id}`: revokes one of the caller's devices.
+    pub async fn revoke_device(&self, device: tern_wire::ids::DeviceId) -> Result<()> {
+        self.call_empty(Method::DELETE, self.url(&["devices", &device.to_string()])?)
+            .await
+    }
+
+    /// `PUT /keys/backup`: creates or replaces the backup header (a new version starts empty).
+    pub async fn put_key_backup(&self, backup: &tern_wire::api::KeyBackup) -> Result<()> {
+        let resp = self
+            .request(Method::PUT, self.url(&["keys", "backup"])?, true)?
+            .json(backup)
+            .send()
+            .await?;
+        let status = resp.status();
+        let retry_after = retry_after(&resp);
+        let bytes = read_limited(resp).await?;
+        if !status.is_success() {
+            return Err(Error::Api(api_failure(status, &bytes, retry_after)));
+        }
+        Ok(())
+    }
+
+    /// `GET /keys/backup`: the backup header (`Error::Api` with 404 when there is none).
+    pub async fn key_backup(&self) -> Result<tern_wire::api::KeyBackup> {
+        self.call(Method::GET, self.url(&["keys", "backup"])?, None::<&()>, true)
+            .await
+    }
+
+    /// `PUT /keys/backup/sessions`: upserts sessions under the current version (409 if stale).
+    pub async fn put_backup_sessions(
+        &self,
+        body: &tern_wire::api::PutBackupSessions,
+    ) -> Result<tern_wire::api::BackupSessionsStored> {
+        self.call(
+            Method::PUT,
+            self.url(&["keys", "backup", "sessions"])?,
+            Some(body),
+            true,
+        )
+        .await
+    }
+
+    /// `GET /keys/backup/sessions`: one page (pass `next_after` back as `after`).
+    pub async fn backup_sessions(
+        &self,
+        conversation: Option<ConversationId>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<tern_wire::api::BackupSessionPage> {
+        let mut url = self.url(&["keys", "backup", "sessions"])?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(c) = conversation {
+                q.append_pair("conversation", &c.to_string());
+            }
+            if let Some(a) = after {
+                q.append_pair("after", a);
+            }
+            if let Some(l) = limit {
+                q.append_pair("limit", &l.to_string());
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        self.call(Method::GET, url, None::<&()>, true).await
+    }
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {

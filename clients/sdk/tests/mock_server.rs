@@ -219,6 +219,7 @@ impl Peer {
                     device: DEV,
                     server_time_ms: 1,
                     max_frame_bytes: 64 * 1024,
+                    one_time_keys_left: 0,
                 })
                 .await;
                 cursors

@@ -105,6 +105,10 @@ pub enum Input {
         users: Vec<UserId>,
         message: Arc<ServerMessage>,
     },
+    /// Deliver each message to every online connection of its device (key-share inbox pushes).
+    NotifyDevices {
+        messages: Vec<(DeviceId, Arc<ServerMessage>)>,
+    },
     /// A token was revoked: close every connection authenticated with it.
     TokenRevoked {
         token_hash: [u8; 32],
@@ -318,6 +322,24 @@ impl EngineCore {
                 let conns: Vec<ConnId> = users.iter().flat_map(|u| self.conns_of(*u)).collect();
                 if !conns.is_empty() {
                     out.push(Action::Deliver { conns, message });
+                }
+            }
+            Input::NotifyDevices { messages } => {
+                let mut by_device: HashMap<DeviceId, Vec<ConnId>> = HashMap::new();
+                let wanted: std::collections::HashSet<DeviceId> =
+                    messages.iter().map(|(d, _)| *d).collect();
+                for (id, info) in &self.conns {
+                    if wanted.contains(&info.device) {
+                        by_device.entry(info.device).or_default().push(*id);
+                    }
+                }
+                for (device, message) in messages {
+                    if let Some(conns) = by_device.get(&device) {
+                        out.push(Action::Deliver {
+                            conns: conns.clone(),
+                            message,
+                        });
+                    }
                 }
             }
             Input::TokenRevoked { token_hash } => {

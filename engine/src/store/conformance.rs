@@ -32,7 +32,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
-use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
+use tern_wire::msg::{ConversationKind, DeviceKeys, FileRef, MemberRole, Message};
 
 use super::{
     CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom, HistoryQuery,
@@ -566,6 +566,23 @@ pub async fn check_devices<S: Store>(store: S) {
         ok(store.device(neighbour).await, "device"),
         None,
         "store conformance: binding one device must not bind its neighbour"
+    );
+    assert_eq!(
+        ok(store.unbind_device(device, UserId::random()).await, "unbind_device"),
+        None,
+        "store conformance: unbind_device must not remove another user's binding"
+    );
+    assert_eq!(ok(store.device(device).await, "device"), Some(second));
+    assert_eq!(
+        ok(store.unbind_device(device, user).await, "unbind_device"),
+        Some(second),
+        "store conformance: unbind_device returns the removed binding"
+    );
+    assert_eq!(ok(store.device(device).await, "device"), None);
+    assert_eq!(
+        ok(store.unbind_device(device, user).await, "unbind_device"),
+        None,
+        "store conformance: unbinding twice finds nothing"
     );
 }
 
@@ -2122,4 +2139,391 @@ pub async fn check_blocks<S: Store>(store: S) {
     ));
     assert_eq!(ok(store.blocks_of(a).await, "blocks_of"), vec![c]);
     assert_eq!(ok(store.blockers_of(b).await, "blockers_of"), vec![c]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key store (end-to-end key directory, device inbox, key backup)
+
+use super::keys::{
+    BackupMeta, BackupPutOutcome, BackupSession, InboxPush, KeyStore, PublishOutcome,
+    PublishedKeys,
+};
+
+/// Runs every key-store check, each on a store freshly made by `make`.
+pub async fn run_all_keys<K: KeyStore, F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = K>,
+{
+    check_key_publish_and_query(make().await).await;
+    check_key_claim_and_fallback(make().await).await;
+    check_key_claim_race(Arc::new(make().await)).await;
+    check_key_devices(make().await).await;
+    check_key_inbox(make().await).await;
+    check_key_backup(make().await).await;
+}
+
+fn identity(tag: u8) -> PublishedKeys {
+    PublishedKeys {
+        identity_key: vec![tag; 32],
+        signing_key: vec![tag ^ 0x55; 32],
+        signature: vec![tag ^ 0xaa; 64],
+        one_time_keys: Vec::new(),
+        fallback_key: Vec::new(),
+    }
+}
+
+fn otks(from: u8, n: u8) -> Vec<Vec<u8>> {
+    (from..from + n).map(|i| vec![i; 40]).collect()
+}
+
+/// Publish sets, keeps and replaces the identity; one-time keys append up to the limit (over it
+/// nothing is written); query returns identity only.
+pub async fn check_key_publish_and_query<K: KeyStore>(store: K) {
+    let (user, device, other) = (UserId::random(), DeviceId::random(), DeviceId::random());
+    let first = PublishedKeys {
+        one_time_keys: otks(1, 3),
+        fallback_key: vec![0xfb; 100],
+        ..identity(1)
+    };
+    assert_eq!(
+        ok(store.publish_keys(user, device, first, 5).await, "publish_keys"),
+        PublishOutcome::Stored {
+            identity_changed: true,
+            one_time_keys_left: 3
+        },
+        "key conformance: a first publish is an identity change"
+    );
+    let more = PublishedKeys {
+        one_time_keys: otks(10, 2),
+        ..identity(1)
+    };
+    assert_eq!(
+        ok(store.publish_keys(user, device, more, 5).await, "publish_keys"),
+        PublishOutcome::Stored {
+            identity_changed: false,
+            one_time_keys_left: 5
+        },
+        "key conformance: the same identity again is no change; one-time keys append"
+    );
+    let over = PublishedKeys {
+        one_time_keys: otks(20, 1),
+        ..PublishedKeys::default()
+    };
+    assert_eq!(
+        ok(store.publish_keys(user, device, over, 5).await, "publish_keys"),
+        PublishOutcome::TooManyOneTimeKeys { stored: 5, max: 5 },
+        "key conformance: over the one-time key limit nothing is stored"
+    );
+    assert_eq!(ok(store.one_time_keys_left(device).await, "left"), 5);
+    ok(
+        store.publish_keys(user, other, identity(2), 5).await,
+        "publish_keys",
+    );
+    let mut got = ok(store.query_keys(user).await, "query_keys");
+    got.sort_by_key(|k| k.device);
+    let mut want = vec![(device, 1u8), (other, 2u8)];
+    want.sort_by_key(|(d, _)| *d);
+    assert_eq!(got.len(), 2, "key conformance: query lists every device");
+    for (k, (d, tag)) in got.iter().zip(want) {
+        assert_eq!(k.device, d);
+        assert_eq!(k.user, user);
+        assert_eq!(k.identity_key, vec![tag; 32]);
+        assert_eq!(k.signing_key, vec![tag ^ 0x55; 32]);
+        assert_eq!(k.signature, vec![tag ^ 0xaa; 64]);
+        assert!(
+            k.one_time_keys.is_empty() && k.fallback_key.is_empty(),
+            "key conformance: query returns identity only"
+        );
+    }
+    // A reinstall: new identity replaces the old and its one-time keys.
+    assert_eq!(
+        ok(
+            store.publish_keys(user, device, identity(3), 5).await,
+            "publish_keys"
+        ),
+        PublishOutcome::Stored {
+            identity_changed: true,
+            one_time_keys_left: 0
+        },
+        "key conformance: a different identity replaces the stored one"
+    );
+    let got = ok(store.query_keys(user).await, "query_keys");
+    assert!(got.iter().any(|k| k.identity_key == vec![3; 32]));
+    assert!(
+        ok(store.query_keys(UserId::random()).await, "query_keys").is_empty(),
+        "key conformance: an unknown user has no devices"
+    );
+}
+
+/// Claims pop one one-time key per device (each once), then return the fallback key, which is
+/// never consumed; `consume == false` and device filters are honoured.
+pub async fn check_key_claim_and_fallback<K: KeyStore>(store: K) {
+    let (user, a, b) = (UserId::random(), DeviceId::random(), DeviceId::random());
+    let keys = PublishedKeys {
+        one_time_keys: otks(1, 2),
+        fallback_key: vec![0xfb; 100],
+        ..identity(1)
+    };
+    ok(store.publish_keys(user, a, keys, 100).await, "publish");
+    ok(
+        store
+            .publish_keys(
+                user,
+                b,
+                PublishedKeys {
+                    fallback_key: vec![0xfc; 90],
+                    ..identity(2)
+                },
+                100,
+            )
+            .await,
+        "publish",
+    );
+    let only_a = |v: Vec<DeviceKeys>| v.into_iter().find(|k| k.device == a).expect("device a");
+    let no_pop = only_a(ok(store.claim_keys(user, vec![a], false).await, "claim"));
+    assert!(no_pop.one_time_keys.is_empty());
+    assert_eq!(no_pop.fallback_key, vec![0xfb; 100]);
+    assert_eq!(ok(store.one_time_keys_left(a).await, "left"), 2);
+    let mut seen = BTreeSet::new();
+    for _ in 0..2 {
+        let got = ok(store.claim_keys(user, vec![], true).await, "claim");
+        assert_eq!(got.len(), 2, "key conformance: claim covers every device");
+        let ka = only_a(got.clone());
+        assert_eq!(ka.one_time_keys.len(), 1);
+        assert!(ka.fallback_key.is_empty());
+        assert_eq!(ka.identity_key, vec![1; 32]);
+        assert!(seen.insert(ka.one_time_keys[0].clone()), "a key is claimed once");
+        let kb = got.into_iter().find(|k| k.device == b).expect("device b");
+        assert!(kb.one_time_keys.is_empty());
+        assert_eq!(kb.fallback_key, vec![0xfc; 90]);
+    }
+    assert_eq!(ok(store.one_time_keys_left(a).await, "left"), 0);
+    for _ in 0..2 {
+        let ka = only_a(ok(store.claim_keys(user, vec![a], true).await, "claim"));
+        assert!(ka.one_time_keys.is_empty());
+        assert_eq!(
+            ka.fallback_key,
+            vec![0xfb; 100],
+            "key conformance: the fallback key is returned and not consumed"
+        );
+    }
+    let filtered = ok(store.claim_keys(user, vec![b], true).await, "claim");
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].device, b);
+}
+
+/// 32 concurrent claims of a device holding 10 one-time keys: exactly 10 distinct keys are
+/// handed out, the other 22 claims get the fallback key.
+pub async fn check_key_claim_race<K: KeyStore>(store: Arc<K>) {
+    let (user, device) = (UserId::random(), DeviceId::random());
+    let keys = PublishedKeys {
+        one_time_keys: otks(1, 10),
+        fallback_key: vec![0xfb; 100],
+        ..identity(1)
+    };
+    ok(store.publish_keys(user, device, keys, 100).await, "publish");
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.claim_keys(user, vec![device], true).await })
+        })
+        .collect();
+    let (mut claimed, mut fallbacks) = (Vec::new(), 0);
+    for t in tasks {
+        let got = ok(t.await.expect("claim task"), "claim");
+        assert_eq!(got.len(), 1);
+        match got[0].one_time_keys.as_slice() {
+            [one] => claimed.push(one.clone()),
+            [] => {
+                assert_eq!(got[0].fallback_key, vec![0xfb; 100]);
+                fallbacks += 1;
+            }
+            more => panic!("key conformance: a claim returned {} keys", more.len()),
+        }
+    }
+    let distinct: BTreeSet<_> = claimed.iter().cloned().collect();
+    assert_eq!(claimed.len(), 10, "key conformance: exactly 10 keys claimed");
+    assert_eq!(distinct.len(), 10, "key conformance: no key claimed twice");
+    assert_eq!(fallbacks, 22);
+}
+
+/// The device list records first and last connection; deleting a device removes its keys and
+/// inbox, only for its own user.
+pub async fn check_key_devices<K: KeyStore>(store: K) {
+    let (user, a, b) = (UserId::random(), DeviceId::random(), DeviceId::random());
+    ok(store.note_device(user, a, 100).await, "note");
+    ok(store.note_device(user, a, 200).await, "note");
+    ok(store.note_device(user, b, 150).await, "note");
+    let keys = PublishedKeys {
+        one_time_keys: otks(1, 2),
+        ..identity(7)
+    };
+    ok(store.publish_keys(user, a, keys, 100).await, "publish");
+    let list = ok(store.devices_of(user).await, "devices_of");
+    assert_eq!(list.len(), 2);
+    let ea = list.iter().find(|d| d.device == a).expect("a listed");
+    assert_eq!((ea.created_ms, ea.last_seen_ms), (100, 200));
+    assert_eq!(ea.identity_key, vec![7; 32]);
+    let eb = list.iter().find(|d| d.device == b).expect("b listed");
+    assert!(eb.identity_key.is_empty());
+    let push = InboxPush {
+        to_device: a,
+        from_user: user,
+        from_device: b,
+        payload: vec![1, 2, 3],
+    };
+    ok(store.push_inbox(vec![push], 1, 10).await, "push");
+    assert!(
+        !ok(store.delete_device(UserId::random(), a).await, "delete"),
+        "key conformance: another user cannot delete the device"
+    );
+    assert!(ok(store.delete_device(user, a).await, "delete"));
+    assert!(!ok(store.delete_device(user, a).await, "delete"));
+    let list = ok(store.devices_of(user).await, "devices_of");
+    assert_eq!(list.len(), 1);
+    assert!(ok(store.query_keys(user).await, "query").is_empty());
+    assert!(ok(store.claim_keys(user, vec![a], true).await, "claim").is_empty());
+    assert_eq!(ok(store.one_time_keys_left(a).await, "left"), 0);
+    assert!(ok(store.inbox(a, 0, 100).await, "inbox").is_empty());
+}
+
+/// The inbox hands out increasing ids, refuses beyond the bound per device, pages, deletes
+/// acknowledged and expired entries (freeing room), and keeps ids growing after deletion.
+pub async fn check_key_inbox<K: KeyStore>(store: K) {
+    let (a, b, from) = (DeviceId::random(), DeviceId::random(), DeviceId::random());
+    let user = UserId::random();
+    let push = |to: DeviceId, tag: u8| InboxPush {
+        to_device: to,
+        from_user: user,
+        from_device: from,
+        payload: vec![tag; 10],
+    };
+    let ids = ok(
+        store
+            .push_inbox(vec![push(a, 1), push(a, 2), push(b, 3), push(a, 4)], 1_000, 3)
+            .await,
+        "push",
+    );
+    assert_eq!(ids, vec![Some(1), Some(2), Some(1), Some(3)]);
+    let full = ok(store.push_inbox(vec![push(a, 5), push(b, 6)], 2_000, 3).await, "push");
+    assert_eq!(full, vec![None, Some(2)], "key conformance: a full inbox refuses");
+    let got = ok(store.inbox(a, 0, 100).await, "inbox");
+    assert_eq!(got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(got[1].payload, vec![2; 10]);
+    assert_eq!((got[1].from_user, got[1].from_device), (user, from));
+    assert_eq!(got[0].created_ms, 1_000);
+    let page = ok(store.inbox(a, 1, 1).await, "inbox");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].inbox_id, 2);
+    assert_eq!(ok(store.ack_inbox(a, 2).await, "ack"), 2);
+    assert_eq!(ok(store.ack_inbox(a, 2).await, "ack"), 0);
+    let got = ok(store.inbox(a, 0, 100).await, "inbox");
+    assert_eq!(got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(), vec![3]);
+    let ids = ok(store.push_inbox(vec![push(a, 7)], 3_000, 3).await, "push");
+    assert_eq!(ids, vec![Some(4)], "key conformance: ids keep growing after acks");
+    assert_eq!(ok(store.expire_inbox(b, 1_500).await, "expire"), 1);
+    let got = ok(store.inbox(b, 0, 100).await, "inbox");
+    assert_eq!(got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(), vec![2]);
+}
+
+/// Backup: header put/get, a new version drops old entries, upserts count once, stale
+/// versions and missing backups refuse, the entry limit refuses as a whole, paging and the
+/// conversation filter, and users never see each other's entries.
+pub async fn check_key_backup<K: KeyStore>(store: K) {
+    let (alice, bob) = (UserId::random(), UserId::random());
+    let (c1, c2) = (ConversationId(1), ConversationId(2));
+    let entry = |c: ConversationId, sid: &str| BackupSession {
+        conversation: c,
+        session_id: sid.to_owned(),
+        data: sid.as_bytes().to_vec(),
+    };
+    assert_eq!(ok(store.backup(alice).await, "backup"), None);
+    assert_eq!(
+        ok(
+            store
+                .put_backup_sessions(alice, "v1".into(), vec![entry(c1, "s")], 10)
+                .await,
+            "put sessions"
+        ),
+        BackupPutOutcome::NoBackup
+    );
+    let v1 = BackupMeta {
+        version: "v1".into(),
+        meta: vec![1, 2, 3],
+    };
+    ok(store.put_backup(alice, v1.clone()).await, "put backup");
+    assert_eq!(ok(store.backup(alice).await, "backup"), Some(v1));
+    assert_eq!(ok(store.backup(bob).await, "backup"), None);
+    let batch = vec![entry(c1, "a"), entry(c1, "b"), entry(c2, "a"), entry(c1, "a")];
+    assert_eq!(
+        ok(
+            store.put_backup_sessions(alice, "v1".into(), batch, 10).await,
+            "put sessions"
+        ),
+        BackupPutOutcome::Stored { total: 3 }
+    );
+    assert_eq!(
+        ok(
+            store
+                .put_backup_sessions(alice, "v0".into(), vec![entry(c1, "z")], 10)
+                .await,
+            "put sessions"
+        ),
+        BackupPutOutcome::StaleVersion
+    );
+    assert_eq!(
+        ok(
+            store
+                .put_backup_sessions(alice, "v1".into(), vec![entry(c2, "x"), entry(c2, "y")], 4)
+                .await,
+            "put sessions"
+        ),
+        BackupPutOutcome::TooMany { max: 4 },
+        "key conformance: over the entry limit nothing is stored"
+    );
+    let all = ok(store.backup_sessions(alice, None, None, 100).await, "list");
+    let keys: Vec<_> = all
+        .iter()
+        .map(|s| (s.conversation, s.session_id.as_str()))
+        .collect();
+    assert_eq!(keys, vec![(c1, "a"), (c1, "b"), (c2, "a")]);
+    let page = ok(store.backup_sessions(alice, None, None, 2).await, "list");
+    assert_eq!(page.len(), 2);
+    let rest = ok(
+        store
+            .backup_sessions(alice, None, Some((c1, "b".into())), 2)
+            .await,
+        "list",
+    );
+    assert_eq!(rest, vec![entry(c2, "a")]);
+    let only_c1 = ok(store.backup_sessions(alice, Some(c1), None, 100).await, "list");
+    assert_eq!(only_c1.len(), 2);
+    assert!(
+        ok(store.backup_sessions(bob, None, None, 100).await, "list").is_empty(),
+        "key conformance: another user's entries are never listed"
+    );
+    // A new version starts empty.
+    ok(
+        store
+            .put_backup(
+                alice,
+                BackupMeta {
+                    version: "v2".into(),
+                    meta: vec![],
+                },
+            )
+            .await,
+        "put backup",
+    );
+    assert!(ok(store.backup_sessions(alice, None, None, 100).await, "list").is_empty());
+    assert_eq!(
+        ok(
+            store
+                .put_backup_sessions(alice, "v2".into(), vec![entry(c1, "a")], 10)
+                .await,
+            "put sessions"
+        ),
+        BackupPutOutcome::Stored { total: 1 }
+    );
 }

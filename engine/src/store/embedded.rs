@@ -813,6 +813,22 @@ impl Inner {
         Ok(true)
     }
 
+    fn unbind_device(&self, device: DeviceId, user: UserId) -> StoreResult<Option<DeviceRecord>> {
+        let key = device.to_be_bytes();
+        let _guard = lock(&self.meta_lock);
+        let Some(v) = self.devices.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        let record = decode_device(device, &v)?;
+        if record.user != user {
+            return Ok(None);
+        }
+        let mut batch = self.batch();
+        batch.remove(&self.devices, key);
+        batch.commit().map_err(backend)?;
+        Ok(Some(record))
+    }
+
     fn token(&self, token_hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
         match self.read().get(&self.tokens, token_hash).map_err(backend)? {
             Some(v) => decode_token(token_hash, &v).map(Some),
@@ -1439,6 +1455,14 @@ impl Store for EmbeddedStore {
         expected: Option<[u8; 32]>,
     ) -> StoreResult<bool> {
         self.run(move |s| s.bind_device(&record, expected)).await
+    }
+
+    async fn unbind_device(
+        &self,
+        device: DeviceId,
+        user: UserId,
+    ) -> StoreResult<Option<DeviceRecord>> {
+        self.run(move |s| s.unbind_device(device, user)).await
     }
 
     async fn create_conversation(

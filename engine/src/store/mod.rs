@@ -10,7 +10,9 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod embedded_keys;
 pub mod embedded_reactions;
+pub mod keys;
 pub mod reactions;
 
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
@@ -206,6 +208,13 @@ pub trait Store: Send + Sync + 'static {
         record: DeviceRecord,
         expected: Option<[u8; 32]>,
     ) -> StoreResult<bool>;
+    /// Removes the device's binding when it belongs to `user` and returns it (the caller
+    /// revokes its token); `None`, writing nothing, when unbound or another user's.
+    async fn unbind_device(
+        &self,
+        device: DeviceId,
+        user: UserId,
+    ) -> StoreResult<Option<DeviceRecord>>;
 
     // ---- conversations ----
     /// Creates the conversation and all its memberships atomically.

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::{GatewayMetrics, Transport};
 
+mod keys;
 pub mod limits;
 mod membership;
 mod messaging;
@@ -92,6 +93,8 @@ pub struct SessionContext {
     pub accounts: Arc<Accounts>,
     pub conversations: Arc<Conversations>,
     pub reactions: Arc<Reactions>,
+    /// End-to-end key directory, device inboxes and device list.
+    pub keys: Arc<tern_engine::keys::Keys>,
     pub engine: EngineHandle,
     /// Presence and typing (see `presence.rs`).
     pub presence: crate::presence::PresenceService,
@@ -149,6 +152,8 @@ struct Session<'a, R, W> {
     rate: limits::DeviceRate,
     /// Highest seq acknowledged per conversation: repeated or older acks are not forwarded.
     acked: HashMap<ConversationId, u64>,
+    /// Highest key-share inbox id sent to this device: drops live copies of drained entries.
+    inbox_sent: u64,
 }
 
 pub async fn run<R: FrameRecv, W: FrameSend>(
@@ -359,6 +364,7 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
         presence_events,
         rate: limits::DeviceRate::new(&ctx.device_limits),
         acked: HashMap::new(),
+        inbox_sent: 0,
     };
     let end = session.serve(conn, cursors, close_rx).await;
     ctx.presence.disconnect(user, conn).await;
@@ -417,20 +423,43 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 let high = self.delivered.entry(conversation).or_insert(0);
                 *high = (*high).max(seq);
             }
+            Tracking::KeyShare(inbox_id) => {
+                if inbox_id <= self.inbox_sent {
+                    return Ok(());
+                }
+                self.inbox_sent = inbox_id;
+            }
             Tracking::None => {}
         }
         self.write(&frame.bytes).await
     }
 
     async fn serve(&mut self, conn: u64, cursors: Vec<Cursor>, close: Arc<CloseSignal>) -> End {
+        let keys = &self.ctx.keys;
+        let one_time_keys_left = match keys
+            .device_connected(self.user, self.device, now_ms())
+            .await
+        {
+            Ok(()) => keys.one_time_keys_left(self.device).await,
+            Err(e) => Err(e),
+        };
+        let one_time_keys_left = match one_time_keys_left {
+            Ok(left) => left,
+            Err(e) => return End::fatal(e.code, e.message),
+        };
         let welcome = ServerMessage::Welcome {
             version: PROTOCOL_VERSION,
             user: self.user,
             device: self.device,
             server_time_ms: now_ms(),
             max_frame_bytes: self.ctx.limits.max_frame_bytes as u32,
+            one_time_keys_left,
         };
         if let Err(end) = self.reply(&welcome).await {
+            return end;
+        }
+        // Key shares first: the resume replay may carry messages encrypted with them.
+        if let Err(end) = self.send_inbox().await {
             return end;
         }
         if let Err(end) = self.resume(&cursors, true).await {
@@ -531,15 +560,6 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
-}
-
-fn unsupported(request_id: u64) -> ServerMessage {
-    ServerMessage::error(
-        request_id,
-        ErrorCode::Unsupported,
-        "not supported by this server version yet",
-        false,
-    )
 }
 
 /// `Ok` for a request that succeeded without another answer, else its error.

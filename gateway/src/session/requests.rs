@@ -121,11 +121,33 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 ))
                 .await
             }
-            ClientMessage::PublishKeys { request_id, .. }
-            | ClientMessage::ClaimKeys { request_id, .. } => {
-                self.reply(&unsupported(request_id)).await
+            ClientMessage::PublishKeys { request_id, keys } => {
+                self.on_publish_keys(request_id, keys).await
             }
-            ClientMessage::KeyShare { .. } => self.reply(&unsupported(0)).await,
+            ClientMessage::QueryKeys { request_id, users } => {
+                self.on_query_keys(request_id, users).await
+            }
+            ClientMessage::ClaimKeys {
+                request_id,
+                user,
+                devices,
+            } => self.on_claim_keys(request_id, user, devices).await,
+            ClientMessage::SendKeyShares { request_id, shares } => {
+                self.on_send_key_shares(Some(request_id), shares).await
+            }
+            ClientMessage::KeyShare {
+                to_user,
+                to_device,
+                payload,
+            } => {
+                let share = tern_wire::msg::KeyShareItem {
+                    to_user,
+                    to_device,
+                    payload,
+                };
+                self.on_send_key_shares(None, vec![share]).await
+            }
+            ClientMessage::AckKeyShares { up_to } => self.on_ack_key_shares(up_to).await,
         }
     }
 
@@ -181,11 +203,14 @@ fn limited_request_id(message: &ClientMessage) -> Option<u64> {
         | ClientMessage::Leave { request_id, .. }
         | ClientMessage::PublishKeys { request_id, .. }
         | ClientMessage::ClaimKeys { request_id, .. }
+        | ClientMessage::QueryKeys { request_id, .. }
+        | ClientMessage::SendKeyShares { request_id, .. }
         | ClientMessage::Block { request_id, .. } => Some(*request_id),
         ClientMessage::Resume { .. }
         | ClientMessage::Ping { .. }
         | ClientMessage::SetPresence { .. }
         | ClientMessage::Hello { .. }
+        | ClientMessage::AckKeyShares { .. }
         | ClientMessage::KeyShare { .. } => Some(0),
     }
 }

@@ -1,0 +1,465 @@
+//! The end-to-end key service: who may read whose keys, the limits, and the live pushes
+//! (`DeviceListChanged`, `KeyShare`). Storage is [`KeyStore`]; the server never parses a key.
+//!
+//! Authorization: a user may query or claim the keys of, and send key shares to, itself and
+//! every user it shares a conversation with (members of its conversations, which includes both
+//! ends of a pending 1:1 message request), the inviters and members of groups it is invited to,
+//! and users with a pending invitation into one of its conversations (invitations it sent).
+//! Everyone else is `forbidden`: the directory is not a way to enumerate users or drain their
+//! one-time keys.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tern_wire::ids::{ConversationId, DeviceId, UserId};
+use tern_wire::msg::{DeviceKeys, ErrorCode, KeyShareItem, ServerMessage};
+
+use crate::accounts::RateLimiter;
+use crate::conversations::MAX_CONTACT_CONVERSATIONS;
+use crate::core::Input;
+use crate::driver::EngineHandle;
+use crate::service::ServiceError;
+use crate::store::keys::{
+    BackupMeta, BackupPutOutcome, BackupSession, DeviceEntry, InboxEntry, InboxPush, KeyStore,
+    PublishOutcome, PublishedKeys,
+};
+use crate::store::{Store, StoreError};
+
+/// Limits of the key service (configurable; see `gateway/src/config.rs`).
+#[derive(Debug, Clone)]
+pub struct KeyLimits {
+    /// Unclaimed one-time keys one device may hold. 100: clients top up below 50, and a claim
+    /// burst of a new 100-member group needs one per member device.
+    pub max_one_time_keys_per_device: u32,
+    /// Key shares waiting in one device inbox. 10,000: a device offline for weeks in many busy
+    /// groups (one share per rotation per sender device), at most 10,000 x 8 KiB = 80 MiB.
+    pub max_inbox_entries_per_device: u64,
+    /// Inbox entries older than this are dropped when the device connects: a device away that
+    /// long restores from the backup or asks its other devices.
+    pub inbox_retention: Duration,
+    /// One-time keys one user may consume of one other user per minute. Beyond it claims are
+    /// answered with the fallback key instead: one-time keys are scarce (100 per device), and a
+    /// malicious contact claiming in a loop would otherwise leave the victim's devices with
+    /// none, degrading every new session to the fallback key anyway; capping the claimer keeps
+    /// honest newcomers' forward secrecy. 50: far above a legitimate client (one claim per
+    /// target device per new session).
+    pub claims_per_target_per_minute: u32,
+    /// Backup session entries per user. 200,000: years of rotations in hundreds of groups.
+    pub max_backup_sessions_per_user: u64,
+    /// Entries per backup page read.
+    pub max_backup_page: u32,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        KeyLimits {
+            max_one_time_keys_per_device: 100,
+            max_inbox_entries_per_device: 10_000,
+            inbox_retention: Duration::from_secs(30 * 24 * 3600),
+            claims_per_target_per_minute: 50,
+            max_backup_sessions_per_user: 200_000,
+            max_backup_page: 1_000,
+        }
+    }
+}
+
+/// Most (claimer, target) pairs tracked by the claim cap (bounds memory).
+const MAX_CLAIM_PAIRS: usize = 100_000;
+/// Inbox entries sent per page on connect.
+pub const INBOX_PAGE: u32 = 256;
+
+pub struct Keys {
+    store: Arc<dyn Store>,
+    keys: Arc<dyn KeyStore>,
+    engine: EngineHandle,
+    limits: KeyLimits,
+    claims: Mutex<RateLimiter<(UserId, UserId)>>,
+}
+
+fn internal(e: StoreError) -> ServiceError {
+    tracing::error!(error = %e, "key storage error");
+    ServiceError::new(ErrorCode::Internal, "storage error")
+}
+
+fn forbidden() -> ServiceError {
+    ServiceError::new(
+        ErrorCode::Forbidden,
+        "you share no conversation with this user",
+    )
+}
+
+impl Keys {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: Arc<dyn KeyStore>,
+        engine: EngineHandle,
+        limits: KeyLimits,
+    ) -> Self {
+        let claims = RateLimiter::new(
+            limits.claims_per_target_per_minute.max(1),
+            Duration::from_secs(60),
+            MAX_CLAIM_PAIRS,
+        );
+        Keys {
+            store,
+            keys,
+            engine,
+            limits,
+            claims: Mutex::new(claims),
+        }
+    }
+
+    pub fn limits(&self) -> &KeyLimits {
+        &self.limits
+    }
+
+    /// `me`, members of its conversations, and inviters and members of groups it is invited
+    /// to; plus the ids of its conversations.
+    async fn contacts(
+        &self,
+        me: UserId,
+    ) -> Result<(HashSet<UserId>, HashSet<ConversationId>), ServiceError> {
+        let mut users = HashSet::from([me]);
+        let conversations: HashSet<ConversationId> = self
+            .store
+            .conversations_of(me)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .take(MAX_CONTACT_CONVERSATIONS)
+            .collect();
+        for c in &conversations {
+            for m in self.store.members(*c).await.map_err(internal)? {
+                users.insert(m.user);
+            }
+        }
+        for i in self.store.invitations_of(me).await.map_err(internal)? {
+            users.insert(i.inviter);
+            for m in self.store.members(i.conversation).await.map_err(internal)? {
+                users.insert(m.user);
+            }
+        }
+        Ok((users, conversations))
+    }
+
+    /// Refuses unless `me` may see the keys of every one of `targets`.
+    async fn authorize(&self, me: UserId, targets: &BTreeSet<UserId>) -> Result<(), ServiceError> {
+        if targets.iter().all(|t| *t == me) {
+            return Ok(());
+        }
+        let (users, conversations) = self.contacts(me).await?;
+        for t in targets {
+            if users.contains(t) {
+                continue;
+            }
+            // A pending invitation of `t` into one of `me`'s conversations (e.g. sent by me).
+            let invited = self
+                .store
+                .invitations_of(*t)
+                .await
+                .map_err(internal)?
+                .iter()
+                .any(|i| i.inviter == me || conversations.contains(&i.conversation));
+            if !invited {
+                return Err(forbidden());
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every online device of `user`'s contacts (and of `user`) that its devices changed.
+    pub async fn device_list_changed(&self, user: UserId) -> Result<(), ServiceError> {
+        let (users, _) = self.contacts(user).await?;
+        let message = Arc::new(ServerMessage::DeviceListChanged { user });
+        self.engine
+            .input(Input::Notify {
+                users: users.into_iter().collect(),
+                message,
+            })
+            .await
+            .map_err(|_| ServiceError::new(ErrorCode::ServerShutdown, "server is shutting down"))
+    }
+
+    /// Records that the device connected (device list, last seen).
+    pub async fn device_connected(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> Result<(), ServiceError> {
+        self.keys
+            .note_device(user, device, now_ms)
+            .await
+            .map_err(internal)?;
+        let cutoff = now_ms.saturating_sub(self.limits.inbox_retention.as_millis() as u64);
+        self.keys
+            .expire_inbox(device, cutoff)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    pub async fn one_time_keys_left(&self, device: DeviceId) -> Result<u32, ServiceError> {
+        self.keys
+            .one_time_keys_left(device)
+            .await
+            .map_err(internal)
+    }
+
+    /// Publishes the connected device's keys; returns its unclaimed one-time key count.
+    pub async fn publish(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        keys: DeviceKeys,
+    ) -> Result<u32, ServiceError> {
+        if keys.user != user || keys.device != device {
+            return Err(ServiceError::new(
+                ErrorCode::Forbidden,
+                "keys may only be published for the connected device",
+            ));
+        }
+        if keys.identity_key.is_empty() != keys.signing_key.is_empty() {
+            return Err(ServiceError::invalid(
+                "identity_key and signing_key are published together",
+            ));
+        }
+        let published = PublishedKeys {
+            identity_key: keys.identity_key,
+            signing_key: keys.signing_key,
+            signature: keys.signature,
+            one_time_keys: keys.one_time_keys,
+            fallback_key: keys.fallback_key,
+        };
+        let max = self.limits.max_one_time_keys_per_device;
+        match self
+            .keys
+            .publish_keys(user, device, published, max)
+            .await
+            .map_err(internal)?
+        {
+            PublishOutcome::Stored {
+                identity_changed,
+                one_time_keys_left,
+            } => {
+                if identity_changed {
+                    self.device_list_changed(user).await?;
+                }
+                Ok(one_time_keys_left)
+            }
+            PublishOutcome::TooManyOneTimeKeys { stored, max } => Err(ServiceError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a device holds at most {max} unclaimed one-time keys ({stored} stored); nothing was stored"
+                ),
+            )),
+        }
+    }
+
+    /// Identity keys of every device of `users`.
+    pub async fn query(
+        &self,
+        me: UserId,
+        users: Vec<UserId>,
+    ) -> Result<Vec<DeviceKeys>, ServiceError> {
+        let targets: BTreeSet<UserId> = users.into_iter().collect();
+        self.authorize(me, &targets).await?;
+        let mut out = Vec::new();
+        for u in targets {
+            out.extend(self.keys.query_keys(u).await.map_err(internal)?);
+        }
+        Ok(out)
+    }
+
+    /// One one-time key (or the fallback key) per device of `user`.
+    pub async fn claim(
+        &self,
+        me: UserId,
+        user: UserId,
+        devices: Vec<DeviceId>,
+        now_ms: u64,
+    ) -> Result<Vec<DeviceKeys>, ServiceError> {
+        self.authorize(me, &BTreeSet::from([user])).await?;
+        // Over the cap the claim still succeeds, with the fallback key (see `KeyLimits`).
+        let consume = {
+            let mut claims = self.claims.lock().map_err(|_| ServiceError::poisoned())?;
+            let under = claims.check(&(me, user), now_ms).is_none();
+            if under {
+                claims.record(&(me, user), now_ms);
+            }
+            under
+        };
+        self.keys
+            .claim_keys(user, devices, consume)
+            .await
+            .map_err(internal)
+    }
+
+    /// Stores key shares in their devices' inboxes and pushes them live; returns the devices
+    /// whose inbox was full.
+    pub async fn send_shares(
+        &self,
+        me: UserId,
+        my_device: DeviceId,
+        shares: Vec<KeyShareItem>,
+        now_ms: u64,
+    ) -> Result<Vec<DeviceId>, ServiceError> {
+        let targets: BTreeSet<UserId> = shares.iter().map(|s| s.to_user).collect();
+        self.authorize(me, &targets).await?;
+        let devices: BTreeSet<(UserId, DeviceId)> =
+            shares.iter().map(|s| (s.to_user, s.to_device)).collect();
+        for (user, device) in &devices {
+            let bound = self.store.device(*device).await.map_err(internal)?;
+            if bound.is_none_or(|b| b.user != *user) {
+                return Err(ServiceError::new(
+                    ErrorCode::NotFound,
+                    format!("user {user} has no device {device}"),
+                ));
+            }
+        }
+        let pushes: Vec<InboxPush> = shares
+            .iter()
+            .map(|s| InboxPush {
+                to_device: s.to_device,
+                from_user: me,
+                from_device: my_device,
+                payload: s.payload.clone(),
+            })
+            .collect();
+        let ids = self
+            .keys
+            .push_inbox(pushes, now_ms, self.limits.max_inbox_entries_per_device)
+            .await
+            .map_err(internal)?;
+        let mut full = BTreeSet::new();
+        let mut live = Vec::new();
+        for (share, id) in shares.into_iter().zip(ids) {
+            match id {
+                None => {
+                    full.insert(share.to_device);
+                }
+                Some(inbox_id) => live.push((
+                    share.to_device,
+                    Arc::new(ServerMessage::KeyShare {
+                        from_user: me,
+                        from_device: my_device,
+                        payload: share.payload,
+                        inbox_id,
+                    }),
+                )),
+            }
+        }
+        if !live.is_empty() {
+            // Best effort: stored shares reach an offline device when it connects.
+            let _ = self
+                .engine
+                .input(Input::NotifyDevices { messages: live })
+                .await;
+        }
+        Ok(full.into_iter().collect())
+    }
+
+    /// Pending inbox entries of the device after `after`, at most `INBOX_PAGE`.
+    pub async fn inbox(
+        &self,
+        device: DeviceId,
+        after: u64,
+    ) -> Result<Vec<InboxEntry>, ServiceError> {
+        self.keys
+            .inbox(device, after, INBOX_PAGE)
+            .await
+            .map_err(internal)
+    }
+
+    pub async fn ack(&self, device: DeviceId, up_to: u64) -> Result<u64, ServiceError> {
+        self.keys.ack_inbox(device, up_to).await.map_err(internal)
+    }
+
+    pub async fn devices(&self, me: UserId) -> Result<Vec<DeviceEntry>, ServiceError> {
+        self.keys.devices_of(me).await.map_err(internal)
+    }
+
+    /// Revokes one of `me`'s devices: deletes its keys, inbox and binding, revokes the token
+    /// bound to it (closing its live connections) and tells contacts. `NotFound` for a device
+    /// that is not `me`'s (another user's device is indistinguishable from a missing one).
+    pub async fn revoke_device(&self, me: UserId, device: DeviceId) -> Result<(), ServiceError> {
+        let listed = self
+            .keys
+            .delete_device(me, device)
+            .await
+            .map_err(internal)?;
+        let binding = self
+            .store
+            .unbind_device(device, me)
+            .await
+            .map_err(internal)?;
+        if !listed && binding.is_none() {
+            return Err(ServiceError::new(ErrorCode::NotFound, "no such device"));
+        }
+        if let Some(binding) = binding {
+            self.store
+                .delete_token(&binding.token_hash)
+                .await
+                .map_err(internal)?;
+            let _ = self
+                .engine
+                .input(Input::TokenRevoked {
+                    token_hash: binding.token_hash,
+                })
+                .await;
+        }
+        self.device_list_changed(me).await
+    }
+
+    pub async fn put_backup(&self, me: UserId, backup: BackupMeta) -> Result<(), ServiceError> {
+        self.keys.put_backup(me, backup).await.map_err(internal)
+    }
+
+    pub async fn backup(&self, me: UserId) -> Result<Option<BackupMeta>, ServiceError> {
+        self.keys.backup(me).await.map_err(internal)
+    }
+
+    pub async fn put_backup_sessions(
+        &self,
+        me: UserId,
+        version: String,
+        sessions: Vec<BackupSession>,
+    ) -> Result<u64, ServiceError> {
+        let max = self.limits.max_backup_sessions_per_user;
+        match self
+            .keys
+            .put_backup_sessions(me, version, sessions, max)
+            .await
+            .map_err(internal)?
+        {
+            BackupPutOutcome::Stored { total } => Ok(total),
+            BackupPutOutcome::NoBackup => Err(ServiceError::new(
+                ErrorCode::NotFound,
+                "no key backup; create one first",
+            )),
+            BackupPutOutcome::StaleVersion => Err(ServiceError::new(
+                ErrorCode::Conflict,
+                "the backup version is not the current one",
+            )),
+            BackupPutOutcome::TooMany { max } => Err(ServiceError::new(
+                ErrorCode::LimitExceeded,
+                format!("a backup holds at most {max} session entries; nothing was stored"),
+            )),
+        }
+    }
+
+    pub async fn backup_sessions(
+        &self,
+        me: UserId,
+        conversation: Option<ConversationId>,
+        after: Option<(ConversationId, String)>,
+        limit: u32,
+    ) -> Result<Vec<BackupSession>, ServiceError> {
+        let limit = limit.clamp(1, self.limits.max_backup_page);
+        self.keys
+            .backup_sessions(me, conversation, after, limit)
+            .await
+            .map_err(internal)
+    }
+}
