@@ -357,8 +357,13 @@ impl HttpApi {
 
     /// `GET /keys/backup`: the backup header (`Error::Api` with 404 when there is none).
     pub async fn key_backup(&self) -> Result<tern_wire::api::KeyBackup> {
-        self.call(Method::GET, self.url(&["keys", "backup"])?, None::<&()>, true)
-            .await
+        self.call(
+            Method::GET,
+            self.url(&["keys", "backup"])?,
+            None::<&()>,
+            true,
+        )
+        .await
     }
 
     /// `PUT /keys/backup/sessions`: upserts sessions under the current version (409 if stale).
