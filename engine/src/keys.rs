@@ -201,10 +201,7 @@ impl Keys {
     }
 
     pub async fn one_time_keys_left(&self, device: DeviceId) -> Result<u32, ServiceError> {
-        self.keys
-            .one_time_keys_left(device)
-            .await
-            .map_err(internal)
+        self.keys.one_time_keys_left(device).await.map_err(internal)
     }
 
     /// Publishes the connected device's keys; returns its unclaimed one-time key count.

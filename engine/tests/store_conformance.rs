@@ -58,7 +58,9 @@ async fn embedded_key_store_passes_conformance() {
             let store = open(dir.path());
             let keys = tern_engine::store::embedded_keys::EmbeddedKeys::open(&store)
                 .unwrap_or_else(|e| panic!("opening the key store: {e}"));
-            dirs.lock().unwrap_or_else(|p| p.into_inner()).push((dir, store));
+            dirs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((dir, store));
             keys
         }
     };

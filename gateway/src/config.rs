@@ -439,7 +439,12 @@ fn resolve_keys(file: &FileConfig) -> Result<tern_engine::keys::KeyLimits, Confi
     let claims = file
         .key_claims_per_target_per_minute
         .unwrap_or(d.claims_per_target_per_minute);
-    range("key_claims_per_target_per_minute", u64::from(claims), 1, 100_000)?;
+    range(
+        "key_claims_per_target_per_minute",
+        u64::from(claims),
+        1,
+        100_000,
+    )?;
     let backup = file
         .max_backup_sessions_per_user
         .unwrap_or(d.max_backup_sessions_per_user);

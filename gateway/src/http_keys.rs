@@ -136,9 +136,10 @@ pub async fn get_backup(
     State(api): State<Arc<ApiState>>,
     caller: Caller,
 ) -> Result<Json<KeyBackup>, HttpError> {
-    let backup = api.keys.backup(caller.user).await?.ok_or_else(|| {
-        ServiceError::new(tern_wire::msg::ErrorCode::NotFound, "no key backup")
-    })?;
+    let backup =
+        api.keys.backup(caller.user).await?.ok_or_else(|| {
+            ServiceError::new(tern_wire::msg::ErrorCode::NotFound, "no key backup")
+        })?;
     Ok(Json(KeyBackup {
         version: backup.version,
         meta: b64().encode(&backup.meta),
@@ -197,9 +198,9 @@ fn parse_after(
     match conversation {
         Some(c) => Ok((c, after.to_owned())),
         None => {
-            let (c, sid) = after
-                .split_once('/')
-                .ok_or_else(|| ServiceError::invalid("after must be <conversation>/<session_id>"))?;
+            let (c, sid) = after.split_once('/').ok_or_else(|| {
+                ServiceError::invalid("after must be <conversation>/<session_id>")
+            })?;
             let c = c
                 .parse()
                 .map_err(|_| ServiceError::invalid("after: conversation must be a UUID"))?;

@@ -19,17 +19,14 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use tern_core::crypto::{
-    Body, CryptoError, CryptoEvent, CryptoMachine, CryptoStore, MEGOLM_CONTENT_TYPE, PublishedKeys,
-    TrustEvent,
-};
+use tern_core::crypto::{Body, CryptoError, CryptoMachine, CryptoStore, PublishedKeys, TrustEvent};
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{ClientMessage, DeviceKeys, KeyShareItem, Message, ServerMessage};
 
 use crate::connection::{Connection, ConnectionSender};
 use crate::error::{Error, Result};
 
-pub use tern_core::crypto::{CryptoConfig, Undecryptable};
+pub use tern_core::crypto::{CryptoConfig, CryptoEvent, MEGOLM_CONTENT_TYPE, Undecryptable};
 
 /// What [`E2e`] sends its key requests over: a whole [`Connection`] or its sending half (a
 /// driver that split the connection keeps reading events elsewhere while it encrypts).

@@ -568,7 +568,10 @@ pub async fn check_devices<S: Store>(store: S) {
         "store conformance: binding one device must not bind its neighbour"
     );
     assert_eq!(
-        ok(store.unbind_device(device, UserId::random()).await, "unbind_device"),
+        ok(
+            store.unbind_device(device, UserId::random()).await,
+            "unbind_device"
+        ),
         None,
         "store conformance: unbind_device must not remove another user's binding"
     );
@@ -2145,8 +2148,7 @@ pub async fn check_blocks<S: Store>(store: S) {
 // Key store (end-to-end key directory, device inbox, key backup)
 
 use super::keys::{
-    BackupMeta, BackupPutOutcome, BackupSession, InboxPush, KeyStore, PublishOutcome,
-    PublishedKeys,
+    BackupMeta, BackupPutOutcome, BackupSession, InboxPush, KeyStore, PublishOutcome, PublishedKeys,
 };
 
 /// Runs every key-store check, each on a store freshly made by `make`.
@@ -2187,7 +2189,10 @@ pub async fn check_key_publish_and_query<K: KeyStore>(store: K) {
         ..identity(1)
     };
     assert_eq!(
-        ok(store.publish_keys(user, device, first, 5).await, "publish_keys"),
+        ok(
+            store.publish_keys(user, device, first, 5).await,
+            "publish_keys"
+        ),
         PublishOutcome::Stored {
             identity_changed: true,
             one_time_keys_left: 3
@@ -2199,7 +2204,10 @@ pub async fn check_key_publish_and_query<K: KeyStore>(store: K) {
         ..identity(1)
     };
     assert_eq!(
-        ok(store.publish_keys(user, device, more, 5).await, "publish_keys"),
+        ok(
+            store.publish_keys(user, device, more, 5).await,
+            "publish_keys"
+        ),
         PublishOutcome::Stored {
             identity_changed: false,
             one_time_keys_left: 5
@@ -2211,7 +2219,10 @@ pub async fn check_key_publish_and_query<K: KeyStore>(store: K) {
         ..PublishedKeys::default()
     };
     assert_eq!(
-        ok(store.publish_keys(user, device, over, 5).await, "publish_keys"),
+        ok(
+            store.publish_keys(user, device, over, 5).await,
+            "publish_keys"
+        ),
         PublishOutcome::TooManyOneTimeKeys { stored: 5, max: 5 },
         "key conformance: over the one-time key limit nothing is stored"
     );
@@ -2293,7 +2304,10 @@ pub async fn check_key_claim_and_fallback<K: KeyStore>(store: K) {
         assert_eq!(ka.one_time_keys.len(), 1);
         assert!(ka.fallback_key.is_empty());
         assert_eq!(ka.identity_key, vec![1; 32]);
-        assert!(seen.insert(ka.one_time_keys[0].clone()), "a key is claimed once");
+        assert!(
+            seen.insert(ka.one_time_keys[0].clone()),
+            "a key is claimed once"
+        );
         let kb = got.into_iter().find(|k| k.device == b).expect("device b");
         assert!(kb.one_time_keys.is_empty());
         assert_eq!(kb.fallback_key, vec![0xfc; 90]);
@@ -2343,7 +2357,11 @@ pub async fn check_key_claim_race<K: KeyStore>(store: Arc<K>) {
         }
     }
     let distinct: BTreeSet<_> = claimed.iter().cloned().collect();
-    assert_eq!(claimed.len(), 10, "key conformance: exactly 10 keys claimed");
+    assert_eq!(
+        claimed.len(),
+        10,
+        "key conformance: exactly 10 keys claimed"
+    );
     assert_eq!(distinct.len(), 10, "key conformance: no key claimed twice");
     assert_eq!(fallbacks, 22);
 }
@@ -2401,15 +2419,31 @@ pub async fn check_key_inbox<K: KeyStore>(store: K) {
     };
     let ids = ok(
         store
-            .push_inbox(vec![push(a, 1), push(a, 2), push(b, 3), push(a, 4)], 1_000, 3)
+            .push_inbox(
+                vec![push(a, 1), push(a, 2), push(b, 3), push(a, 4)],
+                1_000,
+                3,
+            )
             .await,
         "push",
     );
     assert_eq!(ids, vec![Some(1), Some(2), Some(1), Some(3)]);
-    let full = ok(store.push_inbox(vec![push(a, 5), push(b, 6)], 2_000, 3).await, "push");
-    assert_eq!(full, vec![None, Some(2)], "key conformance: a full inbox refuses");
+    let full = ok(
+        store
+            .push_inbox(vec![push(a, 5), push(b, 6)], 2_000, 3)
+            .await,
+        "push",
+    );
+    assert_eq!(
+        full,
+        vec![None, Some(2)],
+        "key conformance: a full inbox refuses"
+    );
     let got = ok(store.inbox(a, 0, 100).await, "inbox");
-    assert_eq!(got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(got[1].payload, vec![2; 10]);
     assert_eq!((got[1].from_user, got[1].from_device), (user, from));
     assert_eq!(got[0].created_ms, 1_000);
@@ -2421,7 +2455,11 @@ pub async fn check_key_inbox<K: KeyStore>(store: K) {
     let got = ok(store.inbox(a, 0, 100).await, "inbox");
     assert_eq!(got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(), vec![3]);
     let ids = ok(store.push_inbox(vec![push(a, 7)], 3_000, 3).await, "push");
-    assert_eq!(ids, vec![Some(4)], "key conformance: ids keep growing after acks");
+    assert_eq!(
+        ids,
+        vec![Some(4)],
+        "key conformance: ids keep growing after acks"
+    );
     assert_eq!(ok(store.expire_inbox(b, 1_500).await, "expire"), 1);
     let got = ok(store.inbox(b, 0, 100).await, "inbox");
     assert_eq!(got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(), vec![2]);
@@ -2455,10 +2493,17 @@ pub async fn check_key_backup<K: KeyStore>(store: K) {
     ok(store.put_backup(alice, v1.clone()).await, "put backup");
     assert_eq!(ok(store.backup(alice).await, "backup"), Some(v1));
     assert_eq!(ok(store.backup(bob).await, "backup"), None);
-    let batch = vec![entry(c1, "a"), entry(c1, "b"), entry(c2, "a"), entry(c1, "a")];
+    let batch = vec![
+        entry(c1, "a"),
+        entry(c1, "b"),
+        entry(c2, "a"),
+        entry(c1, "a"),
+    ];
     assert_eq!(
         ok(
-            store.put_backup_sessions(alice, "v1".into(), batch, 10).await,
+            store
+                .put_backup_sessions(alice, "v1".into(), batch, 10)
+                .await,
             "put sessions"
         ),
         BackupPutOutcome::Stored { total: 3 }
@@ -2497,7 +2542,10 @@ pub async fn check_key_backup<K: KeyStore>(store: K) {
         "list",
     );
     assert_eq!(rest, vec![entry(c2, "a")]);
-    let only_c1 = ok(store.backup_sessions(alice, Some(c1), None, 100).await, "list");
+    let only_c1 = ok(
+        store.backup_sessions(alice, Some(c1), None, 100).await,
+        "list",
+    );
     assert_eq!(only_c1.len(), 2);
     assert!(
         ok(store.backup_sessions(bob, None, None, 100).await, "list").is_empty(),

@@ -367,7 +367,9 @@ impl Inner {
             (None, false) => (Vec::new(), Vec::new(), Vec::new()),
         };
         let fallback_key = if keys.fallback_key.is_empty() {
-            old.as_ref().map(|o| o.fallback_key.clone()).unwrap_or_default()
+            old.as_ref()
+                .map(|o| o.fallback_key.clone())
+                .unwrap_or_default()
         } else {
             keys.fallback_key
         };
