@@ -559,7 +559,14 @@ impl E2e {
                     self.waiting_count -= messages.len();
                     self.waiting_order.retain(|s| s != session_id);
                     for m in messages {
-                        ready.push(self.decrypt_now(&m));
+                        match self.decrypt_now(&m) {
+                            // The key came from a device the directory does not have yet (its
+                            // user was not queried): keep waiting, a query makes it readable.
+                            Err(u) if u.reason == Undecryptable::UntrustedDevice => {
+                                self.wait_for_key(m)
+                            }
+                            other => ready.push(other),
+                        }
                     }
                 }
             } else {
@@ -689,4 +696,81 @@ fn continue_if(rounds: &mut usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_wire::ids::MessageId;
+
+    const CONVERSATION: ConversationId = ConversationId(7);
+
+    fn device(user: u128) -> E2e {
+        E2e::in_memory(
+            UserId(user),
+            DeviceId(user << 8),
+            CryptoConfig::default(),
+        )
+        .expect("device")
+    }
+
+    fn published(e2e: &mut E2e) -> PublishedKeys {
+        let keys = e2e.machine_mut().keys_to_publish(0).expect("keys");
+        e2e.machine_mut().mark_keys_published();
+        keys
+    }
+
+    /// A message that arrives before its key, whose key comes from a device this one has not
+    /// looked up yet, keeps waiting (it is not reported as untrusted and forgotten), and a
+    /// device-list answer for the sender makes it readable.
+    #[test]
+    fn message_before_a_key_from_an_unknown_device_is_readable_after_the_query() {
+        let mut alice = device(1);
+        let mut bob = device(2);
+        let alice_keys = published(&mut alice);
+        let bob_keys = published(&mut bob);
+        let (a, b) = (UserId(1), UserId(2));
+        let m = alice.machine_mut();
+        m.on_device_list(b, std::slice::from_ref(&bob_keys), 0)
+            .expect("bob's list");
+        assert!(m.on_claimed(std::slice::from_ref(&bob_keys)).is_empty());
+        m.prepare(CONVERSATION, &[a, b], 0).expect("prepare");
+        let sent = m
+            .encrypt(CONVERSATION, &Body::text("before its key"), 0)
+            .expect("encrypt");
+        assert_eq!(sent.key_shares.len(), 1);
+        let message = Message {
+            conversation: CONVERSATION,
+            seq: 1,
+            message_id: MessageId(99),
+            sender_user: a,
+            sender_device: DeviceId(1 << 8),
+            client_msg_id: 5,
+            timestamp_ms: 0,
+            content_type: sent.content_type.to_string(),
+            payload: sent.payload.clone(),
+            files: Vec::new(),
+        };
+
+        let first = bob.decrypt(&message);
+        assert!(matches!(first, Err(ref u) if u.reason == Undecryptable::NoKeyYet));
+        let share = &sent.key_shares[0];
+        let ready = bob
+            .on_key_share(a, DeviceId(1 << 8), &share.payload, 1)
+            .expect("share");
+        assert!(
+            ready.is_empty(),
+            "nothing is readable before alice's device is known: {ready:?}"
+        );
+        assert_eq!(bob.waiting_count(), 1);
+
+        bob.machine_mut()
+            .on_device_list(a, std::slice::from_ref(&alice_keys), 0)
+            .expect("alice's list");
+        let ready = bob.retry_waiting();
+        assert_eq!(ready.len(), 1);
+        let plain = ready.into_iter().next().expect("one").expect("readable");
+        assert_eq!(plain.payload, b"before its key");
+        assert_eq!(bob.waiting_count(), 0);
+    }
 }
