@@ -7,8 +7,12 @@
 # WebSocket and then WebTransport, and checks both JSON reports: well formed, schema version 1,
 # something expected, every expected delivery made, nothing lost or duplicated or out of order.
 # No latency thresholds: the CI machine is shared and noisy.
+# Then the same over both transports with --e2e (every device encrypts and decrypts with real
+# Olm/Megolm; smaller: SMOKE_E2E_USERS users), which must also have no undecryptable delivery,
+# and one rotation burst (a 20-member group) per transport.
 #
-# Environment: SMOKE_USERS (300), SMOKE_RATE (100), SMOKE_DURATION (20s), SMOKE_NO_BUILD=1 to
+# Environment: SMOKE_USERS (300), SMOKE_RATE (100), SMOKE_DURATION (20s), SMOKE_E2E_USERS (120),
+# SMOKE_MODES ("plain e2e"), SMOKE_NO_BUILD=1 to
 # use the existing target/debug binaries, SMOKE_OUT=DIR to keep reports, plots and the server
 # log there.
 set -euo pipefail
@@ -18,6 +22,8 @@ root=$(pwd)
 users=${SMOKE_USERS:-300}
 rate=${SMOKE_RATE:-100}
 duration=${SMOKE_DURATION:-20s}
+e2e_users=${SMOKE_E2E_USERS:-120}
+modes=${SMOKE_MODES:-plain e2e}
 
 if [[ "${SMOKE_NO_BUILD:-0}" != 1 ]]; then
     cargo build -p tern-gateway --bin tern -p tern-loadgen --bin tern-loadgen
@@ -76,22 +82,31 @@ done
 echo "smoke: tern (pid $server_pid) on $addr"
 
 failed=0
+for mode in $modes; do
 for target in tern-ws tern-wt; do
-    echo "smoke: chat over $target: $users users, $rate msg/s, $duration"
+    n=$users
+    flags=()
+    name=$target
+    if [[ $mode == e2e ]]; then
+        n=$e2e_users
+        flags=(--e2e)
+        name=$target-e2e
+    fi
+    echo "smoke: chat over $target ($mode): $n users, $rate msg/s, $duration"
     rc=0
     timeout 300 "$loadgen" chat --target "$target" --server "$addr" --cert-hash "$hash" \
-        --users "$users" --group-sizes 2:60,5:30,50:10 --rate "$rate" --duration "$duration" \
-        --server-pid "$server_pid" --state-dir "$work/state" --quiet \
-        --label "ci smoke $target" --report "$work/$target.json" --plot "$work/$target.svg" \
+        --users "$n" --group-sizes 2:60,5:30,50:10 --rate "$rate" --duration "$duration" \
+        --server-pid "$server_pid" --state-dir "$work/state" --quiet "${flags[@]}" \
+        --label "ci smoke $name" --report "$work/$name.json" --plot "$work/$name.svg" \
         || rc=$?
     if [[ $rc -ne 0 ]]; then
-        echo "smoke: tern-loadgen over $target exited with $rc" >&2
+        echo "smoke: tern-loadgen over $target ($mode) exited with $rc" >&2
         failed=1
     fi
-    if ! python3 - "$work/$target.json" "$work/$target.svg" <<'EOF'
+    if ! python3 - "$work/$name.json" "$work/$name.svg" "$mode" <<'EOF'
 import json, sys
 
-path, svg = sys.argv[1], sys.argv[2]
+path, svg, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 try:
     with open(path) as f:
         r = json.load(f)
@@ -117,6 +132,9 @@ need(a.get("seq_regressions") == 0, f"{a.get('seq_regressions')} seq regressions
 need(r.get("connect", {}).get("users_failed") == 0, "some users never connected")
 need(r.get("latency", {}).get("delivery", {}).get("count", 0) > 0, "no delivery latency samples")
 need(r.get("passed") is True, f"run failed: {r.get('failures')}")
+if mode == "e2e":
+    need(a.get("undecryptable") == 0, f"{a.get('undecryptable')} undecryptable")
+    need("--e2e" in r.get("command_line", []), "the e2e run's command line has no --e2e")
 try:
     with open(svg) as f:
         need(f.read().rstrip().endswith("</svg>"), "plot is not a complete SVG")
@@ -125,12 +143,25 @@ except OSError as e:
 if problems:
     sys.exit(f"report {path}: " + "; ".join(problems))
 d = r["latency"]["delivery"]
-print(f"smoke: {r['scenario']['target']}: expected {a['expected']}, delivered {a['delivered']}, "
+print(f"smoke: {r['scenario']['target']} ({mode}): expected {a['expected']}, delivered {a['delivered']}, "
       f"lost 0, duplicated 0; delivery p50 {d['p50_us']} us, p99 {d['p99_us']} us")
 EOF
     then
         failed=1
     fi
+done
+if [[ $mode == e2e ]]; then
+    for target in tern-ws tern-wt; do
+        echo "smoke: rotation burst over $target: 20 members"
+        rc=0
+        timeout 300 "$loadgen" rotation --target "$target" --server "$addr" --cert-hash "$hash" \
+            --members 20 --before 3 --report "$work/rotation-$target.json" || rc=$?
+        if [[ $rc -ne 0 ]]; then
+            echo "smoke: rotation over $target exited with $rc" >&2
+            failed=1
+        fi
+    done
+fi
 done
 
 if [[ $failed -ne 0 ]]; then

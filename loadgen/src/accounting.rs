@@ -228,6 +228,13 @@ pub struct ArrivalCounts {
     /// Messages for a conversation the receiver is not in, or whose header names another
     /// conversation than the one they arrived in.
     pub misrouted: u64,
+    /// `--e2e`: messages that could not be decrypted (each reason is in the run's errors).
+    #[serde(default)]
+    pub undecryptable: u64,
+    /// `--e2e`: messages that arrived before their key and were decrypted when it came.
+    /// Not a failure (their latency includes the wait).
+    #[serde(default)]
+    pub late_keys: u64,
 }
 
 impl ArrivalCounts {
@@ -242,6 +249,8 @@ impl ArrivalCounts {
         self.stale += o.stale;
         self.malformed += o.malformed;
         self.misrouted += o.misrouted;
+        self.undecryptable += o.undecryptable;
+        self.late_keys += o.late_keys;
     }
 }
 

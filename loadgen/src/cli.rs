@@ -63,6 +63,10 @@ pub enum Command {
     /// bodies, login and send floods next to a bystander. Loopback targets only.
     #[command(subcommand)]
     Attack(AttackCommand),
+    /// End-to-end encryption: the cost of a Megolm key rotation burst in one group of
+    /// --members devices (claims, Olm encryption, key-share upload, until every device
+    /// decrypted). Tern targets only.
+    Rotation(crate::rotation::RotationArgs),
     /// A worker process (started by the coordinator; not for direct use).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -191,6 +195,14 @@ pub struct CommonArgs {
     /// gapless seqs (report field `history`; any problem fails the run).
     #[arg(long)]
     pub verify_history: bool,
+    /// Tern: end-to-end encryption on every simulated device (a real Olm/Megolm state per
+    /// device: keys published on connect, key shares on first sends and rotations, every
+    /// delivery decrypted; an undecryptable one fails the run).
+    #[arg(long)]
+    pub e2e: bool,
+    /// With --e2e: messages per outbound Megolm session before it rotates (the SDK default).
+    #[arg(long, default_value_t = 100)]
+    pub e2e_rotation_messages: u32,
     /// Write this file when traffic starts (setup and initial connections done); the crash
     /// test (loadgen/crash.sh) waits for it before killing the server.
     #[arg(long)]
@@ -577,7 +589,23 @@ impl CommonArgs {
                 "give --cert-hash or --ca-file, not both".into(),
             ));
         }
+        if self.e2e {
+            if !matches!(self.target, TargetKind::TernWs | TargetKind::TernWt) {
+                return Err(CliError::Usage("--e2e needs a Tern target".into()));
+            }
+            if self.verify_history {
+                return Err(CliError::Usage(
+                    "--verify-history reads plaintext headers; not with --e2e".into(),
+                ));
+            }
+            if self.e2e_rotation_messages == 0 {
+                return Err(CliError::Usage(
+                    "--e2e-rotation-messages must be at least 1".into(),
+                ));
+            }
+        }
         let mut target = TargetSpec::new(self.target, self.server.clone());
+        target.e2e_rotation_messages = self.e2e.then_some(self.e2e_rotation_messages);
         target.cert_hashes = self.cert_hash.clone();
         target.ca_file = self.ca_file.clone();
         target.state_dir = if self.no_state {
@@ -689,7 +717,7 @@ pub fn into_run(
                 "`run` needs --scenario FILE with a `kind` key".into(),
             ));
         }
-        Command::Worker(_) | Command::Attack(_) => return Ok(None),
+        Command::Worker(_) | Command::Attack(_) | Command::Rotation(_) => return Ok(None),
     }))
 }
 

@@ -9,6 +9,7 @@
 //! * [`history`]: `--verify-history`, the stored history checked against the acknowledgements.
 //! * [`histo`], [`report`], [`plot`], [`sysstat`]: measurements and their presentation.
 //! * [`cli`]: flags and scenario files.
+//! * [`rotation`]: `tern-loadgen rotation`, the cost of an e2e key rotation burst in one group.
 //! * [`attack`]: `tern-loadgen attack ...`, hostile-client measurements (loopback only).
 
 pub mod accounting;
@@ -21,6 +22,7 @@ pub mod plot;
 pub mod population;
 pub mod protocol;
 pub mod report;
+pub mod rotation;
 pub mod run;
 pub mod schedule;
 pub mod sysstat;

@@ -46,6 +46,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
         tern_loadgen::attack::main(a, argv)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let cli::Command::Rotation(r) = parsed.command {
+        let passed = tern_loadgen::rotation::main(r, argv)?;
+        return Ok(if passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     if let cli::Command::Worker(w) = &parsed.command {
         tern_loadgen::worker_process::main(&w.plan)?;
         return Ok(ExitCode::SUCCESS);

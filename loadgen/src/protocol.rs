@@ -63,6 +63,9 @@ pub struct TargetSpec {
     pub connect_timeout_ms: u64,
     pub sync_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// `--e2e`: rotation after this many messages per outbound session; `None`: plaintext.
+    #[serde(default)]
+    pub e2e_rotation_messages: Option<u32>,
 }
 
 impl TargetSpec {
@@ -77,6 +80,7 @@ impl TargetSpec {
             connect_timeout_ms: 30_000,
             sync_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
+            e2e_rotation_messages: None,
         }
     }
 
@@ -100,6 +104,7 @@ impl TargetSpec {
             o.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
             o.sync_timeout = Duration::from_millis(self.sync_timeout_ms);
             o.request_timeout = Duration::from_millis(self.request_timeout_ms);
+            o.e2e_rotation_messages = self.e2e_rotation_messages;
             TernTarget::new(o)
         };
         // The peers get the same TLS trust as Tern's WebSocket (TLS over TCP, ALPN http/1.1).

@@ -153,6 +153,12 @@ pub struct AccountingSection {
     pub stale: u64,
     pub own: u64,
     pub arrivals: u64,
+    /// `--e2e`: deliveries that could not be decrypted (a failure; reasons under `errors`).
+    #[serde(default)]
+    pub undecryptable: u64,
+    /// `--e2e`: deliveries decrypted only when their key arrived after them.
+    #[serde(default)]
+    pub late_keys: u64,
     pub loss_samples: Vec<LossSample>,
 }
 
@@ -345,6 +351,13 @@ impl Report {
             a.seq_regressions,
             a.client_dedupes
         );
+        if a.undecryptable + a.late_keys > 0 {
+            let _ = writeln!(
+                s,
+                "  e2e: undecryptable {}, decrypted after a late key {}",
+                a.undecryptable, a.late_keys
+            );
+        }
         if a.unconfirmed_delivered + a.phantom + a.misrouted + a.malformed + a.stale > 0 {
             let _ = writeln!(
                 s,

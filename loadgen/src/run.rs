@@ -1297,6 +1297,8 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         stale: counts.stale,
         own: counts.own,
         arrivals: counts.arrivals,
+        undecryptable: counts.undecryptable,
+        late_keys: counts.late_keys,
         loss_samples: samples_lost,
     };
     if let Some(r) = &mut reconnect_section {
@@ -1387,6 +1389,10 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
             "deliveries to a conversation the message was not sent to",
         ),
         (accounting.malformed, "deliveries with a malformed payload"),
+        (
+            accounting.undecryptable,
+            "deliveries that could not be decrypted",
+        ),
         (traffic.send_failed, "sends never acknowledged"),
     ];
     for (n, what) in checks {

@@ -307,6 +307,17 @@ impl Worker {
     }
 
     fn on_inbound(&self, u: &UserRt, m: Inbound) {
+        if let Some(reason) = &m.undecryptable {
+            let mut ledger = u.ledger.borrow_mut();
+            ledger.counts.arrivals += 1;
+            ledger.counts.undecryptable += 1;
+            drop(ledger);
+            self.note_error(&TargetError::Receive(format!("undecryptable: {reason}")));
+            return;
+        }
+        if m.late_key {
+            u.ledger.borrow_mut().counts.late_keys += 1;
+        }
         let arrival = u
             .ledger
             .borrow_mut()

@@ -19,15 +19,50 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use tern_core::crypto::{
-    Body, CryptoConfig, CryptoError, CryptoEvent, CryptoMachine, CryptoStore, MEGOLM_CONTENT_TYPE,
-    PublishedKeys, TrustEvent, Undecryptable,
-};
+use tern_core::crypto::{Body, CryptoError, CryptoMachine, CryptoStore, PublishedKeys, TrustEvent};
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{ClientMessage, DeviceKeys, KeyShareItem, Message, ServerMessage};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, ConnectionSender};
 use crate::error::{Error, Result};
+
+pub use tern_core::crypto::{CryptoConfig, CryptoEvent, MEGOLM_CONTENT_TYPE, Undecryptable};
+
+/// What [`E2e`] sends its key requests over: a whole [`Connection`] or its sending half (a
+/// driver that split the connection keeps reading events elsewhere while it encrypts).
+pub trait KeyRequests {
+    fn key_requests(&self) -> &ConnectionSender;
+}
+
+impl KeyRequests for Connection {
+    fn key_requests(&self) -> &ConnectionSender {
+        self.sender()
+    }
+}
+
+impl KeyRequests for ConnectionSender {
+    fn key_requests(&self) -> &ConnectionSender {
+        self
+    }
+}
+
+/// Where the time of the last [`E2e::encrypt_outgoing`] went (load measurements: a rotation
+/// burst is dominated by the Olm encryptions and the share upload).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutgoingCost {
+    /// `ClientQueryKeys` round trips.
+    pub query: std::time::Duration,
+    /// `ClientClaimKeys` round trips and Olm session creation.
+    pub claim: std::time::Duration,
+    /// The machine's `encrypt`: one Olm encryption per key share plus the Megolm message.
+    pub encrypt: std::time::Duration,
+    /// `ClientSendKeyShares` round trips.
+    pub upload: std::time::Duration,
+    pub devices_claimed: usize,
+    pub key_shares: usize,
+    /// The message started a new outbound session (first message, rotation).
+    pub new_session: bool,
+}
 
 /// Content type of plain text bodies, as apps and the CLI use it.
 pub const TEXT_CONTENT_TYPE: &str = "text";
@@ -38,7 +73,10 @@ pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
 const QUERY_BATCH: usize = 1_000;
 /// Shares per `ClientSendKeyShares` (the server's bound).
 const SHARE_BATCH: usize = 2_000;
-/// Claims per `ClientClaimKeys` go per user (the request names one user).
+/// Claims per `ClientClaimKeys` go per user (the request names one user), so a group's first
+/// message or a member's new devices need one request per user: this many are in flight at
+/// once (a 1,000-member group would otherwise wait 1,000 round trips).
+const CLAIMS_IN_FLIGHT: usize = 32;
 /// How many `encrypt` rounds may still report missing devices before we send anyway: a
 /// device with no claimable key (never published) must not block the conversation.
 const MAX_CLAIM_ROUNDS: usize = 2;
@@ -143,6 +181,12 @@ pub struct E2e {
     to_query: std::collections::BTreeSet<UserId>,
     /// The plaintext switch for tests that must show an at-rest scan can find plaintext.
     plaintext: bool,
+    /// False for [`E2e::in_memory`]: nobody ever loads that state again, and sealing the whole
+    /// state after every decrypt would cost more than the decryption itself.
+    persistent: bool,
+    last_cost: OutgoingCost,
+    /// The outbound session of the last message per conversation (to tell a rotation).
+    last_session: HashMap<ConversationId, String>,
 }
 
 impl std::fmt::Debug for E2e {
@@ -248,6 +292,9 @@ impl E2e {
             notices: VecDeque::new(),
             to_query: std::collections::BTreeSet::new(),
             plaintext: false,
+            persistent: true,
+            last_cost: OutgoingCost::default(),
+            last_session: HashMap::new(),
         };
         e2e.persist()?;
         Ok(e2e)
@@ -258,7 +305,14 @@ impl E2e {
         let store = Box::new(tern_core::crypto::MemoryCryptoStore::default());
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| Error::Config(format!("random: {e}")))?;
-        E2e::open(user, device, store, key, config)
+        let mut e2e = E2e::open(user, device, store, key, config)?;
+        e2e.persistent = false;
+        Ok(e2e)
+    }
+
+    /// Where the time of the last [`E2e::encrypt_outgoing`] went.
+    pub fn last_outgoing_cost(&self) -> OutgoingCost {
+        self.last_cost
     }
 
     /// Test-only: send plaintext (so a test can show that its at-rest scan finds plaintext).
@@ -277,6 +331,9 @@ impl E2e {
 
     /// Writes the sealed state.
     pub fn persist(&mut self) -> Result<()> {
+        if !self.persistent {
+            return Ok(());
+        }
         self.machine
             .save_to(self.store.as_mut(), &self.pickle_key)
             .map_err(crypto)
@@ -311,21 +368,27 @@ impl E2e {
 
     /// Publishes this device's keys when the machine has new ones (first connection, one-time
     /// keys running low). `one_time_keys_left` is the server's count from `Welcome`.
-    pub async fn publish_keys(&mut self, conn: &Connection, one_time_keys_left: u32) -> Result<()> {
+    pub async fn publish_keys(
+        &mut self,
+        conn: &impl KeyRequests,
+        one_time_keys_left: u32,
+    ) -> Result<()> {
         let Some(keys) = self.machine.keys_to_publish(one_time_keys_left) else {
             return Ok(());
         };
         let keys = wire_from_published(&keys);
-        conn.request(|request_id| ClientMessage::PublishKeys { request_id, keys })
+        conn.key_requests()
+            .request(|request_id| ClientMessage::PublishKeys { request_id, keys })
             .await?;
         self.machine.mark_keys_published();
         self.persist()
     }
 
     /// Asks the server for the device lists of `users` and feeds them to the machine.
-    pub async fn query(&mut self, conn: &Connection, users: &[UserId]) -> Result<()> {
+    pub async fn query(&mut self, conn: &impl KeyRequests, users: &[UserId]) -> Result<()> {
         for chunk in users.chunks(QUERY_BATCH) {
             let reply = conn
+                .key_requests()
                 .request(|request_id| ClientMessage::QueryKeys {
                     request_id,
                     users: chunk.to_vec(),
@@ -358,30 +421,38 @@ impl E2e {
     }
 
     /// Claims one-time keys for `devices` and creates Olm sessions with them.
-    pub async fn claim(&mut self, conn: &Connection, devices: &[(UserId, DeviceId)]) -> Result<()> {
+    pub async fn claim(
+        &mut self,
+        conn: &impl KeyRequests,
+        devices: &[(UserId, DeviceId)],
+    ) -> Result<()> {
+        use futures_util::StreamExt as _;
         let mut by_user: BTreeMap<UserId, Vec<DeviceId>> = BTreeMap::new();
         for (u, d) in devices {
             by_user.entry(*u).or_default().push(*d);
         }
-        for (user, devices) in by_user {
-            let reply = conn
-                .request(|request_id| ClientMessage::ClaimKeys {
+        let sender = conn.key_requests();
+        let mut replies = futures_util::stream::iter(by_user)
+            .map(|(user, devices)| {
+                sender.request(move |request_id| ClientMessage::ClaimKeys {
                     request_id,
                     user,
                     devices,
                 })
-                .await?;
-            let ServerMessage::KeyBundle { devices, .. } = reply else {
-                return Err(Error::Protocol(format!(
-                    "ClaimKeys answered with {}",
-                    reply.variant_name()
-                )));
+            })
+            .buffer_unordered(CLAIMS_IN_FLIGHT);
+        while let Some(reply) = replies.next().await {
+            let ServerMessage::KeyBundle { devices, .. } = reply? else {
+                return Err(Error::Protocol(
+                    "ClaimKeys answered with something else".into(),
+                ));
             };
             let bundles: Vec<PublishedKeys> = devices.iter().map(published_from_wire).collect();
             for problem in self.machine.on_claimed(&bundles) {
                 tracing::warn!(?problem, "no Olm session from a claimed key");
             }
         }
+        drop(replies);
         self.persist()
     }
 
@@ -390,7 +461,7 @@ impl E2e {
     /// recipients' inboxes. Returns the content type and payload to send.
     pub async fn encrypt_outgoing(
         &mut self,
-        conn: &Connection,
+        conn: &impl KeyRequests,
         conversation: ConversationId,
         content_type: &str,
         payload: &[u8],
@@ -404,6 +475,7 @@ impl E2e {
             .cloned()
             .ok_or_else(|| Error::Crypto(format!("members of {conversation} are not known")))?;
         let body = body_of(content_type, payload);
+        let mut cost = OutgoingCost::default();
         let mut rounds = 0;
         loop {
             let needs = self
@@ -411,21 +483,32 @@ impl E2e {
                 .prepare(conversation, &members, now_ms())
                 .map_err(crypto)?;
             if !needs.query_users.is_empty() {
+                let started = std::time::Instant::now();
                 self.query(conn, &needs.query_users).await?;
+                cost.query += started.elapsed();
                 continue_if(&mut rounds)?;
                 continue;
             }
             if !needs.claim.is_empty() && rounds < MAX_CLAIM_ROUNDS {
+                let started = std::time::Instant::now();
                 self.claim(conn, &needs.claim).await?;
+                cost.claim += started.elapsed();
+                cost.devices_claimed += needs.claim.len();
                 rounds += 1;
                 continue;
             }
             break;
         }
+        let started = std::time::Instant::now();
         let encrypted = self
             .machine
             .encrypt(conversation, &body, now_ms())
             .map_err(crypto)?;
+        cost.encrypt = started.elapsed();
+        cost.key_shares = encrypted.key_shares.len();
+        cost.new_session = self.last_session.get(&conversation) != Some(&encrypted.session_id);
+        self.last_session
+            .insert(conversation, encrypted.session_id.clone());
         // The advanced index is on disk before any byte leaves: a crash cannot make us reuse
         // it.
         self.persist()?;
@@ -436,6 +519,7 @@ impl E2e {
                 "member devices without an Olm session get no key for this message"
             );
         }
+        let started = std::time::Instant::now();
         for chunk in encrypted.key_shares.chunks(SHARE_BATCH) {
             let shares: Vec<KeyShareItem> = chunk
                 .iter()
@@ -446,6 +530,7 @@ impl E2e {
                 })
                 .collect();
             let reply = conn
+                .key_requests()
                 .request(|request_id| ClientMessage::SendKeyShares { request_id, shares })
                 .await?;
             if let ServerMessage::KeySharesStored { full, .. } = reply
@@ -454,6 +539,8 @@ impl E2e {
                 tracing::warn!(?full, "recipient inboxes full: those devices miss this key");
             }
         }
+        cost.upload = started.elapsed();
+        self.last_cost = cost;
         Ok((encrypted.content_type.to_string(), encrypted.payload))
     }
 
@@ -476,7 +563,14 @@ impl E2e {
                     self.waiting_count -= messages.len();
                     self.waiting_order.retain(|s| s != session_id);
                     for m in messages {
-                        ready.push(self.decrypt_now(&m));
+                        match self.decrypt_now(&m) {
+                            // The key came from a device the directory does not have yet (its
+                            // user was not queried): keep waiting, a query makes it readable.
+                            Err(u) if u.reason == Undecryptable::UntrustedDevice => {
+                                self.wait_for_key(m)
+                            }
+                            other => ready.push(other),
+                        }
                     }
                 }
             } else {
@@ -506,7 +600,7 @@ impl E2e {
     /// (and what is now undecryptable for another reason).
     pub async fn resolve_unknown_senders(
         &mut self,
-        conn: &Connection,
+        conn: &impl KeyRequests,
     ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
         let users: Vec<UserId> = std::mem::take(&mut self.to_query).into_iter().collect();
         if users.is_empty() {
@@ -538,6 +632,41 @@ impl E2e {
         }
         self.persist()?;
         Ok(out)
+    }
+
+    /// Tries every message kept for a retry again, e.g. after a device-list query made their
+    /// sender's device known (a key from a device not yet in the directory is stored, but its
+    /// messages stay `UntrustedDevice` until the directory has the device). Returns the
+    /// messages that became readable or failed for good; the others keep waiting.
+    pub fn retry_waiting(&mut self) -> Vec<std::result::Result<Message, UndecryptableMessage>> {
+        let waiting = std::mem::take(&mut self.waiting);
+        self.waiting_order.clear();
+        self.waiting_count = 0;
+        let mut done = Vec::new();
+        for (_, messages) in waiting {
+            for m in messages {
+                match self.decrypt_now(&m) {
+                    Err(u)
+                        if matches!(
+                            u.reason,
+                            Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice
+                        ) =>
+                    {
+                        self.wait_for_key(m)
+                    }
+                    other => done.push(other),
+                }
+            }
+        }
+        if let Err(e) = self.persist() {
+            tracing::warn!(error = %e, "could not persist replay records");
+        }
+        done
+    }
+
+    /// Messages kept for a retry.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting_count
     }
 
     /// The inbox id to acknowledge now (state persisted up to it), once.
@@ -727,4 +856,81 @@ fn continue_if(rounds: &mut usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_wire::ids::MessageId;
+
+    const CONVERSATION: ConversationId = ConversationId(7);
+
+    fn device(user: u128) -> E2e {
+        E2e::in_memory(
+            UserId(user),
+            DeviceId(user << 8),
+            CryptoConfig::default(),
+        )
+        .expect("device")
+    }
+
+    fn published(e2e: &mut E2e) -> PublishedKeys {
+        let keys = e2e.machine_mut().keys_to_publish(0).expect("keys");
+        e2e.machine_mut().mark_keys_published();
+        keys
+    }
+
+    /// A message that arrives before its key, whose key comes from a device this one has not
+    /// looked up yet, keeps waiting (it is not reported as untrusted and forgotten), and a
+    /// device-list answer for the sender makes it readable.
+    #[test]
+    fn message_before_a_key_from_an_unknown_device_is_readable_after_the_query() {
+        let mut alice = device(1);
+        let mut bob = device(2);
+        let alice_keys = published(&mut alice);
+        let bob_keys = published(&mut bob);
+        let (a, b) = (UserId(1), UserId(2));
+        let m = alice.machine_mut();
+        m.on_device_list(b, std::slice::from_ref(&bob_keys), 0)
+            .expect("bob's list");
+        assert!(m.on_claimed(std::slice::from_ref(&bob_keys)).is_empty());
+        m.prepare(CONVERSATION, &[a, b], 0).expect("prepare");
+        let sent = m
+            .encrypt(CONVERSATION, &Body::text("before its key"), 0)
+            .expect("encrypt");
+        assert_eq!(sent.key_shares.len(), 1);
+        let message = Message {
+            conversation: CONVERSATION,
+            seq: 1,
+            message_id: MessageId(99),
+            sender_user: a,
+            sender_device: DeviceId(1 << 8),
+            client_msg_id: 5,
+            timestamp_ms: 0,
+            content_type: sent.content_type.to_string(),
+            payload: sent.payload.clone(),
+            files: Vec::new(),
+        };
+
+        let first = bob.decrypt(&message);
+        assert!(matches!(first, Err(ref u) if u.reason == Undecryptable::NoKeyYet));
+        let share = &sent.key_shares[0];
+        let ready = bob
+            .on_key_share(a, DeviceId(1 << 8), &share.payload, 1)
+            .expect("share");
+        assert!(
+            ready.is_empty(),
+            "nothing is readable before alice's device is known: {ready:?}"
+        );
+        assert_eq!(bob.waiting_count(), 1);
+
+        bob.machine_mut()
+            .on_device_list(a, std::slice::from_ref(&alice_keys), 0)
+            .expect("alice's list");
+        let ready = bob.retry_waiting();
+        assert_eq!(ready.len(), 1);
+        let plain = ready.into_iter().next().expect("one").expect("readable");
+        assert_eq!(plain.payload, b"before its key");
+        assert_eq!(bob.waiting_count(), 0);
+    }
 }

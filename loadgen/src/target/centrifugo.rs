@@ -262,6 +262,8 @@ impl CentrifugoTarget {
                             seq: None,
                             payload,
                             arrived,
+                            undecryptable: None,
+                            late_key: false,
                         }),
                         Line::Closed(why) => return Err(handshake_err(why)),
                         Line::Ping | Line::Other => {}
@@ -419,6 +421,8 @@ async fn read_centrifugo(mut stream: WsStream, mut state: ReaderState) {
                         seq: None,
                         payload,
                         arrived,
+                        undecryptable: None,
+                        late_key: false,
                     };
                     // Backpressure, never a drop; a consumer that went away only stops
                     // deliveries while publish replies keep flowing.

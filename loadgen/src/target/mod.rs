@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 pub mod centrifugo;
 pub mod socketio;
 pub mod tern;
+pub mod tern_e2e;
 
 /// Who the simulated users are and which conversations they share, decided by the scenario.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -50,9 +51,13 @@ pub struct Inbound {
     pub conversation: usize,
     /// Tern's per-conversation seq when the target has one (for order checks), else `None`.
     pub seq: Option<u64>,
-    /// Exactly the payload bytes the sender sent.
+    /// Exactly the payload bytes the sender sent (`--e2e`: after decryption).
     pub payload: Vec<u8>,
     pub arrived: Instant,
+    /// `--e2e`: the message could not be decrypted, and why (`payload` is then empty).
+    pub undecryptable: Option<String>,
+    /// `--e2e`: it arrived before its key and was decrypted when the key came.
+    pub late_key: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,8 @@ pub enum TargetError {
     Setup(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("receive: {0}")]
+    Receive(String),
 }
 
 /// What the server said when it acknowledged a send.

@@ -523,6 +523,8 @@ async fn read_socketio(
                     seq: None,
                     payload,
                     arrived,
+                    undecryptable: None,
+                    late_key: false,
                 };
                 // Waits while the consumer is behind (backpressure, never a drop). A consumer
                 // that went away only stops deliveries; acknowledgements keep flowing.

@@ -23,14 +23,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tern_sdk::tern_wire::ids::{ConversationId, DeviceId};
-use tern_sdk::tern_wire::msg::{Cursor, Message};
+use tern_sdk::e2e::OutgoingCost;
+use tern_sdk::tern_wire::ids::{ConversationId, DeviceId, UserId};
+use tern_sdk::tern_wire::msg::Cursor;
 use tern_sdk::{
     Config, Connection, ConnectionSender, Error as SdkError, Event, EventStream, HistoryQuery,
     HttpApi, TransportPref, Trust,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::tern_e2e::{self, DeviceCrypto, Item};
 use super::{
     Connected, ConversationRef, HistoryEntry, Inbound, MessageSender, Population, SendOutcome,
     Target, TargetError, UserSpec,
@@ -78,6 +80,9 @@ pub struct TernOptions {
     pub sync_timeout: Duration,
     /// How long a send waits for its SendAck.
     pub request_timeout: Duration,
+    /// `--e2e`: every device encrypts (Olm/Megolm) and its outbound sessions rotate after this
+    /// many messages. `None`: plaintext.
+    pub e2e_rotation_messages: Option<u32>,
 }
 
 impl TernOptions {
@@ -91,6 +96,7 @@ impl TernOptions {
             connect_timeout: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
+            e2e_rotation_messages: None,
         }
     }
 }
@@ -101,6 +107,9 @@ struct Exported {
     device_seed: u64,
     /// Conversation key → the seq to resume after on a user's first connection.
     start: HashMap<String, u64>,
+    /// `--e2e`: conversation key → its members' user ids (what each device encrypts for).
+    #[serde(default)]
+    members: HashMap<String, Vec<UserId>>,
 }
 
 #[derive(Default)]
@@ -109,6 +118,9 @@ struct Shared {
     /// Per user: the highest seq handed to the scenario per conversation, where a reconnection
     /// resumes.
     cursors: HashMap<usize, Arc<Mutex<HashMap<ConversationId, u64>>>>,
+    /// `--e2e`: per user, the device's crypto state (kept across reconnections: a new one
+    /// would be a reinstalled device with new keys).
+    crypto: HashMap<usize, DeviceCrypto>,
 }
 
 pub struct TernTarget {
@@ -153,6 +165,46 @@ impl TernTarget {
     fn device(&self, user: usize) -> DeviceId {
         let seed = self.lock().exported.device_seed;
         DeviceId(((seed as u128) << 64) | user as u128)
+    }
+
+    /// `--e2e`: what the last send of `user` cost (the rotation measurement reads it).
+    pub async fn last_outgoing_cost(&self, user: usize) -> Option<OutgoingCost> {
+        let crypto = self.lock().crypto.get(&user).cloned()?;
+        let cost = crypto.lock().await.last_outgoing_cost();
+        Some(cost)
+    }
+
+    /// `--e2e`: the device crypto of `user`, made on its first connection.
+    fn crypto_of(
+        &self,
+        user: &UserSpec,
+        welcome: &tern_sdk::Welcome,
+        rotation_messages: u32,
+    ) -> Result<DeviceCrypto, TargetError> {
+        let mut sh = self.lock();
+        if let Some(c) = sh.crypto.get(&user.index) {
+            return Ok(c.clone());
+        }
+        let mut members = Vec::with_capacity(user.conversations.len());
+        for c in &user.conversations {
+            let (Ok(id), Some(users)) = (
+                c.key.parse::<ConversationId>(),
+                sh.exported.members.get(&c.key),
+            ) else {
+                return Err(TargetError::Connect(format!(
+                    "e2e: members of conversation {} are not known",
+                    c.key
+                )));
+            };
+            members.push((id, users.clone()));
+        }
+        let crypto = tern_e2e::new_device(
+            welcome,
+            tern_e2e::crypto_config(rotation_messages),
+            &members,
+        )?;
+        sh.crypto.insert(user.index, crypto.clone());
+        Ok(crypto)
     }
 
     fn cursors_of(&self, user: &UserSpec) -> Arc<Mutex<HashMap<ConversationId, u64>>> {
@@ -209,6 +261,23 @@ impl Target for TernTarget {
         register_users(&http, &mut state, path.as_deref(), conc).await?;
         create_conversations(&http, &mut state, population, path.as_deref(), conc).await?;
         let start = last_seqs(&http, &mut state, population, path.as_deref(), conc).await?;
+        let mut members = HashMap::new();
+        if self.opts.e2e_rotation_messages.is_some() {
+            fill_user_ids(&http, &mut state, conc).await?;
+            for (ci, users) in population.conversations.iter().enumerate() {
+                let Some(key) = &state.conversations[ci] else {
+                    continue;
+                };
+                let ids: Option<Vec<UserId>> = users
+                    .iter()
+                    .map(|&u| state.users[u].as_ref().and_then(|c| c.user_id))
+                    .collect();
+                let ids = ids.ok_or_else(|| {
+                    TargetError::Setup(format!("conversation {ci}: a member has no user id"))
+                })?;
+                members.insert(key.clone(), ids);
+            }
+        }
         if let Some(p) = &path {
             save_state(p, &state)?;
         }
@@ -241,8 +310,10 @@ impl Target for TernTarget {
         sh.exported = Exported {
             device_seed: state.device_seed,
             start,
+            members,
         };
         sh.cursors.clear();
+        sh.crypto.clear();
         Ok(specs)
     }
 
@@ -272,6 +343,24 @@ impl Target for TernTarget {
                 return Err(e);
             }
         };
+        let (source, crypto) = match self.opts.e2e_rotation_messages {
+            None => (Source::Plain { events, replay }, None),
+            Some(rotation) => {
+                let prepared = match self.crypto_of(user, tx.welcome(), rotation) {
+                    Ok(crypto) => tern_e2e::publish(&crypto, &tx).await.map(|()| crypto),
+                    Err(e) => Err(e),
+                };
+                let crypto = match prepared {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tx.close().await;
+                        return Err(e);
+                    }
+                };
+                let stage = tern_e2e::crypto_stage(crypto.clone(), tx.clone(), events, replay);
+                (Source::Crypto(stage), Some(crypto))
+            }
+        };
         let mut index_of = HashMap::new();
         let mut id_of = HashMap::new();
         for c in &user.conversations {
@@ -283,8 +372,7 @@ impl Target for TernTarget {
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         let (flush_tx, flush_rx) = mpsc::channel(1);
         tokio::spawn(pump(Pump {
-            events,
-            replay,
+            source,
             inbound: in_tx,
             tx: tx.clone(),
             index_of,
@@ -296,6 +384,7 @@ impl Target for TernTarget {
                 tx,
                 id_of,
                 flush: flush_tx,
+                crypto,
             }),
             inbound: in_rx,
         })
@@ -361,11 +450,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Collects the resume replay until `SyncComplete`.
+/// Collects the resume replay until `SyncComplete`: deliveries and the other server pushes
+/// among them (with `--e2e` the device's key shares come first and are needed).
 async fn wait_for_sync(
     events: &mut EventStream,
     timeout: Duration,
-) -> Result<VecDeque<Message>, TargetError> {
+) -> Result<VecDeque<Event>, TargetError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut replay = VecDeque::new();
     loop {
@@ -373,7 +463,7 @@ async fn wait_for_sync(
             .await
             .map_err(|_| TargetError::Timeout("SyncComplete".into()))?;
         match ev {
-            Some(Event::Deliver(m)) => replay.push_back(m),
+            Some(ev @ (Event::Deliver(_) | Event::Other(_))) => replay.push_back(ev),
             Some(Event::SyncComplete) => return Ok(replay),
             Some(Event::Closed(reason)) => {
                 return Err(TargetError::Connect(format!(
@@ -387,9 +477,42 @@ async fn wait_for_sync(
     }
 }
 
+/// Where a pump's messages come from: the connection itself, or (`--e2e`) its crypto stage.
+enum Source {
+    Plain {
+        events: EventStream,
+        replay: VecDeque<Event>,
+    },
+    Crypto(mpsc::Receiver<Item>),
+}
+
+impl Source {
+    /// The next message; `None` once the connection has ended. Cancel-safe.
+    async fn next(&mut self) -> Option<Item> {
+        match self {
+            Source::Plain { events, replay } => loop {
+                let ev = match replay.pop_front() {
+                    Some(ev) => Some(ev),
+                    None => events.next_event().await,
+                };
+                match ev {
+                    Some(Event::Deliver(message)) => {
+                        return Some(Item::Deliver {
+                            message,
+                            late_key: false,
+                        });
+                    }
+                    Some(Event::Closed(_)) | None => return None,
+                    Some(_) => {}
+                }
+            },
+            Source::Crypto(items) => items.recv().await,
+        }
+    }
+}
+
 struct Pump {
-    events: EventStream,
-    replay: VecDeque<Message>,
+    source: Source,
     inbound: mpsc::Sender<Inbound>,
     tx: ConnectionSender,
     index_of: HashMap<ConversationId, usize>,
@@ -403,13 +526,10 @@ async fn pump(mut p: Pump) {
     let mut unacked: HashMap<ConversationId, u64> = HashMap::new();
     let mut unacked_count = 0usize;
     let mut ack_due: Option<tokio::time::Instant> = None;
-    let mut replay = std::mem::take(&mut p.replay);
     loop {
-        let next = if let Some(m) = replay.pop_front() {
-            Some(Event::Deliver(m))
-        } else {
+        let next = {
             tokio::select! {
-                ev = p.events.next_event() => ev,
+                item = p.source.next() => item,
                 () = sleep_until_opt(ack_due) => {
                     flush_acks(&p.tx, &mut unacked).await;
                     unacked_count = 0;
@@ -427,10 +547,10 @@ async fn pump(mut p: Pump) {
                 }
             }
         };
-        let m = match next {
-            Some(Event::Deliver(m)) => m,
-            Some(Event::Closed(_)) | None => break,
-            Some(_) => continue,
+        let (m, late_key, undecryptable) = match next {
+            Some(Item::Deliver { message, late_key }) => (message, late_key, None),
+            Some(Item::Undecryptable { message, reason }) => (message, false, Some(reason)),
+            None => break,
         };
         let conversation = m.conversation;
         let seq = m.seq;
@@ -438,8 +558,14 @@ async fn pump(mut p: Pump) {
             // A conversation this user is not in shows up as misrouted in the accounting.
             conversation: p.index_of.get(&conversation).copied().unwrap_or(usize::MAX),
             seq: Some(seq),
-            payload: m.payload,
+            payload: if undecryptable.is_some() {
+                Vec::new()
+            } else {
+                m.payload
+            },
             arrived: Instant::now(),
+            undecryptable,
+            late_key,
         };
         if p.inbound.send(item).await.is_err() {
             break;
@@ -483,6 +609,8 @@ struct TernSender {
     tx: ConnectionSender,
     id_of: HashMap<usize, ConversationId>,
     flush: mpsc::Sender<oneshot::Sender<()>>,
+    /// `--e2e`: the device's crypto state.
+    crypto: Option<DeviceCrypto>,
 }
 
 impl TernSender {
@@ -523,8 +651,16 @@ impl MessageSender for TernSender {
         client_msg_id: u128,
     ) -> Result<SendOutcome, TargetError> {
         let id = self.conversation_id(conversation)?;
+        let (content_type, payload) = match &self.crypto {
+            None => (CONTENT_TYPE.to_string(), payload),
+            Some(crypto) => {
+                let (content_type, payload, _cost) =
+                    tern_e2e::encrypt(crypto, &self.tx, id, CONTENT_TYPE, &payload).await?;
+                (content_type, payload)
+            }
+        };
         self.tx
-            .send(id, client_msg_id, CONTENT_TYPE, payload)
+            .send(id, client_msg_id, &content_type, payload)
             .await
             .map(|r| SendOutcome {
                 seq: Some(r.seq),
@@ -554,6 +690,9 @@ impl MessageSender for TernSender {
 struct Cred {
     name: String,
     token: String,
+    /// Filled at registration (older state files: by `GET /me` when `--e2e` needs it).
+    #[serde(default)]
+    user_id: Option<UserId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -684,6 +823,39 @@ where
     }
 }
 
+/// Learns the user id of every cached credential that lacks one (`GET /me`).
+async fn fill_user_ids(
+    http: &HttpApi,
+    st: &mut SetupState,
+    conc: usize,
+) -> Result<(), TargetError> {
+    let jobs: Vec<_> = st
+        .users
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().filter(|c| c.user_id.is_none()).map(|c| (i, c)))
+        .map(|(i, c)| {
+            let authed = http.clone().with_token(c.token.clone());
+            async move {
+                let r = with_retry(|| {
+                    let authed = authed.clone();
+                    async move { authed.me().await }
+                })
+                .await;
+                (i, r)
+            }
+        })
+        .collect();
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(conc);
+    while let Some((i, r)) = results.next().await {
+        let me = r.map_err(|e| TargetError::Setup(format!("user {i}: GET /me: {e}")))?;
+        if let Some(c) = st.users[i].as_mut() {
+            c.user_id = Some(me.user_id);
+        }
+    }
+    Ok(())
+}
+
 /// Every invitee accepts `conversation` (a group invitation or a 1:1 request), many at once:
 /// a group of 100 is joined in parallel. An invitation already used up (an earlier run)
 /// counts as accepted.
@@ -731,6 +903,7 @@ async fn register_one(http: HttpApi, name: String) -> Result<Cred, TargetError> 
     Ok(Cred {
         name,
         token: login.token,
+        user_id: Some(login.user_id),
     })
 }
 
