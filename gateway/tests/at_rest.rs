@@ -138,14 +138,8 @@ async fn sdk_send(
     loop {
         match next(&mut conn).await {
             Event::SyncComplete => break,
-            Event::Other(ServerMessage::KeyShare {
-                from_user,
-                from_device,
-                payload,
-                inbox_id,
-            }) => {
-                e2e.on_key_share(from_user, from_device, &payload, inbox_id)
-                    .expect("share");
+            Event::Other(m) => {
+                e2e.on_server_message(&m).expect("crypto event");
             }
             _ => {}
         }

@@ -108,16 +108,8 @@ impl Device {
             .push(format!("{event:?}").chars().take(120).collect());
         match &event {
             Event::Deliver(m) => self.take(m.clone()),
-            Event::Other(ServerMessage::KeyShare {
-                from_user,
-                from_device,
-                payload,
-                inbox_id,
-            }) => {
-                let ready = self
-                    .e2e
-                    .on_key_share(*from_user, *from_device, payload, *inbox_id)
-                    .expect("key share handled");
+            Event::Other(m) => {
+                let (_, ready) = self.e2e.on_server_message(m).expect("crypto event");
                 self.absorb(ready);
                 if let Some(up_to) = self.e2e.take_inbox_ack() {
                     self.conn
@@ -125,9 +117,6 @@ impl Device {
                         .await
                         .expect("ack inbox");
                 }
-            }
-            Event::Other(ServerMessage::DeviceListChanged { user }) => {
-                self.e2e.on_device_list_changed(*user)
             }
             _ => {}
         }

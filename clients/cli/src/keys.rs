@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use tern_sdk::tern_core::crypto::CryptoConfig;
 use tern_sdk::tern_wire::ids::DeviceId;
-use tern_sdk::tern_wire::msg::{ClientMessage, Cursor, Message, ServerMessage};
+use tern_sdk::tern_wire::msg::{ClientMessage, Cursor, Message};
 use tern_sdk::{Config, Connection, E2e, Event, UndecryptableMessage};
 
 use crate::state::Session;
@@ -76,16 +76,8 @@ pub async fn sync(
             .context("the connection closed while syncing keys")?;
         match event {
             Event::SyncComplete => break,
-            Event::Other(ServerMessage::KeyShare {
-                from_user,
-                from_device,
-                payload,
-                inbox_id,
-            }) => {
-                e2e.on_key_share(from_user, from_device, &payload, inbox_id)?;
-            }
-            Event::Other(ServerMessage::DeviceListChanged { user }) => {
-                e2e.on_device_list_changed(user)
+            Event::Other(m) => {
+                e2e.on_server_message(&m)?;
             }
             _ => {}
         }

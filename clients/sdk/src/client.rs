@@ -682,30 +682,27 @@ impl Client {
                     duplicate,
                 }));
             }
-            Event::Other(ServerMessage::KeyShare {
-                from_user,
-                from_device,
-                payload,
-                inbox_id,
-            }) if self.e2e.is_some() => {
-                self.on_key_share(from_user, from_device, &payload, inbox_id)
-            }
             Event::Other(m) => {
                 if let Some(e2e) = self.e2e.as_mut() {
-                    match &m {
-                        ServerMessage::Conversation { info, .. } => e2e.set_members(
-                            info.conversation,
-                            info.members.iter().map(|m| m.user).collect(),
-                        ),
-                        ServerMessage::MemberRemoved { conversation, user } => {
-                            if let Err(e) = e2e.on_member_removed(*conversation, *user) {
-                                tracing::warn!(error = %e, "could not record a member removal");
+                    match e2e.on_server_message(&m) {
+                        Ok((key_share, ready)) => {
+                            let notices = e2e.take_notices();
+                            for r in ready {
+                                self.push_event(match r {
+                                    Ok(m) => ClientEvent::Decrypted(m),
+                                    Err(u) => ClientEvent::Undecryptable(u),
+                                });
+                            }
+                            for n in notices {
+                                self.push_event(ClientEvent::Crypto(n));
+                            }
+                            if key_share {
+                                return;
                             }
                         }
-                        ServerMessage::DeviceListChanged { user } => {
-                            e2e.on_device_list_changed(*user)
-                        }
-                        _ => {}
+                        // Not persisted, so a key share is not acknowledged: the inbox sends
+                        // it again on the next connection.
+                        Err(e) => tracing::warn!(error = %e, "crypto state not updated"),
                     }
                 }
                 self.push_event(ClientEvent::Other(m))
@@ -753,42 +750,6 @@ impl Client {
                 Err(u) => ClientEvent::Undecryptable(u),
             },
             (event, _) => event,
-        }
-    }
-
-    fn on_key_share(
-        &mut self,
-        from_user: tern_wire::ids::UserId,
-        from_device: DeviceId,
-        payload: &[u8],
-        inbox_id: u64,
-    ) {
-        let Some(e2e) = self.e2e.as_mut() else {
-            return;
-        };
-        let ready = match e2e.on_key_share(from_user, from_device, payload, inbox_id) {
-            Ok(ready) => ready,
-            Err(e) => {
-                // Not persisted, so not acknowledged: the inbox delivers it again.
-                tracing::warn!(error = %e, "key share not stored");
-                return;
-            }
-        };
-        let notices = e2e.take_notices();
-        for r in ready {
-            self.push_event(match r {
-                Ok(m) => ClientEvent::Decrypted(m),
-                Err(u) => ClientEvent::Crypto(CryptoNotice::Key(
-                    tern_core::crypto::CryptoEvent::Rejected {
-                        user: u.message.sender_user,
-                        device: u.message.sender_device,
-                        reason: "a waiting message still did not decrypt",
-                    },
-                )),
-            });
-        }
-        for n in notices {
-            self.push_event(ClientEvent::Crypto(n));
         }
     }
 

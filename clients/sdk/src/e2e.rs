@@ -669,6 +669,46 @@ impl E2e {
         self.waiting_count
     }
 
+    /// Feeds a server event the crypto state depends on: key shares (returns the messages they
+    /// made readable), member lists (`Conversation`), removals (rotate), device-list changes
+    /// (re-query). Anything else is ignored. Returns whether the event was a key share (which
+    /// the app need not see).
+    pub fn on_server_message(
+        &mut self,
+        message: &ServerMessage,
+    ) -> Result<(
+        bool,
+        Vec<std::result::Result<Message, UndecryptableMessage>>,
+    )> {
+        match message {
+            ServerMessage::KeyShare {
+                from_user,
+                from_device,
+                payload,
+                inbox_id,
+            } => Ok((
+                true,
+                self.on_key_share(*from_user, *from_device, payload, *inbox_id)?,
+            )),
+            ServerMessage::Conversation { info, .. } => {
+                self.set_members(
+                    info.conversation,
+                    info.members.iter().map(|m| m.user).collect(),
+                );
+                Ok((false, Vec::new()))
+            }
+            ServerMessage::MemberRemoved { conversation, user } => {
+                self.on_member_removed(*conversation, *user)?;
+                Ok((false, Vec::new()))
+            }
+            ServerMessage::DeviceListChanged { user } => {
+                self.on_device_list_changed(*user);
+                Ok((false, Vec::new()))
+            }
+            _ => Ok((false, Vec::new())),
+        }
+    }
+
     /// The inbox id to acknowledge now (state persisted up to it), once.
     pub fn take_inbox_ack(&mut self) -> Option<u64> {
         self.inbox_ack_due.take()
@@ -866,12 +906,7 @@ mod tests {
     const CONVERSATION: ConversationId = ConversationId(7);
 
     fn device(user: u128) -> E2e {
-        E2e::in_memory(
-            UserId(user),
-            DeviceId(user << 8),
-            CryptoConfig::default(),
-        )
-        .expect("device")
+        E2e::in_memory(UserId(user), DeviceId(user << 8), CryptoConfig::default()).expect("device")
     }
 
     fn published(e2e: &mut E2e) -> PublishedKeys {
