@@ -590,3 +590,73 @@ async fn a_contacts_identity_change_is_flagged() {
     assert_eq!(body(&b.until_read(id2).await), "second");
     let _ = id;
 }
+
+#[tokio::test]
+async fn a_key_that_reached_only_another_own_device_is_recovered_from_the_backup() {
+    for transport in TRANSPORTS {
+        let server = TestServer::start().await;
+        let (alice, bob, direct) = alice_and_bob(&server).await;
+        let mut a = Device::open(&server, transport, &alice, &alice.token).await;
+        let mut b1 = Device::open(&server, transport, &bob, &bob.token).await;
+        a.learn_members(&alice.http).await;
+        let first = a.send(direct, "before the new device").await;
+        b1.until_read(first).await;
+        b1.e2e
+            .create_backup(&bob.http, "recovery words")
+            .await
+            .expect("backup");
+
+        // Bob's new device restores (unlocks) the backup...
+        let token2 = second_login(&server, &bob).await;
+        let bob2_http = server.http().with_token(&token2);
+        let mut b2 = Device::open(&server, transport, &bob, &token2).await;
+        b2.e2e
+            .restore_backup(&bob2_http, "recovery words")
+            .await
+            .expect("restore");
+        // ...and Alice sends before she heard of it (her DeviceListChanged is still queued):
+        // the key goes to Bob's first device only. A fresh session (as after a rotation): the
+        // restored copy of the first one would decrypt its later messages too.
+        a.e2e
+            .on_member_removed(direct, UserId::random())
+            .expect("rotate");
+        let second = a.send(direct, "only b1 gets this key").await;
+        b1.until_read(second).await;
+        b1.e2e
+            .upload_backup(&bob.http)
+            .await
+            .expect("b1 backs the key up");
+
+        // b2 has the message but no key...
+        while !b2.raw.iter().any(|m| m.message_id == second) {
+            b2.next().await;
+        }
+        assert!(
+            b2.undecryptable
+                .iter()
+                .any(|(m, r)| m.message_id == second && *r == Undecryptable::NoKeyYet),
+            "{:?}",
+            b2.undecryptable
+        );
+        assert_eq!(b2.e2e.conversations_waiting(), vec![direct]);
+        // ...until it asks the backup.
+        let ready = b2
+            .e2e
+            .recover_from_backup(&bob2_http, direct)
+            .await
+            .expect("recover");
+        b2.absorb(ready);
+        // (Alice's device, unknown to this new device, is looked up first if need be.)
+        let ready = b2
+            .e2e
+            .resolve_unknown_senders(&b2.conn)
+            .await
+            .expect("query senders");
+        b2.absorb(ready);
+        assert_eq!(
+            body(&b2.read[&second]),
+            "only b1 gets this key",
+            "{transport:?}"
+        );
+    }
+}

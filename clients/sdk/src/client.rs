@@ -50,6 +50,10 @@ use tern_wire::msg::{Cursor, ErrorCode, Message, Notice, ServerMessage};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+
+/// How often the key backup is asked again for one conversation's missing keys (bounds the
+/// HTTPS traffic of a device that keeps receiving messages it has no key for).
+const BACKUP_REFETCH: Duration = Duration::from_secs(60);
 use crate::config::Config;
 use crate::connection::{Connection, Event, HistoryPage, SendReceipt};
 use crate::e2e::{CryptoNotice, E2e, UndecryptableMessage};
@@ -132,6 +136,8 @@ pub struct Client {
     epoch: Instant,
     /// End-to-end encryption (see [`Client::set_e2e`]); `None` sends payloads as given.
     e2e: Option<E2e>,
+    /// When each conversation's backed-up keys were last fetched for waiting messages.
+    backup_fetched: std::collections::HashMap<ConversationId, Instant>,
 }
 
 impl Client {
@@ -157,6 +163,7 @@ impl Client {
             reconnect: Reconnect::new(backoff),
             epoch: Instant::now(),
             e2e: None,
+            backup_fetched: std::collections::HashMap::new(),
         }
     }
 
@@ -559,7 +566,7 @@ impl Client {
             }
             // No connection and nothing queued: the caller has to reconnect.
             self.conn.as_ref()?;
-            if self.resolve_unknown_senders().await {
+            if self.resolve_unknown_senders().await || self.recover_from_backup().await {
                 continue;
             }
             if self.delivery.is_synced()
@@ -751,6 +758,51 @@ impl Client {
             },
             (event, _) => event,
         }
+    }
+
+    /// Messages waiting for a key in a conversation whose backed-up keys were not fetched in
+    /// the last [`BACKUP_REFETCH`]: fetch them (only when this device has the backup
+    /// unlocked). True when something became readable.
+    async fn recover_from_backup(&mut self) -> bool {
+        let Some(e2e) = self.e2e.as_mut() else {
+            return false;
+        };
+        if e2e.machine().backup_version().is_none() {
+            return false;
+        }
+        let now = Instant::now();
+        let due: Vec<ConversationId> = e2e
+            .conversations_waiting()
+            .into_iter()
+            .filter(|c| {
+                self.backup_fetched
+                    .get(c)
+                    .is_none_or(|t| now.duration_since(*t) >= BACKUP_REFETCH)
+            })
+            .collect();
+        if due.is_empty() {
+            return false;
+        }
+        let api = match crate::HttpApi::new(&self.config) {
+            Ok(api) => api.with_token(&self.token),
+            Err(_) => return false,
+        };
+        let mut ready = Vec::new();
+        for conversation in due {
+            self.backup_fetched.insert(conversation, now);
+            match e2e.recover_from_backup(&api, conversation).await {
+                Ok(r) => ready.extend(r),
+                Err(e) => tracing::debug!(error = %e, "key backup not reachable"),
+            }
+        }
+        let found = !ready.is_empty();
+        for r in ready {
+            self.push_event(match r {
+                Ok(m) => ClientEvent::Decrypted(m),
+                Err(u) => ClientEvent::Undecryptable(u),
+            });
+        }
+        found
     }
 
     /// Looks up devices that sent keys or messages before we knew them; true when it did.

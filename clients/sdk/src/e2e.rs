@@ -652,6 +652,9 @@ impl E2e {
                             Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice
                         ) =>
                     {
+                        if u.reason == Undecryptable::UntrustedDevice {
+                            self.to_query.insert(m.sender_user);
+                        }
                         self.wait_for_key(m)
                     }
                     other => done.push(other),
@@ -848,10 +851,23 @@ impl E2e {
         self.machine
             .backup_unlock(passphrase, &header.version, &meta)
             .map_err(crypto)?;
+        let total = self.import_backup(api, None).await?;
+        self.persist()?;
+        Ok(total)
+    }
+
+    /// Imports the backup's sessions (of one conversation, or all), page by page.
+    async fn import_backup(
+        &mut self,
+        api: &crate::HttpApi,
+        conversation: Option<ConversationId>,
+    ) -> Result<tern_core::crypto::RestoreReport> {
         let mut total = tern_core::crypto::RestoreReport::default();
         let mut after: Option<String> = None;
         loop {
-            let page = api.backup_sessions(None, after.as_deref(), None).await?;
+            let page = api
+                .backup_sessions(conversation, after.as_deref(), None)
+                .await?;
             let entries: Vec<tern_core::crypto::BackupEntry> = page
                 .sessions
                 .iter()
@@ -875,11 +891,41 @@ impl E2e {
             total.invalid += report.invalid;
             match page.next_after {
                 Some(next) if !page.sessions.is_empty() => after = Some(next),
-                _ => break,
+                _ => return Ok(total),
             }
         }
-        self.persist()?;
-        Ok(total)
+    }
+
+    /// Conversations with messages waiting for a key, for [`E2e::recover_from_backup`].
+    pub fn conversations_waiting(&self) -> Vec<ConversationId> {
+        let mut out: Vec<ConversationId> = self
+            .waiting
+            .values()
+            .flatten()
+            .map(|m| m.conversation)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Recovery without the sender: when this device has the backup unlocked (it created or
+    /// restored it) and messages of `conversation` wait for a key, the backup may hold it (one
+    /// of the user's other devices uploaded it). Fetches that conversation's backed-up
+    /// sessions and retries. Returns what became readable; nothing when no backup is unlocked.
+    pub async fn recover_from_backup(
+        &mut self,
+        api: &crate::HttpApi,
+        conversation: ConversationId,
+    ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
+        if self.machine.backup_version().is_none() {
+            return Ok(Vec::new());
+        }
+        let report = self.import_backup(api, Some(conversation)).await?;
+        if report.imported == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.retry_waiting())
     }
 
     /// Whether `error` is the wrong-passphrase refusal of [`E2e::restore_backup`].
