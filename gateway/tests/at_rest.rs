@@ -13,7 +13,7 @@ use common::*;
 use tern_core::crypto::CryptoConfig;
 use tern_sdk::e2e::TEXT_CONTENT_TYPE;
 use tern_sdk::tern_wire::ids::{ConversationId, DeviceId};
-use tern_sdk::tern_wire::msg::{ClientMessage, ServerMessage};
+use tern_sdk::tern_wire::msg::ClientMessage;
 use tern_sdk::{Connection, E2e, Event, TransportPref};
 use tokio::io::AsyncWriteExt as _;
 
