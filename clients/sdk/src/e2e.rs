@@ -199,7 +199,12 @@ impl std::fmt::Debug for E2e {
 }
 
 fn crypto(e: CryptoError) -> Error {
-    Error::Crypto(e.to_string())
+    match e {
+        // Too large to encrypt is as permanent as too large to send: the outbox drops and
+        // reports the entry instead of retrying it forever.
+        CryptoError::TooLarge { size, max } => Error::FrameTooLarge { size, max },
+        e => Error::Crypto(e.to_string()),
+    }
 }
 
 fn now_ms() -> u64 {
