@@ -83,7 +83,7 @@ echo "smoke: tern (pid $server_pid) on $addr"
 
 failed=0
 for mode in $modes; do
-for target in tern-ws tern-wt; do
+for target in ${SMOKE_TARGETS:-tern-ws tern-wt}; do
     n=$users
     flags=()
     name=$target

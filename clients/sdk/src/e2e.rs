@@ -706,12 +706,7 @@ mod tests {
     const CONVERSATION: ConversationId = ConversationId(7);
 
     fn device(user: u128) -> E2e {
-        E2e::in_memory(
-            UserId(user),
-            DeviceId(user << 8),
-            CryptoConfig::default(),
-        )
-        .expect("device")
+        E2e::in_memory(UserId(user), DeviceId(user << 8), CryptoConfig::default()).expect("device")
     }
 
     fn published(e2e: &mut E2e) -> PublishedKeys {

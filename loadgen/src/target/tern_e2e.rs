@@ -40,6 +40,10 @@ use super::TargetError;
 const MAX_BACKLOG: usize = 4_096;
 /// Items queued from the stage to the pump.
 const STAGE_QUEUE: usize = 256;
+/// A message whose key has not come this long after it is reported undecryptable (`NoKeyYet`)
+/// and stops holding back its conversation. Below the runs' default drain (5 s), so it is
+/// counted before the accounting; far above a normal late key (milliseconds).
+const KEY_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One device's crypto state, shared by its sender and its receive stage.
 pub type DeviceCrypto = Arc<Mutex<E2e>>;
@@ -106,6 +110,22 @@ pub enum Item {
     Undecryptable { message: Message, reason: String },
 }
 
+impl Item {
+    fn message(&self) -> &Message {
+        match self {
+            Item::Deliver { message, .. } | Item::Undecryptable { message, .. } => message,
+        }
+    }
+}
+
+/// One step of a handled batch, in server order: an item, or a message that waits for its key
+/// (later items of its conversation are held back behind it, so each conversation stays in
+/// seq order as a client shows it; their latency then includes the wait).
+enum Step {
+    Out(Item),
+    Hold(ConversationId, MessageId),
+}
+
 fn reason_text(reason: &Undecryptable) -> String {
     let short = match reason {
         Undecryptable::NoKeyYet => "NoKeyYet",
@@ -127,7 +147,13 @@ struct Stage {
     tx: ConnectionSender,
     out: mpsc::Sender<Item>,
     /// Messages the E2e keeps for a retry (no key yet, sender device not looked up yet).
-    waiting: HashMap<MessageId, Message>,
+    waiting: HashMap<MessageId, (Message, std::time::Instant)>,
+    /// Messages already reported undecryptable after [`KEY_WAIT_LIMIT`]: a key arriving later
+    /// does not deliver them a second time.
+    given_up: std::collections::HashSet<MessageId>,
+    /// Per conversation, in server order: messages waiting (`None`) and the items held behind
+    /// them.
+    order: HashMap<ConversationId, VecDeque<(MessageId, Option<Item>)>>,
     late_tx: mpsc::UnboundedSender<Vec<Result<Message, UndecryptableMessage>>>,
 }
 
@@ -147,6 +173,8 @@ pub fn crypto_stage(
         tx,
         out,
         waiting: HashMap::new(),
+        given_up: std::collections::HashSet::new(),
+        order: HashMap::new(),
         late_tx,
     };
     tokio::spawn(stage.run(events, replay, late_rx));
@@ -156,7 +184,7 @@ pub fn crypto_stage(
 /// What one batch of events asks for after it was handled under the lock.
 #[derive(Default)]
 struct Outcome {
-    items: Vec<Item>,
+    items: Vec<Step>,
     query: BTreeSet<UserId>,
     inbox_ack: Option<u64>,
 }
@@ -169,6 +197,8 @@ impl Stage {
         mut late_rx: mpsc::UnboundedReceiver<Vec<Result<Message, UndecryptableMessage>>>,
     ) {
         let mut closed = false;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if closed && backlog.is_empty() {
                 break;
@@ -178,7 +208,7 @@ impl Stage {
                 biased;
                 Some(late) = late_rx.recv() => {
                     let items = self.finish(late, true);
-                    if !self.emit(items).await {
+                    if !self.emit(items.into_iter().map(Step::Out).collect()).await {
                         return;
                     }
                 }
@@ -186,6 +216,12 @@ impl Stage {
                     let outcome = self.handle(&mut e2e, &mut backlog);
                     drop(e2e);
                     if !self.apply(outcome).await {
+                        return;
+                    }
+                }
+                _ = tick.tick(), if !self.waiting.is_empty() => {
+                    let expired = self.expire_waiting();
+                    if !self.emit(expired).await {
                         return;
                     }
                 }
@@ -205,19 +241,21 @@ impl Stage {
             tokio::select! {
                 Some(late) = late_rx.recv() => {
                     let items = self.finish(late, true);
-                    if !self.emit(items).await {
+                    if !self.emit(items.into_iter().map(Step::Out).collect()).await {
                         return;
                     }
                 }
                 () = &mut grace => break,
             }
         }
-        let leftover: Vec<Item> = self
+        let leftover: Vec<Step> = self
             .waiting
             .drain()
-            .map(|(_, message)| Item::Undecryptable {
-                message,
-                reason: "NoKeyYet: still waiting for its key when the connection ended".into(),
+            .map(|(_, (message, _))| {
+                Step::Out(Item::Undecryptable {
+                    message,
+                    reason: "NoKeyYet: still waiting for its key when the connection ended".into(),
+                })
             })
             .collect();
         self.emit(leftover).await;
@@ -231,29 +269,30 @@ impl Stage {
                 Event::Deliver(m) => {
                     if m.content_type != MEGOLM_CONTENT_TYPE {
                         // Every device of an --e2e run encrypts: plaintext here is a failure.
-                        outcome.items.push(Item::Undecryptable {
+                        outcome.items.push(Step::Out(Item::Undecryptable {
                             reason: format!("not encrypted (content type {:?})", m.content_type),
                             message: m,
-                        });
+                        }));
                         continue;
                     }
                     match e2e.decrypt(&m) {
-                        Ok(plain) => outcome.items.push(Item::Deliver {
+                        Ok(plain) => outcome.items.push(Step::Out(Item::Deliver {
                             message: plain,
                             late_key: false,
-                        }),
+                        })),
                         Err(u) => match u.reason {
-                            Undecryptable::NoKeyYet => {
-                                self.waiting.insert(m.message_id, m);
+                            Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice => {
+                                if u.reason == Undecryptable::UntrustedDevice {
+                                    outcome.query.insert(m.sender_user);
+                                }
+                                outcome.items.push(Step::Hold(m.conversation, m.message_id));
+                                self.waiting
+                                    .insert(m.message_id, (m, std::time::Instant::now()));
                             }
-                            Undecryptable::UntrustedDevice => {
-                                outcome.query.insert(m.sender_user);
-                                self.waiting.insert(m.message_id, m);
-                            }
-                            reason => outcome.items.push(Item::Undecryptable {
+                            reason => outcome.items.push(Step::Out(Item::Undecryptable {
                                 message: u.message,
                                 reason: reason_text(&reason),
-                            }),
+                            })),
                         },
                     }
                 }
@@ -263,7 +302,9 @@ impl Stage {
                     payload,
                     inbox_id,
                 }) => match e2e.on_key_share(from_user, from_device, &payload, inbox_id) {
-                    Ok(ready) => outcome.items.extend(self.finish(ready, true)),
+                    Ok(ready) => outcome
+                        .items
+                        .extend(self.finish(ready, true).into_iter().map(Step::Out)),
                     Err(e) => tracing::warn!(error = %e, "e2e: key share not kept"),
                 },
                 Event::Other(ServerMessage::DeviceListChanged { user }) => {
@@ -289,6 +330,28 @@ impl Stage {
         outcome
     }
 
+    /// Messages that waited longer than [`KEY_WAIT_LIMIT`], reported undecryptable.
+    fn expire_waiting(&mut self) -> Vec<Step> {
+        let now = std::time::Instant::now();
+        let expired: Vec<MessageId> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= KEY_WAIT_LIMIT)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut steps = Vec::new();
+        for id in expired {
+            if let Some((message, _)) = self.waiting.remove(&id) {
+                self.given_up.insert(id);
+                steps.push(Step::Out(Item::Undecryptable {
+                    message,
+                    reason: format!("NoKeyYet: no key within {KEY_WAIT_LIMIT:?}"),
+                }));
+            }
+        }
+        steps
+    }
+
     /// Turns decrypt results of waiting messages into items.
     fn finish(
         &mut self,
@@ -297,6 +360,13 @@ impl Stage {
     ) -> Vec<Item> {
         results
             .into_iter()
+            .filter(|r| {
+                let id = match r {
+                    Ok(m) => m.message_id,
+                    Err(u) => u.message.message_id,
+                };
+                !self.given_up.contains(&id)
+            })
             .map(|r| match r {
                 Ok(message) => {
                     self.waiting.remove(&message.message_id);
@@ -334,8 +404,40 @@ impl Stage {
         self.emit(outcome.items).await
     }
 
-    async fn emit(&self, items: Vec<Item>) -> bool {
-        for item in items {
+    /// Sends what is not held back, in each conversation's server order.
+    async fn emit(&mut self, steps: Vec<Step>) -> bool {
+        let mut ready = Vec::new();
+        for step in steps {
+            match step {
+                Step::Hold(conversation, id) => {
+                    self.order
+                        .entry(conversation)
+                        .or_default()
+                        .push_back((id, None));
+                }
+                Step::Out(item) => {
+                    let conversation = item.message().conversation;
+                    let id = item.message().message_id;
+                    let Some(queue) = self.order.get_mut(&conversation) else {
+                        ready.push(item);
+                        continue;
+                    };
+                    match queue.iter_mut().find(|(m, _)| *m == id) {
+                        Some(slot) => slot.1 = Some(item),
+                        None => queue.push_back((id, Some(item))),
+                    }
+                    while queue.front().is_some_and(|(_, item)| item.is_some()) {
+                        if let Some((_, Some(item))) = queue.pop_front() {
+                            ready.push(item);
+                        }
+                    }
+                    if queue.is_empty() {
+                        self.order.remove(&conversation);
+                    }
+                }
+            }
+        }
+        for item in ready {
             if self.out.send(item).await.is_err() {
                 return false;
             }
