@@ -870,4 +870,40 @@ mod tests {
         let example = resolve(example).expect("the example configuration resolves");
         assert_eq!(example.edge.http_head_timeout, Duration::from_secs(20));
     }
+
+    #[test]
+    fn key_limits_defaults_and_bounds() {
+        let config = Config::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(config.keys.max_one_time_keys_per_device, 100);
+        assert_eq!(config.keys.max_inbox_entries_per_device, 10_000);
+        assert_eq!(
+            config.keys.inbox_retention,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(config.keys.claims_per_target_per_minute, 50);
+        assert_eq!(config.keys.max_backup_sessions_per_user, 200_000);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        for bad in [
+            "max_one_time_keys_per_device = 0",
+            "max_one_time_keys_per_device = 1001",
+            "max_inbox_entries_per_device = 0",
+            "inbox_retention_days = 0",
+            "key_claims_per_target_per_minute = 0",
+            "max_backup_sessions_per_user = 0",
+        ] {
+            assert!(resolve(bad).is_err(), "{bad} is refused");
+        }
+        let set =
+            resolve("max_inbox_entries_per_device = 7\ninbox_retention_days = 2").expect("set");
+        assert_eq!(set.keys.max_inbox_entries_per_device, 7);
+        assert_eq!(set.keys.inbox_retention, Duration::from_secs(2 * 86_400));
+    }
 }
