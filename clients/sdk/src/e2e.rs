@@ -73,6 +73,37 @@ pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
 const QUERY_BATCH: usize = 1_000;
 /// Shares per `ClientSendKeyShares` (the server's bound).
 const SHARE_BATCH: usize = 2_000;
+/// Bytes a share adds to a `ClientSendKeyShares` frame besides its payload (two 16-byte ids,
+/// FlatBuffers table, vector and offset overhead), rounded up.
+const SHARE_FRAME_OVERHEAD: usize = 96;
+/// Room kept in a frame for the envelope and the request itself.
+const FRAME_HEADROOM: usize = 1_024;
+
+/// Splits `payload_sizes` (in order) into consecutive batches of at most [`SHARE_BATCH`]
+/// shares whose frame stays within `max_frame_bytes` (the server's `Welcome` value): a
+/// 100-member group's ~900-byte Olm shares are ~90 KB, more than one 64 KiB frame.
+pub fn share_batches(
+    payload_sizes: &[usize],
+    max_frame_bytes: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let budget = max_frame_bytes.saturating_sub(FRAME_HEADROOM).max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, size) in payload_sizes.iter().enumerate() {
+        let cost = size + SHARE_FRAME_OVERHEAD;
+        if i > start && (bytes + cost > budget || i - start >= SHARE_BATCH) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += cost;
+    }
+    if start < payload_sizes.len() {
+        out.push(start..payload_sizes.len());
+    }
+    out
+}
 /// Claims per `ClientClaimKeys` go per user (the request names one user), so a group's first
 /// message or a member's new devices need one request per user: this many are in flight at
 /// once (a 1,000-member group would otherwise wait 1,000 round trips).
@@ -516,7 +547,14 @@ impl E2e {
             );
         }
         let started = std::time::Instant::now();
-        for chunk in encrypted.key_shares.chunks(SHARE_BATCH) {
+        let sizes: Vec<usize> = encrypted
+            .key_shares
+            .iter()
+            .map(|s| s.payload.len())
+            .collect();
+        let max_frame = conn.key_requests().welcome().max_frame_bytes as usize;
+        for range in share_batches(&sizes, max_frame) {
+            let chunk = &encrypted.key_shares[range];
             let shares: Vec<KeyShareItem> = chunk
                 .iter()
                 .map(|s| KeyShareItem {
@@ -710,6 +748,35 @@ mod tests {
     use tern_wire::ids::MessageId;
 
     const CONVERSATION: ConversationId = ConversationId(7);
+
+    /// A 100-member group's shares (~900 B each) do not fit one 64 KiB frame: they go in
+    /// several requests, none over the frame limit, all shares once and in order.
+    #[test]
+    fn key_shares_are_split_to_fit_the_frame() {
+        let sizes = vec![900; 99];
+        let batches = share_batches(&sizes, 65_536);
+        assert!(batches.len() >= 2, "{batches:?}");
+        let mut next = 0;
+        for b in &batches {
+            assert_eq!(b.start, next);
+            next = b.end;
+            let bytes: usize = sizes[b.clone()]
+                .iter()
+                .map(|s| s + SHARE_FRAME_OVERHEAD)
+                .sum();
+            assert!(bytes + FRAME_HEADROOM <= 65_536, "{b:?} is {bytes} bytes");
+        }
+        assert_eq!(next, sizes.len());
+        assert_eq!(
+            share_batches(&[], 65_536),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert_eq!(
+            share_batches(&[10; 5000], 1 << 30).len(),
+            3,
+            "at most SHARE_BATCH each"
+        );
+    }
 
     fn device(user: u128) -> E2e {
         E2e::in_memory(UserId(user), DeviceId(user << 8), CryptoConfig::default()).expect("device")
