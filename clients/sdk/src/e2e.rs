@@ -69,8 +69,11 @@ pub const TEXT_CONTENT_TYPE: &str = "text";
 /// Messages kept for a retry while their key has not arrived. Beyond this the oldest is
 /// surfaced as undecryptable for good (it can still be decrypted from history later).
 pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
-/// Users per `ClientQueryKeys` (the server's bound).
-const QUERY_BATCH: usize = 1_000;
+/// Users per `ClientQueryKeys`. The server accepts 1,000, but its answer lists every device
+/// with its keys (~200 B each): 1,000 users' answer is ~200 KB, more than one 64 KiB frame, and
+/// the connection fails. 200 users (~40 KB with one device each) leave room for a few devices
+/// per user.
+const QUERY_BATCH: usize = 200;
 /// Shares per `ClientSendKeyShares` (the server's bound).
 const SHARE_BATCH: usize = 2_000;
 /// Bytes a share adds to a `ClientSendKeyShares` frame besides its payload (two 16-byte ids,
