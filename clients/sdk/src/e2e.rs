@@ -111,6 +111,11 @@ pub fn share_batches(
 /// message or a member's new devices need one request per user: this many are in flight at
 /// once (a 1,000-member group would otherwise wait 1,000 round trips).
 const CLAIMS_IN_FLIGHT: usize = 32;
+/// Retries of one claim refused with `rate_limited` (each after the server's wait): enough to
+/// ride out a 1,000-member burst, bounded so a server that always refuses ends the send.
+const MAX_RATE_LIMITED_RETRIES: u32 = 200;
+/// Shortest wait before such a retry.
+const RATE_LIMITED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// How many `encrypt` rounds may still report missing devices before we send anyway: a
 /// device with no claimable key (never published) must not block the conversation.
 const MAX_CLAIM_ROUNDS: usize = 2;
@@ -463,12 +468,31 @@ impl E2e {
         }
         let sender = conn.key_requests();
         let mut replies = futures_util::stream::iter(by_user)
-            .map(|(user, devices)| {
-                sender.request(move |request_id| ClientMessage::ClaimKeys {
-                    request_id,
-                    user,
-                    devices,
-                })
+            .map(|(user, devices)| async move {
+                // A large group's first message claims for every member: the server's request
+                // rate limit answers `rate_limited` with a wait; wait and ask again.
+                let mut attempts = 0;
+                loop {
+                    let devices = devices.clone();
+                    match sender
+                        .request(move |request_id| ClientMessage::ClaimKeys {
+                            request_id,
+                            user,
+                            devices,
+                        })
+                        .await
+                    {
+                        Err(e)
+                            if e.code() == Some("rate_limited")
+                                && attempts < MAX_RATE_LIMITED_RETRIES =>
+                        {
+                            attempts += 1;
+                            let wait = e.retry_after().unwrap_or(RATE_LIMITED_WAIT);
+                            tokio::time::sleep(wait.max(RATE_LIMITED_WAIT)).await;
+                        }
+                        other => return other,
+                    }
+                }
             })
             .buffer_unordered(CLAIMS_IN_FLIGHT);
         while let Some(reply) = replies.next().await {
