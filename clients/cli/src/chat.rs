@@ -87,15 +87,31 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         ui.names.learn(session.user_id, c);
     }
 
-    let mut client =
-        match Client::connect(config.clone(), session.token.clone(), device, &cursors).await {
-            Ok(c) => c,
-            Err(e) if e.is_auth() => bail!(
-                "the session is no longer valid ({e}); run `tern-cli login {}` again",
-                session.username
-            ),
-            Err(e) => return Err(e.into()),
-        };
+    // Every message this client sends is end-to-end encrypted; the server relays ciphertext.
+    let mut e2e = crate::keys::open(&state_dir, &session, device)?;
+    for c in &conversations {
+        e2e.set_members(
+            c.conversation_id,
+            c.members.iter().map(|m| m.user_id).collect(),
+        );
+    }
+    let mut client = Client::new(
+        config.clone(),
+        session.token.clone(),
+        device,
+        &cursors,
+        tern_sdk::Outbox::in_memory(tern_sdk::OutboxLimits::default()),
+    );
+    client.set_e2e(e2e);
+    let connected = client.reconnect().await;
+    let mut client = match connected.map(|()| client) {
+        Ok(c) => c,
+        Err(e) if e.is_auth() => bail!(
+            "the session is no longer valid ({e}); run `tern-cli login {}` again",
+            session.username
+        ),
+        Err(e) => return Err(e.into()),
+    };
     eprintln!(
         "-- {} over {}, as {}. Type a message and Enter; /quit or Ctrl-D to leave.",
         ui.names.conversation(ui.current),
@@ -170,6 +186,19 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                             ui.names.users.insert(m.user, m.username.clone());
                         }
                     }
+                    Some(ClientEvent::Decrypted(m)) => {
+                        eprintln!("-- a message whose key arrived late:");
+                        ui.print_message(&m);
+                    }
+                    Some(ClientEvent::Undecryptable(u)) => {
+                        eprintln!(
+                            "-- message #{} in {}: {}",
+                            u.message.seq,
+                            ui.names.conversation(u.message.conversation),
+                            crate::keys::why(&u)
+                        );
+                    }
+                    Some(ClientEvent::Crypto(n)) => eprintln!("-- {}", crate::keys::notice(&n)),
                     Some(ClientEvent::Other(_)) => {}
                     Some(ClientEvent::Disconnected(reason)) => {
                         eprintln!("-- disconnected: {reason}");

@@ -1,6 +1,7 @@
 //! `tern-cli`: a command-line client for a Tern server.
 
 mod chat;
+mod keys;
 mod render;
 mod state;
 
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use tern_sdk::tern_wire::api::ConversationView;
 use tern_sdk::tern_wire::ids::ConversationId;
-use tern_sdk::{Config, HistoryQuery, HttpApi, TransportPref, Trust};
+use tern_sdk::{Config, E2e, HistoryQuery, HttpApi, TransportPref, Trust};
 use time::UtcOffset;
 
 use crate::render::{Directory, conversation_label};
@@ -120,9 +121,46 @@ enum Command {
     Unblock { username: String },
     /// List the users you block.
     Blocked,
+    /// List this account's devices (the one you are on is marked), or revoke one.
+    Devices {
+        /// Revoke this device id: its keys, inbox and session are deleted on the server and it
+        /// gets no new message keys.
+        #[arg(long)]
+        revoke: Option<String>,
+    },
+    /// Show the safety number you share with USER (compare it with them in person or on a
+    /// call); `--confirm` marks their devices verified once it matches.
+    Verify {
+        /// @user or user
+        username: String,
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Encrypted key backup: `create` uploads this device's message keys sealed with a key
+    /// derived from a recovery passphrase; `restore` (on a new device) reads them back, so
+    /// history decrypts.
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
     /// Chat interactively: every line you type is sent; incoming messages are printed.
     /// `/quit` or Ctrl-D leaves. Resumes where this device left off.
     Chat { conversation: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupAction {
+    /// Create a new backup (replaces the old one) and upload every key this device holds.
+    Create {
+        /// Prefer TERN_BACKUP_PASSPHRASE or the prompt.
+        #[arg(long, env = "TERN_BACKUP_PASSPHRASE", hide_env_values = true)]
+        passphrase: Option<String>,
+    },
+    /// Restore the backup's keys onto this device.
+    Restore {
+        #[arg(long, env = "TERN_BACKUP_PASSPHRASE", hide_env_values = true)]
+        passphrase: Option<String>,
+    },
 }
 
 fn parse_transport(s: &str) -> Result<TransportPref, String> {
@@ -357,15 +395,149 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                 let oldest = page.messages.first().map_or(0, |m| m.seq);
                 println!("(older messages: --before {oldest})");
             }
-            for v in &page.messages {
-                let m = tern_sdk::message_from_view(conv.conversation_id, v)?;
+            let messages = page
+                .messages
+                .iter()
+                .map(|v| tern_sdk::message_from_view(conv.conversation_id, v))
+                .collect::<tern_sdk::Result<Vec<_>>>()?;
+            // Decrypted here, on this device: the server only ever had ciphertext.
+            let device = st.device();
+            st.save(&dir)?;
+            let mut e2e = keys::open(&dir, &session, device)?;
+            let config = config(&cli, Some(&session))?;
+            let conn = keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
+            let shown = keys::decrypt_all(&mut e2e, &conn, messages).await?;
+            conn.close().await;
+            for r in shown {
+                let (m, text) = match r {
+                    Ok(m) => {
+                        let text = render::body(&m);
+                        (m, text)
+                    }
+                    Err(u) => {
+                        let text = keys::why(&u);
+                        (*u.message, text)
+                    }
+                };
                 println!(
                     "[{}] #{} {}: {}",
                     render::date_time(m.timestamp_ms, offset),
                     m.seq,
                     dir_names.user(m.sender_user),
-                    render::body(&m)
+                    text
                 );
+            }
+        }
+        Command::Devices { revoke } => {
+            let (api, _) = authed(&cli, &st)?;
+            let me = st.device();
+            if let Some(id) = revoke {
+                let id: tern_sdk::tern_wire::ids::DeviceId = id
+                    .parse()
+                    .map_err(|_| anyhow!("{id:?} is not a device id"))?;
+                if id == me {
+                    bail!("that is this device: use `tern-cli logout` here instead");
+                }
+                api.revoke_device(id).await?;
+                println!("revoked {id}");
+            } else {
+                for d in api.devices().await? {
+                    println!(
+                        "{}  {}  keys: {}  last seen {}{}",
+                        d.device_id,
+                        if d.created_ms > 0 {
+                            render::date_time(d.created_ms, offset)
+                        } else {
+                            "?".into()
+                        },
+                        if d.has_keys {
+                            keys::short_fingerprint(&d.identity_key)
+                        } else {
+                            "none".into()
+                        },
+                        if d.last_seen_ms > 0 {
+                            render::date_time(d.last_seen_ms, offset)
+                        } else {
+                            "?".into()
+                        },
+                        if d.device_id == me {
+                            "  (this device)"
+                        } else {
+                            ""
+                        },
+                    );
+                }
+            }
+        }
+        Command::Verify { username, confirm } => {
+            let (api, session) = authed(&cli, &st)?;
+            let name = username.trim_start_matches('@');
+            let other = api.user_by_name(name).await?;
+            let device = st.device();
+            st.save(&dir)?;
+            let mut e2e = keys::open(&dir, &session, device)?;
+            let config = config(&cli, Some(&session))?;
+            let conn = keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
+            e2e.machine_mut().mark_device_list_stale(other.user_id);
+            e2e.machine_mut().mark_device_list_stale(session.user_id);
+            e2e.query(&conn, &[other.user_id, session.user_id]).await?;
+            conn.close().await;
+            for n in e2e.take_notices() {
+                eprintln!("-- {}", keys::notice(&n));
+            }
+            let number = e2e
+                .machine()
+                .safety_number(other.user_id)
+                .context("they have no device with keys yet")?;
+            println!("safety number with {}:", render::sanitize(&other.username));
+            println!("  {number}");
+            for d in e2e.machine().devices_of(other.user_id) {
+                let trust = e2e.machine().device_trust(other.user_id, d);
+                println!("  device {d}: {}", keys::trust_label(trust));
+            }
+            if *confirm {
+                e2e.machine_mut().mark_user_verified(other.user_id);
+                e2e.persist()?;
+                println!(
+                    "marked {}'s devices verified",
+                    render::sanitize(&other.username)
+                );
+            } else {
+                println!(
+                    "compare it with them; if it matches: tern-cli verify {username} --confirm"
+                );
+            }
+        }
+        Command::Backup { action } => {
+            let (api, session) = authed(&cli, &st)?;
+            let device = st.device();
+            st.save(&dir)?;
+            let mut e2e = keys::open(&dir, &session, device)?;
+            match action {
+                BackupAction::Create { passphrase } => {
+                    let config = config(&cli, Some(&session))?;
+                    let conn =
+                        keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
+                    conn.close().await;
+                    let passphrase = password_for(passphrase.as_deref(), true)?;
+                    let n = e2e.create_backup(&api, &passphrase).await?;
+                    println!(
+                        "backup created: {n} message keys uploaded (sealed with your passphrase)"
+                    );
+                }
+                BackupAction::Restore { passphrase } => {
+                    let passphrase = password_for(passphrase.as_deref(), false)?;
+                    match e2e.restore_backup(&api, &passphrase).await {
+                        Ok(report) => println!(
+                            "restored {} message keys ({} already here, {} unreadable)",
+                            report.imported, report.already_known, report.invalid
+                        ),
+                        Err(e) if E2e::is_wrong_passphrase(&e) => {
+                            bail!("wrong backup passphrase: nothing was restored")
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
         }
         Command::Chat { conversation } => {

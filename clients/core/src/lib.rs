@@ -9,3 +9,8 @@
 
 pub mod crypto;
 pub mod protocol;
+
+pub use protocol::backoff::{Backoff, BackoffPolicy};
+pub use protocol::failure::Failure;
+pub use protocol::outbox::{Outbox, OutboxError, OutboxLimits, OutboxStore, PendingSend};
+pub use protocol::sync::{Gap, SyncState};

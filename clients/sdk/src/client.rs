@@ -39,52 +39,29 @@
 //! on errors retrying cannot fix (token revoked or unknown, unsupported version, bad
 //! configuration).
 
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use tern_core::protocol::delivery::{Delivered, Delivery, Popped};
+use tern_core::protocol::drain::{Drain, SendFailed};
+use tern_core::protocol::failure::{Failure, error_code_from_str};
+use tern_core::protocol::reconnect::{Reconnect, connect_failure_is_permanent};
 use tern_wire::ids::{ConversationId, DeviceId};
 use tern_wire::msg::{Cursor, ErrorCode, Message, Notice, ServerMessage};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+
+/// How often the key backup is asked again for one conversation's missing keys (bounds the
+/// HTTPS traffic of a device that keeps receiving messages it has no key for).
+const BACKUP_REFETCH: Duration = Duration::from_secs(60);
 use crate::config::Config;
 use crate::connection::{Connection, Event, HistoryPage, SendReceipt};
+use crate::e2e::{CryptoNotice, E2e, UndecryptableMessage};
 use crate::error::{CloseReason, Error, Result};
 use crate::outbox::{Outbox, OutboxLimits, PendingSend};
-use crate::sync::{Advance, SyncState};
 
-/// Page size for gap filling.
-const GAP_FETCH_LIMIT: u64 = 200;
-/// Structured rejections kept for [`Client::take_rejected`] (oldest dropped beyond this).
-const MAX_REJECTED: usize = 1024;
-
-/// An outbox entry the server refused for good; it was removed from the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    pub client_msg_id: u128,
-    pub conversation: ConversationId,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-/// When the outbox may be drained automatically on the current connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DrainGate {
-    Open,
-    /// Rate limited: not before then.
-    At(Instant),
-    /// A transient failure on this connection: wait for the next one.
-    Parked,
-}
-
-/// Why a range of messages will not be surfaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
-    /// The server skipped them on resume (too far behind); fetch with history if wanted.
-    BacklogTruncated,
-    /// History had nothing for the range (or refused it, e.g. no longer a member).
-    Unavailable,
-}
+pub use tern_core::protocol::delivery::SkipReason;
+pub use tern_core::protocol::drain::Rejected;
 
 /// What the app sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,13 +88,34 @@ pub enum ClientEvent {
     /// The connection ended; call [`Client::reconnect`] (unless the reason says the token is
     /// no longer valid).
     Disconnected(CloseReason),
+    /// End-to-end encryption on ([`Client::set_e2e`]): a message (in its seq order) that could
+    /// not be decrypted, and why. It is retried when its key arrives ([`ClientEvent::Decrypted`]).
+    Undecryptable(UndecryptableMessage),
+    /// A message surfaced earlier as [`ClientEvent::Undecryptable`] whose key has arrived.
+    Decrypted(Message),
+    /// Trust warnings (a contact's identity changed) and refused keys.
+    Crypto(CryptoNotice),
 }
 
-/// Queued output: an optional event plus the cursor it lets us acknowledge once the app has
-/// taken it.
-struct Ready {
-    event: Option<ClientEvent>,
-    ack: Option<(ConversationId, u64)>,
+impl From<Delivered<ClientEvent>> for ClientEvent {
+    fn from(d: Delivered<ClientEvent>) -> Self {
+        match d {
+            Delivered::Message(m) => ClientEvent::Message(m),
+            Delivered::SyncComplete => ClientEvent::SyncComplete,
+            Delivered::Skipped {
+                conversation,
+                from_seq,
+                to_seq,
+                reason,
+            } => ClientEvent::Skipped {
+                conversation,
+                from_seq,
+                to_seq,
+                reason,
+            },
+            Delivered::Other(e) => e,
+        }
+    }
 }
 
 /// A resumable session for one user and device.
@@ -126,23 +124,20 @@ pub struct Client {
     token: String,
     device: DeviceId,
     conn: Option<Connection>,
-    sync: SyncState,
-    ready: VecDeque<Ready>,
-    /// Highest seq per conversation the app has taken (what persisted cursors should be).
-    app_cursor: HashMap<ConversationId, u64>,
-    /// Highest seq per conversation acknowledged to the server.
-    acked: HashMap<ConversationId, u64>,
+    /// The core's cursors, de-duplication, gaps, app queue and ack bookkeeping.
+    delivery: Delivery<ClientEvent>,
     outbox: Outbox,
-    backoff: Backoff,
-    /// `SyncComplete` seen on the current connection.
-    synced: bool,
-    drain: DrainGate,
-    /// When the current (or last) connection came up, and how long the last one stayed up.
-    connected_at: Option<Instant>,
-    last_uptime: Option<Duration>,
-    /// From `GoingAway`: wait at least this long before reconnecting.
-    retry_hint: Option<Duration>,
-    rejected: VecDeque<Rejected>,
+    /// The core's outbox drain gate and rejection record.
+    drain: Drain,
+    /// The core's reconnect schedule (backoff, uptime, GoingAway hint).
+    reconnect: Reconnect,
+    /// Zero of the `now_ms` clock handed to the core (monotonic; tokio's, so paused test time
+    /// applies).
+    epoch: Instant,
+    /// End-to-end encryption (see [`Client::set_e2e`]); `None` sends payloads as given.
+    e2e: Option<E2e>,
+    /// When each conversation's backed-up keys were last fetched for waiting messages.
+    backup_fetched: std::collections::HashMap<ConversationId, Instant>,
 }
 
 impl Client {
@@ -162,19 +157,24 @@ impl Client {
             token: token.into(),
             device,
             conn: None,
-            sync: SyncState::with_cursors(cursors),
-            ready: VecDeque::new(),
-            app_cursor: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
-            acked: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
+            delivery: Delivery::new(cursors),
             outbox,
-            backoff,
-            synced: false,
-            drain: DrainGate::Open,
-            connected_at: None,
-            last_uptime: None,
-            retry_hint: None,
-            rejected: VecDeque::new(),
+            drain: Drain::new(),
+            reconnect: Reconnect::new(backoff),
+            epoch: Instant::now(),
+            e2e: None,
+            backup_fetched: std::collections::HashMap::new(),
         }
+    }
+
+    /// Milliseconds since this client was created: the core's clock.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The instant of a core `now_ms` value.
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
     }
 
     /// Connects once and resumes after `cursors`, with an in-memory outbox (use
@@ -199,16 +199,23 @@ impl Client {
         self.flush_acks().await;
         if let Some(old) = self.conn.take() {
             old.close().await;
-            self.note_disconnected();
+            self.reconnect.on_disconnected(self.now_ms());
         }
-        self.synced = false;
-        let cursors = self.sync.cursors();
+        self.delivery.on_connect();
+        let cursors = self.delivery.resume_cursors();
         let conn = Connection::connect(&self.config, &self.token, self.device, &cursors).await?;
-        self.sync.on_connect();
+        if let Some(e2e) = self.e2e.as_mut()
+            && let Err(e) = e2e
+                .publish_keys(&conn, conn.welcome().one_time_keys_left)
+                .await
+        {
+            // Retried on the next connection; until then contacts cannot start new sessions
+            // with this device (existing ones keep working).
+            tracing::warn!(error = %e, "could not publish this device's keys");
+        }
         self.conn = Some(conn);
-        self.drain = DrainGate::Open;
-        self.connected_at = Some(Instant::now());
-        self.last_uptime = None;
+        self.drain.on_connected();
+        self.reconnect.on_connected(self.now_ms());
         Ok(())
     }
 
@@ -240,36 +247,20 @@ impl Client {
                 Err(e) => tracing::debug!(error = %e, "connection does not answer; replacing it"),
             }
         }
-        self.note_disconnected();
-        if self
-            .last_uptime
-            .is_some_and(|up| up >= self.backoff.policy().reset_after)
-        {
-            self.backoff.reset();
-        }
-        self.last_uptime = None;
-        let mut first = true;
+        self.reconnect.begin(self.now_ms());
         loop {
-            let hint = self.retry_hint.take();
-            // The very first attempt after a stable connection goes right away; a flapping
-            // connection (counter not reset) or a GoingAway waits.
-            let delay = if first && hint.is_none() && self.backoff.attempt() == 0 {
-                Duration::ZERO
-            } else {
-                self.backoff.next_delay().max(hint.unwrap_or_default())
-            };
-            first = false;
+            let delay = self.reconnect.next_attempt_delay();
             if !delay.is_zero() {
                 tracing::debug!(
                     ?delay,
-                    attempt = self.backoff.attempt(),
+                    attempt = self.reconnect.backoff().attempt(),
                     "reconnecting after"
                 );
                 tokio::time::sleep(delay).await;
             }
             match self.reconnect().await {
                 Ok(()) => {}
-                Err(e) if connect_error_is_permanent(&e) => return Err(e),
+                Err(e) if connect_failure_is_permanent(&failure_of(&e)) => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, "reconnect failed");
                     continue;
@@ -296,7 +287,7 @@ impl Client {
     /// Pumps events (queued for the app) until this connection's `SyncComplete`.
     async fn wait_synced(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.config.request_timeout;
-        while !self.synced {
+        while !self.delivery.is_synced() {
             let conn = self
                 .conn
                 .as_mut()
@@ -312,11 +303,21 @@ impl Client {
         Ok(())
     }
 
-    /// Records how long the connection that just ended stayed up.
-    fn note_disconnected(&mut self) {
-        if let Some(at) = self.connected_at.take() {
-            self.last_uptime = Some(at.elapsed());
-        }
+    /// Turns on end-to-end encryption: every outbox entry is encrypted for the members'
+    /// devices right before it is sent (the outbox keeps the plaintext on this device only),
+    /// every Megolm message is decrypted before the app sees it, key shares are taken from
+    /// the device's inbox, and this device's keys are published on (re)connect. Call before
+    /// connecting.
+    pub fn set_e2e(&mut self, e2e: E2e) {
+        self.e2e = Some(e2e);
+    }
+
+    pub fn e2e(&self) -> Option<&E2e> {
+        self.e2e.as_ref()
+    }
+
+    pub fn e2e_mut(&mut self) -> Option<&mut E2e> {
+        self.e2e.as_mut()
     }
 
     /// The pending sends.
@@ -330,13 +331,13 @@ impl Client {
 
     /// Replaces the reconnect schedule (e.g. a seeded one in tests).
     pub fn set_backoff(&mut self, backoff: Backoff) {
-        self.backoff = backoff;
+        self.reconnect.set_backoff(backoff);
     }
 
     /// Outbox entries the server rejected for good since the last call (at most the latest
     /// 1024).
     pub fn take_rejected(&mut self) -> Vec<Rejected> {
-        self.rejected.drain(..).collect()
+        self.drain.take_rejected()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -354,16 +355,7 @@ impl Client {
 
     /// Cursors of what the app has taken, to persist and pass to the next `connect`.
     pub fn cursors(&self) -> Vec<Cursor> {
-        let mut v: Vec<Cursor> = self
-            .app_cursor
-            .iter()
-            .map(|(c, s)| Cursor {
-                conversation: *c,
-                seq: *s,
-            })
-            .collect();
-        v.sort_by_key(|c| c.conversation);
-        v
+        self.delivery.cursors()
     }
 
     /// Puts a message in the outbox (persisted when this returns) without any network I/O and
@@ -422,9 +414,7 @@ impl Client {
             conversation,
             content_type: content_type.to_string(),
             payload,
-            created_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            created_ms: crate::outbox::unix_ms(),
         })?;
         self.send_pending(client_msg_id).await
     }
@@ -452,7 +442,7 @@ impl Client {
     /// Sends outbox entries oldest first until the outbox is empty or `target` was sent.
     /// Entries other than `target` that get acknowledged are surfaced as `SendAck` events.
     async fn drain_outbox(&mut self, target: Option<u128>) -> Result<Option<SendReceipt>> {
-        while let Some(entry) = self.outbox.front().cloned() {
+        while let Some(mut entry) = self.outbox.front().cloned() {
             let id = entry.client_msg_id;
             let conn = match self.conn.as_ref() {
                 Some(c) if !c.is_closed() => c,
@@ -463,14 +453,27 @@ impl Client {
                 }
                 None => return Err(Error::Closed(CloseReason::Local)),
             };
-            match conn
-                .send(entry.conversation, id, &entry.content_type, entry.payload)
-                .await
-            {
+            let sent = match self.e2e.as_mut() {
+                None => {
+                    conn.send(
+                        entry.conversation,
+                        id,
+                        &entry.content_type,
+                        std::mem::take(&mut entry.payload),
+                    )
+                    .await
+                }
+                Some(e2e) => encrypt_and_send(e2e, conn, &self.config, &self.token, &entry).await,
+            };
+            if let Some(e2e) = self.e2e.as_mut() {
+                for n in e2e.take_notices() {
+                    self.delivery.push(ClientEvent::Crypto(n));
+                }
+            }
+            match sent {
                 Ok(receipt) => {
                     self.remove_from_outbox(id);
-                    let adv = self.sync.on_own_send(receipt.conversation, receipt.seq);
-                    self.push_advance(receipt.conversation, adv);
+                    self.delivery.on_own_send(receipt.conversation, receipt.seq);
                     if target == Some(id) {
                         return Ok(Some(receipt));
                     }
@@ -484,53 +487,48 @@ impl Client {
                         duplicate: receipt.duplicate,
                     }));
                 }
-                Err(e) => match rejection_code(&e) {
-                    Some(code) => {
-                        self.remove_from_outbox(id);
-                        let rejected = Rejected {
-                            client_msg_id: id,
-                            conversation: entry.conversation,
-                            code,
-                            message: e.to_string(),
-                        };
-                        tracing::warn!(?rejected, "outbox entry rejected; dropped");
-                        self.push_event(ClientEvent::Error {
-                            code,
-                            message: format!(
-                                "message {id:032x} to {} was rejected and removed from the \
-                                 outbox: {e}",
-                                entry.conversation
-                            ),
-                            fatal: false,
-                        });
-                        if self.rejected.len() >= MAX_REJECTED {
-                            self.rejected.pop_front();
+                Err(e) => {
+                    let now_ms = self.now_ms();
+                    let verdict = self.drain.on_send_failed(
+                        &entry,
+                        &failure_of(&e),
+                        e.to_string(),
+                        self.reconnect.backoff_mut(),
+                        now_ms,
+                    );
+                    match verdict {
+                        SendFailed::Rejected(rejected) => {
+                            self.remove_from_outbox(id);
+                            tracing::warn!(?rejected, "outbox entry rejected; dropped");
+                            self.push_event(ClientEvent::Error {
+                                code: rejected.code,
+                                message: format!(
+                                    "message {id:032x} to {} was rejected and removed from the \
+                                     outbox: {e}",
+                                    entry.conversation
+                                ),
+                                fatal: false,
+                            });
+                            if target == Some(id) {
+                                return Err(e);
+                            }
                         }
-                        self.rejected.push_back(rejected);
-                        if target == Some(id) {
-                            return Err(e);
-                        }
+                        // Kept; the gate says when the next automatic drain may run.
+                        SendFailed::Retry(_) => return Err(e),
                     }
-                    None => {
-                        self.drain = if e.code() == Some(ErrorCode::RateLimited.as_str()) {
-                            // The server's retry-after when it gave one (never sooner than
-                            // the backoff: several devices may share the limit).
-                            let backoff = self.backoff.next_delay();
-                            let wait = e.retry_after().map_or(backoff, |r| r.max(backoff));
-                            DrainGate::At(Instant::now() + wait)
-                        } else {
-                            DrainGate::Parked
-                        };
-                        return Err(e);
-                    }
-                },
+                }
             }
         }
         Ok(None)
     }
 
     fn remove_from_outbox(&mut self, client_msg_id: u128) {
-        if let Err(e) = self.outbox.remove(client_msg_id) {
+        let removed = self.outbox.remove(client_msg_id);
+        self.log_store_failure(removed);
+    }
+
+    fn log_store_failure(&self, result: Result<Option<PendingSend>>) {
+        if let Err(e) = result {
             // The entry is gone from memory; on disk it may linger and be resent after a
             // restart, which the server answers as a duplicate.
             tracing::warn!(error = %e, "could not persist an outbox removal");
@@ -561,32 +559,26 @@ impl Client {
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
         loop {
             self.flush_acks().await;
-            if let Some(r) = self.ready.pop_front() {
-                if let Some((conv, seq)) = r.ack {
-                    let e = self.app_cursor.entry(conv).or_insert(0);
-                    *e = (*e).max(seq);
-                }
-                match r.event {
-                    Some(ev) => return Some(ev),
-                    None => continue,
-                }
+            match self.delivery.pop() {
+                Popped::Event(ev) => return Some(self.decrypted(ev.into())),
+                Popped::AckOnly => continue,
+                Popped::Empty => {}
             }
             // No connection and nothing queued: the caller has to reconnect.
             self.conn.as_ref()?;
-            if self.synced && !self.outbox.is_empty() {
-                if let DrainGate::At(t) = self.drain
-                    && Instant::now() >= t
-                {
-                    self.drain = DrainGate::Open;
-                }
-                if self.drain == DrainGate::Open {
-                    if let Err(e) = self.drain_outbox(None).await {
-                        tracing::debug!(error = %e, "outbox drain interrupted");
-                    }
-                    continue;
-                }
+            if self.resolve_unknown_senders().await || self.recover_from_backup().await {
+                continue;
             }
-            if self.sync.next_gap().is_some() {
+            if self.delivery.is_synced()
+                && !self.outbox.is_empty()
+                && self.drain.may_drain(self.now_ms())
+            {
+                if let Err(e) = self.drain_outbox(None).await {
+                    tracing::debug!(error = %e, "outbox drain interrupted");
+                }
+                continue;
+            }
+            if self.delivery.has_gap() {
                 if let Err(e) = self.fill_gaps().await {
                     // Transport trouble: the Closed event follows from the connection; the gap
                     // stays and is filled by replay after reconnecting.
@@ -595,8 +587,8 @@ impl Client {
                     continue;
                 }
             }
-            let retry_at = match self.drain {
-                DrainGate::At(t) if !self.outbox.is_empty() => Some(t),
+            let retry_at = match self.drain.retry_at() {
+                Some(t) if !self.outbox.is_empty() => Some(self.instant_at(t)),
                 _ => None,
             };
             let conn = self.conn.as_mut()?;
@@ -620,14 +612,19 @@ impl Client {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        for (conv, seq) in self.app_cursor.iter() {
-            let done = self.acked.get(conv).copied().unwrap_or(0);
-            if *seq > done {
-                if conn.ack(*conv, *seq).await.is_err() {
-                    return; // closed: the next connection resumes from the same cursors
-                }
-                self.acked.insert(*conv, *seq);
+        if let Some(up_to) = self.e2e.as_mut().and_then(E2e::take_inbox_ack)
+            && conn
+                .send_message(&tern_wire::msg::ClientMessage::AckKeyShares { up_to })
+                .await
+                .is_err()
+        {
+            return; // not acknowledged: the inbox resends it, handled again idempotently
+        }
+        for (conv, seq) in self.delivery.acks_due() {
+            if conn.ack(conv, seq).await.is_err() {
+                return; // closed: the next connection resumes from the same cursors
             }
+            self.delivery.on_ack_sent(conv, seq);
         }
     }
 
@@ -642,35 +639,18 @@ impl Client {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Deliver(m) => {
-                let conv = m.conversation;
-                let adv = self.sync.on_deliver(m);
-                self.push_advance(conv, adv);
-            }
-            Event::SyncComplete => {
-                self.synced = true;
-                for (conv, adv) in self.sync.on_sync_complete() {
-                    self.push_advance(conv, adv);
-                }
-                self.push_event(ClientEvent::SyncComplete);
-            }
+            Event::Deliver(m) => self.delivery.on_deliver(m),
+            Event::SyncComplete => self.delivery.on_sync_complete(),
             Event::Notice(Notice::BacklogTruncated {
                 conversation,
                 from_seq,
                 to_seq,
-            }) => {
-                let adv = self.sync.skip_to(conversation, to_seq);
-                self.push_event(ClientEvent::Skipped {
-                    conversation,
-                    from_seq,
-                    to_seq,
-                    reason: SkipReason::BacklogTruncated,
-                });
-                self.push_advance(conversation, adv);
-            }
+            }) => self
+                .delivery
+                .on_backlog_truncated(conversation, from_seq, to_seq),
             Event::Notice(n) => {
                 if let Notice::GoingAway { retry_after_ms } = n {
-                    self.retry_hint = Some(Duration::from_millis(retry_after_ms.into()));
+                    self.reconnect.on_going_away(retry_after_ms);
                 }
                 self.push_event(ClientEvent::Notice(n))
             }
@@ -696,15 +676,9 @@ impl Client {
                 // The ack of a send whose caller gave up (timeout): the message is stored all
                 // the same. Record its seq so it is not mistaken for a gap, take it out of the
                 // outbox, and surface the ack so the app learns the send succeeded.
-                if self
-                    .outbox
-                    .get(client_msg_id)
-                    .is_some_and(|e| e.conversation == conversation)
-                {
-                    self.remove_from_outbox(client_msg_id);
-                }
-                let adv = self.sync.on_own_send(conversation, seq);
-                self.push_advance(conversation, adv);
+                let removed = self.outbox.on_acked(conversation, client_msg_id);
+                self.log_store_failure(removed);
+                self.delivery.on_own_send(conversation, seq);
                 self.push_event(ClientEvent::Other(ServerMessage::SendAck {
                     request_id,
                     conversation,
@@ -715,10 +689,34 @@ impl Client {
                     duplicate,
                 }));
             }
-            Event::Other(m) => self.push_event(ClientEvent::Other(m)),
+            Event::Other(m) => {
+                if let Some(e2e) = self.e2e.as_mut() {
+                    match e2e.on_server_message(&m) {
+                        Ok((key_share, ready)) => {
+                            let notices = e2e.take_notices();
+                            for r in ready {
+                                self.push_event(match r {
+                                    Ok(m) => ClientEvent::Decrypted(m),
+                                    Err(u) => ClientEvent::Undecryptable(u),
+                                });
+                            }
+                            for n in notices {
+                                self.push_event(ClientEvent::Crypto(n));
+                            }
+                            if key_share {
+                                return;
+                            }
+                        }
+                        // Not persisted, so a key share is not acknowledged: the inbox sends
+                        // it again on the next connection.
+                        Err(e) => tracing::warn!(error = %e, "crypto state not updated"),
+                    }
+                }
+                self.push_event(ClientEvent::Other(m))
+            }
             Event::Closed(reason) => {
                 self.conn = None;
-                self.note_disconnected();
+                self.reconnect.on_disconnected(self.now_ms());
                 self.push_event(ClientEvent::Disconnected(reason));
             }
         }
@@ -726,119 +724,188 @@ impl Client {
 
     /// Fetches missing ranges with History until no gap is left (or one proves unfillable).
     async fn fill_gaps(&mut self) -> Result<()> {
-        while let Some(gap) = self.sync.next_gap() {
+        while let Some(fetch) = self.delivery.next_gap_fetch() {
             let conn = self
                 .conn
                 .as_ref()
                 .ok_or(Error::Closed(CloseReason::Local))?;
-            let limit = gap.len().clamp(1, GAP_FETCH_LIMIT) as u32;
-            let page = match conn
-                .history(gap.conversation, gap.before, gap.after, limit)
+            let messages = match conn
+                .history(
+                    fetch.conversation,
+                    fetch.before_seq,
+                    fetch.after_seq,
+                    fetch.limit,
+                )
                 .await
             {
-                Ok(page) => page,
-                // The server refused (not a member any more, not found): skip rather than
-                // block the conversation forever.
-                Err(Error::Server { .. }) => HistoryPage {
-                    conversation: gap.conversation,
-                    messages: vec![],
-                    reactions: vec![],
-                    has_more: false,
-                },
+                Ok(page) => page.messages,
+                // The server refused (not a member any more, not found): the core skips the
+                // range rather than block the conversation forever.
+                Err(Error::Server { .. }) => Vec::new(),
                 Err(e) => return Err(e),
             };
-            let (adv, progressed) = self.sync.on_history(gap.conversation, page.messages);
-            self.push_advance(gap.conversation, adv);
-            if !progressed && let Some(((from, to), adv)) = self.sync.skip_gap(gap.conversation) {
-                self.push_event(ClientEvent::Skipped {
-                    conversation: gap.conversation,
-                    from_seq: from,
-                    to_seq: to,
-                    reason: SkipReason::Unavailable,
-                });
-                self.push_advance(gap.conversation, adv);
-            }
+            self.delivery.on_history(fetch.conversation, messages);
         }
         Ok(())
     }
 
+    /// A Megolm message becomes its plaintext, or `Undecryptable` with the reason.
+    fn decrypted(&mut self, event: ClientEvent) -> ClientEvent {
+        match (event, self.e2e.as_mut()) {
+            (ClientEvent::Message(m), Some(e2e)) => match e2e.decrypt(&m) {
+                Ok(plain) => ClientEvent::Message(plain),
+                Err(u) => ClientEvent::Undecryptable(u),
+            },
+            (event, _) => event,
+        }
+    }
+
+    /// Messages waiting for a key in a conversation whose backed-up keys were not fetched in
+    /// the last [`BACKUP_REFETCH`]: fetch them (only when this device has the backup
+    /// unlocked). True when something became readable.
+    async fn recover_from_backup(&mut self) -> bool {
+        let Some(e2e) = self.e2e.as_mut() else {
+            return false;
+        };
+        if e2e.machine().backup_version().is_none() {
+            return false;
+        }
+        let now = Instant::now();
+        let due: Vec<ConversationId> = e2e
+            .conversations_waiting()
+            .into_iter()
+            .filter(|c| {
+                self.backup_fetched
+                    .get(c)
+                    .is_none_or(|t| now.duration_since(*t) >= BACKUP_REFETCH)
+            })
+            .collect();
+        if due.is_empty() {
+            return false;
+        }
+        let api = match crate::HttpApi::new(&self.config) {
+            Ok(api) => api.with_token(&self.token),
+            Err(_) => return false,
+        };
+        let mut ready = Vec::new();
+        for conversation in due {
+            self.backup_fetched.insert(conversation, now);
+            match e2e.recover_from_backup(&api, conversation).await {
+                Ok(r) => ready.extend(r),
+                Err(e) => tracing::debug!(error = %e, "key backup not reachable"),
+            }
+        }
+        let found = !ready.is_empty();
+        for r in ready {
+            self.push_event(match r {
+                Ok(m) => ClientEvent::Decrypted(m),
+                Err(u) => ClientEvent::Undecryptable(u),
+            });
+        }
+        found
+    }
+
+    /// Looks up devices that sent keys or messages before we knew them; true when it did.
+    async fn resolve_unknown_senders(&mut self) -> bool {
+        let (Some(e2e), Some(conn)) = (self.e2e.as_mut(), self.conn.as_ref()) else {
+            return false;
+        };
+        if !e2e.has_unknown_senders() {
+            return false;
+        }
+        let ready = match e2e.resolve_unknown_senders(conn).await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::debug!(error = %e, "device lookup failed; retried later");
+                return false;
+            }
+        };
+        let notices = e2e.take_notices();
+        for r in ready {
+            self.push_event(match r {
+                Ok(m) => ClientEvent::Decrypted(m),
+                Err(u) => ClientEvent::Undecryptable(u),
+            });
+        }
+        for n in notices {
+            self.push_event(ClientEvent::Crypto(n));
+        }
+        true
+    }
+
     fn push_event(&mut self, event: ClientEvent) {
         // (Outbox outcomes and server events share the one queue the app reads.)
-        self.ready.push_back(Ready {
-            event: Some(event),
-            ack: None,
-        });
-    }
-
-    /// Queues ready messages; the cursor they complete is acknowledged once the app took them.
-    fn push_advance(&mut self, conv: ConversationId, adv: Advance) {
-        let Some(cursor) = adv.cursor else { return };
-        let n = adv.messages.len();
-        for (i, m) in adv.messages.into_iter().enumerate() {
-            let ack = if i + 1 == n { cursor } else { m.seq };
-            self.ready.push_back(Ready {
-                event: Some(ClientEvent::Message(m)),
-                ack: Some((conv, ack)),
-            });
-        }
-        if n == 0 {
-            // Cursor moved over own sends or skipped seqs only: nothing to show, still ackable.
-            self.ready.push_back(Ready {
-                event: None,
-                ack: Some((conv, cursor)),
-            });
-        }
+        self.delivery.push(event);
     }
 }
 
-/// The error code when `e` rejects a send for good (retrying the same message cannot succeed);
-/// `None` for transient failures.
-fn rejection_code(e: &Error) -> Option<ErrorCode> {
-    match e {
-        Error::Server { code, fatal, .. } => match code {
-            ErrorCode::Forbidden
-            | ErrorCode::NotFound
-            | ErrorCode::InvalidArgument
-            | ErrorCode::LimitExceeded
-            | ErrorCode::FrameTooLarge
-            | ErrorCode::Conflict
-            | ErrorCode::Unsupported
-                if !*fatal =>
-            {
-                Some(*code)
-            }
-            _ => None,
-        },
-        Error::FrameTooLarge { .. } => Some(ErrorCode::FrameTooLarge),
-        _ => None,
+/// Encrypts one outbox entry for its conversation's member devices (looking the members up
+/// over HTTPS when no `Conversation` frame told us yet) and sends it with its client id.
+async fn encrypt_and_send(
+    e2e: &mut E2e,
+    conn: &Connection,
+    config: &Config,
+    token: &str,
+    entry: &PendingSend,
+) -> Result<SendReceipt> {
+    if e2e.members(entry.conversation).is_none() {
+        let api = crate::HttpApi::new(config)?.with_token(token);
+        for c in api.conversations().await? {
+            e2e.set_members(
+                c.conversation_id,
+                c.members.iter().map(|m| m.user_id).collect(),
+            );
+        }
     }
-}
-
-/// Connect failures that retrying cannot fix.
-fn connect_error_is_permanent(e: &Error) -> bool {
-    // `forbidden` at Hello: the device id belongs to another user, or to a live session of this
-    // user; reconnecting with it cannot succeed (the application needs another device id, or
-    // to log out the other session).
-    e.is_auth()
-        || e.code() == Some("forbidden")
-        || matches!(
-            e,
-            Error::Config(_)
-                | Error::Tls(_)
-                | Error::Server {
-                    code: ErrorCode::UnsupportedVersion,
-                    ..
-                }
+    let (content_type, payload) = e2e
+        .encrypt_outgoing(
+            conn,
+            entry.conversation,
+            &entry.content_type,
+            &entry.payload,
         )
+        .await?;
+    conn.send(
+        entry.conversation,
+        entry.client_msg_id,
+        &content_type,
+        payload,
+    )
+    .await
+}
+
+/// The core's view of an SDK error, for its retry and rejection rules.
+pub(crate) fn failure_of(e: &Error) -> Failure {
+    match e {
+        Error::Server {
+            code,
+            fatal,
+            retry_after,
+            ..
+        } => Failure::Answered {
+            code: *code,
+            fatal: *fatal,
+            retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+        },
+        Error::Closed(CloseReason::Fatal { code, .. }) => Failure::Coded(*code),
+        Error::Api(f) => error_code_from_str(&f.code).map_or(Failure::Transient, Failure::Coded),
+        Error::FrameTooLarge { .. } => Failure::FrameTooLarge,
+        Error::Config(_) | Error::Tls(_) => Failure::Setup,
+        _ => Failure::Transient,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_core::protocol::drain::rejection_code;
 
+    /// The rules live in the core; this checks the SDK's errors reach them as before.
     #[test]
     fn permanent_and_transient_send_failures() {
         let server = |code, fatal| Error::server(code, String::new(), fatal, 0);
+        let rejection = |e: &Error| rejection_code(&failure_of(e));
+        let permanent = |e: &Error| connect_failure_is_permanent(&failure_of(e));
         for code in [
             ErrorCode::Forbidden,
             ErrorCode::NotFound,
@@ -846,7 +913,7 @@ mod tests {
             ErrorCode::LimitExceeded,
             ErrorCode::FrameTooLarge,
         ] {
-            assert_eq!(rejection_code(&server(code, false)), Some(code));
+            assert_eq!(rejection(&server(code, false)), Some(code));
         }
         for code in [
             ErrorCode::RateLimited,
@@ -856,30 +923,52 @@ mod tests {
             ErrorCode::TokenRevoked,
             ErrorCode::Unauthenticated,
         ] {
-            assert_eq!(rejection_code(&server(code, false)), None, "{code:?}");
+            assert_eq!(rejection(&server(code, false)), None, "{code:?}");
         }
         // A fatal error closes the connection: the message itself was not judged.
+        assert_eq!(rejection(&server(ErrorCode::MalformedFrame, true)), None);
+        assert_eq!(rejection(&Error::Timeout("x")), None);
+        assert_eq!(rejection(&Error::Closed(CloseReason::ClosedByServer)), None);
         assert_eq!(
-            rejection_code(&server(ErrorCode::MalformedFrame, true)),
-            None
-        );
-        assert_eq!(rejection_code(&Error::Timeout("x")), None);
-        assert_eq!(
-            rejection_code(&Error::Closed(CloseReason::ClosedByServer)),
-            None
-        );
-        assert_eq!(
-            rejection_code(&Error::FrameTooLarge { size: 2, max: 1 }),
+            rejection(&Error::FrameTooLarge { size: 2, max: 1 }),
             Some(ErrorCode::FrameTooLarge)
         );
-        assert!(connect_error_is_permanent(&server(
-            ErrorCode::Unauthenticated,
-            true
-        )));
-        assert!(!connect_error_is_permanent(&Error::Timeout("Welcome")));
+        assert!(permanent(&server(ErrorCode::Unauthenticated, true)));
+        assert!(!permanent(&Error::Timeout("Welcome")));
         assert!(
-            connect_error_is_permanent(&server(ErrorCode::Forbidden, true)),
+            permanent(&server(ErrorCode::Forbidden, true)),
             "a device bound elsewhere stays bound: no reconnect loop"
+        );
+        assert!(permanent(&server(ErrorCode::UnsupportedVersion, true)));
+        assert!(permanent(&Error::Config("bad".into())));
+        assert!(permanent(&Error::Closed(CloseReason::Fatal {
+            code: ErrorCode::TokenRevoked,
+            message: String::new(),
+        })));
+        assert!(!permanent(&Error::Closed(CloseReason::Fatal {
+            code: ErrorCode::SlowConsumer,
+            message: String::new(),
+        })));
+        let api = |code: &str| {
+            Error::Api(crate::error::ApiFailure {
+                status: 401,
+                code: code.into(),
+                message: String::new(),
+                retry_after: None,
+            })
+        };
+        assert!(permanent(&api("unauthenticated")));
+        assert!(!permanent(&api("http_502")));
+        // The server's retry-after reaches the rate-limit rule.
+        assert_eq!(
+            failure_of(&Error::server(
+                ErrorCode::RateLimited,
+                String::new(),
+                false,
+                250
+            ))
+            .retry_after_ms(),
+            Some(250)
         );
     }
 }

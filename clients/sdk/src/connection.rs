@@ -13,15 +13,15 @@
 //! consumer. Nothing is lost (resume from the cursor), but replies queue behind events too, so a
 //! caller awaiting `send()` while nobody drains events for a long time will time out.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tern_core::protocol::handshake;
+use tern_core::protocol::requests::{Requests, Routed, Waiter};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
-    ClientMessage, ConversationInfo, Cursor, ErrorCode, Message, Notice, PROTOCOL_VERSION,
-    ReactionCount, ServerMessage,
+    ClientMessage, ConversationInfo, Cursor, ErrorCode, Message, Notice, ReactionCount,
+    ServerMessage,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -45,7 +45,7 @@ pub struct Welcome {
     pub device: DeviceId,
     pub server_time_ms: u64,
     pub max_frame_bytes: u32,
-    /// This device's unclaimed one-time keys in the key directory.
+    /// This device's unclaimed one-time keys on the server.
     pub one_time_keys_left: u32,
 }
 
@@ -99,15 +99,11 @@ enum Outgoing {
     Close(oneshot::Sender<()>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Waiter {
-    Request(u64),
-    Pong(u64),
-}
-
 #[derive(Default)]
 struct SharedState {
-    pending: HashMap<Waiter, oneshot::Sender<ServerMessage>>,
+    /// The core's request table: ids, waiters (a oneshot each) and deadlines. Deadlines are
+    /// enforced here by a timer per request (`tokio::time::timeout`, same duration).
+    requests: Requests<oneshot::Sender<ServerMessage>>,
     closed: Option<CloseReason>,
 }
 
@@ -115,8 +111,8 @@ struct SharedState {
 /// map insert/remove, never held across an await.
 struct Shared {
     state: Mutex<SharedState>,
-    /// Request ids and ping nonces (one counter: both only need to be unique).
-    next_id: AtomicU64,
+    /// Zero of the `now_ms` clock of the request deadlines.
+    epoch: Instant,
     /// Wakes the reader when something else (writer failure, missed heartbeat, local close)
     /// ended the connection while it is parked in a read.
     stop_reader: Notify,
@@ -126,7 +122,7 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             state: Mutex::default(),
-            next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
             stop_reader: Notify::new(),
         }
     }
@@ -138,46 +134,33 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn register(&self, key: Waiter) -> Result<oneshot::Receiver<ServerMessage>> {
+    fn register(&self, key: Waiter, timeout: Duration) -> Result<oneshot::Receiver<ServerMessage>> {
+        let deadline_ms = (self.epoch.elapsed() + timeout).as_millis() as u64;
         let mut st = self.lock();
         if let Some(reason) = &st.closed {
             return Err(Error::Closed(reason.clone()));
         }
         let (tx, rx) = oneshot::channel();
-        st.pending.insert(key, tx);
+        st.requests.register(key, tx, deadline_ms);
         Ok(rx)
     }
 
     fn unregister(&self, key: Waiter) {
-        self.lock().pending.remove(&key);
+        self.lock().requests.unregister(key);
     }
 
     /// Hands a reply to its waiter; gives the message back when nobody waits for it.
+    /// (Which messages are replies: `tern_core::protocol::requests::reply_key`.)
     fn route(&self, msg: ServerMessage) -> Option<ServerMessage> {
-        let key = match &msg {
-            ServerMessage::SendAck { request_id, .. }
-            | ServerMessage::HistoryPage { request_id, .. }
-            | ServerMessage::Conversation { request_id, .. }
-            | ServerMessage::KeyBundle { request_id, .. }
-            | ServerMessage::KeySharesStored { request_id, .. }
-            | ServerMessage::Ok { request_id }
-            | ServerMessage::Error { request_id, .. }
-                if *request_id != 0 =>
-            {
-                Waiter::Request(*request_id)
-            }
-            ServerMessage::Pong { nonce } => Waiter::Pong(*nonce),
-            _ => return Some(msg),
-        };
-        let waiter = self.lock().pending.remove(&key);
-        match waiter {
+        let routed = self.lock().requests.on_reply(msg);
+        match routed {
             // A waiter that gave up (timeout) dropped its receiver: the late reply is discarded
             // rather than surfaced as an event nobody expects.
-            Some(tx) => {
+            Routed::Reply(tx, msg) => {
                 let _ = tx.send(msg);
                 None
             }
-            None => Some(msg),
+            Routed::Event(msg) => Some(msg),
         }
     }
 
@@ -189,14 +172,15 @@ impl Shared {
             if st.closed.is_none() {
                 st.closed = Some(reason);
             }
-            st.pending.clear();
+            st.requests.drain();
         }
         // notify_one stores a permit if the reader is not waiting right now: never lost.
         self.stop_reader.notify_one();
     }
 
+    /// Request ids and ping nonces (one counter: both only need to be unique).
     fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        self.lock().requests.next_id()
     }
 
     fn reason(&self) -> Option<CloseReason> {
@@ -355,14 +339,7 @@ impl Connection {
         device: DeviceId,
         cursors: &[Cursor],
     ) -> Result<Welcome> {
-        let hello = ClientMessage::Hello {
-            min_version: 1,
-            max_version: PROTOCOL_VERSION,
-            token: token.to_string(),
-            device,
-            client_name: config.client_name.clone(),
-            cursors: cursors.to_vec(),
-        };
+        let hello = handshake::hello(token, device, &config.client_name, cursors);
         transport.send_message(&hello).await?;
         let limits = tern_wire::Limits::for_frame_size(config.max_frame_bytes);
         let answer = tokio::time::timeout(config.connect_timeout, transport.recv_message(&limits))
@@ -377,11 +354,7 @@ impl Connection {
                 max_frame_bytes,
                 one_time_keys_left,
             }) => {
-                if !(1..=PROTOCOL_VERSION).contains(&version) {
-                    return Err(Error::Protocol(format!(
-                        "server chose unsupported version {version}"
-                    )));
-                }
+                handshake::check_version(version).map_err(Error::Protocol)?;
                 Ok(Welcome {
                     version,
                     user,
@@ -423,12 +396,8 @@ impl Connection {
                 config.request_timeout,
             ))
         });
-        let server_max = welcome.max_frame_bytes as usize;
-        let max_out_frame = if server_max == 0 {
-            config.max_frame_bytes
-        } else {
-            config.max_frame_bytes.min(server_max)
-        };
+        let max_out_frame =
+            handshake::max_out_frame(config.max_frame_bytes, welcome.max_frame_bytes);
         let tasks = Arc::new(Tasks {
             shared: shared.clone(),
             reader,
@@ -746,7 +715,7 @@ impl ConnectionSender {
     pub async fn ping(&self) -> Result<Duration> {
         let nonce = self.shared.next_id();
         let key = Waiter::Pong(nonce);
-        let rx = self.shared.register(key)?;
+        let rx = self.shared.register(key, self.request_timeout)?;
         let _guard = PendingGuard {
             shared: &self.shared,
             key,
@@ -766,7 +735,7 @@ impl ConnectionSender {
     pub async fn request(&self, build: impl FnOnce(u64) -> ClientMessage) -> Result<ServerMessage> {
         let request_id = self.shared.next_id();
         let key = Waiter::Request(request_id);
-        let rx = self.shared.register(key)?;
+        let rx = self.shared.register(key, self.request_timeout)?;
         let _guard = PendingGuard {
             shared: &self.shared,
             key,
@@ -923,7 +892,9 @@ async fn heartbeat_loop(
         tick.tick().await;
         let nonce = shared.next_id();
         let key = Waiter::Pong(nonce);
-        let Ok(rx) = shared.register(key) else { return };
+        let Ok(rx) = shared.register(key, timeout) else {
+            return;
+        };
         let ping = tern_wire::encode_client(&ClientMessage::Ping { nonce });
         if out.send(Outgoing::Frame(ping)).await.is_err() {
             return;
@@ -1003,6 +974,8 @@ fn variant_name(m: &ServerMessage) -> &'static str {
 mod tests {
     use super::*;
 
+    const T: Duration = Duration::from_secs(10);
+
     fn ack(request_id: u64) -> ServerMessage {
         ServerMessage::SendAck {
             request_id,
@@ -1018,7 +991,7 @@ mod tests {
     #[test]
     fn replies_route_to_waiters_and_others_pass_through() {
         let shared = Shared::default();
-        let mut rx = shared.register(Waiter::Request(5)).expect("open");
+        let mut rx = shared.register(Waiter::Request(5), T).expect("open");
         assert_eq!(shared.route(ack(5)), None);
         assert_eq!(rx.try_recv().expect("routed"), ack(5));
         // Unmatched reply and non-replies become events.
@@ -1028,7 +1001,7 @@ mod tests {
             Some(ServerMessage::SyncComplete)
         );
         // request_id 0 errors are never routed.
-        let _rx0 = shared.register(Waiter::Request(0)).expect("open");
+        let _rx0 = shared.register(Waiter::Request(0), T).expect("open");
         let err = ServerMessage::error(0, ErrorCode::Internal, "x", false);
         assert_eq!(shared.route(err.clone()), Some(err));
     }
@@ -1036,10 +1009,10 @@ mod tests {
     #[test]
     fn close_fails_waiters_and_new_requests() {
         let shared = Shared::default();
-        let mut rx = shared.register(Waiter::Pong(1)).expect("open");
+        let mut rx = shared.register(Waiter::Pong(1), T).expect("open");
         shared.close(CloseReason::ClosedByServer);
         assert!(rx.try_recv().is_err());
-        match shared.register(Waiter::Request(2)) {
+        match shared.register(Waiter::Request(2), T) {
             Err(Error::Closed(CloseReason::ClosedByServer)) => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -1051,11 +1024,11 @@ mod tests {
     #[test]
     fn guard_unregisters() {
         let shared = Shared::default();
-        let _rx = shared.register(Waiter::Request(3)).expect("open");
+        let _rx = shared.register(Waiter::Request(3), T).expect("open");
         drop(PendingGuard {
             shared: &shared,
             key: Waiter::Request(3),
         });
-        assert!(shared.lock().pending.is_empty());
+        assert!(shared.lock().requests.is_empty());
     }
 }

@@ -190,7 +190,8 @@ pub fn load_or_create_pickle_key(path: &Path) -> Result<[u8; 32]> {
 /// Why a message is shown as undecryptable, for the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UndecryptableMessage {
-    pub message: Message,
+    /// Boxed: results carrying it stay small on the common (decrypted) path.
+    pub message: Box<Message>,
     pub reason: Undecryptable,
 }
 
@@ -215,6 +216,8 @@ pub struct E2e {
     /// Highest inbox id handled and persisted, not yet acknowledged.
     inbox_ack_due: Option<u64>,
     notices: VecDeque<CryptoNotice>,
+    /// Senders whose device is not (yet) in our directory: query them, then retry.
+    to_query: std::collections::BTreeSet<UserId>,
     /// The plaintext switch for tests that must show an at-rest scan can find plaintext.
     plaintext: bool,
     /// False for [`E2e::in_memory`]: nobody ever loads that state again, and sealing the whole
@@ -235,7 +238,12 @@ impl std::fmt::Debug for E2e {
 }
 
 fn crypto(e: CryptoError) -> Error {
-    Error::Crypto(e.to_string())
+    match e {
+        // Too large to encrypt is as permanent as too large to send: the outbox drops and
+        // reports the entry instead of retrying it forever.
+        CryptoError::TooLarge { size, max } => Error::FrameTooLarge { size, max },
+        e => Error::Crypto(e.to_string()),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -326,6 +334,7 @@ impl E2e {
             waiting_count: 0,
             inbox_ack_due: None,
             notices: VecDeque::new(),
+            to_query: std::collections::BTreeSet::new(),
             plaintext: false,
             persistent: true,
             last_cost: OutgoingCost::default(),
@@ -635,6 +644,9 @@ impl E2e {
                     }
                 }
             } else {
+                if let CryptoEvent::UnknownDevice { user, .. } = &event {
+                    self.to_query.insert(*user);
+                }
                 self.notices.push_back(CryptoNotice::Key(event));
             }
         }
@@ -646,6 +658,50 @@ impl E2e {
             .into_iter()
             .filter(|r| !matches!(r, Err(u) if u.reason == Undecryptable::NoKeyYet))
             .collect())
+    }
+
+    /// Whether [`E2e::resolve_unknown_senders`] has work.
+    pub fn has_unknown_senders(&self) -> bool {
+        !self.to_query.is_empty()
+    }
+
+    /// Queries the device lists of senders whose keys or messages came from a device not in
+    /// our directory, then retries the messages waiting on them. Returns what became readable
+    /// (and what is now undecryptable for another reason).
+    pub async fn resolve_unknown_senders(
+        &mut self,
+        conn: &impl KeyRequests,
+    ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
+        let users: Vec<UserId> = std::mem::take(&mut self.to_query).into_iter().collect();
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        for u in &users {
+            self.machine.mark_device_list_stale(*u);
+        }
+        self.query(conn, &users).await?;
+        let sessions: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|(_, ms)| ms.iter().any(|m| users.contains(&m.sender_user)))
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut out = Vec::new();
+        for session in sessions {
+            let Some(messages) = self.waiting.remove(&session) else {
+                continue;
+            };
+            self.waiting_count -= messages.len();
+            self.waiting_order.retain(|s| *s != session);
+            for m in messages {
+                match self.decrypt_now(&m) {
+                    Err(u) if u.reason == Undecryptable::NoKeyYet => self.wait_for_key(m),
+                    other => out.push(other),
+                }
+            }
+        }
+        self.persist()?;
+        Ok(out)
     }
 
     /// Tries every message kept for a retry again, e.g. after a device-list query made their
@@ -666,6 +722,9 @@ impl E2e {
                             Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice
                         ) =>
                     {
+                        if u.reason == Undecryptable::UntrustedDevice {
+                            self.to_query.insert(m.sender_user);
+                        }
                         self.wait_for_key(m)
                     }
                     other => done.push(other),
@@ -681,6 +740,46 @@ impl E2e {
     /// Messages kept for a retry.
     pub fn waiting_count(&self) -> usize {
         self.waiting_count
+    }
+
+    /// Feeds a server event the crypto state depends on: key shares (returns the messages they
+    /// made readable), member lists (`Conversation`), removals (rotate), device-list changes
+    /// (re-query). Anything else is ignored. Returns whether the event was a key share (which
+    /// the app need not see).
+    pub fn on_server_message(
+        &mut self,
+        message: &ServerMessage,
+    ) -> Result<(
+        bool,
+        Vec<std::result::Result<Message, UndecryptableMessage>>,
+    )> {
+        match message {
+            ServerMessage::KeyShare {
+                from_user,
+                from_device,
+                payload,
+                inbox_id,
+            } => Ok((
+                true,
+                self.on_key_share(*from_user, *from_device, payload, *inbox_id)?,
+            )),
+            ServerMessage::Conversation { info, .. } => {
+                self.set_members(
+                    info.conversation,
+                    info.members.iter().map(|m| m.user).collect(),
+                );
+                Ok((false, Vec::new()))
+            }
+            ServerMessage::MemberRemoved { conversation, user } => {
+                self.on_member_removed(*conversation, *user)?;
+                Ok((false, Vec::new()))
+            }
+            ServerMessage::DeviceListChanged { user } => {
+                self.on_device_list_changed(*user);
+                Ok((false, Vec::new()))
+            }
+            _ => Ok((false, Vec::new())),
+        }
     }
 
     /// The inbox id to acknowledge now (state persisted up to it), once.
@@ -707,6 +806,9 @@ impl E2e {
                 Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice
             )
         {
+            if u.reason == Undecryptable::UntrustedDevice {
+                self.to_query.insert(message.sender_user);
+            }
             self.wait_for_key(message.clone());
         }
         if let Err(e) = self.persist() {
@@ -731,7 +833,7 @@ impl E2e {
                 Ok(plain)
             }
             Err(reason) => Err(UndecryptableMessage {
-                message: message.clone(),
+                message: Box::new(message.clone()),
                 reason,
             }),
         }
@@ -756,6 +858,155 @@ impl E2e {
         }
         list.push(message);
         self.waiting_count += 1;
+    }
+}
+
+/// Key backup over the HTTPS API (opaque blobs the client sealed with a key derived from the
+/// recovery passphrase; the server never sees the passphrase or the key).
+impl E2e {
+    /// Starts a new backup protected by `passphrase` (replacing any earlier one) and uploads
+    /// every session this device holds.
+    pub async fn create_backup(&mut self, api: &crate::HttpApi, passphrase: &str) -> Result<usize> {
+        let (version, meta) = self
+            .machine
+            .backup_create(passphrase, now_ms())
+            .map_err(crypto)?;
+        self.persist()?;
+        api.put_key_backup(&tern_wire::api::KeyBackup {
+            version,
+            meta: base64::engine::general_purpose::STANDARD.encode(meta),
+        })
+        .await?;
+        self.upload_backup(api).await
+    }
+
+    /// Uploads the sessions not yet in the backup (nothing when no backup is unlocked on this
+    /// device). Returns how many were uploaded.
+    pub async fn upload_backup(&mut self, api: &crate::HttpApi) -> Result<usize> {
+        let Some(version) = self.machine.backup_version().map(str::to_string) else {
+            return Ok(0);
+        };
+        let mut uploaded = 0;
+        loop {
+            let entries = self.machine.backup_export_sessions().map_err(crypto)?;
+            if entries.is_empty() {
+                return Ok(uploaded);
+            }
+            let sessions = entries
+                .iter()
+                .map(|e| tern_wire::api::BackupSessionView {
+                    conversation: e.conversation,
+                    session_id: e.session_id.clone(),
+                    data: base64::engine::general_purpose::STANDARD.encode(&e.data),
+                })
+                .collect();
+            api.put_backup_sessions(&tern_wire::api::PutBackupSessions {
+                version: version.clone(),
+                sessions,
+            })
+            .await?;
+            let ids: Vec<String> = entries.iter().map(|e| e.session_id.clone()).collect();
+            self.machine.backup_mark_uploaded(&ids);
+            self.persist()?;
+            uploaded += ids.len();
+        }
+    }
+
+    /// Unlocks the server's backup with `passphrase` and imports every session in it, so this
+    /// (new) device reads the history. A wrong passphrase is `Error::Crypto` saying so, and
+    /// changes nothing.
+    pub async fn restore_backup(
+        &mut self,
+        api: &crate::HttpApi,
+        passphrase: &str,
+    ) -> Result<tern_core::crypto::RestoreReport> {
+        let header = api.key_backup().await?;
+        let meta = base64::engine::general_purpose::STANDARD
+            .decode(&header.meta)
+            .map_err(|_| Error::BadResponse("backup meta is not base64".into()))?;
+        self.machine
+            .backup_unlock(passphrase, &header.version, &meta)
+            .map_err(crypto)?;
+        let total = self.import_backup(api, None).await?;
+        self.persist()?;
+        Ok(total)
+    }
+
+    /// Imports the backup's sessions (of one conversation, or all), page by page.
+    async fn import_backup(
+        &mut self,
+        api: &crate::HttpApi,
+        conversation: Option<ConversationId>,
+    ) -> Result<tern_core::crypto::RestoreReport> {
+        let mut total = tern_core::crypto::RestoreReport::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = api
+                .backup_sessions(conversation, after.as_deref(), None)
+                .await?;
+            let entries: Vec<tern_core::crypto::BackupEntry> = page
+                .sessions
+                .iter()
+                .filter_map(|s| {
+                    Some(tern_core::crypto::BackupEntry {
+                        conversation: s.conversation,
+                        session_id: s.session_id.clone(),
+                        data: base64::engine::general_purpose::STANDARD
+                            .decode(&s.data)
+                            .ok()?,
+                    })
+                })
+                .collect();
+            total.invalid += page.sessions.len() - entries.len();
+            let report = self
+                .machine
+                .backup_import(&entries, now_ms())
+                .map_err(crypto)?;
+            total.imported += report.imported;
+            total.already_known += report.already_known;
+            total.invalid += report.invalid;
+            match page.next_after {
+                Some(next) if !page.sessions.is_empty() => after = Some(next),
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    /// Conversations with messages waiting for a key, for [`E2e::recover_from_backup`].
+    pub fn conversations_waiting(&self) -> Vec<ConversationId> {
+        let mut out: Vec<ConversationId> = self
+            .waiting
+            .values()
+            .flatten()
+            .map(|m| m.conversation)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Recovery without the sender: when this device has the backup unlocked (it created or
+    /// restored it) and messages of `conversation` wait for a key, the backup may hold it (one
+    /// of the user's other devices uploaded it). Fetches that conversation's backed-up
+    /// sessions and retries. Returns what became readable; nothing when no backup is unlocked.
+    pub async fn recover_from_backup(
+        &mut self,
+        api: &crate::HttpApi,
+        conversation: ConversationId,
+    ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
+        if self.machine.backup_version().is_none() {
+            return Ok(Vec::new());
+        }
+        let report = self.import_backup(api, Some(conversation)).await?;
+        if report.imported == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.retry_waiting())
+    }
+
+    /// Whether `error` is the wrong-passphrase refusal of [`E2e::restore_backup`].
+    pub fn is_wrong_passphrase(error: &Error) -> bool {
+        matches!(error, Error::Crypto(m) if m == &CryptoError::WrongPassphrase.to_string())
     }
 }
 

@@ -10,6 +10,10 @@
 //! * [`Client`]: cursors, resume, de-duplication, gap filling, Acks, the [`Outbox`] of pending
 //!   sends and reconnecting with [`Backoff`].
 //!
+//! The decisions (cursors, de-duplication, gaps, acks, outbox ordering and retry rules, reconnect
+//! backoff, request matching, the Hello) are the sans-IO client core's ([`tern_core::protocol`]);
+//! this crate is its tokio driver: sockets, TLS, files, timers.
+//!
 //! Everything runs on a current-thread tokio runtime (tasks are spawned with `tokio::spawn`, so
 //! call from within a runtime).
 
@@ -41,4 +45,5 @@ pub use tls::{PinnedCertVerifier, Trust, certificate_sha256};
 pub use transport::{FrameReader, FrameWriter, Transport, TransportKind};
 
 // Re-exported so users need not depend on tern-wire directly for the common types.
+pub use tern_core;
 pub use tern_wire;

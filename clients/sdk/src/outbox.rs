@@ -5,6 +5,11 @@
 //! the entry), so a resend after a reconnect or an app restart reuses the same id and the server
 //! stores the message once (it deduplicates by `(conversation, sender, client_msg_id)`).
 //!
+//! The ordering, limit and retry rules are the client core's ([`tern_core::protocol::outbox`]);
+//! this module is the native driver side: the [`OutboxStore`] trait with SDK errors, the
+//! crash-safe [`FileStore`], and [`Outbox`], the core's outbox over a boxed store with random
+//! ids and wall-clock compose times.
+//!
 //! Storage sits behind [`OutboxStore`] (load all, append, remove by id) so other platforms can
 //! plug their own (a browser: IndexedDB). Two implementations ship: [`MemoryStore`] (nothing
 //! survives the process) and [`FileStore`] (native, crash-safe; format below).
@@ -29,40 +34,17 @@
 //!
 //! One process at a time may use a file (there is no lock).
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use tern_core::protocol::outbox as rules;
 use tern_outbox_log::{MAGIC, encode_add, encode_log, encode_record, encode_remove};
 use tern_wire::ids::ConversationId;
 
 use crate::error::{Error, Result};
 
-/// How much the outbox may hold. When either limit is reached, composing fails with
-/// [`Error::OutboxFull`] and nothing already queued is touched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxLimits {
-    pub max_entries: usize,
-    /// Sum of payload and content-type bytes over all entries.
-    pub max_bytes: usize,
-}
-
-impl OutboxLimits {
-    pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
-    pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
-}
-
-impl Default for OutboxLimits {
-    fn default() -> Self {
-        OutboxLimits {
-            max_entries: Self::DEFAULT_MAX_ENTRIES,
-            max_bytes: Self::DEFAULT_MAX_BYTES,
-        }
-    }
-}
-
-pub use tern_outbox_log::PendingSend;
+pub use tern_core::protocol::outbox::{MemoryStore, OutboxLimits, PendingSend};
 
 /// Where the outbox persists. Calls are made in this order: one `load` when the outbox opens,
 /// then `append`s and `remove`s as entries come and go. `append` must be durable when it
@@ -74,10 +56,6 @@ pub trait OutboxStore: Send {
     fn append(&mut self, entry: &PendingSend) -> Result<()>;
     fn remove(&mut self, client_msg_id: u128) -> Result<()>;
 }
-
-/// Keeps nothing beyond the process: for tests and apps that do not want persistence.
-#[derive(Debug, Default)]
-pub struct MemoryStore;
 
 impl OutboxStore for MemoryStore {
     fn load(&mut self) -> Result<Vec<PendingSend>> {
@@ -255,21 +233,51 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// Pending sends in compose order, mirrored in memory and persisted through an [`OutboxStore`].
+/// Any [`OutboxStore`] as the core's store.
+struct BoxedStore(Box<dyn OutboxStore>);
+
+impl rules::OutboxStore for BoxedStore {
+    type Error = Error;
+    fn load(&mut self) -> Result<Vec<PendingSend>> {
+        self.0.load()
+    }
+    fn append(&mut self, entry: &PendingSend) -> Result<()> {
+        self.0.append(entry)
+    }
+    fn remove(&mut self, client_msg_id: u128) -> Result<()> {
+        self.0.remove(client_msg_id)
+    }
+}
+
+fn outbox_error(e: rules::OutboxError<Error>) -> Error {
+    match e {
+        rules::OutboxError::Full {
+            pending,
+            pending_bytes,
+            entry_bytes,
+            max_entries,
+            max_bytes,
+        } => Error::OutboxFull {
+            pending,
+            pending_bytes,
+            entry_bytes,
+            max_entries,
+            max_bytes,
+        },
+        rules::OutboxError::Invalid(why) => Error::Config(why.into()),
+        rules::OutboxError::Store(e) => e,
+    }
+}
+
+/// Pending sends in compose order, mirrored in memory and persisted through an [`OutboxStore`]
+/// (the core's [`tern_rules::Outbox`] with random ids and wall-clock compose times).
 pub struct Outbox {
-    store: Box<dyn OutboxStore>,
-    entries: VecDeque<PendingSend>,
-    bytes: usize,
-    limits: OutboxLimits,
+    inner: rules::Outbox<BoxedStore>,
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox")
-            .field("entries", &self.entries.len())
-            .field("bytes", &self.bytes)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        self.inner.fmt(f)
     }
 }
 
@@ -277,15 +285,8 @@ impl Outbox {
     /// Loads whatever `store` holds. Entries beyond `limits` (limits lowered since) are kept:
     /// nothing queued is ever dropped, only new entries are refused.
     pub fn open(store: impl OutboxStore + 'static, limits: OutboxLimits) -> Result<Outbox> {
-        let mut store: Box<dyn OutboxStore> = Box::new(store);
-        let loaded = store.load()?;
-        let bytes = loaded.iter().map(PendingSend::size).sum();
-        Ok(Outbox {
-            store,
-            entries: loaded.into(),
-            bytes,
-            limits,
-        })
+        let inner = rules::Outbox::open(BoxedStore(Box::new(store)), limits)?;
+        Ok(Outbox { inner })
     }
 
     /// A crash-safe outbox in `path` (created when missing).
@@ -295,7 +296,13 @@ impl Outbox {
 
     /// An outbox that does not survive the process.
     pub fn in_memory(limits: OutboxLimits) -> Outbox {
-        Self::open(MemoryStore, limits).expect("the memory store cannot fail")
+        Outbox {
+            inner: rules::Outbox::from_loaded(
+                BoxedStore(Box::new(MemoryStore)),
+                Vec::new(),
+                limits,
+            ),
+        }
     }
 
     /// Queues a new message with a fresh random `client_msg_id` (persisted before this
@@ -306,109 +313,78 @@ impl Outbox {
         content_type: &str,
         payload: Vec<u8>,
     ) -> Result<u128> {
-        let client_msg_id = loop {
-            let id = uuid::Uuid::new_v4().as_u128();
-            if !self.contains(id) {
-                break id;
-            }
-        };
-        self.enqueue(PendingSend {
-            client_msg_id,
-            conversation,
-            content_type: content_type.to_string(),
-            payload,
-            created_ms: now_ms(),
-        })?;
-        Ok(client_msg_id)
+        self.inner
+            .compose(conversation, content_type, payload, unix_ms(), || {
+                uuid::Uuid::new_v4().as_u128()
+            })
+            .map_err(outbox_error)
     }
 
     /// Queues a message with a caller-chosen id. An id already queued is left as it is
     /// (returns `Ok`): the first copy is what will be sent.
     pub fn enqueue(&mut self, entry: PendingSend) -> Result<()> {
-        if self.contains(entry.client_msg_id) {
-            return Ok(());
-        }
-        if entry.content_type.len() > u16::MAX as usize {
-            return Err(Error::Config("content type longer than 65535 bytes".into()));
-        }
-        let size = entry.size();
-        if self.entries.len() >= self.limits.max_entries
-            || self.bytes.saturating_add(size) > self.limits.max_bytes
-        {
-            return Err(Error::OutboxFull {
-                pending: self.entries.len(),
-                pending_bytes: self.bytes,
-                entry_bytes: size,
-                max_entries: self.limits.max_entries,
-                max_bytes: self.limits.max_bytes,
-            });
-        }
-        self.store.append(&entry)?;
-        self.bytes += size;
-        self.entries.push_back(entry);
-        Ok(())
+        self.inner.enqueue(entry).map_err(outbox_error)
     }
 
     /// Removes an entry (after its SendAck, or a permanent rejection). The in-memory entry is
     /// gone even when the store fails (the entry is then sent again after a restart, which the
     /// server deduplicates); the store error is returned for logging.
     pub fn remove(&mut self, client_msg_id: u128) -> Result<Option<PendingSend>> {
-        let Some(pos) = self
-            .entries
-            .iter()
-            .position(|e| e.client_msg_id == client_msg_id)
-        else {
-            return Ok(None);
-        };
-        let entry = self.entries.remove(pos).expect("position is in range");
-        self.bytes -= entry.size();
-        self.store.remove(client_msg_id)?;
-        Ok(Some(entry))
+        self.inner.remove(client_msg_id)
+    }
+
+    /// A `SendAck` for `client_msg_id` in `conversation`: removes the entry when it is that
+    /// message (see [`tern_rules::Outbox::on_acked`]).
+    pub fn on_acked(
+        &mut self,
+        conversation: ConversationId,
+        client_msg_id: u128,
+    ) -> Result<Option<PendingSend>> {
+        self.inner.on_acked(conversation, client_msg_id)
     }
 
     pub fn contains(&self, client_msg_id: u128) -> bool {
-        self.get(client_msg_id).is_some()
+        self.inner.contains(client_msg_id)
     }
 
     pub fn get(&self, client_msg_id: u128) -> Option<&PendingSend> {
-        self.entries
-            .iter()
-            .find(|e| e.client_msg_id == client_msg_id)
+        self.inner.get(client_msg_id)
     }
 
     /// The oldest entry: the next to send.
     pub fn front(&self) -> Option<&PendingSend> {
-        self.entries.front()
+        self.inner.front()
     }
 
     /// Entries in compose order.
     pub fn iter(&self) -> impl Iterator<Item = &PendingSend> {
-        self.entries.iter()
+        self.inner.iter()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.inner.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.inner.is_empty()
     }
 
     /// Bytes counted against [`OutboxLimits::max_bytes`].
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.inner.bytes()
     }
 
     pub fn limits(&self) -> OutboxLimits {
-        self.limits
+        self.inner.limits()
     }
 
     pub fn set_limits(&mut self, limits: OutboxLimits) {
-        self.limits = limits;
+        self.inner.set_limits(limits);
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds (the compose time recorded with an entry).
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

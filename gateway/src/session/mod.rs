@@ -424,10 +424,13 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 *high = (*high).max(seq);
             }
             Tracking::KeyShare(inbox_id) => {
+                // `inbox_sent` is what the Hello's inbox replay sent (a committed snapshot):
+                // a live copy at or below it is a duplicate. Live pushes never move it: two
+                // senders' pushes may reach this session out of id order, and a lower id
+                // arriving after a higher one is still new.
                 if inbox_id <= self.inbox_sent {
                     return Ok(());
                 }
-                self.inbox_sent = inbox_id;
             }
             Tracking::None => {}
         }

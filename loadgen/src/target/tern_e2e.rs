@@ -503,7 +503,7 @@ impl Stage {
                                     .insert(m.message_id, (m, std::time::Instant::now()));
                             }
                             reason => outcome.items.push(Step::Out(Item::Undecryptable {
-                                message: u.message,
+                                message: *u.message,
                                 reason: reason_text(&reason),
                             })),
                         },
@@ -589,7 +589,7 @@ impl Stage {
                     self.waiting.remove(&u.message.message_id);
                     Item::Undecryptable {
                         reason: reason_text(&u.reason),
-                        message: u.message,
+                        message: *u.message,
                     }
                 }
             })

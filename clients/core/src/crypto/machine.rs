@@ -274,10 +274,12 @@ impl CryptoMachine {
         let mut directory = Directory::default();
         let own = keys::own_identity(&account, user, device);
         directory.apply_list(user, std::slice::from_ref(&own), (user, device), 0)?;
-        if let Some(rec) = directory.users.get_mut(&user)
-            && let Some(d) = rec.devices.get_mut(&device)
-        {
-            d.trust = Trust::Verified;
+        if let Some(rec) = directory.users.get_mut(&user) {
+            // Only this device is known: the first prepare must query our own other devices.
+            rec.stale = true;
+            if let Some(d) = rec.devices.get_mut(&device) {
+                d.trust = Trust::Verified;
+            }
         }
         Ok(Self {
             user,
@@ -788,6 +790,9 @@ impl CryptoMachine {
     fn insert_inbound(&mut self, session_id: String, entry: InboundEntry) {
         let conversation = entry.conversation;
         self.inbound.insert(session_id, entry);
+        if self.inbound.len() <= MAX_INBOUND_SESSIONS_PER_CONVERSATION {
+            return; // cannot be over the per-conversation bound: skip the scan
+        }
         let in_conv: Vec<(u64, String)> = self
             .inbound
             .iter()
