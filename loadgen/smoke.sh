@@ -83,7 +83,7 @@ echo "smoke: tern (pid $server_pid) on $addr"
 
 failed=0
 for mode in $modes; do
-for target in tern-ws tern-wt; do
+for target in ${SMOKE_TARGETS:-tern-ws tern-wt}; do
     n=$users
     flags=()
     name=$target
@@ -152,10 +152,10 @@ EOF
 done
 if [[ $mode == e2e ]]; then
     for target in tern-ws tern-wt; do
-        echo "smoke: rotation burst over $target: 20 members"
+        echo "smoke: rotation burst over $target: 100 members"
         rc=0
         timeout 300 "$loadgen" rotation --target "$target" --server "$addr" --cert-hash "$hash" \
-            --members 20 --before 3 --report "$work/rotation-$target.json" || rc=$?
+            --members 100 --before 3 --report "$work/rotation-$target.json" || rc=$?
         if [[ $rc -ne 0 ]]; then
             echo "smoke: rotation over $target exited with $rc" >&2
             failed=1

@@ -69,14 +69,53 @@ pub const TEXT_CONTENT_TYPE: &str = "text";
 /// Messages kept for a retry while their key has not arrived. Beyond this the oldest is
 /// surfaced as undecryptable for good (it can still be decrypted from history later).
 pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
-/// Users per `ClientQueryKeys` (the server's bound).
-const QUERY_BATCH: usize = 1_000;
+/// Users per `ClientQueryKeys`. The server accepts 1,000, but its answer lists every device
+/// with its keys (~200 B each): 1,000 users' answer is ~200 KB, more than one 64 KiB frame, and
+/// the connection fails. 200 users (~40 KB with one device each) leave room for a few devices
+/// per user.
+const QUERY_BATCH: usize = 200;
 /// Shares per `ClientSendKeyShares` (the server's bound).
 const SHARE_BATCH: usize = 2_000;
+/// Bytes a share adds to a `ClientSendKeyShares` frame besides its payload (two 16-byte ids,
+/// FlatBuffers table, vector and offset overhead), rounded up.
+const SHARE_FRAME_OVERHEAD: usize = 96;
+/// Room kept in a frame for the envelope and the request itself.
+const FRAME_HEADROOM: usize = 1_024;
+
+/// Splits `payload_sizes` (in order) into consecutive batches of at most [`SHARE_BATCH`]
+/// shares whose frame stays within `max_frame_bytes` (the server's `Welcome` value): a
+/// 100-member group's ~900-byte Olm shares are ~90 KB, more than one 64 KiB frame.
+pub fn share_batches(
+    payload_sizes: &[usize],
+    max_frame_bytes: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let budget = max_frame_bytes.saturating_sub(FRAME_HEADROOM).max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, size) in payload_sizes.iter().enumerate() {
+        let cost = size + SHARE_FRAME_OVERHEAD;
+        if i > start && (bytes + cost > budget || i - start >= SHARE_BATCH) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += cost;
+    }
+    if start < payload_sizes.len() {
+        out.push(start..payload_sizes.len());
+    }
+    out
+}
 /// Claims per `ClientClaimKeys` go per user (the request names one user), so a group's first
 /// message or a member's new devices need one request per user: this many are in flight at
 /// once (a 1,000-member group would otherwise wait 1,000 round trips).
 const CLAIMS_IN_FLIGHT: usize = 32;
+/// Retries of one claim refused with `rate_limited` (each after the server's wait): enough to
+/// ride out a 1,000-member burst, bounded so a server that always refuses ends the send.
+const MAX_RATE_LIMITED_RETRIES: u32 = 200;
+/// Shortest wait before such a retry.
+const RATE_LIMITED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// How many `encrypt` rounds may still report missing devices before we send anyway: a
 /// device with no claimable key (never published) must not block the conversation.
 const MAX_CLAIM_ROUNDS: usize = 2;
@@ -438,12 +477,31 @@ impl E2e {
         }
         let sender = conn.key_requests();
         let mut replies = futures_util::stream::iter(by_user)
-            .map(|(user, devices)| {
-                sender.request(move |request_id| ClientMessage::ClaimKeys {
-                    request_id,
-                    user,
-                    devices,
-                })
+            .map(|(user, devices)| async move {
+                // A large group's first message claims for every member: the server's request
+                // rate limit answers `rate_limited` with a wait; wait and ask again.
+                let mut attempts = 0;
+                loop {
+                    let devices = devices.clone();
+                    match sender
+                        .request(move |request_id| ClientMessage::ClaimKeys {
+                            request_id,
+                            user,
+                            devices,
+                        })
+                        .await
+                    {
+                        Err(e)
+                            if e.code() == Some("rate_limited")
+                                && attempts < MAX_RATE_LIMITED_RETRIES =>
+                        {
+                            attempts += 1;
+                            let wait = e.retry_after().unwrap_or(RATE_LIMITED_WAIT);
+                            tokio::time::sleep(wait.max(RATE_LIMITED_WAIT)).await;
+                        }
+                        other => return other,
+                    }
+                }
             })
             .buffer_unordered(CLAIMS_IN_FLIGHT);
         while let Some(reply) = replies.next().await {
@@ -525,7 +583,14 @@ impl E2e {
             );
         }
         let started = std::time::Instant::now();
-        for chunk in encrypted.key_shares.chunks(SHARE_BATCH) {
+        let sizes: Vec<usize> = encrypted
+            .key_shares
+            .iter()
+            .map(|s| s.payload.len())
+            .collect();
+        let max_frame = conn.key_requests().welcome().max_frame_bytes as usize;
+        for range in share_batches(&sizes, max_frame) {
+            let chunk = &encrypted.key_shares[range];
             let shares: Vec<KeyShareItem> = chunk
                 .iter()
                 .map(|s| KeyShareItem {
@@ -724,6 +789,9 @@ impl E2e {
 
     /// Decrypts `message` (anything but Megolm passes through untouched). A message whose key
     /// has not arrived is kept and retried when it does.
+    // The undecryptable message travels with its reason (the app shows it): boxing it would
+    // only move the allocation.
+    #[allow(clippy::result_large_err)]
     pub fn decrypt(
         &mut self,
         message: &Message,
@@ -749,6 +817,9 @@ impl E2e {
         result
     }
 
+    // The undecryptable message travels with its reason (the app shows it): boxing it would
+    // only move the allocation.
+    #[allow(clippy::result_large_err)]
     fn decrypt_now(
         &mut self,
         message: &Message,
@@ -955,6 +1026,35 @@ mod tests {
     use tern_wire::ids::MessageId;
 
     const CONVERSATION: ConversationId = ConversationId(7);
+
+    /// A 100-member group's shares (~900 B each) do not fit one 64 KiB frame: they go in
+    /// several requests, none over the frame limit, all shares once and in order.
+    #[test]
+    fn key_shares_are_split_to_fit_the_frame() {
+        let sizes = vec![900; 99];
+        let batches = share_batches(&sizes, 65_536);
+        assert!(batches.len() >= 2, "{batches:?}");
+        let mut next = 0;
+        for b in &batches {
+            assert_eq!(b.start, next);
+            next = b.end;
+            let bytes: usize = sizes[b.clone()]
+                .iter()
+                .map(|s| s + SHARE_FRAME_OVERHEAD)
+                .sum();
+            assert!(bytes + FRAME_HEADROOM <= 65_536, "{b:?} is {bytes} bytes");
+        }
+        assert_eq!(next, sizes.len());
+        assert_eq!(
+            share_batches(&[], 65_536),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert_eq!(
+            share_batches(&[10; 5000], 1 << 30).len(),
+            3,
+            "at most SHARE_BATCH each"
+        );
+    }
 
     fn device(user: u128) -> E2e {
         E2e::in_memory(UserId(user), DeviceId(user << 8), CryptoConfig::default()).expect("device")

@@ -169,9 +169,7 @@ impl TernTarget {
 
     /// `--e2e`: what the last send of `user` cost (the rotation measurement reads it).
     pub async fn last_outgoing_cost(&self, user: usize) -> Option<OutgoingCost> {
-        let crypto = self.lock().crypto.get(&user).cloned()?;
-        let cost = crypto.lock().await.last_outgoing_cost();
-        Some(cost)
+        tern_e2e::last_cost(self.device(user))
     }
 
     /// `--e2e`: the device crypto of `user`, made on its first connection.

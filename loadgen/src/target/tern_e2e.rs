@@ -29,7 +29,7 @@ use tern_sdk::e2e::{
     UndecryptableMessage,
 };
 use tern_sdk::tern_wire::ids::{ConversationId, MessageId, UserId};
-use tern_sdk::tern_wire::msg::{ClientMessage, Message, ServerMessage};
+use tern_sdk::tern_wire::msg::{ClientMessage, KeyShareItem, Message, ServerMessage};
 use tern_sdk::{ConnectionSender, E2e, Event, EventStream};
 use tokio::sync::{Mutex, mpsc};
 
@@ -40,6 +40,10 @@ use super::TargetError;
 const MAX_BACKLOG: usize = 4_096;
 /// Items queued from the stage to the pump.
 const STAGE_QUEUE: usize = 256;
+/// A message whose key has not come this long after it is reported undecryptable (`NoKeyYet`)
+/// and stops holding back its conversation. Below the runs' default drain (5 s), so it is
+/// counted before the accounting; far above a normal late key (milliseconds).
+const KEY_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One device's crypto state, shared by its sender and its receive stage.
 pub type DeviceCrypto = Arc<Mutex<E2e>>;
@@ -81,7 +85,120 @@ pub async fn publish(crypto: &DeviceCrypto, tx: &ConnectionSender) -> Result<(),
         .map_err(|e| crypto_err("publishing keys", e))
 }
 
+/// Device-list queries of this many users per request (the answer must fit one frame).
+const QUERY_BATCH: usize = 200;
+/// Claim requests in flight at once for one send.
+const CLAIMS_IN_FLIGHT: usize = 32;
+/// Retries of a request refused with `rate_limited` (each after the server's wait).
+const RATE_LIMITED_RETRIES: u32 = 200;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn send_err(what: &str, e: impl std::fmt::Display) -> TargetError {
+    TargetError::Send(format!("e2e {what}: {e}"))
+}
+
+/// A request, asked again while the server answers `rate_limited`.
+async fn request_patiently(
+    tx: &ConnectionSender,
+    build: impl Fn(u64) -> ClientMessage,
+) -> tern_sdk::Result<ServerMessage> {
+    let mut attempts = 0;
+    loop {
+        match tx.request(&build).await {
+            Err(e) if e.code() == Some("rate_limited") && attempts < RATE_LIMITED_RETRIES => {
+                attempts += 1;
+                let wait = e.retry_after().unwrap_or_default();
+                tokio::time::sleep(wait.max(std::time::Duration::from_millis(10))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Looks up `users`' device lists: the requests go out WITHOUT the device's crypto state
+/// locked (only applying the answers locks it), so decryption never waits for a round trip.
+async fn query_users(
+    crypto: &DeviceCrypto,
+    tx: &ConnectionSender,
+    users: &[UserId],
+) -> Result<(), TargetError> {
+    for chunk in users.chunks(QUERY_BATCH) {
+        let reply = request_patiently(tx, |request_id| ClientMessage::QueryKeys {
+            request_id,
+            users: chunk.to_vec(),
+        })
+        .await
+        .map_err(|e| send_err("query", e))?;
+        let ServerMessage::KeyBundle { devices, .. } = reply else {
+            return Err(send_err("query", "answered with something else"));
+        };
+        let mut by_user: std::collections::BTreeMap<UserId, Vec<_>> =
+            chunk.iter().map(|u| (*u, Vec::new())).collect();
+        for d in &devices {
+            if let Some(list) = by_user.get_mut(&d.user) {
+                list.push(tern_sdk::e2e::published_from_wire(d));
+            }
+        }
+        let mut e2e = crypto.lock().await;
+        let now = now_ms();
+        for (user, list) in by_user {
+            e2e.machine_mut()
+                .on_device_list(user, &list, now)
+                .map_err(|e| send_err("device list", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Claims one-time keys of `devices` (requests unlocked, in parallel) and makes Olm sessions.
+async fn claim_devices(
+    crypto: &DeviceCrypto,
+    tx: &ConnectionSender,
+    devices: &[(UserId, tern_sdk::tern_wire::ids::DeviceId)],
+) -> Result<(), TargetError> {
+    use futures_util::StreamExt as _;
+    let mut by_user: std::collections::BTreeMap<UserId, Vec<_>> = Default::default();
+    for (u, d) in devices {
+        by_user.entry(*u).or_default().push(*d);
+    }
+    let mut replies = futures_util::stream::iter(by_user)
+        .map(|(user, devices)| async move {
+            request_patiently(tx, move |request_id| ClientMessage::ClaimKeys {
+                request_id,
+                user,
+                devices: devices.clone(),
+            })
+            .await
+        })
+        .buffer_unordered(CLAIMS_IN_FLIGHT);
+    let mut bundles = Vec::new();
+    while let Some(reply) = replies.next().await {
+        let ServerMessage::KeyBundle { devices, .. } = reply.map_err(|e| send_err("claim", e))?
+        else {
+            return Err(send_err("claim", "answered with something else"));
+        };
+        bundles.extend(devices.iter().map(tern_sdk::e2e::published_from_wire));
+    }
+    drop(replies);
+    let mut e2e = crypto.lock().await;
+    for problem in e2e.machine_mut().on_claimed(&bundles) {
+        tracing::warn!(?problem, "e2e: no Olm session from a claimed key");
+    }
+    Ok(())
+}
+
 /// Encrypts one send; returns the content type and payload to send, and what it cost.
+///
+/// The same steps as [`E2e::encrypt_outgoing`] (prepare, query, claim, encrypt, upload the key
+/// shares before the message), but the device's state is locked only for the machine's own
+/// (synchronous) steps, never across a round trip: `encrypt_outgoing` holds `&mut E2e` for
+/// the whole send, and under a cold-start burst (every device's first message to a 50-member
+/// group claims 49 keys) that made every delivery to the device wait for its own slow send.
 pub async fn encrypt(
     crypto: &DeviceCrypto,
     tx: &ConnectionSender,
@@ -89,13 +206,113 @@ pub async fn encrypt(
     content_type: &str,
     payload: &[u8],
 ) -> Result<(String, Vec<u8>, OutgoingCost), TargetError> {
-    let mut e2e = crypto.lock().await;
-    let (content_type, payload) = e2e
-        .encrypt_outgoing(tx, conversation, content_type, payload)
+    let members = crypto
+        .lock()
         .await
-        .map_err(|e| TargetError::Send(format!("e2e encrypt: {e}")))?;
-    Ok((content_type, payload, e2e.last_outgoing_cost()))
+        .members(conversation)
+        .map(<[UserId]>::to_vec)
+        .ok_or_else(|| send_err("encrypt", format!("members of {conversation} not known")))?;
+    let body = tern_sdk::e2e::body_of(content_type, payload);
+    let mut cost = OutgoingCost::default();
+    let mut queries = 0;
+    let mut claims = 0;
+    loop {
+        let needs = crypto
+            .lock()
+            .await
+            .machine_mut()
+            .prepare(conversation, &members, now_ms())
+            .map_err(|e| send_err("prepare", e))?;
+        if !needs.query_users.is_empty() && queries < 3 {
+            queries += 1;
+            let started = std::time::Instant::now();
+            query_users(crypto, tx, &needs.query_users).await?;
+            cost.query += started.elapsed();
+            continue;
+        }
+        if !needs.claim.is_empty() && claims < 2 {
+            claims += 1;
+            let started = std::time::Instant::now();
+            claim_devices(crypto, tx, &needs.claim).await?;
+            cost.claim += started.elapsed();
+            cost.devices_claimed += needs.claim.len();
+            continue;
+        }
+        break;
+    }
+    let started = std::time::Instant::now();
+    let encrypted = crypto
+        .lock()
+        .await
+        .machine_mut()
+        .encrypt(conversation, &body, now_ms())
+        .map_err(|e| send_err("encrypt", e))?;
+    cost.encrypt = started.elapsed();
+    cost.key_shares = encrypted.key_shares.len();
+    let device = tx.welcome().device;
+    {
+        let mut last = LAST_SESSION.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = last.insert((device, conversation), encrypted.session_id.clone());
+        cost.new_session = previous.as_ref() != Some(&encrypted.session_id);
+    }
+    let started = std::time::Instant::now();
+    let sizes: Vec<usize> = encrypted
+        .key_shares
+        .iter()
+        .map(|s| s.payload.len())
+        .collect();
+    let max_frame = tx.welcome().max_frame_bytes as usize;
+    for range in tern_sdk::e2e::share_batches(&sizes, max_frame) {
+        let shares: Vec<KeyShareItem> = encrypted.key_shares[range]
+            .iter()
+            .map(|s| KeyShareItem {
+                to_user: s.to_user,
+                to_device: s.to_device,
+                payload: s.payload.clone(),
+            })
+            .collect();
+        let reply = request_patiently(tx, |request_id| ClientMessage::SendKeyShares {
+            request_id,
+            shares: shares.clone(),
+        })
+        .await
+        .map_err(|e| send_err("key shares", e))?;
+        if let ServerMessage::KeySharesStored { full, .. } = reply
+            && !full.is_empty()
+        {
+            tracing::warn!(
+                ?full,
+                "e2e: recipient inboxes full: those devices miss this key"
+            );
+        }
+    }
+    cost.upload = started.elapsed();
+    LAST_COST
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(device, cost);
+    Ok((encrypted.content_type.to_string(), encrypted.payload, cost))
 }
+
+/// What each device's last send cost (`tern-loadgen rotation` reads it).
+static LAST_COST: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<tern_sdk::tern_wire::ids::DeviceId, OutgoingCost>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// What the last send of `device` cost.
+pub fn last_cost(device: tern_sdk::tern_wire::ids::DeviceId) -> Option<OutgoingCost> {
+    LAST_COST
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&device)
+        .copied()
+}
+
+/// The outbound session of each device's last message per conversation (to tell a rotation
+/// in the cost report).
+static LAST_SESSION: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<(tern_sdk::tern_wire::ids::DeviceId, ConversationId), String>>,
+> = std::sync::LazyLock::new(Default::default);
 
 /// What the stage hands to the pump.
 #[derive(Debug)]
@@ -104,6 +321,22 @@ pub enum Item {
     Deliver { message: Message, late_key: bool },
     /// A message that cannot be read, and why.
     Undecryptable { message: Message, reason: String },
+}
+
+impl Item {
+    fn message(&self) -> &Message {
+        match self {
+            Item::Deliver { message, .. } | Item::Undecryptable { message, .. } => message,
+        }
+    }
+}
+
+/// One step of a handled batch, in server order: an item, or a message that waits for its key
+/// (later items of its conversation are held back behind it, so each conversation stays in
+/// seq order as a client shows it; their latency then includes the wait).
+enum Step {
+    Out(Item),
+    Hold(ConversationId, MessageId),
 }
 
 fn reason_text(reason: &Undecryptable) -> String {
@@ -127,7 +360,13 @@ struct Stage {
     tx: ConnectionSender,
     out: mpsc::Sender<Item>,
     /// Messages the E2e keeps for a retry (no key yet, sender device not looked up yet).
-    waiting: HashMap<MessageId, Message>,
+    waiting: HashMap<MessageId, (Message, std::time::Instant)>,
+    /// Messages already reported undecryptable after [`KEY_WAIT_LIMIT`]: a key arriving later
+    /// does not deliver them a second time.
+    given_up: std::collections::HashSet<MessageId>,
+    /// Per conversation, in server order: messages waiting (`None`) and the items held behind
+    /// them.
+    order: HashMap<ConversationId, VecDeque<(MessageId, Option<Item>)>>,
     late_tx: mpsc::UnboundedSender<Vec<Result<Message, UndecryptableMessage>>>,
 }
 
@@ -147,6 +386,8 @@ pub fn crypto_stage(
         tx,
         out,
         waiting: HashMap::new(),
+        given_up: std::collections::HashSet::new(),
+        order: HashMap::new(),
         late_tx,
     };
     tokio::spawn(stage.run(events, replay, late_rx));
@@ -156,7 +397,7 @@ pub fn crypto_stage(
 /// What one batch of events asks for after it was handled under the lock.
 #[derive(Default)]
 struct Outcome {
-    items: Vec<Item>,
+    items: Vec<Step>,
     query: BTreeSet<UserId>,
     inbox_ack: Option<u64>,
 }
@@ -169,6 +410,8 @@ impl Stage {
         mut late_rx: mpsc::UnboundedReceiver<Vec<Result<Message, UndecryptableMessage>>>,
     ) {
         let mut closed = false;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if closed && backlog.is_empty() {
                 break;
@@ -178,7 +421,7 @@ impl Stage {
                 biased;
                 Some(late) = late_rx.recv() => {
                     let items = self.finish(late, true);
-                    if !self.emit(items).await {
+                    if !self.emit(items.into_iter().map(Step::Out).collect()).await {
                         return;
                     }
                 }
@@ -186,6 +429,12 @@ impl Stage {
                     let outcome = self.handle(&mut e2e, &mut backlog);
                     drop(e2e);
                     if !self.apply(outcome).await {
+                        return;
+                    }
+                }
+                _ = tick.tick(), if !self.waiting.is_empty() => {
+                    let expired = self.expire_waiting();
+                    if !self.emit(expired).await {
                         return;
                     }
                 }
@@ -205,19 +454,21 @@ impl Stage {
             tokio::select! {
                 Some(late) = late_rx.recv() => {
                     let items = self.finish(late, true);
-                    if !self.emit(items).await {
+                    if !self.emit(items.into_iter().map(Step::Out).collect()).await {
                         return;
                     }
                 }
                 () = &mut grace => break,
             }
         }
-        let leftover: Vec<Item> = self
+        let leftover: Vec<Step> = self
             .waiting
             .drain()
-            .map(|(_, message)| Item::Undecryptable {
-                message,
-                reason: "NoKeyYet: still waiting for its key when the connection ended".into(),
+            .map(|(_, (message, _))| {
+                Step::Out(Item::Undecryptable {
+                    message,
+                    reason: "NoKeyYet: still waiting for its key when the connection ended".into(),
+                })
             })
             .collect();
         self.emit(leftover).await;
@@ -231,29 +482,30 @@ impl Stage {
                 Event::Deliver(m) => {
                     if m.content_type != MEGOLM_CONTENT_TYPE {
                         // Every device of an --e2e run encrypts: plaintext here is a failure.
-                        outcome.items.push(Item::Undecryptable {
+                        outcome.items.push(Step::Out(Item::Undecryptable {
                             reason: format!("not encrypted (content type {:?})", m.content_type),
                             message: m,
-                        });
+                        }));
                         continue;
                     }
                     match e2e.decrypt(&m) {
-                        Ok(plain) => outcome.items.push(Item::Deliver {
+                        Ok(plain) => outcome.items.push(Step::Out(Item::Deliver {
                             message: plain,
                             late_key: false,
-                        }),
+                        })),
                         Err(u) => match u.reason {
-                            Undecryptable::NoKeyYet => {
-                                self.waiting.insert(m.message_id, m);
+                            Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice => {
+                                if u.reason == Undecryptable::UntrustedDevice {
+                                    outcome.query.insert(m.sender_user);
+                                }
+                                outcome.items.push(Step::Hold(m.conversation, m.message_id));
+                                self.waiting
+                                    .insert(m.message_id, (m, std::time::Instant::now()));
                             }
-                            Undecryptable::UntrustedDevice => {
-                                outcome.query.insert(m.sender_user);
-                                self.waiting.insert(m.message_id, m);
-                            }
-                            reason => outcome.items.push(Item::Undecryptable {
+                            reason => outcome.items.push(Step::Out(Item::Undecryptable {
                                 message: *u.message,
                                 reason: reason_text(&reason),
-                            }),
+                            })),
                         },
                     }
                 }
@@ -263,7 +515,9 @@ impl Stage {
                     payload,
                     inbox_id,
                 }) => match e2e.on_key_share(from_user, from_device, &payload, inbox_id) {
-                    Ok(ready) => outcome.items.extend(self.finish(ready, true)),
+                    Ok(ready) => outcome
+                        .items
+                        .extend(self.finish(ready, true).into_iter().map(Step::Out)),
                     Err(e) => tracing::warn!(error = %e, "e2e: key share not kept"),
                 },
                 Event::Other(ServerMessage::DeviceListChanged { user }) => {
@@ -289,6 +543,28 @@ impl Stage {
         outcome
     }
 
+    /// Messages that waited longer than [`KEY_WAIT_LIMIT`], reported undecryptable.
+    fn expire_waiting(&mut self) -> Vec<Step> {
+        let now = std::time::Instant::now();
+        let expired: Vec<MessageId> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= KEY_WAIT_LIMIT)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut steps = Vec::new();
+        for id in expired {
+            if let Some((message, _)) = self.waiting.remove(&id) {
+                self.given_up.insert(id);
+                steps.push(Step::Out(Item::Undecryptable {
+                    message,
+                    reason: format!("NoKeyYet: no key within {KEY_WAIT_LIMIT:?}"),
+                }));
+            }
+        }
+        steps
+    }
+
     /// Turns decrypt results of waiting messages into items.
     fn finish(
         &mut self,
@@ -297,6 +573,13 @@ impl Stage {
     ) -> Vec<Item> {
         results
             .into_iter()
+            .filter(|r| {
+                let id = match r {
+                    Ok(m) => m.message_id,
+                    Err(u) => u.message.message_id,
+                };
+                !self.given_up.contains(&id)
+            })
             .map(|r| match r {
                 Ok(message) => {
                     self.waiting.remove(&message.message_id);
@@ -334,8 +617,40 @@ impl Stage {
         self.emit(outcome.items).await
     }
 
-    async fn emit(&self, items: Vec<Item>) -> bool {
-        for item in items {
+    /// Sends what is not held back, in each conversation's server order.
+    async fn emit(&mut self, steps: Vec<Step>) -> bool {
+        let mut ready = Vec::new();
+        for step in steps {
+            match step {
+                Step::Hold(conversation, id) => {
+                    self.order
+                        .entry(conversation)
+                        .or_default()
+                        .push_back((id, None));
+                }
+                Step::Out(item) => {
+                    let conversation = item.message().conversation;
+                    let id = item.message().message_id;
+                    let Some(queue) = self.order.get_mut(&conversation) else {
+                        ready.push(item);
+                        continue;
+                    };
+                    match queue.iter_mut().find(|(m, _)| *m == id) {
+                        Some(slot) => slot.1 = Some(item),
+                        None => queue.push_back((id, Some(item))),
+                    }
+                    while queue.front().is_some_and(|(_, item)| item.is_some()) {
+                        if let Some((_, Some(item))) = queue.pop_front() {
+                            ready.push(item);
+                        }
+                    }
+                    if queue.is_empty() {
+                        self.order.remove(&conversation);
+                    }
+                }
+            }
+        }
+        for item in ready {
             if self.out.send(item).await.is_err() {
                 return false;
             }
@@ -352,13 +667,11 @@ async fn query_then_retry(
     users: Vec<UserId>,
     late: mpsc::UnboundedSender<Vec<Result<Message, UndecryptableMessage>>>,
 ) {
-    let mut e2e = crypto.lock().await;
-    if let Err(e) = e2e.query(&tx, &users).await {
+    if let Err(e) = query_users(&crypto, &tx, &users).await {
         tracing::warn!(error = %e, "e2e: device-list query failed");
         return;
     }
-    let ready = e2e.retry_waiting();
-    drop(e2e);
+    let ready = crypto.lock().await.retry_waiting();
     if !ready.is_empty() {
         let _ = late.send(ready);
     }

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# End-to-end encryption cost (issue 11): the PRD chat load in plaintext and with --e2e against
+# ONE Tern server (same session, same accounts), then the key-rotation burst in one group of
+# 100 and of 1,000 members. Per transport in TRANSPORTS.
+#
+#   bench/run-e2e.sh --out DIR            # release binaries in $CARGO_TARGET_DIR or target/
+#
+# Environment: USERS (10000), GROUP_SIZES (2:60,5:30,50:10), RATE (1000), DURATION (300s),
+# WORKERS (default: the loadgen's choice), TRANSPORTS ("tern-ws tern-wt"), ROTATION_MEMBERS
+# ("100 1000"), MODES ("plain e2e"). Outputs: per run a JSON report, an SVG plot and the
+# loadgen's log; rotation-*.json; environment.txt.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TERN_BIN="$TARGET_DIR/release/tern"
+LOADGEN_BIN="$TARGET_DIR/release/tern-loadgen"
+USERS="${USERS:-10000}"
+GROUP_SIZES="${GROUP_SIZES:-2:60,5:30,50:10}"
+RATE="${RATE:-1000}"
+DURATION="${DURATION:-300s}"
+WORKERS="${WORKERS:-}"
+TRANSPORTS="${TRANSPORTS:-tern-ws tern-wt}"
+ROTATION_MEMBERS="${ROTATION_MEMBERS:-100 1000}"
+MODES="${MODES:-plain e2e}"
+OUT=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --out) OUT="$2"; shift 2 ;;
+        *) echo "usage: $0 --out DIR" >&2; exit 2 ;;
+    esac
+done
+[[ -n "$OUT" ]] || { echo "usage: $0 --out DIR" >&2; exit 2; }
+mkdir -p "$OUT/logs"
+for bin in "$TERN_BIN" "$LOADGEN_BIN"; do
+    [[ -x "$bin" ]] || { echo "missing $bin (cargo build --release --locked -p tern-gateway -p tern-loadgen)" >&2; exit 2; }
+done
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+{
+    echo "date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+    echo "host_cores=$(nproc)"
+    echo "kernel=$(uname -r)"
+    echo "tern_commit=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo +dirty)"
+    echo "scenario=chat users=$USERS group_sizes=$GROUP_SIZES rate=$RATE duration=$DURATION workers=${WORKERS:-default}"
+    echo "loadavg_at_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "rustc_processes_at_start=$(pgrep -c rustc || true)"
+} >"$OUT/environment.txt"
+
+cat >"$OUT/tern.toml" <<EOF
+login_attempts_per_address = 1000000
+max_connections_per_address = 1000000
+login_failures_per_username = 1000
+registrations_per_address = 1000000
+registrations_per_window = 1000000
+hash_queue_per_client = 256
+log_format = "text"
+EOF
+
+server_pid=""
+stop_server() {
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$server_pid" 2>/dev/null || true
+    fi
+    server_pid=""
+}
+trap stop_server EXIT
+
+overall=0
+for target in $TRANSPORTS; do
+    data="$OUT/tern-data-$target"
+    rm -rf "$data"
+    "$TERN_BIN" serve --listen 127.0.0.1:0 --data-dir "$data" --config "$OUT/tern.toml" \
+        >"$OUT/logs/server-$target.out" 2>"$OUT/logs/server-$target.log" &
+    server_pid=$!
+    addr="" hash=""
+    for _ in $(seq 1 300); do
+        if grep -q "certificate sha-256:" "$OUT/logs/server-$target.out" 2>/dev/null; then
+            addr=$(sed -n 's/^tern listening on //p' "$OUT/logs/server-$target.out" | head -n1)
+            hash=$(sed -n 's/^ *certificate sha-256: *//p' "$OUT/logs/server-$target.out" | head -n1)
+            break
+        fi
+        sleep 0.2
+    done
+    [[ -n "$addr" ]] || { log "no banner from tern"; exit 1; }
+    log "== $target: server pid $server_pid on $addr"
+    for mode in $MODES; do
+        name="$target-$mode"
+        args=(chat --target "$target" --server "$addr" --cert-hash "$hash" --users "$USERS"
+            --group-sizes "$GROUP_SIZES" --rate "$RATE" --duration "$DURATION"
+            --server-pid "$server_pid" --state-dir "$OUT/state-$target" --quiet
+            --label "issue 11 e2e cost: $name" --report "$OUT/$name.json" --plot "$OUT/$name.svg")
+        [[ -n "$WORKERS" ]] && args+=(--workers "$WORKERS")
+        [[ "$mode" == e2e ]] && args+=(--e2e)
+        log "== $name: rustc processes now: $(pgrep -c rustc || true); load $(cut -d' ' -f1-3 /proc/loadavg)"
+        rc=0
+        "$LOADGEN_BIN" "${args[@]}" >"$OUT/logs/$name.txt" 2>"$OUT/logs/$name.log" || rc=$?
+        tail -n 25 "$OUT/logs/$name.txt" >&2 || true
+        [[ $rc -eq 0 ]] || { log "== $name: exit $rc"; overall=1; }
+    done
+    for members in $ROTATION_MEMBERS; do
+        name="rotation-$target-$members"
+        log "== $name: rustc processes now: $(pgrep -c rustc || true)"
+        rc=0
+        "$LOADGEN_BIN" rotation --target "$target" --server "$addr" --cert-hash "$hash" \
+            --members "$members" --before 5 --server-pid "$server_pid" \
+            --report "$OUT/$name.json" >"$OUT/logs/$name.txt" 2>"$OUT/logs/$name.log" || rc=$?
+        cat "$OUT/logs/$name.txt" >&2 || true
+        [[ $rc -eq 0 ]] || { log "== $name: exit $rc"; overall=1; }
+    done
+    stop_server
+    rm -rf "$data"
+    sleep 3
+done
+echo "rustc_processes_at_end=$(pgrep -c rustc || true)" >>"$OUT/environment.txt"
+log "results in $OUT"
+exit "$overall"
