@@ -13,7 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
-use tern_wire::msg::{DeviceKeys, ErrorCode, KeyShareItem, ServerMessage};
+use tern_wire::limits::{
+    KEY_BUNDLE_FIXED_BYTES, KEY_BUNDLE_UNANSWERED_USER_BYTES, MAX_CLAIMED_DEVICE_BYTES,
+    key_bundle_device_bytes,
+};
+use tern_wire::msg::{ClaimTarget, DeviceKeys, ErrorCode, KeyShareItem, ServerMessage};
 
 use crate::accounts::RateLimiter;
 use crate::conversations::MAX_CONTACT_CONVERSATIONS;
@@ -61,6 +65,64 @@ impl Default for KeyLimits {
             max_backup_sessions_per_user: 200_000,
             max_backup_page: 1_000,
         }
+    }
+}
+
+/// A `KeyBundle` answer: the devices, and the users of the request left out because the frame
+/// was full.
+#[derive(Debug, Default)]
+pub struct KeyAnswer {
+    pub devices: Vec<DeviceKeys>,
+    pub unanswered: Vec<UserId>,
+}
+
+/// Keeps a `KeyBundle` inside one frame. Every target starts reserved as "unanswered" (16
+/// bytes), so listing all the rest as unanswered always fits; answering a target trades its
+/// reservation for its devices' bytes.
+struct AnswerBudget {
+    left: usize,
+}
+
+impl AnswerBudget {
+    fn new(frame_bytes: usize, targets: usize) -> Result<Self, ServiceError> {
+        let reserved = KEY_BUNDLE_FIXED_BYTES + targets * KEY_BUNDLE_UNANSWERED_USER_BYTES;
+        match frame_bytes.checked_sub(reserved) {
+            Some(left) => Ok(AnswerBudget { left }),
+            None => Err(ServiceError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "at most {} users per key request with this server's {frame_bytes}-byte frames",
+                    frame_bytes.saturating_sub(KEY_BUNDLE_FIXED_BYTES)
+                        / KEY_BUNDLE_UNANSWERED_USER_BYTES
+                ),
+            )),
+        }
+    }
+
+    /// Takes `bytes` for one target's devices (releasing its unanswered reservation) if they fit.
+    fn take(&mut self, bytes: usize) -> bool {
+        match (self.left + KEY_BUNDLE_UNANSWERED_USER_BYTES).checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes `bytes` more for a target already taken.
+    fn take_more(&mut self, bytes: usize) -> bool {
+        match self.left.checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn give_back(&mut self, bytes: usize) {
+        self.left += bytes;
     }
 }
 
@@ -299,19 +361,109 @@ impl Keys {
         }
     }
 
-    /// Identity keys of every device of `users`.
+    /// Identity keys of every device of `users`, as many users (in request order) as fit in a
+    /// `KeyBundle` of `frame_bytes`; the rest are returned as unanswered (the client asks again).
     pub async fn query(
         &self,
         me: UserId,
         users: Vec<UserId>,
-    ) -> Result<Vec<DeviceKeys>, ServiceError> {
-        let targets: BTreeSet<UserId> = users.into_iter().collect();
-        self.authorize(me, &targets).await?;
-        let mut out = Vec::new();
-        for u in targets {
-            out.extend(self.keys.query_keys(u).await.map_err(internal)?);
+        frame_bytes: usize,
+    ) -> Result<KeyAnswer, ServiceError> {
+        let mut seen = HashSet::new();
+        let users: Vec<UserId> = users.into_iter().filter(|u| seen.insert(*u)).collect();
+        self.authorize(me, &users.iter().copied().collect()).await?;
+        let mut budget = AnswerBudget::new(frame_bytes, users.len())?;
+        let mut answer = KeyAnswer::default();
+        for (i, user) in users.iter().enumerate() {
+            let mut devices = self.keys.query_keys(*user).await.map_err(internal)?;
+            let bytes: usize = devices.iter().map(key_bundle_device_bytes).sum();
+            if !budget.take(bytes) {
+                if answer.devices.is_empty() {
+                    // One user alone has more devices than a frame holds: answer what fits
+                    // rather than nothing (the client would ask forever).
+                    tracing::warn!(%user, devices = devices.len(), "device list truncated to one frame");
+                    let mut released = false;
+                    devices.retain(|d| {
+                        let bytes = key_bundle_device_bytes(d);
+                        let fits = if released {
+                            budget.take_more(bytes)
+                        } else {
+                            budget.take(bytes)
+                        };
+                        released |= fits;
+                        fits
+                    });
+                    answer.devices.extend(devices);
+                    answer.unanswered.extend_from_slice(&users[i + 1..]);
+                } else {
+                    answer.unanswered.extend_from_slice(&users[i..]);
+                }
+                break;
+            }
+            answer.devices.extend(devices);
         }
-        Ok(out)
+        Ok(answer)
+    }
+
+    /// One one-time key (or the fallback key) per named device of several users, in request
+    /// order, for as many targets as fit in a `KeyBundle` of `frame_bytes`: a target's keys are
+    /// consumed only when a frame has room for them at their largest, so the unanswered rest
+    /// lost nothing.
+    pub async fn claim_batch(
+        &self,
+        me: UserId,
+        targets: Vec<ClaimTarget>,
+        frame_bytes: usize,
+        now_ms: u64,
+    ) -> Result<KeyAnswer, ServiceError> {
+        if targets.iter().any(|t| t.devices.is_empty()) {
+            return Err(ServiceError::invalid(
+                "every ClaimKeysBatch target names its devices (query them first)",
+            ));
+        }
+        let users: BTreeSet<UserId> = targets.iter().map(|t| t.user).collect();
+        self.authorize(me, &users).await?;
+        let mut budget = AnswerBudget::new(frame_bytes, targets.len())?;
+        let mut answer = KeyAnswer::default();
+        for (i, target) in targets.iter().enumerate() {
+            let reserve = target.devices.len() * MAX_CLAIMED_DEVICE_BYTES;
+            if !budget.take(reserve) {
+                answer
+                    .unanswered
+                    .extend(targets[i..].iter().map(|t| t.user));
+                break;
+            }
+            let consume = self.under_claim_cap(me, target.user, now_ms)?;
+            let claimed = self
+                .keys
+                .claim_keys(target.user, target.devices.clone(), consume)
+                .await
+                .map_err(internal)?;
+            let used: usize = claimed.iter().map(key_bundle_device_bytes).sum();
+            debug_assert!(used <= reserve, "claimed keys beyond their decode limits");
+            budget.give_back(reserve.saturating_sub(used));
+            answer.devices.extend(claimed);
+        }
+        // Each unanswered user appears once, in request order (a client may name a user twice).
+        let mut seen = HashSet::new();
+        answer.unanswered.retain(|u| seen.insert(*u));
+        Ok(answer)
+    }
+
+    /// Whether `me` may still consume one-time keys of `target` this minute (and counts it).
+    /// Over the cap a claim still succeeds, with the fallback key (see `KeyLimits`).
+    fn under_claim_cap(
+        &self,
+        me: UserId,
+        target: UserId,
+        now_ms: u64,
+    ) -> Result<bool, ServiceError> {
+        let mut claims = self.claims.lock().map_err(|_| ServiceError::poisoned())?;
+        let under = claims.check(&(me, target), now_ms).is_none();
+        if under {
+            claims.record(&(me, target), now_ms);
+        }
+        Ok(under)
     }
 
     /// One one-time key (or the fallback key) per device of `user`.
@@ -323,15 +475,7 @@ impl Keys {
         now_ms: u64,
     ) -> Result<Vec<DeviceKeys>, ServiceError> {
         self.authorize(me, &BTreeSet::from([user])).await?;
-        // Over the cap the claim still succeeds, with the fallback key (see `KeyLimits`).
-        let consume = {
-            let mut claims = self.claims.lock().map_err(|_| ServiceError::poisoned())?;
-            let under = claims.check(&(me, user), now_ms).is_none();
-            if under {
-                claims.record(&(me, user), now_ms);
-            }
-            under
-        };
+        let consume = self.under_claim_cap(me, user, now_ms)?;
         self.keys
             .claim_keys(user, devices, consume)
             .await

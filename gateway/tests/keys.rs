@@ -8,7 +8,9 @@ mod common;
 use common::*;
 use tern_sdk::tern_wire::api::{BackupSessionView, KeyBackup, PutBackupSessions};
 use tern_sdk::tern_wire::ids::{ConversationId, DeviceId, UserId};
-use tern_sdk::tern_wire::msg::{ClientMessage, DeviceKeys, ErrorCode, KeyShareItem, ServerMessage};
+use tern_sdk::tern_wire::msg::{
+    ClaimTarget, ClientMessage, DeviceKeys, ErrorCode, KeyShareItem, ServerMessage,
+};
 use tern_sdk::{CloseReason, Connection, Error, Event, TransportPref};
 
 macro_rules! over_both_transports {
@@ -29,6 +31,7 @@ over_both_transports!(
     a_full_inbox_is_reported_per_device,
     identity_publish_is_pushed_to_contacts,
     device_revocation_removes_keys_closes_the_device_and_revokes_its_token,
+    key_answers_fit_the_frame_and_name_the_rest,
 );
 
 fn keys(user: UserId, device: DeviceId, tag: u8, otks: u8, fallback: bool) -> DeviceKeys {
@@ -67,6 +70,21 @@ async fn query(conn: &Connection, users: Vec<UserId>) -> Result<Vec<DeviceKeys>,
         .await?
     {
         ServerMessage::KeyBundle { devices, .. } => Ok(devices),
+        other => panic!("expected a key bundle, got {other:?}"),
+    }
+}
+
+/// A raw `KeyBundle` answer: (devices, unanswered users).
+async fn bundle(
+    conn: &Connection,
+    build: impl Fn(u64) -> ClientMessage,
+) -> Result<(Vec<DeviceKeys>, Vec<UserId>), Error> {
+    match conn.request(build).await? {
+        ServerMessage::KeyBundle {
+            devices,
+            unanswered,
+            ..
+        } => Ok((devices, unanswered)),
         other => panic!("expected a key bundle, got {other:?}"),
     }
 }
@@ -673,4 +691,166 @@ async fn key_backup_is_versioned_paged_bounded_and_private() {
         .await
         .expect("request");
     assert_eq!(raw.status().as_u16(), 401);
+}
+
+/// A large group's keys in few requests: `QueryKeys` and `ClaimKeysBatch` answers stay inside
+/// the server's frame (8 KiB here, every key field at its 128-byte limit) and name the users
+/// they left out, whose one-time keys a claim did not consume; the SDK's fetches ask again
+/// until every user is answered.
+async fn key_answers_fit_the_frame_and_name_the_rest(transport: TransportPref) {
+    const MEMBERS: usize = 16;
+    const FRAME: usize = 8 * 1024;
+    let server = TestServer::start_with(&[
+        &format!("max_frame_bytes = {FRAME}"),
+        "login_attempts_per_address = 1000",
+        "registrations_per_address = 1000",
+        "registrations_per_window = 1000",
+    ])
+    .await;
+    let alice = user(&server, "alice").await;
+    let carol = user(&server, "carol").await;
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        members.push(user(&server, &format!("member{i:02}")).await);
+    }
+    let refs: Vec<&TestUser> = members.iter().collect();
+    group_with_members(&alice, "big keys", &refs).await;
+    // Every member device publishes maximal keys and exactly one one-time key.
+    let mut devices = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let d = DeviceId::random();
+        let (conn, _) = connect_synced(&server, transport, m, d).await;
+        let tag = i as u8 + 1;
+        let k = DeviceKeys {
+            identity_key: vec![tag; 128],
+            signed_prekey: vec![tag; 128],
+            signing_key: vec![tag; 128],
+            signature: vec![tag; 128],
+            fallback_key: vec![0xfb; 128],
+            one_time_keys: vec![vec![tag; 128]],
+            ..DeviceKeys::empty(m.id, d)
+        };
+        publish(&conn, k).await.expect("publish");
+        conn.close().await;
+        devices.push((m.id, d));
+    }
+    let order: Vec<UserId> = members.iter().map(|m| m.id).collect();
+    let (alice_conn, _) = connect_synced(&server, transport, &alice, DeviceId::random()).await;
+
+    // Query: a head of the request is answered, the tail is named, and nothing is lost.
+    let (found, rest) = bundle(&alice_conn, |request_id| ClientMessage::QueryKeys {
+        request_id,
+        users: order.clone(),
+    })
+    .await
+    .expect("query");
+    assert!(!rest.is_empty(), "16 maximal devices do not fit 8 KiB");
+    assert!(!found.is_empty());
+    let answered: Vec<UserId> = found.iter().map(|d| d.user).collect();
+    assert_eq!(
+        answered,
+        order[..answered.len()],
+        "answered in request order"
+    );
+    assert_eq!(rest, order[answered.len()..], "the rest, in order");
+    let (again, none) = bundle(&alice_conn, |request_id| ClientMessage::QueryKeys {
+        request_id,
+        users: rest.clone(),
+    })
+    .await
+    .expect("query the rest");
+    assert!(none.is_empty() || none.len() < rest.len());
+    assert!(again.iter().all(|d| rest.contains(&d.user)));
+
+    // A claim for all sixteen: some are claimed, the others are named and keep their key.
+    let targets: Vec<ClaimTarget> = devices
+        .iter()
+        .map(|(user, d)| ClaimTarget {
+            user: *user,
+            devices: vec![*d],
+        })
+        .collect();
+    let (claimed, unclaimed) = bundle(&alice_conn, |request_id| ClientMessage::ClaimKeysBatch {
+        request_id,
+        targets: targets.clone(),
+    })
+    .await
+    .expect("claim batch");
+    assert!(
+        !claimed.is_empty() && !unclaimed.is_empty(),
+        "{} / {}",
+        claimed.len(),
+        unclaimed.len()
+    );
+    assert_eq!(claimed.len() + unclaimed.len(), MEMBERS);
+    for c in &claimed {
+        assert_eq!(c.one_time_keys.len(), 1, "a one-time key, not the fallback");
+        assert!(!unclaimed.contains(&c.user));
+    }
+    let retry: Vec<ClaimTarget> = targets
+        .iter()
+        .filter(|t| unclaimed.contains(&t.user))
+        .cloned()
+        .collect();
+    let (late, _) = bundle(&alice_conn, |request_id| ClientMessage::ClaimKeysBatch {
+        request_id,
+        targets: retry.clone(),
+    })
+    .await
+    .expect("claim the rest");
+    assert!(!late.is_empty());
+    for c in &late {
+        assert_eq!(
+            c.one_time_keys.len(),
+            1,
+            "an unanswered target's one-time key was not consumed"
+        );
+    }
+
+    // The SDK's fetches follow `unanswered` until everyone is answered.
+    let lists = tern_sdk::e2e::fetch_device_lists(alice_conn.sender(), &order)
+        .await
+        .expect("fetch lists");
+    assert_eq!(lists.len(), MEMBERS);
+    assert!(
+        lists.values().all(|l| l.len() == 1),
+        "every member's device"
+    );
+    let bundles = tern_sdk::e2e::fetch_claims(alice_conn.sender(), &devices)
+        .await
+        .expect("fetch claims");
+    let mut got: Vec<(UserId, DeviceId)> = bundles.iter().map(|b| (b.user, b.device)).collect();
+    got.sort();
+    let mut want = devices.clone();
+    want.sort();
+    assert_eq!(got, want, "one bundle per device (fallback keys now)");
+
+    // Every target names its devices; a stranger among the targets refuses the batch.
+    let empty = bundle(&alice_conn, |request_id| ClientMessage::ClaimKeysBatch {
+        request_id,
+        targets: vec![ClaimTarget {
+            user: members[0].id,
+            devices: vec![],
+        }],
+    })
+    .await;
+    assert_eq!(
+        code_of(empty.expect_err("no devices")),
+        ErrorCode::InvalidArgument
+    );
+    let stranger = bundle(&alice_conn, |request_id| ClientMessage::ClaimKeysBatch {
+        request_id,
+        targets: vec![
+            targets[0].clone(),
+            ClaimTarget {
+                user: carol.id,
+                devices: vec![DeviceId::random()],
+            },
+        ],
+    })
+    .await;
+    assert_eq!(
+        code_of(stranger.expect_err("stranger")),
+        ErrorCode::Forbidden
+    );
 }

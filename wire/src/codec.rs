@@ -32,12 +32,13 @@ use crate::error::WireError;
 use crate::generated as fb;
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
 use crate::limits::{
-    Limits, MAX_CLAIM_DEVICES, MAX_KEY_BLOB_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES,
-    MAX_KEY_SHARES_PER_REQUEST, MAX_ONE_TIME_KEYS_PER_PUBLISH, MAX_QUERY_KEYS_USERS,
+    Limits, MAX_CLAIM_BATCH_DEVICES, MAX_CLAIM_BATCH_TARGETS, MAX_CLAIM_DEVICES,
+    MAX_KEY_BLOB_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES, MAX_KEY_SHARES_PER_REQUEST,
+    MAX_ONE_TIME_KEYS_PER_PUBLISH, MAX_QUERY_KEYS_USERS,
 };
 use crate::msg::{
-    ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode, FileRef,
-    KeyShareItem, Member, MemberRole, Message, Notice, PresenceStatus, ReactionCount,
+    ClaimTarget, ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode,
+    FileRef, KeyShareItem, Member, MemberRole, Message, Notice, PresenceStatus, ReactionCount,
     ServerMessage,
 };
 
@@ -203,6 +204,18 @@ fn key_share_item<'f>(fbb: &mut Fbb<'f>, k: &KeyShareItem) -> WIPOffset<fb::KeyS
             to_user: Some(&to_user),
             to_device: Some(&to_device),
             payload,
+        },
+    )
+}
+
+fn claim_target<'f>(fbb: &mut Fbb<'f>, t: &ClaimTarget) -> WIPOffset<fb::ClaimTarget<'f>> {
+    let devices = device_id_vec(fbb, &t.devices);
+    let user = uid(t.user);
+    fb::ClaimTarget::create(
+        fbb,
+        &fb::ClaimTargetArgs {
+            user: Some(&user),
+            devices,
         },
     )
 }
@@ -704,6 +717,20 @@ fn build_client(fbb: &mut Fbb<'_>, msg: &ClientMessage) -> (fb::Body, Union) {
                 fb::ClientSendKeyShares::create(fbb, &args).as_union_value(),
             )
         }
+        ClientMessage::ClaimKeysBatch {
+            request_id,
+            targets,
+        } => {
+            let targets = table_vec(fbb, targets, claim_target);
+            let args = fb::ClientClaimKeysBatchArgs {
+                request_id: *request_id,
+                targets,
+            };
+            (
+                fb::Body::ClientClaimKeysBatch,
+                fb::ClientClaimKeysBatch::create(fbb, &args).as_union_value(),
+            )
+        }
         ClientMessage::AckKeyShares { up_to } => {
             let args = fb::ClientAckKeySharesArgs { up_to: *up_to };
             (
@@ -937,11 +964,14 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
         ServerMessage::KeyBundle {
             request_id,
             devices,
+            unanswered,
         } => {
             let devices = table_vec(fbb, devices, device_keys);
+            let unanswered = id_vec(fbb, unanswered);
             let args = fb::ServerKeyBundleArgs {
                 request_id: *request_id,
                 devices,
+                unanswered,
             };
             (
                 fb::Body::ServerKeyBundle,
@@ -1228,6 +1258,19 @@ fn device_keys_of(k: fb::DeviceKeys<'_>) -> Result<DeviceKeys, WireError> {
     })
 }
 
+fn claim_target_of(t: fb::ClaimTarget<'_>) -> Result<ClaimTarget, WireError> {
+    let devices = t.devices();
+    bounded_len(
+        "claim devices",
+        devices.map_or(0, |v| v.len()),
+        MAX_CLAIM_DEVICES,
+    )?;
+    Ok(ClaimTarget {
+        user: user_of(t.user()),
+        devices: devices_of(devices),
+    })
+}
+
 fn key_share_item_of(k: fb::KeyShareItem<'_>) -> Result<KeyShareItem, WireError> {
     Ok(KeyShareItem {
         to_user: user_of(k.to_user()),
@@ -1441,6 +1484,22 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
             let b = present(env.body_as_client_ack_key_shares())?;
             ClientMessage::AckKeyShares { up_to: b.up_to() }
         }
+        fb::Body::ClientClaimKeysBatch => {
+            let b = present(env.body_as_client_claim_keys_batch())?;
+            let targets = b.targets();
+            bounded_len(
+                "claim targets",
+                targets.map_or(0, |v| v.len()),
+                MAX_CLAIM_BATCH_TARGETS,
+            )?;
+            let targets = tables_of(targets, claim_target_of)?;
+            let devices: usize = targets.iter().map(|t| t.devices.len()).sum();
+            bounded_len("claim devices", devices, MAX_CLAIM_BATCH_DEVICES)?;
+            ClientMessage::ClaimKeysBatch {
+                request_id: b.request_id(),
+                targets,
+            }
+        }
         other => return Err(unexpected_body(other)),
     })
 }
@@ -1578,9 +1637,16 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
         }
         fb::Body::ServerKeyBundle => {
             let b = present(env.body_as_server_key_bundle())?;
+            let unanswered = b.unanswered();
+            bounded_len(
+                "unanswered users",
+                unanswered.map_or(0, |v| v.len()),
+                MAX_QUERY_KEYS_USERS.max(MAX_CLAIM_BATCH_TARGETS),
+            )?;
             ServerMessage::KeyBundle {
                 request_id: b.request_id(),
                 devices: tables_of(b.devices(), device_keys_of)?,
+                unanswered: users_of(unanswered),
             }
         }
         fb::Body::ServerKeyShare => {

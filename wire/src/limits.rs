@@ -100,6 +100,51 @@ pub const MAX_ONE_TIME_KEYS_PER_PUBLISH: usize = 100;
 /// Devices named in one `ClaimKeys` (a user with more devices is claimed with an empty list).
 pub const MAX_CLAIM_DEVICES: usize = 100;
 
+/// Targets (users) in one `ClaimKeysBatch`: the members of one large group.
+pub const MAX_CLAIM_BATCH_TARGETS: usize = 1_000;
+/// Devices in one `ClaimKeysBatch`: two per member of a 1,000-member group. The answer is
+/// bounded by the frame separately ([`key_bundle_device_bytes`]): the server claims what fits.
+pub const MAX_CLAIM_BATCH_DEVICES: usize = 2_000;
+
+/// Fixed bytes of an encoded `KeyBundle` frame: envelope, request id, the two vector headers and
+/// alignment. An upper bound (checked by the tests against the real encoder).
+pub const KEY_BUNDLE_FIXED_BYTES: usize = 96;
+/// Bytes one user id adds to a `KeyBundle`'s `unanswered` list (a 16-byte struct, no padding).
+pub const KEY_BUNDLE_UNANSWERED_USER_BYTES: usize = 16;
+
+/// An upper bound of the bytes `keys` adds to an encoded `KeyBundle`: what the server adds up
+/// to keep an answer inside one frame. Per device: its offset in the vector (4), a vtable
+/// (4 + 2 x 8 fields) and the table (4 + two 16-byte ids + 6 offsets), alignment (8); per byte
+/// field its length prefix and padding (4 + 3, plus 1 for the alignment of what follows); per
+/// one-time key an offset, a `Bytes` table with its own vtable and the vector. Generous by a few
+/// bytes per field, never short (tests encode random and worst-case bundles).
+pub fn key_bundle_device_bytes(keys: &crate::msg::DeviceKeys) -> usize {
+    const PER_DEVICE: usize = 4 + 20 + 4 + 32 + 24 + 8;
+    const PER_FIELD: usize = 8;
+    const PER_ONE_TIME_KEY: usize = 4 + 8 + 8 + 8;
+    let fields = [
+        &keys.identity_key,
+        &keys.signed_prekey,
+        &keys.signing_key,
+        &keys.fallback_key,
+        &keys.signature,
+    ];
+    PER_DEVICE
+        + fields.iter().map(|f| f.len() + PER_FIELD).sum::<usize>()
+        + PER_FIELD
+        + keys
+            .one_time_keys
+            .iter()
+            .map(|k| k.len() + PER_ONE_TIME_KEY)
+            .sum::<usize>()
+}
+
+/// [`key_bundle_device_bytes`] of a claimed device before the server knows its keys: every
+/// field at its decode limit ([`MAX_KEY_BLOB_BYTES`]) and one one-time key. What a claim
+/// reserves per device so it never consumes a key it cannot send.
+pub const MAX_CLAIMED_DEVICE_BYTES: usize =
+    (4 + 20 + 4 + 32 + 24 + 8) + 6 * 8 + 5 * MAX_KEY_BLOB_BYTES + (MAX_KEY_BLOB_BYTES + 28);
+
 impl Default for Limits {
     /// 64 KiB frames, depth 8, 8192 tables.
     fn default() -> Self {

@@ -242,6 +242,14 @@ pub struct KeyShareItem {
     pub payload: Vec<u8>,
 }
 
+/// One user's devices in a `ClaimKeysBatch` (named explicitly: the server bounds its answer by
+/// the frame size before it consumes a key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimTarget {
+    pub user: UserId,
+    pub devices: Vec<DeviceId>,
+}
+
 /// Messages a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -377,6 +385,12 @@ pub enum ClientMessage {
     AckKeyShares {
         up_to: u64,
     },
+    /// One-time keys of several users' devices at once (a large group's first message);
+    /// answered with `KeyBundle`, whose `unanswered` names targets not claimed (frame full).
+    ClaimKeysBatch {
+        request_id: u64,
+        targets: Vec<ClaimTarget>,
+    },
 }
 
 /// Server-initiated notices that are not errors.
@@ -470,6 +484,10 @@ pub enum ServerMessage {
     KeyBundle {
         request_id: u64,
         devices: Vec<DeviceKeys>,
+        /// Users of the request the server did not answer because the frame was full (for a
+        /// claim: none of their keys was consumed). Ask again for them.
+        #[serde(default)]
+        unanswered: Vec<UserId>,
     },
     KeyShare {
         from_user: UserId,
@@ -566,6 +584,7 @@ impl ClientMessage {
             ClientMessage::QueryKeys { .. } => "query_keys",
             ClientMessage::SendKeyShares { .. } => "send_key_shares",
             ClientMessage::AckKeyShares { .. } => "ack_key_shares",
+            ClientMessage::ClaimKeysBatch { .. } => "claim_keys_batch",
         }
     }
 }

@@ -11,8 +11,8 @@
 
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
 use crate::msg::{
-    ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode, FileRef,
-    KeyShareItem, Member, MemberRole, Message, Notice, PROTOCOL_VERSION, PresenceStatus,
+    ClaimTarget, ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode,
+    FileRef, KeyShareItem, Member, MemberRole, Message, Notice, PROTOCOL_VERSION, PresenceStatus,
     ReactionCount, ServerMessage,
 };
 
@@ -279,6 +279,22 @@ pub fn client_messages() -> Vec<(&'static str, ClientMessage)> {
             },
         ),
         (
+            "claim_keys_batch",
+            ClientMessage::ClaimKeysBatch {
+                request_id: 15,
+                targets: vec![
+                    ClaimTarget {
+                        user: BOB,
+                        devices: vec![BOB_LAPTOP],
+                    },
+                    ClaimTarget {
+                        user: ALICE,
+                        devices: vec![ALICE_PHONE],
+                    },
+                ],
+            },
+        ),
+        (
             "key_share",
             ClientMessage::KeyShare {
                 to_user: BOB,
@@ -509,6 +525,19 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                         signature: vec![0x61; 64],
                     },
                 ],
+                unanswered: vec![],
+            },
+        ),
+        (
+            "key_bundle_unanswered",
+            ServerMessage::KeyBundle {
+                request_id: 15,
+                devices: vec![DeviceKeys {
+                    one_time_keys: vec![vec![0x01; 32]],
+                    fallback_key: vec![],
+                    ..alice_keys()
+                }],
+                unanswered: vec![BOB],
             },
         ),
         (

@@ -3,7 +3,7 @@
 //! them). The logic and authorization live in `tern_engine::keys::Keys`; this is the glue.
 
 use tern_engine::keys::INBOX_PAGE;
-use tern_wire::msg::{DeviceKeys, KeyShareItem};
+use tern_wire::msg::{ClaimTarget, DeviceKeys, KeyShareItem};
 
 use super::*;
 
@@ -25,10 +25,12 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         request_id: u64,
         users: Vec<UserId>,
     ) -> Result<(), End> {
-        let answer = match self.ctx.keys.query(self.user, users).await {
-            Ok(devices) => ServerMessage::KeyBundle {
+        let frame = self.ctx.limits.max_frame_bytes;
+        let answer = match self.ctx.keys.query(self.user, users, frame).await {
+            Ok(answer) => ServerMessage::KeyBundle {
                 request_id,
-                devices,
+                devices: answer.devices,
+                unanswered: answer.unanswered,
             },
             Err(e) => service_error(request_id, e),
         };
@@ -50,6 +52,29 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             Ok(devices) => ServerMessage::KeyBundle {
                 request_id,
                 devices,
+                unanswered: Vec::new(),
+            },
+            Err(e) => service_error(request_id, e),
+        };
+        self.reply(&answer).await
+    }
+
+    pub(super) async fn on_claim_keys_batch(
+        &mut self,
+        request_id: u64,
+        targets: Vec<ClaimTarget>,
+    ) -> Result<(), End> {
+        let frame = self.ctx.limits.max_frame_bytes;
+        let answer = match self
+            .ctx
+            .keys
+            .claim_batch(self.user, targets, frame, now_ms())
+            .await
+        {
+            Ok(answer) => ServerMessage::KeyBundle {
+                request_id,
+                devices: answer.devices,
+                unanswered: answer.unanswered,
             },
             Err(e) => service_error(request_id, e),
         };

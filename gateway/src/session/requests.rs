@@ -132,6 +132,10 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 user,
                 devices,
             } => self.on_claim_keys(request_id, user, devices).await,
+            ClientMessage::ClaimKeysBatch {
+                request_id,
+                targets,
+            } => self.on_claim_keys_batch(request_id, targets).await,
             ClientMessage::SendKeyShares { request_id, shares } => {
                 self.on_send_key_shares(Some(request_id), shares).await
             }
@@ -203,6 +207,7 @@ fn limited_request_id(message: &ClientMessage) -> Option<u64> {
         | ClientMessage::Leave { request_id, .. }
         | ClientMessage::PublishKeys { request_id, .. }
         | ClientMessage::ClaimKeys { request_id, .. }
+        | ClientMessage::ClaimKeysBatch { request_id, .. }
         | ClientMessage::QueryKeys { request_id, .. }
         | ClientMessage::SendKeyShares { request_id, .. }
         | ClientMessage::Block { request_id, .. } => Some(*request_id),

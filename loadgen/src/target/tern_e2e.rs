@@ -5,7 +5,7 @@
 //! * **Keys**: a device publishes its identity, one-time and fallback keys right after it
 //!   connects (before `connect` resolves, so every key is in the directory before traffic
 //!   starts), and tops up one-time keys on later connections.
-//! * **Sending**: [`encrypt`] runs [`E2e::encrypt_outgoing`] (device-list queries, one-time key
+//! * **Sending**: [`encrypt`] runs the SDK's shared-state send flow (device-list queries, one-time key
 //!   claims, Olm key shares on a conversation's first message and on every rotation), then
 //!   the caller sends the Megolm payload.
 //! * **Receiving**: [`crypto_stage`] sits between the connection's events and the target's pump:
@@ -17,7 +17,8 @@
 //!   undecryptable too.
 //!
 //! The device's [`E2e`] sits behind an async mutex shared by the sender and the stage. The
-//! sender holds it across its key requests; the stage never waits for it while events queue
+//! sender holds it only for the machine's synchronous steps, never across its key requests;
+//! the stage never waits for it while events queue
 //! up (it keeps reading them into a bounded backlog), so a reply the sender waits for can never
 //! be stuck behind a full event queue.
 
@@ -29,7 +30,7 @@ use tern_sdk::e2e::{
     UndecryptableMessage,
 };
 use tern_sdk::tern_wire::ids::{ConversationId, MessageId, UserId};
-use tern_sdk::tern_wire::msg::{ClientMessage, KeyShareItem, Message, ServerMessage};
+use tern_sdk::tern_wire::msg::{ClientMessage, Message, ServerMessage};
 use tern_sdk::{ConnectionSender, E2e, Event, EventStream};
 use tokio::sync::{Mutex, mpsc};
 
@@ -85,39 +86,8 @@ pub async fn publish(crypto: &DeviceCrypto, tx: &ConnectionSender) -> Result<(),
         .map_err(|e| crypto_err("publishing keys", e))
 }
 
-/// Device-list queries of this many users per request (the answer must fit one frame).
-const QUERY_BATCH: usize = 200;
-/// Claim requests in flight at once for one send.
-const CLAIMS_IN_FLIGHT: usize = 32;
-/// Retries of a request refused with `rate_limited` (each after the server's wait).
-const RATE_LIMITED_RETRIES: u32 = 200;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn send_err(what: &str, e: impl std::fmt::Display) -> TargetError {
     TargetError::Send(format!("e2e {what}: {e}"))
-}
-
-/// A request, asked again while the server answers `rate_limited`.
-async fn request_patiently(
-    tx: &ConnectionSender,
-    build: impl Fn(u64) -> ClientMessage,
-) -> tern_sdk::Result<ServerMessage> {
-    let mut attempts = 0;
-    loop {
-        match tx.request(&build).await {
-            Err(e) if e.code() == Some("rate_limited") && attempts < RATE_LIMITED_RETRIES => {
-                attempts += 1;
-                let wait = e.retry_after().unwrap_or_default();
-                tokio::time::sleep(wait.max(std::time::Duration::from_millis(10))).await;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Looks up `users`' device lists: the requests go out WITHOUT the device's crypto state
@@ -127,78 +97,21 @@ async fn query_users(
     tx: &ConnectionSender,
     users: &[UserId],
 ) -> Result<(), TargetError> {
-    for chunk in users.chunks(QUERY_BATCH) {
-        let reply = request_patiently(tx, |request_id| ClientMessage::QueryKeys {
-            request_id,
-            users: chunk.to_vec(),
-        })
+    let lists = tern_sdk::e2e::fetch_device_lists(tx, users)
         .await
         .map_err(|e| send_err("query", e))?;
-        let ServerMessage::KeyBundle { devices, .. } = reply else {
-            return Err(send_err("query", "answered with something else"));
-        };
-        let mut by_user: std::collections::BTreeMap<UserId, Vec<_>> =
-            chunk.iter().map(|u| (*u, Vec::new())).collect();
-        for d in &devices {
-            if let Some(list) = by_user.get_mut(&d.user) {
-                list.push(tern_sdk::e2e::published_from_wire(d));
-            }
-        }
-        let mut e2e = crypto.lock().await;
-        let now = now_ms();
-        for (user, list) in by_user {
-            e2e.machine_mut()
-                .on_device_list(user, &list, now)
-                .map_err(|e| send_err("device list", e))?;
-        }
-    }
-    Ok(())
+    crypto
+        .lock()
+        .await
+        .apply_device_lists(lists)
+        .map_err(|e| send_err("device list", e))
 }
 
-/// Claims one-time keys of `devices` (requests unlocked, in parallel) and makes Olm sessions.
-async fn claim_devices(
-    crypto: &DeviceCrypto,
-    tx: &ConnectionSender,
-    devices: &[(UserId, tern_sdk::tern_wire::ids::DeviceId)],
-) -> Result<(), TargetError> {
-    use futures_util::StreamExt as _;
-    let mut by_user: std::collections::BTreeMap<UserId, Vec<_>> = Default::default();
-    for (u, d) in devices {
-        by_user.entry(*u).or_default().push(*d);
-    }
-    let mut replies = futures_util::stream::iter(by_user)
-        .map(|(user, devices)| async move {
-            request_patiently(tx, move |request_id| ClientMessage::ClaimKeys {
-                request_id,
-                user,
-                devices: devices.clone(),
-            })
-            .await
-        })
-        .buffer_unordered(CLAIMS_IN_FLIGHT);
-    let mut bundles = Vec::new();
-    while let Some(reply) = replies.next().await {
-        let ServerMessage::KeyBundle { devices, .. } = reply.map_err(|e| send_err("claim", e))?
-        else {
-            return Err(send_err("claim", "answered with something else"));
-        };
-        bundles.extend(devices.iter().map(tern_sdk::e2e::published_from_wire));
-    }
-    drop(replies);
-    let mut e2e = crypto.lock().await;
-    for problem in e2e.machine_mut().on_claimed(&bundles) {
-        tracing::warn!(?problem, "e2e: no Olm session from a claimed key");
-    }
-    Ok(())
-}
-
-/// Encrypts one send; returns the content type and payload to send, and what it cost.
-///
-/// The same steps as [`E2e::encrypt_outgoing`] (prepare, query, claim, encrypt, upload the key
-/// shares before the message), but the device's state is locked only for the machine's own
-/// (synchronous) steps, never across a round trip: `encrypt_outgoing` holds `&mut E2e` for
-/// the whole send, and under a cold-start burst (every device's first message to a 50-member
-/// group claims 49 keys) that made every delivery to the device wait for its own slow send.
+/// Encrypts one send; returns the content type and payload to send, and what it cost: the
+/// SDK's [`tern_sdk::e2e::encrypt_outgoing_shared`], which locks the device's state only for
+/// the machine's own (synchronous) steps, never across a round trip (under a cold-start burst
+/// every device's first message to a 50-member group claims 49 keys, and holding the state
+/// for that made every delivery to the device wait for its own slow send).
 pub async fn encrypt(
     crypto: &DeviceCrypto,
     tx: &ConnectionSender,
@@ -206,92 +119,20 @@ pub async fn encrypt(
     content_type: &str,
     payload: &[u8],
 ) -> Result<(String, Vec<u8>, OutgoingCost), TargetError> {
-    let members = crypto
-        .lock()
-        .await
-        .members(conversation)
-        .map(<[UserId]>::to_vec)
-        .ok_or_else(|| send_err("encrypt", format!("members of {conversation} not known")))?;
-    let body = tern_sdk::e2e::body_of(content_type, payload);
-    let mut cost = OutgoingCost::default();
-    let mut queries = 0;
-    let mut claims = 0;
-    loop {
-        let needs = crypto
-            .lock()
-            .await
-            .machine_mut()
-            .prepare(conversation, &members, now_ms())
-            .map_err(|e| send_err("prepare", e))?;
-        if !needs.query_users.is_empty() && queries < 3 {
-            queries += 1;
-            let started = std::time::Instant::now();
-            query_users(crypto, tx, &needs.query_users).await?;
-            cost.query += started.elapsed();
-            continue;
-        }
-        if !needs.claim.is_empty() && claims < 2 {
-            claims += 1;
-            let started = std::time::Instant::now();
-            claim_devices(crypto, tx, &needs.claim).await?;
-            cost.claim += started.elapsed();
-            cost.devices_claimed += needs.claim.len();
-            continue;
-        }
-        break;
-    }
-    let started = std::time::Instant::now();
-    let encrypted = crypto
-        .lock()
-        .await
-        .machine_mut()
-        .encrypt(conversation, &body, now_ms())
-        .map_err(|e| send_err("encrypt", e))?;
-    cost.encrypt = started.elapsed();
-    cost.key_shares = encrypted.key_shares.len();
-    let device = tx.welcome().device;
-    {
-        let mut last = LAST_SESSION.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = last.insert((device, conversation), encrypted.session_id.clone());
-        cost.new_session = previous.as_ref() != Some(&encrypted.session_id);
-    }
-    let started = std::time::Instant::now();
-    let sizes: Vec<usize> = encrypted
-        .key_shares
-        .iter()
-        .map(|s| s.payload.len())
-        .collect();
-    let max_frame = tx.welcome().max_frame_bytes as usize;
-    for range in tern_sdk::e2e::share_batches(&sizes, max_frame) {
-        let shares: Vec<KeyShareItem> = encrypted.key_shares[range]
-            .iter()
-            .map(|s| KeyShareItem {
-                to_user: s.to_user,
-                to_device: s.to_device,
-                payload: s.payload.clone(),
-            })
-            .collect();
-        let reply = request_patiently(tx, |request_id| ClientMessage::SendKeyShares {
-            request_id,
-            shares: shares.clone(),
-        })
-        .await
-        .map_err(|e| send_err("key shares", e))?;
-        if let ServerMessage::KeySharesStored { full, .. } = reply
-            && !full.is_empty()
-        {
-            tracing::warn!(
-                ?full,
-                "e2e: recipient inboxes full: those devices miss this key"
-            );
-        }
-    }
-    cost.upload = started.elapsed();
+    let (content_type, payload, cost) = tern_sdk::e2e::encrypt_outgoing_shared(
+        crypto.as_ref(),
+        tx,
+        conversation,
+        content_type,
+        payload,
+    )
+    .await
+    .map_err(|e| send_err("encrypt", e))?;
     LAST_COST
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(device, cost);
-    Ok((encrypted.content_type.to_string(), encrypted.payload, cost))
+        .insert(tx.welcome().device, cost);
+    Ok((content_type, payload, cost))
 }
 
 /// What each device's last send cost (`tern-loadgen rotation` reads it).
@@ -307,12 +148,6 @@ pub fn last_cost(device: tern_sdk::tern_wire::ids::DeviceId) -> Option<OutgoingC
         .get(&device)
         .copied()
 }
-
-/// The outbound session of each device's last message per conversation (to tell a rotation
-/// in the cost report).
-static LAST_SESSION: std::sync::LazyLock<
-    std::sync::Mutex<HashMap<(tern_sdk::tern_wire::ids::DeviceId, ConversationId), String>>,
-> = std::sync::LazyLock::new(Default::default);
 
 /// What the stage hands to the pump.
 #[derive(Debug)]

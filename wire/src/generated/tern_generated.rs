@@ -516,7 +516,7 @@ pub const ENUM_MIN_BODY: u8 = 0;
 pub const ENUM_MAX_BODY: u8 = 83;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 44] = [
+pub const ENUM_VALUES_BODY: [Body; 45] = [
   Body::NONE,
   Body::ClientHello,
   Body::ClientSend,
@@ -541,6 +541,7 @@ pub const ENUM_VALUES_BODY: [Body; 44] = [
   Body::ClientQueryKeys,
   Body::ClientSendKeyShares,
   Body::ClientAckKeyShares,
+  Body::ClientClaimKeysBatch,
   Body::ServerWelcome,
   Body::ServerSendAck,
   Body::ServerDeliver,
@@ -592,6 +593,7 @@ impl Body {
   pub const ClientQueryKeys: Self = Self(21);
   pub const ClientSendKeyShares: Self = Self(22);
   pub const ClientAckKeyShares: Self = Self(23);
+  pub const ClientClaimKeysBatch: Self = Self(24);
   pub const ServerWelcome: Self = Self(64);
   pub const ServerSendAck: Self = Self(65);
   pub const ServerDeliver: Self = Self(66);
@@ -640,6 +642,7 @@ impl Body {
     Self::ClientQueryKeys,
     Self::ClientSendKeyShares,
     Self::ClientAckKeyShares,
+    Self::ClientClaimKeysBatch,
     Self::ServerWelcome,
     Self::ServerSendAck,
     Self::ServerDeliver,
@@ -688,6 +691,7 @@ impl Body {
       Self::ClientQueryKeys => Some("ClientQueryKeys"),
       Self::ClientSendKeyShares => Some("ClientSendKeyShares"),
       Self::ClientAckKeyShares => Some("ClientAckKeyShares"),
+      Self::ClientClaimKeysBatch => Some("ClientClaimKeysBatch"),
       Self::ServerWelcome => Some("ServerWelcome"),
       Self::ServerSendAck => Some("ServerSendAck"),
       Self::ServerDeliver => Some("ServerDeliver"),
@@ -5160,6 +5164,239 @@ impl ::core::fmt::Debug for ClientAckKeyShares<'_> {
       ds.finish()
   }
 }
+pub enum ClaimTargetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One user's devices to claim a key for in a ClientClaimKeysBatch (devices named explicitly:
+/// the server bounds its answer by the frame size before it consumes any key).
+pub struct ClaimTarget<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClaimTarget<'a> {
+  type Inner = ClaimTarget<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClaimTarget<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DEVICES: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClaimTarget { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClaimTargetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClaimTarget<'bldr>> {
+    let mut builder = ClaimTargetBuilder::new(_fbb);
+    if let Some(x) = args.devices { builder.add_devices(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(ClaimTarget::VT_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn devices(&self) -> Option<::flatbuffers::Vector<'a, Id128>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Id128>>>(ClaimTarget::VT_DEVICES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClaimTarget<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<Id128>("user", Self::VT_USER, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Id128>>>("devices", Self::VT_DEVICES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClaimTargetArgs<'a> {
+    pub user: Option<&'a Id128>,
+    pub devices: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Id128>>>,
+}
+impl<'a> Default for ClaimTargetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClaimTargetArgs {
+      user: None, // required field
+      devices: None,
+    }
+  }
+}
+
+pub struct ClaimTargetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClaimTargetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(ClaimTarget::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_devices(&mut self, devices: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Id128>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClaimTarget::VT_DEVICES, devices);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClaimTargetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClaimTargetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClaimTarget<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ClaimTarget::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClaimTarget<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClaimTarget");
+      ds.field("user", &self.user());
+      ds.field("devices", &self.devices());
+      ds.finish()
+  }
+}
+pub enum ClientClaimKeysBatchOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One-time keys (or fallback keys) of several users' devices in one request (a large group's
+/// first message); answered with ServerKeyBundle, whose `unanswered` lists the targets the server
+/// did not claim because the answer would not fit in a frame (no key of theirs was consumed: ask
+/// again). At most 1,000 targets and 2,000 devices.
+pub struct ClientClaimKeysBatch<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientClaimKeysBatch<'a> {
+  type Inner = ClientClaimKeysBatch<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientClaimKeysBatch<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TARGETS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientClaimKeysBatch { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientClaimKeysBatchArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientClaimKeysBatch<'bldr>> {
+    let mut builder = ClientClaimKeysBatchBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.targets { builder.add_targets(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientClaimKeysBatch::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn targets(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClaimTarget<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClaimTarget>>>>(ClientClaimKeysBatch::VT_TARGETS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientClaimKeysBatch<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ClaimTarget>>>>("targets", Self::VT_TARGETS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientClaimKeysBatchArgs<'a> {
+    pub request_id: u64,
+    pub targets: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClaimTarget<'a>>>>>,
+}
+impl<'a> Default for ClientClaimKeysBatchArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientClaimKeysBatchArgs {
+      request_id: 0,
+      targets: None,
+    }
+  }
+}
+
+pub struct ClientClaimKeysBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientClaimKeysBatchBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ClientClaimKeysBatch::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_targets(&mut self, targets: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ClaimTarget<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientClaimKeysBatch::VT_TARGETS, targets);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientClaimKeysBatchBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientClaimKeysBatchBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientClaimKeysBatch<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientClaimKeysBatch<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientClaimKeysBatch");
+      ds.field("request_id", &self.request_id());
+      ds.field("targets", &self.targets());
+      ds.finish()
+  }
+}
 pub enum ClientPingOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6905,6 +7142,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ServerKeyBundle<'a> {
 impl<'a> ServerKeyBundle<'a> {
   pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_DEVICES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_UNANSWERED: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6917,6 +7155,7 @@ impl<'a> ServerKeyBundle<'a> {
   ) -> ::flatbuffers::WIPOffset<ServerKeyBundle<'bldr>> {
     let mut builder = ServerKeyBundleBuilder::new(_fbb);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.unanswered { builder.add_unanswered(x); }
     if let Some(x) = args.devices { builder.add_devices(x); }
     builder.finish()
   }
@@ -6936,6 +7175,13 @@ impl<'a> ServerKeyBundle<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeviceKeys>>>>(ServerKeyBundle::VT_DEVICES, None)}
   }
+  #[inline]
+  pub fn unanswered(&self) -> Option<::flatbuffers::Vector<'a, Id128>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Id128>>>(ServerKeyBundle::VT_UNANSWERED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ServerKeyBundle<'_> {
@@ -6946,6 +7192,7 @@ impl ::flatbuffers::Verifiable for ServerKeyBundle<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<DeviceKeys>>>>("devices", Self::VT_DEVICES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Id128>>>("unanswered", Self::VT_UNANSWERED, false)?
      .finish();
     Ok(())
   }
@@ -6953,6 +7200,7 @@ impl ::flatbuffers::Verifiable for ServerKeyBundle<'_> {
 pub struct ServerKeyBundleArgs<'a> {
     pub request_id: u64,
     pub devices: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeviceKeys<'a>>>>>,
+    pub unanswered: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Id128>>>,
 }
 impl<'a> Default for ServerKeyBundleArgs<'a> {
   #[inline]
@@ -6960,6 +7208,7 @@ impl<'a> Default for ServerKeyBundleArgs<'a> {
     ServerKeyBundleArgs {
       request_id: 0,
       devices: None,
+      unanswered: None,
     }
   }
 }
@@ -6976,6 +7225,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerKeyBundleBuilder<'a, 'b
   #[inline]
   pub fn add_devices(&mut self, devices: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<DeviceKeys<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ServerKeyBundle::VT_DEVICES, devices);
+  }
+  #[inline]
+  pub fn add_unanswered(&mut self, unanswered: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Id128>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ServerKeyBundle::VT_UNANSWERED, unanswered);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerKeyBundleBuilder<'a, 'b, A> {
@@ -6997,6 +7250,7 @@ impl ::core::fmt::Debug for ServerKeyBundle<'_> {
     let mut ds = f.debug_struct("ServerKeyBundle");
       ds.field("request_id", &self.request_id());
       ds.field("devices", &self.devices());
+      ds.field("unanswered", &self.unanswered());
       ds.finish()
   }
 }
@@ -8590,6 +8844,20 @@ impl<'a> Envelope<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
+  pub fn body_as_client_claim_keys_batch(&self) -> Option<ClientClaimKeysBatch<'a>> {
+    if self.body_type() == Body::ClientClaimKeysBatch {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClientClaimKeysBatch::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
   pub fn body_as_server_welcome(&self) -> Option<ServerWelcome<'a>> {
     if self.body_type() == Body::ServerWelcome {
       let u = self.body();
@@ -8901,6 +9169,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ClientQueryKeys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientQueryKeys>>("Body::ClientQueryKeys", pos),
           Body::ClientSendKeyShares => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientSendKeyShares>>("Body::ClientSendKeyShares", pos),
           Body::ClientAckKeyShares => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientAckKeyShares>>("Body::ClientAckKeyShares", pos),
+          Body::ClientClaimKeysBatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientClaimKeysBatch>>("Body::ClientClaimKeysBatch", pos),
           Body::ServerWelcome => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerWelcome>>("Body::ServerWelcome", pos),
           Body::ServerSendAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerSendAck>>("Body::ServerSendAck", pos),
           Body::ServerDeliver => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDeliver>>("Body::ServerDeliver", pos),
@@ -9132,6 +9401,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::ClientAckKeyShares => {
           if let Some(x) = self.body_as_client_ack_key_shares() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ClientClaimKeysBatch => {
+          if let Some(x) = self.body_as_client_claim_keys_batch() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -216,6 +216,7 @@ fn honest_worst_case_fits_default_limits() {
     let empty_keys = |n: usize| ServerMessage::KeyBundle {
         request_id: 0,
         devices: vec![DeviceKeys::empty(samples::ALICE, samples::ALICE_PHONE); n],
+        unanswered: vec![],
     };
     let tiny_messages = |n: usize| ServerMessage::HistoryPage {
         request_id: 0,
@@ -258,4 +259,74 @@ fn honest_worst_case_fits_default_limits() {
         );
         assert_eq!(decode_server(&bytes, &limits).as_ref(), Ok(&msg), "{name}");
     }
+}
+
+/// The server keeps a `KeyBundle` inside one frame by adding up `key_bundle_device_bytes`: the
+/// bound must never be below what the encoder writes, for any mix of field sizes.
+#[test]
+fn key_bundle_size_bound_is_never_below_the_encoding() {
+    use crate::encode_server;
+    use crate::ids::{DeviceId, UserId};
+    use crate::limits::{
+        KEY_BUNDLE_FIXED_BYTES, KEY_BUNDLE_UNANSWERED_USER_BYTES, MAX_CLAIMED_DEVICE_BYTES,
+        MAX_KEY_BLOB_BYTES, key_bundle_device_bytes,
+    };
+    // A small deterministic generator (no dependency): sizes 0..=MAX_KEY_BLOB_BYTES.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |max: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % (max as u64 + 1)) as usize
+    };
+    for round in 0..200 {
+        let n = next(40);
+        let devices: Vec<DeviceKeys> = (0..n)
+            .map(|i| DeviceKeys {
+                user: UserId(i as u128 + 1),
+                device: DeviceId(i as u128 + 7),
+                identity_key: vec![1; next(MAX_KEY_BLOB_BYTES)],
+                signed_prekey: vec![2; next(MAX_KEY_BLOB_BYTES)],
+                one_time_keys: (0..next(3))
+                    .map(|_| vec![3; next(MAX_KEY_BLOB_BYTES)])
+                    .collect(),
+                signing_key: vec![4; next(MAX_KEY_BLOB_BYTES)],
+                fallback_key: vec![5; next(MAX_KEY_BLOB_BYTES)],
+                signature: vec![6; next(MAX_KEY_BLOB_BYTES)],
+            })
+            .collect();
+        let unanswered: Vec<UserId> = (0..next(50)).map(|u| UserId(u as u128)).collect();
+        let bound = KEY_BUNDLE_FIXED_BYTES
+            + devices.iter().map(key_bundle_device_bytes).sum::<usize>()
+            + unanswered.len() * KEY_BUNDLE_UNANSWERED_USER_BYTES;
+        let encoded = encode_server(&ServerMessage::KeyBundle {
+            request_id: u64::MAX,
+            devices,
+            unanswered,
+        });
+        assert!(
+            encoded.len() <= bound,
+            "round {round}: encoded {} > bound {bound}",
+            encoded.len()
+        );
+    }
+    // A claimed device at every decode limit (one one-time key) is within the claim reserve.
+    let worst = DeviceKeys {
+        user: UserId(u128::MAX),
+        device: DeviceId(u128::MAX),
+        identity_key: vec![1; MAX_KEY_BLOB_BYTES],
+        signed_prekey: vec![2; MAX_KEY_BLOB_BYTES],
+        one_time_keys: vec![vec![3; MAX_KEY_BLOB_BYTES]],
+        signing_key: vec![4; MAX_KEY_BLOB_BYTES],
+        fallback_key: vec![5; MAX_KEY_BLOB_BYTES],
+        signature: vec![6; MAX_KEY_BLOB_BYTES],
+    };
+    assert!(key_bundle_device_bytes(&worst) <= MAX_CLAIMED_DEVICE_BYTES);
+    let fit = (Limits::DEFAULT_MAX_FRAME_BYTES - KEY_BUNDLE_FIXED_BYTES) / MAX_CLAIMED_DEVICE_BYTES;
+    let encoded = encode_server(&ServerMessage::KeyBundle {
+        request_id: 1,
+        devices: vec![worst; fit],
+        unanswered: vec![],
+    });
+    assert!(encoded.len() <= Limits::DEFAULT_MAX_FRAME_BYTES);
 }

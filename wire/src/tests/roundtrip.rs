@@ -275,6 +275,7 @@ fn empty_collections_and_strings_round_trip() {
     round_trip_server(&ServerMessage::KeyBundle {
         request_id: 0,
         devices: vec![],
+        unanswered: vec![],
     });
     round_trip_server(&ServerMessage::Conversation {
         request_id: 0,

@@ -6,7 +6,7 @@
 //!   advanced outbound Megolm index before the message leaves (a reused index would be refused
 //!   by every receiver as a replay), a received key before its inbox entry is acknowledged.
 //! * **Sending**: [`E2e::encrypt_outgoing`] makes sure the member list, the members' device
-//!   lists and an Olm session per member device exist (`ClientQueryKeys`, `ClientClaimKeys`),
+//!   lists and an Olm session per member device exist (`ClientQueryKeys`, `ClientClaimKeysBatch`),
 //!   encrypts, stores the key shares in the recipients' inboxes (`ClientSendKeyShares`) and
 //!   returns the Megolm payload; the caller sends it with the outbox entry's client id.
 //! * **Receiving**: key shares (`ServerKeyShare`, from the device's inbox, before the resume
@@ -15,16 +15,25 @@
 //!   Messages waiting for a key are kept (bounded) and retried when it arrives.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use tern_core::crypto::{Body, CryptoError, CryptoMachine, CryptoStore, PublishedKeys, TrustEvent};
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
-use tern_wire::msg::{ClientMessage, DeviceKeys, KeyShareItem, Message, ServerMessage};
+use tern_wire::msg::{ClientMessage, DeviceKeys, Message, ServerMessage};
 
 use crate::connection::{Connection, ConnectionSender};
+
+mod requests;
+mod send;
+mod store;
+
 use crate::error::{Error, Result};
+pub use requests::{
+    claim_batch_devices, claim_batches, fetch_claims, fetch_device_lists, request_patiently,
+    share_batches, upload_key_shares,
+};
+pub use send::{E2eCell, encrypt_outgoing_shared};
+pub use store::{FileCryptoStore, load_or_create_pickle_key};
 
 pub use tern_core::crypto::{CryptoConfig, CryptoEvent, MEGOLM_CONTENT_TYPE, Undecryptable};
 
@@ -69,124 +78,6 @@ pub const TEXT_CONTENT_TYPE: &str = "text";
 /// Messages kept for a retry while their key has not arrived. Beyond this the oldest is
 /// surfaced as undecryptable for good (it can still be decrypted from history later).
 pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
-/// Users per `ClientQueryKeys`. The server accepts 1,000, but its answer lists every device
-/// with its keys (~200 B each): 1,000 users' answer is ~200 KB, more than one 64 KiB frame, and
-/// the connection fails. 200 users (~40 KB with one device each) leave room for a few devices
-/// per user.
-const QUERY_BATCH: usize = 200;
-/// Shares per `ClientSendKeyShares` (the server's bound).
-const SHARE_BATCH: usize = 2_000;
-/// Bytes a share adds to a `ClientSendKeyShares` frame besides its payload (two 16-byte ids,
-/// FlatBuffers table, vector and offset overhead), rounded up.
-const SHARE_FRAME_OVERHEAD: usize = 96;
-/// Room kept in a frame for the envelope and the request itself.
-const FRAME_HEADROOM: usize = 1_024;
-
-/// Splits `payload_sizes` (in order) into consecutive batches of at most [`SHARE_BATCH`]
-/// shares whose frame stays within `max_frame_bytes` (the server's `Welcome` value): a
-/// 100-member group's ~900-byte Olm shares are ~90 KB, more than one 64 KiB frame.
-pub fn share_batches(
-    payload_sizes: &[usize],
-    max_frame_bytes: usize,
-) -> Vec<std::ops::Range<usize>> {
-    let budget = max_frame_bytes.saturating_sub(FRAME_HEADROOM).max(1);
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (i, size) in payload_sizes.iter().enumerate() {
-        let cost = size + SHARE_FRAME_OVERHEAD;
-        if i > start && (bytes + cost > budget || i - start >= SHARE_BATCH) {
-            out.push(start..i);
-            start = i;
-            bytes = 0;
-        }
-        bytes += cost;
-    }
-    if start < payload_sizes.len() {
-        out.push(start..payload_sizes.len());
-    }
-    out
-}
-/// Claims per `ClientClaimKeys` go per user (the request names one user), so a group's first
-/// message or a member's new devices need one request per user: this many are in flight at
-/// once (a 1,000-member group would otherwise wait 1,000 round trips).
-const CLAIMS_IN_FLIGHT: usize = 32;
-/// Retries of one claim refused with `rate_limited` (each after the server's wait): enough to
-/// ride out a 1,000-member burst, bounded so a server that always refuses ends the send.
-const MAX_RATE_LIMITED_RETRIES: u32 = 200;
-/// Shortest wait before such a retry.
-const RATE_LIMITED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
-/// How many `encrypt` rounds may still report missing devices before we send anyway: a
-/// device with no claimable key (never published) must not block the conversation.
-const MAX_CLAIM_ROUNDS: usize = 2;
-
-/// Sealed crypto state in one file, replaced atomically.
-pub struct FileCryptoStore {
-    path: PathBuf,
-}
-
-impl FileCryptoStore {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl CryptoStore for FileCryptoStore {
-    fn save(&mut self, sealed_state: &[u8]) -> std::result::Result<(), CryptoError> {
-        let tmp = self.path.with_extension("tmp");
-        let store = |e: std::io::Error| CryptoError::Store(format!("{}: {e}", tmp.display()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp).map_err(store)?;
-        file.write_all(sealed_state).map_err(store)?;
-        file.sync_all().map_err(store)?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(store)?;
-        if let Some(dir) = self.path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    fn load(&self) -> std::result::Result<Option<Vec<u8>>, CryptoError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CryptoError::Store(format!("{}: {e}", self.path.display()))),
-        }
-    }
-}
-
-/// Reads (or creates, 0600) a 32-byte pickle key file.
-pub fn load_or_create_pickle_key(path: &Path) -> Result<[u8; 32]> {
-    match std::fs::read(path) {
-        Ok(bytes) => bytes
-            .try_into()
-            .map_err(|_| Error::Config(format!("{}: not a 32-byte key", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            getrandom::fill(&mut key).map_err(|e| Error::Config(format!("random: {e}")))?;
-            let mut store = FileCryptoStore::new(path);
-            store
-                .save(&key)
-                .map_err(|e| Error::Config(format!("pickle key: {e}")))?;
-            Ok(key)
-        }
-        Err(e) => Err(Error::Config(format!("{}: {e}", path.display()))),
-    }
-}
-
 /// Why a message is shown as undecryptable, for the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UndecryptableMessage {
@@ -430,38 +321,8 @@ impl E2e {
 
     /// Asks the server for the device lists of `users` and feeds them to the machine.
     pub async fn query(&mut self, conn: &impl KeyRequests, users: &[UserId]) -> Result<()> {
-        for chunk in users.chunks(QUERY_BATCH) {
-            let reply = conn
-                .key_requests()
-                .request(|request_id| ClientMessage::QueryKeys {
-                    request_id,
-                    users: chunk.to_vec(),
-                })
-                .await?;
-            let ServerMessage::KeyBundle { devices, .. } = reply else {
-                return Err(Error::Protocol(format!(
-                    "QueryKeys answered with {}",
-                    reply.variant_name()
-                )));
-            };
-            let mut by_user: BTreeMap<UserId, Vec<PublishedKeys>> =
-                chunk.iter().map(|u| (*u, Vec::new())).collect();
-            for d in &devices {
-                if let Some(list) = by_user.get_mut(&d.user) {
-                    list.push(published_from_wire(d));
-                }
-            }
-            let now = now_ms();
-            for (user, list) in by_user {
-                let events = self
-                    .machine
-                    .on_device_list(user, &list, now)
-                    .map_err(crypto)?;
-                self.notices
-                    .extend(events.into_iter().map(CryptoNotice::Trust));
-            }
-        }
-        self.persist()
+        let lists = requests::fetch_device_lists(conn.key_requests(), users).await?;
+        self.apply_device_lists(lists)
     }
 
     /// Claims one-time keys for `devices` and creates Olm sessions with them.
@@ -470,58 +331,14 @@ impl E2e {
         conn: &impl KeyRequests,
         devices: &[(UserId, DeviceId)],
     ) -> Result<()> {
-        use futures_util::StreamExt as _;
-        let mut by_user: BTreeMap<UserId, Vec<DeviceId>> = BTreeMap::new();
-        for (u, d) in devices {
-            by_user.entry(*u).or_default().push(*d);
-        }
-        let sender = conn.key_requests();
-        let mut replies = futures_util::stream::iter(by_user)
-            .map(|(user, devices)| async move {
-                // A large group's first message claims for every member: the server's request
-                // rate limit answers `rate_limited` with a wait; wait and ask again.
-                let mut attempts = 0;
-                loop {
-                    let devices = devices.clone();
-                    match sender
-                        .request(move |request_id| ClientMessage::ClaimKeys {
-                            request_id,
-                            user,
-                            devices,
-                        })
-                        .await
-                    {
-                        Err(e)
-                            if e.code() == Some("rate_limited")
-                                && attempts < MAX_RATE_LIMITED_RETRIES =>
-                        {
-                            attempts += 1;
-                            let wait = e.retry_after().unwrap_or(RATE_LIMITED_WAIT);
-                            tokio::time::sleep(wait.max(RATE_LIMITED_WAIT)).await;
-                        }
-                        other => return other,
-                    }
-                }
-            })
-            .buffer_unordered(CLAIMS_IN_FLIGHT);
-        while let Some(reply) = replies.next().await {
-            let ServerMessage::KeyBundle { devices, .. } = reply? else {
-                return Err(Error::Protocol(
-                    "ClaimKeys answered with something else".into(),
-                ));
-            };
-            let bundles: Vec<PublishedKeys> = devices.iter().map(published_from_wire).collect();
-            for problem in self.machine.on_claimed(&bundles) {
-                tracing::warn!(?problem, "no Olm session from a claimed key");
-            }
-        }
-        drop(replies);
-        self.persist()
+        let bundles = requests::fetch_claims(conn.key_requests(), devices).await?;
+        self.apply_claims(&bundles)
     }
 
     /// Encrypts an outgoing message for every member device of `conversation` (whose member
     /// list must be known: see [`E2e::set_members`]) and stores the key shares it needs in the
-    /// recipients' inboxes. Returns the content type and payload to send.
+    /// recipients' inboxes. Returns the content type and payload to send. A driver that shares
+    /// the state between tasks uses [`send::encrypt_outgoing_shared`] instead.
     pub async fn encrypt_outgoing(
         &mut self,
         conn: &impl KeyRequests,
@@ -529,89 +346,16 @@ impl E2e {
         content_type: &str,
         payload: &[u8],
     ) -> Result<(String, Vec<u8>)> {
-        if self.plaintext {
-            return Ok((content_type.to_string(), payload.to_vec()));
-        }
-        let members = self
-            .members
-            .get(&conversation)
-            .cloned()
-            .ok_or_else(|| Error::Crypto(format!("members of {conversation} are not known")))?;
-        let body = body_of(content_type, payload);
-        let mut cost = OutgoingCost::default();
-        let mut rounds = 0;
-        loop {
-            let needs = self
-                .machine
-                .prepare(conversation, &members, now_ms())
-                .map_err(crypto)?;
-            if !needs.query_users.is_empty() {
-                let started = std::time::Instant::now();
-                self.query(conn, &needs.query_users).await?;
-                cost.query += started.elapsed();
-                continue_if(&mut rounds)?;
-                continue;
-            }
-            if !needs.claim.is_empty() && rounds < MAX_CLAIM_ROUNDS {
-                let started = std::time::Instant::now();
-                self.claim(conn, &needs.claim).await?;
-                cost.claim += started.elapsed();
-                cost.devices_claimed += needs.claim.len();
-                rounds += 1;
-                continue;
-            }
-            break;
-        }
-        let started = std::time::Instant::now();
-        let encrypted = self
-            .machine
-            .encrypt(conversation, &body, now_ms())
-            .map_err(crypto)?;
-        cost.encrypt = started.elapsed();
-        cost.key_shares = encrypted.key_shares.len();
-        cost.new_session = self.last_session.get(&conversation) != Some(&encrypted.session_id);
-        self.last_session
-            .insert(conversation, encrypted.session_id.clone());
-        // The advanced index is on disk before any byte leaves: a crash cannot make us reuse
-        // it.
-        self.persist()?;
-        if !encrypted.missing.is_empty() {
-            tracing::warn!(
-                %conversation,
-                missing = encrypted.missing.len(),
-                "member devices without an Olm session get no key for this message"
-            );
-        }
-        let started = std::time::Instant::now();
-        let sizes: Vec<usize> = encrypted
-            .key_shares
-            .iter()
-            .map(|s| s.payload.len())
-            .collect();
-        let max_frame = conn.key_requests().welcome().max_frame_bytes as usize;
-        for range in share_batches(&sizes, max_frame) {
-            let chunk = &encrypted.key_shares[range];
-            let shares: Vec<KeyShareItem> = chunk
-                .iter()
-                .map(|s| KeyShareItem {
-                    to_user: s.to_user,
-                    to_device: s.to_device,
-                    payload: s.payload.clone(),
-                })
-                .collect();
-            let reply = conn
-                .key_requests()
-                .request(|request_id| ClientMessage::SendKeyShares { request_id, shares })
-                .await?;
-            if let ServerMessage::KeySharesStored { full, .. } = reply
-                && !full.is_empty()
-            {
-                tracing::warn!(?full, "recipient inboxes full: those devices miss this key");
-            }
-        }
-        cost.upload = started.elapsed();
-        self.last_cost = cost;
-        Ok((encrypted.content_type.to_string(), encrypted.payload))
+        let sender = conn.key_requests();
+        let (content_type, payload, _) = send::encrypt_outgoing_shared(
+            &send::Exclusive::new(self),
+            sender,
+            conversation,
+            content_type,
+            payload,
+        )
+        .await?;
+        Ok((content_type, payload))
     }
 
     /// A key share from this device's inbox. Returns messages that became readable. The entry
@@ -1010,16 +754,6 @@ impl E2e {
     }
 }
 
-fn continue_if(rounds: &mut usize) -> Result<()> {
-    *rounds += 1;
-    if *rounds > MAX_CLAIM_ROUNDS + 2 {
-        return Err(Error::Crypto(
-            "device lists stay stale after repeated queries".into(),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1029,33 +763,6 @@ mod tests {
 
     /// A 100-member group's shares (~900 B each) do not fit one 64 KiB frame: they go in
     /// several requests, none over the frame limit, all shares once and in order.
-    #[test]
-    fn key_shares_are_split_to_fit_the_frame() {
-        let sizes = vec![900; 99];
-        let batches = share_batches(&sizes, 65_536);
-        assert!(batches.len() >= 2, "{batches:?}");
-        let mut next = 0;
-        for b in &batches {
-            assert_eq!(b.start, next);
-            next = b.end;
-            let bytes: usize = sizes[b.clone()]
-                .iter()
-                .map(|s| s + SHARE_FRAME_OVERHEAD)
-                .sum();
-            assert!(bytes + FRAME_HEADROOM <= 65_536, "{b:?} is {bytes} bytes");
-        }
-        assert_eq!(next, sizes.len());
-        assert_eq!(
-            share_batches(&[], 65_536),
-            Vec::<std::ops::Range<usize>>::new()
-        );
-        assert_eq!(
-            share_batches(&[10; 5000], 1 << 30).len(),
-            3,
-            "at most SHARE_BATCH each"
-        );
-    }
-
     fn device(user: u128) -> E2e {
         E2e::in_memory(UserId(user), DeviceId(user << 8), CryptoConfig::default()).expect("device")
     }
