@@ -558,8 +558,13 @@ impl Keys {
             .map_err(internal)
     }
 
-    pub async fn ack(&self, device: DeviceId, up_to: u64) -> Result<u64, ServiceError> {
-        self.keys.ack_inbox(device, up_to).await.map_err(internal)
+    /// Deletes the listed inbox entries of `device` (what its connection delivered and the
+    /// device acknowledged); returns how many were still there.
+    pub async fn ack(&self, device: DeviceId, inbox_ids: Vec<u64>) -> Result<u64, ServiceError> {
+        self.keys
+            .ack_inbox(device, inbox_ids)
+            .await
+            .map_err(internal)
     }
 
     pub async fn devices(&self, me: UserId) -> Result<Vec<DeviceEntry>, ServiceError> {

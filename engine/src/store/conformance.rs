@@ -2450,8 +2450,12 @@ pub async fn check_key_inbox<K: KeyStore>(store: K) {
     let page = ok(store.inbox(a, 1, 1).await, "inbox");
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].inbox_id, 2);
-    assert_eq!(ok(store.ack_inbox(a, 2).await, "ack"), 2);
-    assert_eq!(ok(store.ack_inbox(a, 2).await, "ack"), 0);
+    assert_eq!(
+        ok(store.ack_inbox(a, vec![2, 1, 2, 99]).await, "ack"),
+        2,
+        "key conformance: exactly the listed stored ids are deleted"
+    );
+    assert_eq!(ok(store.ack_inbox(a, vec![1, 2]).await, "ack"), 0);
     let got = ok(store.inbox(a, 0, 100).await, "inbox");
     assert_eq!(got.iter().map(|e| e.inbox_id).collect::<Vec<_>>(), vec![3]);
     let ids = ok(store.push_inbox(vec![push(a, 7)], 3_000, 3).await, "push");

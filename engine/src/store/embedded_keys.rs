@@ -547,6 +547,33 @@ impl Inner {
     }
 
     /// Removes the entries `keep` rejects; returns how many.
+    /// Deletes the listed entries of `device`'s inbox in one batch (and its count).
+    fn remove_inbox_ids(&self, device: DeviceId, inbox_ids: &[u64]) -> StoreResult<u64> {
+        let mut removed = 0u64;
+        let mut batch = self.batch();
+        let mut seen = std::collections::BTreeSet::new();
+        for id in inbox_ids {
+            if !seen.insert(*id) {
+                continue;
+            }
+            let key = numbered(device, *id);
+            if self.inbox.get(&key).map_err(backend)?.is_some() {
+                batch.remove(&self.inbox, key);
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            let count = self.counter(b"inc", device.0)?.saturating_sub(removed);
+            batch.insert(
+                &self.counters,
+                counter_key(b"inc", device.0),
+                count.to_be_bytes(),
+            );
+            batch.commit().map_err(backend)?;
+        }
+        Ok(removed)
+    }
+
     fn remove_inbox_where(
         &self,
         device: DeviceId,
@@ -747,8 +774,8 @@ impl KeyStore for EmbeddedKeys {
         self.run(move |s| s.inbox(device, after, limit)).await
     }
 
-    async fn ack_inbox(&self, device: DeviceId, up_to: u64) -> StoreResult<u64> {
-        self.run(move |s| s.remove_inbox_where(device, |id, _| Ok(id <= up_to)))
+    async fn ack_inbox(&self, device: DeviceId, inbox_ids: Vec<u64>) -> StoreResult<u64> {
+        self.run(move |s| s.remove_inbox_ids(device, &inbox_ids))
             .await
     }
 

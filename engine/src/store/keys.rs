@@ -151,8 +151,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Entries with `inbox_id > after`, ascending, at most `limit`.
     async fn inbox(&self, device: DeviceId, after: u64, limit: u32)
     -> StoreResult<Vec<InboxEntry>>;
-    /// Deletes entries with `inbox_id <= up_to`; returns how many.
-    async fn ack_inbox(&self, device: DeviceId, up_to: u64) -> StoreResult<u64>;
+    /// Deletes exactly the entries `inbox_ids` (ids not stored are ignored); returns how many
+    /// were deleted.
+    async fn ack_inbox(&self, device: DeviceId, inbox_ids: Vec<u64>) -> StoreResult<u64>;
     /// Deletes entries created before `cutoff_ms`; returns how many.
     async fn expire_inbox(&self, device: DeviceId, cutoff_ms: u64) -> StoreResult<u64>;
 

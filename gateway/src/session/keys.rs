@@ -113,7 +113,11 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     }
 
     pub(super) async fn on_ack_key_shares(&mut self, up_to: u64) -> Result<(), End> {
-        match self.ctx.keys.ack(self.device, up_to).await {
+        let delivered = self.inbox.ack(up_to);
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        match self.ctx.keys.ack(self.device, delivered).await {
             Ok(_) => Ok(()),
             Err(e) => self.reply(&service_error(0, e)).await,
         }
@@ -125,12 +129,12 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             let page = self
                 .ctx
                 .keys
-                .inbox(self.device, self.inbox_sent)
+                .inbox(self.device, self.inbox.drained_up_to())
                 .await
                 .map_err(|e| End::fatal(e.code, e.message))?;
             let last_page = page.len() < INBOX_PAGE as usize;
             for entry in page {
-                self.inbox_sent = self.inbox_sent.max(entry.inbox_id);
+                self.inbox.drained(entry.inbox_id);
                 self.reply(&ServerMessage::KeyShare {
                     from_user: entry.from_user,
                     from_device: entry.from_device,

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::{GatewayMetrics, Transport};
 
+mod inbox;
 mod keys;
 pub mod limits;
 mod membership;
@@ -152,8 +153,8 @@ struct Session<'a, R, W> {
     rate: limits::DeviceRate,
     /// Highest seq acknowledged per conversation: repeated or older acks are not forwarded.
     acked: HashMap<ConversationId, u64>,
-    /// Highest key-share inbox id sent to this device: drops live copies of drained entries.
-    inbox_sent: u64,
+    /// Key-share inbox entries written to this device and not acknowledged yet.
+    inbox: inbox::InboxDelivery,
 }
 
 pub async fn run<R: FrameRecv, W: FrameSend>(
@@ -364,7 +365,7 @@ async fn run_authenticated<R: FrameRecv, W: FrameSend>(
         presence_events,
         rate: limits::DeviceRate::new(&ctx.device_limits),
         acked: HashMap::new(),
-        inbox_sent: 0,
+        inbox: inbox::InboxDelivery::default(),
     };
     let end = session.serve(conn, cursors, close_rx).await;
     ctx.presence.disconnect(user, conn).await;
@@ -424,11 +425,10 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 *high = (*high).max(seq);
             }
             Tracking::KeyShare(inbox_id) => {
-                // `inbox_sent` is what the Hello's inbox replay sent (a committed snapshot):
-                // a live copy at or below it is a duplicate. Live pushes never move it: two
-                // senders' pushes may reach this session out of id order, and a lower id
-                // arriving after a higher one is still new.
-                if inbox_id <= self.inbox_sent {
+                // Live pushes may reach this session out of id order (senders on different
+                // shards): a lower id arriving after a higher one is still new. Duplicates are
+                // copies of drained or already written entries.
+                if !self.inbox.live(inbox_id) {
                     return Ok(());
                 }
             }
