@@ -13,7 +13,6 @@ use common::*;
 use tern_core::crypto::CryptoConfig;
 use tern_sdk::e2e::TEXT_CONTENT_TYPE;
 use tern_sdk::tern_wire::ids::{ConversationId, DeviceId};
-use tern_sdk::tern_wire::msg::ClientMessage;
 use tern_sdk::{Connection, E2e, Event, TransportPref};
 use tokio::io::AsyncWriteExt as _;
 
@@ -164,10 +163,8 @@ async fn sdk_send(
     conn.send(conversation, DeviceId::random().0, &content_type, payload)
         .await
         .expect("send");
-    if let Some(up_to) = e2e.take_inbox_ack() {
-        let _ = conn
-            .send_message(&ClientMessage::AckKeyShares { up_to })
-            .await;
+    for ack in e2e.take_inbox_ack() {
+        let _ = conn.send_message(&ack).await;
     }
     conn.close().await;
 }

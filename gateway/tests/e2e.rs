@@ -111,11 +111,8 @@ impl Device {
             Event::Other(m) => {
                 let (_, ready) = self.e2e.on_server_message(m).expect("crypto event");
                 self.absorb(ready);
-                if let Some(up_to) = self.e2e.take_inbox_ack() {
-                    self.conn
-                        .send_message(&ClientMessage::AckKeyShares { up_to })
-                        .await
-                        .expect("ack inbox");
+                for ack in self.e2e.take_inbox_ack() {
+                    self.conn.send_message(&ack).await.expect("ack inbox");
                 }
             }
             _ => {}

@@ -340,7 +340,10 @@ async fn inbox_is_stored_offline_delivered_before_replay_and_acked_away(transpor
     );
     // Ack up to 3: only 4 is redelivered after reconnecting.
     bob_conn
-        .send_message(&ClientMessage::AckKeyShares { up_to: 3 })
+        .send_message(&ClientMessage::AckKeyShares {
+            up_to: 3,
+            ids: vec![],
+        })
         .await
         .expect("ack");
     // A ping round trip orders the ack before the close.
@@ -365,6 +368,44 @@ async fn inbox_is_stored_offline_delivered_before_replay_and_acked_away(transpor
         })
         .collect();
     assert_eq!(ids, vec![4], "acknowledged shares are deleted");
+    // Two more while online; the exact form acknowledges 4 and 6 only: 5 survives.
+    send_shares(&alice_conn, vec![share(bob.id, b1, 5)])
+        .await
+        .expect("stored");
+    send_shares(&alice_conn, vec![share(bob.id, b1, 6)])
+        .await
+        .expect("stored");
+    for _ in 0..2 {
+        next_key_event(&mut bob_conn).await;
+    }
+    bob_conn
+        .send_message(&ClientMessage::AckKeyShares {
+            up_to: 6,
+            ids: vec![4, 6],
+        })
+        .await
+        .expect("ack");
+    bob_conn
+        .request(|request_id| ClientMessage::History {
+            request_id,
+            conversation: dm,
+            before_seq: 0,
+            after_seq: 0,
+            limit: 1,
+        })
+        .await
+        .expect("round trip");
+    bob_conn.close().await;
+    let mut bob_conn = connect(&server, transport, &bob, b1).await;
+    let ids: Vec<u64> = until_synced(&mut bob_conn)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Other(ServerMessage::KeyShare { inbox_id, .. }) => Some(inbox_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![5], "exactly the listed ids are deleted");
 }
 
 async fn a_full_inbox_is_reported_per_device(transport: TransportPref) {

@@ -32,7 +32,7 @@ use crate::error::WireError;
 use crate::generated as fb;
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
 use crate::limits::{
-    Limits, MAX_CLAIM_BATCH_DEVICES, MAX_CLAIM_BATCH_TARGETS, MAX_CLAIM_DEVICES,
+    Limits, MAX_ACK_INBOX_IDS, MAX_CLAIM_BATCH_DEVICES, MAX_CLAIM_BATCH_TARGETS, MAX_CLAIM_DEVICES,
     MAX_KEY_BLOB_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES, MAX_KEY_SHARES_PER_REQUEST,
     MAX_ONE_TIME_KEYS_PER_PUBLISH, MAX_QUERY_KEYS_USERS,
 };
@@ -731,8 +731,9 @@ fn build_client(fbb: &mut Fbb<'_>, msg: &ClientMessage) -> (fb::Body, Union) {
                 fb::ClientClaimKeysBatch::create(fbb, &args).as_union_value(),
             )
         }
-        ClientMessage::AckKeyShares { up_to } => {
-            let args = fb::ClientAckKeySharesArgs { up_to: *up_to };
+        ClientMessage::AckKeyShares { up_to, ids } => {
+            let ids = (!ids.is_empty()).then(|| fbb.create_vector(ids));
+            let args = fb::ClientAckKeySharesArgs { up_to: *up_to, ids };
             (
                 fb::Body::ClientAckKeyShares,
                 fb::ClientAckKeyShares::create(fbb, &args).as_union_value(),
@@ -1482,7 +1483,16 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
         }
         fb::Body::ClientAckKeyShares => {
             let b = present(env.body_as_client_ack_key_shares())?;
-            ClientMessage::AckKeyShares { up_to: b.up_to() }
+            let ids = b.ids();
+            bounded_len(
+                "acked inbox ids",
+                ids.map_or(0, |v| v.len()),
+                MAX_ACK_INBOX_IDS,
+            )?;
+            ClientMessage::AckKeyShares {
+                up_to: b.up_to(),
+                ids: ids.map(|v| v.iter().collect()).unwrap_or_default(),
+            }
         }
         fb::Body::ClientClaimKeysBatch => {
             let b = present(env.body_as_client_claim_keys_batch())?;

@@ -100,6 +100,9 @@ pub const MAX_ONE_TIME_KEYS_PER_PUBLISH: usize = 100;
 /// Devices named in one `ClaimKeys` (a user with more devices is claimed with an empty list).
 pub const MAX_CLAIM_DEVICES: usize = 100;
 
+/// Inbox ids in one `AckKeyShares`: a connect-time drain is sent in pages of 256, and clients
+/// acknowledge after each batch they persisted.
+pub const MAX_ACK_INBOX_IDS: usize = 2_000;
 /// Targets (users) in one `ClaimKeysBatch`: the members of one large group.
 pub const MAX_CLAIM_BATCH_TARGETS: usize = 1_000;
 /// Devices in one `ClaimKeysBatch`: two per member of a 1,000-member group. The answer is

@@ -381,9 +381,12 @@ pub enum ClientMessage {
         request_id: u64,
         shares: Vec<KeyShareItem>,
     },
-    /// Deletes this device's inbox entries with `inbox_id <= up_to`. No answer.
+    /// Deletes this device's inbox entries: exactly `ids` when not empty (what the device
+    /// handled and persisted), else those `<= up_to` this connection delivered. No answer.
     AckKeyShares {
         up_to: u64,
+        #[serde(default)]
+        ids: Vec<u64>,
     },
     /// One-time keys of several users' devices at once (a large group's first message);
     /// answered with `KeyBundle`, whose `unanswered` names targets not claimed (frame full).

@@ -349,7 +349,20 @@ pub fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                 ],
             },
         ),
-        ("ack_key_shares", ClientMessage::AckKeyShares { up_to: 17 }),
+        (
+            "ack_key_shares",
+            ClientMessage::AckKeyShares {
+                up_to: 17,
+                ids: vec![],
+            },
+        ),
+        (
+            "ack_key_shares_ids",
+            ClientMessage::AckKeyShares {
+                up_to: 17,
+                ids: vec![12, 17],
+            },
+        ),
     ]
 }
 

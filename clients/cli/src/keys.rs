@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use tern_sdk::tern_core::crypto::CryptoConfig;
 use tern_sdk::tern_wire::ids::DeviceId;
-use tern_sdk::tern_wire::msg::{ClientMessage, Cursor, Message};
+use tern_sdk::tern_wire::msg::{Cursor, Message};
 use tern_sdk::{Config, Connection, E2e, Event, UndecryptableMessage};
 
 use crate::state::Session;
@@ -82,9 +82,8 @@ pub async fn sync(
             _ => {}
         }
     }
-    if let Some(up_to) = e2e.take_inbox_ack() {
-        conn.send_message(&ClientMessage::AckKeyShares { up_to })
-            .await?;
+    for ack in e2e.take_inbox_ack() {
+        conn.send_message(&ack).await?;
     }
     Ok(conn)
 }

@@ -612,13 +612,15 @@ impl Client {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        if let Some(up_to) = self.e2e.as_mut().and_then(E2e::take_inbox_ack)
-            && conn
-                .send_message(&tern_wire::msg::ClientMessage::AckKeyShares { up_to })
-                .await
-                .is_err()
-        {
-            return; // not acknowledged: the inbox resends it, handled again idempotently
+        let acks = self
+            .e2e
+            .as_mut()
+            .map(E2e::take_inbox_ack)
+            .unwrap_or_default();
+        for ack in acks {
+            if conn.send_message(&ack).await.is_err() {
+                return; // not acknowledged: the inbox resends it, handled again idempotently
+            }
         }
         for (conv, seq) in self.delivery.acks_due() {
             if conn.ack(conv, seq).await.is_err() {

@@ -1,7 +1,8 @@
 //! Which key-share inbox entries this connection delivered and its device has not acknowledged.
 //!
-//! `AckKeyShares { up_to }` deletes only entries this connection actually wrote to the device,
-//! never merely every stored id up to `up_to`: live pushes from senders on different shards can
+//! `AckKeyShares { ids }` deletes exactly the ids the device handled and persisted (what clients
+//! send). The id-less form `AckKeyShares { up_to }` deletes only entries this connection
+//! actually wrote to the device, never merely every stored id up to `up_to`: live pushes from senders on different shards can
 //! reach the session out of id order, and a push dropped for a slow connection stays in the
 //! inbox for the next connect. Deleting by range would lose such a lower id the device never saw
 //! (and with it an Olm pre-key message, breaking every later share on that Olm session).
@@ -55,6 +56,13 @@ impl InboxDelivery {
             .collect()
     }
 
+    /// The device acknowledged exactly `ids`: stop tracking them.
+    pub(super) fn acked(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.unacked.remove(id);
+        }
+    }
+
     fn track(&mut self, inbox_id: u64) {
         self.unacked.insert(inbox_id);
         if self.unacked.len() > MAX_TRACKED_UNACKED {
@@ -83,6 +91,16 @@ mod tests {
         assert!(d.live(10), "the late lower id is new, not a duplicate");
         assert_eq!(d.ack(11), vec![10]);
         assert!(d.ack(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn exact_acks_stop_tracking_their_ids_only() {
+        let mut d = InboxDelivery::default();
+        for id in [4, 9, 12] {
+            assert!(d.live(id));
+        }
+        d.acked(&[9, 40]);
+        assert_eq!(d.ack(u64::MAX), vec![4, 12]);
     }
 
     #[test]

@@ -112,8 +112,15 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         }
     }
 
-    pub(super) async fn on_ack_key_shares(&mut self, up_to: u64) -> Result<(), End> {
-        let delivered = self.inbox.ack(up_to);
+    /// `ids` (what the device handled and persisted) are deleted exactly; without them, the
+    /// entries up to `up_to` that this connection delivered.
+    pub(super) async fn on_ack_key_shares(&mut self, up_to: u64, ids: Vec<u64>) -> Result<(), End> {
+        let delivered = if ids.is_empty() {
+            self.inbox.ack(up_to)
+        } else {
+            self.inbox.acked(&ids);
+            ids
+        };
         if delivered.is_empty() {
             return Ok(());
         }

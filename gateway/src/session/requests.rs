@@ -151,7 +151,7 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 };
                 self.on_send_key_shares(None, vec![share]).await
             }
-            ClientMessage::AckKeyShares { up_to } => self.on_ack_key_shares(up_to).await,
+            ClientMessage::AckKeyShares { up_to, ids } => self.on_ack_key_shares(up_to, ids).await,
         }
     }
 

@@ -234,7 +234,7 @@ pub fn crypto_stage(
 struct Outcome {
     items: Vec<Step>,
     query: BTreeSet<UserId>,
-    inbox_ack: Option<u64>,
+    inbox_ack: Vec<ClientMessage>,
 }
 
 impl Stage {
@@ -432,13 +432,10 @@ impl Stage {
     }
 
     async fn apply(&mut self, outcome: Outcome) -> bool {
-        if let Some(up_to) = outcome.inbox_ack {
+        for ack in &outcome.inbox_ack {
             // Fire-and-forget like the server's protocol; a lost ack only means the entries
             // come again on the next Hello (and are ignored as known sessions).
-            let _ = self
-                .tx
-                .send_message(&ClientMessage::AckKeyShares { up_to })
-                .await;
+            let _ = self.tx.send_message(ack).await;
         }
         if !outcome.query.is_empty() {
             let users: Vec<UserId> = outcome.query.into_iter().collect();

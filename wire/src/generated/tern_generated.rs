@@ -5070,7 +5070,9 @@ impl ::core::fmt::Debug for ClientSendKeyShares<'_> {
 pub enum ClientAckKeySharesOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Deletes this device's inbox entries with inbox_id <= up_to. No answer.
+/// Deletes this device's inbox entries: exactly `ids` when given (what the device handled and
+/// persisted; at most 2,000), else those with inbox_id <= up_to that this connection delivered.
+/// No answer.
 pub struct ClientAckKeyShares<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -5085,6 +5087,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ClientAckKeyShares<'a> {
 
 impl<'a> ClientAckKeyShares<'a> {
   pub const VT_UP_TO: ::flatbuffers::VOffsetT = 4;
+  pub const VT_IDS: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5093,10 +5096,11 @@ impl<'a> ClientAckKeyShares<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args ClientAckKeySharesArgs
+    args: &'args ClientAckKeySharesArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ClientAckKeyShares<'bldr>> {
     let mut builder = ClientAckKeySharesBuilder::new(_fbb);
     builder.add_up_to(args.up_to);
+    if let Some(x) = args.ids { builder.add_ids(x); }
     builder.finish()
   }
 
@@ -5108,6 +5112,13 @@ impl<'a> ClientAckKeyShares<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ClientAckKeyShares::VT_UP_TO, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn ids(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(ClientAckKeyShares::VT_IDS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClientAckKeyShares<'_> {
@@ -5117,18 +5128,21 @@ impl ::flatbuffers::Verifiable for ClientAckKeyShares<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u64>("up_to", Self::VT_UP_TO, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("ids", Self::VT_IDS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct ClientAckKeySharesArgs {
+pub struct ClientAckKeySharesArgs<'a> {
     pub up_to: u64,
+    pub ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
-impl<'a> Default for ClientAckKeySharesArgs {
+impl<'a> Default for ClientAckKeySharesArgs<'a> {
   #[inline]
   fn default() -> Self {
     ClientAckKeySharesArgs {
       up_to: 0,
+      ids: None,
     }
   }
 }
@@ -5141,6 +5155,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientAckKeySharesBuilder<'a,
   #[inline]
   pub fn add_up_to(&mut self, up_to: u64) {
     self.fbb_.push_slot::<u64>(ClientAckKeyShares::VT_UP_TO, up_to, 0);
+  }
+  #[inline]
+  pub fn add_ids(&mut self, ids: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientAckKeyShares::VT_IDS, ids);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientAckKeySharesBuilder<'a, 'b, A> {
@@ -5161,6 +5179,7 @@ impl ::core::fmt::Debug for ClientAckKeyShares<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ClientAckKeyShares");
       ds.field("up_to", &self.up_to());
+      ds.field("ids", &self.ids());
       ds.finish()
   }
 }

@@ -104,8 +104,9 @@ pub struct E2e {
     waiting: BTreeMap<String, Vec<Message>>,
     waiting_order: VecDeque<String>,
     waiting_count: usize,
-    /// Highest inbox id handled and persisted, not yet acknowledged.
-    inbox_ack_due: Option<u64>,
+    /// Inbox ids handled and persisted, not yet acknowledged. Exact ids, not "up to": live
+    /// key shares arrive out of id order, and a lower id still in flight must not be deleted.
+    inbox_ack_due: std::collections::BTreeSet<u64>,
     notices: VecDeque<CryptoNotice>,
     /// Senders whose device is not (yet) in our directory: query them, then retry.
     to_query: std::collections::BTreeSet<UserId>,
@@ -223,7 +224,7 @@ impl E2e {
             waiting: BTreeMap::new(),
             waiting_order: VecDeque::new(),
             waiting_count: 0,
-            inbox_ack_due: None,
+            inbox_ack_due: std::collections::BTreeSet::new(),
             notices: VecDeque::new(),
             to_query: std::collections::BTreeSet::new(),
             plaintext: false,
@@ -396,7 +397,7 @@ impl E2e {
         }
         self.persist()?;
         if inbox_id > 0 {
-            self.inbox_ack_due = Some(self.inbox_ack_due.unwrap_or(0).max(inbox_id));
+            self.inbox_ack_due.insert(inbox_id);
         }
         Ok(ready
             .into_iter()
@@ -526,9 +527,18 @@ impl E2e {
         }
     }
 
-    /// The inbox id to acknowledge now (state persisted up to it), once.
-    pub fn take_inbox_ack(&mut self) -> Option<u64> {
-        self.inbox_ack_due.take()
+    /// The `AckKeyShares` frames to send now: every inbox id handled since the last call (its
+    /// key is on disk), in frames of at most `MAX_ACK_INBOX_IDS` ids. Empty when none is due.
+    pub fn take_inbox_ack(&mut self) -> Vec<ClientMessage> {
+        let due: Vec<u64> = std::mem::take(&mut self.inbox_ack_due)
+            .into_iter()
+            .collect();
+        due.chunks(tern_wire::limits::MAX_ACK_INBOX_IDS)
+            .map(|ids| ClientMessage::AckKeyShares {
+                up_to: ids.last().copied().unwrap_or(0),
+                ids: ids.to_vec(),
+            })
+            .collect()
     }
 
     /// Decrypts `message` (anything but Megolm passes through untouched). A message whose key
