@@ -223,10 +223,17 @@ mod tests {
         assert_eq!(count(&send_ack), 2);
         assert_eq!(count(&phase_send_ack), 2);
         let max = histo::decode(&delivery).map(|h| h.max()).unwrap_or(0);
-        assert!(max < 10_000, "the late warm-up delivery leaked: max {max} µs");
+        assert!(
+            max < 10_000,
+            "the late warm-up delivery leaked: max {max} µs"
+        );
 
         let w = t.warmup_result();
-        assert_eq!(count(&w.delivery_hist), 2, "both warm-up messages, the late one too");
+        assert_eq!(
+            count(&w.delivery_hist),
+            2,
+            "both warm-up messages, the late one too"
+        );
         assert_eq!(count(&w.send_ack_hist), 2);
         assert_eq!(
             w.counts,

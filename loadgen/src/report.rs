@@ -713,6 +713,9 @@ mod tests {
         assert_eq!(v["schema_version"], SCHEMA_VERSION);
         assert_eq!(v["warmup"]["sent"], 20);
         assert!(r.human().contains("result: PASS"));
-        assert!(r.human().contains("warm-up (not in the measured figures): 5s, sent 20"));
+        assert!(
+            r.human()
+                .contains("warm-up (not in the measured figures): 5s, sent 20")
+        );
     }
 }

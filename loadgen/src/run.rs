@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::accounting::{ArrivalCounts, LossSample, SentTable, Tally};
 use crate::histo::{self, Hist, percentiles};
-use crate::phase_stats::WarmupCounts;
 use crate::history::HistorySection;
+use crate::phase_stats::WarmupCounts;
 use crate::population::{self, GroupMix, PopulationError};
 use crate::protocol::{
     DropSpec, FinalResult, FromWorker, Progress, TargetSpec, ToWorker, TrafficSpec, WorkerPlan,
@@ -648,8 +648,8 @@ struct WarmupPhase {
 
 /// (server, loadgen) CPU averages of the warm-up phase.
 fn warmup_cpu(sampler: &Sampler, server_pids: &[u32]) -> (Option<f64>, f64) {
-    let server = (!server_pids.is_empty())
-        .then(|| sampler.cpu_stats(true, |p| p == WARMUP_LABEL).0);
+    let server =
+        (!server_pids.is_empty()).then(|| sampler.cpu_stats(true, |p| p == WARMUP_LABEL).0);
     (server, sampler.cpu_stats(false, |p| p == WARMUP_LABEL).0)
 }
 
@@ -1213,7 +1213,16 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
             };
             let warmup_spec = spec(warmup, WARMUP_SEED_SALT);
             warmup_phase = run_warmup(&mut co, &mut st, warmup_spec, common.drain).await?;
-            run_phase(&mut co, &mut st, 0, "traffic", spec(duration, 1), None, common.drain).await?;
+            run_phase(
+                &mut co,
+                &mut st,
+                0,
+                "traffic",
+                spec(duration, 1),
+                None,
+                common.drain,
+            )
+            .await?;
             traffic_secs = duration.as_secs_f64();
         }
         Scenario::Reconnect {
@@ -2032,7 +2041,10 @@ mod tests {
         assert!(m.delivery.max() < 10_000, "a warm-up delivery leaked");
         assert_eq!(m.send_ack.len(), 4);
         let traffic = measured_traffic(&m, 10.0);
-        assert_eq!((traffic.sent, traffic.acked, traffic.send_failed), (4, 4, 0));
+        assert_eq!(
+            (traffic.sent, traffic.acked, traffic.send_failed),
+            (4, 4, 0)
+        );
         assert_eq!(traffic.delivered_per_sec, 0.4);
         let phase = WarmupPhase {
             duration_secs: 5.0,
@@ -2061,7 +2073,10 @@ mod tests {
         };
         let m = merge_finals(&[Box::new(final_result(&t, 1, tally))]).unwrap();
         let traffic = measured_traffic(&m, 1.0);
-        assert_eq!((traffic.sent, traffic.acked, traffic.delivered_per_sec), (1, 1, 1.0));
+        assert_eq!(
+            (traffic.sent, traffic.acked, traffic.delivered_per_sec),
+            (1, 1, 1.0)
+        );
         assert_eq!(m.delivery.len(), 1);
         assert_eq!(m.warmup, WarmupCounts::default());
     }

@@ -198,7 +198,10 @@ async fn chat_and_reconnect_over_both_transports_lose_nothing() {
 async fn chat_warmup_is_checked_but_not_measured() {
     let server = start_server().await;
     let state = tempfile::tempdir().expect("state dir");
-    for (kind, workers, e2e) in [(TargetKind::TernWs, 0, false), (TargetKind::TernWt, 2, true)] {
+    for (kind, workers, e2e) in [
+        (TargetKind::TernWs, 0, false),
+        (TargetKind::TernWt, 2, true),
+    ] {
         let mut c = common(&server, kind, state.path());
         c.workers = Some(workers);
         if e2e {
@@ -219,11 +222,21 @@ async fn chat_warmup_is_checked_but_not_measured() {
         assert_eq!(w.delivery.count, w.delivered, "{human}");
         assert_eq!(w.send_ack.count, w.acked, "{human}");
         // Measured = everything minus the warm-up, in every figure.
-        assert!(a.delivered > w.delivered, "the measured phase delivered: {human}");
-        assert_eq!(r.latency.delivery.count, a.delivered - w.delivered, "{human}");
+        assert!(
+            a.delivered > w.delivered,
+            "the measured phase delivered: {human}"
+        );
+        assert_eq!(
+            r.latency.delivery.count,
+            a.delivered - w.delivered,
+            "{human}"
+        );
         assert_eq!(r.latency.send_ack.count, r.traffic.acked, "{human}");
         assert_eq!(r.traffic.duration_secs, 2.0);
         assert_eq!(r.scenario.params["warmup_secs"], 2.0);
-        assert!(human.contains("warm-up (not in the measured figures): 2s"), "{human}");
+        assert!(
+            human.contains("warm-up (not in the measured figures): 2s"),
+            "{human}"
+        );
     }
 }
