@@ -6,6 +6,8 @@
 #   bench/run-e2e.sh --out DIR            # release binaries in $CARGO_TARGET_DIR or target/
 #
 # Environment: USERS (10000), GROUP_SIZES (2:60,5:30,50:10), RATE (1000), DURATION (300s),
+# WARMUP (60s: traffic at the same rate before the measured DURATION, checked but kept out of
+# the latencies and CPU figures, so the cold start of --e2e is not mixed into them; 0 for none),
 # WORKERS (default: the loadgen's choice), TRANSPORTS ("tern-ws tern-wt"), ROTATION_MEMBERS
 # ("100 1000"), MODES ("plain e2e"). Outputs: per run a JSON report, an SVG plot and the
 # loadgen's log; rotation-*.json; environment.txt.
@@ -19,6 +21,7 @@ USERS="${USERS:-10000}"
 GROUP_SIZES="${GROUP_SIZES:-2:60,5:30,50:10}"
 RATE="${RATE:-1000}"
 DURATION="${DURATION:-300s}"
+WARMUP="${WARMUP:-60s}"
 WORKERS="${WORKERS:-}"
 TRANSPORTS="${TRANSPORTS:-tern-ws tern-wt}"
 ROTATION_MEMBERS="${ROTATION_MEMBERS:-100 1000}"
@@ -43,7 +46,7 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
     echo "host_cores=$(nproc)"
     echo "kernel=$(uname -r)"
     echo "tern_commit=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo +dirty)"
-    echo "scenario=chat users=$USERS group_sizes=$GROUP_SIZES rate=$RATE duration=$DURATION workers=${WORKERS:-default}"
+    echo "scenario=chat users=$USERS group_sizes=$GROUP_SIZES rate=$RATE duration=$DURATION warmup=$WARMUP workers=${WORKERS:-default}"
     echo "loadavg_at_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "rustc_processes_at_start=$(pgrep -c rustc || true)"
 } >"$OUT/environment.txt"
@@ -91,6 +94,7 @@ for target in $TRANSPORTS; do
         name="$target-$mode"
         args=(chat --target "$target" --server "$addr" --cert-hash "$hash" --users "$USERS"
             --group-sizes "$GROUP_SIZES" --rate "$RATE" --duration "$DURATION"
+            --warmup "$WARMUP"
             --server-pid "$server_pid" --state-dir "$OUT/state-$target" --quiet
             --label "issue 11 e2e cost: $name" --report "$OUT/$name.json" --plot "$OUT/$name.svg")
         [[ -n "$WORKERS" ]] && args+=(--workers "$WORKERS")

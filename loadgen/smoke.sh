@@ -9,9 +9,12 @@
 # No latency thresholds: the CI machine is shared and noisy.
 # Then the same over both transports with --e2e (every device encrypts and decrypts with real
 # Olm/Megolm; smaller: SMOKE_E2E_USERS users), which must also have no undecryptable delivery,
-# and one rotation burst (a 20-member group) per transport.
+# and one rotation burst (a 20-member group) per transport. The --e2e runs start with a
+# --warmup (SMOKE_E2E_WARMUP): its messages must be accounted like the others and be in the
+# report's warmup section, not in the measured latencies.
 #
 # Environment: SMOKE_USERS (300), SMOKE_RATE (100), SMOKE_DURATION (20s), SMOKE_E2E_USERS (120),
+# SMOKE_E2E_WARMUP (4s),
 # SMOKE_MODES ("plain e2e"), SMOKE_NO_BUILD=1 to
 # use the existing target/debug binaries, SMOKE_OUT=DIR to keep reports, plots and the server
 # log there.
@@ -23,6 +26,7 @@ users=${SMOKE_USERS:-300}
 rate=${SMOKE_RATE:-100}
 duration=${SMOKE_DURATION:-20s}
 e2e_users=${SMOKE_E2E_USERS:-120}
+e2e_warmup=${SMOKE_E2E_WARMUP:-4s}
 modes=${SMOKE_MODES:-plain e2e}
 
 if [[ "${SMOKE_NO_BUILD:-0}" != 1 ]]; then
@@ -89,7 +93,7 @@ for target in ${SMOKE_TARGETS:-tern-ws tern-wt}; do
     name=$target
     if [[ $mode == e2e ]]; then
         n=$e2e_users
-        flags=(--e2e)
+        flags=(--e2e --warmup "$e2e_warmup")
         name=$target-e2e
     fi
     echo "smoke: chat over $target ($mode): $n users, $rate msg/s, $duration"
@@ -135,6 +139,18 @@ need(r.get("passed") is True, f"run failed: {r.get('failures')}")
 if mode == "e2e":
     need(a.get("undecryptable") == 0, f"{a.get('undecryptable')} undecryptable")
     need("--e2e" in r.get("command_line", []), "the e2e run's command line has no --e2e")
+    # --warmup: accounted (the whole-run checks above include it), reported apart, and kept
+    # out of the measured delivery histogram (in a passing run every first arrival is one
+    # expected delivery, so the counts must match exactly).
+    w = r.get("warmup") or {}
+    need(w.get("sent", 0) > 0, "no warm-up traffic (warmup section missing or empty)")
+    need(w.get("expected", 0) > 0 and w.get("delivered") == w.get("expected"),
+         f"warm-up delivered {w.get('delivered')} of {w.get('expected')} expected")
+    need(w.get("undecryptable") == 0, f"{w.get('undecryptable')} undecryptable in the warm-up")
+    need(w.get("delivery", {}).get("count") == w.get("delivered"),
+         "warm-up delivery histogram count != warm-up deliveries")
+    need(r.get("latency", {}).get("delivery", {}).get("count") == a.get("delivered", 0) - w.get("delivered", 0),
+         "measured delivery histogram count != deliveries minus the warm-up's")
 try:
     with open(svg) as f:
         need(f.read().rstrip().endswith("</svg>"), "plot is not a complete SVG")
@@ -145,6 +161,11 @@ if problems:
 d = r["latency"]["delivery"]
 print(f"smoke: {r['scenario']['target']} ({mode}): expected {a['expected']}, delivered {a['delivered']}, "
       f"lost 0, duplicated 0; delivery p50 {d['p50_us']} us, p99 {d['p99_us']} us")
+if r.get("warmup"):
+    w = r["warmup"]
+    print(f"smoke: {r['scenario']['target']} ({mode}) warm-up: {w['duration_secs']:.0f}s, sent {w['sent']}, "
+          f"delivered {w['delivered']} of {w['expected']}, p99 {w['delivery']['p99_us']} us, "
+          f"late keys {w['late_keys']}, first sends after it {w['first_sends_after_warmup']}")
 EOF
     then
         failed=1

@@ -242,6 +242,12 @@ pub struct ChatArgs {
     pub rate: f64,
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub duration: Duration,
+    /// Traffic at the same rate and schedule before the measured --duration, so the cold start
+    /// (with --e2e: sessions and key shares on every device's first message) is not measured.
+    /// Its messages are checked like every other and reported apart (the report's `warmup`);
+    /// latencies, CPU and rates leave it out. 0: no warm-up.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub warmup: Duration,
     #[arg(long, value_enum, default_value = "poisson")]
     pub schedule: ScheduleKind,
 }
@@ -673,6 +679,7 @@ pub fn into_run(
                     mix: a.group_sizes,
                     rate: a.rate,
                     duration: a.duration,
+                    warmup: a.warmup,
                     schedule: a.schedule,
                 },
                 o,
@@ -846,7 +853,7 @@ mod tests {
         std::fs::write(
             &f,
             "kind = \"chat\"\nserver = \"127.0.0.1:1\"\nusers = 300\nrate = 50.5\n\
-             group_sizes = \"2:50,5:50\"\nduration = \"20s\"\nquiet = true\n\
+             group_sizes = \"2:50,5:50\"\nduration = \"20s\"\nwarmup = \"3s\"\nquiet = true\n\
              server_pid = [1, 2]\n",
         )
         .unwrap();
@@ -858,6 +865,7 @@ mod tests {
         assert_eq!(a.users, 40, "the command line wins");
         assert_eq!(a.rate, 50.5);
         assert_eq!(a.duration, Duration::from_secs(20));
+        assert_eq!(a.warmup, Duration::from_secs(3), "warmup from the file");
         assert_eq!(a.group_sizes.0, vec![(2, 50.0), (5, 50.0)]);
         assert!(a.common.quiet);
         assert_eq!(a.common.server_pid, vec![1, 2]);

@@ -6,6 +6,7 @@
 //!   Centrifugo).
 //! * [`payload`], [`accounting`], [`schedule`], [`population`]: message header, exact
 //!   loss/duplicate/order accounting, open-loop schedules, who talks to whom.
+//! * [`phase_stats`]: a worker's traffic statistics split into warm-up and measured.
 //! * [`history`]: `--verify-history`, the stored history checked against the acknowledgements.
 //! * [`histo`], [`report`], [`plot`], [`sysstat`]: measurements and their presentation.
 //! * [`cli`]: flags and scenario files.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod histo;
 pub mod history;
 pub mod payload;
+pub mod phase_stats;
 pub mod plot;
 pub mod population;
 pub mod protocol;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tern_sdk::Trust;
 
 use crate::accounting::{ArrivalCounts, LossSample, SentRow, Tally};
+use crate::phase_stats::WarmupResult;
 use crate::schedule::ScheduleSpec;
 use crate::target::centrifugo::CentrifugoTarget;
 use crate::target::socketio::SocketIoTarget;
@@ -170,6 +171,10 @@ pub struct TrafficSpec {
     /// A send not acknowledged by then counts as failed.
     pub give_up_unix_ns: u64,
     pub drop: Option<DropSpec>,
+    /// `chat --warmup`: this phase's messages are checked like every other but kept out of the
+    /// measured statistics (see [`crate::phase_stats`]).
+    #[serde(default)]
+    pub warmup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +255,10 @@ pub struct FinalResult {
     /// Dropped users that were not connected when the drop came.
     pub drop_skipped: u64,
     pub errors: Vec<(String, u64)>,
+    /// The warm-up's own counters and histograms (`delivery_hist`/`send_ack_hist` above are
+    /// the measured traffic only; the counters above are the whole run).
+    #[serde(default)]
+    pub warmup: WarmupResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,11 @@ pub struct Report {
     /// without the flag.
     #[serde(default)]
     pub history: Option<HistorySection>,
+    /// `chat --warmup`: the traffic before the measured phase, for information; null without
+    /// it. `traffic`, `latency`, `server` and `loadgen` leave it out; `accounting` (the
+    /// correctness checks) covers every message, the warm-up's included.
+    #[serde(default)]
+    pub warmup: Option<WarmupSection>,
     pub histograms: Histograms,
     /// Every error the workers saw (connects, sends, reconnects), by message, most frequent
     /// first. Errors are not failures by themselves: a retried send that succeeded is fine.
@@ -200,7 +205,7 @@ pub struct LoadgenSection {
 pub struct Sample {
     /// Seconds since the run started.
     pub t_secs: f64,
-    /// "connect", "hold", "traffic", "drain", "step N", "idle".
+    /// "connect", "hold", "warmup", "traffic", "drain", "step N", "idle".
     pub phase: String,
     pub server_cpu_percent: Option<f64>,
     pub server_rss_bytes: Option<u64>,
@@ -237,6 +242,38 @@ pub struct FanoutSection {
     pub max_sustained_deliveries_per_sec: f64,
     pub max_sustained_rate_per_sec: f64,
     pub stop_reason: String,
+}
+
+/// `chat --warmup`: traffic at the scenario's rate and schedule before the measured phase, so
+/// the cold start is not measured. A message belongs to the warm-up when its send was
+/// scheduled in it, whenever it arrives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WarmupSection {
+    pub duration_secs: f64,
+    pub sent: u64,
+    pub acked: u64,
+    pub send_failed: u64,
+    /// Deliveries the acknowledged warm-up messages owe (one per member other than the sender).
+    pub expected: u64,
+    /// First arrivals of warm-up messages (also those arriving during the measured phase).
+    pub delivered: u64,
+    /// Everything expected of the warm-up arrived before the measured phase started.
+    pub drained: bool,
+    /// Scheduled send time → arrival of warm-up messages.
+    pub delivery: Percentiles,
+    pub send_ack: Percentiles,
+    /// `--e2e`: warm-up messages decrypted only when their key arrived after them.
+    pub late_keys: u64,
+    /// `--e2e`: undecryptable arrivals while the warm-up ran (by arrival time: such a message
+    /// has no readable header). Also counted in `accounting.undecryptable`.
+    pub undecryptable: u64,
+    /// Sends that were the first of their (sender, conversation) in the run but came in the
+    /// measured phase: with `--e2e` each paid its cold start inside the measurement. A longer
+    /// warm-up makes it smaller.
+    pub first_sends_after_warmup: u64,
+    /// Percent of one core averaged over the warm-up phase (its drain excluded).
+    pub server_cpu_percent_avg: Option<f64>,
+    pub loadgen_cpu_percent_avg: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -276,6 +313,45 @@ fn pct_line(name: &str, p: &Percentiles) -> String {
         fmt_us(p.max_us),
         p.count
     )
+}
+
+impl WarmupSection {
+    fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "warm-up (not in the measured figures): {:.0}s, sent {}, acked {}, failed {}, delivered {} of {} expected{}, first sends after it {}",
+            self.duration_secs,
+            self.sent,
+            self.acked,
+            self.send_failed,
+            self.delivered,
+            self.expected,
+            if self.drained {
+                ""
+            } else {
+                " (not drained before the measured phase)"
+            },
+            self.first_sends_after_warmup
+        );
+        s.push_str(&pct_line("delivery", &self.delivery));
+        s.push_str(&pct_line("send→ack", &self.send_ack));
+        if self.late_keys + self.undecryptable > 0 {
+            let _ = writeln!(
+                s,
+                "  e2e: undecryptable {}, decrypted after a late key {}",
+                self.undecryptable, self.late_keys
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  CPU avg: server {}, loadgen {:.0}%",
+            self.server_cpu_percent_avg
+                .map_or("-".to_string(), |c| format!("{c:.0}%")),
+            self.loadgen_cpu_percent_avg
+        );
+        s
+    }
 }
 
 impl Report {
@@ -329,6 +405,9 @@ impl Report {
                 t.send_errors,
                 t.delivered_per_sec
             );
+        }
+        if let Some(w) = &self.warmup {
+            s.push_str(&w.human());
         }
         s.push_str("latency:\n");
         if sc.kind != "connect" {
@@ -574,6 +653,12 @@ mod tests {
             }),
             reconnect: Some(ReconnectSection::default()),
             history: Some(HistorySection::default()),
+            warmup: Some(WarmupSection {
+                duration_secs: 5.0,
+                sent: 20,
+                delivery: p,
+                ..Default::default()
+            }),
             histograms: Histograms::default(),
             errors: vec![],
             passed: true,
@@ -626,6 +711,11 @@ mod tests {
             assert!(v["latency"]["delivery"].get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["schema_version"], SCHEMA_VERSION);
+        assert_eq!(v["warmup"]["sent"], 20);
         assert!(r.human().contains("result: PASS"));
+        assert!(
+            r.human()
+                .contains("warm-up (not in the measured figures): 5s, sent 20")
+        );
     }
 }

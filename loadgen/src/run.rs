@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::accounting::{ArrivalCounts, LossSample, SentTable, Tally};
 use crate::histo::{self, Hist, percentiles};
 use crate::history::HistorySection;
+use crate::phase_stats::WarmupCounts;
 use crate::population::{self, GroupMix, PopulationError};
 use crate::protocol::{
     DropSpec, FinalResult, FromWorker, Progress, TargetSpec, ToWorker, TrafficSpec, WorkerPlan,
@@ -26,7 +27,7 @@ use crate::protocol::{
 use crate::report::{
     AccountingSection, ConnectSection, ConnectionsSection, ErrorCount, FanoutSection, FanoutStep,
     Histograms, LatencySection, LoadgenSection, ReconnectSection, Report, SCHEMA_VERSION, Sample,
-    ScenarioInfo, ServerSection, SizeCount, Tool, TrafficSection,
+    ScenarioInfo, ServerSection, SizeCount, Tool, TrafficSection, WarmupSection,
 };
 use crate::schedule::{ScheduleKind, ScheduleSpec};
 use crate::sysstat::{self, ProcSample};
@@ -57,12 +58,14 @@ pub enum Scenario {
         ramp: f64,
         hold: Duration,
     },
-    /// `users` in conversations of mixed sizes, `rate` messages/s in total for `duration`.
+    /// `users` in conversations of mixed sizes, `rate` messages/s in total for `duration`,
+    /// after `warmup` of the same traffic that is checked but not measured (zero: none).
     Chat {
         users: usize,
         mix: GroupMix,
         rate: f64,
         duration: Duration,
+        warmup: Duration,
         schedule: ScheduleKind,
     },
     /// Groups of `group_size`; the rate goes up by `step_factor` every `step_duration` until
@@ -126,12 +129,14 @@ impl Scenario {
                 mix,
                 rate,
                 duration,
+                warmup,
                 schedule,
             } => json!({
                 "users": users,
                 "group_sizes": mix.to_string(),
                 "rate_per_sec": rate,
                 "duration_secs": duration.as_secs_f64(),
+                "warmup_secs": warmup.as_secs_f64(),
                 "schedule": schedule.to_string(),
             }),
             Scenario::Fanout {
@@ -326,6 +331,13 @@ impl std::io::Write for LogWriter {
 const GIVE_UP_GRACE: Duration = Duration::from_secs(5);
 /// Traffic starts this long after the command is sent, so every worker has it in time.
 const START_LEAD: Duration = Duration::from_millis(300);
+/// The warm-up's phase number: never one of the fanout steps (0, 1, ...) or chat's traffic (0).
+const WARMUP_PHASE: u32 = u32::MAX;
+/// The warm-up's phase label in the samples (not a CPU phase, see `cpu_phase`).
+const WARMUP_LABEL: &str = "warmup";
+/// Seed salt of the warm-up schedule: the measured schedule keeps its own (salt 1), the same
+/// with or without a warm-up.
+const WARMUP_SEED_SALT: u64 = 3;
 
 /// Decides the number of worker processes (0 = in-process) for `connections` under the
 /// open-file `limit` of one process. Errors when the choice cannot hold the connections.
@@ -604,6 +616,132 @@ impl Coordinator {
     }
 }
 
+/// `chat --warmup`: the warm-up phase, before the measured one: the scenario's rate and
+/// schedule (its own seed) for the warm-up's length, labelled `warmup` (outside the CPU
+/// averages) and drained like any phase, so the measured phase starts without its backlog.
+/// The workers keep its messages out of the measured statistics ([`crate::phase_stats`]).
+/// `None` when the warm-up is zero.
+async fn run_warmup(
+    co: &mut Coordinator,
+    st: &mut PhaseState,
+    schedule: ScheduleSpec,
+    drain: Duration,
+) -> Result<Option<WarmupPhase>, RunError> {
+    if schedule.duration_ns == 0 {
+        return Ok(None);
+    }
+    let duration_secs = Duration::from_nanos(schedule.duration_ns).as_secs_f64();
+    let outcome = run_phase(co, st, WARMUP_PHASE, WARMUP_LABEL, schedule, None, drain).await?;
+    Ok(Some(WarmupPhase {
+        duration_secs,
+        expected: outcome.expected,
+        drained: outcome.drained,
+    }))
+}
+
+/// What the coordinator itself learned of the warm-up phase.
+struct WarmupPhase {
+    duration_secs: f64,
+    expected: u64,
+    drained: bool,
+}
+
+/// (server, loadgen) CPU averages of the warm-up phase.
+fn warmup_cpu(sampler: &Sampler, server_pids: &[u32]) -> (Option<f64>, f64) {
+    let server =
+        (!server_pids.is_empty()).then(|| sampler.cpu_stats(true, |p| p == WARMUP_LABEL).0);
+    (server, sampler.cpu_stats(false, |p| p == WARMUP_LABEL).0)
+}
+
+fn warmup_section(p: WarmupPhase, m: &Merged, cpu: (Option<f64>, f64)) -> WarmupSection {
+    let w = &m.warmup;
+    WarmupSection {
+        duration_secs: p.duration_secs,
+        sent: w.sent,
+        acked: w.acked,
+        send_failed: w.send_failed,
+        expected: p.expected,
+        delivered: w.delivered,
+        drained: p.drained,
+        delivery: percentiles(&m.warmup_delivery),
+        send_ack: percentiles(&m.warmup_send_ack),
+        late_keys: w.late_keys,
+        undecryptable: w.undecryptable,
+        first_sends_after_warmup: w.first_sends_after_warmup,
+        server_cpu_percent_avg: cpu.0,
+        loadgen_cpu_percent_avg: cpu.1,
+    }
+}
+
+/// The traffic section: the measured phases only (what the warm-up sent is taken out; the
+/// retries and duplicate acknowledgements are the whole run's).
+fn measured_traffic(m: &Merged, secs: f64) -> TrafficSection {
+    let (t, w) = (&m.totals, &m.warmup);
+    let sent = t.sent.saturating_sub(w.sent);
+    TrafficSection {
+        duration_secs: secs,
+        sent,
+        acked: t.acked.saturating_sub(w.acked),
+        send_failed: t.send_failed.saturating_sub(w.send_failed),
+        send_errors: t.send_errors,
+        ack_duplicates: t.ack_duplicates,
+        sent_per_sec: per_sec(sent, secs),
+        delivered_per_sec: per_sec(m.tally.delivered.saturating_sub(w.delivered), secs),
+    }
+}
+
+/// The workers' final results added up. `counts`, `tally` and the loss samples (the
+/// correctness checks) cover every message; `delivery` and `send_ack` the measured traffic.
+struct Merged {
+    counts: ArrivalCounts,
+    tally: Tally,
+    loss_samples: Vec<LossSample>,
+    delivery: Hist,
+    send_ack: Hist,
+    reconnect: Hist,
+    totals: FinalTotals,
+    errors: HashMap<String, u64>,
+    warmup: WarmupCounts,
+    warmup_delivery: Hist,
+    warmup_send_ack: Hist,
+}
+
+fn merge_finals(finals: &[Box<FinalResult>]) -> Result<Merged, RunError> {
+    let mut m = Merged {
+        counts: ArrivalCounts::default(),
+        tally: Tally::default(),
+        loss_samples: Vec::new(),
+        delivery: histo::new_hist(),
+        send_ack: histo::new_hist(),
+        reconnect: histo::new_hist(),
+        totals: FinalTotals::default(),
+        errors: HashMap::new(),
+        warmup: WarmupCounts::default(),
+        warmup_delivery: histo::new_hist(),
+        warmup_send_ack: histo::new_hist(),
+    };
+    for f in finals {
+        m.counts.add(&f.counts);
+        m.tally.add(&f.tally);
+        for s in &f.loss_samples {
+            if m.loss_samples.len() < 20 {
+                m.loss_samples.push(s.clone());
+            }
+        }
+        merge_into(&mut m.delivery, &f.delivery_hist)?;
+        merge_into(&mut m.send_ack, &f.send_ack_hist)?;
+        merge_into(&mut m.reconnect, &f.reconnect_hist)?;
+        m.totals.add(f);
+        for (e, n) in &f.errors {
+            *m.errors.entry(e.clone()).or_insert(0) += n;
+        }
+        m.warmup.add(&f.warmup.counts);
+        merge_into(&mut m.warmup_delivery, &f.warmup.delivery_hist)?;
+        merge_into(&mut m.warmup_send_ack, &f.warmup.send_ack_hist)?;
+    }
+    Ok(m)
+}
+
 /// What a traffic phase produced.
 struct PhaseOutcome {
     delivery: Hist,
@@ -639,6 +777,7 @@ async fn run_phase(
         schedule,
         give_up_unix_ns,
         drop,
+        warmup: phase == WARMUP_PHASE,
     }))?;
     co.sampler.set_phase(label);
     co.bar_phase(
@@ -1054,6 +1193,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         expected_total: 0,
     };
     let mut traffic_secs = 0.0;
+    let mut warmup_phase = None;
     let mut fanout_section = None;
     let mut reconnect_section = None;
     match &scenario {
@@ -1061,16 +1201,28 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         Scenario::Chat {
             rate,
             duration,
+            warmup,
             schedule,
             ..
         } => {
-            let spec = ScheduleSpec {
+            let spec = |length: &Duration, salt| ScheduleSpec {
                 kind: *schedule,
                 rate: *rate,
-                duration_ns: duration.as_nanos() as u64,
-                seed: derive_seed(common.seed, 1),
+                duration_ns: length.as_nanos() as u64,
+                seed: derive_seed(common.seed, salt),
             };
-            run_phase(&mut co, &mut st, 0, "traffic", spec, None, common.drain).await?;
+            let warmup_spec = spec(warmup, WARMUP_SEED_SALT);
+            warmup_phase = run_warmup(&mut co, &mut st, warmup_spec, common.drain).await?;
+            run_phase(
+                &mut co,
+                &mut st,
+                0,
+                "traffic",
+                spec(duration, 1),
+                None,
+                common.drain,
+            )
+            .await?;
             traffic_secs = duration.as_secs_f64();
         }
         Scenario::Reconnect {
@@ -1247,41 +1399,21 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
     co.bar.finish_and_clear();
 
     // Merge.
-    let mut counts = ArrivalCounts::default();
-    let mut tally = Tally::default();
-    let mut samples_lost: Vec<LossSample> = Vec::new();
-    let mut delivery = histo::new_hist();
-    let mut send_ack = histo::new_hist();
-    let mut reconnect_hist = histo::new_hist();
-    let mut totals = FinalTotals::default();
-    let mut errors: HashMap<String, u64> = HashMap::new();
-    for f in &finals {
-        counts.add(&f.counts);
-        tally.add(&f.tally);
-        for s in &f.loss_samples {
-            if samples_lost.len() < 20 {
-                samples_lost.push(s.clone());
-            }
-        }
-        merge_into(&mut delivery, &f.delivery_hist)?;
-        merge_into(&mut send_ack, &f.send_ack_hist)?;
-        merge_into(&mut reconnect_hist, &f.reconnect_hist)?;
-        totals.add(f);
-        for (m, n) in &f.errors {
-            *errors.entry(m.clone()).or_insert(0) += n;
-        }
-    }
-
-    let traffic = TrafficSection {
-        duration_secs: traffic_secs,
-        sent: totals.sent,
-        acked: totals.acked,
-        send_failed: totals.send_failed,
-        send_errors: totals.send_errors,
-        ack_duplicates: totals.ack_duplicates,
-        sent_per_sec: per_sec(totals.sent, traffic_secs),
-        delivered_per_sec: per_sec(tally.delivered, traffic_secs),
-    };
+    let merged = merge_finals(&finals)?;
+    let traffic = measured_traffic(&merged, traffic_secs);
+    let warmup = warmup_phase
+        .map(|p| warmup_section(p, &merged, warmup_cpu(&co.sampler, &common.server_pids)));
+    let Merged {
+        counts,
+        tally,
+        loss_samples: samples_lost,
+        delivery,
+        send_ack,
+        reconnect: reconnect_hist,
+        totals,
+        errors,
+        ..
+    } = merged;
     let accounting = AccountingSection {
         expected: tally.expected,
         delivered: tally.delivered,
@@ -1393,7 +1525,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
             accounting.undecryptable,
             "deliveries that could not be decrypted",
         ),
-        (traffic.send_failed, "sends never acknowledged"),
+        (totals.send_failed, "sends never acknowledged"),
     ];
     for (n, what) in checks {
         if n > 0 {
@@ -1482,6 +1614,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
         fanout: fanout_section,
         reconnect: reconnect_section,
         history,
+        warmup,
         histograms: Histograms {
             delivery: histo::encode(&delivery).unwrap_or_default(),
             send_ack: histo::encode(&send_ack).unwrap_or_default(),
@@ -1831,6 +1964,123 @@ mod tests {
         }
     }
 
+    /// A worker's final result as [`worker`] builds it: histograms from its [`TrafficStats`].
+    fn final_result(t: &crate::phase_stats::TrafficStats, sent: u64, tally: Tally) -> FinalResult {
+        let (delivery_hist, send_ack_hist) = t.measured();
+        let warmup = t.warmup_result();
+        FinalResult {
+            counts: ArrivalCounts {
+                unique: tally.delivered,
+                arrivals: tally.delivered + warmup.counts.undecryptable,
+                undecryptable: warmup.counts.undecryptable,
+                late_keys: warmup.counts.late_keys,
+                ..Default::default()
+            },
+            tally,
+            loss_samples: Vec::new(),
+            delivery_hist,
+            send_ack_hist,
+            connect_hist: String::new(),
+            reconnect_hist: String::new(),
+            sent,
+            acked: sent,
+            send_failed: 0,
+            send_errors: 0,
+            ack_duplicates: 0,
+            disconnects: 0,
+            reconnects: 0,
+            reconnect_failed_attempts: 0,
+            dropped: 0,
+            drop_skipped: 0,
+            errors: Vec::new(),
+            warmup,
+        }
+    }
+
+    #[test]
+    fn warmup_is_in_the_accounting_but_not_in_the_measured_figures() {
+        const S: u64 = 1_000_000_000;
+        // Two workers; the warm-up's scheduled times are [0 s, 5 s), the measured phase's
+        // [6 s, 16 s).
+        let mut a = crate::phase_stats::TrafficStats::new();
+        let mut b = crate::phase_stats::TrafficStats::new();
+        for t in [&mut a, &mut b] {
+            t.phase_started(true, 0, 5 * S);
+        }
+        for i in 0..3 {
+            a.dispatched(true);
+            a.acked(true, i == 0, 1_000);
+            a.delivered(i * S, 40_000, i == 0);
+        }
+        a.undecryptable();
+        for t in [&mut a, &mut b] {
+            t.phase_started(false, 6 * S, 10 * S);
+        }
+        // A warm-up message (scheduled at 4.5 s) arriving 3 s late, in the measured phase.
+        b.delivered(4 * S + S / 2, 3_000_000, false);
+        for i in 0..4 {
+            b.dispatched(false);
+            b.acked(false, i == 0, 500);
+            b.delivered(6 * S + i * S, 2_000, false);
+        }
+        let whole = |n| Tally {
+            expected: n,
+            delivered: n,
+            ..Default::default()
+        };
+        let finals = vec![
+            Box::new(final_result(&a, 3, whole(3))),
+            Box::new(final_result(&b, 4, whole(5))),
+        ];
+        let m = merge_finals(&finals).unwrap();
+        // The correctness counts cover every message, the warm-up's too.
+        assert_eq!((m.tally.expected, m.tally.delivered), (8, 8));
+        assert_eq!(m.counts.undecryptable, 1);
+        // The measured figures leave all four warm-up deliveries out, the late one included.
+        assert_eq!(m.delivery.len(), 4);
+        assert!(m.delivery.max() < 10_000, "a warm-up delivery leaked");
+        assert_eq!(m.send_ack.len(), 4);
+        let traffic = measured_traffic(&m, 10.0);
+        assert_eq!(
+            (traffic.sent, traffic.acked, traffic.send_failed),
+            (4, 4, 0)
+        );
+        assert_eq!(traffic.delivered_per_sec, 0.4);
+        let phase = WarmupPhase {
+            duration_secs: 5.0,
+            expected: 4,
+            drained: true,
+        };
+        let w = warmup_section(phase, &m, (Some(12.0), 3.0));
+        assert_eq!((w.sent, w.acked, w.expected, w.delivered), (3, 3, 4, 4));
+        assert_eq!((w.delivery.count, w.send_ack.count), (4, 3));
+        assert_eq!((w.late_keys, w.undecryptable), (1, 1));
+        assert_eq!(w.first_sends_after_warmup, 1);
+        assert_eq!(w.server_cpu_percent_avg, Some(12.0));
+    }
+
+    #[test]
+    fn without_a_warmup_the_traffic_is_the_whole_run() {
+        let mut t = crate::phase_stats::TrafficStats::new();
+        t.phase_started(false, 0, 10);
+        t.dispatched(false);
+        t.acked(false, true, 500);
+        t.delivered(5, 900, false);
+        let tally = Tally {
+            expected: 1,
+            delivered: 1,
+            ..Default::default()
+        };
+        let m = merge_finals(&[Box::new(final_result(&t, 1, tally))]).unwrap();
+        let traffic = measured_traffic(&m, 1.0);
+        assert_eq!(
+            (traffic.sent, traffic.acked, traffic.delivered_per_sec),
+            (1, 1, 1.0)
+        );
+        assert_eq!(m.delivery.len(), 1);
+        assert_eq!(m.warmup, WarmupCounts::default());
+    }
+
     #[test]
     fn validation() {
         let chat = |rate: f64| Scenario::Chat {
@@ -1838,6 +2088,7 @@ mod tests {
             mix: "2".parse().unwrap(),
             rate,
             duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
             schedule: ScheduleKind::Poisson,
         };
         assert!(chat(1.0).validate().is_ok());

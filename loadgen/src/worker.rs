@@ -28,6 +28,7 @@ use crate::accounting::{
 };
 use crate::histo::{self, Hist};
 use crate::payload::{HEADER_LEN, Header};
+use crate::phase_stats::TrafficStats;
 use crate::protocol::{
     ConnectResult, FinalResult, FromWorker, PhaseStats, Progress, ToWorker, TrafficSpec, WorkerPlan,
 };
@@ -50,6 +51,8 @@ struct Job {
     conversation: u32,
     scheduled_unix_ns: u64,
     give_up: Instant,
+    /// Sent in the warm-up phase (kept out of the measured statistics).
+    warmup: bool,
 }
 
 struct UserRt {
@@ -87,10 +90,8 @@ struct Counters {
 struct Hists {
     connect: Hist,
     reconnect: Hist,
-    delivery: Hist,
-    send_ack: Hist,
-    phase_delivery: Hist,
-    phase_send_ack: Hist,
+    /// Deliveries and send→acks, split into warm-up and measured.
+    traffic: TrafficStats,
 }
 
 struct Worker {
@@ -137,6 +138,11 @@ pub async fn run(
             ToWorker::Connect { start_unix_ns } => w.start_connecting(start_unix_ns),
             ToWorker::Traffic(spec) => {
                 w.phase.set(spec.phase);
+                w.hists.borrow_mut().traffic.phase_started(
+                    spec.warmup,
+                    spec.start_unix_ns,
+                    spec.schedule.duration_ns,
+                );
                 w.dispatch_done.set(false);
                 tokio::task::spawn_local(dispatch(w.clone(), spec));
             }
@@ -216,10 +222,7 @@ impl Worker {
             hists: RefCell::new(Hists {
                 connect: histo::new_hist(),
                 reconnect: histo::new_hist(),
-                delivery: histo::new_hist(),
-                send_ack: histo::new_hist(),
-                phase_delivery: histo::new_hist(),
-                phase_send_ack: histo::new_hist(),
+                traffic: TrafficStats::new(),
             }),
             errors: RefCell::new(HashMap::new()),
             connect_sem: Semaphore::new(conc),
@@ -312,6 +315,7 @@ impl Worker {
             ledger.counts.arrivals += 1;
             ledger.counts.undecryptable += 1;
             drop(ledger);
+            self.hists.borrow_mut().traffic.undecryptable();
             self.note_error(&TargetError::Receive(format!("undecryptable: {reason}")));
             return;
         }
@@ -326,9 +330,10 @@ impl Worker {
             Arrival::New(h) => {
                 let arrived = self.clock.unix_ns(m.arrived);
                 let us = arrived.saturating_sub(h.scheduled_unix_ns) / 1_000;
-                let mut hs = self.hists.borrow_mut();
-                histo::record_us(&mut hs.delivery, us);
-                histo::record_us(&mut hs.phase_delivery, us);
+                self.hists
+                    .borrow_mut()
+                    .traffic
+                    .delivered(h.scheduled_unix_ns, us, m.late_key);
                 self.counters.borrow_mut().progress.delivered += 1;
             }
             Arrival::Duplicate => self.counters.borrow_mut().progress.duplicates += 1,
@@ -365,15 +370,12 @@ impl Worker {
     }
 
     fn end_phase(&self, phase: u32) {
-        let mut hs = self.hists.borrow_mut();
+        let (delivery_hist, send_ack_hist) = self.hists.borrow_mut().traffic.take_phase();
         let stats = PhaseStats {
             phase,
-            delivery_hist: histo::encode(&hs.phase_delivery).unwrap_or_default(),
-            send_ack_hist: histo::encode(&hs.phase_send_ack).unwrap_or_default(),
+            delivery_hist,
+            send_ack_hist,
         };
-        hs.phase_delivery.reset();
-        hs.phase_send_ack.reset();
-        drop(hs);
         let _ = self.out.send(FromWorker::PhaseStats(stats));
     }
 
@@ -425,12 +427,13 @@ impl Worker {
         }
         let c = self.counters.borrow();
         let hs = self.hists.borrow();
+        let (delivery_hist, send_ack_hist) = hs.traffic.measured();
         FinalResult {
             counts,
             tally,
             loss_samples: samples,
-            delivery_hist: histo::encode(&hs.delivery).unwrap_or_default(),
-            send_ack_hist: histo::encode(&hs.send_ack).unwrap_or_default(),
+            delivery_hist,
+            send_ack_hist,
             connect_hist: histo::encode(&hs.connect).unwrap_or_default(),
             reconnect_hist: histo::encode(&hs.reconnect).unwrap_or_default(),
             sent: c.progress.sent,
@@ -444,6 +447,7 @@ impl Worker {
             dropped: c.dropped,
             drop_skipped: c.drop_skipped,
             errors: self.error_list(),
+            warmup: hs.traffic.warmup_result(),
         }
     }
 
@@ -575,13 +579,7 @@ async fn send_one(w: &Worker, u: &UserRt, job: Job) {
     let payload = header.encode(w.plan.payload_bytes.max(HEADER_LEN));
     let Some(conv_ref) = u.refs.get(&job.conversation) else {
         // The schedule only picks the user's own conversations; count it as failed if not.
-        u.sent
-            .borrow_mut()
-            .entry(job.conversation)
-            .or_default()
-            .failed
-            .insert(counter);
-        w.counters.borrow_mut().progress.send_failed += 1;
+        give_up_send(w, u, &job, counter);
         return;
     };
     let give_up = tokio::time::Instant::from_std(job.give_up);
@@ -602,11 +600,10 @@ async fn send_one(w: &Worker, u: &UserRt, job: Job) {
         match tokio::time::timeout_at(give_up, sender.send(conv_ref, payload.clone())).await {
             Ok(Ok(outcome)) => {
                 let us = started.elapsed().as_micros() as u64;
-                {
-                    let mut hs = w.hists.borrow_mut();
-                    histo::record_us(&mut hs.send_ack, us);
-                    histo::record_us(&mut hs.phase_send_ack, us);
-                }
+                w.hists
+                    .borrow_mut()
+                    .traffic
+                    .acked(job.warmup, counter == 0, us);
                 {
                     let mut sent = u.sent.borrow_mut();
                     let entry = sent.entry(job.conversation).or_default();
@@ -636,6 +633,11 @@ async fn send_one(w: &Worker, u: &UserRt, job: Job) {
             Err(_) => break,
         }
     }
+    give_up_send(w, u, &job, counter);
+}
+
+/// Records a send that was never acknowledged (its arrival is allowed but not expected).
+fn give_up_send(w: &Worker, u: &UserRt, job: &Job, counter: u64) {
     u.sent
         .borrow_mut()
         .entry(job.conversation)
@@ -643,6 +645,7 @@ async fn send_one(w: &Worker, u: &UserRt, job: Job) {
         .failed
         .insert(counter);
     w.counters.borrow_mut().progress.send_failed += 1;
+    w.hists.borrow_mut().traffic.send_failed(job.warmup);
 }
 
 /// `--debug-sabotage duplicate-send` (test only): stores an acknowledged message a second time
@@ -699,9 +702,11 @@ async fn dispatch(w: Rc<Worker>, spec: TrafficSpec) {
             conversation,
             scheduled_unix_ns: spec.start_unix_ns + e.at_ns,
             give_up,
+            warmup: spec.warmup,
         });
         w.outstanding.set(w.outstanding.get() + 1);
         w.counters.borrow_mut().progress.sent += 1;
+        w.hists.borrow_mut().traffic.dispatched(spec.warmup);
         u.queue_wake.notify_one();
     }
     if let Some(d) = drop {

@@ -112,6 +112,7 @@ fn chat(users: usize, rate: f64, secs: u64) -> Scenario {
         mix: "2:50,3:30,8:20".parse::<GroupMix>().expect("mix"),
         rate,
         duration: Duration::from_secs(secs),
+        warmup: Duration::ZERO,
         schedule: ScheduleKind::Poisson,
     }
 }
@@ -126,7 +127,9 @@ fn assert_clean(r: &Report) {
         (0, 0, 0, 0)
     );
     assert_eq!(r.connect.users_failed, 0);
-    assert!(r.latency.delivery.count >= a.delivered);
+    // The measured histogram leaves the warm-up's deliveries out; the accounting has them all.
+    let warm = r.warmup.as_ref().map_or(0, |w| w.delivery.count);
+    assert!(r.latency.delivery.count + warm >= a.delivered);
     // The report survives its own schema.
     let json = serde_json::to_string(r).expect("serialize");
     let back: Report = serde_json::from_str(&json).expect("deserialize");
@@ -185,4 +188,55 @@ async fn chat_and_reconnect_over_both_transports_lose_nothing() {
     assert_eq!(rc.selected, 13);
     assert_eq!(rc.dropped, 13);
     assert_eq!(rc.resumed, 13);
+}
+
+/// `chat --warmup`: the warm-up's messages are accounted like every other (the run must lose
+/// nothing of them either) but are neither in the measured latencies nor in the measured
+/// traffic counts. Plaintext over WebSocket in-process, and --e2e over WebTransport with two
+/// worker processes (so the warm-up results also cross the process boundary).
+#[tokio::test]
+async fn chat_warmup_is_checked_but_not_measured() {
+    let server = start_server().await;
+    let state = tempfile::tempdir().expect("state dir");
+    for (kind, workers, e2e) in [
+        (TargetKind::TernWs, 0, false),
+        (TargetKind::TernWt, 2, true),
+    ] {
+        let mut c = common(&server, kind, state.path());
+        c.workers = Some(workers);
+        if e2e {
+            c.target.e2e_rotation_messages = Some(100);
+        }
+        let mut scenario = chat(40, 40.0, 2);
+        if let Scenario::Chat { warmup, .. } = &mut scenario {
+            *warmup = Duration::from_secs(2);
+        }
+        let r = run::run(c, scenario).await.expect("run with a warm-up");
+        assert_clean(&r);
+        let a = &r.accounting;
+        let w = r.warmup.as_ref().expect("warmup section");
+        let human = r.human();
+        assert!(w.sent > 0 && w.acked == w.sent, "{human}");
+        assert_eq!((w.send_failed, w.undecryptable), (0, 0), "{human}");
+        assert!(w.expected > 0 && w.delivered == w.expected, "{human}");
+        assert_eq!(w.delivery.count, w.delivered, "{human}");
+        assert_eq!(w.send_ack.count, w.acked, "{human}");
+        // Measured = everything minus the warm-up, in every figure.
+        assert!(
+            a.delivered > w.delivered,
+            "the measured phase delivered: {human}"
+        );
+        assert_eq!(
+            r.latency.delivery.count,
+            a.delivered - w.delivered,
+            "{human}"
+        );
+        assert_eq!(r.latency.send_ack.count, r.traffic.acked, "{human}");
+        assert_eq!(r.traffic.duration_secs, 2.0);
+        assert_eq!(r.scenario.params["warmup_secs"], 2.0);
+        assert!(
+            human.contains("warm-up (not in the measured figures): 2s"),
+            "{human}"
+        );
+    }
 }
