@@ -442,6 +442,7 @@ impl Keys {
             let used: usize = claimed.iter().map(key_bundle_device_bytes).sum();
             debug_assert!(used <= reserve, "claimed keys beyond their decode limits");
             budget.give_back(reserve.saturating_sub(used));
+            self.notify_low_one_time_keys(&claimed).await?;
             answer.devices.extend(claimed);
         }
         // Each unanswered user appears once, in request order (a client may name a user twice).
@@ -476,10 +477,39 @@ impl Keys {
     ) -> Result<Vec<DeviceKeys>, ServiceError> {
         self.authorize(me, &BTreeSet::from([user])).await?;
         let consume = self.under_claim_cap(me, user, now_ms)?;
-        self.keys
+        let claimed = self
+            .keys
             .claim_keys(user, devices, consume)
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        self.notify_low_one_time_keys(&claimed).await?;
+        Ok(claimed)
+    }
+
+    /// Tells each claimed device whose unclaimed one-time keys just fell below a quarter of the
+    /// maximum, or to 0, to publish more (a device connected for days would otherwise hand out
+    /// only its fallback key once the keys it published at connect are gone). A claim pops one
+    /// key per device, so each threshold is crossed once per refill.
+    async fn notify_low_one_time_keys(&self, claimed: &[DeviceKeys]) -> Result<(), ServiceError> {
+        let low = self.limits.max_one_time_keys_per_device / 4;
+        let mut messages = Vec::new();
+        for d in claimed.iter().filter(|d| !d.one_time_keys.is_empty()) {
+            let left = self
+                .keys
+                .one_time_keys_left(d.device)
+                .await
+                .map_err(internal)?;
+            if left == 0 || left + 1 == low {
+                messages.push((d.device, Arc::new(ServerMessage::OneTimeKeysLow { left })));
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .input(Input::NotifyDevices { messages })
+            .await
+            .map_err(|_| ServiceError::new(ErrorCode::ServerShutdown, "server is shutting down"))
     }
 
     /// Stores key shares in their devices' inboxes and pushes them live; returns the devices

@@ -117,6 +117,10 @@ impl Device {
             }
             _ => {}
         }
+        self.e2e
+            .publish_if_low(&self.conn)
+            .await
+            .expect("one-time key top-up");
         if self.e2e.has_unknown_senders() {
             let ready = self
                 .e2e
@@ -534,6 +538,59 @@ async fn one_time_keys_running_out_fall_back_to_the_fallback_key() {
     a.learn_members(&alice.http).await;
     let id = a.send(direct, "via the fallback key").await;
     assert_eq!(body(&b.until_read(id).await), "via the fallback key");
+}
+
+/// A device connected for a long time keeps handing out one-time keys: when claims take its
+/// count below a quarter of the server's maximum the server says so live, and the device
+/// publishes more (without it, the 25th claim after 26 would already get the fallback key).
+#[tokio::test]
+async fn one_time_keys_are_topped_up_while_connected() {
+    let server = TestServer::start_with(&["key_claims_per_target_per_minute = 1000"]).await;
+    let (alice, bob, _) = alice_and_bob(&server).await;
+    let transport = TransportPref::WebTransport;
+    let mut b = Device::open(&server, transport, &bob, &bob.token).await;
+    assert_eq!(b.conn.welcome().one_time_keys_left, 0, "a new device");
+    let drain = connect(&server, transport, &alice, DeviceId::random()).await;
+    let bob_device = b.id;
+    let claim = || async {
+        let reply = drain
+            .request(|request_id| ClientMessage::ClaimKeys {
+                request_id,
+                user: bob.id,
+                devices: vec![bob_device],
+            })
+            .await
+            .expect("claim");
+        let ServerMessage::KeyBundle { devices, .. } = reply else {
+            panic!("claim answered with {reply:?}")
+        };
+        devices[0].one_time_keys.len()
+    };
+    // 50 published at connect (the default target), the server's low mark is 100 / 4 = 25.
+    for i in 0..26 {
+        assert_eq!(claim().await, 1, "claim {i} gets a one-time key");
+    }
+    let left = loop {
+        if let Event::Other(ServerMessage::OneTimeKeysLow { left }) = b.next().await {
+            break left;
+        }
+    };
+    assert_eq!(left, 24);
+    // `next` published the top-up; 26 more claims all get one-time keys.
+    b.conn
+        .request(|request_id| ClientMessage::QueryKeys {
+            request_id,
+            users: vec![bob.id],
+        })
+        .await
+        .expect("round trip after the publish");
+    for i in 0..26 {
+        assert_eq!(
+            claim().await,
+            1,
+            "claim {i} after the top-up gets a one-time key"
+        );
+    }
 }
 
 #[tokio::test]

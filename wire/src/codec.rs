@@ -1056,6 +1056,13 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
                 fb::ServerKeySharesStored::create(fbb, &args).as_union_value(),
             )
         }
+        ServerMessage::OneTimeKeysLow { left } => {
+            let args = fb::ServerOneTimeKeysLowArgs { left: *left };
+            (
+                fb::Body::ServerOneTimeKeysLow,
+                fb::ServerOneTimeKeysLow::create(fbb, &args).as_union_value(),
+            )
+        }
         ServerMessage::DeviceListChanged { user } => {
             let user = uid(*user);
             let args = fb::ServerDeviceListChangedArgs { user: Some(&user) };
@@ -1706,6 +1713,10 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
             ServerMessage::DeviceListChanged {
                 user: user_of(b.user()),
             }
+        }
+        fb::Body::ServerOneTimeKeysLow => {
+            let b = present(env.body_as_server_one_time_keys_low())?;
+            ServerMessage::OneTimeKeysLow { left: b.left() }
         }
         other => return Err(unexpected_body(other)),
     })

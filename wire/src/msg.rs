@@ -530,6 +530,10 @@ pub enum ServerMessage {
     DeviceListChanged {
         user: UserId,
     },
+    /// Claims left this device with `left` unclaimed one-time keys: publish more.
+    OneTimeKeysLow {
+        left: u32,
+    },
 }
 
 impl ServerMessage {
@@ -627,6 +631,7 @@ impl ServerMessage {
             ServerMessage::Pong { .. } => "pong",
             ServerMessage::KeySharesStored { .. } => "key_shares_stored",
             ServerMessage::DeviceListChanged { .. } => "device_list_changed",
+            ServerMessage::OneTimeKeysLow { .. } => "one_time_keys_low",
         }
     }
 }

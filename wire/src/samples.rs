@@ -627,5 +627,9 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
             "device_list_changed",
             ServerMessage::DeviceListChanged { user: ALICE },
         ),
+        (
+            "one_time_keys_low",
+            ServerMessage::OneTimeKeysLow { left: 24 },
+        ),
     ]
 }

@@ -569,6 +569,7 @@ impl Client {
             if self.resolve_unknown_senders().await || self.recover_from_backup().await {
                 continue;
             }
+            self.publish_if_low().await;
             if self.delivery.is_synced()
                 && !self.outbox.is_empty()
                 && self.drain.may_drain(self.now_ms())
@@ -805,6 +806,20 @@ impl Client {
             });
         }
         found
+    }
+
+    /// Tops up one-time keys when the server said claims left few (after an error, the next
+    /// notice or the next connection's Welcome count tries again).
+    async fn publish_if_low(&mut self) {
+        let (Some(e2e), Some(conn)) = (self.e2e.as_mut(), self.conn.as_ref()) else {
+            return;
+        };
+        if !e2e.one_time_keys_low() {
+            return;
+        }
+        if let Err(e) = e2e.publish_if_low(conn).await {
+            tracing::debug!(error = %e, "one-time key top-up failed; retried later");
+        }
     }
 
     /// Looks up devices that sent keys or messages before we knew them; true when it did.

@@ -967,6 +967,7 @@ fn variant_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Pong { .. } => "Pong",
         ServerMessage::KeySharesStored { .. } => "KeySharesStored",
         ServerMessage::DeviceListChanged { .. } => "DeviceListChanged",
+        ServerMessage::OneTimeKeysLow { .. } => "OneTimeKeysLow",
     }
 }
 

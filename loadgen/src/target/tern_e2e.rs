@@ -77,13 +77,29 @@ pub fn new_device(
 
 /// Publishes the device's keys when it has new ones (first connection, one-time keys low).
 pub async fn publish(crypto: &DeviceCrypto, tx: &ConnectionSender) -> Result<(), TargetError> {
-    let left = tx.welcome().one_time_keys_left;
-    crypto
-        .lock()
-        .await
-        .publish_keys(tx, left)
+    publish_with(crypto, tx, tx.welcome().one_time_keys_left)
         .await
         .map_err(|e| crypto_err("publishing keys", e))
+}
+
+/// Publishes new keys for a server count of `left` unclaimed one-time keys, with the state
+/// locked only to make and to mark them (never across the round trip).
+async fn publish_with(
+    crypto: &DeviceCrypto,
+    tx: &ConnectionSender,
+    left: u32,
+) -> tern_sdk::Result<()> {
+    let Some(keys) = crypto.lock().await.machine_mut().keys_to_publish(left) else {
+        return Ok(());
+    };
+    let keys = tern_sdk::e2e::wire_from_published(&keys);
+    tern_sdk::e2e::request_patiently(tx, |request_id| ClientMessage::PublishKeys {
+        request_id,
+        keys: keys.clone(),
+    })
+    .await?;
+    crypto.lock().await.machine_mut().mark_keys_published();
+    Ok(())
 }
 
 fn send_err(what: &str, e: impl std::fmt::Display) -> TargetError {
@@ -235,6 +251,8 @@ struct Outcome {
     items: Vec<Step>,
     query: BTreeSet<UserId>,
     inbox_ack: Vec<ClientMessage>,
+    /// The server said claims left this many one-time keys: publish more.
+    keys_low: Option<u32>,
 }
 
 impl Stage {
@@ -358,6 +376,9 @@ impl Stage {
                 Event::Other(ServerMessage::DeviceListChanged { user }) => {
                     e2e.on_device_list_changed(user);
                 }
+                Event::Other(ServerMessage::OneTimeKeysLow { left }) => {
+                    outcome.keys_low = Some(left);
+                }
                 Event::Other(ServerMessage::MemberRemoved { conversation, user }) => {
                     if let Err(e) = e2e.on_member_removed(conversation, user) {
                         tracing::warn!(error = %e, "e2e: member removal not recorded");
@@ -436,6 +457,14 @@ impl Stage {
             // Fire-and-forget like the server's protocol; a lost ack only means the entries
             // come again on the next Hello (and are ignored as known sessions).
             let _ = self.tx.send_message(ack).await;
+        }
+        if let Some(left) = outcome.keys_low {
+            let (crypto, tx) = (self.crypto.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = publish_with(&crypto, &tx, left).await {
+                    tracing::warn!(error = %e, "e2e: one-time key top-up failed");
+                }
+            });
         }
         if !outcome.query.is_empty() {
             let users: Vec<UserId> = outcome.query.into_iter().collect();

@@ -513,10 +513,10 @@ pub struct NoticeUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 83;
+pub const ENUM_MAX_BODY: u8 = 84;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 45] = [
+pub const ENUM_VALUES_BODY: [Body; 46] = [
   Body::NONE,
   Body::ClientHello,
   Body::ClientSend,
@@ -562,6 +562,7 @@ pub const ENUM_VALUES_BODY: [Body; 45] = [
   Body::ServerPong,
   Body::ServerKeySharesStored,
   Body::ServerDeviceListChanged,
+  Body::ServerOneTimeKeysLow,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -614,9 +615,10 @@ impl Body {
   pub const ServerPong: Self = Self(81);
   pub const ServerKeySharesStored: Self = Self(82);
   pub const ServerDeviceListChanged: Self = Self(83);
+  pub const ServerOneTimeKeysLow: Self = Self(84);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 83;
+  pub const ENUM_MAX: u8 = 84;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ClientHello,
@@ -663,6 +665,7 @@ impl Body {
     Self::ServerPong,
     Self::ServerKeySharesStored,
     Self::ServerDeviceListChanged,
+    Self::ServerOneTimeKeysLow,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -712,6 +715,7 @@ impl Body {
       Self::ServerPong => Some("ServerPong"),
       Self::ServerKeySharesStored => Some("ServerKeySharesStored"),
       Self::ServerDeviceListChanged => Some("ServerDeviceListChanged"),
+      Self::ServerOneTimeKeysLow => Some("ServerOneTimeKeysLow"),
       _ => None,
     }
   }
@@ -7635,6 +7639,105 @@ impl ::core::fmt::Debug for ServerDeviceListChanged<'_> {
       ds.finish()
   }
 }
+pub enum ServerOneTimeKeysLowOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Claims left this device with few unclaimed one-time keys (`left`): publish more. Sent when
+/// the count falls below a quarter of the server's maximum and when it reaches 0, to the
+/// device's live connections only (a device offline learns its count from Welcome).
+pub struct ServerOneTimeKeysLow<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ServerOneTimeKeysLow<'a> {
+  type Inner = ServerOneTimeKeysLow<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ServerOneTimeKeysLow<'a> {
+  pub const VT_LEFT: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ServerOneTimeKeysLow { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ServerOneTimeKeysLowArgs
+  ) -> ::flatbuffers::WIPOffset<ServerOneTimeKeysLow<'bldr>> {
+    let mut builder = ServerOneTimeKeysLowBuilder::new(_fbb);
+    builder.add_left(args.left);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn left(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ServerOneTimeKeysLow::VT_LEFT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ServerOneTimeKeysLow<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("left", Self::VT_LEFT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ServerOneTimeKeysLowArgs {
+    pub left: u32,
+}
+impl<'a> Default for ServerOneTimeKeysLowArgs {
+  #[inline]
+  fn default() -> Self {
+    ServerOneTimeKeysLowArgs {
+      left: 0,
+    }
+  }
+}
+
+pub struct ServerOneTimeKeysLowBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerOneTimeKeysLowBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_left(&mut self, left: u32) {
+    self.fbb_.push_slot::<u32>(ServerOneTimeKeysLow::VT_LEFT, left, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerOneTimeKeysLowBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ServerOneTimeKeysLowBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ServerOneTimeKeysLow<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ServerOneTimeKeysLow<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ServerOneTimeKeysLow");
+      ds.field("left", &self.left());
+      ds.finish()
+  }
+}
 pub enum ServerOkOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -9155,6 +9258,20 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_server_one_time_keys_low(&self) -> Option<ServerOneTimeKeysLow<'a>> {
+    if self.body_type() == Body::ServerOneTimeKeysLow {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ServerOneTimeKeysLow::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -9209,6 +9326,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ServerPong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerPong>>("Body::ServerPong", pos),
           Body::ServerKeySharesStored => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerKeySharesStored>>("Body::ServerKeySharesStored", pos),
           Body::ServerDeviceListChanged => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDeviceListChanged>>("Body::ServerDeviceListChanged", pos),
+          Body::ServerOneTimeKeysLow => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerOneTimeKeysLow>>("Body::ServerOneTimeKeysLow", pos),
           _ => Ok(()),
         }
      })?
@@ -9567,6 +9685,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::ServerDeviceListChanged => {
           if let Some(x) = self.body_as_server_device_list_changed() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ServerOneTimeKeysLow => {
+          if let Some(x) = self.body_as_server_one_time_keys_low() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -108,6 +108,8 @@ pub struct E2e {
     /// key shares arrive out of id order, and a lower id still in flight must not be deleted.
     inbox_ack_due: std::collections::BTreeSet<u64>,
     notices: VecDeque<CryptoNotice>,
+    /// The server said claims left this device with this many one-time keys: publish more.
+    one_time_keys_low: Option<u32>,
     /// Senders whose device is not (yet) in our directory: query them, then retry.
     to_query: std::collections::BTreeSet<UserId>,
     /// The plaintext switch for tests that must show an at-rest scan can find plaintext.
@@ -226,6 +228,7 @@ impl E2e {
             waiting_count: 0,
             inbox_ack_due: std::collections::BTreeSet::new(),
             notices: VecDeque::new(),
+            one_time_keys_low: None,
             to_query: std::collections::BTreeSet::new(),
             plaintext: false,
             persistent: true,
@@ -318,6 +321,22 @@ impl E2e {
             .await?;
         self.machine.mark_keys_published();
         self.persist()
+    }
+
+    /// Publishes more one-time keys if the server said claims left few ([`ServerMessage::
+    /// OneTimeKeysLow`]); true when it published. Tried once per notice: after a failure the
+    /// next notice or the next connection's `Welcome` count tries again (never a retry loop).
+    pub async fn publish_if_low(&mut self, conn: &impl KeyRequests) -> Result<bool> {
+        let Some(left) = self.one_time_keys_low.take() else {
+            return Ok(false);
+        };
+        self.publish_keys(conn, left).await?;
+        Ok(true)
+    }
+
+    /// Whether [`E2e::publish_if_low`] has work.
+    pub fn one_time_keys_low(&self) -> bool {
+        self.one_time_keys_low.is_some()
     }
 
     /// Asks the server for the device lists of `users` and feeds them to the machine.
@@ -521,6 +540,10 @@ impl E2e {
             }
             ServerMessage::DeviceListChanged { user } => {
                 self.on_device_list_changed(*user);
+                Ok((false, Vec::new()))
+            }
+            ServerMessage::OneTimeKeysLow { left } => {
+                self.one_time_keys_low = Some(*left);
                 Ok((false, Vec::new()))
             }
             _ => Ok((false, Vec::new())),
