@@ -25,8 +25,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tern_sdk::e2e::{
-    CryptoConfig, CryptoEvent, CryptoNotice, OutgoingCost, Undecryptable,
-    UndecryptableMessage, is_encrypted_content_type,
+    CryptoConfig, CryptoEvent, CryptoNotice, OutgoingCost, Undecryptable, UndecryptableMessage,
+    is_encrypted_content_type,
 };
 use tern_sdk::tern_wire::ids::{ConversationId, MessageId, UserId};
 use tern_sdk::tern_wire::msg::{ClientMessage, KeyShareItem, Message, ServerMessage};

@@ -15,9 +15,10 @@
 //!
 //!   Why binary now: every byte of the payload is stored, fsynced and fanned out by the
 //!   server to every member device, so the envelope, not the cipher, set the server's cost per
-//!   encrypted message. v1 turned a 128-byte text into ~600 bytes (JSON content with UUID
-//!   strings, base64 of the Megolm message, base64 again inside the JSON envelope); v2 carries
-//!   it in ~300 (the Megolm message for the padded content plus 33 bytes), so the ciphertext
+//!   encrypted message. v1 turned a 128-byte text into 634 bytes (JSON content with three
+//!   UUID strings inside the encryption, then the Megolm message as base64 inside a JSON
+//!   envelope; `Data` bodies base64 once more); v2 carries it in 303 (the Megolm message for
+//!   the padded 180-byte content plus 33 bytes, see `envelope_tests.rs`), so the ciphertext
 //!   dominates only now that the envelope is compact. A human debugging an envelope uses
 //!   [`session_id_of`] instead of reading JSON.
 //!
@@ -130,9 +131,11 @@ pub(crate) fn encode_envelope_v2(
     session_id: &str,
     megolm_bytes: &[u8],
 ) -> Result<Vec<u8>, super::CryptoError> {
-    let raw = session_id_bytes(session_id).ok_or(super::CryptoError::Serde(format!(
-        "session id {session_id:?} is not the base64 of {SESSION_ID_LEN} bytes"
-    )))?;
+    let raw = session_id_bytes(session_id).ok_or_else(|| {
+        super::CryptoError::Serde(format!(
+            "session id {session_id:?} is not the base64 of {SESSION_ID_LEN} bytes"
+        ))
+    })?;
     let mut payload = Vec::with_capacity(ENVELOPE_V2_HEADER_LEN + megolm_bytes.len());
     payload.push(ENVELOPE_V2);
     payload.extend_from_slice(&raw);
