@@ -394,13 +394,13 @@ async fn tampered_ciphertext_and_replayed_index_are_rejected() {
             .expect("raw")
             .clone();
 
-        // One byte of the base64 ciphertext changed (inside the JSON envelope).
+        // One byte of the Megolm ciphertext changed. v2 binary payload: [0x02][32-byte
+        // session id][Megolm message], which ends with the AES ciphertext, an 8-byte MAC and
+        // a 64-byte signature: the last AES byte.
         let mut tampered = raw.clone();
-        let text = String::from_utf8(tampered.payload.clone()).expect("json envelope");
-        let at = text.find("\"ciphertext\":\"").expect("ciphertext field") + 20;
-        let mut bytes = text.into_bytes();
-        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
-        tampered.payload = bytes;
+        assert_eq!(tampered.payload[0], 0x02, "v2 binary envelope");
+        let at = tampered.payload.len() - 72 - 1;
+        tampered.payload[at] ^= 0x01;
         tampered.message_id = MessageId::new_v7(1);
         let err = b.e2e.decrypt(&tampered).expect_err("tampered must fail");
         assert_eq!(err.reason, Undecryptable::Tampered);

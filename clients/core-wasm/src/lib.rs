@@ -267,7 +267,7 @@ impl Machine {
             Ok(d) => {
                 let (text, data) = match &d.body {
                     Body::Text { text } => (Some(text), None),
-                    Body::Data { content_type, data } => (None, Some(json!({"content_type": content_type, "data": data}))),
+                    Body::Data { content_type, data } => (None, Some(json!({"content_type": content_type, "data": B64.encode(data)}))),
                 };
                 json!({"text": text, "data": data, "sender_user": d.sender_user, "sender_device": d.sender_device,
                     "trust": d.trust, "session_id": d.session_id, "message_index": d.message_index})

@@ -24,13 +24,14 @@ function wireMessage(conversation, senderUser, senderDevice, payloadB64, content
   };
 }
 
-// Flips one byte inside the Megolm ciphertext of a tern-wire Message JSON object.
+// Flips one byte inside the Megolm ciphertext of a tern-wire Message JSON object. The v2
+// payload is binary: [0x02][32-byte session id][Megolm message], and the Megolm message ends
+// with the AES ciphertext, an 8-byte MAC and a 64-byte signature: flip the last AES byte.
 function tamper(message) {
-  const env = JSON.parse(Buffer.from(message.payload, 'hex').toString('utf8'));
-  const ct = Buffer.from(env.ciphertext, 'base64');
-  ct[10] ^= 0x01;
-  env.ciphertext = ct.toString('base64');
-  return { ...message, payload: Buffer.from(JSON.stringify(env)).toString('hex') };
+  const payload = Buffer.from(message.payload, 'hex');
+  assert.equal(payload[0], 0x02, 'v2 binary envelope');
+  payload[payload.length - 72 - 1] ^= 0x01;
+  return { ...message, payload: payload.toString('hex') };
 }
 
 test('wasm encrypt -> wasm decrypt, tamper rejected, pickle round trip', () => {
@@ -54,7 +55,11 @@ test('wasm encrypt -> wasm decrypt, tamper rejected, pickle round trip', () => {
     alice.on_claimed(JSON.stringify([{ ...identity(bk), one_time_keys: [bk.one_time_keys[0]] }])));
   assert.deepStrictEqual(problems, []);
   const enc = JSON.parse(alice.encrypt_text(conv, 'hello from wasm', 3));
-  assert.equal(enc.content_type, 'e2e.megolm.v1');
+  assert.equal(enc.content_type, 'e2e.megolm.v2');
+  // Binary envelope: version byte + 32-byte session id + Megolm message, no JSON or base64.
+  const raw = Buffer.from(enc.payload, 'base64');
+  assert.equal(raw[0], 0x02);
+  assert.equal(raw.subarray(1, 33).toString('base64').replace(/=+$/, ''), enc.session_id);
   const share = enc.key_shares.find((s) => s.to_device === bob.device_id());
   assert.ok(share, 'a key share for bob');
   const msg = wireMessage(conv, a, alice.device_id(), enc.payload, enc.content_type);

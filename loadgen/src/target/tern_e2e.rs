@@ -26,8 +26,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tern_sdk::e2e::{
-    CryptoConfig, CryptoEvent, CryptoNotice, MEGOLM_CONTENT_TYPE, OutgoingCost, Undecryptable,
-    UndecryptableMessage,
+    CryptoConfig, CryptoEvent, CryptoNotice, OutgoingCost, Undecryptable, UndecryptableMessage,
+    is_encrypted_content_type,
 };
 use tern_sdk::tern_wire::ids::{ConversationId, MessageId, UserId};
 use tern_sdk::tern_wire::msg::{ClientMessage, Message, ServerMessage};
@@ -333,7 +333,7 @@ impl Stage {
         while let Some(ev) = backlog.pop_front() {
             match ev {
                 Event::Deliver(m) => {
-                    if m.content_type != MEGOLM_CONTENT_TYPE {
+                    if !is_encrypted_content_type(&m.content_type) {
                         // Every device of an --e2e run encrypts: plaintext here is a failure.
                         outcome.items.push(Step::Out(Item::Undecryptable {
                             reason: format!("not encrypted (content type {:?})", m.content_type),

@@ -10,7 +10,7 @@ use tern_wire::msg::Message;
 use vodozemac::Curve25519PublicKey;
 use vodozemac::megolm::{
     ExportedSessionKey, GroupSession, GroupSessionPickle, InboundGroupSession,
-    InboundGroupSessionPickle, MegolmMessage, SessionConfig as MegolmConfig, SessionKey,
+    InboundGroupSessionPickle, SessionConfig as MegolmConfig, SessionKey,
 };
 use vodozemac::olm::{
     Account, AccountPickle, OlmMessage, Session, SessionConfig as OlmConfig, SessionPickle,
@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use super::backup::{self, BackupSession, KdfParams};
 use super::formats::{
-    Body, Content, FORMAT_VERSION, MEGOLM_CONTENT_TYPE, MegolmPayload, SHARE_KIND_OLM,
-    SHARE_KIND_WITHHELD, SharePlaintext, Withheld,
+    self as formats, Body, Content, FORMAT_VERSION, SHARE_KIND_OLM, SHARE_KIND_WITHHELD,
+    SharePlaintext, WireFormat, Withheld,
 };
 use super::keys::{self, KeyKind, PublishedKeys};
 use super::trust::{self, DeviceRecord, Directory, Trust, TrustEvent};
@@ -112,7 +112,7 @@ pub struct KeyShareOut {
 /// Result of `encrypt`.
 #[derive(Debug, Clone)]
 pub struct Encrypted {
-    /// Always [`MEGOLM_CONTENT_TYPE`].
+    /// Always [`MEGOLM_CONTENT_TYPE`] (v2).
     pub content_type: &'static str,
     /// The `ClientSend` payload.
     pub payload: Vec<u8>,
@@ -620,11 +620,40 @@ impl CryptoMachine {
         body: &Body,
         now_ms: u64,
     ) -> Result<Encrypted, CryptoError> {
-        let members = self
-            .conversations
-            .get(&conversation)
-            .cloned()
-            .ok_or(CryptoError::UnknownConversation(conversation))?;
+        self.encrypt_as(WireFormat::V2, conversation, body, now_ms)
+    }
+
+    /// The v1 (JSON) writer, kept for tests of v1 history decryption only.
+    #[cfg(test)]
+    pub(crate) fn encrypt_v1(
+        &mut self,
+        conversation: ConversationId,
+        body: &Body,
+        now_ms: u64,
+    ) -> Result<Encrypted, CryptoError> {
+        self.encrypt_as(WireFormat::V1, conversation, body, now_ms)
+    }
+
+    /// Encrypts arbitrary plaintext bytes in the given envelope (tests of content the
+    /// encoder cannot produce: unknown body tags, trailing bytes, version mismatches).
+    #[cfg(test)]
+    pub(crate) fn encrypt_raw_plaintext(
+        &mut self,
+        format: WireFormat,
+        conversation: ConversationId,
+        plaintext: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Encrypted, CryptoError> {
+        self.encrypt_plaintext(format, conversation, Zeroizing::new(plaintext), now_ms)
+    }
+
+    fn encrypt_as(
+        &mut self,
+        format: WireFormat,
+        conversation: ConversationId,
+        body: &Body,
+        now_ms: u64,
+    ) -> Result<Encrypted, CryptoError> {
         let content = Content {
             v: FORMAT_VERSION,
             conversation,
@@ -632,9 +661,28 @@ impl CryptoMachine {
             sender_device: self.device,
             body: body.clone(),
         };
-        let plaintext = Zeroizing::new(
-            serde_json::to_vec(&content).map_err(|e| CryptoError::Serde(e.to_string()))?,
-        );
+        let plaintext = Zeroizing::new(match format {
+            #[cfg(test)]
+            WireFormat::V1 => {
+                serde_json::to_vec(&content).map_err(|e| CryptoError::Serde(e.to_string()))?
+            }
+            WireFormat::V2 => formats::encode_content_v2(&content)?,
+        });
+        self.encrypt_plaintext(format, conversation, plaintext, now_ms)
+    }
+
+    fn encrypt_plaintext(
+        &mut self,
+        format: WireFormat,
+        conversation: ConversationId,
+        plaintext: Zeroizing<Vec<u8>>,
+        now_ms: u64,
+    ) -> Result<Encrypted, CryptoError> {
+        let members = self
+            .conversations
+            .get(&conversation)
+            .cloned()
+            .ok_or(CryptoError::UnknownConversation(conversation))?;
         if plaintext.len() > MAX_CONTENT_BYTES {
             return Err(CryptoError::TooLarge {
                 size: plaintext.len(),
@@ -740,14 +788,9 @@ impl CryptoMachine {
         };
         let message = entry.session.encrypt(plaintext.as_slice());
         entry.sent += 1;
-        let payload = serde_json::to_vec(&MegolmPayload {
-            v: FORMAT_VERSION,
-            session_id: session_id.clone(),
-            ciphertext: B64.encode(message.to_bytes()),
-        })
-        .map_err(|e| CryptoError::Serde(e.to_string()))?;
+        let payload = formats::encode_envelope(format, &session_id, &message)?;
         Ok(Encrypted {
-            content_type: MEGOLM_CONTENT_TYPE,
+            content_type: format.content_type(),
             payload,
             session_id,
             key_shares,
@@ -1022,19 +1065,8 @@ impl CryptoMachine {
     /// directory identity is the one the key came from), Megolm authenticity, replay, and
     /// the content's own conversation and sender fields.
     pub fn decrypt(&mut self, message: &Message) -> Result<Decrypted, Undecryptable> {
-        if message.content_type != MEGOLM_CONTENT_TYPE {
-            return Err(Undecryptable::Unsupported);
-        }
-        let envelope: MegolmPayload =
-            serde_json::from_slice(&message.payload).map_err(|_| Undecryptable::Tampered)?;
-        if envelope.v != FORMAT_VERSION {
-            return Err(Undecryptable::Unsupported);
-        }
-        let megolm = B64
-            .decode(&envelope.ciphertext)
-            .ok()
-            .and_then(|b| MegolmMessage::from_bytes(&b).ok())
-            .ok_or(Undecryptable::Tampered)?;
+        let envelope = formats::decode_envelope(&message.content_type, &message.payload)?;
+        let megolm = &envelope.megolm;
         let Some(entry) = self.inbound.get_mut(&envelope.session_id) else {
             return Err(match self.withheld.get(&envelope.session_id) {
                 Some(w)
@@ -1064,7 +1096,7 @@ impl CryptoMachine {
             Some(d) if !d.blocked && d.had_identity(&entry.sender_identity_key) => d.trust,
             _ => return Err(Undecryptable::UntrustedDevice),
         };
-        let decrypted = entry.session.decrypt(&megolm).map_err(|e| match e {
+        let decrypted = entry.session.decrypt(megolm).map_err(|e| match e {
             vodozemac::megolm::DecryptionError::UnknownMessageIndex(..) => Undecryptable::NoKeyYet,
             _ => Undecryptable::Tampered,
         })?;
@@ -1086,13 +1118,12 @@ impl CryptoMachine {
                 }
             }
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(&plaintext).map_err(|_| Undecryptable::Unsupported)?;
-        if value.get("v").and_then(|v| v.as_u64()) != Some(u64::from(FORMAT_VERSION)) {
-            return Err(Undecryptable::Unsupported);
-        }
-        let content: Content =
-            serde_json::from_value(value).map_err(|_| Undecryptable::Unsupported)?;
+        // The content is of the envelope's version: a v1 envelope never carries v2 content.
+        let content = if envelope.version == FORMAT_VERSION {
+            formats::decode_content_v1(&plaintext)?
+        } else {
+            formats::decode_content_v2(&plaintext)?
+        };
         if content.conversation != message.conversation {
             return Err(Undecryptable::WrongConversation);
         }

@@ -24,7 +24,8 @@
 //!    devices to claim one-time keys for; feed the answers to `on_device_list` / `on_claimed`;
 //!    then `encrypt(conversation, body, now_ms)`. Send its `key_shares` first
 //!    (`ClientSendKeyShares`), then the message (`ClientSend`, `content_type` =
-//!    [`MEGOLM_CONTENT_TYPE`]). Devices listed in `Encrypted::missing` got no key (no Olm
+//!    [`MEGOLM_CONTENT_TYPE`]; recognise incoming encrypted messages with
+//!    [`is_encrypted_content_type`], which also accepts v1 history). Devices listed in `Encrypted::missing` got no key (no Olm
 //!    session yet): a later `prepare`/`encrypt` shares the same session with them.
 //! 4. Receiving: every `ServerKeyShare` goes to `on_key_share`; `RoomKeyReceived` means
 //!    messages that were `NoKeyYet` for that session should be retried. Messages go to
@@ -40,6 +41,8 @@
 //! Formats are documented in [`keys`], [`formats`] and [`backup`].
 
 mod backup;
+#[cfg(test)]
+mod envelope_tests;
 mod error;
 pub mod formats;
 pub mod keys;
@@ -48,7 +51,9 @@ mod trust;
 
 pub use backup::KdfParams;
 pub use error::{CryptoError, Undecryptable};
-pub use formats::{Body, Content, MEGOLM_CONTENT_TYPE};
+pub use formats::{
+    Body, Content, MEGOLM_CONTENT_TYPE, MEGOLM_CONTENT_TYPE_V1, is_encrypted_content_type,
+};
 pub use keys::{KeyKind, PublishedKeys, SIGNED_KEY_BLOB_LEN, VerifiedIdentity, verify_device_keys};
 pub use machine::{
     BackupEntry, ClaimProblem, CryptoConfig, CryptoEvent, CryptoMachine, CryptoStore, Decrypted,
@@ -82,8 +87,9 @@ pub const MAX_REPLAY_RECORDS_PER_SESSION: usize = 10_000;
 /// Withheld notices remembered (plaintext, cheap): enough to explain every missing key of a
 /// long offline period, bounded so a flood cannot grow memory; oldest dropped first.
 pub const MAX_WITHHELD_RECORDS: usize = 10_000;
-/// Plaintext content size. The wire allows 64 KiB payloads; Megolm adds ~100 B and base64
-/// 4/3, so 40 KiB of content still fits in one message. Files go through the file store.
+/// Plaintext content size. The wire allows 64 KiB payloads; a v2 message adds ~110 B (AES
+/// padding, Megolm header, MAC, signature, 33-byte envelope header), and 40 KiB also keeps a
+/// v1-sized (base64 4/3) message under 64 KiB. Files go through the file store.
 pub const MAX_CONTENT_BYTES: usize = 40 * 1024;
 /// Key share payload size: the server's bound (8 KiB). A room key share is ~600 B.
 pub const MAX_KEY_SHARE_BYTES: usize = 8 * 1024;

@@ -35,7 +35,10 @@ pub use requests::{
 pub use send::{E2eCell, encrypt_outgoing_shared};
 pub use store::{FileCryptoStore, load_or_create_pickle_key};
 
-pub use tern_core::crypto::{CryptoConfig, CryptoEvent, MEGOLM_CONTENT_TYPE, Undecryptable};
+pub use tern_core::crypto::{
+    CryptoConfig, CryptoEvent, MEGOLM_CONTENT_TYPE, MEGOLM_CONTENT_TYPE_V1, Undecryptable,
+    is_encrypted_content_type,
+};
 
 /// What [`E2e`] sends its key requests over: a whole [`Connection`] or its sending half (a
 /// driver that split the connection keeps reading events elsewhere while it encrypts).
@@ -179,7 +182,7 @@ pub fn body_of(content_type: &str, payload: &[u8]) -> Body {
         (TEXT_CONTENT_TYPE, Ok(text)) => Body::text(text),
         _ => Body::Data {
             content_type: content_type.to_string(),
-            data: base64::engine::general_purpose::STANDARD.encode(payload),
+            data: payload.to_vec(),
         },
     }
 }
@@ -188,12 +191,7 @@ pub fn body_of(content_type: &str, payload: &[u8]) -> Body {
 pub fn content_of(body: &Body) -> (String, Vec<u8>) {
     match body {
         Body::Text { text } => (TEXT_CONTENT_TYPE.to_string(), text.as_bytes().to_vec()),
-        Body::Data { content_type, data } => (
-            content_type.clone(),
-            base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .unwrap_or_default(),
-        ),
+        Body::Data { content_type, data } => (content_type.clone(), data.clone()),
     }
 }
 
@@ -573,7 +571,7 @@ impl E2e {
         &mut self,
         message: &Message,
     ) -> std::result::Result<Message, UndecryptableMessage> {
-        if message.content_type != MEGOLM_CONTENT_TYPE {
+        if !is_encrypted_content_type(&message.content_type) {
             return Ok(message.clone());
         }
         let result = self.decrypt_now(message);
@@ -858,5 +856,72 @@ mod tests {
         let plain = ready.into_iter().next().expect("one").expect("readable");
         assert_eq!(plain.payload, b"before its key");
         assert_eq!(bob.waiting_count(), 0);
+    }
+
+    /// A v1 (JSON envelope) message from stored history is recognised as encrypted: never
+    /// passed through as plaintext, and parked by its session id until the key arrives.
+    #[test]
+    fn v1_history_is_decrypted_and_parked_not_passed_through() {
+        let mut alice = device(1);
+        let mut bob = device(2);
+        let bob_keys = published(&mut bob);
+        let (a, b) = (UserId(1), UserId(2));
+        let m = alice.machine_mut();
+        m.on_device_list(b, std::slice::from_ref(&bob_keys), 0)
+            .expect("bob's list");
+        assert!(m.on_claimed(std::slice::from_ref(&bob_keys)).is_empty());
+        m.prepare(CONVERSATION, &[a, b], 0).expect("prepare");
+        let sent = m
+            .encrypt(CONVERSATION, &Body::text("old"), 0)
+            .expect("encrypt");
+        // The same Megolm message in the v1 JSON envelope.
+        let v1 = serde_json::json!({
+            "v": 1,
+            "session_id": sent.session_id,
+            "ciphertext": base64::engine::general_purpose::STANDARD.encode(&sent.payload[33..]),
+        });
+        let message = Message {
+            conversation: CONVERSATION,
+            seq: 1,
+            message_id: MessageId(98),
+            sender_user: a,
+            sender_device: DeviceId(1 << 8),
+            client_msg_id: 4,
+            timestamp_ms: 0,
+            content_type: MEGOLM_CONTENT_TYPE_V1.to_string(),
+            payload: serde_json::to_vec(&v1).expect("json"),
+            files: Vec::new(),
+        };
+        assert!(is_encrypted_content_type(&message.content_type));
+        let first = bob.decrypt(&message);
+        assert!(
+            matches!(first, Err(ref u) if u.reason == Undecryptable::NoKeyYet),
+            "{first:?}"
+        );
+        assert_eq!(bob.waiting_count(), 1, "parked by its v1 session id");
+        // Garbage under either content type is an undecryptable message, never plaintext.
+        for content_type in [MEGOLM_CONTENT_TYPE, MEGOLM_CONTENT_TYPE_V1] {
+            let mut garbage = message.clone();
+            garbage.content_type = content_type.to_string();
+            garbage.payload = b"garbage".to_vec();
+            let result = bob.decrypt(&garbage);
+            assert!(
+                matches!(result, Err(ref u) if u.reason == Undecryptable::Tampered),
+                "{content_type}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_bodies_carry_any_bytes() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let body = body_of("app/bin", &bytes);
+        assert_eq!(content_of(&body), ("app/bin".to_string(), bytes));
+        assert_eq!(body_of(TEXT_CONTENT_TYPE, b"hi"), Body::text("hi"));
+        let not_utf8 = body_of(TEXT_CONTENT_TYPE, &[0xff, 0xfe]);
+        assert_eq!(
+            content_of(&not_utf8),
+            (TEXT_CONTENT_TYPE.to_string(), vec![0xff, 0xfe])
+        );
     }
 }
