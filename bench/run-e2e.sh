@@ -9,7 +9,9 @@
 # WARMUP (60s: traffic at the same rate before the measured DURATION, checked but kept out of
 # the latencies and CPU figures, so the cold start of --e2e is not mixed into them; 0 for none),
 # WORKERS (default: the loadgen's choice), TRANSPORTS ("tern-ws tern-wt"), ROTATION_MEMBERS
-# ("100 1000"), MODES ("plain e2e"). Outputs: per run a JSON report, an SVG plot and the
+# ("100 1000"), MODES ("plain e2e"), WARMUP (60s), PERF_SECONDS (0: off; else a perf profile of
+# the server of that many seconds inside each measured phase, reported as
+# perf-<target>-<mode>-{self,children}.txt). Outputs: per run a JSON report, an SVG plot and the
 # loadgen's log; rotation-*.json; environment.txt.
 set -euo pipefail
 
@@ -26,6 +28,7 @@ WORKERS="${WORKERS:-}"
 TRANSPORTS="${TRANSPORTS:-tern-ws tern-wt}"
 ROTATION_MEMBERS="${ROTATION_MEMBERS:-100 1000}"
 MODES="${MODES:-plain e2e}"
+PERF_SECONDS="${PERF_SECONDS:-0}"
 OUT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -99,10 +102,37 @@ for target in $TRANSPORTS; do
             --label "issue 11 e2e cost: $name" --report "$OUT/$name.json" --plot "$OUT/$name.svg")
         [[ -n "$WORKERS" ]] && args+=(--workers "$WORKERS")
         [[ "$mode" == e2e ]] && args+=(--e2e)
+        perf_job=""
+        if [[ "$PERF_SECONDS" -gt 0 ]]; then
+            # A CPU profile of the server inside the measured phase: after the warm-up (and its
+            # drain), sampled at 99 Hz with call graphs, so CPU per request family can be read
+            # from `perf report --children` (session handlers are named frames).
+            rm -f "$OUT/ready-$name"
+            args+=(--ready-file "$OUT/ready-$name")
+            (
+                for _ in $(seq 1 3000); do [[ -f "$OUT/ready-$name" ]] && break; sleep 0.2; done
+                sleep "$(( ${WARMUP%s} + 15 ))"
+                perf record -F 99 -g -p "$server_pid" -o "$OUT/perf-$name.data" \
+                    -- sleep "$PERF_SECONDS" >/dev/null 2>"$OUT/logs/perf-$name.log"
+            ) &
+            perf_job=$!
+        fi
         log "== $name: rustc processes now: $(pgrep -c rustc || true); load $(cut -d' ' -f1-3 /proc/loadavg)"
         rc=0
         "$LOADGEN_BIN" "${args[@]}" >"$OUT/logs/$name.txt" 2>"$OUT/logs/$name.log" || rc=$?
         tail -n 25 "$OUT/logs/$name.txt" >&2 || true
+        if [[ -n "$perf_job" ]]; then
+            wait "$perf_job" || true
+            if [[ -f "$OUT/perf-$name.data" ]]; then
+                for view in self children; do
+                    flag=--children; [[ $view == self ]] && flag=--no-children
+                    perf report -i "$OUT/perf-$name.data" "$flag" --sort symbol --stdio -g none \
+                        --percent-limit 0.3 2>/dev/null | grep -v '^$' | cut -c1-220 \
+                        | head -n 200 >"$OUT/perf-$name-$view.txt" || true
+                done
+                rm -f "$OUT/perf-$name.data"
+            fi
+        fi
         [[ $rc -eq 0 ]] || { log "== $name: exit $rc"; overall=1; }
     done
     for members in $ROTATION_MEMBERS; do
