@@ -9,7 +9,8 @@
 # WARMUP (60s: traffic at the same rate before the measured DURATION, checked but kept out of
 # the latencies and CPU figures, so the cold start of --e2e is not mixed into them; 0 for none),
 # WORKERS (default: the loadgen's choice), TRANSPORTS ("tern-ws tern-wt"), ROTATION_MEMBERS
-# ("100 1000"), MODES ("plain e2e"), WARMUP (60s), PERF_SECONDS (0: off; else a perf profile of
+# ("100 1000"), MODES ("plain e2e"), WARMUP (60s), WARMUP_RAMP (1: the warm-up's rate rises from
+# 0, so every sender's cold start is spread over it; 0: full rate from the start), PERF_SECONDS (0: off; else a perf profile of
 # the server of that many seconds inside each measured phase, reported as
 # perf-<target>-<mode>-{self,children}.txt). Outputs: per run a JSON report, an SVG plot and the
 # loadgen's log; rotation-*.json; environment.txt.
@@ -29,6 +30,7 @@ TRANSPORTS="${TRANSPORTS:-tern-ws tern-wt}"
 ROTATION_MEMBERS="${ROTATION_MEMBERS:-100 1000}"
 MODES="${MODES:-plain e2e}"
 PERF_SECONDS="${PERF_SECONDS:-0}"
+WARMUP_RAMP="${WARMUP_RAMP:-1}"
 OUT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -102,6 +104,7 @@ for target in $TRANSPORTS; do
             --label "issue 11 e2e cost: $name" --report "$OUT/$name.json" --plot "$OUT/$name.svg")
         [[ -n "$WORKERS" ]] && args+=(--workers "$WORKERS")
         [[ "$mode" == e2e ]] && args+=(--e2e)
+        [[ "$WARMUP_RAMP" == 1 ]] && args+=(--warmup-ramp)
         perf_job=""
         if [[ "$PERF_SECONDS" -gt 0 ]]; then
             # A CPU profile of the server inside the measured phase: after the warm-up (and its

@@ -93,7 +93,7 @@ for target in ${SMOKE_TARGETS:-tern-ws tern-wt}; do
     name=$target
     if [[ $mode == e2e ]]; then
         n=$e2e_users
-        flags=(--e2e --warmup "$e2e_warmup")
+        flags=(--e2e --warmup "$e2e_warmup" --warmup-ramp)
         name=$target-e2e
     fi
     echo "smoke: chat over $target ($mode): $n users, $rate msg/s, $duration"

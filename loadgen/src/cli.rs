@@ -248,6 +248,12 @@ pub struct ChatArgs {
     /// latencies, CPU and rates leave it out. 0: no warm-up.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub warmup: Duration,
+    /// The warm-up's rate rises linearly from 0 to --rate (half its sends): senders' first
+    /// messages, which with --e2e set up an Olm session with every member device, spread over
+    /// the whole warm-up as when users come online over time, instead of all in its first
+    /// seconds.
+    #[arg(long)]
+    pub warmup_ramp: bool,
     #[arg(long, value_enum, default_value = "poisson")]
     pub schedule: ScheduleKind,
 }
@@ -680,6 +686,7 @@ pub fn into_run(
                     rate: a.rate,
                     duration: a.duration,
                     warmup: a.warmup,
+                    warmup_ramp: a.warmup_ramp,
                     schedule: a.schedule,
                 },
                 o,

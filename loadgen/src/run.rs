@@ -66,6 +66,8 @@ pub enum Scenario {
         rate: f64,
         duration: Duration,
         warmup: Duration,
+        /// The warm-up's rate rises from 0 to `rate` (see `ScheduleSpec::ramp`).
+        warmup_ramp: bool,
         schedule: ScheduleKind,
     },
     /// Groups of `group_size`; the rate goes up by `step_factor` every `step_duration` until
@@ -130,6 +132,7 @@ impl Scenario {
                 rate,
                 duration,
                 warmup,
+                warmup_ramp,
                 schedule,
             } => json!({
                 "users": users,
@@ -137,6 +140,7 @@ impl Scenario {
                 "rate_per_sec": rate,
                 "duration_secs": duration.as_secs_f64(),
                 "warmup_secs": warmup.as_secs_f64(),
+                "warmup_ramp": warmup_ramp,
                 "schedule": schedule.to_string(),
             }),
             Scenario::Fanout {
@@ -1202,6 +1206,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
             rate,
             duration,
             warmup,
+            warmup_ramp,
             schedule,
             ..
         } => {
@@ -1210,8 +1215,12 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
                 rate: *rate,
                 duration_ns: length.as_nanos() as u64,
                 seed: derive_seed(common.seed, salt),
+                ramp: false,
             };
-            let warmup_spec = spec(warmup, WARMUP_SEED_SALT);
+            let warmup_spec = ScheduleSpec {
+                ramp: *warmup_ramp,
+                ..spec(warmup, WARMUP_SEED_SALT)
+            };
             warmup_phase = run_warmup(&mut co, &mut st, warmup_spec, common.drain).await?;
             run_phase(
                 &mut co,
@@ -1239,6 +1248,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
                 rate: *rate,
                 duration_ns: duration.as_nanos() as u64,
                 seed: derive_seed(common.seed, 1),
+                ramp: false,
             };
             let mut all: Vec<u32> = (0..*users as u32).collect();
             SplitMix64::new(derive_seed(common.seed, 2)).shuffle(&mut all);
@@ -1291,6 +1301,7 @@ async fn run_inner(common: Common, scenario: Scenario) -> Result<Report, RunErro
                     rate,
                     duration_ns: step_duration.as_nanos() as u64,
                     seed: derive_seed(common.seed, 100 + step as u64),
+                    ramp: false,
                 };
                 let o = run_phase(&mut co, &mut st, step, &label, spec, None, common.drain).await?;
                 traffic_secs += step_duration.as_secs_f64();
@@ -2089,6 +2100,7 @@ mod tests {
             rate,
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
+            warmup_ramp: false,
             schedule: ScheduleKind::Poisson,
         };
         assert!(chat(1.0).validate().is_ok());

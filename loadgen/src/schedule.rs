@@ -38,6 +38,11 @@ pub struct ScheduleSpec {
     pub rate: f64,
     pub duration_ns: u64,
     pub seed: u64,
+    /// The rate rises linearly from 0 to `rate` over the duration (half the sends), so the
+    /// senders' first messages spread over the whole phase instead of its first seconds: a
+    /// warm-up that eases into the load, as users come online over time.
+    #[serde(default)]
+    pub ramp: bool,
 }
 
 /// One scheduled send: `at_ns` after the phase start, by eligible sender number `pick`.
@@ -51,6 +56,15 @@ pub struct Scheduled {
 /// pairs to choose from uniformly.
 pub fn iter(spec: ScheduleSpec, eligible: usize) -> impl Iterator<Item = Scheduled> {
     let mut rng = SplitMix64::new(spec.seed);
+    let duration = spec.duration_ns as f64;
+    // A ramp is the same process in warped time: with rate(t) = rate * t / D the expected sends
+    // up to t are rate * t^2 / (2 D), so a constant-rate time u in [0, D/2) maps to
+    // t = sqrt(2 D u) in [0, D) (monotone: order and the seed's choices are kept).
+    let (limit, warp): (f64, fn(f64, f64) -> f64) = if spec.ramp {
+        (duration / 2.0, |u, d| (2.0 * d * u).sqrt())
+    } else {
+        (duration, |u, _| u)
+    };
     let mut t_ns = 0.0f64;
     let mut k = 0u64;
     let interval_ns = if spec.rate > 0.0 {
@@ -74,12 +88,12 @@ pub fn iter(spec: ScheduleSpec, eligible: usize) -> impl Iterator<Item = Schedul
                 t
             }
         };
-        if at >= spec.duration_ns as f64 {
+        if at >= limit {
             return None;
         }
         let pick = rng.below(eligible as u64) as usize;
         Some(Scheduled {
-            at_ns: at as u64,
+            at_ns: warp(at, duration) as u64,
             pick,
         })
     })
@@ -95,7 +109,39 @@ mod tests {
             rate,
             duration_ns: secs * 1_000_000_000,
             seed,
+            ramp: false,
         }
+    }
+
+    #[test]
+    fn a_ramp_sends_half_and_rises_linearly() {
+        let flat: Vec<_> = iter(spec(ScheduleKind::Poisson, 1000.0, 60, 5), 10).collect();
+        let ramp: Vec<_> = iter(
+            ScheduleSpec {
+                ramp: true,
+                ..spec(ScheduleKind::Poisson, 1000.0, 60, 5)
+            },
+            10,
+        )
+        .collect();
+        // 30,000 expected (the integral of the ramp), sd ~173.
+        assert!((29_000..31_000).contains(&ramp.len()), "{}", ramp.len());
+        assert!(ramp.windows(2).all(|w| w[0].at_ns <= w[1].at_ns));
+        assert!(ramp.iter().all(|e| e.at_ns < 60_000_000_000));
+        // The first quarter of the time has 1/16 of the sends, the last quarter 7/16.
+        let quarter = |q: u64| {
+            ramp.iter()
+                .filter(|e| e.at_ns / 15_000_000_000 == q)
+                .count() as f64
+                / ramp.len() as f64
+        };
+        assert!((0.05..0.075).contains(&quarter(0)), "{}", quarter(0));
+        assert!((0.41..0.465).contains(&quarter(3)), "{}", quarter(3));
+        // The same seed makes the same choices of sender.
+        assert_eq!(
+            ramp[..100].iter().map(|e| e.pick).collect::<Vec<_>>(),
+            flat[..100].iter().map(|e| e.pick).collect::<Vec<_>>()
+        );
     }
 
     #[test]

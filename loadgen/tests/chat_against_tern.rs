@@ -113,6 +113,7 @@ fn chat(users: usize, rate: f64, secs: u64) -> Scenario {
         rate,
         duration: Duration::from_secs(secs),
         warmup: Duration::ZERO,
+        warmup_ramp: false,
         schedule: ScheduleKind::Poisson,
     }
 }
@@ -208,8 +209,15 @@ async fn chat_warmup_is_checked_but_not_measured() {
             c.target.e2e_rotation_messages = Some(100);
         }
         let mut scenario = chat(40, 40.0, 2);
-        if let Scenario::Chat { warmup, .. } = &mut scenario {
+        if let Scenario::Chat {
+            warmup,
+            warmup_ramp,
+            ..
+        } = &mut scenario
+        {
             *warmup = Duration::from_secs(2);
+            // The e2e run eases in (the path `bench/run-e2e.sh` uses).
+            *warmup_ramp = e2e;
         }
         let r = run::run(c, scenario).await.expect("run with a warm-up");
         assert_clean(&r);
