@@ -12,7 +12,9 @@
 # ("100 1000"), MODES ("plain e2e"), WARMUP (60s), WARMUP_RAMP (1: the warm-up's rate rises from
 # 0, so every sender's cold start is spread over it; 0: full rate from the start), PERF_SECONDS (0: off; else a perf profile of
 # the server of that many seconds inside each measured phase, reported as
-# perf-<target>-<mode>-{self,children}.txt). Outputs: per run a JSON report, an SVG plot and the
+# perf-<target>-<mode>-{self,children}.txt). MODES may add `plain-sized`: plaintext with
+# --payload-bytes E2E_WIRE_BYTES (303: what a 128-byte loadgen payload is as an e2e.megolm.v2
+# message), the control for the server's cost per byte. Outputs: per run a JSON report, an SVG plot and the
 # loadgen's log; rotation-*.json; environment.txt.
 set -euo pipefail
 
@@ -31,6 +33,7 @@ ROTATION_MEMBERS="${ROTATION_MEMBERS:-100 1000}"
 MODES="${MODES:-plain e2e}"
 PERF_SECONDS="${PERF_SECONDS:-0}"
 WARMUP_RAMP="${WARMUP_RAMP:-1}"
+E2E_WIRE_BYTES="${E2E_WIRE_BYTES:-303}"
 OUT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -104,6 +107,9 @@ for target in $TRANSPORTS; do
             --label "issue 11 e2e cost: $name" --report "$OUT/$name.json" --plot "$OUT/$name.svg")
         [[ -n "$WORKERS" ]] && args+=(--workers "$WORKERS")
         [[ "$mode" == e2e ]] && args+=(--e2e)
+        # The control: plaintext with the payload size an --e2e message has on the wire, so
+        # "the server only carries bytes" can be told apart from any per-message crypto cost.
+        [[ "$mode" == plain-sized ]] && args+=(--payload-bytes "$E2E_WIRE_BYTES")
         [[ "$WARMUP_RAMP" == 1 ]] && args+=(--warmup-ramp)
         perf_job=""
         if [[ "$PERF_SECONDS" -gt 0 ]]; then
