@@ -70,6 +70,11 @@ pub struct ServeArgs {
     /// [default: the bound address].
     #[arg(long, env = "TERN_PUBLIC_AUTHORITY")]
     pub public_authority: Option<String>,
+    // ---- web app (issue 12) ----
+    /// Serve the web app at / from this directory (e.g. clients/web/dist), or "off"
+    /// [default: the copy embedded at build time, else a page saying how to build it].
+    #[arg(long, env = "TERN_WEB_DIR")]
+    pub web_dir: Option<String>,
 }
 
 /// The TOML file form.
@@ -141,6 +146,9 @@ pub struct FileConfig {
     pub conversation_sends_per_sec: Option<u64>,
     pub storage_quota_bytes: Option<u64>,
     pub http_history_max_bytes: Option<u64>,
+    // ---- web app (issue 12) ----
+    /// Directory of the built web app served at `/`, or "off".
+    pub web_dir: Option<String>,
 }
 
 /// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
@@ -251,6 +259,9 @@ pub struct Config {
     pub floods: FloodLimits,
     /// End-to-end key directory, inbox and backup limits.
     pub keys: tern_engine::keys::KeyLimits,
+    // ---- web app (issue 12) ----
+    /// Where the app served at `/` comes from.
+    pub web: crate::web::WebSource,
 }
 
 /// Rate limits (token buckets: burst and sustained rate) and the storage quota.
@@ -382,6 +393,7 @@ impl Config {
             args.public_authority.or(file.public_authority.clone()),
             listen,
         )?;
+        let web = resolve_web(args.web_dir.or(file.web_dir.clone()))?;
         let idle_timeout = Duration::from_secs(file.idle_timeout_secs.unwrap_or(90).clamp(5, 3600));
         let send_queue_frames = file.send_queue_frames.unwrap_or(1024).clamp(16, 1 << 20);
         Ok(Config {
@@ -408,7 +420,23 @@ impl Config {
             edge,
             floods,
             keys: resolve_keys(&file)?,
+            web,
         })
+    }
+}
+
+// ---- web app (issue 12) ----
+/// `web_dir`: absent = the embedded app (or the build instructions), "off" = none, else a
+/// directory (checked for an index.html when the server starts).
+fn resolve_web(value: Option<String>) -> Result<crate::web::WebSource, ConfigError> {
+    use crate::web::WebSource;
+    match value.as_deref().map(str::trim) {
+        None => Ok(WebSource::Auto),
+        Some("off") => Ok(WebSource::Off),
+        Some("") => Err(ConfigError::Invalid(
+            "web_dir must be a directory or \"off\"".into(),
+        )),
+        Some(dir) => Ok(WebSource::Dir(PathBuf::from(dir))),
     }
 }
 
@@ -869,6 +897,34 @@ mod tests {
         let example = include_str!("../../ops/tern.example.toml");
         let example = resolve(example).expect("the example configuration resolves");
         assert_eq!(example.edge.http_head_timeout, Duration::from_secs(20));
+    }
+
+    // ---- web app (issue 12) ----
+    #[test]
+    fn web_dir_is_a_directory_or_off() {
+        use crate::web::WebSource;
+        let config = Config::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(config.web, WebSource::Auto);
+        let flag = Config::resolve(ServeArgs {
+            web_dir: Some("clients/web/dist".into()),
+            ..ServeArgs::default()
+        })
+        .expect("flag");
+        assert_eq!(flag.web, WebSource::Dir(PathBuf::from("clients/web/dist")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        assert_eq!(
+            resolve("web_dir = \"off\"").expect("off").web,
+            WebSource::Off
+        );
+        assert!(resolve("web_dir = \"\"").is_err());
     }
 
     #[test]

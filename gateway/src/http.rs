@@ -57,6 +57,8 @@ pub struct ApiState {
     pub presence: crate::presence::PresenceService,
     /// How long a `429` answer is held back (see [`hold_refusals`]).
     pub refusal_delay: std::time::Duration,
+    /// The web app served outside `/api` (`web.rs`).
+    pub web: Arc<crate::web::WebApp>,
 }
 
 /// The TCP peer address, inserted by the listener into every request.
@@ -148,8 +150,9 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
         .merge(ws)
         // Load balancers check the client port; /metrics lives on the operations listener only.
         .route("/healthz", get(healthz))
+        // Everything else: the web app (GET/HEAD outside /api), else the JSON 404.
+        .fallback(web_or_not_found)
         .with_state(api)
-        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             refusal_delay,
             hold_refusals,
@@ -183,6 +186,22 @@ pub fn ops_router(api: Arc<ApiState>) -> Router {
         .with_state(api)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Paths no route claims: the web app's files and SPA fallback outside `/api`, the JSON 404
+/// everywhere else (an unknown API path is never answered with the app's HTML).
+async fn web_or_not_found(
+    State(api): State<Arc<ApiState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path();
+    let is_api = path == "/api" || path.starts_with("/api/");
+    if !is_api && let Some(response) = api.web.serve(&method, path, &headers).await {
+        return response;
+    }
+    not_found().await
 }
 
 async fn not_found() -> Response {

@@ -14,5 +14,6 @@ pub mod shard;
 pub mod tls;
 #[cfg(target_os = "linux")]
 pub mod uring_path;
+pub mod web;
 pub mod ws;
 pub mod wt;
