@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// [default: the copy embedded at build time, else a page saying how to build it].
     #[arg(long, env = "TERN_WEB_DIR")]
     pub web_dir: Option<String>,
+    /// Web origins (scheme://host[:port]) whose pages may use the API and open sockets,
+    /// comma-separated [default: none: the server's own origin only].
+    #[arg(long, env = "TERN_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// The TOML file form.
@@ -149,6 +153,8 @@ pub struct FileConfig {
     // ---- web app (issue 12) ----
     /// Directory of the built web app served at `/`, or "off".
     pub web_dir: Option<String>,
+    /// Origins (besides the server's own) whose pages may use the API and open sockets.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
@@ -182,6 +188,37 @@ pub struct EdgeConfig {
     pub ops_max_connections: usize,
     /// host[:port] in the URLs of `/api/v1/transport` (`None`: the bound address).
     pub public_authority: Option<String>,
+    /// Web origins besides the server's own that may use the API (CORS) and open WebSocket
+    /// and WebTransport sessions (the `Origin` check). Empty: same-origin only.
+    pub cors_origins: Vec<String>,
+}
+
+// ---- web app (issue 12) ----
+/// Configured CORS origins at most: an allow-list is a handful of known front ends, and every
+/// request's `Origin` is compared against it.
+pub const MAX_CORS_ORIGINS: usize = 64;
+
+fn resolve_cors(origins: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let origins: Vec<String> = origins
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.len() > MAX_CORS_ORIGINS {
+        return Err(ConfigError::Invalid(format!(
+            "cors_origins: at most {MAX_CORS_ORIGINS} origins"
+        )));
+    }
+    for origin in &origins {
+        if !crate::headers::valid_origin(origin) {
+            return Err(ConfigError::Invalid(format!(
+                "cors_origins: {origin:?} is not scheme://host[:port] (https, or http for a \
+                 development server; no path, no wildcard)"
+            )));
+        }
+    }
+    Ok(origins)
 }
 
 /// 64 per address: a household or office behind one NAT address with a few dozen devices, each
@@ -387,12 +424,13 @@ impl Config {
                 )));
             }
         };
-        let edge = resolve_edge(
+        let mut edge = resolve_edge(
             &file,
             args.ops_listen.or(file.ops_listen.clone()),
             args.public_authority.or(file.public_authority.clone()),
             listen,
         )?;
+        edge.cors_origins = resolve_cors(args.cors_origins.or(file.cors_origins.clone()))?;
         let web = resolve_web(args.web_dir.or(file.web_dir.clone()))?;
         let idle_timeout = Duration::from_secs(file.idle_timeout_secs.unwrap_or(90).clamp(5, 3600));
         let send_queue_frames = file.send_queue_frames.unwrap_or(1024).clamp(16, 1 << 20);
@@ -587,6 +625,7 @@ fn resolve_edge(
             .unwrap_or(DEFAULT_OPS_MAX_CONNECTIONS)
             .clamp(1, 1_024),
         public_authority,
+        cors_origins: Vec::new(),
     })
 }
 
@@ -925,6 +964,12 @@ mod tests {
             WebSource::Off
         );
         assert!(resolve("web_dir = \"\"").is_err());
+        let cors =
+            resolve("cors_origins = [\"https://app.example.com\", \"http://localhost:5173\"]")
+                .expect("cors");
+        assert_eq!(cors.edge.cors_origins.len(), 2);
+        assert!(resolve("cors_origins = [\"*\"]").is_err());
+        assert!(resolve("cors_origins = [\"https://a.example/path\"]").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod headers;
 pub mod http;
 pub mod http_keys;
 pub mod http_serve;

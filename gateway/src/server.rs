@@ -193,8 +193,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .public_authority
         .clone()
         .unwrap_or_else(|| local.to_string());
+    let loopback_port = (config.edge.public_authority.is_none() && local.ip().is_loopback())
+        .then_some(local.port());
+    let origins = Arc::new(crate::headers::OriginPolicy::new(
+        &public_authority,
+        loopback_port,
+        &config.edge.cors_origins,
+    ));
+    let responses = Arc::new(crate::headers::ResponsePolicy {
+        origins: origins.clone(),
+        app_csp: axum::http::HeaderValue::from_str(&crate::headers::app_csp(&public_authority))
+            .context("the public authority makes an invalid CSP header")?,
+    });
     let api = Arc::new(ApiState {
         web: web.clone(),
+        responses,
         accounts,
         conversations,
         reactions,
