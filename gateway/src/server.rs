@@ -166,6 +166,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         gateway_metrics.clone(),
         &handles[0],
     );
+    let public_authority = config
+        .edge
+        .public_authority
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let loopback_port = (config.edge.public_authority.is_none() && local.ip().is_loopback())
+        .then_some(local.port());
+    let origins = Arc::new(crate::headers::OriginPolicy::new(
+        &public_authority,
+        loopback_port,
+        &config.edge.cors_origins,
+    ));
     let sessions = Arc::new(SessionContext {
         presence,
         accounts: accounts.clone(),
@@ -187,19 +199,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             requests: config.floods.device_requests,
             storage_quota_bytes: config.floods.storage_quota_bytes,
         },
+        origins: origins.clone(),
     });
-    let public_authority = config
-        .edge
-        .public_authority
-        .clone()
-        .unwrap_or_else(|| local.to_string());
-    let loopback_port = (config.edge.public_authority.is_none() && local.ip().is_loopback())
-        .then_some(local.port());
-    let origins = Arc::new(crate::headers::OriginPolicy::new(
-        &public_authority,
-        loopback_port,
-        &config.edge.cors_origins,
-    ));
     let responses = Arc::new(crate::headers::ResponsePolicy {
         origins: origins.clone(),
         app_csp: axum::http::HeaderValue::from_str(&crate::headers::app_csp(&public_authority))

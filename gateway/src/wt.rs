@@ -52,6 +52,12 @@ pub async fn accept_loop(
                 request.not_found().await;
                 return;
             }
+            // Browsers always send the page's origin on the CONNECT; native clients none.
+            if !ctx.origins.socket_allowed(request.origin()) {
+                tracing::debug!(origin = ?request.origin(), "webtransport session from a refused origin");
+                request.forbidden().await;
+                return;
+            }
             let connection = match request.accept().await {
                 Ok(connection) => connection,
                 Err(error) => {
