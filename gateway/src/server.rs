@@ -34,7 +34,6 @@ use crate::tls::{Certificates, unix_now};
 const OPS_PER_ADDRESS: usize = 8;
 /// How long shutdown waits for sessions to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// A Deliver carries more than the Send it came from (ids, timestamps); payloads are limited to
 /// the frame size minus this, so every Deliver fits in the clients' frame limit too.
 pub const ENVELOPE_HEADROOM_BYTES: usize = 4 * 1024;
@@ -498,15 +497,22 @@ async fn serve_tcp(stream: TcpStream, peer: SocketAddr, edge: TcpEdge) {
 }
 
 async fn rotate_certificates(certs: Arc<Certificates>) {
-    let mut interval = tokio::time::interval(ROTATION_CHECK_INTERVAL);
+    let mut interval = tokio::time::interval(certs.check_interval());
     loop {
         interval.tick().await;
         match certs.rotate_if_due(unix_now()) {
-            Ok(true) => {
+            Ok(crate::tls::Rotation::Rotated) => {
                 let hash = hex::encode(certs.active().sha256);
                 tracing::info!(sha256 = %hash, "rotated the self-signed certificate");
             }
-            Ok(false) => {}
+            Ok(crate::tls::Rotation::NextPublished) => {
+                let hash = certs
+                    .next()
+                    .map(|n| hex::encode(n.sha256))
+                    .unwrap_or_default();
+                tracing::info!(sha256 = %hash, "published the next self-signed certificate");
+            }
+            Ok(crate::tls::Rotation::Nothing) => {}
             Err(error) => tracing::error!(%error, "certificate rotation failed"),
         }
     }
