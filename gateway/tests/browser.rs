@@ -151,6 +151,34 @@ async fn every_response_carries_the_security_headers_and_api_answers_are_not_sto
                 );
             }
         }
+        // Not for "localhost": HSTS would bind every port of it in the user's browser.
+        let host = format!("Host: localhost:{}", server.addr.port());
+        let config = (*server.config(TransportPref::WebSocket).tls().tcp).clone();
+        let mut tls = TlsConnector::from(Arc::new(config))
+            .connect(
+                ServerName::try_from("localhost").expect("name"),
+                tokio::net::TcpStream::connect(server.addr)
+                    .await
+                    .expect("tcp"),
+            )
+            .await
+            .expect("TLS");
+        let request =
+            format!("GET /api/v1/transport HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(common::WAIT, tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{io}: {answer}");
+        assert!(
+            answer.contains("x-content-type-options: nosniff"),
+            "{io}: {answer}"
+        );
+        assert!(
+            !answer.contains("strict-transport-security"),
+            "{io}: no HSTS for localhost: {answer}"
+        );
+
         // The page's HTML gets the strict policy.
         let (head, _) = raw(&server, "GET", "/", &["Accept: text/html"]).await;
         for directive in [
