@@ -59,14 +59,21 @@ pub fn add_static_headers(headers: &mut HeaderMap) {
     );
 }
 
-/// The same headers as raw `Name: value\r\n` lines, for responses the io_uring driver writes.
-pub fn static_header_lines() -> String {
+/// The same headers as raw `Name: value\r\n` lines, for responses the io_uring driver writes:
+/// (every response, all but a localhost Host's): HSTS goes in the second.
+pub fn static_header_lines() -> (String, String) {
     let mut lines = String::new();
+    let mut hsts = String::new();
     for (name, value) in STATIC_HEADERS {
-        lines.push_str(&format!("{name}: {value}\r\n"));
+        let line = format!("{name}: {value}\r\n");
+        if name == "strict-transport-security" {
+            hsts = line;
+        } else {
+            lines.push_str(&line);
+        }
     }
     lines.push_str(&format!("content-security-policy: {CSP_NOT_HTML}\r\n"));
-    lines
+    (lines, hsts)
 }
 
 /// The CSP of the app's HTML. `connect-src` names the public authority's `https` (API,
