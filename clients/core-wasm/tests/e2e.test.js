@@ -184,6 +184,8 @@ test('trust store: device list, verification, blocking, safety numbers', () => {
     fingerprint: bob.m.fingerprint(), first_seen_ms: 2, previous_identities: 0 }]);
   assert.equal(JSON.parse(alice.m.deviceList(a))[0].fingerprint, alice.m.fingerprint());
   assert.equal(alice.m.safetyNumber(b), bob.m.safetyNumber(a));
+  assert.equal(alice.m.markDeviceVerified(b, bob.m.deviceId()), true);
+  assert.equal(JSON.parse(alice.m.deviceList(b))[0].trust, 'verified');
   assert.equal(alice.m.markUserVerified(b), true);
   assert.equal(JSON.parse(alice.m.deviceList(b))[0].trust, 'verified');
   assert.equal(alice.m.markDeviceVerified(b, randomUUID()), false);
