@@ -151,29 +151,12 @@ fn now_ms() -> u64 {
 
 /// `tern_wire` device keys → the core's published keys.
 pub fn published_from_wire(k: &DeviceKeys) -> PublishedKeys {
-    PublishedKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signing_key: k.signing_key.clone(),
-        signature: k.signature.clone(),
-        one_time_keys: k.one_time_keys.clone(),
-        fallback_key: k.fallback_key.clone(),
-    }
+    PublishedKeys::from_wire(k)
 }
 
 /// The core's published keys → `tern_wire` device keys.
 pub fn wire_from_published(k: &PublishedKeys) -> DeviceKeys {
-    DeviceKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signed_prekey: Vec::new(),
-        one_time_keys: k.one_time_keys.clone(),
-        signing_key: k.signing_key.clone(),
-        fallback_key: k.fallback_key.clone(),
-        signature: k.signature.clone(),
-    }
+    k.to_wire()
 }
 
 /// The body an app's `(content_type, payload)` becomes inside the encryption (the core's
