@@ -1,0 +1,284 @@
+// Raw frame transports, the browser's side of clients/sdk/src/transport.rs: WebTransport (one
+// bidirectional stream of u32-LE length-prefixed envelopes, datagrams for typing) and secure
+// WebSocket (one binary message per envelope). This layer moves opaque frames; the wasm codec
+// builds and checks them.
+
+import type { CertificateHash } from './http';
+import { hexToBytes } from './protocol';
+
+export type TransportKind = 'webtransport' | 'websocket';
+
+export interface FrameTransport {
+  readonly kind: TransportKind;
+  /** Sends one whole frame, in call order. Throws when the transport is closed. */
+  send(frame: Uint8Array): Promise<void>;
+  /** Unreliable send where datagrams exist (false: not sent, use `send`). */
+  sendDatagram(frame: Uint8Array): boolean;
+  /** The next frame (stream or datagram); null when the transport closed. */
+  recv(): Promise<Uint8Array | null>;
+  close(code?: number, reason?: string): void;
+  /** Why the transport closed (after `recv` returned null). */
+  closeReason(): string;
+}
+
+/** How long WebTransport may take to become ready before the WebSocket is used instead: a
+ * UDP black hole only fails after QUIC's handshake timeout (seconds), and a person waits. */
+export const WEBTRANSPORT_READY_TIMEOUT_MS = 1_500;
+/** A WebSocket that does not open within this is treated as failed (offline, server gone). */
+export const WEBSOCKET_OPEN_TIMEOUT_MS = 8_000;
+
+/** A bounded FIFO of received frames with one waiting reader. */
+class Inbox {
+  private frames: Uint8Array[] = [];
+  private waiter?: (f: Uint8Array | null) => void;
+  private closed = false;
+  reason = '';
+
+  push(frame: Uint8Array): void {
+    if (this.closed) return;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = undefined;
+      w(frame);
+    } else {
+      this.frames.push(frame);
+    }
+  }
+
+  end(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.reason = reason;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = undefined;
+      w(null);
+    }
+  }
+
+  next(): Promise<Uint8Array | null> {
+    const f = this.frames.shift();
+    if (f) return Promise.resolve(f);
+    if (this.closed) return Promise.resolve(null);
+    return new Promise((resolve) => (this.waiter = resolve));
+  }
+}
+
+/** Reassembles u32-LE length-prefixed frames from stream chunks (tern-wire's framing.rs). */
+export class FrameDecoder {
+  private buf = new Uint8Array(0);
+  constructor(private readonly maxFrameBytes: number) {}
+
+  /** Adds a chunk; returns the complete frames in it. Throws on a frame over the limit. */
+  push(chunk: Uint8Array): Uint8Array[] {
+    const joined = new Uint8Array(this.buf.length + chunk.length);
+    joined.set(this.buf, 0);
+    joined.set(chunk, this.buf.length);
+    const out: Uint8Array[] = [];
+    let at = 0;
+    while (joined.length - at >= 4) {
+      const len = new DataView(joined.buffer, joined.byteOffset + at, 4).getUint32(0, true);
+      if (len > this.maxFrameBytes) {
+        throw new Error(`frame of ${len} bytes exceeds the limit of ${this.maxFrameBytes}`);
+      }
+      if (joined.length - at - 4 < len) break;
+      out.push(joined.slice(at + 4, at + 4 + len));
+      at += 4 + len;
+    }
+    this.buf = joined.slice(at);
+    return out;
+  }
+}
+
+export function lengthPrefixed(frame: Uint8Array): Uint8Array {
+  const out = new Uint8Array(frame.length + 4);
+  new DataView(out.buffer).setUint32(0, frame.length, true);
+  out.set(frame, 4);
+  return out;
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what} not ready within ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
+
+/** Whether this browser has WebTransport at all (tests can delete it to force the fallback). */
+export function webTransportAvailable(): boolean {
+  return typeof (globalThis as { WebTransport?: unknown }).WebTransport === 'function';
+}
+
+export async function connectWebTransport(
+  url: string,
+  hashes: CertificateHash[],
+  maxFrameBytes: number,
+  readyTimeoutMs = WEBTRANSPORT_READY_TIMEOUT_MS,
+): Promise<FrameTransport> {
+  if (!webTransportAvailable()) throw new Error('WebTransport is not available in this browser');
+  const options: WebTransportOptions = {};
+  if (hashes.length > 0) {
+    options.serverCertificateHashes = hashes
+      .filter((h) => h.algorithm === 'sha-256')
+      .map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h.value) as BufferSource }));
+  }
+  const wt = new WebTransport(url, options);
+  // Avoid an unhandled rejection if we give up on it before it settles.
+  wt.closed.catch(() => undefined);
+  try {
+    await withTimeout(wt.ready, readyTimeoutMs, 'WebTransport');
+  } catch (e) {
+    try {
+      wt.close();
+    } catch {
+      // already failed
+    }
+    throw e;
+  }
+  const stream = await withTimeout(
+    wt.createBidirectionalStream(),
+    readyTimeoutMs,
+    'WebTransport stream',
+  );
+  const writer = stream.writable.getWriter();
+  const reader = stream.readable.getReader();
+  const inbox = new Inbox();
+  const decoder = new FrameDecoder(maxFrameBytes);
+  let open = true;
+  const finish = (why: string) => {
+    open = false;
+    inbox.end(why);
+  };
+
+  void (async () => {
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        for (const f of decoder.push(value)) inbox.push(f);
+      }
+      finish('stream closed by the server');
+    } catch (e) {
+      finish(`stream error: ${String(e)}`);
+    }
+  })();
+  wt.closed.then(
+    (info) => finish(`session closed${info.reason ? `: ${info.reason}` : ''}`),
+    (e: unknown) => finish(`connection lost: ${String(e)}`),
+  );
+
+  let datagramWriter: WritableStreamDefaultWriter<Uint8Array> | undefined;
+  try {
+    datagramWriter = wt.datagrams.writable.getWriter();
+    const dgReader = wt.datagrams.readable.getReader();
+    void (async () => {
+      try {
+        for (;;) {
+          const { value, done } = await dgReader.read();
+          if (done) break;
+          inbox.push(value);
+        }
+      } catch {
+        // datagrams end with the session
+      }
+    })();
+  } catch {
+    datagramWriter = undefined;
+  }
+
+  let queue: Promise<void> = Promise.resolve();
+  return {
+    kind: 'webtransport',
+    send(frame) {
+      if (!open) return Promise.reject(new Error('transport closed'));
+      const next = queue.then(() => writer.write(lengthPrefixed(frame)));
+      queue = next.catch(() => undefined);
+      return next;
+    },
+    sendDatagram(frame) {
+      if (!open || !datagramWriter) return false;
+      if (frame.length > (wt.datagrams.maxDatagramSize ?? 0)) return false;
+      datagramWriter.write(frame).catch(() => undefined);
+      return true;
+    },
+    recv: () => inbox.next(),
+    close(code = 0, reason = '') {
+      open = false;
+      try {
+        wt.close({ closeCode: code, reason });
+      } catch {
+        // already closed
+      }
+      inbox.end('closed locally');
+    },
+    closeReason: () => inbox.reason,
+  };
+}
+
+export function connectWebSocket(
+  url: string,
+  openTimeoutMs = WEBSOCKET_OPEN_TIMEOUT_MS,
+): Promise<FrameTransport> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.binaryType = 'arraybuffer';
+    const inbox = new Inbox();
+    let opened = false;
+    const timer = setTimeout(() => {
+      if (!opened) {
+        ws.close();
+        reject(new Error(`WebSocket not open within ${openTimeoutMs} ms`));
+      }
+    }, openTimeoutMs);
+    ws.onopen = () => {
+      opened = true;
+      clearTimeout(timer);
+      resolve({
+        kind: 'websocket',
+        send(frame) {
+          if (ws.readyState !== WebSocket.OPEN) {
+            return Promise.reject(new Error('transport closed'));
+          }
+          ws.send(frame as Uint8Array<ArrayBuffer>);
+          return Promise.resolve();
+        },
+        sendDatagram: () => false,
+        recv: () => inbox.next(),
+        close(code = 1000, reason = '') {
+          try {
+            ws.close(code, reason);
+          } catch {
+            ws.close();
+          }
+          inbox.end('closed locally');
+        },
+        closeReason: () => inbox.reason,
+      });
+    };
+    ws.onmessage = (ev: MessageEvent<ArrayBuffer | string>) => {
+      if (typeof ev.data !== 'string') inbox.push(new Uint8Array(ev.data));
+    };
+    ws.onerror = () => {
+      if (!opened) {
+        clearTimeout(timer);
+        reject(new Error('WebSocket failed to connect'));
+      }
+    };
+    ws.onclose = (ev) => {
+      inbox.end(`WebSocket closed (${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`);
+      if (!opened) {
+        clearTimeout(timer);
+        reject(new Error(`WebSocket closed before opening (${ev.code})`));
+      }
+    };
+  });
+}

@@ -1,0 +1,55 @@
+import { useEffect, useState } from 'react';
+import { client } from '../core/client';
+import { useApp } from '../state/store';
+import { ConnectionBadge } from './ConnectionBadge';
+import { ConversationView } from './ConversationView';
+import { Sidebar } from './Sidebar';
+
+export function ChatScreen() {
+  const username = useApp((s) => s.session?.username);
+  const selected = useApp((s) => s.selected);
+  const [busy, setBusy] = useState(false);
+
+  useEffect(() => {
+    const onVisibility = () => client.setPresence(document.hidden ? 'away' : 'online');
+    document.addEventListener('visibilitychange', onVisibility);
+    return () => document.removeEventListener('visibilitychange', onVisibility);
+  }, []);
+
+  return (
+    <div className={selected ? 'shell has-selection' : 'shell'}>
+      <header className="topbar">
+        <span className="brand small" aria-hidden="true">
+          Tern
+        </span>
+        <ConnectionBadge />
+        <span className="me">
+          <span className="sr-only">Signed in as </span>
+          {username}
+        </span>
+        <button
+          type="button"
+          className="secondary"
+          disabled={busy}
+          onClick={() => {
+            setBusy(true);
+            void client.logout().finally(() => setBusy(false));
+          }}
+        >
+          Log out
+        </button>
+      </header>
+      <Sidebar />
+      <main className="main" aria-label="Conversation">
+        {selected ? (
+          <ConversationView key={selected} id={selected} />
+        ) : (
+          <div className="empty">
+            <h1>Welcome, {username}</h1>
+            <p>Start a chat: type a username under “New chat” and press Start.</p>
+          </div>
+        )}
+      </main>
+    </div>
+  );
+}

@@ -1,0 +1,44 @@
+import { useApp } from '../state/store';
+
+const TRANSPORT_NAMES = { webtransport: 'WebTransport', websocket: 'WebSocket' } as const;
+
+/** The connection state, always visible (and announced when it changes). */
+export function ConnectionBadge() {
+  const c = useApp((s) => s.connection);
+  const queued = useApp((s) => s.outboxCount);
+  const limit = useApp((s) => s.outboxLimit);
+  let text: string;
+  switch (c.status) {
+    case 'connected':
+      text = `Connected over ${c.transport ? TRANSPORT_NAMES[c.transport] : 'the network'}`;
+      break;
+    case 'connecting':
+      text = 'Connecting…';
+      break;
+    case 'reconnecting':
+      text = 'Reconnecting…';
+      break;
+    default:
+      text = 'Offline';
+  }
+  return (
+    <span
+      className={`badge ${c.status}`}
+      role="status"
+      aria-live="polite"
+      data-testid="connection"
+      data-status={c.status}
+      data-transport={c.status === 'connected' ? c.transport : ''}
+      title={c.detail}
+    >
+      <span className="dot" aria-hidden="true" />
+      {text}
+      {queued > 0 && (
+        <span className="queued">
+          {' '}
+          · {queued} of {limit} waiting to send
+        </span>
+      )}
+    </span>
+  );
+}
