@@ -23,6 +23,13 @@ function walk(dir) {
   });
 }
 
+// The service worker precaches these (hashed assets: the page, its scripts, styles and wasm),
+// so a reload while offline opens the app.
+const shell = walk(join(dist, 'assets'))
+  .filter((f) => !f.endsWith('.gz'))
+  .map((f) => '/' + relative(dist, f));
+writeFileSync(join(dist, 'shell-manifest.json'), JSON.stringify({ files: shell }));
+
 const totals = { js: 0, wasm: 0, css: 0, other: 0 };
 const rows = [];
 for (const file of walk(dist)) {

@@ -16,5 +16,14 @@ if (root) {
 const saved = loadSavedSession();
 if (saved) void client.start(saved);
 
+// The app shell keeps working offline (public/sw.js); the outbox is in IndexedDB.
+if ('serviceWorker' in navigator && window.isSecureContext) {
+  window.addEventListener('load', () => {
+    navigator.serviceWorker
+      .register('/sw.js')
+      .catch((e: unknown) => console.warn('no service worker', e));
+  });
+}
+
 // For the browser tests and for people debugging: which transport the connection uses.
 (window as unknown as { tern?: unknown }).tern = client;

@@ -118,6 +118,12 @@ export function webTransportAvailable(): boolean {
   return typeof (globalThis as { WebTransport?: unknown }).WebTransport === 'function';
 }
 
+/**
+ * WebTransport with the certificate hashes the server publishes, then without them. Chromium
+ * refuses QUIC to certificates that chain to a locally installed root (a company or test CA)
+ * unless the hash is pinned, and a pin only works for ECDSA certificates valid at most 14 days;
+ * a publicly trusted long-lived certificate works without one. Both tries share one deadline.
+ */
 export async function connectWebTransport(
   url: string,
   hashes: CertificateHash[],
@@ -125,28 +131,44 @@ export async function connectWebTransport(
   readyTimeoutMs = WEBTRANSPORT_READY_TIMEOUT_MS,
 ): Promise<FrameTransport> {
   if (!webTransportAvailable()) throw new Error('WebTransport is not available in this browser');
-  const options: WebTransportOptions = {};
-  if (hashes.length > 0) {
-    options.serverCertificateHashes = hashes
-      .filter((h) => h.algorithm === 'sha-256')
-      .map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h.value) as BufferSource }));
-  }
-  const wt = new WebTransport(url, options);
-  // Avoid an unhandled rejection if we give up on it before it settles.
-  wt.closed.catch(() => undefined);
-  try {
-    await withTimeout(wt.ready, readyTimeoutMs, 'WebTransport');
-  } catch (e) {
+  const deadline = Date.now() + readyTimeoutMs;
+  const pinned = hashes
+    .filter((h) => h.algorithm === 'sha-256')
+    .map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h.value) as BufferSource }));
+  const attempts: WebTransportOptions[] =
+    pinned.length > 0 ? [{ serverCertificateHashes: pinned }, {}] : [{}];
+  let lastError: unknown;
+  for (const options of attempts) {
+    const left = deadline - Date.now();
+    if (left <= 0) break;
+    const wt = new WebTransport(url, options);
+    // Avoid an unhandled rejection if we give up on it before it settles.
+    wt.closed.catch(() => undefined);
     try {
-      wt.close();
-    } catch {
-      // already failed
+      await withTimeout(wt.ready, left, 'WebTransport');
+      return await openSession(wt, maxFrameBytes, Math.max(deadline - Date.now(), 500));
+    } catch (e) {
+      lastError = e;
+      try {
+        wt.close();
+      } catch {
+        // already failed
+      }
     }
-    throw e;
   }
+  throw lastError instanceof Error
+    ? lastError
+    : new Error(`WebTransport failed: ${String(lastError)}`);
+}
+
+async function openSession(
+  wt: WebTransport,
+  maxFrameBytes: number,
+  timeoutMs: number,
+): Promise<FrameTransport> {
   const stream = await withTimeout(
     wt.createBidirectionalStream(),
-    readyTimeoutMs,
+    timeoutMs,
     'WebTransport stream',
   );
   const writer = stream.writable.getWriter();

@@ -117,3 +117,15 @@ export function mergeItem(items: TimelineItem[], item: TimelineItem): TimelineIt
   });
   return out;
 }
+
+/** Updates one conversation's timeline (creating it empty). */
+export function updateTimeline(conversation: string, f: (t: Timeline) => Timeline): void {
+  useApp.setState((s) => {
+    const t = s.timelines[conversation] ?? {
+      items: [],
+      hasMoreBefore: true,
+      loadingHistory: false,
+    };
+    return { timelines: { ...s.timelines, [conversation]: f(t) } };
+  });
+}

@@ -158,9 +158,6 @@ export function ConversationView({ id }: { id: string }) {
   const me = useApp((s) => s.session?.userId);
   const invitation = useApp((s) => s.invitations.find((i) => i.conversation_id === id));
   const presence = useApp((s) => s.presence);
-  const headingRef = useRef<HTMLHeadingElement>(null);
-
-  useEffect(() => headingRef.current?.focus({ preventScroll: true }), [id]);
 
   if (!c) return <p className="pad">Loading…</p>;
   const title = conversationTitle(c, me);
@@ -180,9 +177,7 @@ export function ConversationView({ id }: { id: string }) {
           <span aria-hidden="true">←</span> Chats
         </button>
         <div>
-          <h1 id="conversation-title" tabIndex={-1} ref={headingRef}>
-            {title}
-          </h1>
+          <h1 id="conversation-title">{title}</h1>
           <p className="sub" data-testid="conversation-sub">
             {sub}
           </p>

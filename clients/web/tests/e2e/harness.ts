@@ -130,8 +130,12 @@ export interface Server {
   origin: string;
   authority: string;
   dataDir: string;
-  process: ChildProcess;
+  readonly process: ChildProcess;
   log: string;
+  /** kill -9: every connection is cut at once. */
+  kill(): Promise<void>;
+  /** kill -9 if running, then the same server again (same port, same data). */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -143,17 +147,11 @@ export interface ServerOptions {
   config?: string[];
 }
 
-/** Starts `tern serve` on an ephemeral loopback port; resolves once it printed its banner. */
-export async function startServer(opts: ServerOptions = {}): Promise<Server> {
-  const root = mkdtempSync(join(tmpdir(), 'tern-web-server-'));
-  const dataDir = join(root, 'data');
-  const log = join(root, 'server.log');
-  const config = join(root, 'tern.toml');
-  writeFileSync(config, ['ops_listen = "off"', ...(opts.config ?? [])].join('\n') + '\n');
-  const args = ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--config', config];
-  if (opts.pki) args.push('--tls-cert', opts.pki.cert, '--tls-key', opts.pki.key);
-  if (existsSync(join(WEB_DIR, 'index.html'))) args.push('--web-dir', WEB_DIR);
-  args.push(...(opts.args ?? []));
+/** Spawns `tern serve` with `args`; resolves with the listen authority from its banner. */
+async function spawnTern(
+  args: string[],
+  log: string,
+): Promise<{ child: ChildProcess; authority: string }> {
   const logFd = openSync(log, 'a');
   const child = spawn(ternBinary(), args, {
     stdio: ['ignore', 'pipe', logFd],
@@ -176,29 +174,60 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
       reject(new Error(`tern exited with ${code}: ${readFileSync(log, 'utf8').slice(-2000)}`));
     });
   });
-  return {
+  return { child, authority };
+}
+
+function stopChild(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise<void>((r) => {
+    const t = setTimeout(() => {
+      child.kill('SIGKILL');
+      r();
+    }, 10_000);
+    child.once('exit', () => {
+      clearTimeout(t);
+      r();
+    });
+    child.kill(signal);
+  });
+}
+
+/** Starts `tern serve` on an ephemeral loopback port; resolves once it printed its banner. */
+export async function startServer(opts: ServerOptions = {}): Promise<Server> {
+  const root = mkdtempSync(join(tmpdir(), 'tern-web-server-'));
+  const dataDir = join(root, 'data');
+  const log = join(root, 'server.log');
+  const config = join(root, 'tern.toml');
+  writeFileSync(config, ['ops_listen = "off"', ...(opts.config ?? [])].join('\n') + '\n');
+  const args = (listen: string) => {
+    const a = ['serve', '--data-dir', dataDir, '--listen', listen, '--config', config];
+    if (opts.pki) a.push('--tls-cert', opts.pki.cert, '--tls-key', opts.pki.key);
+    if (supportsWebDir() && existsSync(join(WEB_DIR, 'index.html'))) a.push('--web-dir', WEB_DIR);
+    a.push(...(opts.args ?? []));
+    return a;
+  };
+  let { child, authority } = await spawnTern(args('127.0.0.1:0'), log);
+  const server: Server = {
     origin: `https://${authority}`,
     authority,
     dataDir,
-    process: child,
+    get process() {
+      return child;
+    },
     log,
+    async kill() {
+      await stopChild(child, 'SIGKILL');
+    },
+    async restart() {
+      await stopChild(child, 'SIGKILL');
+      ({ child, authority } = await spawnTern(args(server.authority), log));
+    },
     async stop() {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        await new Promise<void>((r) => {
-          const t = setTimeout(() => {
-            child.kill('SIGKILL');
-            r();
-          }, 10_000);
-          child.once('exit', () => {
-            clearTimeout(t);
-            r();
-          });
-        });
-      }
+      await stopChild(child, 'SIGTERM');
       rmSync(root, { recursive: true, force: true });
     },
   };
+  return server;
 }
 
 /** Debian's Chromium with HOME pointed at the NSS db that trusts the test CA. Never
