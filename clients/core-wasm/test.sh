@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds tern-core-wasm for wasm32, generates the Node bindings with wasm-bindgen-cli (at the
 # exact version of the wasm-bindgen crate in Cargo.lock), writes a fixture with the NATIVE
-# core, and runs the Node tests. Exits non-zero on any failure (CI calls it).
+# core, and runs the Node tests (tests/*.test.js). Then builds the page's `--target web`
+# module with build.sh and checks under Node that the ES module loads and works (web.test.mjs).
+# Exits non-zero on any failure (CI calls it).
 # Needs: rustup target wasm32-unknown-unknown, Node >= 20, and
 #   cargo install --locked wasm-bindgen-cli --version =<Cargo.lock's wasm-bindgen version>
 # (or WASM_BINDGEN=/path/to/wasm-bindgen).
@@ -24,4 +26,6 @@ cargo build -p tern-core-wasm --target wasm32-unknown-unknown --locked
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/debug/tern_core_wasm.wasm"
 cargo run -q -p tern-core --example wasm_fixture --locked -- "$out/fixture.json"
 TERN_WASM_PKG="$out/pkg" TERN_FIXTURE="$out/fixture.json" \
-  node --test clients/core-wasm/tests/crypto.test.js
+  node --test clients/core-wasm/tests/*.test.js
+bash clients/core-wasm/build.sh "$out/web"
+TERN_WASM_WEB="$out/web" node --test clients/core-wasm/tests/web.test.mjs

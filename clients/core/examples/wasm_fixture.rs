@@ -5,13 +5,155 @@
 //!
 //! Usage: `cargo run -p tern-core --example wasm_fixture -- <out.json>`
 //! JSON: `{pickle_key_hex, receiver_pickle_b64, from_user, from_device, share_b64,
-//!         message (tern-wire Message JSON), expected_text, sender_user}`.
+//!         message (tern-wire Message JSON), expected_text, sender_user,
+//!         client_frames: [{json, hex}], server_frames: [{json, hex}]}`: the frames are
+//! messages encoded by the NATIVE codec, so the wasm codec must produce and read the same bytes.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use tern_core::crypto::{Body, CryptoConfig, CryptoMachine, PublishedKeys};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
-use tern_wire::msg::Message;
+use tern_wire::msg::{
+    ClientMessage, Cursor, DeviceKeys, ErrorCode, KeyShareItem, Message, Notice, PresenceStatus,
+    ServerMessage,
+};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every message with its serde JSON and its native encoding.
+fn frames<T: serde::Serialize>(
+    messages: &[T],
+    encode: fn(&T) -> Vec<u8>,
+) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    messages
+        .iter()
+        .map(|m| Ok(serde_json::json!({"json": serde_json::to_value(m)?, "hex": hex(&encode(m))})))
+        .collect()
+}
+
+fn client_frames(message: &Message) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    let conversation = message.conversation;
+    frames(
+        &[
+            tern_core::protocol::handshake::hello(
+                "token",
+                message.sender_device,
+                "fixture",
+                &[Cursor {
+                    conversation,
+                    seq: 3,
+                }],
+            ),
+            ClientMessage::Send {
+                request_id: 1,
+                conversation,
+                client_msg_id: 0xabc,
+                content_type: message.content_type.clone(),
+                payload: message.payload.clone(),
+                files: vec![],
+            },
+            ClientMessage::Ack {
+                conversation,
+                seq: 9,
+            },
+            ClientMessage::History {
+                request_id: 2,
+                conversation,
+                before_seq: 0,
+                after_seq: 4,
+                limit: 50,
+            },
+            ClientMessage::SendKeyShares {
+                request_id: 3,
+                shares: vec![KeyShareItem {
+                    to_user: message.sender_user,
+                    to_device: message.sender_device,
+                    payload: vec![1, 2, 3],
+                }],
+            },
+            ClientMessage::AckKeyShares {
+                up_to: 0,
+                ids: vec![4, 5],
+            },
+            ClientMessage::Typing {
+                conversation,
+                active: true,
+            },
+        ],
+        tern_wire::encode_client,
+    )
+}
+
+fn server_frames(
+    message: &Message,
+    keys: &DeviceKeys,
+) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    let conversation = message.conversation;
+    frames(
+        &[
+            ServerMessage::Welcome {
+                version: 1,
+                user: message.sender_user,
+                device: message.sender_device,
+                server_time_ms: 1_700_000_000_000,
+                max_frame_bytes: 65_536,
+                one_time_keys_left: 12,
+            },
+            ServerMessage::Deliver {
+                message: message.clone(),
+            },
+            ServerMessage::SendAck {
+                request_id: 1,
+                conversation,
+                client_msg_id: 0xabc,
+                seq: 2,
+                message_id: message.message_id,
+                timestamp_ms: 8,
+                duplicate: false,
+            },
+            ServerMessage::SyncComplete,
+            ServerMessage::HistoryPage {
+                request_id: 2,
+                conversation,
+                messages: vec![message.clone()],
+                reactions: vec![],
+                has_more: true,
+            },
+            ServerMessage::KeyBundle {
+                request_id: 3,
+                devices: vec![keys.clone()],
+                unanswered: vec![],
+            },
+            ServerMessage::KeyShare {
+                from_user: message.sender_user,
+                from_device: message.sender_device,
+                payload: vec![9, 8, 7],
+                inbox_id: 4,
+            },
+            ServerMessage::Error {
+                request_id: 5,
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                fatal: false,
+                retry_after_ms: 250,
+            },
+            ServerMessage::Notice {
+                notice: Notice::GoingAway {
+                    retry_after_ms: 1000,
+                },
+            },
+            ServerMessage::Presence {
+                user: message.sender_user,
+                status: PresenceStatus::Online,
+                last_seen_ms: 0,
+            },
+            ServerMessage::Pong { nonce: 77 },
+        ],
+        tern_wire::encode_server,
+    )
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args()
@@ -66,8 +208,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         files: vec![],
     };
     let pickle_key = [0x42u8; 32];
+    let alice_wire = DeviceKeys {
+        user: alice_keys.user,
+        device: alice_keys.device,
+        identity_key: alice_keys.identity_key.clone(),
+        signed_prekey: vec![],
+        one_time_keys: vec![],
+        signing_key: alice_keys.signing_key.clone(),
+        fallback_key: alice_keys.fallback_key.clone(),
+        signature: alice_keys.signature.clone(),
+    };
     let fixture = serde_json::json!({
-        "pickle_key_hex": pickle_key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "client_frames": client_frames(&message)?,
+        "server_frames": server_frames(&message, &alice_wire)?,
+        "pickle_key_hex": hex(&pickle_key),
         "receiver_pickle_b64": B64.encode(bob.pickle(&pickle_key)?),
         "from_user": a,
         "from_device": alice.device_id(),

@@ -229,9 +229,34 @@ pub enum Body {
     },
 }
 
+/// Content type of plain text bodies, as apps, the CLI and the web client use it.
+pub const TEXT_CONTENT_TYPE: &str = "text";
+
 impl Body {
     pub fn text(text: impl Into<String>) -> Self {
         Body::Text { text: text.into() }
+    }
+
+    /// The body an app's `(content_type, payload)` (an outbox entry) becomes inside the
+    /// encryption: [`TEXT_CONTENT_TYPE`] with UTF-8 bytes is text, anything else is data
+    /// under its own content type (which the server never sees).
+    pub fn from_content(content_type: &str, payload: &[u8]) -> Self {
+        match (content_type, std::str::from_utf8(payload)) {
+            (TEXT_CONTENT_TYPE, Ok(text)) => Body::text(text),
+            _ => Body::Data {
+                content_type: content_type.to_string(),
+                data: payload.to_vec(),
+            },
+        }
+    }
+
+    /// The `(content_type, payload)` of a decrypted body (the inverse of
+    /// [`Body::from_content`]).
+    pub fn to_content(&self) -> (String, Vec<u8>) {
+        match self {
+            Body::Text { text } => (TEXT_CONTENT_TYPE.to_string(), text.as_bytes().to_vec()),
+            Body::Data { content_type, data } => (content_type.clone(), data.clone()),
+        }
     }
 }
 

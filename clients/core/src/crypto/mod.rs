@@ -52,7 +52,8 @@ mod trust;
 pub use backup::KdfParams;
 pub use error::{CryptoError, Undecryptable};
 pub use formats::{
-    Body, Content, MEGOLM_CONTENT_TYPE, MEGOLM_CONTENT_TYPE_V1, is_encrypted_content_type,
+    Body, Content, MEGOLM_CONTENT_TYPE, MEGOLM_CONTENT_TYPE_V1, TEXT_CONTENT_TYPE,
+    is_encrypted_content_type,
 };
 pub use keys::{KeyKind, PublishedKeys, SIGNED_KEY_BLOB_LEN, VerifiedIdentity, verify_device_keys};
 pub use machine::{

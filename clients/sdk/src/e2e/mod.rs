@@ -76,8 +76,8 @@ pub struct OutgoingCost {
     pub new_session: bool,
 }
 
-/// Content type of plain text bodies, as apps and the CLI use it.
-pub const TEXT_CONTENT_TYPE: &str = "text";
+/// Content type of plain text bodies, as apps and the CLI use it (defined by the core).
+pub use tern_core::crypto::TEXT_CONTENT_TYPE;
 /// Messages kept for a retry while their key has not arrived. Beyond this the oldest is
 /// surfaced as undecryptable for good (it can still be decrypted from history later).
 pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
@@ -176,23 +176,15 @@ pub fn wire_from_published(k: &PublishedKeys) -> DeviceKeys {
     }
 }
 
-/// The body an app's `(content_type, payload)` becomes inside the encryption.
+/// The body an app's `(content_type, payload)` becomes inside the encryption (the core's
+/// rule, shared with the web client).
 pub fn body_of(content_type: &str, payload: &[u8]) -> Body {
-    match (content_type, std::str::from_utf8(payload)) {
-        (TEXT_CONTENT_TYPE, Ok(text)) => Body::text(text),
-        _ => Body::Data {
-            content_type: content_type.to_string(),
-            data: payload.to_vec(),
-        },
-    }
+    Body::from_content(content_type, payload)
 }
 
 /// The `(content_type, payload)` of a decrypted body.
 pub fn content_of(body: &Body) -> (String, Vec<u8>) {
-    match body {
-        Body::Text { text } => (TEXT_CONTENT_TYPE.to_string(), text.as_bytes().to_vec()),
-        Body::Data { content_type, data } => (content_type.clone(), data.clone()),
-    }
+    body.to_content()
 }
 
 impl E2e {
