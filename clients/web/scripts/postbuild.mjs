@@ -11,7 +11,7 @@ const dist = new URL('../dist/', import.meta.url).pathname;
 // purpose (CI fails above them).
 const BUDGET = {
   js: Number(process.env.TERN_WEB_JS_BUDGET ?? 120 * 1024),
-  wasm: Number(process.env.TERN_WEB_WASM_BUDGET ?? 450 * 1024),
+  wasm: Number(process.env.TERN_WEB_WASM_BUDGET ?? 640 * 1024),
   css: 16 * 1024,
 };
 const COMPRESSIBLE = /\.(js|css|html|wasm|svg|json|webmanifest)$/;

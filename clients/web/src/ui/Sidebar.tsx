@@ -35,7 +35,7 @@ function NewChat() {
     }
   }
   return (
-    <form className="new-chat" onSubmit={(e) => void submit(e)} aria-label="New chat">
+    <form className="new-chat" onSubmit={(e) => void submit(e)} aria-label="Start a new chat">
       <label htmlFor={id}>New chat</label>
       <div className="row">
         <input

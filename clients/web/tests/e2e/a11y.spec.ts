@@ -102,10 +102,10 @@ test('keyboard only: register, start a chat and send a message without the mouse
   });
   // The "New chat" field comes first in the navigation.
   for (let i = 0; i < 10; i++) {
-    if (await page.getByLabel('New chat').evaluate((el) => el === document.activeElement)) break;
+    if (await page.getByLabel('New chat', { exact: true }).evaluate((el) => el === document.activeElement)) break;
     await page.keyboard.press('Tab');
   }
-  await expect(page.getByLabel('New chat')).toBeFocused();
+  await expect(page.getByLabel('New chat', { exact: true })).toBeFocused();
   await page.keyboard.type(peer.name);
   await page.keyboard.press('Enter');
   await expect(page.getByRole('heading', { level: 1, name: peer.name })).toBeVisible();

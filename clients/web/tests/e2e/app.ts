@@ -57,7 +57,7 @@ export async function transportOf(u: User): Promise<string | null> {
 }
 
 export async function startDirect(u: User, peer: string): Promise<void> {
-  await u.page.getByLabel('New chat').fill(peer);
+  await u.page.getByLabel('New chat', { exact: true }).fill(peer);
   await u.page.getByRole('button', { name: 'Start' }).click();
   await expect(u.page.getByRole('heading', { level: 1, name: peer })).toBeVisible();
 }

@@ -40,7 +40,7 @@ test('first-time user: landing page to a delivered first message', async () => {
   steps++;
   await page.getByRole('button', { name: 'Create account' }).last().click();
   steps++;
-  await page.getByLabel('New chat').fill(friend.name);
+  await page.getByLabel('New chat', { exact: true }).fill(friend.name);
   steps++;
   await page.getByRole('button', { name: 'Start' }).click();
   steps++;

@@ -240,7 +240,15 @@ export function launchChromium(pki: Pki | undefined, extraArgs: string[] = []): 
     executablePath: CHROMIUM,
     headless: true,
     env,
-    args: ['--no-sandbox', '--disable-dev-shm-usage', ...extraArgs],
+    // Pages that Playwright serves itself (a tern without --web-dir) have no address, so
+    // Chromium's Local Network Access checks would block their sockets to 127.0.0.1; a page
+    // served by tern is loopback itself and needs no such switch.
+    args: [
+      '--no-sandbox',
+      '--disable-dev-shm-usage',
+      ...(supportsWebDir() ? [] : ['--disable-features=LocalNetworkAccessChecks']),
+      ...extraArgs,
+    ],
   });
 }
 
@@ -291,7 +299,7 @@ export async function serveDistIfNeeded(
         'content-security-policy':
           "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; " +
           `connect-src 'self' wss://${server.authority} https://${server.authority}; worker-src 'self'; object-src 'none'; ` +
-          "base-uri 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'",
+          "base-uri 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types tern",
       },
     });
   });
