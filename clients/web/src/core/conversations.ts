@@ -113,7 +113,20 @@ export class Conversations {
   async createGroup(name: string, description: string, members: string[]): Promise<string> {
     const c = await this.ctx.api.createGroup(name.trim(), description.trim(), members);
     this.fromView(c);
+    void this.learnUsers(members);
     return c.conversation_id;
+  }
+
+  /** Invitees are not members yet: their ids are looked up so a decline can name them. */
+  private async learnUsers(usernames: string[]): Promise<void> {
+    for (const name of usernames) {
+      try {
+        const u = await this.ctx.api.user(name);
+        useApp.setState((s) => ({ usernames: { ...s.usernames, [u.user_id]: u.username } }));
+      } catch {
+        // unknown or offline: the notice says "Someone"
+      }
+    }
   }
 
   async accept(conversation: string): Promise<void> {
@@ -129,6 +142,7 @@ export class Conversations {
 
   async invite(conversation: string, username: string): Promise<void> {
     await this.ctx.api.invite(conversation, username.trim());
+    void this.learnUsers([username.trim()]);
   }
 
   select(conversation: string | undefined): void {

@@ -102,7 +102,12 @@ test('keyboard only: register, start a chat and send a message without the mouse
   });
   // The "New chat" field comes first in the navigation.
   for (let i = 0; i < 10; i++) {
-    if (await page.getByLabel('New chat', { exact: true }).evaluate((el) => el === document.activeElement)) break;
+    if (
+      await page
+        .getByLabel('New chat', { exact: true })
+        .evaluate((el) => el === document.activeElement)
+    )
+      break;
     await page.keyboard.press('Tab');
   }
   await expect(page.getByLabel('New chat', { exact: true })).toBeFocused();

@@ -28,7 +28,7 @@ test('group: create with invitations, accept and decline, messages both ways', a
 
   await owner.page.getByRole('button', { name: 'New group' }).click();
   const form = owner.page.getByRole('form', { name: 'New group' });
-  await form.getByLabel('Name').fill(group);
+  await form.getByLabel('Name', { exact: true }).fill(group);
   await form.getByLabel('Description').fill('Planning the launch');
   await form.getByLabel('Invite (usernames)').fill(`${bob.name}, ${carol.name}`);
   await form.getByRole('button', { name: 'Create group' }).click();
