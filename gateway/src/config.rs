@@ -70,6 +70,15 @@ pub struct ServeArgs {
     /// [default: the bound address].
     #[arg(long, env = "TERN_PUBLIC_AUTHORITY")]
     pub public_authority: Option<String>,
+    // ---- web app (issue 12) ----
+    /// Serve the web app at / from this directory (e.g. clients/web/dist), or "off"
+    /// [default: the copy embedded at build time, else a page saying how to build it].
+    #[arg(long, env = "TERN_WEB_DIR")]
+    pub web_dir: Option<String>,
+    /// Web origins (scheme://host[:port]) whose pages may use the API and open sockets,
+    /// comma-separated [default: none: the server's own origin only].
+    #[arg(long, env = "TERN_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// The TOML file form.
@@ -141,6 +150,11 @@ pub struct FileConfig {
     pub conversation_sends_per_sec: Option<u64>,
     pub storage_quota_bytes: Option<u64>,
     pub http_history_max_bytes: Option<u64>,
+    // ---- web app (issue 12) ----
+    /// Directory of the built web app served at `/`, or "off".
+    pub web_dir: Option<String>,
+    /// Origins (besides the server's own) whose pages may use the API and open sockets.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
@@ -174,6 +188,37 @@ pub struct EdgeConfig {
     pub ops_max_connections: usize,
     /// host[:port] in the URLs of `/api/v1/transport` (`None`: the bound address).
     pub public_authority: Option<String>,
+    /// Web origins besides the server's own that may use the API (CORS) and open WebSocket
+    /// and WebTransport sessions (the `Origin` check). Empty: same-origin only.
+    pub cors_origins: Vec<String>,
+}
+
+// ---- web app (issue 12) ----
+/// Configured CORS origins at most: an allow-list is a handful of known front ends, and every
+/// request's `Origin` is compared against it.
+pub const MAX_CORS_ORIGINS: usize = 64;
+
+fn resolve_cors(origins: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let origins: Vec<String> = origins
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.len() > MAX_CORS_ORIGINS {
+        return Err(ConfigError::Invalid(format!(
+            "cors_origins: at most {MAX_CORS_ORIGINS} origins"
+        )));
+    }
+    for origin in &origins {
+        if !crate::headers::valid_origin(origin) {
+            return Err(ConfigError::Invalid(format!(
+                "cors_origins: {origin:?} is not scheme://host[:port] (https, or http for a \
+                 development server; no path, no wildcard)"
+            )));
+        }
+    }
+    Ok(origins)
 }
 
 /// 64 per address: a household or office behind one NAT address with a few dozen devices, each
@@ -251,6 +296,9 @@ pub struct Config {
     pub floods: FloodLimits,
     /// End-to-end key directory, inbox and backup limits.
     pub keys: tern_engine::keys::KeyLimits,
+    // ---- web app (issue 12) ----
+    /// Where the app served at `/` comes from.
+    pub web: crate::web::WebSource,
 }
 
 /// Rate limits (token buckets: burst and sustained rate) and the storage quota.
@@ -376,12 +424,14 @@ impl Config {
                 )));
             }
         };
-        let edge = resolve_edge(
+        let mut edge = resolve_edge(
             &file,
             args.ops_listen.or(file.ops_listen.clone()),
             args.public_authority.or(file.public_authority.clone()),
             listen,
         )?;
+        edge.cors_origins = resolve_cors(args.cors_origins.or(file.cors_origins.clone()))?;
+        let web = resolve_web(args.web_dir.or(file.web_dir.clone()))?;
         let idle_timeout = Duration::from_secs(file.idle_timeout_secs.unwrap_or(90).clamp(5, 3600));
         let send_queue_frames = file.send_queue_frames.unwrap_or(1024).clamp(16, 1 << 20);
         Ok(Config {
@@ -408,7 +458,23 @@ impl Config {
             edge,
             floods,
             keys: resolve_keys(&file)?,
+            web,
         })
+    }
+}
+
+// ---- web app (issue 12) ----
+/// `web_dir`: absent = the embedded app (or the build instructions), "off" = none, else a
+/// directory (checked for an index.html when the server starts).
+fn resolve_web(value: Option<String>) -> Result<crate::web::WebSource, ConfigError> {
+    use crate::web::WebSource;
+    match value.as_deref().map(str::trim) {
+        None => Ok(WebSource::Auto),
+        Some("off") => Ok(WebSource::Off),
+        Some("") => Err(ConfigError::Invalid(
+            "web_dir must be a directory or \"off\"".into(),
+        )),
+        Some(dir) => Ok(WebSource::Dir(PathBuf::from(dir))),
     }
 }
 
@@ -559,6 +625,7 @@ fn resolve_edge(
             .unwrap_or(DEFAULT_OPS_MAX_CONNECTIONS)
             .clamp(1, 1_024),
         public_authority,
+        cors_origins: Vec::new(),
     })
 }
 
@@ -869,6 +936,40 @@ mod tests {
         let example = include_str!("../../ops/tern.example.toml");
         let example = resolve(example).expect("the example configuration resolves");
         assert_eq!(example.edge.http_head_timeout, Duration::from_secs(20));
+    }
+
+    // ---- web app (issue 12) ----
+    #[test]
+    fn web_dir_is_a_directory_or_off() {
+        use crate::web::WebSource;
+        let config = Config::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(config.web, WebSource::Auto);
+        let flag = Config::resolve(ServeArgs {
+            web_dir: Some("clients/web/dist".into()),
+            ..ServeArgs::default()
+        })
+        .expect("flag");
+        assert_eq!(flag.web, WebSource::Dir(PathBuf::from("clients/web/dist")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tern.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        assert_eq!(
+            resolve("web_dir = \"off\"").expect("off").web,
+            WebSource::Off
+        );
+        assert!(resolve("web_dir = \"\"").is_err());
+        let cors =
+            resolve("cors_origins = [\"https://app.example.com\", \"http://localhost:5173\"]")
+                .expect("cors");
+        assert_eq!(cors.edge.cors_origins.len(), 2);
+        assert!(resolve("cors_origins = [\"*\"]").is_err());
+        assert!(resolve("cors_origins = [\"https://a.example/path\"]").is_err());
     }
 
     #[test]

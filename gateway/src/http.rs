@@ -57,6 +57,10 @@ pub struct ApiState {
     pub presence: crate::presence::PresenceService,
     /// How long a `429` answer is held back (see [`hold_refusals`]).
     pub refusal_delay: std::time::Duration,
+    /// The web app served outside `/api` (`web.rs`).
+    pub web: Arc<crate::web::WebApp>,
+    /// Security headers, CORS and the error shape of every response (`headers.rs`).
+    pub responses: Arc<crate::headers::ResponsePolicy>,
 }
 
 /// The TCP peer address, inserted by the listener into every request.
@@ -68,7 +72,7 @@ pub struct ClientAddr(pub SocketAddr);
     info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
     paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave, list_blocks, block, unblock, crate::http_keys::list_devices, crate::http_keys::revoke_device, crate::http_keys::put_backup, crate::http_keys::get_backup, crate::http_keys::put_backup_sessions, crate::http_keys::list_backup_sessions),
     components(schemas(tern_wire::api::DeviceView, tern_wire::api::DeviceList, tern_wire::api::KeyBackup, tern_wire::api::BackupSessionView, tern_wire::api::PutBackupSessions, tern_wire::api::BackupSessionsStored, tern_wire::api::BackupSessionPage, Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ImpliedStatuses)
 )]
 pub struct ApiDoc;
 
@@ -85,8 +89,66 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Statuses the server answers on every route of a kind, whichever handler it is, added to the
+/// document so that it lists what a client can actually get: 401 on every bearer route (no,
+/// expired or revoked token), 400 on every route with an id in its path (not a UUID) or with a
+/// body (malformed JSON), 413 on every route with a body (past the body limit), and every error
+/// response's body is `ApiError`.
+struct ImpliedStatuses;
+
+impl utoipa::Modify for ImpliedStatuses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ApiError")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_id = path.contains('{');
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut op.responses.responses;
+                if op.security.is_some() {
+                    responses
+                        .entry("401".into())
+                        .or_insert_with(|| error("missing, expired or revoked bearer token"));
+                }
+                let has_body = op.request_body.is_some();
+                if has_id || has_body {
+                    responses
+                        .entry("400".into())
+                        .or_insert_with(|| error("a malformed id or body"));
+                }
+                if has_body {
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| error("the body is larger than the limit"));
+                }
+            }
+        }
+    }
+}
+
 pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
     let refusal_delay = api.refusal_delay;
+    let responses = api.responses.clone();
     let v1 = Router::new()
         .route("/register", post(register))
         .route("/login", post(login))
@@ -148,13 +210,20 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
         .merge(ws)
         // Load balancers check the client port; /metrics lives on the operations listener only.
         .route("/healthz", get(healthz))
+        // Everything else: the web app (GET/HEAD outside /api), else the JSON 404.
+        .fallback(web_or_not_found)
         .with_state(api)
-        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             refusal_delay,
             hold_refusals,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost: preflights, security headers and the error shape apply to everything,
+        // including the 429s held back above and WebSocket upgrades.
+        .layer(axum::middleware::from_fn_with_state(
+            responses,
+            crate::headers::client_responses,
+        ))
 }
 
 /// Holds every `429 Too Many Requests` back for `delay` before sending it. A refusal costs the
@@ -183,6 +252,22 @@ pub fn ops_router(api: Arc<ApiState>) -> Router {
         .with_state(api)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Paths no route claims: the web app's files and SPA fallback outside `/api`, the JSON 404
+/// everywhere else (an unknown API path is never answered with the app's HTML).
+async fn web_or_not_found(
+    State(api): State<Arc<ApiState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path();
+    let is_api = path == "/api" || path.starts_with("/api/");
+    if !is_api && let Some(response) = api.web.serve(&method, path, &headers).await {
+        return response;
+    }
+    not_found().await
 }
 
 async fn not_found() -> Response {
@@ -219,7 +304,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
-fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: String) -> Response {
     (
         status,
         Json(ApiError {

@@ -101,6 +101,7 @@ fn body_timeout_response() -> Response<axum::body::Body> {
     *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    crate::headers::add_static_headers(headers);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

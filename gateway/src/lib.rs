@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod headers;
 pub mod http;
 pub mod http_keys;
 pub mod http_serve;
@@ -14,5 +15,6 @@ pub mod shard;
 pub mod tls;
 #[cfg(target_os = "linux")]
 pub mod uring_path;
+pub mod web;
 pub mod ws;
 pub mod wt;

@@ -77,6 +77,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     let store: Arc<dyn Store> = Arc::new(embedded);
     let certs = Certificates::load(config.certs.clone()).context("loading TLS certificate")?;
+    let web = crate::web::WebApp::new(&config.web).context("loading the web app")?;
     let io = resolve_io(config.io)?;
 
     let mut registry = Registry::default();
@@ -187,7 +188,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             storage_quota_bytes: config.floods.storage_quota_bytes,
         },
     });
+    let public_authority = config
+        .edge
+        .public_authority
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let loopback_port = (config.edge.public_authority.is_none() && local.ip().is_loopback())
+        .then_some(local.port());
+    let origins = Arc::new(crate::headers::OriginPolicy::new(
+        &public_authority,
+        loopback_port,
+        &config.edge.cors_origins,
+    ));
+    let responses = Arc::new(crate::headers::ResponsePolicy {
+        origins: origins.clone(),
+        app_csp: axum::http::HeaderValue::from_str(&crate::headers::app_csp(&public_authority))
+            .context("the public authority makes an invalid CSP header")?,
+    });
     let api = Arc::new(ApiState {
+        web: web.clone(),
+        responses,
         accounts,
         conversations,
         reactions,
@@ -195,11 +215,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         engine,
         certs: certs.clone(),
         registry: Arc::new(registry),
-        public_authority: config
-            .edge
-            .public_authority
-            .clone()
-            .unwrap_or_else(|| local.to_string()),
+        public_authority: public_authority.clone(),
         max_frame_bytes: config.max_frame_bytes,
         http_history_max_bytes: config.floods.http_history_max_bytes,
         refusal_delay: config.edge.http_refusal_delay,
@@ -339,7 +355,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 Err(error) => tracing::error!(%error, "operations listener failed"),
             }
         }
-        print_banner(local, ops_addr, &certs);
+        print_banner(local, ops_addr, &certs, &public_authority, &web);
         shutdown_signal().await;
         tracing::info!("shutting down: telling clients to reconnect later");
         let _ = shutdown_tx.send(true);
@@ -502,11 +518,21 @@ fn open_sessions(metrics: &GatewayMetrics) -> i64 {
         .sum()
 }
 
-fn print_banner(addr: SocketAddr, ops: Option<SocketAddr>, certs: &Certificates) {
+fn print_banner(
+    addr: SocketAddr,
+    ops: Option<SocketAddr>,
+    certs: &Certificates,
+    authority: &str,
+    web: &crate::web::WebApp,
+) {
     let active = certs.active();
     let hash = hex::encode(active.sha256);
     // Plain stdout lines: people read them, and tests parse "listening on" and "operations:".
     println!("tern listening on {addr}");
+    println!(
+        "  web app:       https://{authority}/  ({})",
+        web.describe()
+    );
     println!("  https api:     https://{addr}/api/v1");
     println!("  websocket:     wss://{addr}/api/v1/ws");
     println!("  webtransport:  https://{addr}{}", crate::wt::WT_PATH);

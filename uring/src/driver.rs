@@ -1058,15 +1058,18 @@ impl Driver {
         match decision {
             Decision::Partial => {}
             Decision::Reject(status) => {
-                let response =
-                    format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n{}\r\n",
+                    self.cfg.extra_response_headers
+                );
                 let _ = conn.tls.writer().write_all(response.as_bytes());
                 self.begin_close(conn, None);
             }
             Decision::Upgrade(n, accept) => {
                 let response = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{}\r\n",
+                    self.cfg.extra_response_headers
                 );
                 let _ = conn.tls.writer().write_all(response.as_bytes());
                 conn.plain_in.drain(..n);

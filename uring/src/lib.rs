@@ -73,6 +73,9 @@ pub struct UringConfig {
     pub shutdown_grace: Duration,
     /// Counters of this driver, readable from any thread.
     pub stats: Arc<UringStats>,
+    /// Header lines (`Name: value\r\n` each) added to the responses the driver writes itself
+    /// (the 101 of a WebSocket upgrade, 400 and 431), e.g. the server's security headers.
+    pub extra_response_headers: String,
 }
 
 impl UringConfig {
@@ -97,6 +100,7 @@ impl UringConfig {
             close_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             stats: Arc::new(UringStats::default()),
+            extra_response_headers: String::new(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct TestServer {
     pub ops_addr: Option<SocketAddr>,
     pub cert_hash: [u8; 32],
     pub data_dir: PathBuf,
+    /// The banner's lines up to the certificate hash (what an operator reads at start).
+    pub banner: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,7 +55,7 @@ impl TestServer {
             lines.push_str("\nmax_connections_per_address = 1000000\n");
         }
         std::fs::write(&config_path, lines).expect("write config");
-        let (child, addr, ops_addr, cert_hash) = spawn(
+        let (child, addr, ops_addr, cert_hash, banner) = spawn(
             &data_dir,
             &config_path,
             "127.0.0.1:0".parse().expect("addr"),
@@ -65,6 +67,7 @@ impl TestServer {
             ops_addr,
             cert_hash,
             data_dir,
+            banner,
             _dir: dir,
         }
     }
@@ -99,8 +102,9 @@ impl TestServer {
     pub async fn restart(&mut self) {
         self.kill9().await;
         let config_path = self.data_dir.parent().expect("parent").join("tern.toml");
-        let (child, addr, ops_addr, cert_hash) =
+        let (child, addr, ops_addr, cert_hash, banner) =
             spawn(&self.data_dir, &config_path, self.addr).await;
+        self.banner = banner;
         assert_eq!(addr, self.addr);
         self.ops_addr = ops_addr;
         assert_eq!(
@@ -134,7 +138,7 @@ async fn spawn(
     data_dir: &std::path::Path,
     config: &std::path::Path,
     listen: SocketAddr,
-) -> (Child, SocketAddr, Option<SocketAddr>, [u8; 32]) {
+) -> (Child, SocketAddr, Option<SocketAddr>, [u8; 32], Vec<String>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -175,8 +179,10 @@ async fn spawn(
     let mut addr = None;
     let mut ops_addr = None;
     let mut hash = None;
+    let mut banner = Vec::new();
     let read = async {
         while let Ok(Some(line)) = lines.next_line().await {
+            banner.push(line.clone());
             if let Some(rest) = line.strip_prefix("tern listening on ") {
                 addr = Some(rest.trim().parse::<SocketAddr>().expect("listen address"));
             }
@@ -202,6 +208,7 @@ async fn spawn(
         addr.expect("banner has the address"),
         ops_addr,
         hash.expect("banner has the certificate hash"),
+        banner,
     )
 }
 
