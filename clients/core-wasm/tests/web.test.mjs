@@ -14,7 +14,8 @@ test('the --target web module loads and works', async () => {
   assert.equal(typeof mod.default, 'function', 'default export: async init');
   mod.initSync({ module: readFileSync(path.resolve(dir, 'tern_core_wasm_bg.wasm')) });
   for (const name of ['encodeClient', 'decodeServer', 'hello', 'checkWelcome', 'replyKey',
-    'lengthPrefixed', 'FrameDecoder', 'Machine']) {
+    'lengthPrefixed', 'FrameDecoder', 'Machine', 'Delivery', 'Outbox', 'Drain', 'Reconnect', 'Backoff',
+    'isPermanentConnectFailure']) {
     assert.ok(name in mod, `exports ${name}`);
   }
   const frame = mod.encodeClient(JSON.stringify({ type: 'ping', nonce: 5 }), 65536);
