@@ -19,17 +19,17 @@ import {
   webTransportAvailable,
   type FrameTransport,
 } from './transport';
-import { loadCore, type Core } from './wasm';
+import { loadCore, type Core, type CoreReconnect } from './wasm';
 import { initialState, notify, updateTimeline, useApp, type Session } from '../state/store';
 
 export { MAX_TEXT_CHARS, OUTBOX_LIMIT } from './sender';
 
 /** The frame limit this page accepts (the server's default; Welcome may lower it). */
 const MAX_FRAME_BYTES = 65_536;
-/** Reconnect backoff: first wait and ceiling (a restart takes seconds; a long outage is not
- * worth hammering). */
-const BACKOFF_FIRST_MS = 500;
-const BACKOFF_MAX_MS = 15_000;
+/** Reconnect backoff (tern-core's Reconnect): first wait, ceiling (a restart takes seconds; a
+ * long outage is not worth hammering, and a person waits for the ceiling at most), and the
+ * uptime after which a connection counts as stable (the next loss starts from the first wait). */
+const RECONNECT_POLICY = { base_ms: 250, cap_ms: 15_000, reset_after_ms: 10_000 };
 /** After falling back to WebSocket, WebTransport is tried again on a connection made at least
  * this long after the failure (a network that blocks UDP stays blocked for a while). */
 const WEBTRANSPORT_RETRY_MS = 60_000;
@@ -54,6 +54,7 @@ export class TernClient {
   readonly api = new HttpApi();
   private core?: Core;
   private dev?: BrowserDevice;
+  private reconnect?: CoreReconnect;
   private conn?: Connection;
   private stopped = true;
   private wtFailedAt = 0;
@@ -70,7 +71,11 @@ export class TernClient {
     () => void this.conversations.refresh().catch(() => undefined),
   );
   readonly conversations = new Conversations(this.ctx, this.receiver);
-  private readonly sender = new Sender(this.ctx, () => this.conversations.refresh());
+  private readonly sender = new Sender(
+    this.ctx,
+    () => this.reconnect,
+    () => this.conversations.refresh(),
+  );
   /** Forces the transport of the next connections (diagnostics); undefined = automatic. */
   forceTransport?: 'websocket' | 'webtransport';
 
@@ -103,8 +108,10 @@ export class TernClient {
     useApp.setState({ session, connection: { status: 'connecting' } });
     this.core = await loadCore();
     this.dev = await BrowserDevice.open(this.core, session.username, session.userId);
+    this.reconnect?.free();
+    this.reconnect = this.core.newReconnect(RECONNECT_POLICY);
     await this.conversations.loadSnapshot();
-    await this.sender.load();
+    await this.sender.load(this.core);
     this.stopped = false;
     try {
       await this.conversations.refresh();
@@ -131,6 +138,8 @@ export class TernClient {
     this.conn = undefined;
     this.dev?.close();
     this.dev = undefined;
+    this.reconnect?.free();
+    this.reconnect = undefined;
     this.sender.reset();
     this.receiver.reset();
     this.api.setToken(undefined);
@@ -163,11 +172,23 @@ export class TernClient {
   }
 
   private async connectLoop(): Promise<void> {
-    let backoff = BACKOFF_FIRST_MS;
+    const reconnect = this.reconnect;
+    if (!reconnect) return;
+    reconnect.begin(Date.now());
     while (!this.stopped) {
       const session = useApp.getState().session;
       const core = this.core;
       if (!session || !core || !this.dev) return;
+      // tern-core's Reconnect: 0 for the first attempt after a stable connection, then backoff.
+      const wait = reconnect.nextAttemptDelayMs();
+      if (wait > 0) {
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          void sleep(wait).then(resolve);
+        });
+        this.wake = undefined;
+        if (this.stopped) return;
+      }
       try {
         const info = await this.api.transport();
         const transport = await this.pickTransport(info);
@@ -185,24 +206,23 @@ export class TernClient {
           return;
         }
         this.conn = conn;
+        reconnect.onConnected(Date.now());
         const closed = new Promise<string>((resolve) => conn.onClosed(resolve));
         useApp.setState({ connection: { status: 'connected', transport: conn.kind } });
-        backoff = BACKOFF_FIRST_MS;
         await this.afterConnect(conn);
         const reason = await closed;
         this.conn = undefined;
+        reconnect.onDisconnected(Date.now());
+        reconnect.begin(Date.now());
         if (this.stopped) return;
         useApp.setState({ connection: { status: 'reconnecting', detail: reason } });
       } catch (e) {
+        const failure = e instanceof ServerError && e.raw ? e.raw : undefined;
         if (
-          e instanceof ServerError &&
-          (e.code === 'unauthenticated' || e.code === 'token_revoked')
+          (failure && core.isPermanentConnectFailure(failure)) ||
+          (e instanceof ApiError && e.status === 401)
         ) {
           notify('Your session ended. Please log in again.');
-          await this.logout();
-          return;
-        }
-        if (e instanceof ApiError && e.status === 401) {
           await this.logout();
           return;
         }
@@ -211,12 +231,6 @@ export class TernClient {
           connection: { status: offline ? 'offline' : 'reconnecting', detail: errorText(e) },
         });
       }
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        void sleep(backoff * (0.5 + Math.random())).then(resolve);
-      });
-      this.wake = undefined;
-      backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
     }
   }
 
@@ -231,7 +245,7 @@ export class TernClient {
     // What changed while we were away.
     void this.conversations.refresh().catch(() => undefined);
     void this.conversations.refreshInvitations().catch(() => undefined);
-    void this.sender.drain();
+    this.sender.onConnected();
   }
 
   // ---- events ----------------------------------------------------------------------------
@@ -297,6 +311,7 @@ export class TernClient {
         return;
       }
       case 'notice':
+        if (m.notice.type === 'going_away') this.reconnect?.onGoingAway(m.notice.retry_after_ms);
         if (m.notice.type === 'backlog_truncated') {
           updateTimeline(m.notice.conversation, (t) => ({ ...t, hasMoreBefore: true }));
         }

@@ -30,6 +30,8 @@ export class ServerError extends Error {
     message: string,
     readonly fatal: boolean,
     readonly retryAfterMs: number,
+    /** The server's `error` message as decoded (what tern-core's failure judges take). */
+    readonly raw?: ServerMessage,
   ) {
     super(`${code}: ${message}`);
     this.name = 'ServerError';
@@ -101,7 +103,7 @@ export class Connection {
     const msg = core.decodeServer(first);
     if (msg.type === 'error') {
       transport.close();
-      throw new ServerError(msg.code, msg.message, msg.fatal, msg.retry_after_ms);
+      throw new ServerError(msg.code, msg.message, msg.fatal, msg.retry_after_ms, msg);
     }
     if (msg.type !== 'welcome') {
       transport.close();
@@ -150,7 +152,7 @@ export class Connection {
         this.pending.delete(id);
         clearTimeout(waiter.timer);
         if (msg.type === 'error') {
-          waiter.reject(new ServerError(msg.code, msg.message, msg.fatal, msg.retry_after_ms));
+          waiter.reject(new ServerError(msg.code, msg.message, msg.fatal, msg.retry_after_ms, msg));
         } else {
           waiter.resolve(msg);
         }

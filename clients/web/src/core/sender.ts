@@ -1,70 +1,110 @@
-// Sending: composed messages go into the outbox (IndexedDB) first, then leave in order, one at
-// a time, encrypted for every member device (device lists, Olm sessions, key shares) when a
-// connection is up. Permanent refusals are shown as failed, never retried forever.
+// Sending: composed messages go into tern-core's Outbox (order, limits) and IndexedDB (one
+// record per entry, written before the message shows as queued), then leave in order when
+// tern-core's Drain says the outbox may send, encrypted for every member device (device lists,
+// Olm sessions, key shares). Drain judges every failure: retry later, wait for the next
+// connection, or reject for good (shown as failed, never retried forever).
 
 import { ServerError, type Connection } from './connection';
-import { sleep, type DriverContext } from './context';
+import { errorText, type DriverContext } from './context';
 import { queryDeviceLists } from './keys';
-import { randomClientMsgId, type ClaimTarget, type ServerMessage } from './protocol';
+import { hexToBytes, type ClaimTarget, type ServerMessage } from './protocol';
+import type {
+  Core,
+  CoreDrain,
+  CoreOutbox,
+  CoreReconnect,
+  OutboxEntryJson,
+  SendFailure,
+} from './wasm';
 import { mergeItem, notify, updateTimeline, useApp, type TimelineItem } from '../state/store';
 
-/** Outbox entries kept at once (FR-20: the limit is shown; composing beyond it is refused). */
+/** Outbox entries kept at once (FR-20: the limit is shown; composing beyond it is refused).
+ * Lower than tern-core's default (10,000): a browser tab's queue should stay readable. */
 export const OUTBOX_LIMIT = 500;
-/** Characters a message may hold; the frame limit bounds the ciphertext too. */
+/** Characters the composer accepts; tern-core bounds the payload bytes too. */
 export const MAX_TEXT_CHARS = 8_000;
 /** Device-list query and claim rounds per send (the SDK's MAX_QUERY_ROUNDS / MAX_CLAIM_ROUNDS). */
 const MAX_QUERY_ROUNDS = 3;
 const MAX_CLAIM_ROUNDS = 2;
-/** Refusals that a retry cannot fix. */
-const PERMANENT = [
-  'forbidden',
-  'not_found',
-  'invalid_argument',
-  'frame_too_large',
-  'limit_exceeded',
-];
+const TEXT = 'text';
 
-export interface OutboxEntry {
+/** The IndexedDB record: the entry as tern-core gave it, under its compose order. */
+interface StoredEntry {
   order: number;
-  conversation: string;
-  clientMsgId: string;
-  text: string;
-  createdMs: number;
+  entry: OutboxEntryJson;
 }
 
 type SendAck = Extract<ServerMessage, { type: 'send_ack' }>;
 
+function textOf(e: OutboxEntryJson): string {
+  return new TextDecoder().decode(hexToBytes(e.payload));
+}
+
+/** What tern-core's Drain needs to judge an exception from one send. */
+function failureOf(e: unknown): SendFailure {
+  if (e instanceof ServerError && e.raw) return e.raw;
+  if (/frame too large/i.test(errorText(e))) return { kind: 'frame_too_large' };
+  return { kind: 'transient' };
+}
+
 export class Sender {
-  private outbox: OutboxEntry[] = [];
+  private outbox?: CoreOutbox;
+  private drainer?: CoreDrain;
+  private orders = new Map<string, number>();
+  private nextOrder = 0;
   private draining = false;
+  private retryTimer?: number;
 
   constructor(
     private readonly ctx: DriverContext,
+    private readonly reconnect: () => CoreReconnect | undefined,
     private readonly refreshConversations: () => Promise<void>,
   ) {}
 
-  /** Loads what was composed before a reload and shows it as queued. */
-  async load(): Promise<void> {
+  /** Loads what was composed before a reload into a new Outbox and shows it as queued. */
+  async load(core: Core): Promise<void> {
     const device = this.ctx.device();
     if (!device) return;
-    this.outbox = (await device.local.outbox<OutboxEntry>()).sort((a, b) => a.order - b.order);
-    for (const e of this.outbox) this.showQueued(e);
+    const stored = (await device.local.outbox<StoredEntry>()).sort((a, b) => a.order - b.order);
+    this.reset();
+    this.outbox = core.newOutbox(
+      stored.map((r) => r.entry),
+      { max_entries: OUTBOX_LIMIT },
+    );
+    this.drainer = core.newDrain();
+    for (const r of stored) {
+      this.orders.set(r.entry.client_msg_id, r.order);
+      this.nextOrder = Math.max(this.nextOrder, r.order + 1);
+      this.showQueued(r.entry);
+    }
     this.updateCount();
   }
 
   reset(): void {
-    this.outbox = [];
+    window.clearTimeout(this.retryTimer);
+    this.outbox?.free();
+    this.drainer?.free();
+    this.outbox = undefined;
+    this.drainer = undefined;
+    this.orders.clear();
+    this.nextOrder = 0;
   }
 
-  private showQueued(e: OutboxEntry): void {
+  /** A new connection (after Welcome): parked entries may go again. */
+  onConnected(): void {
+    this.drainer?.onConnected();
+    void this.drain();
+  }
+
+  private showQueued(e: OutboxEntryJson): void {
     const me = useApp.getState().session?.userId ?? '';
     updateTimeline(e.conversation, (t) => ({
       ...t,
       items: mergeItem(t.items, {
-        key: e.clientMsgId,
+        key: e.client_msg_id,
         sender: me,
-        text: e.text,
-        timestampMs: e.createdMs,
+        text: textOf(e),
+        timestampMs: e.created_ms,
         mine: true,
         state: 'queued',
       }),
@@ -72,72 +112,88 @@ export class Sender {
   }
 
   private updateCount(): void {
-    useApp.setState({ outboxCount: this.outbox.length, outboxLimit: OUTBOX_LIMIT });
+    useApp.setState({ outboxCount: this.outbox?.len() ?? 0, outboxLimit: OUTBOX_LIMIT });
   }
 
-  private setState(entry: OutboxEntry, state: TimelineItem['state'], error?: string): void {
-    updateTimeline(entry.conversation, (t) => ({
+  private setState(e: OutboxEntryJson, state: TimelineItem['state'], error?: string): void {
+    updateTimeline(e.conversation, (t) => ({
       ...t,
-      items: t.items.map((i) => (i.key === entry.clientMsgId ? { ...i, state, error } : i)),
+      items: t.items.map((i) => (i.key === e.client_msg_id ? { ...i, state, error } : i)),
     }));
   }
 
-  /** Composes a message: stored in the outbox first (it survives a reload), then sent. */
+  /** Composes a message: in the outbox and IndexedDB before it shows (it survives a reload). */
   async compose(conversation: string, text: string): Promise<void> {
     const body = text.trim();
     if (!body) return;
     if (body.length > MAX_TEXT_CHARS)
       throw new Error(`a message holds at most ${MAX_TEXT_CHARS} characters`);
-    if (this.outbox.length >= OUTBOX_LIMIT) {
-      throw new Error(
-        `the outbox is full (${OUTBOX_LIMIT} messages waiting): wait for the network`,
-      );
-    }
     const device = this.ctx.device();
-    if (!device) throw new Error('not signed in');
-    const last = this.outbox[this.outbox.length - 1];
-    const entry: OutboxEntry = {
-      order: Math.max(Date.now(), (last?.order ?? 0) + 1),
-      conversation,
-      clientMsgId: randomClientMsgId(),
-      text: body,
-      createdMs: Date.now(),
-    };
-    await device.local.putOutbox(entry);
-    this.outbox.push(entry);
+    const outbox = this.outbox;
+    if (!device || !outbox) throw new Error('not signed in');
+    // Throws with counts and limits when the outbox is full or the message too large.
+    const entry = outbox.compose(conversation, TEXT, new TextEncoder().encode(body), Date.now());
+    const order = this.nextOrder++;
+    try {
+      await device.local.putOutbox({ order, entry } satisfies StoredEntry);
+    } catch (e) {
+      outbox.remove(entry.client_msg_id);
+      throw e;
+    }
+    this.orders.set(entry.client_msg_id, order);
     this.updateCount();
     this.showQueued(entry);
     void this.drain();
   }
 
-  /** Sends outbox entries in order, one at a time; stops at the first that cannot go now. */
+  private async forget(e: OutboxEntryJson): Promise<void> {
+    const order = this.orders.get(e.client_msg_id);
+    this.orders.delete(e.client_msg_id);
+    if (order !== undefined) await this.ctx.device()?.local.deleteOutbox(order);
+    this.updateCount();
+  }
+
+  /** Sends the front entry while the Drain allows it; one at a time, in compose order. */
   async drain(): Promise<void> {
     if (this.draining) return;
     this.draining = true;
     try {
-      while (this.outbox.length > 0 && this.ctx.running()) {
+      for (;;) {
+        const outbox = this.outbox;
+        const drainer = this.drainer;
+        const reconnect = this.reconnect();
         const conn = this.ctx.connection();
-        const entry = this.outbox[0];
-        if (!conn || conn.closed || !entry) return;
+        const entry = outbox?.front();
+        if (!outbox || !drainer || !reconnect || !conn || !entry || !this.ctx.running()) return;
+        if (!drainer.mayDrain(Date.now())) {
+          this.retryLater(drainer.retryAt());
+          return;
+        }
         this.setState(entry, 'sending');
         try {
           const ack = await this.sendOne(conn, entry);
-          await this.done(entry);
+          const removed = outbox.onAcked(ack);
+          await this.forget(removed ?? entry);
           this.showSent(entry, ack);
         } catch (e) {
-          if (e instanceof ServerError && e.code === 'rate_limited') {
-            this.setState(entry, 'queued');
-            await sleep(Math.max(e.retryAfterMs, 100));
+          const decision = drainer.onSendFailed(
+            outbox,
+            entry.client_msg_id,
+            failureOf(e),
+            errorText(e),
+            reconnect,
+            Date.now(),
+          );
+          if (decision.decision === 'rejected') {
+            await this.forget(entry);
+            this.setState(entry, 'failed', decision.rejected.message);
+            notify(`A message could not be sent: ${decision.rejected.message}`);
             continue;
           }
-          if (e instanceof ServerError && PERMANENT.includes(e.code)) {
-            await this.done(entry);
-            this.setState(entry, 'failed', e.message);
-            notify(`A message could not be sent: ${e.message}`);
-            continue;
-          }
-          // The connection went away: the entry stays queued for the next one.
           this.setState(entry, 'queued');
+          if (decision.gate.state === 'open') continue;
+          if (decision.gate.state === 'at') this.retryLater(decision.gate.at_ms);
+          // parked: the next connection's onConnected drains again.
           return;
         }
       }
@@ -146,20 +202,21 @@ export class Sender {
     }
   }
 
-  private async done(entry: OutboxEntry): Promise<void> {
-    await this.ctx.device()?.local.deleteOutbox(entry.order);
-    this.outbox.shift();
-    this.updateCount();
+  private retryLater(atMs: number | undefined): void {
+    if (atMs === undefined) return;
+    window.clearTimeout(this.retryTimer);
+    this.retryTimer = window.setTimeout(() => void this.drain(), Math.max(atMs - Date.now(), 10));
   }
 
-  private showSent(entry: OutboxEntry, ack: SendAck): void {
+  private showSent(entry: OutboxEntryJson, ack: SendAck): void {
+    const text = textOf(entry);
     updateTimeline(entry.conversation, (t) => ({
       ...t,
       items: mergeItem(t.items, {
-        key: entry.clientMsgId,
+        key: entry.client_msg_id,
         seq: ack.seq,
         sender: useApp.getState().session?.userId ?? '',
-        text: entry.text,
+        text,
         timestampMs: ack.timestamp_ms,
         mine: true,
         state: 'sent',
@@ -174,7 +231,7 @@ export class Sender {
           [entry.conversation]: {
             ...c,
             lastSeq: Math.max(c.lastSeq, ack.seq),
-            lastText: entry.text,
+            lastText: text,
             lastAt: ack.timestamp_ms,
           },
         },
@@ -190,7 +247,7 @@ export class Sender {
   }
 
   /** Device lists and Olm sessions for every member device, then encrypt, share keys, send. */
-  private async sendOne(conn: Connection, entry: OutboxEntry): Promise<SendAck> {
+  private async sendOne(conn: Connection, entry: OutboxEntryJson): Promise<SendAck> {
     const device = this.ctx.device();
     if (!device) throw new Error('no crypto state');
     const machine = device.machine;
@@ -222,7 +279,12 @@ export class Sender {
       }
       break;
     }
-    const encrypted = machine.encryptText(entry.conversation, entry.text, Date.now());
+    const encrypted = machine.encrypt(
+      entry.conversation,
+      entry.content_type,
+      hexToBytes(entry.payload),
+      Date.now(),
+    );
     // The advanced index is stored before any byte leaves: a reload cannot reuse it.
     await device.persist();
     if (encrypted.key_shares.length > 0) {
@@ -236,7 +298,7 @@ export class Sender {
       type: 'send',
       request_id,
       conversation: entry.conversation,
-      client_msg_id: entry.clientMsgId,
+      client_msg_id: entry.client_msg_id,
       content_type: encrypted.content_type,
       payload: encrypted.payload,
       files: [],

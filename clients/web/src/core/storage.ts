@@ -48,7 +48,7 @@ export class LocalStore {
   }
 
   /** Writes an outbox entry and the crypto state in one transaction. */
-  async putOutbox(entry: { order: number }): Promise<void> {
+  async putOutbox<T extends { order: number }>(entry: T): Promise<void> {
     const tx = this.db.transaction(OUTBOX, 'readwrite');
     tx.objectStore(OUTBOX).put(entry);
     await done(tx);

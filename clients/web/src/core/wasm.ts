@@ -66,6 +66,8 @@ export interface CryptoMachine {
   onClaimed(bundles: DeviceKeys[]): { user: string; device: string; reason: string }[];
   onMemberRemoved(conversation: string, user: string): void;
   encryptText(conversation: string, text: string, nowMs: number): Encrypted;
+  /** An outbox entry's (content_type, payload): "text" + UTF-8 is a text body. */
+  encrypt(conversation: string, contentType: string, payload: Uint8Array, nowMs: number): Encrypted;
   onKeyShare(
     share: { from_user: string; from_device: string; payload: string },
     nowMs: number,
@@ -75,11 +77,99 @@ export interface CryptoMachine {
   free(): void;
 }
 
+/** What the outbox keeps per message (stored as is in IndexedDB). */
+export interface OutboxEntryJson {
+  client_msg_id: string;
+  conversation: string;
+  content_type: string;
+  payload: string;
+  created_ms: number;
+}
+
+export interface OutboxLimits {
+  max_entries: number;
+  max_bytes: number;
+  max_payload_bytes: number;
+}
+
+/** tern-core's Outbox: compose order and limits; the page persists the entries. */
+export interface CoreOutbox {
+  compose(
+    conversation: string,
+    contentType: string,
+    payload: Uint8Array,
+    nowMs: number,
+  ): OutboxEntryJson;
+  front(): OutboxEntryJson | undefined;
+  onAcked(ack: ServerMessage): OutboxEntryJson | undefined;
+  remove(clientMsgId: string): OutboxEntryJson | undefined;
+  len(): number;
+  bytes(): number;
+  limits(): OutboxLimits;
+  free(): void;
+  /** The wasm object, for `Drain.onSendFailed`. */
+  readonly raw: unknown;
+}
+
+export type SendFailure =
+  | ServerMessage
+  | { kind: 'transient' }
+  | { kind: 'frame_too_large' }
+  | { kind: 'setup' }
+  | { kind: 'coded'; code: string };
+
+export type DrainDecision =
+  | {
+      decision: 'rejected';
+      rejected: { client_msg_id: string; conversation: string; code: string; message: string };
+      removed: OutboxEntryJson | null;
+    }
+  | {
+      decision: 'retry';
+      gate: { state: 'open' } | { state: 'at'; at_ms: number } | { state: 'parked' };
+    };
+
+/** tern-core's Drain: when the outbox may send, and what a failed send means. */
+export interface CoreDrain {
+  onConnected(): void;
+  mayDrain(nowMs: number): boolean;
+  retryAt(): number | undefined;
+  onSendFailed(
+    outbox: CoreOutbox,
+    clientMsgId: string,
+    failure: SendFailure,
+    message: string | undefined,
+    reconnect: CoreReconnect,
+    nowMs: number,
+  ): DrainDecision;
+  free(): void;
+}
+
+/** tern-core's Reconnect: backoff reset by uptime, GoingAway floor. */
+export interface CoreReconnect {
+  onConnected(nowMs: number): void;
+  onDisconnected(nowMs: number): void;
+  onGoingAway(retryAfterMs: number): void;
+  begin(nowMs: number): void;
+  nextAttemptDelayMs(): number;
+  free(): void;
+  readonly raw: unknown;
+}
+
 export interface Core {
   encodeClient(m: ClientMessage, maxFrameBytes: number): Uint8Array;
   decodeServer(frame: Uint8Array, maxFrameBytes?: number): ServerMessage;
   newMachine(user: string, device: string): CryptoMachine;
   unpickleMachine(sealed: Uint8Array, key: Uint8Array): CryptoMachine;
+  newOutbox(loaded: OutboxEntryJson[], limits?: Partial<OutboxLimits>): CoreOutbox;
+  newDrain(): CoreDrain;
+  newReconnect(policy?: {
+    base_ms?: number;
+    cap_ms?: number;
+    reset_after_ms?: number;
+  }): CoreReconnect;
+  /** Whether a connect failure means "stop and log in again" (bad token, refused device…). */
+  isPermanentConnectFailure(failure: SendFailure): boolean;
 }
 
 // The raw wasm-bindgen exports this facade uses (camelCase names, JSON strings).
@@ -94,9 +184,45 @@ interface RawMachine {
   onClaimed(bundlesJson: string): string;
   onMemberRemoved(conversation: string, user: string): void;
   encryptText(conversation: string, text: string, nowMs: number): string;
+  encrypt(conversation: string, contentType: string, payload: Uint8Array, nowMs: number): string;
   onKeyShare(shareJson: string, nowMs: number): string;
   decrypt(messageJson: string): string;
   safetyNumber(other: string): string | undefined;
+  free(): void;
+}
+
+interface RawOutbox {
+  compose(conversation: string, contentType: string, payload: Uint8Array, nowMs: number): string;
+  front(): string | undefined;
+  onAcked(ackJson: string): string | undefined;
+  remove(id: string): string | undefined;
+  len(): number;
+  bytes(): number;
+  limits(): string;
+  free(): void;
+}
+
+interface RawDrain {
+  onConnected(): void;
+  mayDrain(nowMs: number): boolean;
+  retryAt(): number | undefined;
+  onSendFailed(
+    outbox: unknown,
+    id: string,
+    failureJson: string,
+    message: string | undefined,
+    reconnect: unknown,
+    nowMs: number,
+  ): string;
+  free(): void;
+}
+
+interface RawReconnect {
+  onConnected(nowMs: number): void;
+  onDisconnected(nowMs: number): void;
+  onGoingAway(retryAfterMs: number): void;
+  begin(nowMs: number): void;
+  nextAttemptDelayMs(): number;
   free(): void;
 }
 
@@ -108,6 +234,14 @@ interface RawModule {
     new (user: string, device: string): RawMachine;
     unpickle(sealed: Uint8Array, key: Uint8Array): RawMachine;
   };
+  Outbox: { fromLoaded(entriesJson: string, limitsJson?: string): RawOutbox };
+  Drain: new () => RawDrain;
+  Reconnect: new (policyJson?: string, seed?: number) => RawReconnect;
+  isPermanentConnectFailure(failureJson: string): boolean;
+}
+
+function parseOr<T>(s: string | undefined): T | undefined {
+  return s === undefined ? undefined : (JSON.parse(s) as T);
 }
 
 function wrap(raw: RawMachine): CryptoMachine {
@@ -132,6 +266,7 @@ function wrap(raw: RawMachine): CryptoMachine {
       }[],
     onMemberRemoved: (c, u) => raw.onMemberRemoved(c, u),
     encryptText: (c, text, now) => JSON.parse(raw.encryptText(c, text, now)) as Encrypted,
+    encrypt: (c, t, p, now) => JSON.parse(raw.encrypt(c, t, p, now)) as Encrypted,
     onKeyShare: (share, now) =>
       JSON.parse(raw.onKeyShare(JSON.stringify(share), now)) as CryptoEvent[],
     decrypt: (m) => JSON.parse(raw.decrypt(JSON.stringify(m))) as Decrypted,
@@ -152,6 +287,56 @@ export function loadCore(): Promise<Core> {
       decodeServer: (frame, max) => JSON.parse(mod.decodeServer(frame, max)) as ServerMessage,
       newMachine: (user, device) => wrap(new mod.Machine(user, device)),
       unpickleMachine: (sealed, key) => wrap(mod.Machine.unpickle(sealed, key)),
+      newOutbox: (loaded, limits) => {
+        const raw = mod.Outbox.fromLoaded(
+          JSON.stringify(loaded),
+          limits ? JSON.stringify(limits) : undefined,
+        );
+        return {
+          raw,
+          compose: (c, t, p, now) => JSON.parse(raw.compose(c, t, p, now)) as OutboxEntryJson,
+          front: () => parseOr<OutboxEntryJson>(raw.front()),
+          onAcked: (ack) => parseOr<OutboxEntryJson>(raw.onAcked(JSON.stringify(ack))),
+          remove: (id) => parseOr<OutboxEntryJson>(raw.remove(id)),
+          len: () => raw.len(),
+          bytes: () => raw.bytes(),
+          limits: () => JSON.parse(raw.limits()) as OutboxLimits,
+          free: () => raw.free(),
+        };
+      },
+      newDrain: () => {
+        const raw = new mod.Drain();
+        return {
+          onConnected: () => raw.onConnected(),
+          mayDrain: (now) => raw.mayDrain(now),
+          retryAt: () => raw.retryAt(),
+          onSendFailed: (outbox, id, failure, message, reconnect, now) =>
+            JSON.parse(
+              raw.onSendFailed(
+                outbox.raw,
+                id,
+                JSON.stringify(failure),
+                message,
+                reconnect.raw,
+                now,
+              ),
+            ) as DrainDecision,
+          free: () => raw.free(),
+        };
+      },
+      newReconnect: (policy) => {
+        const raw = new mod.Reconnect(policy ? JSON.stringify(policy) : undefined);
+        return {
+          raw,
+          onConnected: (now) => raw.onConnected(now),
+          onDisconnected: (now) => raw.onDisconnected(now),
+          onGoingAway: (ms) => raw.onGoingAway(ms),
+          begin: (now) => raw.begin(now),
+          nextAttemptDelayMs: () => raw.nextAttemptDelayMs(),
+          free: () => raw.free(),
+        };
+      },
+      isPermanentConnectFailure: (f) => mod.isPermanentConnectFailure(JSON.stringify(f)),
     };
     return core;
   })();

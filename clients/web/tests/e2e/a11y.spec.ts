@@ -88,10 +88,11 @@ test('keyboard only: register, start a chat and send a message without the mouse
   const peer: User = await register(browser, server, uniqueName('kbpeer'));
   const { context, page } = await openApp(browser, server);
   const name = uniqueName('keys');
-  // Tab order: Create account tab, Log in tab, Username, Password, submit.
-  await page.keyboard.press('Tab');
-  await page.keyboard.press('Tab');
-  await page.keyboard.press('Tab');
+  // Tab to the username field (after the two account tabs), type, Tab to the password, Enter.
+  for (let i = 0; i < 10; i++) {
+    if (await page.getByLabel('Username').evaluate((el) => el === document.activeElement)) break;
+    await page.keyboard.press('Tab');
+  }
   await expect(page.getByLabel('Username')).toBeFocused();
   await page.keyboard.type(name);
   await page.keyboard.press('Tab');
