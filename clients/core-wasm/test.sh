@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds tern-core-wasm for wasm32, generates the Node bindings with wasm-bindgen-cli (at the
 # exact version of the wasm-bindgen crate in Cargo.lock), writes a fixture with the NATIVE
-# core, and runs the Node tests (tests/*.test.js). Then builds the page's `--target web`
+# core, runs the Node tests (tests/*.test.js) and has the native core decrypt what the wasm
+# build encrypted. Then builds the page's `--target web`
 # module with build.sh and checks under Node that the ES module loads and works (web.test.mjs).
 # Exits non-zero on any failure (CI calls it).
 # Needs: rustup target wasm32-unknown-unknown, Node >= 20, and
@@ -25,7 +26,9 @@ cargo build -p tern-core-wasm --target wasm32-unknown-unknown --locked
 "$bindgen" --target nodejs --out-dir "$out/pkg" \
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/debug/tern_core_wasm.wasm"
 cargo run -q -p tern-core --example wasm_fixture --locked -- "$out/fixture.json"
-TERN_WASM_PKG="$out/pkg" TERN_FIXTURE="$out/fixture.json" \
+TERN_WASM_PKG="$out/pkg" TERN_FIXTURE="$out/fixture.json" TERN_FROM_WASM="$out/from_wasm.json" \
   node --test clients/core-wasm/tests/*.test.js
+# The other direction: the native core decrypts what the wasm build encrypted (e2e.test.js).
+cargo run -q -p tern-core --example wasm_fixture --locked -- check "$out/fixture.json" "$out/from_wasm.json"
 bash clients/core-wasm/build.sh "$out/web"
 TERN_WASM_WEB="$out/web" node --test clients/core-wasm/tests/web.test.mjs

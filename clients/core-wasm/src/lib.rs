@@ -14,13 +14,14 @@
 //!   not a failure but a `{"error": "<reason>"}` result the UI shows.
 //!
 //! Modules: [`codec`] (frames, handshake, reply matching, stream framing), [`machine`]
-//! (`Machine`, the crypto state), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`,
-//! `Backoff`).
+//! (`Machine`, the crypto state), [`send_plan`] (`SendPlan`, `shareBatches`: preparing an
+//! encrypted send), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`, `Backoff`).
 
 pub mod codec;
 pub mod js;
 pub mod machine;
 pub mod protocol;
+pub mod send_plan;
 
 pub use codec::{FrameDecoder, check_welcome, decode_server, encode_client, hello};
 pub use machine::Machine;

@@ -375,6 +375,52 @@ impl Machine {
         Ok(self.inner.safety_number(parse::<UserId>(other, "user id")?))
     }
 
+    // ------------------------------------------------------------------ trust store
+
+    /// The trust store's devices of `user` (pass this user's own id for "my devices"):
+    /// `[{user, device, trust: verified|unverified|changed, blocked, fingerprint,
+    /// first_seen_ms, previous_identities}]`, sorted by device; `[]` when the user's list was
+    /// never fetched. `trust: "changed"` is the identity-change warning to show.
+    #[wasm_bindgen(js_name = deviceList)]
+    pub fn device_list(&self, user: &str) -> JsResult<String> {
+        let devices: Vec<Value> = self
+            .inner
+            .device_list(parse(user, "user id")?)
+            .into_iter()
+            .map(|d| {
+                json!({"user": d.user, "device": d.device, "trust": d.trust,
+                    "blocked": d.blocked, "fingerprint": d.fingerprint,
+                    "first_seen_ms": d.first_seen_ms,
+                    "previous_identities": d.previous_identities})
+            })
+            .collect();
+        to_json(&devices)
+    }
+
+    /// The user compared the safety number with `user`: every known device of `user` becomes
+    /// verified. Returns false when none is known (query first). Pickle afterwards.
+    #[wasm_bindgen(js_name = markUserVerified)]
+    pub fn mark_user_verified(&mut self, user: &str) -> JsResult<bool> {
+        Ok(self.inner.mark_user_verified(parse(user, "user id")?))
+    }
+
+    /// Marks one device verified (its fingerprint was compared); false when unknown.
+    #[wasm_bindgen(js_name = markDeviceVerified)]
+    pub fn mark_device_verified(&mut self, user: &str, device: &str) -> JsResult<bool> {
+        Ok(self
+            .inner
+            .mark_device_verified(parse(user, "user id")?, parse(device, "device id")?))
+    }
+
+    /// Blocks a device: it gets no more keys (a `withheld` notice instead) and its messages
+    /// show as `UntrustedDevice`. False when unknown.
+    #[wasm_bindgen(js_name = blockDevice)]
+    pub fn block_device(&mut self, user: &str, device: &str) -> JsResult<bool> {
+        Ok(self
+            .inner
+            .block_device(parse(user, "user id")?, parse(device, "device id")?))
+    }
+
     // ------------------------------------------------------------------ key backup
 
     /// Starts a new backup protected by `passphrase`: returns the `PUT /api/v1/keys/backup`

@@ -3,15 +3,23 @@
 //! the receiver, and the receiver's sealed state, so the wasm build must open a native pickle,
 //! process a native Olm share and decrypt a native Megolm message.
 //!
-//! Usage: `cargo run -p tern-core --example wasm_fixture -- <out.json>`
+//! Usage: `cargo run -p tern-core --example wasm_fixture -- <out.json>`, and after the Node
+//! tests `… -- check <out.json> <from_wasm.json>`: the NATIVE receiver (from the fixture's
+//! pickle) must decrypt what the wasm build encrypted to it (the other direction), or the
+//! command fails.
 //! JSON: `{pickle_key_hex, receiver_pickle_b64, from_user, from_device, share_b64,
 //!         message (tern-wire Message JSON), expected_text, sender_user,
-//!         client_frames: [{json, hex}], server_frames: [{json, hex}]}`: the frames are
+//!         client_frames: [{json, hex}], server_frames: [{json, hex}], sender_keys and
+//!         receiver_keys (tern-wire DeviceKeys JSON; the receiver's with one unused one-time
+//!         key, for the wasm sender to claim), backup ({version, meta}), backup_page
+//!         ({sessions, next_after}) and backup_passphrase (the native sender's key backup,
+//!         cheap KDF parameters)}`: the frames are
 //! messages encoded by the NATIVE codec, so the wasm codec must produce and read the same bytes.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use tern_core::crypto::{Body, CryptoConfig, CryptoMachine, PublishedKeys};
+use tern_core::crypto::{Body, CryptoConfig, CryptoEvent, CryptoMachine, KdfParams, PublishedKeys};
+use tern_wire::api::{BackupSessionPage, BackupSessionView, KeyBackup};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
     ClientMessage, Cursor, DeviceKeys, ErrorCode, KeyShareItem, Message, Notice, PresenceStatus,
@@ -155,12 +163,96 @@ fn server_frames(
     )
 }
 
+fn wire(k: &PublishedKeys) -> DeviceKeys {
+    DeviceKeys {
+        user: k.user,
+        device: k.device,
+        identity_key: k.identity_key.clone(),
+        signed_prekey: vec![],
+        one_time_keys: k.one_time_keys.clone(),
+        signing_key: k.signing_key.clone(),
+        fallback_key: k.fallback_key.clone(),
+        signature: k.signature.clone(),
+    }
+}
+
+fn published(k: &DeviceKeys) -> PublishedKeys {
+    PublishedKeys {
+        user: k.user,
+        device: k.device,
+        identity_key: k.identity_key.clone(),
+        signing_key: k.signing_key.clone(),
+        signature: k.signature.clone(),
+        one_time_keys: k.one_time_keys.clone(),
+        fallback_key: k.fallback_key.clone(),
+    }
+}
+
+/// What the wasm sender wrote: `{sender_keys (DeviceKeys), share (KeyShareItem), message,
+/// text}`.
+#[derive(serde::Deserialize)]
+struct FromWasm {
+    sender_keys: DeviceKeys,
+    share: KeyShareItem,
+    message: Message,
+    text: String,
+}
+
+/// The native receiver decrypts what the wasm build encrypted.
+fn check(fixture_path: &str, from_wasm_path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture_path)?)?;
+    let from: FromWasm = serde_json::from_slice(&std::fs::read(from_wasm_path)?)?;
+    let field = |name: &str| {
+        fixture[name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(format!("fixture has no {name}"))
+    };
+    let key_hex = field("pickle_key_hex")?;
+    let key: Vec<u8> = (0..key_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key_hex[i..i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    let key: [u8; 32] = key.try_into().map_err(|_| "pickle key is not 32 bytes")?;
+    let mut bob = CryptoMachine::from_pickle(&B64.decode(field("receiver_pickle_b64")?)?, &key)?;
+    let sender = from.sender_keys.user;
+    bob.on_device_list(sender, &[published(&from.sender_keys)], 20)?;
+    if from.share.to_device != bob.device_id() {
+        return Err("the wasm share is not for the fixture's receiver".into());
+    }
+    let events = bob.on_key_share(sender, from.sender_keys.device, &from.share.payload, 21);
+    if !matches!(events.as_slice(), [CryptoEvent::RoomKeyReceived { .. }]) {
+        return Err(format!("native receiver: {events:?}").into());
+    }
+    let decrypted = bob
+        .decrypt(&from.message)
+        .map_err(|u| format!("native receiver cannot decrypt the wasm message: {u}"))?;
+    match decrypted.body {
+        Body::Text { text } if text == from.text => {
+            println!("native core decrypted the wasm message: {text:?}");
+            Ok(())
+        }
+        other => Err(format!("native receiver read {other:?}, expected {:?}", from.text).into()),
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args()
-        .nth(1)
-        .ok_or("usage: wasm_fixture <out.json>")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, fixture, from_wasm] = args.as_slice()
+        && mode == "check"
+    {
+        return check(fixture, from_wasm);
+    }
+    let out = args
+        .first()
+        .ok_or("usage: wasm_fixture <out.json> | wasm_fixture check <out.json> <from_wasm.json>")?;
     let (a, b) = (UserId::random(), UserId::random());
-    let mut alice = CryptoMachine::new(a, DeviceId::random(), CryptoConfig::default())?;
+    // Cheap KDF parameters: the Node test unlocks this backup (a real one costs ~19 MiB).
+    let alice_config = CryptoConfig {
+        backup_kdf: KdfParams::insecure_for_tests(),
+        ..CryptoConfig::default()
+    };
+    let mut alice = CryptoMachine::new(a, DeviceId::random(), alice_config)?;
     let mut bob = CryptoMachine::new(b, DeviceId::random(), CryptoConfig::default())?;
     let published = |m: &mut CryptoMachine| -> Result<PublishedKeys, String> {
         let keys = m.keys_to_publish(0).ok_or("nothing to publish")?;
@@ -208,17 +300,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         files: vec![],
     };
     let pickle_key = [0x42u8; 32];
-    let alice_wire = DeviceKeys {
-        user: alice_keys.user,
-        device: alice_keys.device,
-        identity_key: alice_keys.identity_key.clone(),
-        signed_prekey: vec![],
-        one_time_keys: vec![],
-        signing_key: alice_keys.signing_key.clone(),
-        fallback_key: alice_keys.fallback_key.clone(),
-        signature: alice_keys.signature.clone(),
-    };
+    let alice_wire = wire(&identity(&alice_keys));
+    // The receiver as a directory shows it, with one one-time key alice did not use.
+    let bob_wire = wire(&PublishedKeys {
+        one_time_keys: vec![bob_keys.one_time_keys[1].clone()],
+        ..identity(&bob_keys)
+    });
+    let passphrase = "correct horse battery staple";
+    let (version, meta) = alice.backup_create(passphrase, 4)?;
+    let sessions: Vec<BackupSessionView> = alice
+        .backup_export_sessions()?
+        .into_iter()
+        .map(|e| BackupSessionView {
+            conversation: e.conversation,
+            session_id: e.session_id,
+            data: B64.encode(&e.data),
+        })
+        .collect();
     let fixture = serde_json::json!({
+        "sender_keys": alice_wire,
+        "receiver_keys": bob_wire,
+        "backup": KeyBackup { version, meta: B64.encode(meta) },
+        "backup_page": BackupSessionPage { sessions, next_after: None },
+        "backup_passphrase": passphrase,
         "client_frames": client_frames(&message)?,
         "server_frames": server_frames(&message, &alice_wire)?,
         "pickle_key_hex": hex(&pickle_key),
@@ -230,7 +334,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "expected_text": text,
         "sender_user": a,
     });
-    std::fs::write(&out, serde_json::to_vec_pretty(&fixture)?)?;
+    std::fs::write(out, serde_json::to_vec_pretty(&fixture)?)?;
     println!("wrote {out}");
     Ok(())
 }

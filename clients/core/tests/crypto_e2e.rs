@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use tern_core::crypto::{
     Body, CryptoConfig, CryptoError, CryptoEvent, CryptoMachine, KdfParams, MemoryCryptoStore,
-    PublishedKeys, Trust, TrustEvent, Undecryptable, verify_device_keys,
+    PublishedKeys, SendPlan, SendStep, Trust, TrustEvent, Undecryptable, verify_device_keys,
 };
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::Message;
@@ -62,7 +62,39 @@ impl Server {
         self.fallback.remove(&dev);
     }
 
-    /// Full send path of a driver: prepare, query, claim, encrypt, store shares, message.
+    /// Runs a send's [`SendPlan`] against this server: the steps it asked for, in order.
+    fn run_plan(
+        &mut self,
+        m: &mut CryptoMachine,
+        conv: ConversationId,
+        members: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<&'static str>, tern_core::crypto::CryptoError> {
+        let mut plan = SendPlan::new(conv, members.to_vec());
+        let mut steps = Vec::new();
+        loop {
+            match plan.next(m, now_ms)? {
+                SendStep::Query(users) => {
+                    steps.push("query");
+                    for user in users {
+                        let list = self.query(user);
+                        m.on_device_list(user, &list, now_ms).expect("device list");
+                    }
+                }
+                SendStep::Claim(devices) => {
+                    steps.push("claim");
+                    let bundles: Vec<PublishedKeys> =
+                        devices.iter().filter_map(|d| self.claim(*d)).collect();
+                    let problems = m.on_claimed(&bundles);
+                    assert!(problems.is_empty(), "{problems:?}");
+                }
+                SendStep::Ready => return Ok(steps),
+            }
+        }
+    }
+
+    /// Full send path of a driver: the send plan (query, claim), encrypt, store shares,
+    /// message.
     fn send(
         &mut self,
         m: &mut CryptoMachine,
@@ -71,17 +103,7 @@ impl Server {
         text: &str,
         now_ms: u64,
     ) -> Message {
-        let needs = m.prepare(conv, members, now_ms).expect("prepare");
-        for user in &needs.query_users {
-            let list = self.query(*user);
-            m.on_device_list(*user, &list, now_ms).expect("device list");
-        }
-        let needs = m.prepare(conv, members, now_ms).expect("prepare");
-        assert!(needs.query_users.is_empty());
-        let bundles: Vec<PublishedKeys> =
-            needs.claim.iter().filter_map(|d| self.claim(*d)).collect();
-        let problems = m.on_claimed(&bundles);
-        assert!(problems.is_empty(), "{problems:?}");
+        self.run_plan(m, conv, members, now_ms).expect("send plan");
         let out = m.encrypt(conv, &Body::text(text), now_ms).expect("encrypt");
         assert!(out.missing.is_empty(), "missing {:?}", out.missing);
         for share in out.key_shares {
@@ -148,6 +170,110 @@ fn text_of(m: &mut CryptoMachine, msg: &Message) -> Result<String, Undecryptable
         Body::Text { text } => text,
         Body::Data { content_type, .. } => format!("<{content_type}>"),
     })
+}
+
+#[test]
+fn send_plan_queries_then_claims_then_is_ready_and_a_known_conversation_goes_at_once() {
+    let mut s = Server::default();
+    let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
+    let mut alice = device(&mut s, a);
+    let _bob = device(&mut s, b);
+    let _bob2 = device(&mut s, b);
+    let _carol = device(&mut s, c);
+    let conv = ConversationId::random();
+    assert_eq!(
+        s.run_plan(&mut alice, conv, &[a, b, c], 1).expect("plan"),
+        ["query", "claim"]
+    );
+    s.send(&mut alice, conv, &[a, b, c], "hello", 2);
+    // Sessions exist and every device has the key: nothing to fetch for the next message.
+    assert!(
+        s.run_plan(&mut alice, conv, &[a, b, c], 3)
+            .expect("plan")
+            .is_empty()
+    );
+    // A device-list change makes the next send query again (and claim the new device).
+    let _carol2 = device(&mut s, c);
+    alice.mark_device_list_stale(c);
+    assert_eq!(
+        s.run_plan(&mut alice, conv, &[a, b, c], 4).expect("plan"),
+        ["query", "claim"]
+    );
+}
+
+#[test]
+fn send_plan_gives_up_on_lists_that_stay_stale_and_on_devices_without_keys() {
+    let (a, b) = (UserId::random(), UserId::random());
+    let mut s = Server::default();
+    let mut alice = device(&mut s, a);
+    let conv = ConversationId::random();
+    // A directory that never answers for bob: 3 query rounds, then an error (never a loop).
+    let mut plan = SendPlan::new(conv, vec![a, b]);
+    for round in 1..=3 {
+        assert!(
+            matches!(plan.next(&mut alice, 1), Ok(SendStep::Query(users)) if users.contains(&b)),
+            "round {round}"
+        );
+        alice.on_device_list(a, &s.query(a), 1).expect("own list");
+    }
+    let stuck = plan.next(&mut alice, 1).expect_err("stuck lists");
+    assert!(stuck.to_string().contains("stay stale"), "{stuck}");
+
+    // Bob's device has no claimable key (the server hands out nothing): two claim rounds,
+    // then Ready anyway, so one device without keys cannot block the conversation.
+    let mut s = Server::default();
+    let mut alice = device(&mut s, a);
+    let bob = device(&mut s, b);
+    s.otks.remove(&(b, bob.device_id()));
+    s.fallback.remove(&(b, bob.device_id()));
+    let mut plan = SendPlan::new(conv, vec![a, b]);
+    let mut steps = Vec::new();
+    loop {
+        match plan.next(&mut alice, 1).expect("step") {
+            SendStep::Query(users) => {
+                steps.push("query");
+                for u in users {
+                    alice.on_device_list(u, &s.query(u), 1).expect("list");
+                }
+            }
+            SendStep::Claim(devices) => {
+                steps.push("claim");
+                assert_eq!(devices, [(b, bob.device_id())]);
+                let bundles: Vec<PublishedKeys> =
+                    devices.iter().filter_map(|d| s.claim(*d)).collect();
+                assert!(bundles.iter().all(|k| k.one_time_keys.is_empty()));
+                alice.on_claimed(&bundles);
+            }
+            SendStep::Ready => break,
+        }
+    }
+    assert_eq!(steps, ["query", "claim", "claim"]);
+    assert_eq!((plan.queries(), plan.claims()), (1, 2));
+    let out = alice
+        .encrypt(conv, &Body::text("anyway"), 2)
+        .expect("encrypt");
+    assert_eq!(out.missing, [(b, bob.device_id())]);
+}
+
+#[test]
+fn device_list_shows_trust_and_fingerprints_match_the_devices_own() {
+    let mut s = Server::default();
+    let (a, b) = (UserId::random(), UserId::random());
+    let mut alice = device(&mut s, a);
+    let bob = device(&mut s, b);
+    assert!(alice.device_list(b).is_empty());
+    refresh(&s, &mut alice, &[a, b]);
+    let list = alice.device_list(b);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].device, bob.device_id());
+    assert_eq!(list[0].fingerprint, bob.fingerprint());
+    assert_eq!(list[0].trust, Trust::Unverified);
+    assert!(!list[0].blocked);
+    assert!(alice.mark_user_verified(b));
+    assert_eq!(alice.device_list(b)[0].trust, Trust::Verified);
+    assert!(alice.block_device(b, bob.device_id()));
+    assert!(alice.device_list(b)[0].blocked);
+    assert_eq!(alice.device_list(a)[0].fingerprint, alice.fingerprint());
 }
 
 #[test]

@@ -48,6 +48,9 @@ pub enum CryptoError {
     Serde(String),
     #[error("crypto store: {0}")]
     Store(String),
+    /// A send's device lists were still stale after this many queries (a directory fault).
+    #[error("device lists stay stale after repeated queries ({queries})")]
+    DeviceListsStuck { queries: usize },
 }
 
 /// Why a message could not be decrypted. Never silent: the driver shows the reason and

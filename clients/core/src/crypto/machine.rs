@@ -166,6 +166,22 @@ pub struct Decrypted {
     pub message_index: u32,
 }
 
+/// One device of the trust store, for a device list screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub trust: Trust,
+    pub blocked: bool,
+    /// The device's Ed25519 key in the same form as [`CryptoMachine::fingerprint`] (what two
+    /// users read out to compare one device).
+    pub fingerprint: String,
+    /// When this device was first pinned (the driver's `now_ms` then).
+    pub first_seen_ms: u64,
+    /// How many earlier identity keys this device id had (reinstalls, or a server swapping keys).
+    pub previous_identities: usize,
+}
+
 /// One backed-up session as the server stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupEntry {
@@ -240,6 +256,15 @@ struct WithheldRecord {
 struct BackupState {
     version: String,
     key: Zeroizing<[u8; 32]>,
+}
+
+/// Unpadded base64 of an Ed25519 key in groups of 4, for reading out.
+fn fingerprint_of(b64: &str) -> String {
+    b64.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One device's end-to-end encryption state. See the module docs for the driver flow.
@@ -355,12 +380,27 @@ impl CryptoMachine {
     /// This device's fingerprint: its Ed25519 key, unpadded base64 in groups of 4 (what the
     /// user reads out when comparing devices).
     pub fn fingerprint(&self) -> String {
-        let b64 = self.account.identity_keys().ed25519.to_base64();
-        b64.as_bytes()
-            .chunks(4)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        fingerprint_of(&self.account.identity_keys().ed25519.to_base64())
+    }
+
+    /// Every cached device of `user` (this user included: its own other devices), sorted by
+    /// device id; empty when the user's list was never fetched.
+    pub fn device_list(&self, user: UserId) -> Vec<DeviceInfo> {
+        let Some(rec) = self.directory.users.get(&user) else {
+            return Vec::new();
+        };
+        rec.devices
+            .iter()
+            .map(|(device, d)| DeviceInfo {
+                user,
+                device: *device,
+                trust: d.trust,
+                blocked: d.blocked,
+                fingerprint: fingerprint_of(B64.encode(d.signing_key).trim_end_matches('=')),
+                first_seen_ms: d.first_seen_ms,
+                previous_identities: d.previous_identity_keys.len(),
+            })
+            .collect()
     }
 
     // ---------------------------------------------------------------- directory, trust

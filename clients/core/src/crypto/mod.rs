@@ -22,7 +22,8 @@
 //!    show); on a `DeviceListChanged` push call `mark_device_list_stale(user)`.
 //! 3. Sending: `prepare(conversation, members, now_ms)` returns which users to query and which
 //!    devices to claim one-time keys for; feed the answers to `on_device_list` / `on_claimed`;
-//!    then `encrypt(conversation, body, now_ms)`. Send its `key_shares` first
+//!    then `encrypt(conversation, body, now_ms)` ([`SendPlan`] runs that loop with its round
+//!    limits). Send its `key_shares` first
 //!    (`ClientSendKeyShares`), then the message (`ClientSend`, `content_type` =
 //!    [`MEGOLM_CONTENT_TYPE`]; recognise incoming encrypted messages with
 //!    [`is_encrypted_content_type`], which also accepts v1 history). Devices listed in `Encrypted::missing` got no key (no Olm
@@ -47,6 +48,7 @@ mod error;
 pub mod formats;
 pub mod keys;
 mod machine;
+pub mod send_plan;
 mod trust;
 
 pub use backup::KdfParams;
@@ -58,8 +60,9 @@ pub use formats::{
 pub use keys::{KeyKind, PublishedKeys, SIGNED_KEY_BLOB_LEN, VerifiedIdentity, verify_device_keys};
 pub use machine::{
     BackupEntry, ClaimProblem, CryptoConfig, CryptoEvent, CryptoMachine, CryptoStore, Decrypted,
-    Encrypted, KeyShareOut, MemoryCryptoStore, Needs, RestoreReport,
+    DeviceInfo, Encrypted, KeyShareOut, MemoryCryptoStore, Needs, RestoreReport,
 };
+pub use send_plan::{SendPlan, SendStep};
 pub use trust::{Trust, TrustEvent};
 
 // ---- Limits (every one explicit; the reason beside it) ----

@@ -12,20 +12,13 @@ use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use tern_core::crypto::{Encrypted, PublishedKeys};
+use tern_core::crypto::{Encrypted, PublishedKeys, SendPlan, SendStep};
 use tern_wire::ids::{ConversationId, UserId};
 
 use super::requests::{fetch_claims, fetch_device_lists, upload_key_shares};
 use super::{E2e, OutgoingCost, body_of, crypto, now_ms};
 use crate::connection::ConnectionSender;
 use crate::error::{Error, Result};
-
-/// Device-list queries per send before the lists count as stuck (each query answers every
-/// user asked; a list still stale after that is a server or directory fault).
-const MAX_QUERY_ROUNDS: usize = 3;
-/// How many `encrypt` rounds may still report missing devices before we send anyway: a
-/// device with no claimable key (never published) must not block the conversation.
-const MAX_CLAIM_ROUNDS: usize = 2;
 
 /// Where a send finds the device's [`E2e`]: `with` runs one synchronous step on it.
 pub trait E2eCell: Sync {
@@ -102,7 +95,8 @@ pub async fn encrypt_outgoing_shared(
 }
 
 /// Queries stale device lists and claims keys for member devices without an Olm session until
-/// the machine has what it needs (or the round limits are reached).
+/// the machine has what it needs (or the round limits are reached): the core's [`SendPlan`]
+/// decides each step, this only runs the round trips.
 async fn ensure_sessions(
     cell: &impl E2eCell,
     sender: &ConnectionSender,
@@ -110,35 +104,28 @@ async fn ensure_sessions(
     members: &[UserId],
     cost: &mut OutgoingCost,
 ) -> Result<()> {
-    let (mut queries, mut claims) = (0, 0);
+    let mut plan = SendPlan::new(conversation, members.to_vec());
     loop {
-        let needs = cell
-            .with(|e| e.machine.prepare(conversation, members, now_ms()))
+        let step = cell
+            .with(|e| plan.next(&mut e.machine, now_ms()))
             .await
             .map_err(crypto)?;
-        if !needs.query_users.is_empty() {
-            queries += 1;
-            if queries > MAX_QUERY_ROUNDS {
-                return Err(Error::Crypto(
-                    "device lists stay stale after repeated queries".into(),
-                ));
+        match step {
+            SendStep::Query(users) => {
+                let started = Instant::now();
+                let lists = fetch_device_lists(sender, &users).await?;
+                cell.with(|e| e.apply_device_lists(lists)).await?;
+                cost.query += started.elapsed();
             }
-            let started = Instant::now();
-            let lists = fetch_device_lists(sender, &needs.query_users).await?;
-            cell.with(|e| e.apply_device_lists(lists)).await?;
-            cost.query += started.elapsed();
-            continue;
+            SendStep::Claim(devices) => {
+                let started = Instant::now();
+                let bundles = fetch_claims(sender, &devices).await?;
+                cell.with(|e| e.apply_claims(&bundles)).await?;
+                cost.claim += started.elapsed();
+                cost.devices_claimed += devices.len();
+            }
+            SendStep::Ready => return Ok(()),
         }
-        if !needs.claim.is_empty() && claims < MAX_CLAIM_ROUNDS {
-            claims += 1;
-            let started = Instant::now();
-            let bundles = fetch_claims(sender, &needs.claim).await?;
-            cell.with(|e| e.apply_claims(&bundles)).await?;
-            cost.claim += started.elapsed();
-            cost.devices_claimed += needs.claim.len();
-            continue;
-        }
-        return Ok(());
     }
 }
 
