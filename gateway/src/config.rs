@@ -155,6 +155,9 @@ pub struct FileConfig {
     pub web_dir: Option<String>,
     /// Origins (besides the server's own) whose pages may use the API and open sockets.
     pub cors_origins: Option<Vec<String>>,
+    /// Lifetime of the self-signed certificate (at most 14 days, what browsers pin by hash);
+    /// rotation and publication of the next one scale with it.
+    pub self_signed_validity_secs: Option<u64>,
 }
 
 /// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
@@ -197,6 +200,24 @@ pub struct EdgeConfig {
 /// Configured CORS origins at most: an allow-list is a handful of known front ends, and every
 /// request's `Origin` is compared against it.
 pub const MAX_CORS_ORIGINS: usize = 64;
+
+/// Shortest self-signed validity: the rotation steps scaled to it stay above the check
+/// interval's floor (200 ms) and a test can watch a whole rotation in seconds.
+pub const MIN_SELF_SIGNED_VALIDITY_SECS: u64 = 20;
+
+fn resolve_validity(secs: Option<u64>) -> Result<crate::tls::RotationSchedule, ConfigError> {
+    let max = crate::tls::SELF_SIGNED_VALIDITY.as_secs();
+    let secs = secs.unwrap_or(max);
+    if !(MIN_SELF_SIGNED_VALIDITY_SECS..=max).contains(&secs) {
+        return Err(ConfigError::Invalid(format!(
+            "self_signed_validity_secs must be between {MIN_SELF_SIGNED_VALIDITY_SECS} and {max} \
+             (browsers pin a certificate by hash only up to 14 days)"
+        )));
+    }
+    Ok(crate::tls::RotationSchedule {
+        validity: Duration::from_secs(secs),
+    })
+}
 
 fn resolve_cors(origins: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     let origins: Vec<String> = origins
@@ -380,6 +401,7 @@ impl Config {
             (Some(cert), Some(key)) => CertSource::Pem { cert, key },
             (None, None) => CertSource::SelfSigned {
                 dir: data_dir.join("tls"),
+                schedule: resolve_validity(file.self_signed_validity_secs)?,
             },
             _ => {
                 return Err(ConfigError::Invalid(

@@ -831,14 +831,22 @@ async fn unblock(
     responses((status = 200, body = TransportInfo, description = "where to connect and which certificate hashes to pin")))]
 async fn transport(State(api): State<Arc<ApiState>>) -> Json<TransportInfo> {
     let addr = &api.public_authority;
-    let active = api.certs.active();
+    let ms = |secs: Option<i64>| secs.and_then(|s| u64::try_from(s).ok()).map(|s| s * 1000);
+    let hash = |cert: crate::tls::ActiveCert, role: &str| CertificateHash {
+        algorithm: "sha-256".into(),
+        value: hex::encode(cert.sha256),
+        role: role.into(),
+        not_before_ms: ms(cert.not_before),
+        not_after_ms: ms(cert.not_after),
+    };
+    // The next certificate is listed a while before it is served, so a page that pins every
+    // listed hash keeps connecting across the rotation without fetching this again.
+    let mut certificate_hashes = vec![hash(api.certs.active(), "current")];
+    certificate_hashes.extend(api.certs.next().map(|next| hash(next, "next")));
     Json(TransportInfo {
         webtransport_url: format!("https://{addr}{}", crate::wt::WT_PATH),
         websocket_url: format!("wss://{addr}/api/v1/ws"),
-        certificate_hashes: vec![CertificateHash {
-            algorithm: "sha-256".into(),
-            value: hex::encode(active.sha256),
-        }],
+        certificate_hashes,
         protocol_version: PROTOCOL_VERSION,
         max_frame_bytes: api.max_frame_bytes as u32,
     })

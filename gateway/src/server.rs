@@ -34,7 +34,6 @@ use crate::tls::{Certificates, unix_now};
 const OPS_PER_ADDRESS: usize = 8;
 /// How long shutdown waits for sessions to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// A Deliver carries more than the Send it came from (ids, timestamps); payloads are limited to
 /// the frame size minus this, so every Deliver fits in the clients' frame limit too.
 pub const ENVELOPE_HEADROOM_BYTES: usize = 4 * 1024;
@@ -166,6 +165,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         gateway_metrics.clone(),
         &handles[0],
     );
+    let public_authority = config
+        .edge
+        .public_authority
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let loopback_port = (config.edge.public_authority.is_none() && local.ip().is_loopback())
+        .then_some(local.port());
+    let origins = Arc::new(crate::headers::OriginPolicy::new(
+        &public_authority,
+        loopback_port,
+        &config.edge.cors_origins,
+    ));
     let sessions = Arc::new(SessionContext {
         presence,
         accounts: accounts.clone(),
@@ -187,19 +198,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             requests: config.floods.device_requests,
             storage_quota_bytes: config.floods.storage_quota_bytes,
         },
+        origins: origins.clone(),
     });
-    let public_authority = config
-        .edge
-        .public_authority
-        .clone()
-        .unwrap_or_else(|| local.to_string());
-    let loopback_port = (config.edge.public_authority.is_none() && local.ip().is_loopback())
-        .then_some(local.port());
-    let origins = Arc::new(crate::headers::OriginPolicy::new(
-        &public_authority,
-        loopback_port,
-        &config.edge.cors_origins,
-    ));
     let responses = Arc::new(crate::headers::ResponsePolicy {
         origins: origins.clone(),
         app_csp: axum::http::HeaderValue::from_str(&crate::headers::app_csp(&public_authority))
@@ -497,15 +497,22 @@ async fn serve_tcp(stream: TcpStream, peer: SocketAddr, edge: TcpEdge) {
 }
 
 async fn rotate_certificates(certs: Arc<Certificates>) {
-    let mut interval = tokio::time::interval(ROTATION_CHECK_INTERVAL);
+    let mut interval = tokio::time::interval(certs.check_interval());
     loop {
         interval.tick().await;
         match certs.rotate_if_due(unix_now()) {
-            Ok(true) => {
+            Ok(crate::tls::Rotation::Rotated) => {
                 let hash = hex::encode(certs.active().sha256);
                 tracing::info!(sha256 = %hash, "rotated the self-signed certificate");
             }
-            Ok(false) => {}
+            Ok(crate::tls::Rotation::NextPublished) => {
+                let hash = certs
+                    .next()
+                    .map(|n| hex::encode(n.sha256))
+                    .unwrap_or_default();
+                tracing::info!(sha256 = %hash, "published the next self-signed certificate");
+            }
+            Ok(crate::tls::Rotation::Nothing) => {}
             Err(error) => tracing::error!(%error, "certificate rotation failed"),
         }
     }

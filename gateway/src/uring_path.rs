@@ -73,6 +73,11 @@ impl Handler for Glue {
         Some(Box::new(admitted))
     }
 
+    fn websocket_origin_allowed(&self, origin: Option<&str>) -> bool {
+        // Refused upgrades go through the router, whose WebSocket route answers the 403.
+        self.sessions.origins.socket_allowed(origin)
+    }
+
     fn websocket(&self, _peer: SocketAddr, connection: WsConnection) {
         let ctx = self.sessions.clone();
         tokio::spawn(session::run(

@@ -16,7 +16,19 @@ use crate::session::{self, FrameRecv, FrameSend, Received, SessionContext, Trans
 /// connection, idle or not.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-pub async fn upgrade(State(ctx): State<Arc<SessionContext>>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(ctx): State<Arc<SessionContext>>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // A page of another site must not ride on a user's network position (or, later, cookies):
+    // only the server's own origin, the configured ones and native clients (no Origin).
+    let origin = headers
+        .get(axum::http::header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    if !ctx.origins.socket_allowed(origin) {
+        return refused_origin(origin.unwrap_or_default());
+    }
     let limit = ctx.limits.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER_BYTES)
         // 0 writes each message straight through instead of keeping a 128 KiB write buffer.
@@ -35,6 +47,19 @@ pub async fn upgrade(State(ctx): State<Arc<SessionContext>>, ws: WebSocketUpgrad
             )
             .await;
         })
+}
+
+/// The answer to an upgrade from an origin that may not open sessions (also on the io_uring
+/// path, whose driver hands such upgrades to the router instead of upgrading them).
+pub fn refused_origin(origin: &str) -> Response {
+    crate::http::error_response(
+        axum::http::StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "origin {} may not open a session here (not the server's own origin, not in cors_origins)",
+            origin.chars().take(200).collect::<String>()
+        ),
+    )
 }
 
 struct WsRecv {
@@ -56,22 +81,31 @@ impl FrameRecv for WsRecv {
                 // tungstenite answers pings itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => Received::Closed,
-                Some(Err(error)) => {
-                    let text = error.to_string();
-                    if text.contains("Space limit exceeded")
-                        || text.contains("too long")
-                        || text.contains("Message too big")
-                    {
-                        Received::TooLarge {
-                            size: self.limit * 2,
-                        }
-                    } else {
+                Some(Err(error)) => match too_large(error) {
+                    Ok(size) => Received::TooLarge { size },
+                    Err(error) => {
                         tracing::debug!(%error, "websocket read failed");
                         Received::Closed
                     }
-                }
+                },
             };
         }
+    }
+}
+
+/// The size tungstenite refused a frame or message for: the length its header declared (or the
+/// message's total so far), which is the real size the client sent, not the limit.
+fn too_large(error: axum::Error) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    let inner = error.into_inner();
+    match inner.downcast::<tungstenite::Error>() {
+        Ok(boxed) => match *boxed {
+            tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+                size,
+                ..
+            }) => Ok(size),
+            other => Err(Box::new(other)),
+        },
+        Err(other) => Err(other),
     }
 }
 

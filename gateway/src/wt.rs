@@ -16,7 +16,28 @@ pub const WT_PATH: &str = "/api/v1/wt";
 /// How long a client has, after the session is accepted, to open its stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 4 * 1024;
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the final frames may take to be acknowledged before the session is closed anyway.
+/// With [`PEER_CLOSE_TIMEOUT`] it stays inside the session's 3 s goodbye.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long the peer has to close the connection after the close capsule (one round trip of
+/// a slow mobile link) before the server closes it.
+const PEER_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/3's H3_NO_ERROR: the only code the server puts in the QUIC (HTTP/3) error space.
+/// Tern's codes travel in the WebTransport close capsule and the `Error` frame.
+const H3_NO_ERROR: u32 = 0x100;
+
+/// Ends a session the way browsers can see: the CLOSE_WEBTRANSPORT_SESSION capsule with Tern's
+/// code and reason (`WebTransport.closed` resolves with them), then waits for the peer to close
+/// the connection in answer; only a peer that does not is closed on, with H3_NO_ERROR.
+async fn end_session(connection: &Connection, code: ErrorCode, reason: &str) {
+    connection.close_session(code as u32, reason);
+    if tokio::time::timeout(PEER_CLOSE_TIMEOUT, connection.closed())
+        .await
+        .is_err()
+    {
+        connection.close(VarInt::from_u32(H3_NO_ERROR), b"");
+    }
+}
 
 /// Accepts QUIC connections: each asks the shared budget for a place before its handshake
 /// (refused: QUIC CONNECTION_REFUSED, no handshake state kept), and must have finished the
@@ -52,6 +73,12 @@ pub async fn accept_loop(
                 request.not_found().await;
                 return;
             }
+            // Browsers always send the page's origin on the CONNECT; native clients none.
+            if !ctx.origins.socket_allowed(request.origin()) {
+                tracing::debug!(origin = ?request.origin(), "webtransport session from a refused origin");
+                request.forbidden().await;
+                return;
+            }
             let connection = match request.accept().await {
                 Ok(connection) => connection,
                 Err(error) => {
@@ -59,17 +86,15 @@ pub async fn accept_loop(
                     return;
                 }
             };
-            let (send, recv) =
-                match tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await {
-                    Ok(Ok(streams)) => streams,
-                    _ => {
-                        connection.close(
-                            VarInt::from_u32(ErrorCode::MalformedFrame as u32),
-                            b"no stream opened",
-                        );
-                        return;
-                    }
-                };
+            let (send, recv) = match tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi())
+                .await
+            {
+                Ok(Ok(streams)) => streams,
+                _ => {
+                    end_session(&connection, ErrorCode::MalformedFrame, "no stream opened").await;
+                    return;
+                }
+            };
             let limit = ctx.limits.max_frame_bytes;
             let recv = WtRecv {
                 connection: connection.clone(),
@@ -146,9 +171,9 @@ impl FrameSend for WtSend {
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
         // finish() completes when the peer acknowledged the data (the error frame); bounded so a
-        // vanished peer cannot hold the session open.
+        // vanished peer cannot hold the session open. Closing the QUIC connection right after
+        // (as before) let Chromium drop frames it had received but the page had not read yet.
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.send.finish()).await;
-        self.connection
-            .close(VarInt::from_u32(code as u32), reason.as_bytes());
+        end_session(&self.connection, code, reason).await;
     }
 }

@@ -1045,12 +1045,20 @@ impl Driver {
                     Decision::Reject("431 Request Header Fields Too Large")
                 }
                 Ok(httparse::Status::Complete(n)) => {
+                    let origin = request
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("origin"))
+                        .map(|h| std::str::from_utf8(h.value).unwrap_or("(not text)").trim());
                     match websocket_key(&request, &self.cfg.ws_path) {
-                        Some(key) => Decision::Upgrade(
-                            n,
-                            tungstenite::handshake::derive_accept_key(key.as_bytes()),
-                        ),
-                        None => Decision::Bridge,
+                        Some(key) if self.handler.websocket_origin_allowed(origin) => {
+                            Decision::Upgrade(
+                                n,
+                                tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                            )
+                        }
+                        // Not an upgrade, or one from a refused origin: the router answers.
+                        _ => Decision::Bridge,
                     }
                 }
             }

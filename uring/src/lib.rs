@@ -161,6 +161,13 @@ pub trait Handler: Send + Sync + 'static {
         Some(Box::new(()))
     }
 
+    /// Whether a WebSocket upgrade with this `Origin` header (`None`: absent) may be upgraded
+    /// here; when not, the request is handed to [`Handler::http`] like any other, which
+    /// answers it (e.g. 403).
+    fn websocket_origin_allowed(&self, _origin: Option<&str>) -> bool {
+        true
+    }
+
     /// A WebSocket upgrade completed; spawn the session (tokio::spawn on the current runtime).
     fn websocket(&self, peer: SocketAddr, connection: WsConnection);
     /// Anything else: serve HTTP over this plaintext stream (the request head already read is

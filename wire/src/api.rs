@@ -145,6 +145,19 @@ pub struct CertificateHash {
     pub algorithm: String,
     /// Lowercase hex of the DER certificate's SHA-256.
     pub value: String,
+    /// "current" (served now) or "next" (served from the next rotation on: pin both, and a
+    /// connection made after the switch still matches).
+    #[serde(default = "current_role")]
+    pub role: String,
+    /// Validity of a self-signed certificate, Unix ms (absent for operator certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_ms: Option<u64>,
+}
+
+fn current_role() -> String {
+    "current".into()
 }
 
 /// `GET /transport` answer: where to connect, and which certificates to pin for WebTransport.

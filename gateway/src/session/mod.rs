@@ -112,6 +112,8 @@ pub struct SessionContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Per-device send and request rate limits, and the per-user storage quota.
     pub device_limits: limits::DeviceLimits,
+    /// Which web origins may open a session (the `Origin` of the upgrade or CONNECT).
+    pub origins: Arc<crate::headers::OriginPolicy>,
 }
 
 /// Why a session ended, and what the client is told.
@@ -245,7 +247,10 @@ fn decode_received(
         Received::TooLarge { size } => {
             return Err(End::fatal(
                 ErrorCode::FrameTooLarge,
-                format!("frame of {size} bytes exceeds the limit"),
+                format!(
+                    "frame of {size} bytes exceeds the limit of {} bytes",
+                    ctx.limits.max_frame_bytes
+                ),
             ));
         }
         Received::Malformed(why) => return Err(End::fatal(ErrorCode::MalformedFrame, why)),
