@@ -74,6 +74,7 @@ export class TernClient {
   private readonly sender = new Sender(
     this.ctx,
     () => this.reconnect,
+    () => this.core,
     () => this.conversations.refresh(),
   );
   /** Forces the transport of the next connections (diagnostics); undefined = automatic. */

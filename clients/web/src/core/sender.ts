@@ -6,8 +6,7 @@
 
 import { ServerError, type Connection } from './connection';
 import { errorText, type DriverContext } from './context';
-import { queryDeviceLists } from './keys';
-import { hexToBytes, type ClaimTarget, type ServerMessage } from './protocol';
+import { hexToBytes, type ServerMessage } from './protocol';
 import type {
   Core,
   CoreDrain,
@@ -15,6 +14,7 @@ import type {
   CoreReconnect,
   OutboxEntryJson,
   SendFailure,
+  TrustEvent,
 } from './wasm';
 import { mergeItem, notify, updateTimeline, useApp, type TimelineItem } from '../state/store';
 
@@ -23,9 +23,6 @@ import { mergeItem, notify, updateTimeline, useApp, type TimelineItem } from '..
 export const OUTBOX_LIMIT = 500;
 /** Characters the composer accepts; tern-core bounds the payload bytes too. */
 export const MAX_TEXT_CHARS = 8_000;
-/** Device-list query and claim rounds per send (the SDK's MAX_QUERY_ROUNDS / MAX_CLAIM_ROUNDS). */
-const MAX_QUERY_ROUNDS = 3;
-const MAX_CLAIM_ROUNDS = 2;
 const TEXT = 'text';
 
 /** The IndexedDB record: the entry as tern-core gave it, under its compose order. */
@@ -58,6 +55,7 @@ export class Sender {
   constructor(
     private readonly ctx: DriverContext,
     private readonly reconnect: () => CoreReconnect | undefined,
+    private readonly core: () => Core | undefined,
     private readonly refreshConversations: () => Promise<void>,
   ) {}
 
@@ -239,6 +237,14 @@ export class Sender {
     });
   }
 
+  private trustNotices(events: TrustEvent[]): void {
+    for (const ev of events) {
+      const name = useApp.getState().usernames[ev.user] ?? 'a contact';
+      if (ev.type === 'identity_changed')
+        notify(`Security: ${name}'s device key changed. Compare safety numbers.`);
+    }
+  }
+
   private async members(conversation: string): Promise<string[]> {
     const of = () =>
       (useApp.getState().conversations[conversation]?.members ?? []).map((m) => m.user_id);
@@ -246,38 +252,55 @@ export class Sender {
     return of();
   }
 
-  /** Device lists and Olm sessions for every member device, then encrypt, share keys, send. */
+  /** Device lists and Olm sessions for every member device (tern-core's SendPlan decides the
+   * round trips), then encrypt, store the key shares, send. */
   private async sendOne(conn: Connection, entry: OutboxEntryJson): Promise<SendAck> {
     const device = this.ctx.device();
-    if (!device) throw new Error('no crypto state');
+    const core = this.core();
+    if (!device || !core) throw new Error('no crypto state');
     const machine = device.machine;
     const members = await this.members(entry.conversation);
-    let queries = 0;
-    let claims = 0;
-    for (;;) {
-      const needs = machine.prepare(entry.conversation, members, Date.now());
-      if (needs.query_users.length > 0) {
-        if (++queries > MAX_QUERY_ROUNDS)
-          throw new Error('device lists stay stale after repeated queries');
-        await queryDeviceLists(conn, device, needs.query_users);
-        continue;
-      }
-      if (needs.claim.length > 0 && claims < MAX_CLAIM_ROUNDS) {
-        claims++;
-        const byUser = new Map<string, string[]>();
-        for (const c of needs.claim) byUser.set(c.user, [...(byUser.get(c.user) ?? []), c.device]);
-        const targets: ClaimTarget[] = [...byUser].map(([user, devices]) => ({ user, devices }));
-        const reply = await conn.request((request_id) => ({
-          type: 'claim_keys_batch',
-          request_id,
-          targets,
-        }));
-        if (reply.type !== 'key_bundle') throw new Error(`claim answered with ${reply.type}`);
-        machine.onClaimed(reply.devices);
+    const maxFrame = conn.welcome.maxFrameBytes || 65_536;
+    const plan = core.newSendPlan(entry.conversation, members, maxFrame);
+    try {
+      for (
+        let step = plan.next(machine, Date.now());
+        step.step !== 'ready';
+        step = plan.next(machine, Date.now())
+      ) {
+        if (step.step === 'query') {
+          for (const first of step.batches) {
+            let batch = first;
+            while (batch.length > 0) {
+              const users = batch;
+              const answer = await conn.request((request_id) => ({
+                type: 'query_keys',
+                request_id,
+                users,
+              }));
+              const result = plan.onQueryAnswer(machine, users, answer, Date.now());
+              this.trustNotices(result.events);
+              batch = result.retry;
+            }
+          }
+        } else {
+          for (const first of step.batches) {
+            let batch = first;
+            while (batch.length > 0) {
+              const targets = batch;
+              const answer = await conn.request((request_id) => ({
+                type: 'claim_keys_batch',
+                request_id,
+                targets,
+              }));
+              batch = plan.onClaimAnswer(machine, targets, answer).retry;
+            }
+          }
+        }
         await device.persist();
-        continue;
       }
-      break;
+    } finally {
+      plan.free();
     }
     const encrypted = machine.encrypt(
       entry.conversation,
@@ -287,12 +310,15 @@ export class Sender {
     );
     // The advanced index is stored before any byte leaves: a reload cannot reuse it.
     await device.persist();
-    if (encrypted.key_shares.length > 0) {
-      await conn.request((request_id) => ({
+    for (const shares of core.shareBatches(encrypted.key_shares, maxFrame)) {
+      const stored = await conn.request((request_id) => ({
         type: 'send_key_shares',
         request_id,
-        shares: encrypted.key_shares,
+        shares,
       }));
+      if (stored.type === 'key_shares_stored' && stored.full.length > 0) {
+        console.warn('recipient inboxes full: those devices miss this key', stored.full);
+      }
     }
     const ack = await conn.request((request_id) => ({
       type: 'send',

@@ -4,6 +4,7 @@
 // TypeScript shapes of protocol.ts.
 
 import type {
+  ClaimTarget,
   ClientMessage,
   DeviceKeys,
   KeyShareItem,
@@ -74,6 +75,30 @@ export interface CryptoMachine {
   ): CryptoEvent[];
   decrypt(message: WireMessage): Decrypted;
   safetyNumber(other: string): string | undefined;
+  free(): void;
+  /** The wasm object, for SendPlan. */
+  readonly raw: unknown;
+}
+
+export type PlanStep =
+  | { step: 'query'; batches: string[][] }
+  | { step: 'claim'; batches: ClaimTarget[][] }
+  | { step: 'ready' };
+
+/** tern-core's SendPlan: the prepare → query device lists → claim keys loop of one send. */
+export interface CoreSendPlan {
+  next(machine: CryptoMachine, nowMs: number): PlanStep;
+  onQueryAnswer(
+    machine: CryptoMachine,
+    batch: string[],
+    answer: ServerMessage,
+    nowMs: number,
+  ): { events: TrustEvent[]; retry: string[] };
+  onClaimAnswer(
+    machine: CryptoMachine,
+    batch: ClaimTarget[],
+    answer: ServerMessage,
+  ): { problems: unknown[]; retry: ClaimTarget[] };
   free(): void;
 }
 
@@ -170,6 +195,9 @@ export interface Core {
   }): CoreReconnect;
   /** Whether a connect failure means "stop and log in again" (bad token, refused device…). */
   isPermanentConnectFailure(failure: SendFailure): boolean;
+  newSendPlan(conversation: string, members: string[], maxFrameBytes: number): CoreSendPlan;
+  /** `encrypt`'s key shares split so each batch fits one `send_key_shares` frame. */
+  shareBatches(shares: KeyShareItem[], maxFrameBytes: number): KeyShareItem[][];
 }
 
 // The raw wasm-bindgen exports this facade uses (camelCase names, JSON strings).
@@ -238,6 +266,15 @@ interface RawModule {
   Drain: new () => RawDrain;
   Reconnect: new (policyJson?: string, seed?: number) => RawReconnect;
   isPermanentConnectFailure(failureJson: string): boolean;
+  SendPlan: new (conversation: string, membersJson: string, maxFrameBytes: number) => RawSendPlan;
+  shareBatches(sharesJson: string, maxFrameBytes: number): string;
+}
+
+interface RawSendPlan {
+  next(machine: unknown, nowMs: number): string;
+  onQueryAnswer(machine: unknown, batchJson: string, answerJson: string, nowMs: number): string;
+  onClaimAnswer(machine: unknown, batchJson: string, answerJson: string): string;
+  free(): void;
 }
 
 function parseOr<T>(s: string | undefined): T | undefined {
@@ -246,6 +283,7 @@ function parseOr<T>(s: string | undefined): T | undefined {
 
 function wrap(raw: RawMachine): CryptoMachine {
   return {
+    raw,
     pickle: (key) => raw.pickle(key),
     fingerprint: () => raw.fingerprint(),
     keysToPublish: (left) => {
@@ -337,6 +375,27 @@ export function loadCore(): Promise<Core> {
         };
       },
       isPermanentConnectFailure: (f) => mod.isPermanentConnectFailure(JSON.stringify(f)),
+      newSendPlan: (conversation, members, max) => {
+        const raw = new mod.SendPlan(conversation, JSON.stringify(members), max);
+        return {
+          next: (m, now) => JSON.parse(raw.next(m.raw, now)) as PlanStep,
+          onQueryAnswer: (m, batch, answer, now) =>
+            JSON.parse(
+              raw.onQueryAnswer(m.raw, JSON.stringify(batch), JSON.stringify(answer), now),
+            ) as {
+              events: TrustEvent[];
+              retry: string[];
+            },
+          onClaimAnswer: (m, batch, answer) =>
+            JSON.parse(raw.onClaimAnswer(m.raw, JSON.stringify(batch), JSON.stringify(answer))) as {
+              problems: unknown[];
+              retry: ClaimTarget[];
+            },
+          free: () => raw.free(),
+        };
+      },
+      shareBatches: (shares, max) =>
+        JSON.parse(mod.shareBatches(JSON.stringify(shares), max)) as KeyShareItem[][],
     };
     return core;
   })();

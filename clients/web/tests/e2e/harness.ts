@@ -8,6 +8,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   rmSync,
   writeFileSync,
   readFileSync,
@@ -124,6 +125,37 @@ export function makePki(): Pki {
     key: join(dir, 'server.key'),
     home,
   };
+}
+
+/** An NSS db (HOME for Chromium) that trusts exactly `certPem` as a server certificate ("P"):
+ * what a person does when they choose to trust a self-signed server. */
+export function trustServerCert(certPem: string): Pki {
+  const dir = mkdtempSync(join(tmpdir(), 'tern-web-selfsigned-'));
+  const home = join(dir, 'home');
+  const nss = join(home, '.pki', 'nssdb');
+  mkdirSync(nss, { recursive: true });
+  execFileSync('certutil', ['-N', '-d', `sql:${nss}`, '--empty-password'], { stdio: 'pipe' });
+  execFileSync(
+    'certutil',
+    ['-A', '-d', `sql:${nss}`, '-n', 'tern self-signed', '-t', 'P,,', '-i', certPem],
+    {
+      stdio: 'pipe',
+    },
+  );
+  return { dir, caCert: certPem, cert: certPem, key: '', home };
+}
+
+/** The first file named `name` under `dir`. */
+export function findFile(dir: string, name: string): string | undefined {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, entry.name);
+    if (entry.isFile() && entry.name === name) return p;
+    if (entry.isDirectory()) {
+      const found = findFile(p, name);
+      if (found) return found;
+    }
+  }
+  return undefined;
 }
 
 export interface Server {

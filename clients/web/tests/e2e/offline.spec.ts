@@ -44,7 +44,21 @@ test('offline compose survives a reload and is sent once, in order, when the ser
   await openConversation(bob, alice.name);
   await expectMessage(bob, 'before the outage');
   // The service worker has the app shell before the outage.
-  await alice.page.evaluate(() => navigator.serviceWorker.ready.then(() => true));
+  await expect
+    .poll(
+      () =>
+        alice.page.evaluate(
+          () =>
+            navigator.serviceWorker.controller !== null ||
+            navigator.serviceWorker.getRegistration().then((r) => r?.active?.state === 'activated'),
+        ),
+      {
+        timeout: 15_000,
+        message:
+          'the service worker installed (its script needs a CSP that lets it fetch the shell)',
+      },
+    )
+    .toBe(true);
 
   await server.kill();
   await expect(alice.page.getByTestId('connection')).not.toHaveAttribute(
