@@ -15,13 +15,15 @@
 //!
 //! Modules: [`codec`] (frames, handshake, reply matching, stream framing), [`machine`]
 //! (`Machine`, the crypto state), [`send_plan`] (`SendPlan`, `shareBatches`: preparing an
-//! encrypted send), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`, `Backoff`).
+//! encrypted send), [`waiting`] (`WaitingForKeys`: messages waiting for a key or a sender
+//! lookup), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`, `Backoff`).
 
 pub mod codec;
 pub mod js;
 pub mod machine;
 pub mod protocol;
 pub mod send_plan;
+pub mod waiting;
 
 pub use codec::{FrameDecoder, check_welcome, decode_server, encode_client, hello};
 pub use machine::Machine;

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tern_core::crypto::{
-    BackupEntry, Body, CryptoConfig, CryptoError, CryptoEvent, CryptoMachine, PublishedKeys,
-    TrustEvent, Undecryptable,
+    BackupEntry, Body, CryptoConfig, CryptoError, CryptoEvent, CryptoMachine, Decrypted,
+    PublishedKeys, TrustEvent, Undecryptable,
 };
 use tern_wire::api::{BackupSessionPage, BackupSessionView, KeyBackup, PutBackupSessions};
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
@@ -78,7 +78,7 @@ pub fn trust_event(e: &TrustEvent) -> Value {
     }
 }
 
-fn crypto_event(e: &CryptoEvent) -> Value {
+pub(crate) fn crypto_event(e: &CryptoEvent) -> Value {
     match e {
         CryptoEvent::RoomKeyReceived {
             conversation,
@@ -123,11 +123,30 @@ fn pairs(v: &[(UserId, DeviceId)]) -> Vec<Value> {
 /// The fields of a server `key_share` message the machine needs (other fields are ignored,
 /// so the decoded message can be passed as it is).
 #[derive(Deserialize)]
-struct InboxShare {
-    from_user: UserId,
-    from_device: DeviceId,
+pub(crate) struct InboxShare {
+    pub from_user: UserId,
+    pub from_device: DeviceId,
     #[serde(with = "crate::js::hex_bytes")]
-    payload: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// `decrypt`'s result JSON (see [`Machine::decrypt`]).
+pub(crate) fn decrypted_json(result: &Result<Decrypted, Undecryptable>) -> Value {
+    match result {
+        Ok(d) => {
+            let (text, data) = match &d.body {
+                Body::Text { text } => (Some(text), None),
+                Body::Data { content_type, data } => (
+                    None,
+                    Some(json!({"content_type": content_type, "data": hex::encode(data)})),
+                ),
+            };
+            json!({"text": text, "data": data, "sender_user": d.sender_user,
+                "sender_device": d.sender_device, "trust": d.trust,
+                "session_id": d.session_id, "message_index": d.message_index})
+        }
+        Err(u) => undecryptable(u),
+    }
 }
 
 /// One device's crypto state.
@@ -350,22 +369,7 @@ impl Machine {
     /// WrongConversation|Unsupported, reason}`. Malformed JSON throws.
     pub fn decrypt(&mut self, message_json: &str) -> JsResult<String> {
         let message: Message = from_json(message_json, "message")?;
-        let out = match self.inner.decrypt(&message) {
-            Ok(d) => {
-                let (text, data) = match &d.body {
-                    Body::Text { text } => (Some(text), None),
-                    Body::Data { content_type, data } => (
-                        None,
-                        Some(json!({"content_type": content_type, "data": hex::encode(data)})),
-                    ),
-                };
-                json!({"text": text, "data": data, "sender_user": d.sender_user,
-                    "sender_device": d.sender_device, "trust": d.trust,
-                    "session_id": d.session_id, "message_index": d.message_index})
-            }
-            Err(u) => undecryptable(&u),
-        };
-        Ok(out.to_string())
+        Ok(decrypted_json(&self.inner.decrypt(&message)).to_string())
     }
 
     /// The 60-digit safety number with `other` (12 groups of 5 digits), or `undefined` when

@@ -226,3 +226,65 @@ test('Machine: malformed input throws, outbox entries encrypt as they leave', ()
   assert.deepStrictEqual(back.data, { content_type: 'image/png', data: '010203' });
   assert.throws(() => m.encrypt(conv, 'text', new Uint8Array(50 * 1024), 4), /content too large/);
 });
+
+test('WaitingForKeys: a message before its key waits, settles after the sender lookup', () => {
+  const [a, b] = [randomUUID(), randomUUID()];
+  const alice = Machine_withKeys(a);
+  const bob = Machine_withKeys(b);
+  const conv = randomUUID();
+  const plan = new w.SendPlan(conv, j([a, b]), 65536);
+  runPlanWith(plan, alice.m, { [a]: [alice.keys], [b]: [bob.keys] });
+  assert.deepStrictEqual([plan.queries(), plan.claims()], [1, 1]);
+  const enc = JSON.parse(alice.m.encryptText(conv, 'waited for', 3));
+  const msg = wireMessage(conv, alice.m, enc);
+  const share = enc.key_shares.find((s) => s.to_device === bob.m.deviceId());
+
+  const waiting = new w.WaitingForKeys();
+  assert.equal(JSON.parse(waiting.decrypt(bob.m, j(msg))).error, 'NoKeyYet');
+  assert.equal(JSON.parse(waiting.decrypt(bob.m, j(msg))).error, 'NoKeyYet');
+  assert.equal(waiting.len(), 1, 'a replayed copy waits once');
+  assert.deepStrictEqual(JSON.parse(waiting.conversations()), [conv]);
+  // Bob has not looked alice's device up: the key is stored, the message keeps waiting.
+  const out = JSON.parse(waiting.onKeyShare(bob.m, j({ type: 'key_share', from_user: a,
+    from_device: alice.m.deviceId(), payload: share.payload, inbox_id: 3 }), 4));
+  assert.deepStrictEqual(out.events.map((e) => e.type), ['unknown_device']);
+  assert.deepStrictEqual(out.settled, []);
+  assert.equal(waiting.hasUnknownSenders(), true);
+  const users = JSON.parse(waiting.takeToQuery());
+  assert.deepStrictEqual(users, [a]);
+  assert.equal(waiting.hasUnknownSenders(), false);
+  bob.m.onDeviceList(a, j([identity(alice.keys)]), 5);
+  const settled = JSON.parse(waiting.retrySenders(bob.m, j(users)));
+  assert.equal(settled.length, 1);
+  assert.equal(settled[0].message.message_id, msg.message_id);
+  assert.equal(settled[0].result.text, 'waited for');
+  assert.equal(waiting.isEmpty(), true);
+  assert.deepStrictEqual(JSON.parse(waiting.retryAll(bob.m)), []);
+  assert.throws(() => waiting.decrypt(bob.m, '{}'), /invalid message JSON/);
+  assert.throws(() => waiting.onKeyShare(bob.m, '{"payload":"zz"}', 1), /invalid key share JSON/);
+  assert.throws(() => waiting.retrySenders(bob.m, '["x"]'), /invalid user list JSON/);
+
+  // A device-list change makes the next send query again; a removed member rotates the session.
+  alice.m.markDeviceListStale(b);
+  assert.deepStrictEqual(JSON.parse(alice.m.prepare(conv, j([a, b]), 6)).query_users, [b]);
+  alice.m.onDeviceList(b, j([identity(bob.keys)]), 6);
+  alice.m.onMemberRemoved(conv, b);
+  const rotated = JSON.parse(alice.m.encryptText(conv, 'after removal', 7));
+  assert.notEqual(rotated.session_id, enc.session_id);
+  assert.throws(() => alice.m.onMemberRemoved(conv, 'x'), /invalid user id/);
+  assert.throws(() => alice.m.markDeviceListStale('x'), /invalid user id/);
+});
+
+function runPlanWith(plan, machine, keys) {
+  for (;;) {
+    const step = JSON.parse(plan.next(machine, 5));
+    if (step.step === 'ready') return;
+    for (const batch of step.batches) {
+      if (step.step === 'query') {
+        plan.onQueryAnswer(machine, j(batch), bundle(batch.flatMap((u) => (keys[u] || []).map(identity))), 5);
+      } else {
+        plan.onClaimAnswer(machine, j(batch), bundle(batch.flatMap((t) => keys[t.user] || [])));
+      }
+    }
+  }
+}

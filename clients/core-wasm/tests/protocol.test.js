@@ -96,6 +96,17 @@ test('Delivery: a history page that does not fill the gap skips it (never blocks
   assert.deepStrictEqual([out[0].from_seq, out[0].to_seq], [2, 3]);
 });
 
+test('Delivery: onDeliver / onSyncComplete / hasReady (the individual entry points)', () => {
+  const c = randomUUID();
+  const d = new w.Delivery('[]');
+  assert.equal(d.hasReady(), false);
+  d.onDeliver(j(message(c, 1)));
+  d.onSyncComplete();
+  assert.equal(d.hasReady(), true);
+  assert.deepStrictEqual(popAll(d).map((e) => e.kind), ['message', 'sync_complete']);
+  assert.equal(d.hasReady(), false);
+});
+
 test('Delivery: malformed input throws', () => {
   assert.throws(() => new w.Delivery('{'), /invalid cursors JSON/);
   const d = new w.Delivery('[]');
@@ -123,6 +134,8 @@ test('Outbox: compose order, entries the page stores, acks remove, reload keeps 
   assert.equal(o.len(), 2);
   assert.equal(o.bytes(), 'first'.length + 'second'.length + 2 * 'text'.length);
   assert.deepStrictEqual(JSON.parse(o.front()), a);
+  assert.deepStrictEqual(JSON.parse(o.get(b.client_msg_id)), b);
+  assert.equal(o.get('f'.repeat(32)), undefined);
 
   // Reload from what the page stored: same order, same ids.
   const reloaded = w.Outbox.fromLoaded(o.entries());

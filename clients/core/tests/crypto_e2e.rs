@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use tern_core::crypto::{
     Body, CryptoConfig, CryptoError, CryptoEvent, CryptoMachine, KdfParams, MemoryCryptoStore,
-    PublishedKeys, SendPlan, SendStep, Trust, TrustEvent, Undecryptable, verify_device_keys,
+    PublishedKeys, SendPlan, SendStep, Trust, TrustEvent, Undecryptable, WaitingForKeys,
+    verify_device_keys,
 };
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::Message;
@@ -253,6 +254,104 @@ fn send_plan_gives_up_on_lists_that_stay_stale_and_on_devices_without_keys() {
         .encrypt(conv, &Body::text("anyway"), 2)
         .expect("encrypt");
     assert_eq!(out.missing, [(b, bob.device_id())]);
+}
+
+/// The inbox shares of `m`, as (from user, from device, payload).
+fn inbox_of(s: &mut Server, m: &CryptoMachine) -> Vec<(UserId, DeviceId, Vec<u8>)> {
+    s.inbox
+        .remove(&(m.user_id(), m.device_id()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn waiting_messages_settle_when_their_key_arrives_and_after_their_sender_is_looked_up() {
+    let mut s = Server::default();
+    let (a, b) = (UserId::random(), UserId::random());
+    let mut alice = device(&mut s, a);
+    let mut bob = device(&mut s, b);
+    let conv = ConversationId::random();
+    let m1 = s.send(&mut alice, conv, &[a, b], "first", 1);
+    let m2 = s.send(&mut alice, conv, &[a, b], "second", 2);
+    let mut waiting = WaitingForKeys::default();
+    // Both arrive before the key: kept, not lost; a replayed copy is kept once.
+    assert_eq!(waiting.decrypt(&mut bob, &m1), Err(Undecryptable::NoKeyYet));
+    assert_eq!(waiting.decrypt(&mut bob, &m2), Err(Undecryptable::NoKeyYet));
+    assert_eq!(waiting.decrypt(&mut bob, &m1), Err(Undecryptable::NoKeyYet));
+    assert_eq!(waiting.len(), 2);
+    assert_eq!(waiting.conversations(), [conv]);
+    // The key comes from alice's device, which bob has not looked up yet: stored, but the
+    // messages stay waiting (untrusted until the directory vouches for the device).
+    let mut settled = Vec::new();
+    for (u, d, p) in inbox_of(&mut s, &bob) {
+        let out = waiting.on_key_share(&mut bob, u, d, &p, 3);
+        assert!(
+            matches!(out.events.as_slice(), [CryptoEvent::UnknownDevice { .. }]),
+            "{:?}",
+            out.events
+        );
+        settled.extend(out.settled);
+    }
+    assert!(settled.is_empty(), "{settled:?}");
+    assert_eq!(waiting.len(), 2);
+    assert!(waiting.has_unknown_senders());
+    let users = waiting.take_to_query();
+    assert_eq!(users, [a]);
+    refresh(&s, &mut bob, &users);
+    let settled = waiting.retry_senders(&mut bob, &users);
+    let texts: Vec<String> = settled
+        .iter()
+        .map(|(_, r)| match &r.as_ref().expect("decrypted").body {
+            Body::Text { text } => text.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
+    assert!(waiting.is_empty());
+
+    // Once the sender is known, a key share settles its waiting messages directly.
+    let m3 = s.send(&mut alice, conv, &[a, b], "third", 4);
+    alice.on_member_removed(conv, b);
+    let m4 = s.send(&mut alice, conv, &[a, b], "fourth (new session)", 5);
+    assert_eq!(waiting.decrypt(&mut bob, &m4), Err(Undecryptable::NoKeyYet));
+    assert!(
+        waiting.decrypt(&mut bob, &m3).is_ok(),
+        "m3's session is known"
+    );
+    let mut settled = Vec::new();
+    for (u, d, p) in inbox_of(&mut s, &bob) {
+        settled.extend(waiting.on_key_share(&mut bob, u, d, &p, 6).settled);
+    }
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].0.message_id, m4.message_id);
+    assert!(settled[0].1.is_ok());
+    assert!(waiting.is_empty());
+}
+
+#[test]
+fn waiting_is_bounded_by_dropping_the_oldest_session() {
+    let mut s = Server::default();
+    let (a, b) = (UserId::random(), UserId::random());
+    let mut alice = device(&mut s, a);
+    let mut bob = device(&mut s, b);
+    let conv = ConversationId::random();
+    let old = s.send(&mut alice, conv, &[a, b], "old session", 1);
+    alice.on_member_removed(conv, b);
+    let new1 = s.send(&mut alice, conv, &[a, b], "new 1", 2);
+    let new2 = s.send(&mut alice, conv, &[a, b], "new 2", 3);
+    let mut waiting = WaitingForKeys::new(2);
+    for m in [&old, &new1, &new2] {
+        assert_eq!(waiting.decrypt(&mut bob, m), Err(Undecryptable::NoKeyYet));
+    }
+    assert_eq!(waiting.len(), 2, "the old session's message was dropped");
+    refresh(&s, &mut bob, &[a]);
+    let mut settled = Vec::new();
+    for (u, d, p) in inbox_of(&mut s, &bob) {
+        settled.extend(waiting.on_key_share(&mut bob, u, d, &p, 4).settled);
+    }
+    let ids: Vec<MessageId> = settled.iter().map(|(m, _)| m.message_id).collect();
+    assert_eq!(ids, [new1.message_id, new2.message_id]);
+    // The dropped one is still readable from history once its key is there.
+    assert!(waiting.decrypt(&mut bob, &old).is_ok());
 }
 
 #[test]

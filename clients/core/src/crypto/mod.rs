@@ -50,6 +50,7 @@ pub mod keys;
 mod machine;
 pub mod send_plan;
 mod trust;
+pub mod waiting;
 
 pub use backup::KdfParams;
 pub use error::{CryptoError, Undecryptable};
@@ -64,6 +65,7 @@ pub use machine::{
 };
 pub use send_plan::{SendPlan, SendStep};
 pub use trust::{Trust, TrustEvent};
+pub use waiting::WaitingForKeys;
 
 // ---- Limits (every one explicit; the reason beside it) ----
 

@@ -14,10 +14,12 @@
 //!   message into the plaintext message (content type and payload of its body) or says why not.
 //!   Messages waiting for a key are kept (bounded) and retried when it arrives.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use base64::Engine as _;
-use tern_core::crypto::{Body, CryptoError, CryptoMachine, CryptoStore, PublishedKeys, TrustEvent};
+use tern_core::crypto::{
+    Body, CryptoError, CryptoMachine, CryptoStore, PublishedKeys, TrustEvent, WaitingForKeys,
+};
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{ClientMessage, DeviceKeys, Message, ServerMessage};
 
@@ -78,9 +80,9 @@ pub struct OutgoingCost {
 
 /// Content type of plain text bodies, as apps and the CLI use it (defined by the core).
 pub use tern_core::crypto::TEXT_CONTENT_TYPE;
-/// Messages kept for a retry while their key has not arrived. Beyond this the oldest is
-/// surfaced as undecryptable for good (it can still be decrypted from history later).
-pub const MAX_PENDING_UNDECRYPTABLE: usize = 10_000;
+/// Messages kept for a retry while their key has not arrived (the core's bound). Beyond this
+/// the oldest are dropped (they can still be decrypted from history later).
+pub const MAX_PENDING_UNDECRYPTABLE: usize = tern_core::crypto::waiting::MAX_WAITING_FOR_KEYS;
 /// Why a message is shown as undecryptable, for the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UndecryptableMessage {
@@ -103,18 +105,15 @@ pub struct E2e {
     pickle_key: [u8; 32],
     /// Member lists by conversation, from `Conversation` frames and the HTTPS API.
     members: HashMap<ConversationId, Vec<UserId>>,
-    /// Messages waiting for their Megolm session, by session id, oldest first.
-    waiting: BTreeMap<String, Vec<Message>>,
-    waiting_order: VecDeque<String>,
-    waiting_count: usize,
+    /// Messages waiting for their Megolm session or their sender's device (the core's rules),
+    /// and the senders to look up.
+    waiting: WaitingForKeys,
     /// Inbox ids handled and persisted, not yet acknowledged. Exact ids, not "up to": live
     /// key shares arrive out of id order, and a lower id still in flight must not be deleted.
     inbox_ack_due: std::collections::BTreeSet<u64>,
     notices: VecDeque<CryptoNotice>,
     /// The server said claims left this device with this many one-time keys: publish more.
     one_time_keys_low: Option<u32>,
-    /// Senders whose device is not (yet) in our directory: query them, then retry.
-    to_query: std::collections::BTreeSet<UserId>,
     /// The plaintext switch for tests that must show an at-rest scan can find plaintext.
     plaintext: bool,
     /// False for [`E2e::in_memory`]: nobody ever loads that state again, and sealing the whole
@@ -213,13 +212,10 @@ impl E2e {
             store,
             pickle_key,
             members: HashMap::new(),
-            waiting: BTreeMap::new(),
-            waiting_order: VecDeque::new(),
-            waiting_count: 0,
+            waiting: WaitingForKeys::default(),
             inbox_ack_due: std::collections::BTreeSet::new(),
             notices: VecDeque::new(),
             one_time_keys_low: None,
-            to_query: std::collections::BTreeSet::new(),
             plaintext: false,
             persistent: true,
             last_cost: OutgoingCost::default(),
@@ -377,46 +373,23 @@ impl E2e {
         payload: &[u8],
         inbox_id: u64,
     ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
-        let events = self
-            .machine
-            .on_key_share(from_user, from_device, payload, now_ms());
-        let mut ready = Vec::new();
-        for event in events {
-            if let CryptoEvent::RoomKeyReceived { session_id, .. } = &event {
-                if let Some(messages) = self.waiting.remove(session_id) {
-                    self.waiting_count -= messages.len();
-                    self.waiting_order.retain(|s| s != session_id);
-                    for m in messages {
-                        match self.decrypt_now(&m) {
-                            // The key came from a device the directory does not have yet (its
-                            // user was not queried): keep waiting, a query makes it readable.
-                            Err(u) if u.reason == Undecryptable::UntrustedDevice => {
-                                self.wait_for_key(m)
-                            }
-                            other => ready.push(other),
-                        }
-                    }
-                }
-            } else {
-                if let CryptoEvent::UnknownDevice { user, .. } = &event {
-                    self.to_query.insert(*user);
-                }
-                self.notices.push_back(CryptoNotice::Key(event));
-            }
-        }
+        // Messages whose key came from a device the directory does not have yet keep waiting
+        // (a query makes them readable); the sender is queued for that lookup.
+        let outcome =
+            self.waiting
+                .on_key_share(&mut self.machine, from_user, from_device, payload, now_ms());
+        self.notices
+            .extend(outcome.events.into_iter().map(CryptoNotice::Key));
         self.persist()?;
         if inbox_id > 0 {
             self.inbox_ack_due.insert(inbox_id);
         }
-        Ok(ready
-            .into_iter()
-            .filter(|r| !matches!(r, Err(u) if u.reason == Undecryptable::NoKeyYet))
-            .collect())
+        Ok(plain_results(outcome.settled))
     }
 
     /// Whether [`E2e::resolve_unknown_senders`] has work.
     pub fn has_unknown_senders(&self) -> bool {
-        !self.to_query.is_empty()
+        self.waiting.has_unknown_senders()
     }
 
     /// Queries the device lists of senders whose keys or messages came from a device not in
@@ -426,7 +399,7 @@ impl E2e {
         &mut self,
         conn: &impl KeyRequests,
     ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
-        let users: Vec<UserId> = std::mem::take(&mut self.to_query).into_iter().collect();
+        let users = self.waiting.take_to_query();
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -434,26 +407,7 @@ impl E2e {
             self.machine.mark_device_list_stale(*u);
         }
         self.query(conn, &users).await?;
-        let sessions: Vec<String> = self
-            .waiting
-            .iter()
-            .filter(|(_, ms)| ms.iter().any(|m| users.contains(&m.sender_user)))
-            .map(|(s, _)| s.clone())
-            .collect();
-        let mut out = Vec::new();
-        for session in sessions {
-            let Some(messages) = self.waiting.remove(&session) else {
-                continue;
-            };
-            self.waiting_count -= messages.len();
-            self.waiting_order.retain(|s| *s != session);
-            for m in messages {
-                match self.decrypt_now(&m) {
-                    Err(u) if u.reason == Undecryptable::NoKeyYet => self.wait_for_key(m),
-                    other => out.push(other),
-                }
-            }
-        }
+        let out = plain_results(self.waiting.retry_senders(&mut self.machine, &users));
         self.persist()?;
         Ok(out)
     }
@@ -463,28 +417,7 @@ impl E2e {
     /// messages stay `UntrustedDevice` until the directory has the device). Returns the
     /// messages that became readable or failed for good; the others keep waiting.
     pub fn retry_waiting(&mut self) -> Vec<std::result::Result<Message, UndecryptableMessage>> {
-        let waiting = std::mem::take(&mut self.waiting);
-        self.waiting_order.clear();
-        self.waiting_count = 0;
-        let mut done = Vec::new();
-        for (_, messages) in waiting {
-            for m in messages {
-                match self.decrypt_now(&m) {
-                    Err(u)
-                        if matches!(
-                            u.reason,
-                            Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice
-                        ) =>
-                    {
-                        if u.reason == Undecryptable::UntrustedDevice {
-                            self.to_query.insert(m.sender_user);
-                        }
-                        self.wait_for_key(m)
-                    }
-                    other => done.push(other),
-                }
-            }
-        }
+        let done = plain_results(self.waiting.retry_all(&mut self.machine));
         if let Err(e) = self.persist() {
             tracing::warn!(error = %e, "could not persist replay records");
         }
@@ -493,7 +426,7 @@ impl E2e {
 
     /// Messages kept for a retry.
     pub fn waiting_count(&self) -> usize {
-        self.waiting_count
+        self.waiting.len()
     }
 
     /// Feeds a server event the crypto state depends on: key shares (returns the messages they
@@ -566,66 +499,45 @@ impl E2e {
         if !is_encrypted_content_type(&message.content_type) {
             return Ok(message.clone());
         }
-        let result = self.decrypt_now(message);
-        if let Err(u) = &result
-            && matches!(
-                u.reason,
-                Undecryptable::NoKeyYet | Undecryptable::UntrustedDevice
-            )
-        {
-            if u.reason == Undecryptable::UntrustedDevice {
-                self.to_query.insert(message.sender_user);
-            }
-            self.wait_for_key(message.clone());
-        }
+        let result = self.waiting.decrypt(&mut self.machine, message);
         if let Err(e) = self.persist() {
             tracing::warn!(error = %e, "could not persist replay records");
         }
-        result
+        plain_result(message, result)
     }
+}
 
-    // The undecryptable message travels with its reason (the app shows it): boxing it would
-    // only move the allocation.
-    #[allow(clippy::result_large_err)]
-    fn decrypt_now(
-        &mut self,
-        message: &Message,
-    ) -> std::result::Result<Message, UndecryptableMessage> {
-        match self.machine.decrypt(message) {
-            Ok(d) => {
-                let (content_type, payload) = content_of(&d.body);
-                let mut plain = message.clone();
-                plain.content_type = content_type;
-                plain.payload = payload;
-                Ok(plain)
-            }
-            Err(reason) => Err(UndecryptableMessage {
-                message: Box::new(message.clone()),
-                reason,
-            }),
+/// The plaintext message of a decryption (content type and payload of its body), or the
+/// message with the reason it cannot be read.
+// The undecryptable message travels with its reason (the app shows it): boxing it would only
+// move the allocation.
+#[allow(clippy::result_large_err)]
+fn plain_result(
+    message: &Message,
+    result: std::result::Result<tern_core::crypto::Decrypted, Undecryptable>,
+) -> std::result::Result<Message, UndecryptableMessage> {
+    match result {
+        Ok(d) => {
+            let (content_type, payload) = content_of(&d.body);
+            let mut plain = message.clone();
+            plain.content_type = content_type;
+            plain.payload = payload;
+            Ok(plain)
         }
+        Err(reason) => Err(UndecryptableMessage {
+            message: Box::new(message.clone()),
+            reason,
+        }),
     }
+}
 
-    fn wait_for_key(&mut self, message: Message) {
-        let Some(session) = tern_core::crypto::formats::session_id_of(&message.payload) else {
-            return;
-        };
-        if self.waiting_count >= MAX_PENDING_UNDECRYPTABLE
-            && let Some(oldest) = self.waiting_order.pop_front()
-            && let Some(dropped) = self.waiting.remove(&oldest)
-        {
-            self.waiting_count -= dropped.len();
-        }
-        let list = self.waiting.entry(session.clone()).or_default();
-        if list.iter().any(|m| m.message_id == message.message_id) {
-            return;
-        }
-        if list.is_empty() {
-            self.waiting_order.push_back(session);
-        }
-        list.push(message);
-        self.waiting_count += 1;
-    }
+fn plain_results(
+    outcomes: Vec<tern_core::crypto::waiting::Outcome>,
+) -> Vec<std::result::Result<Message, UndecryptableMessage>> {
+    outcomes
+        .into_iter()
+        .map(|(m, r)| plain_result(&m, r))
+        .collect()
 }
 
 /// Key backup over the HTTPS API (opaque blobs the client sealed with a key derived from the
@@ -741,15 +653,7 @@ impl E2e {
 
     /// Conversations with messages waiting for a key, for [`E2e::recover_from_backup`].
     pub fn conversations_waiting(&self) -> Vec<ConversationId> {
-        let mut out: Vec<ConversationId> = self
-            .waiting
-            .values()
-            .flatten()
-            .map(|m| m.conversation)
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+        self.waiting.conversations()
     }
 
     /// Recovery without the sender: when this device has the backup unlocked (it created or
