@@ -76,6 +76,7 @@ export class TernClient {
     () => this.reconnect,
     () => this.core,
     () => this.conversations.refresh(),
+    (conversation, seq) => this.receiver.onOwnSend(conversation, seq),
   );
   /** Forces the transport of the next connections (diagnostics); undefined = automatic. */
   forceTransport?: 'websocket' | 'webtransport';
@@ -111,6 +112,7 @@ export class TernClient {
     this.dev = await BrowserDevice.open(this.core, session.username, session.userId);
     this.reconnect?.free();
     this.reconnect = this.core.newReconnect(RECONNECT_POLICY);
+    await this.receiver.load(this.core);
     await this.conversations.loadSnapshot();
     await this.sender.load(this.core);
     this.stopped = false;
@@ -198,7 +200,7 @@ export class TernClient {
           core,
           session.token,
           this.dev.id,
-          [],
+          this.receiver.onConnect(),
           MAX_FRAME_BYTES,
           (m) => this.onEvent(m),
         );
@@ -253,9 +255,12 @@ export class TernClient {
 
   /** Server pushes, in arrival order (each handled before the next is read). */
   private onEvent(m: ServerMessage): void | Promise<void> {
+    if (m.type === 'notice' && m.notice.type === 'going_away') {
+      this.reconnect?.onGoingAway(m.notice.retry_after_ms);
+    }
+    // deliver, sync_complete and backlog notices: tern-core's Delivery orders and acks them.
+    if (this.receiver.onServerMessage(m)) return;
     switch (m.type) {
-      case 'deliver':
-        return this.receiver.onMessage(m.message, true);
       case 'key_share':
         return this.receiver.onKeyShare(m);
       case 'conversation':
@@ -312,7 +317,6 @@ export class TernClient {
         return;
       }
       case 'notice':
-        if (m.notice.type === 'going_away') this.reconnect?.onGoingAway(m.notice.retry_after_ms);
         if (m.notice.type === 'backlog_truncated') {
           updateTimeline(m.notice.conversation, (t) => ({ ...t, hasMoreBefore: true }));
         }

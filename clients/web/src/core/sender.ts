@@ -57,6 +57,7 @@ export class Sender {
     private readonly reconnect: () => CoreReconnect | undefined,
     private readonly core: () => Core | undefined,
     private readonly refreshConversations: () => Promise<void>,
+    private readonly onOwnSend: (conversation: string, seq: number) => void,
   ) {}
 
   /** Loads what was composed before a reload into a new Outbox and shows it as queued. */
@@ -171,6 +172,7 @@ export class Sender {
         try {
           const ack = await this.sendOne(conn, entry);
           const removed = outbox.onAcked(ack);
+          this.onOwnSend(ack.conversation, ack.seq);
           await this.forget(removed ?? entry);
           this.showSent(entry, ack);
         } catch (e) {

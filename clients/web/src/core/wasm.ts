@@ -6,6 +6,7 @@
 import type {
   ClaimTarget,
   ClientMessage,
+  Cursor,
   DeviceKeys,
   KeyShareItem,
   ServerMessage,
@@ -181,6 +182,48 @@ export interface CoreReconnect {
   readonly raw: unknown;
 }
 
+export type Popped =
+  | { kind: 'message'; message: WireMessage }
+  | { kind: 'sync_complete' }
+  | { kind: 'skipped'; conversation: string; from_seq: number; to_seq: number; reason: string }
+  | { kind: 'event'; event: unknown }
+  | { kind: 'ack_only' };
+
+/** tern-core's Delivery: cursors, dedupe, gaps and acks of delivered messages. */
+export interface CoreDelivery {
+  onConnect(): void;
+  resumeCursors(): Cursor[];
+  cursors(): Cursor[];
+  /** Takes deliver / sync_complete / backlog_truncated; false for anything else. */
+  onServerMessage(m: ServerMessage): boolean;
+  onOwnSend(conversation: string, seq: number): void;
+  nextGapFetch(requestId: number): ClientMessage | undefined;
+  onHistoryPage(page: { conversation: string; messages: WireMessage[] }): void;
+  pop(): Popped | undefined;
+  acksDue(): { type: 'ack'; conversation: string; seq: number }[];
+  onAckSent(conversation: string, seq: number): void;
+  free(): void;
+}
+
+export interface Settled {
+  message: WireMessage;
+  result: Decrypted;
+}
+
+/** tern-core's queue of messages waiting for their key or their sender's device. */
+export interface CoreWaiting {
+  decrypt(machine: CryptoMachine, m: WireMessage): Decrypted;
+  onKeyShare(
+    machine: CryptoMachine,
+    share: ServerMessage,
+    nowMs: number,
+  ): { events: CryptoEvent[]; settled: Settled[] };
+  hasUnknownSenders(): boolean;
+  takeToQuery(): string[];
+  retrySenders(machine: CryptoMachine, users: string[]): Settled[];
+  free(): void;
+}
+
 export interface Core {
   encodeClient(m: ClientMessage, maxFrameBytes: number): Uint8Array;
   decodeServer(frame: Uint8Array, maxFrameBytes?: number): ServerMessage;
@@ -196,6 +239,8 @@ export interface Core {
   /** Whether a connect failure means "stop and log in again" (bad token, refused device…). */
   isPermanentConnectFailure(failure: SendFailure): boolean;
   newSendPlan(conversation: string, members: string[], maxFrameBytes: number): CoreSendPlan;
+  newDelivery(cursors: Cursor[]): CoreDelivery;
+  newWaiting(): CoreWaiting;
   /** `encrypt`'s key shares split so each batch fits one `send_key_shares` frame. */
   shareBatches(shares: KeyShareItem[], maxFrameBytes: number): KeyShareItem[][];
 }
@@ -268,6 +313,31 @@ interface RawModule {
   isPermanentConnectFailure(failureJson: string): boolean;
   SendPlan: new (conversation: string, membersJson: string, maxFrameBytes: number) => RawSendPlan;
   shareBatches(sharesJson: string, maxFrameBytes: number): string;
+  Delivery: new (cursorsJson: string) => RawDelivery;
+  WaitingForKeys: new (max?: number) => RawWaiting;
+}
+
+interface RawDelivery {
+  onConnect(): void;
+  resumeCursors(): string;
+  cursors(): string;
+  onServerMessage(json: string): boolean;
+  onOwnSend(conversation: string, seq: number): void;
+  nextGapFetch(requestId: number): string | undefined;
+  onHistoryPage(json: string): void;
+  pop(): string | undefined;
+  acksDue(): string;
+  onAckSent(conversation: string, seq: number): void;
+  free(): void;
+}
+
+interface RawWaiting {
+  decrypt(machine: unknown, json: string): string;
+  onKeyShare(machine: unknown, json: string, nowMs: number): string;
+  hasUnknownSenders(): boolean;
+  takeToQuery(): string;
+  retrySenders(machine: unknown, usersJson: string): string;
+  free(): void;
 }
 
 interface RawSendPlan {
@@ -375,6 +445,39 @@ export function loadCore(): Promise<Core> {
         };
       },
       isPermanentConnectFailure: (f) => mod.isPermanentConnectFailure(JSON.stringify(f)),
+      newDelivery: (cursors) => {
+        const raw = new mod.Delivery(JSON.stringify(cursors));
+        return {
+          onConnect: () => raw.onConnect(),
+          resumeCursors: () => JSON.parse(raw.resumeCursors()) as Cursor[],
+          cursors: () => JSON.parse(raw.cursors()) as Cursor[],
+          onServerMessage: (m) => raw.onServerMessage(JSON.stringify(m)),
+          onOwnSend: (c, seq) => raw.onOwnSend(c, seq),
+          nextGapFetch: (id) => parseOr<ClientMessage>(raw.nextGapFetch(id)),
+          onHistoryPage: (page) => raw.onHistoryPage(JSON.stringify(page)),
+          pop: () => parseOr<Popped>(raw.pop()),
+          acksDue: () =>
+            JSON.parse(raw.acksDue()) as { type: 'ack'; conversation: string; seq: number }[],
+          onAckSent: (c, seq) => raw.onAckSent(c, seq),
+          free: () => raw.free(),
+        };
+      },
+      newWaiting: () => {
+        const raw = new mod.WaitingForKeys();
+        return {
+          decrypt: (m, msg) => JSON.parse(raw.decrypt(m.raw, JSON.stringify(msg))) as Decrypted,
+          onKeyShare: (m, share, now) =>
+            JSON.parse(raw.onKeyShare(m.raw, JSON.stringify(share), now)) as {
+              events: CryptoEvent[];
+              settled: Settled[];
+            },
+          hasUnknownSenders: () => raw.hasUnknownSenders(),
+          takeToQuery: () => JSON.parse(raw.takeToQuery()) as string[],
+          retrySenders: (m, users) =>
+            JSON.parse(raw.retrySenders(m.raw, JSON.stringify(users))) as Settled[],
+          free: () => raw.free(),
+        };
+      },
       newSendPlan: (conversation, members, max) => {
         const raw = new mod.SendPlan(conversation, JSON.stringify(members), max);
         return {
