@@ -398,6 +398,9 @@ export class TernClient {
     return this.dev?.machine.safetyNumber(user);
   }
 
+  /** The app state (the browser tests and benchmarks read it through `window.tern`). */
+  readonly store = useApp;
+
   /** Which transport the connection uses now (the tests read it too). */
   get transportKind(): string | undefined {
     return this.ctx.connection()?.kind;
