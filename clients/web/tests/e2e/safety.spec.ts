@@ -99,6 +99,35 @@ test('logout clears local data: no plaintext stays in the browser', async () => 
     /Sent/,
   );
 
+  // While signed in, IndexedDB holds the sealed crypto state and metadata, not the message.
+  const dump = await alice.page.evaluate(async () => {
+    const out: string[] = [];
+    for (const info of await indexedDB.databases()) {
+      const db = await new Promise<IDBDatabase>((res, rej) => {
+        const r = indexedDB.open(info.name as string);
+        r.onsuccess = () => res(r.result);
+        r.onerror = () => rej(r.error);
+      });
+      for (const name of Array.from(db.objectStoreNames)) {
+        const values = await new Promise<unknown[]>((res) => {
+          const r = db.transaction(name).objectStore(name).getAll();
+          r.onsuccess = () => res(r.result);
+        });
+        out.push(
+          JSON.stringify(values, (_k, v: unknown) =>
+            v instanceof Uint8Array ? new TextDecoder('latin1').decode(v) : v,
+          ),
+        );
+      }
+      db.close();
+    }
+    return out.join('\n');
+  });
+  expect(dump.length).toBeGreaterThan(0);
+  expect(dump).not.toContain(secret);
+  // Nor hex-encoded (the outbox stores payloads as hex until the server acknowledges them).
+  expect(dump).not.toContain(Buffer.from(secret).toString('hex'));
+
   await alice.page.getByRole('button', { name: 'Log out' }).click();
   await expect(alice.page.getByRole('heading', { name: 'Create your account' })).toBeVisible();
   const stored = await alice.page.evaluate(async () => {
