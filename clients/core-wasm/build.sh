@@ -7,7 +7,10 @@
 #
 # Usage: clients/core-wasm/build.sh OUT_DIR [--release]
 #   --release: opt-level z, fat LTO, one codegen unit (size over speed: the page downloads
-#   it), then `wasm-opt -Oz` when binaryen's wasm-opt is on PATH (skipped with a note if not).
+#   it), no name/producers sections (the name section alone is a third of the module), then
+#   `wasm-opt -Oz` when binaryen's wasm-opt is on PATH, kept only if the result is smaller
+#   gzipped (binaryen 108, Debian's, makes this module ~10% LARGER gzipped: it is measured, not
+#   assumed).
 # Needs: rustup target wasm32-unknown-unknown and wasm-bindgen-cli at exactly the lockfile's
 # wasm-bindgen version (`cargo install --locked wasm-bindgen-cli --version =<it>`, or
 # WASM_BINDGEN=/path/to/wasm-bindgen). Exits non-zero on any failure.
@@ -54,18 +57,32 @@ else
 fi
 
 rm -f "$out"/tern_core_wasm*
-"$bindgen" --target web --out-dir "$out" "$wasm"
+if [ "$release" = 1 ]; then
+  "$bindgen" --target web --remove-name-section --remove-producers-section --out-dir "$out" "$wasm"
+else
+  # Debug keeps function names: stack traces in the browser name Rust functions.
+  "$bindgen" --target web --out-dir "$out" "$wasm"
+fi
 
+gz_size() { gzip -9 -c "$1" | wc -c; }
 if [ "$release" = 1 ]; then
   if command -v wasm-opt >/dev/null 2>&1; then
-    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
-      "$out/tern_core_wasm_bg.wasm" -o "$out/tern_core_wasm_bg.wasm.opt"
-    mv "$out/tern_core_wasm_bg.wasm.opt" "$out/tern_core_wasm_bg.wasm"
+    module="$out/tern_core_wasm_bg.wasm"
+    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int "$module" -o "$module.opt"
+    before=$(gz_size "$module")
+    after=$(gz_size "$module.opt")
+    if [ "$after" -lt "$before" ]; then
+      mv "$module.opt" "$module"
+      echo "wasm-opt -Oz: $before -> $after bytes gzipped (kept)"
+    else
+      rm -f "$module.opt"
+      echo "wasm-opt -Oz: $before -> $after bytes gzipped (no gain: not kept)"
+    fi
   else
-    echo "note: wasm-opt not found, the module is not post-optimised (install binaryen for ~10-20% less)" >&2
+    echo "note: wasm-opt not found, the module is not post-optimised (binaryen)" >&2
   fi
 fi
 
 bytes=$(wc -c <"$out/tern_core_wasm_bg.wasm")
-gz=$(gzip -9 -c "$out/tern_core_wasm_bg.wasm" | wc -c)
+gz=$(gz_size "$out/tern_core_wasm_bg.wasm")
 echo "built $out/tern_core_wasm.js + tern_core_wasm_bg.wasm ($bytes bytes, $gz gzipped)"

@@ -4,6 +4,7 @@
 # core, runs the Node tests (tests/*.test.js) and has the native core decrypt what the wasm
 # build encrypted. Then builds the page's `--target web`
 # module with build.sh and checks under Node that the ES module loads and works (web.test.mjs).
+# TERN_LIVE=1 also builds `tern` and runs tests/live against the real server.
 # Exits non-zero on any failure (CI calls it).
 # Needs: rustup target wasm32-unknown-unknown, Node >= 20, and
 #   cargo install --locked wasm-bindgen-cli --version =<Cargo.lock's wasm-bindgen version>
@@ -30,5 +31,11 @@ TERN_WASM_PKG="$out/pkg" TERN_FIXTURE="$out/fixture.json" TERN_FROM_WASM="$out/f
   node --test clients/core-wasm/tests/*.test.js
 # The other direction: the native core decrypts what the wasm build encrypted (e2e.test.js).
 cargo run -q -p tern-core --example wasm_fixture --locked -- check "$out/fixture.json" "$out/from_wasm.json"
+if [ "${TERN_LIVE:-0}" = 1 ]; then
+  # Against the real server: two wasm devices over HTTPS + secure WebSocket (tests/live).
+  cargo build -q -p tern-gateway --bin tern --locked
+  TERN_WASM_PKG="$out/pkg" TERN_BIN="$CARGO_TARGET_DIR/debug/tern" \
+    node --test clients/core-wasm/tests/live/server.test.js
+fi
 bash clients/core-wasm/build.sh "$out/web"
 TERN_WASM_WEB="$out/web" node --test clients/core-wasm/tests/web.test.mjs

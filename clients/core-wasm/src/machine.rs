@@ -498,6 +498,22 @@ impl Machine {
             .map_err(crypto_err)
     }
 
+    /// `backupUnlock` + `backupImport` of one page in one call (a new device restoring). Same
+    /// errors; a wrong passphrase imports nothing.
+    #[wasm_bindgen(js_name = backupRestore)]
+    pub fn backup_restore(
+        &mut self,
+        passphrase: &str,
+        backup_json: &str,
+        page_json: &str,
+        now_ms: f64,
+    ) -> JsResult<String> {
+        // Parse everything first: malformed input changes nothing.
+        from_json::<BackupSessionPage>(page_json, "backup session page")?;
+        self.backup_unlock(passphrase, backup_json)?;
+        self.backup_import(page_json, now_ms)
+    }
+
     /// Imports one page of `GET /api/v1/keys/backup/sessions` (`{sessions, next_after}`) after
     /// `backupUnlock`. Returns `{imported, already_known, invalid}`.
     #[wasm_bindgen(js_name = backupImport)]

@@ -129,6 +129,12 @@ test('the native sender\'s key backup restores in wasm; a wrong passphrase is Wr
   const fresh = new w.Machine(f.sender_user, randomUUID());
   fresh.backupUnlock(f.backup_passphrase, j(f.backup));
   assert.equal(JSON.parse(fresh.backupImport(j(tampered), 2)).invalid, 1);
+  const other = new w.Machine(f.sender_user, randomUUID());
+  assert.throws(() => other.backupRestore('nope', j(f.backup), j(f.backup_page), 2), { name: 'WrongPassphraseError' });
+  assert.throws(() => other.backupRestore(f.backup_passphrase, j(f.backup), '{}', 2), /invalid backup session page JSON/);
+  assert.equal(other.backupVersion(), undefined, 'malformed input changes nothing');
+  assert.equal(JSON.parse(other.backupRestore(f.backup_passphrase, j(f.backup), j(f.backup_page), 2)).imported, 1);
+  assert.equal(JSON.parse(other.decrypt(j(f.message))).error, 'UntrustedDevice', 'sender device not looked up yet');
   assert.throws(() => me.backupUnlock('x', '{"version":"v"}'), /invalid key backup JSON/);
   assert.throws(() => me.backupUnlock('x', j({ version: 'v', meta: '!!' })), /not base64/);
   assert.throws(() => me.backupImport('[]', 1), /invalid backup session page JSON/);
@@ -178,6 +184,8 @@ test('trust store: device list, verification, blocking, safety numbers', () => {
     fingerprint: bob.m.fingerprint(), first_seen_ms: 2, previous_identities: 0 }]);
   assert.equal(JSON.parse(alice.m.deviceList(a))[0].fingerprint, alice.m.fingerprint());
   assert.equal(alice.m.safetyNumber(b), bob.m.safetyNumber(a));
+  assert.equal(alice.m.markDeviceVerified(b, bob.m.deviceId()), true);
+  assert.equal(JSON.parse(alice.m.deviceList(b))[0].trust, 'verified');
   assert.equal(alice.m.markUserVerified(b), true);
   assert.equal(JSON.parse(alice.m.deviceList(b))[0].trust, 'verified');
   assert.equal(alice.m.markDeviceVerified(b, randomUUID()), false);
