@@ -8,7 +8,7 @@ import { errorText, sleep, type Device, type DriverContext } from './context';
 import { Conversations } from './conversations';
 import { BrowserDevice } from './device';
 import { ApiError, HttpApi, type TransportInfo } from './http';
-import { publishKeys } from './keys';
+import { publishKeys, queryDeviceLists } from './keys';
 import type { PresenceStatus, ServerMessage } from './protocol';
 import { Receiver } from './receiver';
 import { Sender } from './sender';
@@ -19,7 +19,7 @@ import {
   webTransportAvailable,
   type FrameTransport,
 } from './transport';
-import { loadCore, type Core, type CoreReconnect } from './wasm';
+import { loadCore, type Core, type CoreReconnect, type TrustedDevice } from './wasm';
 import { initialState, notify, updateTimeline, useApp, type Session } from '../state/store';
 
 export { MAX_TEXT_CHARS, OUTBOX_LIMIT } from './sender';
@@ -356,6 +356,11 @@ export class TernClient {
     return this.conversations.decline(conversation);
   }
 
+  async removeMember(conversation: string, username: string): Promise<void> {
+    await this.api.removeMember(conversation, username);
+    await this.conversations.refresh();
+  }
+
   invite(conversation: string, username: string): Promise<void> {
     return this.conversations.invite(conversation, username);
   }
@@ -393,9 +398,24 @@ export class TernClient {
       .catch(() => undefined);
   }
 
-  /** The safety number with `user` (60 digits), once their devices are known. */
-  safetyNumber(user: string): string | undefined {
-    return this.dev?.machine.safetyNumber(user);
+  /** The safety number with `user` (60 digits) and their devices, once their keys are known
+   * (asked for now if they are not). */
+  async verification(user: string): Promise<{ number?: string; devices: TrustedDevice[] }> {
+    const machine = this.dev?.machine;
+    if (!machine) return { devices: [] };
+    let number = machine.safetyNumber(user);
+    const conn = this.ctx.connection();
+    if (number === undefined && conn && this.dev) {
+      await queryDeviceLists(conn, this.dev, [user]).catch(() => []);
+      number = machine.safetyNumber(user);
+    }
+    return { number, devices: machine.deviceList(user) };
+  }
+
+  /** The person compared the safety number with `user` in person or on a call. */
+  async markVerified(user: string): Promise<void> {
+    this.dev?.machine.markUserVerified(user);
+    await this.dev?.persist();
   }
 
   /** The app state (the browser tests and benchmarks read it through `window.tern`). */

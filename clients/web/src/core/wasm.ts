@@ -56,6 +56,16 @@ export interface TrustEvent {
   reason?: string;
 }
 
+export interface TrustedDevice {
+  user: string;
+  device: string;
+  trust: 'verified' | 'unverified' | 'changed';
+  blocked: boolean;
+  fingerprint: string;
+  first_seen_ms: number;
+  previous_identities: unknown[];
+}
+
 /** The typed crypto state of one device. */
 export interface CryptoMachine {
   pickle(key: Uint8Array): Uint8Array;
@@ -76,6 +86,10 @@ export interface CryptoMachine {
   ): CryptoEvent[];
   decrypt(message: WireMessage): Decrypted;
   safetyNumber(other: string): string | undefined;
+  /** `user`'s devices in the trust store (own user id: this account's devices). */
+  deviceList(user: string): TrustedDevice[];
+  /** After comparing safety numbers: every current device of `user` becomes verified. */
+  markUserVerified(user: string): boolean;
   free(): void;
   /** The wasm object, for SendPlan. */
   readonly raw: unknown;
@@ -261,6 +275,8 @@ interface RawMachine {
   onKeyShare(shareJson: string, nowMs: number): string;
   decrypt(messageJson: string): string;
   safetyNumber(other: string): string | undefined;
+  deviceList(user: string): string;
+  markUserVerified(user: string): boolean;
   free(): void;
 }
 
@@ -379,6 +395,8 @@ function wrap(raw: RawMachine): CryptoMachine {
       JSON.parse(raw.onKeyShare(JSON.stringify(share), now)) as CryptoEvent[],
     decrypt: (m) => JSON.parse(raw.decrypt(JSON.stringify(m))) as Decrypted,
     safetyNumber: (other) => raw.safetyNumber(other),
+    deviceList: (user) => JSON.parse(raw.deviceList(user)) as TrustedDevice[],
+    markUserVerified: (user) => raw.markUserVerified(user),
     free: () => raw.free(),
   };
 }

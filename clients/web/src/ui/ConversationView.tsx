@@ -1,5 +1,6 @@
 import { useEffect, useId, useRef, useState, type FormEvent, type KeyboardEvent } from 'react';
 import { client, MAX_TEXT_CHARS } from '../core/client';
+import type { TrustedDevice } from '../core/wasm';
 import { useApp } from '../state/store';
 import { presenceText } from './Presence';
 import { conversationTitle } from './Sidebar';
@@ -153,11 +154,113 @@ function InviteMember({ id }: { id: string }) {
   );
 }
 
+/** Safety numbers: compare with the other person (in person or on a call), then mark verified. */
+function VerifyPanel({ user, name }: { user: string; name: string }) {
+  const [state, setState] = useState<{ number?: string; devices: TrustedDevice[] }>();
+  const [busy, setBusy] = useState(false);
+  useEffect(() => {
+    let live = true;
+    void client.verification(user).then((v) => live && setState(v));
+    return () => {
+      live = false;
+    };
+  }, [user]);
+  if (!state) return <p className="pad">Loading…</p>;
+  const verified = state.devices.length > 0 && state.devices.every((d) => d.trust === 'verified');
+  const groups = state.number?.match(/\d{5}/g) ?? [];
+  return (
+    <section className="verify" aria-labelledby="verify-heading">
+      <h2 id="verify-heading">Verify {name}</h2>
+      {state.number ? (
+        <>
+          <p>Compare this number with the one {name} sees. If they match, nobody is in between.</p>
+          <p
+            className="safety-number"
+            data-testid="safety-number"
+            aria-label={`Safety number ${groups.join(' ')}`}
+          >
+            {groups.map((g, i) => (
+              <span key={i}>{g}</span>
+            ))}
+          </p>
+        </>
+      ) : (
+        <p>{name}’s keys are not known yet: exchange a message first.</p>
+      )}
+      <ul className="devices" aria-label={`${name}’s devices`}>
+        {state.devices.map((d) => (
+          <li key={d.device}>
+            Device <code>{d.fingerprint.slice(0, 24)}</code> —{' '}
+            {d.trust === 'changed' ? 'key changed!' : d.trust}
+          </li>
+        ))}
+      </ul>
+      {state.number && !verified && (
+        <button
+          type="button"
+          className="primary"
+          disabled={busy}
+          onClick={() => {
+            setBusy(true);
+            void client
+              .markVerified(user)
+              .then(() => client.verification(user))
+              .then(setState)
+              .finally(() => setBusy(false));
+          }}
+        >
+          They match: mark {name} as verified
+        </button>
+      )}
+      {verified && <p className="ok-text">{name} is verified.</p>}
+    </section>
+  );
+}
+
+/** The owner's member list: remove someone (they receive nothing sent from then on). */
+function Members({ id }: { id: string }) {
+  const c = useApp((s) => s.conversations[id]);
+  const me = useApp((s) => s.session?.userId);
+  const [msg, setMsg] = useState<string>();
+  if (!c) return null;
+  return (
+    <section className="members" aria-labelledby="members-heading">
+      <h2 id="members-heading">Members</h2>
+      <ul>
+        {c.members.map((m) => (
+          <li key={m.user_id}>
+            <span>
+              {m.username}
+              {m.role === 'owner' ? ' (owner)' : ''}
+            </span>
+            {m.user_id !== me && (
+              <button
+                type="button"
+                className="secondary"
+                onClick={() =>
+                  void client
+                    .removeMember(id, m.username)
+                    .then(() => setMsg(`Removed ${m.username}.`))
+                    .catch((e: unknown) => setMsg(e instanceof Error ? e.message : String(e)))
+                }
+              >
+                Remove<span className="sr-only"> {m.username}</span>
+              </button>
+            )}
+          </li>
+        ))}
+      </ul>
+      {msg && <p role="status">{msg}</p>}
+    </section>
+  );
+}
+
 export function ConversationView({ id }: { id: string }) {
   const c = useApp((s) => s.conversations[id]);
   const me = useApp((s) => s.session?.userId);
   const invitation = useApp((s) => s.invitations.find((i) => i.conversation_id === id));
   const presence = useApp((s) => s.presence);
+  const [panel, setPanel] = useState<'verify' | 'members' | undefined>();
 
   if (!c) return <p className="pad">Loading…</p>;
   const title = conversationTitle(c, me);
@@ -182,6 +285,28 @@ export function ConversationView({ id }: { id: string }) {
             {sub}
           </p>
         </div>
+        <div className="header-actions">
+          {other && (
+            <button
+              type="button"
+              className="secondary"
+              aria-expanded={panel === 'verify'}
+              onClick={() => setPanel((p) => (p === 'verify' ? undefined : 'verify'))}
+            >
+              Verify
+            </button>
+          )}
+          {c.kind === 'group' && owner && (
+            <button
+              type="button"
+              className="secondary"
+              aria-expanded={panel === 'members'}
+              onClick={() => setPanel((p) => (p === 'members' ? undefined : 'members'))}
+            >
+              Members
+            </button>
+          )}
+        </div>
       </header>
       {invitation && (
         <div className="request" role="region" aria-label="Message request">
@@ -199,6 +324,8 @@ export function ConversationView({ id }: { id: string }) {
         </div>
       )}
       {c.kind === 'group' && owner && <InviteMember id={id} />}
+      {panel === 'verify' && other && <VerifyPanel user={other.user_id} name={other.username} />}
+      {panel === 'members' && <Members id={id} />}
       <TimelineView id={id} />
       <TypingLine id={id} />
       <Composer id={id} />

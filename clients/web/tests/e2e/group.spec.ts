@@ -60,5 +60,27 @@ test('group: create with invitations, accept and decline, messages both ways', a
     owner.page.getByTestId('message').filter({ hasText: 'thanks' }).locator('.sender'),
   ).toHaveText(bob.name);
 
+  // The owner removes Bob: his copy of the group goes away and he gets nothing sent after.
+  await owner.page.getByRole('button', { name: 'Members', exact: true }).click();
+  await owner.page
+    .getByRole('region', { name: 'Members' })
+    .getByRole('button', { name: `Remove ${bob.name}` })
+    .click();
+  await expect(owner.page.getByTestId('conversation-sub')).toHaveText(
+    '1 member · Planning the launch',
+  );
+  await sendText(owner, 'after bob left');
+  await expect(
+    owner.page.getByTestId('message').filter({ hasText: 'after bob left' }).getByTestId('delivery'),
+  ).toHaveText(/Sent/);
+  await expect(
+    bob.page
+      .getByRole('navigation', { name: 'Conversations' })
+      .getByRole('button', { name: new RegExp(group) }),
+  ).toHaveCount(0);
+  await expect(bob.page.getByTestId('message').filter({ hasText: 'after bob left' })).toHaveCount(
+    0,
+  );
+
   for (const u of [owner, bob, carol]) await u.context.close();
 });

@@ -146,3 +146,33 @@ test('logout clears local data: no plaintext stays in the browser', async () => 
   await alice.context.close();
   await bob.context.close();
 });
+
+test('safety numbers: both sides see the same 60 digits; marking verified sticks', async () => {
+  const alice = await register(browser, server, uniqueName('alice'));
+  const bob = await register(browser, server, uniqueName('bob'));
+  await startDirect(alice, bob.name);
+  await sendText(alice, 'let us verify');
+  await bob.page
+    .getByRole('region', { name: 'Invitations' })
+    .getByRole('button', { name: /^Accept/ })
+    .click();
+  await openConversation(bob, alice.name);
+  await expectMessage(bob, 'let us verify');
+
+  await alice.page.getByRole('button', { name: 'Verify', exact: true }).click();
+  await bob.page.getByRole('button', { name: 'Verify', exact: true }).click();
+  const aliceNumber = await alice.page.getByTestId('safety-number').textContent();
+  const bobNumber = await bob.page.getByTestId('safety-number').textContent();
+  expect(aliceNumber).toMatch(/^\d{60}$/);
+  expect(aliceNumber).toBe(bobNumber);
+  await alice.page
+    .getByRole('button', { name: `They match: mark ${bob.name} as verified` })
+    .click();
+  await expect(alice.page.getByText(`${bob.name} is verified.`)).toBeVisible();
+  await alice.page.reload();
+  await openConversation(alice, bob.name);
+  await alice.page.getByRole('button', { name: 'Verify', exact: true }).click();
+  await expect(alice.page.getByText(`${bob.name} is verified.`)).toBeVisible();
+  await alice.context.close();
+  await bob.context.close();
+});
