@@ -2,8 +2,10 @@
 //! server:
 //!
 //! - security headers on every response (API, app, errors, WebSocket upgrades): HSTS,
-//!   `nosniff`, no referrer, no framing; the app's HTML gets the strict Content-Security-Policy
-//!   (no inline script, wasm allowed, Trusted Types), everything else a CSP that allows nothing;
+//!   `nosniff`, no referrer, no framing; everything outside `/api` (the app's HTML, and its
+//!   scripts, since a service worker or worker takes its policy from its own script's response)
+//!   gets the strict Content-Security-Policy (no inline script, wasm allowed, Trusted Types),
+//!   the API a CSP that allows nothing;
 //! - `Cache-Control: no-store` on everything under `/api` (tokens, keys, messages: nothing of
 //!   it belongs in a cache), unless a handler chose otherwise;
 //! - CORS for the configured origins (`cors_origins`, default none: same-origin only), preflights
@@ -42,7 +44,8 @@ pub const STATIC_HEADERS: [(&str, &str); 4] = [
     ("referrer-policy", "no-referrer"),
     ("x-frame-options", "DENY"),
 ];
-/// The CSP of everything that is not the app's HTML: JSON, scripts, wasm, errors.
+/// The CSP of the API's answers (JSON, errors, upgrades) and of what hyper or the io_uring
+/// driver write themselves: nothing of it is ever rendered or run.
 pub const CSP_NOT_HTML: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// Adds [`STATIC_HEADERS`] and the non-HTML CSP to a response built outside the router.
@@ -181,11 +184,15 @@ pub async fn client_responses(
     for (name, value) in STATIC_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    // The app's files all get its policy: the page's comes from its HTML, but a service worker
+    // (sw.js) or a worker runs under the CSP of its own script's response, and needs
+    // connect-src 'self' to fetch the app shell. An HTML answer under /api (none today) would
+    // still get the page policy, never a looser one.
     let html = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("text/html"));
-    let csp = if html {
+    let csp = if html || !api {
         policy.app_csp.clone()
     } else {
         HeaderValue::from_static(CSP_NOT_HTML)

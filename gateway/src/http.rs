@@ -69,7 +69,7 @@ pub struct ClientAddr(pub SocketAddr);
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames."),
+    info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames. Every error body is an ApiError ({\"error\": {\"code\", \"message\"}}), including 404 for unknown paths, 405 (with Allow) for a method a path does not list, 408 for a body sent too slowly and 403 for a CORS preflight from an origin not in cors_origins."),
     paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave, list_blocks, block, unblock, crate::http_keys::list_devices, crate::http_keys::revoke_device, crate::http_keys::put_backup, crate::http_keys::get_backup, crate::http_keys::put_backup_sessions, crate::http_keys::list_backup_sessions),
     components(schemas(tern_wire::api::DeviceView, tern_wire::api::DeviceList, tern_wire::api::KeyBackup, tern_wire::api::BackupSessionView, tern_wire::api::PutBackupSessions, tern_wire::api::BackupSessionsStored, tern_wire::api::BackupSessionPage, Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
     modifiers(&BearerAuth, &ImpliedStatuses)
@@ -113,7 +113,8 @@ impl utoipa::Modify for ImpliedStatuses {
             )
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let has_id = path.contains('{');
+            // Ids are UUIDs (400 when not); usernames in paths are looked up (404).
+            let has_id = path.contains("{id}");
             for op in [
                 &mut item.get,
                 &mut item.put,

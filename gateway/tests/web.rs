@@ -179,6 +179,20 @@ async fn the_app_is_served_from_web_dir_with_types_caching_and_gzip() {
         );
         assert_eq!(wasm.bytes().await.expect("body").as_ref(), WASM);
 
+        // A service worker runs under its own script's CSP: the app's policy, so it may fetch
+        // the app shell (a default-src 'none' kept it from ever installing).
+        let worker = client
+            .get(url(&server, "/sw.js"))
+            .send()
+            .await
+            .expect("GET sw.js");
+        let csp = header_of(&worker, header::CONTENT_SECURITY_POLICY);
+        assert!(
+            csp.contains("connect-src 'self'")
+                && csp.contains("script-src 'self' 'wasm-unsafe-eval'"),
+            "{io}: sw.js gets the app's policy: {csp:?}"
+        );
+
         // The service worker and the manifest must never be cached without revalidation.
         for (path, kind) in [
             ("/sw.js", "text/javascript; charset=utf-8"),
