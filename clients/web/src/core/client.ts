@@ -60,11 +60,13 @@ export class TernClient {
   private wtFailedAt = 0;
   private wake?: () => void;
   private typingSentAt = new Map<string, number>();
+  private leader = false;
+  private releaseLeader?: () => void;
   private readonly ctx: DriverContext = {
     api: this.api,
     device: (): Device | undefined => this.dev,
     connection: () => (this.conn && !this.conn.closed ? this.conn : undefined),
-    running: () => !this.stopped,
+    running: () => !this.stopped && this.leader,
   };
   private readonly receiver = new Receiver(
     this.ctx,
@@ -126,7 +128,62 @@ export class TernClient {
       }
       // Offline at start: the connect loop keeps trying; the outbox keeps what is composed.
     }
-    void this.connectLoop();
+    await this.lead(session.username);
+  }
+
+  /**
+   * One tab per account connects and sends (Web Locks): two tabs draining the same IndexedDB
+   * outbox would send twice. A second tab waits, read-only, until the leader closes or the
+   * person chooses "Use here" (which takes the lock over: the other tab stops).
+   */
+  private async lead(username: string, steal = false): Promise<void> {
+    const locks = (navigator as Navigator & { locks?: LockManager }).locks;
+    if (!locks) {
+      void this.connectLoop();
+      return;
+    }
+    const name = `tern-leader:${username}`;
+    const acquired = new Promise<boolean>((resolve) => {
+      locks
+        .request(name, steal ? { steal: true } : { ifAvailable: true }, (lock) => {
+          resolve(lock !== null);
+          if (!lock) return undefined;
+          // Held until logout, the tab closing, or another tab stealing it.
+          return new Promise<void>((release) => (this.releaseLeader = release));
+        })
+        .catch(() => {
+          // Stolen by another tab: stop sending here.
+          this.follow('Tern is now used in another tab.');
+        });
+    });
+    if (await acquired) {
+      // A tab that was following reloads the outbox the other tab may have changed.
+      if (steal && this.core) await this.sender.load(this.core);
+      this.leader = true;
+      void this.connectLoop();
+      return;
+    }
+    this.follow();
+    // Take over when the leader goes away.
+    void locks
+      .request(name, () => {
+        if (!this.stopped && !this.leader) void this.lead(username, true);
+        return undefined;
+      })
+      .catch(() => undefined);
+  }
+
+  private follow(detail = 'Tern is open in another tab.'): void {
+    this.leader = false;
+    this.conn?.close('another tab took over');
+    this.conn = undefined;
+    useApp.setState({ connection: { status: 'other-tab', detail } });
+  }
+
+  /** "Use here": this tab takes the connection over from the other one. */
+  useHere(): void {
+    const username = useApp.getState().session?.username;
+    if (username && !this.leader) void this.lead(username, true);
   }
 
   /** Logs out: the token is revoked and every local trace of the account is deleted. */
@@ -139,6 +196,9 @@ export class TernClient {
     }
     this.conn?.close('logged out');
     this.conn = undefined;
+    this.leader = false;
+    this.releaseLeader?.();
+    this.releaseLeader = undefined;
     this.dev?.close();
     this.dev = undefined;
     this.reconnect?.free();
@@ -178,7 +238,7 @@ export class TernClient {
     const reconnect = this.reconnect;
     if (!reconnect) return;
     reconnect.begin(Date.now());
-    while (!this.stopped) {
+    while (!this.stopped && this.leader) {
       const session = useApp.getState().session;
       const core = this.core;
       if (!session || !core || !this.dev) return;
@@ -217,7 +277,7 @@ export class TernClient {
         this.conn = undefined;
         reconnect.onDisconnected(Date.now());
         reconnect.begin(Date.now());
-        if (this.stopped) return;
+        if (this.stopped || !this.leader) return;
         useApp.setState({ connection: { status: 'reconnecting', detail: reason } });
       } catch (e) {
         const failure = e instanceof ServerError && e.raw ? e.raw : undefined;

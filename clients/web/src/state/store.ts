@@ -42,7 +42,8 @@ export interface Timeline {
 }
 
 export interface ConnectionView {
-  status: 'offline' | 'connecting' | 'connected' | 'reconnecting';
+  /** `other-tab`: another tab of this account holds the connection (one sender per account). */
+  status: 'offline' | 'connecting' | 'connected' | 'reconnecting' | 'other-tab';
   transport?: TransportKind;
   detail?: string;
 }

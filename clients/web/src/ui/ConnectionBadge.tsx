@@ -1,3 +1,4 @@
+import { client } from '../core/client';
 import { useApp } from '../state/store';
 
 const TRANSPORT_NAMES = { webtransport: 'WebTransport', websocket: 'WebSocket' } as const;
@@ -18,6 +19,9 @@ export function ConnectionBadge() {
     case 'reconnecting':
       text = 'Reconnecting…';
       break;
+    case 'other-tab':
+      text = 'Open in another tab';
+      break;
     default:
       text = 'Offline';
   }
@@ -33,6 +37,11 @@ export function ConnectionBadge() {
     >
       <span className="dot" aria-hidden="true" />
       {text}
+      {c.status === 'other-tab' && (
+        <button type="button" className="link" onClick={() => client.useHere()}>
+          Use here
+        </button>
+      )}
       {queued > 0 && (
         <span className="queued">
           {' '}

@@ -32,6 +32,7 @@ function TypingLine({ id }: { id: string }) {
 }
 
 function Composer({ id }: { id: string }) {
+  const follower = useApp((s) => s.connection.status === 'other-tab');
   const [text, setText] = useState('');
   const [error, setError] = useState<string>();
   const [emojiOpen, setEmojiOpen] = useState(false);
@@ -72,7 +73,8 @@ function Composer({ id }: { id: string }) {
         rows={1}
         value={text}
         maxLength={MAX_TEXT_CHARS}
-        placeholder="Write a message…"
+        placeholder={follower ? 'Tern is open in another tab' : 'Write a message…'}
+        disabled={follower}
         onChange={(e) => {
           setText(e.target.value);
           if (e.target.value) client.typing(id);
@@ -110,7 +112,7 @@ function Composer({ id }: { id: string }) {
           </div>
         )}
       </div>
-      <button type="submit" className="primary">
+      <button type="submit" className="primary" disabled={follower}>
         Send
       </button>
       {error && (
