@@ -5,6 +5,7 @@
 
 import { Connection, ServerError } from './connection';
 import { errorText, sleep, type Device, type DriverContext } from './context';
+import { createBackup, restoreBackup, uploadBackup } from './backup';
 import { Conversations } from './conversations';
 import { BrowserDevice } from './device';
 import { ApiError, HttpApi, type TransportInfo } from './http';
@@ -309,6 +310,8 @@ export class TernClient {
     void this.conversations.refresh().catch(() => undefined);
     void this.conversations.refreshInvitations().catch(() => undefined);
     this.sender.onConnected();
+    // Keys received since the last connection go into the backup (when one is set up here).
+    void uploadBackup(this.ctx).catch(() => undefined);
   }
 
   // ---- events ----------------------------------------------------------------------------
@@ -470,6 +473,22 @@ export class TernClient {
       number = machine.safetyNumber(user);
     }
     return { number, devices: machine.deviceList(user) };
+  }
+
+  /** Sets up the recovery passphrase: a new backup of every message key on the server. */
+  setUpRecovery(passphrase: string): Promise<number> {
+    return createBackup(this.ctx, passphrase);
+  }
+
+  /** A new device (or this browser after a logout) reads the history again. */
+  async restoreRecovery(passphrase: string): Promise<number> {
+    const n = await restoreBackup(this.ctx, passphrase);
+    await this.receiver.retryAll();
+    return n;
+  }
+
+  get hasRecovery(): boolean {
+    return this.dev?.machine.backupVersion() !== undefined;
   }
 
   /** The person compared the safety number with `user` in person or on a call. */

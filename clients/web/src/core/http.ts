@@ -184,6 +184,19 @@ export class HttpApi {
   leave(conversation: string): Promise<void> {
     return this.call('POST', `/conversations/${conversation}/leave`);
   }
+  putKeyBackup(body: { version: string; meta: string }): Promise<unknown> {
+    return this.call('PUT', '/keys/backup', body);
+  }
+  keyBackup(): Promise<{ version: string; meta: string }> {
+    return this.call('GET', '/keys/backup');
+  }
+  putBackupSessions(body: unknown): Promise<{ total: number }> {
+    return this.call('PUT', '/keys/backup/sessions', body);
+  }
+  backupSessions(after?: string): Promise<{ sessions: unknown[]; next_after?: string | null }> {
+    const q = after ? `?after=${encodeURIComponent(after)}` : '';
+    return this.call('GET', `/keys/backup/sessions${q}`);
+  }
   transport(): Promise<TransportInfo> {
     return this.call('GET', '/transport');
   }

@@ -167,6 +167,16 @@ export class Receiver {
     await device.persist();
   }
 
+  /** After a backup import: every message that waited for a key is tried again; keys that
+   * came from devices this one has not looked up yet need the senders' device lists first. */
+  async retryAll(): Promise<void> {
+    const device = this.ctx.device();
+    if (!device || !this.waiting) return;
+    this.showSettled(this.waiting.retryAll(device.machine));
+    await device.persist();
+    if (this.waiting.hasUnknownSenders()) await this.resolveSenders();
+  }
+
   private showSettled(settled: Settled[]): void {
     for (const s of settled) this.show(s.message, s.result, false);
   }

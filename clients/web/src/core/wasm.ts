@@ -90,6 +90,18 @@ export interface CryptoMachine {
   deviceList(user: string): TrustedDevice[];
   /** After comparing safety numbers: every current device of `user` becomes verified. */
   markUserVerified(user: string): boolean;
+  /** A new key backup sealed by `passphrase` (argon2id): the `PUT /keys/backup` body. */
+  backupCreate(passphrase: string, nowMs: number): { version: string; meta: string };
+  backupVersion(): string | undefined;
+  /** Up to 1,000 sessions not yet uploaded: the `PUT /keys/backup/sessions` body (empty = done). */
+  backupExportSessions(): { version: string; sessions: { session_id: string }[] };
+  backupMarkUploaded(sessionIds: string[]): void;
+  /** Throws an Error named `WrongPassphraseError` for a wrong passphrase (nothing changes). */
+  backupUnlock(passphrase: string, backup: unknown): void;
+  backupImport(
+    page: unknown,
+    nowMs: number,
+  ): { imported: number; already_known: number; invalid: number };
   free(): void;
   /** The wasm object, for SendPlan. */
   readonly raw: unknown;
@@ -235,6 +247,8 @@ export interface CoreWaiting {
   hasUnknownSenders(): boolean;
   takeToQuery(): string[];
   retrySenders(machine: CryptoMachine, users: string[]): Settled[];
+  /** After a backup import: every waiting message again. */
+  retryAll(machine: CryptoMachine): Settled[];
   free(): void;
 }
 
@@ -277,6 +291,12 @@ interface RawMachine {
   safetyNumber(other: string): string | undefined;
   deviceList(user: string): string;
   markUserVerified(user: string): boolean;
+  backupCreate(passphrase: string, nowMs: number): string;
+  backupVersion(): string | undefined;
+  backupExportSessions(): string;
+  backupMarkUploaded(idsJson: string): void;
+  backupUnlock(passphrase: string, backupJson: string): void;
+  backupImport(pageJson: string, nowMs: number): string;
   free(): void;
 }
 
@@ -353,6 +373,7 @@ interface RawWaiting {
   hasUnknownSenders(): boolean;
   takeToQuery(): string;
   retrySenders(machine: unknown, usersJson: string): string;
+  retryAll(machine: unknown): string;
   free(): void;
 }
 
@@ -397,6 +418,22 @@ function wrap(raw: RawMachine): CryptoMachine {
     safetyNumber: (other) => raw.safetyNumber(other),
     deviceList: (user) => JSON.parse(raw.deviceList(user)) as TrustedDevice[],
     markUserVerified: (user) => raw.markUserVerified(user),
+    backupCreate: (pass, now) =>
+      JSON.parse(raw.backupCreate(pass, now)) as { version: string; meta: string },
+    backupVersion: () => raw.backupVersion(),
+    backupExportSessions: () =>
+      JSON.parse(raw.backupExportSessions()) as {
+        version: string;
+        sessions: { session_id: string }[];
+      },
+    backupMarkUploaded: (ids) => raw.backupMarkUploaded(JSON.stringify(ids)),
+    backupUnlock: (pass, backup) => raw.backupUnlock(pass, JSON.stringify(backup)),
+    backupImport: (page, now) =>
+      JSON.parse(raw.backupImport(JSON.stringify(page), now)) as {
+        imported: number;
+        already_known: number;
+        invalid: number;
+      },
     free: () => raw.free(),
   };
 }
@@ -491,6 +528,7 @@ export function loadCore(): Promise<Core> {
             },
           hasUnknownSenders: () => raw.hasUnknownSenders(),
           takeToQuery: () => JSON.parse(raw.takeToQuery()) as string[],
+          retryAll: (m) => JSON.parse(raw.retryAll(m.raw)) as Settled[],
           retrySenders: (m, users) =>
             JSON.parse(raw.retrySenders(m.raw, JSON.stringify(users))) as Settled[],
           free: () => raw.free(),

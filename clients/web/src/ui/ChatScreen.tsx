@@ -3,12 +3,14 @@ import { client } from '../core/client';
 import { useApp } from '../state/store';
 import { ConnectionBadge } from './ConnectionBadge';
 import { ConversationView } from './ConversationView';
+import { Recovery } from './Recovery';
 import { Sidebar } from './Sidebar';
 
 export function ChatScreen() {
   const username = useApp((s) => s.session?.username);
   const selected = useApp((s) => s.selected);
   const [busy, setBusy] = useState(false);
+  const [recovery, setRecovery] = useState(false);
 
   useEffect(() => {
     const onVisibility = () => client.setPresence(document.hidden ? 'away' : 'online');
@@ -30,6 +32,14 @@ export function ChatScreen() {
         <button
           type="button"
           className="secondary"
+          aria-expanded={recovery}
+          onClick={() => setRecovery((r) => !r)}
+        >
+          Recovery
+        </button>
+        <button
+          type="button"
+          className="secondary"
           disabled={busy}
           onClick={() => {
             setBusy(true);
@@ -41,6 +51,7 @@ export function ChatScreen() {
       </header>
       <Sidebar />
       <main className="main" aria-label="Conversation">
+        {recovery && <Recovery onClose={() => setRecovery(false)} />}
         {selected ? (
           <ConversationView key={selected} id={selected} />
         ) : (
