@@ -80,6 +80,21 @@ test('axe finds no WCAG 2.1 A/AA violation on any screen at 375, 768 and 1440 px
   await sendText(bob, 'Hi! Reply from the other side.');
   await expect(alice.page.getByTestId('message').filter({ hasText: 'Reply from' })).toHaveCount(1);
   await audit(alice.page, 'conversation-reply');
+  await alice.page.getByRole('button', { name: 'Verify', exact: true }).click();
+  await expect(alice.page.getByTestId('safety-number')).toBeVisible();
+  await audit(alice.page, 'verify');
+  await alice.page.getByRole('button', { name: 'Verify', exact: true }).click();
+  await alice.page.getByRole('button', { name: 'Recovery', exact: true }).click();
+  await audit(alice.page, 'recovery');
+  await alice.page.getByRole('button', { name: 'Close' }).click();
+  // A group as its owner: the member list.
+  await alice.page.getByRole('button', { name: 'New group' }).click();
+  const form = alice.page.getByRole('form', { name: 'New group' });
+  await form.getByLabel('Name', { exact: true }).fill(uniqueName('Team '));
+  await form.getByLabel('Invite (usernames)').fill(bob.name);
+  await form.getByRole('button', { name: 'Create group' }).click();
+  await alice.page.getByRole('button', { name: 'Members', exact: true }).click();
+  await audit(alice.page, 'group-members');
   await alice.context.close();
   await bob.context.close();
 });
