@@ -214,7 +214,7 @@ export class TernClient {
 
   // ---- connection ------------------------------------------------------------------------
 
-  private async pickTransport(info: TransportInfo): Promise<FrameTransport> {
+  private async pickTransport(info: TransportInfo, core: Core): Promise<FrameTransport> {
     const tryWt =
       this.forceTransport !== 'websocket' &&
       webTransportAvailable() &&
@@ -226,6 +226,7 @@ export class TernClient {
           info.webtransport_url,
           info.certificate_hashes,
           MAX_FRAME_BYTES,
+          core,
         );
       } catch (e) {
         this.wtFailedAt = Date.now();
@@ -255,7 +256,7 @@ export class TernClient {
       }
       try {
         const info = await this.api.transport();
-        const transport = await this.pickTransport(info);
+        const transport = await this.pickTransport(info, core);
         const conn = await Connection.open(
           transport,
           core,

@@ -4,15 +4,7 @@
 
 import type { Core } from './wasm';
 import type { FrameTransport, TransportKind } from './transport';
-import {
-  MAX_PROTOCOL_VERSION,
-  MIN_PROTOCOL_VERSION,
-  replyId,
-  type ClientMessage,
-  type Cursor,
-  type ErrorCode,
-  type ServerMessage,
-} from './protocol';
+import type { ClientMessage, Cursor, ErrorCode, ServerMessage } from './protocol';
 
 /** How long a request waits for its answer before it fails (the SDK's request timeout). */
 export const REQUEST_TIMEOUT_MS = 15_000;
@@ -83,15 +75,7 @@ export class Connection {
     maxFrameBytes: number,
     onEvent: (m: ServerMessage) => void,
   ): Promise<Connection> {
-    const hello: ClientMessage = {
-      type: 'hello',
-      min_version: MIN_PROTOCOL_VERSION,
-      max_version: MAX_PROTOCOL_VERSION,
-      token,
-      device,
-      client_name: 'tern-web',
-      cursors,
-    };
+    const hello = core.hello(token, device, 'tern-web', cursors);
     await transport.send(core.encodeClient(hello, maxFrameBytes));
     const first = await Promise.race([
       transport.recv(),
@@ -105,23 +89,22 @@ export class Connection {
       transport.close();
       throw new ServerError(msg.code, msg.message, msg.fatal, msg.retry_after_ms, msg);
     }
-    if (msg.type !== 'welcome') {
+    let checked;
+    try {
+      // tern-core's handshake: a version we speak, and the largest frame we may send.
+      checked = core.checkWelcome(msg, maxFrameBytes);
+    } catch (e) {
       transport.close();
-      throw new Error(`expected Welcome, got ${msg.type}`);
-    }
-    if (msg.version < MIN_PROTOCOL_VERSION || msg.version > MAX_PROTOCOL_VERSION) {
-      transport.close();
-      throw new Error(`server chose unsupported version ${msg.version}`);
+      throw e;
     }
     const welcome: Welcome = {
-      user: msg.user,
-      device: msg.device,
-      serverTimeMs: msg.server_time_ms,
-      maxFrameBytes: msg.max_frame_bytes,
-      oneTimeKeysLeft: msg.one_time_keys_left,
+      user: checked.user,
+      device: checked.device,
+      serverTimeMs: checked.server_time_ms,
+      maxFrameBytes: checked.max_frame_bytes,
+      oneTimeKeysLeft: checked.one_time_keys_left,
     };
-    const outMax =
-      msg.max_frame_bytes > 0 ? Math.min(maxFrameBytes, msg.max_frame_bytes) : maxFrameBytes;
+    const outMax = checked.max_out_frame;
     const conn = new Connection(transport, core, welcome, outMax, onEvent);
     void conn.readLoop();
     conn.heartbeat = window.setInterval(() => conn.ping(), HEARTBEAT_MS);
@@ -146,7 +129,9 @@ export class Connection {
         return;
       }
       if (msg.type === 'pong') continue;
-      const id = replyId(msg);
+      // Which pending request this answers: tern-core's reply_key (`request:<id>`).
+      const key = this.core.replyKey(msg);
+      const id = key?.startsWith('request:') ? Number(key.slice('request:'.length)) : undefined;
       const waiter = id !== undefined ? this.pending.get(id) : undefined;
       if (waiter && id !== undefined) {
         this.pending.delete(id);

@@ -200,27 +200,6 @@ export type ServerMessage =
   | { type: 'device_list_changed'; user: Uuid }
   | { type: 'one_time_keys_low'; left: number };
 
-/** The protocol versions this client speaks (tern-wire's PROTOCOL_VERSION is 1). */
-export const MIN_PROTOCOL_VERSION = 1;
-export const MAX_PROTOCOL_VERSION = 1;
-
-/** Server messages that answer a request, by the request id they carry. */
-export function replyId(m: ServerMessage): number | undefined {
-  switch (m.type) {
-    case 'send_ack':
-    case 'history_page':
-    case 'key_bundle':
-    case 'ok':
-    case 'key_shares_stored':
-      return m.request_id;
-    case 'conversation':
-    case 'error':
-      return m.request_id === 0 ? undefined : m.request_id;
-    default:
-      return undefined;
-  }
-}
-
 export function bytesToHex(bytes: Uint8Array): string {
   let s = '';
   for (const b of bytes) s += b.toString(16).padStart(2, '0');
@@ -232,20 +211,6 @@ export function hexToBytes(hex: string): Uint8Array {
   const out = new Uint8Array(hex.length / 2);
   for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
   return out;
-}
-
-export function base64ToHex(b64: string): string {
-  const bin = atob(b64);
-  let s = '';
-  for (let i = 0; i < bin.length; i++) s += bin.charCodeAt(i).toString(16).padStart(2, '0');
-  return s;
-}
-
-export function hexToBase64(hex: string): string {
-  const bytes = hexToBytes(hex);
-  let bin = '';
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return btoa(bin);
 }
 
 /** A random 128-bit client message id as 32 hex digits (the outbox's idempotency key). */

@@ -4,6 +4,7 @@
 // builds and checks them.
 
 import type { CertificateHash } from './http';
+import type { Core } from './wasm';
 import { hexToBytes } from './protocol';
 
 export type TransportKind = 'webtransport' | 'websocket';
@@ -64,38 +65,8 @@ class Inbox {
   }
 }
 
-/** Reassembles u32-LE length-prefixed frames from stream chunks (tern-wire's framing.rs). */
-export class FrameDecoder {
-  private buf = new Uint8Array(0);
-  constructor(private readonly maxFrameBytes: number) {}
-
-  /** Adds a chunk; returns the complete frames in it. Throws on a frame over the limit. */
-  push(chunk: Uint8Array): Uint8Array[] {
-    const joined = new Uint8Array(this.buf.length + chunk.length);
-    joined.set(this.buf, 0);
-    joined.set(chunk, this.buf.length);
-    const out: Uint8Array[] = [];
-    let at = 0;
-    while (joined.length - at >= 4) {
-      const len = new DataView(joined.buffer, joined.byteOffset + at, 4).getUint32(0, true);
-      if (len > this.maxFrameBytes) {
-        throw new Error(`frame of ${len} bytes exceeds the limit of ${this.maxFrameBytes}`);
-      }
-      if (joined.length - at - 4 < len) break;
-      out.push(joined.slice(at + 4, at + 4 + len));
-      at += 4 + len;
-    }
-    this.buf = joined.slice(at);
-    return out;
-  }
-}
-
-export function lengthPrefixed(frame: Uint8Array): Uint8Array {
-  const out = new Uint8Array(frame.length + 4);
-  new DataView(out.buffer).setUint32(0, frame.length, true);
-  out.set(frame, 4);
-  return out;
-}
+/** The framing of the WebTransport stream comes from tern-wire (through the wasm core). */
+export type Framing = Pick<Core, 'newFrameDecoder' | 'lengthPrefixed'>;
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -128,6 +99,7 @@ export async function connectWebTransport(
   url: string,
   hashes: CertificateHash[],
   maxFrameBytes: number,
+  framing: Framing,
   readyTimeoutMs = WEBTRANSPORT_READY_TIMEOUT_MS,
 ): Promise<FrameTransport> {
   if (!webTransportAvailable()) throw new Error('WebTransport is not available in this browser');
@@ -146,7 +118,7 @@ export async function connectWebTransport(
     wt.closed.catch(() => undefined);
     try {
       await withTimeout(wt.ready, left, 'WebTransport');
-      return await openSession(wt, maxFrameBytes, Math.max(deadline - Date.now(), 500));
+      return await openSession(wt, maxFrameBytes, framing, Math.max(deadline - Date.now(), 500));
     } catch (e) {
       lastError = e;
       try {
@@ -164,6 +136,7 @@ export async function connectWebTransport(
 async function openSession(
   wt: WebTransport,
   maxFrameBytes: number,
+  framing: Framing,
   timeoutMs: number,
 ): Promise<FrameTransport> {
   const stream = await withTimeout(
@@ -174,9 +147,10 @@ async function openSession(
   const writer = stream.writable.getWriter();
   const reader = stream.readable.getReader();
   const inbox = new Inbox();
-  const decoder = new FrameDecoder(maxFrameBytes);
+  const decoder = framing.newFrameDecoder(maxFrameBytes);
   let open = true;
   const finish = (why: string) => {
+    if (open) decoder.free();
     open = false;
     inbox.end(why);
   };
@@ -186,7 +160,8 @@ async function openSession(
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        for (const f of decoder.push(value)) inbox.push(f);
+        decoder.push(value);
+        for (let f = decoder.next(); f !== undefined; f = decoder.next()) inbox.push(f);
       }
       finish('stream closed by the server');
     } catch (e) {
@@ -222,7 +197,7 @@ async function openSession(
     kind: 'webtransport',
     send(frame) {
       if (!open) return Promise.reject(new Error('transport closed'));
-      const next = queue.then(() => writer.write(lengthPrefixed(frame)));
+      const next = queue.then(() => writer.write(framing.lengthPrefixed(frame)));
       queue = next.catch(() => undefined);
       return next;
     },

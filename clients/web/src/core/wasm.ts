@@ -252,8 +252,36 @@ export interface CoreWaiting {
   free(): void;
 }
 
+/** What `checkWelcome` returns for a Welcome with a version we speak. */
+export interface CheckedWelcome {
+  version: number;
+  user: string;
+  device: string;
+  server_time_ms: number;
+  max_frame_bytes: number;
+  one_time_keys_left: number;
+  /** The largest frame this page may send (its own limit lowered to the server's). */
+  max_out_frame: number;
+}
+
+/** Splits a WebTransport stream into envelopes (u32-LE length prefix). */
+export interface CoreFrameDecoder {
+  push(bytes: Uint8Array): void;
+  /** The next envelope, undefined when more bytes are needed; throws on an oversized header. */
+  next(): Uint8Array | undefined;
+  free(): void;
+}
+
 export interface Core {
   encodeClient(m: ClientMessage, maxFrameBytes: number): Uint8Array;
+  /** The Hello that opens every connection (our version range, token, device, cursors). */
+  hello(token: string, device: string, clientName: string, cursors: Cursor[]): ClientMessage;
+  /** Throws for an `error`, an unsupported version or anything but a Welcome. */
+  checkWelcome(m: ServerMessage, localMaxFrameBytes: number): CheckedWelcome;
+  /** `request:<id>` / `pong:<nonce>` for replies, undefined for pushes. */
+  replyKey(m: ServerMessage): string | undefined;
+  lengthPrefixed(envelope: Uint8Array): Uint8Array;
+  newFrameDecoder(maxFrameBytes: number): CoreFrameDecoder;
   decodeServer(frame: Uint8Array, maxFrameBytes?: number): ServerMessage;
   newMachine(user: string, device: string): CryptoMachine;
   unpickleMachine(sealed: Uint8Array, key: Uint8Array): CryptoMachine;
@@ -339,6 +367,11 @@ interface RawModule {
   default: (opts?: { module_or_path?: unknown }) => Promise<unknown>;
   encodeClient(json: string, maxFrameBytes: number): Uint8Array;
   decodeServer(frame: Uint8Array, maxFrameBytes?: number): string;
+  hello(token: string, device: string, clientName: string, cursorsJson: string): string;
+  checkWelcome(serverJson: string, localMaxFrameBytes: number): string;
+  replyKey(serverJson: string): string | undefined;
+  lengthPrefixed(envelope: Uint8Array): Uint8Array;
+  FrameDecoder: new (maxFrameBytes: number) => CoreFrameDecoder;
   Machine: {
     new (user: string, device: string): RawMachine;
     unpickle(sealed: Uint8Array, key: Uint8Array): RawMachine;
@@ -448,6 +481,13 @@ export function loadCore(): Promise<Core> {
     const core: Core = {
       encodeClient: (m, max) => mod.encodeClient(JSON.stringify(m), max),
       decodeServer: (frame, max) => JSON.parse(mod.decodeServer(frame, max)) as ServerMessage,
+      hello: (token, device, name, cursors) =>
+        JSON.parse(mod.hello(token, device, name, JSON.stringify(cursors))) as ClientMessage,
+      checkWelcome: (m, max) =>
+        JSON.parse(mod.checkWelcome(JSON.stringify(m), max)) as CheckedWelcome,
+      replyKey: (m) => mod.replyKey(JSON.stringify(m)),
+      lengthPrefixed: (e) => mod.lengthPrefixed(e),
+      newFrameDecoder: (max) => new mod.FrameDecoder(max),
       newMachine: (user, device) => wrap(new mod.Machine(user, device)),
       unpickleMachine: (sealed, key) => wrap(mod.Machine.unpickle(sealed, key)),
       newOutbox: (loaded, limits) => {
