@@ -59,14 +59,21 @@ pub fn add_static_headers(headers: &mut HeaderMap) {
     );
 }
 
-/// The same headers as raw `Name: value\r\n` lines, for responses the io_uring driver writes.
-pub fn static_header_lines() -> String {
+/// The same headers as raw `Name: value\r\n` lines, for responses the io_uring driver writes:
+/// (every response, all but a localhost Host's): HSTS goes in the second.
+pub fn static_header_lines() -> (String, String) {
     let mut lines = String::new();
+    let mut hsts = String::new();
     for (name, value) in STATIC_HEADERS {
-        lines.push_str(&format!("{name}: {value}\r\n"));
+        let line = format!("{name}: {value}\r\n");
+        if name == "strict-transport-security" {
+            hsts = line;
+        } else {
+            lines.push_str(&line);
+        }
     }
     lines.push_str(&format!("content-security-policy: {CSP_NOT_HTML}\r\n"));
-    lines
+    (lines, hsts)
 }
 
 /// The CSP of the app's HTML. `connect-src` names the public authority's `https` (API,
@@ -128,6 +135,17 @@ impl OriginPolicy {
     }
 }
 
+/// Whether a `Host` header names `localhost` (or a `*.localhost` name), any port.
+fn is_localhost(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // An IPv6 literal: never a name.
+        Some(_) => return false,
+        None => host.split(':').next().unwrap_or(host),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
 /// Lower-case, without the default port (browsers omit `:443`), without a trailing slash.
 pub fn normalize(origin: &str) -> String {
     let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
@@ -169,6 +187,11 @@ pub async fn client_responses(
     next: Next,
 ) -> Response {
     let api = is_api(request.uri().path());
+    let localhost = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_localhost);
     let origin = request
         .headers()
         .get(header::ORIGIN)
@@ -183,6 +206,12 @@ pub async fn client_responses(
     let headers = response.headers_mut();
     for (name, value) in STATIC_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));
+    }
+    if localhost {
+        // HSTS binds a host name on every port: sent for "localhost" it would force every
+        // other http://localhost development server of the user's browser onto https for a
+        // year. (IP literals are fine: browsers ignore HSTS for them, RFC 6797 8.1.)
+        headers.remove("strict-transport-security");
     }
     // The app's files all get its policy: the page's comes from its HTML, but a service worker
     // (sw.js) or a worker runs under the CSP of its own script's response, and needs
@@ -337,6 +366,26 @@ mod tests {
         assert!(!policy.socket_allowed(Some("https://localhost:4434")));
         assert!(!policy.socket_allowed(Some("https://evil.example")));
         assert!(!policy.socket_allowed(Some("null")));
+    }
+
+    #[test]
+    fn localhost_hosts_are_recognised() {
+        for host in [
+            "localhost",
+            "localhost:4433",
+            "LOCALHOST.:1",
+            "app.localhost:8443",
+        ] {
+            assert!(is_localhost(host), "{host}");
+        }
+        for host in [
+            "127.0.0.1:4433",
+            "[::1]:4433",
+            "chat.example.com",
+            "localhost.example",
+        ] {
+            assert!(!is_localhost(host), "{host}");
+        }
     }
 
     #[test]

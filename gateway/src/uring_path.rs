@@ -43,7 +43,10 @@ pub fn start(
     let mut config = UringConfig::new(tls, WS_PATH, sessions.limits.max_frame_bytes);
     config.handshake_timeout = edge.handshake_timeout;
     // The same security headers as every response the router writes.
-    config.extra_response_headers = crate::headers::static_header_lines();
+    (
+        config.extra_response_headers,
+        config.not_for_localhost_header,
+    ) = crate::headers::static_header_lines();
     let stats = config.stats.clone();
     let handler: Arc<dyn Handler> = Arc::new(Glue {
         sessions,

@@ -40,6 +40,19 @@ fn header_of(headers: &reqwest::header::HeaderMap, name: &str) -> String {
 /// One raw request over a fresh TLS connection; the response's head (lower-cased names) and
 /// body. `extra` are whole header lines.
 async fn raw(server: &TestServer, method: &str, path: &str, extra: &[&str]) -> (String, String) {
+    let host = format!("Host: {}", server.addr);
+    let mut lines = vec![host.as_str()];
+    lines.extend_from_slice(extra);
+    raw_with_host(server, method, path, &lines).await
+}
+
+/// [`raw`] with the `Host` line among `extra`.
+async fn raw_with_host(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    extra: &[&str],
+) -> (String, String) {
     let config = (*server.config(TransportPref::WebSocket).tls().tcp).clone();
     let connector = TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(server.addr)
@@ -47,7 +60,7 @@ async fn raw(server: &TestServer, method: &str, path: &str, extra: &[&str]) -> (
         .expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
     let mut tls = connector.connect(name, tcp).await.expect("TLS");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", server.addr);
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
     for line in extra {
         request.push_str(line);
         request.push_str("\r\n");
@@ -151,6 +164,49 @@ async fn every_response_carries_the_security_headers_and_api_answers_are_not_sto
                 );
             }
         }
+        // Not for "localhost": HSTS would bind every port of it in the user's browser.
+        let host = format!("Host: localhost:{}", server.addr.port());
+        let config = (*server.config(TransportPref::WebSocket).tls().tcp).clone();
+        let mut tls = TlsConnector::from(Arc::new(config))
+            .connect(
+                ServerName::try_from("localhost").expect("name"),
+                tokio::net::TcpStream::connect(server.addr)
+                    .await
+                    .expect("tcp"),
+            )
+            .await
+            .expect("TLS");
+        let request =
+            format!("GET /api/v1/transport HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(common::WAIT, tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{io}: {answer}");
+        assert!(
+            answer.contains("x-content-type-options: nosniff"),
+            "{io}: {answer}"
+        );
+        assert!(
+            !answer.contains("strict-transport-security"),
+            "{io}: no HSTS for localhost: {answer}"
+        );
+
+        // Nor on the WebSocket upgrade from a localhost page (the io_uring driver writes it).
+        let lines = upgrade_lines(None);
+        let mut lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        lines.push(&host);
+        let (head, _) = raw_with_host(&server, "GET", "/api/v1/ws", &lines).await;
+        assert!(head.starts_with("http/1.1 101"), "{io}: {head}");
+        assert!(
+            head.contains("x-content-type-options: nosniff"),
+            "{io}: {head}"
+        );
+        assert!(
+            !head.contains("strict-transport-security"),
+            "{io}: no HSTS on a localhost upgrade: {head}"
+        );
+
         // The page's HTML gets the strict policy.
         let (head, _) = raw(&server, "GET", "/", &["Accept: text/html"]).await;
         for directive in [

@@ -1025,7 +1025,8 @@ impl Driver {
         enum Decision {
             Partial,
             Reject(&'static str),
-            Upgrade(usize, String),
+            /// Head length, accept key, whether the Host is localhost.
+            Upgrade(usize, String, bool),
             Bridge,
         }
         let max = self.cfg.max_head_bytes;
@@ -1055,6 +1056,12 @@ impl Driver {
                             Decision::Upgrade(
                                 n,
                                 tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                                request
+                                    .headers
+                                    .iter()
+                                    .find(|h| h.name.eq_ignore_ascii_case("host"))
+                                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                                    .is_some_and(is_localhost),
                             )
                         }
                         // Not an upgrade, or one from a refused origin: the router answers.
@@ -1067,16 +1074,21 @@ impl Driver {
             Decision::Partial => {}
             Decision::Reject(status) => {
                 let response = format!(
-                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n{}\r\n",
-                    self.cfg.extra_response_headers
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n{}{}\r\n",
+                    self.cfg.extra_response_headers, self.cfg.not_for_localhost_header
                 );
                 let _ = conn.tls.writer().write_all(response.as_bytes());
                 self.begin_close(conn, None);
             }
-            Decision::Upgrade(n, accept) => {
+            Decision::Upgrade(n, accept, localhost) => {
+                let host_bound = if localhost {
+                    ""
+                } else {
+                    self.cfg.not_for_localhost_header.as_str()
+                };
                 let response = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{}\r\n",
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{}{host_bound}\r\n",
                     self.cfg.extra_response_headers
                 );
                 let _ = conn.tls.writer().write_all(response.as_bytes());
@@ -1123,6 +1135,16 @@ impl Driver {
         conn.shared = Some(shared.clone());
         (shared, rx)
     }
+}
+
+/// Whether a `Host` header names `localhost` or a `*.localhost` name (any port).
+fn is_localhost(host: &str) -> bool {
+    if host.trim_start().starts_with('[') {
+        return false;
+    }
+    let name = host.trim().split(':').next().unwrap_or_default();
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request for `path`.

@@ -76,6 +76,10 @@ pub struct UringConfig {
     /// Header lines (`Name: value\r\n` each) added to the responses the driver writes itself
     /// (the 101 of a WebSocket upgrade, 400 and 431), e.g. the server's security headers.
     pub extra_response_headers: String,
+    /// A header line added like `extra_response_headers`, except to an upgrade whose `Host`
+    /// is `localhost` (meant for Strict-Transport-Security, which binds a host name on every
+    /// port).
+    pub not_for_localhost_header: String,
 }
 
 impl UringConfig {
@@ -101,6 +105,7 @@ impl UringConfig {
             shutdown_grace: Duration::from_secs(30),
             stats: Arc::new(UringStats::default()),
             extra_response_headers: String::new(),
+            not_for_localhost_header: String::new(),
         }
     }
 }
