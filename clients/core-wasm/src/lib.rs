@@ -16,9 +16,11 @@
 //! Modules: [`codec`] (frames, handshake, reply matching, stream framing), [`machine`]
 //! (`Machine`, the crypto state), [`send_plan`] (`SendPlan`, `shareBatches`: preparing an
 //! encrypted send), [`waiting`] (`WaitingForKeys`: messages waiting for a key or a sender
-//! lookup), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`, `Backoff`).
+//! lookup), [`inbox`] (`InboxAcks`: which inbox shares to acknowledge, after the state is
+//! stored), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`, `Backoff`).
 
 pub mod codec;
+pub mod inbox;
 pub mod js;
 pub mod machine;
 pub mod protocol;

@@ -34,29 +34,7 @@ fn crypto_err(e: CryptoError) -> Fail {
 
 /// `tern_wire` device keys → the core's published keys.
 pub fn published_from_wire(k: &DeviceKeys) -> PublishedKeys {
-    PublishedKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signing_key: k.signing_key.clone(),
-        signature: k.signature.clone(),
-        one_time_keys: k.one_time_keys.clone(),
-        fallback_key: k.fallback_key.clone(),
-    }
-}
-
-/// The core's published keys → `tern_wire` device keys (what `publish_keys` carries).
-pub fn wire_from_published(k: &PublishedKeys) -> DeviceKeys {
-    DeviceKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signed_prekey: Vec::new(),
-        one_time_keys: k.one_time_keys.clone(),
-        signing_key: k.signing_key.clone(),
-        fallback_key: k.fallback_key.clone(),
-        signature: k.signature.clone(),
-    }
+    PublishedKeys::from_wire(k)
 }
 
 pub fn trust_event(e: &TrustEvent) -> Value {
@@ -222,7 +200,7 @@ impl Machine {
     pub fn keys_to_publish(&mut self, one_time_keys_left: u32) -> JsResult<Option<String>> {
         self.inner
             .keys_to_publish(one_time_keys_left)
-            .map(|k| to_json(&wire_from_published(&k)))
+            .map(|k| to_json(&k.to_wire()))
             .transpose()
     }
 

@@ -268,6 +268,17 @@ test('WaitingForKeys: a message before its key waits, settles after the sender l
   assert.equal(settled[0].result.text, 'waited for');
   assert.equal(waiting.isEmpty(), true);
   assert.deepStrictEqual(JSON.parse(waiting.retryAll(bob.m)), []);
+  const acks = new w.InboxAcks();
+  acks.onHandled(3);
+  acks.onHandled(3);
+  acks.onHandled(0);
+  assert.equal(acks.len(), 1);
+  const ackFrames = JSON.parse(acks.takeAcks());
+  assert.deepStrictEqual(ackFrames, [{ type: 'ack_key_shares', up_to: 3, ids: [3] }]);
+  assert.ok(w.encodeClient(j(ackFrames[0]), 65536).length > 0);
+  assert.equal(acks.isEmpty(), true);
+  assert.deepStrictEqual(JSON.parse(acks.takeAcks()), []);
+  assert.throws(() => acks.onHandled(-1), /inbox_id must be/);
   assert.throws(() => waiting.decrypt(bob.m, '{}'), /invalid message JSON/);
   assert.throws(() => waiting.onKeyShare(bob.m, '{"payload":"zz"}', 1), /invalid key share JSON/);
   assert.throws(() => waiting.retrySenders(bob.m, '["x"]'), /invalid user list JSON/);

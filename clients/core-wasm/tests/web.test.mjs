@@ -15,7 +15,7 @@ test('the --target web module loads and works', async () => {
   mod.initSync({ module: readFileSync(path.resolve(dir, 'tern_core_wasm_bg.wasm')) });
   for (const name of ['encodeClient', 'decodeServer', 'hello', 'checkWelcome', 'replyKey',
     'lengthPrefixed', 'FrameDecoder', 'Machine', 'Delivery', 'Outbox', 'Drain', 'Reconnect', 'Backoff',
-    'isPermanentConnectFailure', 'SendPlan', 'shareBatches', 'WaitingForKeys']) {
+    'isPermanentConnectFailure', 'SendPlan', 'shareBatches', 'WaitingForKeys', 'InboxAcks']) {
     assert.ok(name in mod, `exports ${name}`);
   }
   const frame = mod.encodeClient(JSON.stringify({ type: 'ping', nonce: 5 }), 65536);

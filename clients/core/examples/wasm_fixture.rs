@@ -164,28 +164,11 @@ fn server_frames(
 }
 
 fn wire(k: &PublishedKeys) -> DeviceKeys {
-    DeviceKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signed_prekey: vec![],
-        one_time_keys: k.one_time_keys.clone(),
-        signing_key: k.signing_key.clone(),
-        fallback_key: k.fallback_key.clone(),
-        signature: k.signature.clone(),
-    }
+    k.to_wire()
 }
 
 fn published(k: &DeviceKeys) -> PublishedKeys {
-    PublishedKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signing_key: k.signing_key.clone(),
-        signature: k.signature.clone(),
-        one_time_keys: k.one_time_keys.clone(),
-        fallback_key: k.fallback_key.clone(),
-    }
+    PublishedKeys::from_wire(k)
 }
 
 /// What the wasm sender wrote: `{sender_keys (DeviceKeys), share (KeyShareItem), message,

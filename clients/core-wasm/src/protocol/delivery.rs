@@ -16,8 +16,8 @@ fn cursors_json(cursors: &[Cursor]) -> JsResult<String> {
     to_json(&cursors)
 }
 
-/// The delivery state of one device. `E` (the page's own events queued in arrival order
-/// with the messages) is any JSON value.
+/// The delivery state of one device. The page's own events (`push`, any JSON) are queued in
+/// arrival order with the messages.
 #[wasm_bindgen]
 pub struct Delivery {
     inner: delivery::Delivery<Value>,

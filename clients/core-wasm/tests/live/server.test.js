@@ -266,8 +266,10 @@ test('two wasm devices exchange an encrypted message through the real server', a
   assert.equal(result.sender_user, alice.login.user_id);
   assert.equal(result.sender_device, alice.machine.deviceId());
   // Acks the server accepts: the inbox entry (after pickling) and the delivery cursor.
+  const inboxAcks = new w.InboxAcks();
+  inboxAcks.onHandled(share.inbox_id);
   bob.machine.pickle(new Uint8Array(32).fill(1));
-  bob.send({ type: 'ack_key_shares', up_to: 0, ids: [share.inbox_id] });
+  for (const a of JSON.parse(inboxAcks.takeAcks())) bob.send(a);
   for (const a of JSON.parse(bobDelivery.acksDue())) {
     bob.send(a);
     bobDelivery.onAckSent(a.conversation, a.seq);
@@ -275,6 +277,25 @@ test('two wasm devices exchange an encrypted message through the real server', a
   const pong = new Promise((resolve) => bob.pending.set('pong:99', resolve));
   bob.send({ type: 'ping', nonce: 99 });
   assert.equal((await withDeadline(pong, 'pong')).type, 'pong', 'the connection is still healthy');
+
+  // A reload before the send_ack was handled: the entry comes back from storage (fromLoaded)
+  // and leaves again with the same client_msg_id; the server stores it once.
+  const reloaded = w.Outbox.fromLoaded(j([entry]));
+  const again = JSON.parse(reloaded.front());
+  const enc2 = JSON.parse(alice.machine.encrypt(again.conversation, again.content_type,
+    Buffer.from(again.payload, 'hex'), Date.now()));
+  const ack2 = await alice.request({ type: 'send', conversation: again.conversation,
+    client_msg_id: again.client_msg_id, content_type: enc2.content_type, payload: enc2.payload, files: [] });
+  assert.equal(ack2.type, 'send_ack', j(ack2));
+  assert.equal(ack2.duplicate, true);
+  assert.equal(ack2.seq, ack.seq);
+  assert.ok(reloaded.onAcked(j(ack2)));
+  // A second copy would be fanned out when it commits, before alice's send_ack: bob's pong,
+  // asked for after that ack, comes behind it on bob's connection.
+  const pong2 = new Promise((resolve) => bob.pending.set('pong:100', resolve));
+  bob.send({ type: 'ping', nonce: 100 });
+  await withDeadline(pong2, 'pong');
+  assert.deepStrictEqual(bob.pushes.filter((m) => m.type === 'deliver'), [], 'delivered once');
   alice.ws.close();
   bob.ws.close();
 });

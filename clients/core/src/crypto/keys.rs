@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 use tern_wire::ids::{DeviceId, UserId};
+use tern_wire::msg::DeviceKeys;
 use vodozemac::olm::Account;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey, Ed25519Signature};
 
@@ -37,6 +38,35 @@ pub struct PublishedKeys {
     pub one_time_keys: Vec<Vec<u8>>,
     /// Signed key blob of the fallback key, or empty.
     pub fallback_key: Vec<u8>,
+}
+
+impl PublishedKeys {
+    /// From the wire's `DeviceKeys` (a `KeyBundle` answer's device).
+    pub fn from_wire(k: &DeviceKeys) -> Self {
+        PublishedKeys {
+            user: k.user,
+            device: k.device,
+            identity_key: k.identity_key.clone(),
+            signing_key: k.signing_key.clone(),
+            signature: k.signature.clone(),
+            one_time_keys: k.one_time_keys.clone(),
+            fallback_key: k.fallback_key.clone(),
+        }
+    }
+
+    /// To the wire's `DeviceKeys` (what `PublishKeys` carries; `signed_prekey` is unused).
+    pub fn to_wire(&self) -> DeviceKeys {
+        DeviceKeys {
+            user: self.user,
+            device: self.device,
+            identity_key: self.identity_key.clone(),
+            signed_prekey: Vec::new(),
+            one_time_keys: self.one_time_keys.clone(),
+            signing_key: self.signing_key.clone(),
+            fallback_key: self.fallback_key.clone(),
+            signature: self.signature.clone(),
+        }
+    }
 }
 
 /// Which kind of key a signed blob carries.

@@ -46,6 +46,7 @@ mod backup;
 mod envelope_tests;
 mod error;
 pub mod formats;
+pub mod inbox;
 pub mod keys;
 mod machine;
 pub mod send_plan;
@@ -58,6 +59,7 @@ pub use formats::{
     Body, Content, MEGOLM_CONTENT_TYPE, MEGOLM_CONTENT_TYPE_V1, TEXT_CONTENT_TYPE,
     is_encrypted_content_type,
 };
+pub use inbox::InboxAcks;
 pub use keys::{KeyKind, PublishedKeys, SIGNED_KEY_BLOB_LEN, VerifiedIdentity, verify_device_keys};
 pub use machine::{
     BackupEntry, ClaimProblem, CryptoConfig, CryptoEvent, CryptoMachine, CryptoStore, Decrypted,

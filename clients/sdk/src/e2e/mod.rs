@@ -18,7 +18,8 @@ use std::collections::{HashMap, VecDeque};
 
 use base64::Engine as _;
 use tern_core::crypto::{
-    Body, CryptoError, CryptoMachine, CryptoStore, PublishedKeys, TrustEvent, WaitingForKeys,
+    Body, CryptoError, CryptoMachine, CryptoStore, InboxAcks, PublishedKeys, TrustEvent,
+    WaitingForKeys,
 };
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
 use tern_wire::msg::{ClientMessage, DeviceKeys, Message, ServerMessage};
@@ -110,7 +111,7 @@ pub struct E2e {
     waiting: WaitingForKeys,
     /// Inbox ids handled and persisted, not yet acknowledged. Exact ids, not "up to": live
     /// key shares arrive out of id order, and a lower id still in flight must not be deleted.
-    inbox_ack_due: std::collections::BTreeSet<u64>,
+    inbox_acks: InboxAcks,
     notices: VecDeque<CryptoNotice>,
     /// The server said claims left this device with this many one-time keys: publish more.
     one_time_keys_low: Option<u32>,
@@ -150,29 +151,12 @@ fn now_ms() -> u64 {
 
 /// `tern_wire` device keys → the core's published keys.
 pub fn published_from_wire(k: &DeviceKeys) -> PublishedKeys {
-    PublishedKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signing_key: k.signing_key.clone(),
-        signature: k.signature.clone(),
-        one_time_keys: k.one_time_keys.clone(),
-        fallback_key: k.fallback_key.clone(),
-    }
+    PublishedKeys::from_wire(k)
 }
 
 /// The core's published keys → `tern_wire` device keys.
 pub fn wire_from_published(k: &PublishedKeys) -> DeviceKeys {
-    DeviceKeys {
-        user: k.user,
-        device: k.device,
-        identity_key: k.identity_key.clone(),
-        signed_prekey: Vec::new(),
-        one_time_keys: k.one_time_keys.clone(),
-        signing_key: k.signing_key.clone(),
-        fallback_key: k.fallback_key.clone(),
-        signature: k.signature.clone(),
-    }
+    k.to_wire()
 }
 
 /// The body an app's `(content_type, payload)` becomes inside the encryption (the core's
@@ -213,7 +197,7 @@ impl E2e {
             pickle_key,
             members: HashMap::new(),
             waiting: WaitingForKeys::default(),
-            inbox_ack_due: std::collections::BTreeSet::new(),
+            inbox_acks: InboxAcks::default(),
             notices: VecDeque::new(),
             one_time_keys_low: None,
             plaintext: false,
@@ -381,9 +365,7 @@ impl E2e {
         self.notices
             .extend(outcome.events.into_iter().map(CryptoNotice::Key));
         self.persist()?;
-        if inbox_id > 0 {
-            self.inbox_ack_due.insert(inbox_id);
-        }
+        self.inbox_acks.on_handled(inbox_id);
         Ok(plain_results(outcome.settled))
     }
 
@@ -476,15 +458,7 @@ impl E2e {
     /// The `AckKeyShares` frames to send now: every inbox id handled since the last call (its
     /// key is on disk), in frames of at most `MAX_ACK_INBOX_IDS` ids. Empty when none is due.
     pub fn take_inbox_ack(&mut self) -> Vec<ClientMessage> {
-        let due: Vec<u64> = std::mem::take(&mut self.inbox_ack_due)
-            .into_iter()
-            .collect();
-        due.chunks(tern_wire::limits::MAX_ACK_INBOX_IDS)
-            .map(|ids| ClientMessage::AckKeyShares {
-                up_to: ids.last().copied().unwrap_or(0),
-                ids: ids.to_vec(),
-            })
-            .collect()
+        self.inbox_acks.take_acks()
     }
 
     /// Decrypts `message` (anything but Megolm passes through untouched). A message whose key
