@@ -8,7 +8,7 @@ import { errorText, sleep, type Device, type DriverContext } from './context';
 import { createBackup, restoreBackup, uploadBackup } from './backup';
 import { Conversations } from './conversations';
 import { BrowserDevice } from './device';
-import { ApiError, HttpApi, type TransportInfo } from './http';
+import { ApiError, HttpApi, type DeviceView, type TransportInfo } from './http';
 import { publishKeys, queryDeviceLists } from './keys';
 import type { PresenceStatus, ServerMessage } from './protocol';
 import { Receiver } from './receiver';
@@ -486,6 +486,18 @@ export class TernClient {
     const n = await restoreBackup(this.ctx, passphrase);
     await this.receiver.retryAll();
     return n;
+  }
+
+  /** This account's devices, this one marked. */
+  async myDevices(): Promise<{ devices: DeviceView[]; current: string }> {
+    const { devices } = await this.api.devices();
+    return { devices, current: this.dev?.id ?? '' };
+  }
+
+  /** Removes another device: its keys, inbox and token go; contacts stop encrypting to it. */
+  async revokeDevice(id: string): Promise<void> {
+    if (id === this.dev?.id) throw new Error('use Log out for this device');
+    await this.api.revokeDevice(id);
   }
 
   get hasRecovery(): boolean {

@@ -60,6 +60,14 @@ export interface InvitationView {
   created_ms: number;
 }
 
+export interface DeviceView {
+  device_id: string;
+  created_ms: number;
+  last_seen_ms: number;
+  has_keys: boolean;
+  identity_key: string;
+}
+
 export interface CertificateHash {
   algorithm: string;
   value: string;
@@ -183,6 +191,12 @@ export class HttpApi {
   }
   leave(conversation: string): Promise<void> {
     return this.call('POST', `/conversations/${conversation}/leave`);
+  }
+  devices(): Promise<{ devices: DeviceView[] }> {
+    return this.call('GET', '/devices');
+  }
+  revokeDevice(id: string): Promise<void> {
+    return this.call('DELETE', `/devices/${encodeURIComponent(id)}`);
   }
   putKeyBackup(body: { version: string; meta: string }): Promise<unknown> {
     return this.call('PUT', '/keys/backup', body);

@@ -3,6 +3,7 @@ import { client } from '../core/client';
 import { useApp } from '../state/store';
 import { ConnectionBadge } from './ConnectionBadge';
 import { ConversationView } from './ConversationView';
+import { Devices } from './Devices';
 import { Recovery } from './Recovery';
 import { Sidebar } from './Sidebar';
 
@@ -10,7 +11,7 @@ export function ChatScreen() {
   const username = useApp((s) => s.session?.username);
   const selected = useApp((s) => s.selected);
   const [busy, setBusy] = useState(false);
-  const [recovery, setRecovery] = useState(false);
+  const [panel, setPanel] = useState<'recovery' | 'devices' | undefined>();
 
   useEffect(() => {
     const onVisibility = () => client.setPresence(document.hidden ? 'away' : 'online');
@@ -32,8 +33,16 @@ export function ChatScreen() {
         <button
           type="button"
           className="secondary"
-          aria-expanded={recovery}
-          onClick={() => setRecovery((r) => !r)}
+          aria-expanded={panel === 'devices'}
+          onClick={() => setPanel((p) => (p === 'devices' ? undefined : 'devices'))}
+        >
+          Devices
+        </button>
+        <button
+          type="button"
+          className="secondary"
+          aria-expanded={panel === 'recovery'}
+          onClick={() => setPanel((p) => (p === 'recovery' ? undefined : 'recovery'))}
         >
           Recovery
         </button>
@@ -51,7 +60,8 @@ export function ChatScreen() {
       </header>
       <Sidebar />
       <main className="main" aria-label="Conversation">
-        {recovery && <Recovery onClose={() => setRecovery(false)} />}
+        {panel === 'recovery' && <Recovery onClose={() => setPanel(undefined)} />}
+        {panel === 'devices' && <Devices onClose={() => setPanel(undefined)} />}
         {selected ? (
           <ConversationView key={selected} id={selected} />
         ) : (

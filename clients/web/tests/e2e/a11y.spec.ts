@@ -87,6 +87,10 @@ test('axe finds no WCAG 2.1 A/AA violation on any screen at 375, 768 and 1440 px
   await alice.page.getByRole('button', { name: 'Recovery', exact: true }).click();
   await audit(alice.page, 'recovery');
   await alice.page.getByRole('button', { name: 'Close' }).click();
+  await alice.page.getByRole('button', { name: 'Devices', exact: true }).click();
+  await expect(alice.page.getByTestId('device')).toHaveCount(1);
+  await audit(alice.page, 'devices');
+  await alice.page.getByRole('button', { name: 'Close' }).click();
   // A group as its owner: the member list.
   await alice.page.getByRole('button', { name: 'New group' }).click();
   const form = alice.page.getByRole('form', { name: 'New group' });

@@ -3,7 +3,16 @@
 
 import { expect, test, type Browser } from '@playwright/test';
 import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
-import { expectMessage, messages, openConversation, register, sendText, startDirect } from './app';
+import {
+  expectMessage,
+  messages,
+  openApp,
+  openConversation,
+  PASSWORD,
+  register,
+  sendText,
+  startDirect,
+} from './app';
 
 let pki: Pki;
 let server: Server;
@@ -48,4 +57,30 @@ test('two tabs of one account: one sends, the other takes over when it closes', 
   await expect(messages(bob).filter({ hasText: 'from the first tab' })).toHaveCount(1);
   await alice.context.close();
   await bob.context.close();
+});
+
+test('devices: a second browser is a second device; removing it signs it out', async () => {
+  const alice = await register(browser, server, uniqueName('alice'));
+  const other = await openApp(browser, server);
+  await other.page.getByRole('button', { name: 'Log in' }).first().click();
+  await other.page.getByLabel('Username').fill(alice.name);
+  await other.page.getByLabel('Password').fill(PASSWORD);
+  await other.page.getByRole('button', { name: 'Log in' }).last().click();
+  await expect(other.page.getByTestId('connection')).toHaveAttribute('data-status', 'connected');
+
+  await alice.page.getByRole('button', { name: 'Devices', exact: true }).click();
+  const devices = alice.page.getByRole('region', { name: 'Your devices' }).getByTestId('device');
+  await expect(devices).toHaveCount(2);
+  await expect(devices.filter({ hasText: 'This browser' })).toHaveCount(1);
+  await devices
+    .filter({ hasText: 'Another device' })
+    .getByRole('button', { name: /Remove/ })
+    .click();
+  await expect(devices).toHaveCount(1);
+  // The removed device's token is revoked: it is back at the sign-in screen, its data gone.
+  await expect(other.page.getByRole('heading', { name: 'Create your account' })).toBeVisible({
+    timeout: 30_000,
+  });
+  await alice.context.close();
+  await other.context.close();
 });
