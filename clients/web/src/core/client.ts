@@ -59,6 +59,8 @@ export class TernClient {
   private conn?: Connection;
   private stopped = true;
   private wtFailedAt = 0;
+  /** How long after a WebTransport failure it is tried again (tests shorten it). */
+  wtRetryMs = WEBTRANSPORT_RETRY_MS;
   private wake?: () => void;
   private typingSentAt = new Map<string, number>();
   private leader = false;
@@ -86,6 +88,9 @@ export class TernClient {
 
   constructor() {
     if (typeof window !== 'undefined') window.addEventListener('online', () => this.wake?.());
+    // Browser tests shorten the WebTransport retry (set before the app loads).
+    const knob = (globalThis as { __ternWtRetryMs?: unknown }).__ternWtRetryMs;
+    if (typeof knob === 'number' && knob >= 500) this.wtRetryMs = knob;
   }
 
   // ---- session ---------------------------------------------------------------------------
@@ -218,8 +223,7 @@ export class TernClient {
     const tryWt =
       this.forceTransport !== 'websocket' &&
       webTransportAvailable() &&
-      (this.forceTransport === 'webtransport' ||
-        Date.now() - this.wtFailedAt > WEBTRANSPORT_RETRY_MS);
+      (this.forceTransport === 'webtransport' || Date.now() - this.wtFailedAt > this.wtRetryMs);
     if (tryWt) {
       try {
         return await connectWebTransport(
@@ -275,7 +279,9 @@ export class TernClient {
         const closed = new Promise<string>((resolve) => conn.onClosed(resolve));
         useApp.setState({ connection: { status: 'connected', transport: conn.kind } });
         await this.afterConnect(conn);
+        const probe = conn.kind === 'websocket' ? this.probeWebTransport(conn, info) : undefined;
         const reason = await closed;
+        probe?.stop();
         this.conn = undefined;
         reconnect.onDisconnected(Date.now());
         reconnect.begin(Date.now());
@@ -297,6 +303,47 @@ export class TernClient {
         });
       }
     }
+  }
+
+  /**
+   * While on WebSocket, WebTransport is tried again every `wtRetryMs`: once a session is ready
+   * (and closed again at once), the WebSocket connection is ended so the loop reconnects at
+   * once over WebTransport (a brief reconnect; Delivery resumes from the cursors, the outbox
+   * resends what was in flight under the same client ids).
+   */
+  private probeWebTransport(conn: Connection, info: TransportInfo): { stop(): void } {
+    let stopped = false;
+    let timer = 0;
+    const core = this.core;
+    const tick = async () => {
+      if (stopped || conn.closed || !core || this.forceTransport === 'websocket') return;
+      if (webTransportAvailable()) {
+        try {
+          const t = await connectWebTransport(
+            info.webtransport_url,
+            info.certificate_hashes,
+            MAX_FRAME_BYTES,
+            core,
+          );
+          t.close();
+          if (!stopped && !conn.closed) {
+            this.wtFailedAt = 0;
+            conn.close('WebTransport is available again: switching');
+            return;
+          }
+        } catch {
+          // still unavailable
+        }
+      }
+      if (!stopped) timer = window.setTimeout(() => void tick(), this.wtRetryMs);
+    };
+    timer = window.setTimeout(() => void tick(), this.wtRetryMs);
+    return {
+      stop: () => {
+        stopped = true;
+        window.clearTimeout(timer);
+      },
+    };
   }
 
   private async afterConnect(conn: Connection): Promise<void> {

@@ -3,8 +3,17 @@
 // presence, typing and reactions live.
 
 import { expect, test, type Browser } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
 import {
+  launchChromium,
+  makePki,
+  serveDistIfNeeded,
+  startServer,
+  uniqueName,
+  type Pki,
+  type Server,
+} from './harness';
+import {
+  PASSWORD,
   expectMessage,
   messages,
   openConversation,
@@ -91,4 +100,32 @@ test('1:1 over WebSocket when the browser has no WebTransport', async () => {
   await chatBothWays(alice, bob);
   await alice.context.close();
   await bob.context.close();
+});
+
+test('WebTransport refused at first: WebSocket at once, then WebTransport again once it works', async () => {
+  const context = await browser.newContext();
+  await serveDistIfNeeded(context, server);
+  await context.addInitScript(() => {
+    const g = globalThis as unknown as Record<string, unknown>;
+    const Real = g.WebTransport as new (url: string, o?: unknown) => unknown;
+    g.__allowWT = false;
+    g.__ternWtRetryMs = 1_000;
+    g.WebTransport = function (url: string, o?: unknown) {
+      if (!g.__allowWT) throw new TypeError('WebTransport blocked by the test');
+      return new Real(url, o);
+    };
+  });
+  const page = await context.newPage();
+  await page.goto(server.origin + '/');
+  const name = uniqueName('wtback');
+  await page.getByLabel('Username').fill(name);
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.getByRole('button', { name: 'Create account' }).last().click();
+  const badge = page.getByTestId('connection');
+  await expect(badge).toHaveAttribute('data-status', 'connected', { timeout: 30_000 });
+  await expect(badge).toHaveAttribute('data-transport', 'websocket');
+  await page.evaluate(() => ((globalThis as unknown as Record<string, unknown>).__allowWT = true));
+  await expect(badge).toHaveAttribute('data-transport', 'webtransport', { timeout: 20_000 });
+  await expect(badge).toHaveAttribute('data-status', 'connected');
+  await context.close();
 });
