@@ -23,6 +23,9 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; th
 fi
 bash clients/core-wasm/test.sh
 
+stage "web app: build + size budget, lint, typecheck, Chromium end-to-end tests against the real server"
+bash scripts/test-web.sh
+
 stage "cargo test"
 cargo test --workspace --locked -- --test-threads="${TERN_TEST_THREADS:-2}"
 

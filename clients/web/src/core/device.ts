@@ -1,0 +1,56 @@
+// This browser profile's device for one account: a random device id, the crypto machine and
+// the 32-byte key its sealed state (pickle) is stored under, all in the account's IndexedDB.
+
+import type { Device } from './context';
+import { LocalStore } from './storage';
+import type { Core, CryptoMachine } from './wasm';
+
+function randomBytes(n: number): Uint8Array {
+  const b = new Uint8Array(n);
+  crypto.getRandomValues(b);
+  return b;
+}
+
+export class BrowserDevice implements Device {
+  private constructor(
+    readonly id: string,
+    readonly machine: CryptoMachine,
+    readonly local: LocalStore,
+    private readonly pickleKey: Uint8Array,
+  ) {}
+
+  /** Opens the account's device, or creates one on first use (or when its state is unreadable). */
+  static async open(core: Core, username: string, userId: string): Promise<BrowserDevice> {
+    const local = await LocalStore.open(username);
+    let id = await local.get<string>('device');
+    let key = await local.get<Uint8Array>('pickle_key');
+    const sealed = await local.get<Uint8Array>('pickle');
+    let machine: CryptoMachine | undefined;
+    if (id && key && sealed) {
+      try {
+        machine = core.unpickleMachine(sealed, key);
+      } catch (e) {
+        console.warn('crypto state unreadable, starting a new device', e);
+      }
+    }
+    if (!machine || !id || !key) {
+      id = crypto.randomUUID();
+      key = randomBytes(32);
+      machine = core.newMachine(userId, id);
+      await local.put('device', id);
+      await local.put('pickle_key', key);
+    }
+    const device = new BrowserDevice(id, machine, local, key);
+    await device.persist();
+    return device;
+  }
+
+  async persist(): Promise<void> {
+    await this.local.put('pickle', this.machine.pickle(this.pickleKey));
+  }
+
+  close(): void {
+    this.machine.free();
+    this.local.close();
+  }
+}

@@ -1,0 +1,245 @@
+import { useVirtualizer } from '@tanstack/react-virtual';
+import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
+import { client } from '../core/client';
+import { useApp, type TimelineItem } from '../state/store';
+
+const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
+/** Rows rendered beyond the visible ones (smooth keyboard and wheel scrolling). */
+const OVERSCAN = 8;
+
+type Row =
+  { kind: 'day'; key: string; label: string } | { kind: 'msg'; key: string; item: TimelineItem };
+
+const dayFormat = new Intl.DateTimeFormat(undefined, {
+  weekday: 'long',
+  day: 'numeric',
+  month: 'long',
+  year: 'numeric',
+});
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+
+function dayKey(ms: number): string {
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`;
+}
+
+function stateText(i: TimelineItem): string {
+  switch (i.state) {
+    case 'queued':
+      return 'Queued';
+    case 'sending':
+      return 'Sending';
+    case 'sent':
+      return 'Sent';
+    case 'failed':
+      return `Not sent${i.error ? `: ${i.error}` : ''}`;
+  }
+}
+
+function undecryptableText(reason: string): string {
+  switch (reason) {
+    case 'NoKeyYet':
+      return 'Waiting for this message’s key…';
+    case 'Withheld':
+      return 'The sender did not share the key for this message with this device.';
+    case 'UntrustedDevice':
+      return 'Checking the sender’s device…';
+    case 'NotEncrypted':
+      return 'This message was not end-to-end encrypted and is not shown.';
+    default:
+      return `This message cannot be decrypted (${reason}).`;
+  }
+}
+
+const Message = memo(function Message({
+  conversation,
+  item,
+  showSender,
+}: {
+  conversation: string;
+  item: TimelineItem;
+  showSender: boolean;
+}) {
+  const name = useApp((s) => s.usernames[item.sender] ?? 'Unknown');
+  const reactions = useApp((s) =>
+    item.seq !== undefined ? s.reactions[conversation]?.[item.seq] : undefined,
+  );
+  const me = useApp((s) => s.session?.userId);
+  const [picker, setPicker] = useState(false);
+  return (
+    <article
+      className={item.mine ? 'msg mine' : 'msg'}
+      data-testid="message"
+      data-seq={item.seq ?? ''}
+      data-state={item.state}
+      aria-label={`${item.mine ? 'You' : name} at ${timeFormat.format(item.timestampMs)}`}
+    >
+      {showSender && !item.mine && <p className="sender">{name}</p>}
+      {item.text !== null ? (
+        <p className="text">{item.text}</p>
+      ) : (
+        <p className="text undecryptable">{undecryptableText(item.undecryptable ?? 'Unknown')}</p>
+      )}
+      <p className="meta">
+        <time dateTime={new Date(item.timestampMs).toISOString()}>
+          {timeFormat.format(item.timestampMs)}
+        </time>
+        {item.mine && (
+          <span className={`state ${item.state}`} data-testid="delivery">
+            {' · '}
+            {stateText(item)}
+          </span>
+        )}
+      </p>
+      {reactions && Object.keys(reactions).length > 0 && (
+        <ul className="reactions" aria-label="Reactions">
+          {Object.entries(reactions).map(([emoji, users]) => (
+            <li key={emoji}>
+              <button
+                type="button"
+                className={me && users.includes(me) ? 'reaction mine' : 'reaction'}
+                aria-pressed={me ? users.includes(me) : false}
+                data-testid="reaction"
+                onClick={() =>
+                  item.seq !== undefined && void client.react(conversation, item.seq, emoji)
+                }
+              >
+                {emoji} {users.length}
+                <span className="sr-only"> reaction{users.length === 1 ? '' : 's'}</span>
+              </button>
+            </li>
+          ))}
+        </ul>
+      )}
+      {item.seq !== undefined && (
+        <div className="react-wrap">
+          <button
+            type="button"
+            className="link small"
+            aria-expanded={picker}
+            onClick={() => setPicker((p) => !p)}
+          >
+            React<span className="sr-only"> to this message</span>
+          </button>
+          {picker && (
+            <div className="emoji-picker" role="group" aria-label="Pick a reaction">
+              {REACTIONS.map((e) => (
+                <button
+                  key={e}
+                  type="button"
+                  className="icon"
+                  onClick={() => {
+                    setPicker(false);
+                    if (item.seq !== undefined) void client.react(conversation, item.seq, e);
+                  }}
+                >
+                  {e}
+                </button>
+              ))}
+            </div>
+          )}
+        </div>
+      )}
+    </article>
+  );
+});
+
+/** The virtualised timeline: only the visible rows (plus a few) are in the DOM. */
+export function TimelineView({ id }: { id: string }) {
+  const timeline = useApp((s) => s.timelines[id]);
+  const kind = useApp((s) => s.conversations[id]?.kind);
+  const items = useMemo(() => timeline?.items ?? [], [timeline]);
+  const rows = useMemo(() => {
+    const out: Row[] = [];
+    let lastDay = '';
+    for (const item of items) {
+      const d = dayKey(item.timestampMs);
+      if (d !== lastDay) {
+        out.push({ kind: 'day', key: `day-${d}`, label: dayFormat.format(item.timestampMs) });
+        lastDay = d;
+      }
+      out.push({ kind: 'msg', key: item.key, item });
+    }
+    return out;
+  }, [items]);
+
+  const scrollRef = useRef<HTMLDivElement>(null);
+  const atBottom = useRef(true);
+  const firstKey = useRef<string | undefined>(undefined);
+  const heightBefore = useRef(0);
+  // No React Compiler here: the virtualizer's functions are meant to be called fresh.
+  // eslint-disable-next-line react-hooks/incompatible-library
+  const virtualizer = useVirtualizer({
+    count: rows.length,
+    getScrollElement: () => scrollRef.current,
+    estimateSize: (i) => (rows[i]?.kind === 'day' ? 36 : 72),
+    overscan: OVERSCAN,
+    getItemKey: (i) => rows[i]?.key ?? i,
+  });
+
+  // Older messages prepended: keep the reader's place. New ones appended: follow if at bottom.
+  useLayoutEffect(() => {
+    const el = scrollRef.current;
+    if (!el) return;
+    const first = rows[0]?.key;
+    if (firstKey.current !== undefined && first !== firstKey.current && heightBefore.current > 0) {
+      el.scrollTop += el.scrollHeight - heightBefore.current;
+    } else if (atBottom.current && rows.length > 0) {
+      virtualizer.scrollToIndex(rows.length - 1, { align: 'end' });
+    }
+    firstKey.current = first;
+    heightBefore.current = el.scrollHeight;
+  }, [rows, virtualizer]);
+
+  useEffect(() => {
+    const el = scrollRef.current;
+    if (!el) return;
+    const onScroll = () => {
+      atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+      heightBefore.current = el.scrollHeight;
+      if (el.scrollTop < 200 && timeline?.hasMoreBefore && !timeline.loadingHistory) {
+        void client.loadOlder(id);
+      }
+    };
+    el.addEventListener('scroll', onScroll, { passive: true });
+    return () => el.removeEventListener('scroll', onScroll);
+  }, [id, timeline?.hasMoreBefore, timeline?.loadingHistory]);
+
+  return (
+    <div
+      className="timeline"
+      ref={scrollRef}
+      tabIndex={0}
+      role="log"
+      aria-label="Messages"
+      aria-busy={timeline?.loadingHistory ?? false}
+      data-testid="timeline"
+    >
+      {timeline?.loadingHistory && <p className="loading">Loading earlier messages…</p>}
+      {rows.length === 0 && !timeline?.loadingHistory && (
+        <p className="hint pad">No messages yet. Say hello!</p>
+      )}
+      <div className="timeline-inner" style={{ height: virtualizer.getTotalSize() }}>
+        {virtualizer.getVirtualItems().map((v) => {
+          const row = rows[v.index];
+          if (!row) return null;
+          return (
+            <div
+              key={v.key}
+              data-index={v.index}
+              ref={virtualizer.measureElement}
+              className="row-wrap"
+              style={{ transform: `translateY(${v.start}px)` }}
+            >
+              {row.kind === 'day' ? (
+                <h2 className="day">{row.label}</h2>
+              ) : (
+                <Message conversation={id} item={row.item} showSender={kind === 'group'} />
+              )}
+            </div>
+          );
+        })}
+      </div>
+    </div>
+  );
+}
