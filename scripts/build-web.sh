@@ -15,6 +15,7 @@ if [ "${TERN_WEB_SKIP_WASM:-0}" != 1 ]; then
     echo "clients/core-wasm/build.sh missing: the wasm facade is needed" >&2
     exit 2
   fi
+  bash scripts/wasm-tools.sh
   bash clients/core-wasm/build.sh "$web/wasm" $mode
 fi
 cd "$web"

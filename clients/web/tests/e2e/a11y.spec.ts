@@ -1,5 +1,5 @@
 // Accessibility: axe-core (WCAG 2.0/2.1 A and AA) finds nothing on any screen at 375, 768 and
-// 1440 px; screenshots of each are saved under tests/screenshots/; nothing scrolls sideways at
+// 1440 px; screenshots of each are saved (see SHOTS); nothing scrolls sideways at
 // 320 px. Plus a keyboard-only run through the main flow.
 
 import AxeBuilder from '@axe-core/playwright';
@@ -9,7 +9,12 @@ import { join, resolve } from 'node:path';
 import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
 import { openApp, PASSWORD, register, sendText, startDirect, type User } from './app';
 
-const SHOTS = resolve(import.meta.dirname, '../screenshots');
+// The committed screenshots are refreshed only on request (TERN_UPDATE_SCREENSHOTS=1): every
+// run has other usernames, so writing them each time would leave the tree changed.
+const SHOTS =
+  process.env.TERN_UPDATE_SCREENSHOTS === '1'
+    ? resolve(import.meta.dirname, '../screenshots')
+    : resolve(import.meta.dirname, '../../test-results/screenshots');
 const WIDTHS = [375, 768, 1440];
 
 let pki: Pki;

@@ -256,7 +256,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
     },
     async stop() {
       await stopChild(child, 'SIGTERM');
-      rmSync(root, { recursive: true, force: true });
+      if (process.env.TERN_KEEP_SERVER_DIR !== '1') rmSync(root, { recursive: true, force: true });
     },
   };
   return server;
