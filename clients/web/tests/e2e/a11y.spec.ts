@@ -7,7 +7,15 @@ import { expect, test, type Browser, type Page } from '@playwright/test';
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
-import { openApp, PASSWORD, register, sendText, startDirect, type User } from './app';
+import {
+  acceptRequest,
+  openApp,
+  PASSWORD,
+  register,
+  sendText,
+  startDirect,
+  type User,
+} from './app';
 
 // The committed screenshots are refreshed only on request (TERN_UPDATE_SCREENSHOTS=1): every
 // run has other usernames, so writing them each time would leave the tree changed.
@@ -78,10 +86,7 @@ test('axe finds no WCAG 2.1 A/AA violation on any screen at 375, 768 and 1440 px
   await expect(alice.page.getByTestId('delivery').last()).toHaveText(/Sent/);
   await audit(alice.page, 'conversation');
   await audit(bob.page, 'invitation');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await sendText(bob, 'Hi! Reply from the other side.');
   await expect(alice.page.getByTestId('message').filter({ hasText: 'Reply from' })).toHaveCount(1);
   await audit(alice.page, 'conversation-reply');

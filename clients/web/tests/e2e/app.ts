@@ -1,7 +1,7 @@
 // What a person does in the app, as Playwright steps (shared by the specs).
 
 import { expect, type Browser, type BrowserContext, type Page } from '@playwright/test';
-import { serveDistIfNeeded, type Server } from './harness';
+import { type Server } from './harness';
 
 export const PASSWORD = 'correct horse battery';
 
@@ -25,7 +25,6 @@ export async function openApp(
   const context = await browser.newContext({
     viewport: opts.viewport ?? { width: 1280, height: 800 },
   });
-  await serveDistIfNeeded(context, server);
   if (opts.noWebTransport) {
     await context.addInitScript(() => {
       delete (globalThis as { WebTransport?: unknown }).WebTransport;
@@ -83,4 +82,12 @@ export function messages(u: User) {
 
 export async function expectMessage(u: User, text: string): Promise<void> {
   await expect(messages(u).filter({ hasText: text })).toHaveCount(1, { timeout: 30_000 });
+}
+
+/** Accepts the first pending message request or invitation under "Invitations". */
+export async function acceptRequest(u: User): Promise<void> {
+  await u.page
+    .getByRole('region', { name: 'Invitations' })
+    .getByRole('button', { name: /^Accept/ })
+    .click();
 }

@@ -1,9 +1,10 @@
 // Recovery passphrase: set up on one device; after a logout this browser is a new device that
 // cannot read the history until the passphrase restores the keys (a wrong one is refused).
 
-import { expect, test, type Browser } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
+import { expect, test } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
 import {
+  acceptRequest,
   expectMessage,
   messages,
   openConversation,
@@ -13,30 +14,14 @@ import {
   startDirect,
 } from './app';
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 test('recovery passphrase: set up, log out, log in as a new device, restore the history', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   await startDirect(alice, bob.name);
   await sendText(alice, 'before the backup');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   await sendText(bob, 'reply from bob');
   await expectMessage(alice, 'reply from bob');

@@ -4,26 +4,21 @@
 // the built app served by tern is interactive, and a 10,000-message timeline rendering a
 // bounded number of DOM rows while it scrolls.
 
-import { expect, test, type Browser, type Page } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
-import { openApp, openConversation, register, sendText, startDirect, type User } from './app';
+import { expect, test, type Page } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
+import {
+  acceptRequest,
+  openApp,
+  openConversation,
+  register,
+  sendText,
+  startDirect,
+  type User,
+} from './app';
 
 const MESSAGES = Number(process.env.TERN_WEB_BENCH_MESSAGES ?? 200);
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
@@ -63,10 +58,7 @@ async function watchArrivals(page: Page): Promise<void> {
 async function roundTrips(alice: User, bob: User, label: string): Promise<void> {
   await startDirect(alice, bob.name);
   await sendText(alice, 'warm-up');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   await expect(bob.page.getByTestId('message').filter({ hasText: 'warm-up' })).toHaveCount(1);
   await watchArrivals(bob.page);
@@ -112,8 +104,8 @@ async function roundTrips(alice: User, bob: User, label: string): Promise<void> 
 
 test('round trip A → server → B over WebTransport, 200 messages', async () => {
   test.setTimeout(300_000);
-  const alice = await register(browser, server, uniqueName('rta'));
-  const bob = await register(browser, server, uniqueName('rtb'));
+  const alice = await register(env.browser, env.server, uniqueName('rta'));
+  const bob = await register(env.browser, env.server, uniqueName('rtb'));
   expect(await alice.page.getByTestId('connection').getAttribute('data-transport')).toBe(
     'webtransport',
   );
@@ -124,8 +116,10 @@ test('round trip A → server → B over WebTransport, 200 messages', async () =
 
 test('round trip A → server → B over WebSocket, 200 messages', async () => {
   test.setTimeout(300_000);
-  const alice = await register(browser, server, uniqueName('rta'), { noWebTransport: true });
-  const bob = await register(browser, server, uniqueName('rtb'), { noWebTransport: true });
+  const alice = await register(env.browser, env.server, uniqueName('rta'), {
+    noWebTransport: true,
+  });
+  const bob = await register(env.browser, env.server, uniqueName('rtb'), { noWebTransport: true });
   expect(await alice.page.getByTestId('connection').getAttribute('data-transport')).toBe(
     'websocket',
   );
@@ -137,12 +131,12 @@ test('round trip A → server → B over WebSocket, 200 messages', async () => {
 test('time to interactive of the built app served by tern', async () => {
   const samples: number[] = [];
   for (let i = 0; i < 5; i++) {
-    const { context, page } = await openApp(browser, server);
+    const { context, page } = await openApp(env.browser, env.server);
     await expect(page.getByLabel('Username')).toBeEditable();
     samples.push(await page.evaluate(() => Math.round(performance.now())));
     await context.close();
   }
-  const user = await register(browser, server, uniqueName('tti'));
+  const user = await register(env.browser, env.server, uniqueName('tti'));
   const start = Date.now();
   await user.page.reload();
   await expect(user.page.getByTestId('connection')).toHaveAttribute('data-status', 'connected');
@@ -156,8 +150,8 @@ test('time to interactive of the built app served by tern', async () => {
 });
 
 test('a 10,000-message timeline keeps a bounded number of DOM rows while scrolling', async () => {
-  const user = await register(browser, server, uniqueName('long'));
-  const peer = await register(browser, server, uniqueName('peer'));
+  const user = await register(env.browser, env.server, uniqueName('long'));
+  const peer = await register(env.browser, env.server, uniqueName('peer'));
   await startDirect(user, peer.name);
   const rows = await user.page.evaluate(async () => {
     const w = window as unknown as {

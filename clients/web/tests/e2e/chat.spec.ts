@@ -2,16 +2,8 @@
 // default and over WebSocket when WebTransport is missing; encrypted messages both ways,
 // presence, typing and reactions live.
 
-import { expect, test, type Browser } from '@playwright/test';
-import {
-  launchChromium,
-  makePki,
-  serveDistIfNeeded,
-  startServer,
-  uniqueName,
-  type Pki,
-  type Server,
-} from './harness';
+import { expect, test } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
 import {
   PASSWORD,
   expectMessage,
@@ -24,20 +16,7 @@ import {
   type User,
 } from './app';
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 async function chatBothWays(alice: User, bob: User): Promise<void> {
   await startDirect(alice, bob.name);
@@ -83,8 +62,8 @@ async function chatBothWays(alice: User, bob: User): Promise<void> {
 }
 
 test('1:1 over WebTransport: message request, encrypted messages both ways, presence, typing, reactions', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   expect(await transportOf(alice)).toBe('webtransport');
   expect(await transportOf(bob)).toBe('webtransport');
   await chatBothWays(alice, bob);
@@ -93,8 +72,10 @@ test('1:1 over WebTransport: message request, encrypted messages both ways, pres
 });
 
 test('1:1 over WebSocket when the browser has no WebTransport', async () => {
-  const alice = await register(browser, server, uniqueName('alice'), { noWebTransport: true });
-  const bob = await register(browser, server, uniqueName('bob'), { noWebTransport: true });
+  const alice = await register(env.browser, env.server, uniqueName('alice'), {
+    noWebTransport: true,
+  });
+  const bob = await register(env.browser, env.server, uniqueName('bob'), { noWebTransport: true });
   expect(await transportOf(alice)).toBe('websocket');
   expect(await transportOf(bob)).toBe('websocket');
   await chatBothWays(alice, bob);
@@ -103,8 +84,7 @@ test('1:1 over WebSocket when the browser has no WebTransport', async () => {
 });
 
 test('WebTransport refused at first: WebSocket at once, then WebTransport again once it works', async () => {
-  const context = await browser.newContext();
-  await serveDistIfNeeded(context, server);
+  const context = await env.browser.newContext();
   await context.addInitScript(() => {
     const g = globalThis as unknown as Record<string, unknown>;
     const Real = g.WebTransport as new (url: string, o?: unknown) => unknown;
@@ -116,7 +96,7 @@ test('WebTransport refused at first: WebSocket at once, then WebTransport again 
     };
   });
   const page = await context.newPage();
-  await page.goto(server.origin + '/');
+  await page.goto(env.server.origin + '/');
   const name = uniqueName('wtback');
   await page.getByLabel('Username').fill(name);
   await page.getByLabel('Password').fill(PASSWORD);

@@ -2,37 +2,22 @@
 // who already uses Tern. Prints the time and the number of steps (a step = one action a person
 // takes: a click, or typing into one field, or pressing Enter).
 
-import { expect, test, type Browser } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
-import { openConversation, PASSWORD, register } from './app';
+import { expect, test } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
+import { acceptRequest, openConversation, PASSWORD, register } from './app';
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 test('first-time user: landing page to a delivered first message', async () => {
-  const friend = await register(browser, server, uniqueName('friend'));
-  const context = await browser.newContext({ viewport: { width: 390, height: 800 } });
-  const { serveDistIfNeeded } = await import('./harness');
-  await serveDistIfNeeded(context, server);
+  const friend = await register(env.browser, env.server, uniqueName('friend'));
+  const context = await env.browser.newContext({ viewport: { width: 390, height: 800 } });
   const page = await context.newPage();
   const name = uniqueName('newbie');
   const text = 'Hi! My first message on Tern.';
   let steps = 0;
   const started = Date.now();
 
-  await page.goto(server.origin + '/');
+  await page.goto(env.server.origin + '/');
   steps++; // open the link
   await page.getByLabel('Username').fill(name);
   steps++;
@@ -52,10 +37,7 @@ test('first-time user: landing page to a delivered first message', async () => {
   const stored = Date.now() - started;
 
   // Delivered: the friend accepts the request and reads it.
-  await friend.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(friend);
   await openConversation(friend, name);
   await expect(friend.page.getByTestId('message').filter({ hasText: text })).toHaveCount(1);
   const delivered = Date.now() - started;

@@ -1,29 +1,16 @@
 // Groups: the owner creates one with a name, a description and invitees; one accepts, one
 // declines (the owner is told); messages flow both ways; the owner invites later.
 
-import { expect, test, type Browser } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
+import { expect, test } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
 import { expectMessage, openConversation, register, sendText } from './app';
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 test('group: create with invitations, accept and decline, messages both ways', async () => {
-  const owner = await register(browser, server, uniqueName('olga'));
-  const bob = await register(browser, server, uniqueName('bob'));
-  const carol = await register(browser, server, uniqueName('carol'));
+  const owner = await register(env.browser, env.server, uniqueName('olga'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
+  const carol = await register(env.browser, env.server, uniqueName('carol'));
   const group = uniqueName('Team ');
 
   await owner.page.getByRole('button', { name: 'New group' }).click();

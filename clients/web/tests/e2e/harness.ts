@@ -16,7 +16,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { chromium, type Browser } from '@playwright/test';
+import { chromium, test, type Browser } from '@playwright/test';
 
 export const WEB_DIR = resolve(import.meta.dirname, '../../dist');
 export const REPO = resolve(import.meta.dirname, '../../../..');
@@ -234,7 +234,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
   const args = (listen: string) => {
     const a = ['serve', '--data-dir', dataDir, '--listen', listen, '--config', config];
     if (opts.pki) a.push('--tls-cert', opts.pki.cert, '--tls-key', opts.pki.key);
-    if (supportsWebDir() && existsSync(join(WEB_DIR, 'index.html'))) a.push('--web-dir', WEB_DIR);
+    if (!existsSync(join(WEB_DIR, 'index.html'))) {
+      throw new Error(`no built app in ${WEB_DIR}: run scripts/build-web.sh first`);
+    }
+    a.push('--web-dir', WEB_DIR);
     a.push(...(opts.args ?? []));
     return a;
   };
@@ -272,15 +275,9 @@ export function launchChromium(pki: Pki | undefined, extraArgs: string[] = []): 
     executablePath: CHROMIUM,
     headless: true,
     env,
-    // Pages that Playwright serves itself (a tern without --web-dir) have no address, so
-    // Chromium's Local Network Access checks would block their sockets to 127.0.0.1; a page
-    // served by tern is loopback itself and needs no such switch.
-    args: [
-      '--no-sandbox',
-      '--disable-dev-shm-usage',
-      ...(supportsWebDir() ? [] : ['--disable-features=LocalNetworkAccessChecks']),
-      ...extraArgs,
-    ],
+    // The pages come from tern on loopback, so Chromium's Local Network Access checks allow
+    // their sockets to 127.0.0.1 with no switch.
+    args: ['--no-sandbox', '--disable-dev-shm-usage', ...extraArgs],
   });
 }
 
@@ -291,48 +288,24 @@ export function uniqueName(prefix: string): string {
   return `${prefix}${Date.now().toString(36).slice(-5)}${counter}`;
 }
 
-let webDirSupport: boolean | undefined;
-/** Whether this `tern` serves the app itself (`--web-dir`); older builds do not. */
-export function supportsWebDir(): boolean {
-  webDirSupport ??= execFileSync(ternBinary(), ['serve', '--help'], { encoding: 'utf8' }).includes(
-    '--web-dir',
-  );
-  return webDirSupport;
+/** What a spec file shares: a fresh test CA, one server with a certificate it signed, one Chromium trusting it. */
+export interface Env {
+  pki: Pki;
+  server: Server;
+  browser: Browser;
 }
 
-const MIME: Record<string, string> = {
-  html: 'text/html; charset=utf-8',
-  js: 'text/javascript',
-  css: 'text/css',
-  wasm: 'application/wasm',
-  svg: 'image/svg+xml',
-  json: 'application/json',
-  webmanifest: 'application/manifest+json',
-};
-
-/** For a server without `--web-dir`: the context serves dist/ for the server's origin itself
- * (same origin, so /api and the sockets still go to the real server). */
-export async function serveDistIfNeeded(
-  context: import('@playwright/test').BrowserContext,
-  server: Server,
-): Promise<void> {
-  if (supportsWebDir()) return;
-  await context.route(`${server.origin}/**`, async (route) => {
-    const url = new URL(route.request().url());
-    if (url.pathname.startsWith('/api/')) return route.continue();
-    let file = join(WEB_DIR, url.pathname);
-    if (url.pathname === '/' || !existsSync(file)) file = join(WEB_DIR, 'index.html');
-    const ext = file.split('.').pop() ?? '';
-    await route.fulfill({
-      status: 200,
-      body: readFileSync(file),
-      headers: {
-        'content-type': MIME[ext] ?? 'application/octet-stream',
-        'content-security-policy':
-          "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; " +
-          `connect-src 'self' wss://${server.authority} https://${server.authority}; worker-src 'self'; object-src 'none'; ` +
-          "base-uri 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types tern",
-      },
-    });
+/** Starts the spec file's server and browser before its tests and stops them after. */
+export function useServerAndBrowser(): Env {
+  const env = {} as Env;
+  test.beforeAll(async () => {
+    env.pki = makePki();
+    env.server = await startServer({ pki: env.pki });
+    env.browser = await launchChromium(env.pki);
   });
+  test.afterAll(async () => {
+    await env.browser?.close();
+    await env.server?.stop();
+  });
+  return env;
 }

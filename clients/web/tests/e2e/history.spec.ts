@@ -2,36 +2,27 @@
 // reload nothing is stored locally: the history comes from the server, decrypted again) and
 // scrolling to the top fetches the older pages until the first message.
 
-import { expect, test, type Browser } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
-import { expectMessage, openConversation, register, sendText, startDirect } from './app';
+import { expect, test } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
+import {
+  acceptRequest,
+  expectMessage,
+  openConversation,
+  register,
+  sendText,
+  startDirect,
+} from './app';
 
 const COUNT = 70; // more than one history page (50)
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 test('history: newest page first, older pages on scrolling up, down to the first message', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   await startDirect(alice, bob.name);
   await sendText(alice, 'history 1');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   await expectMessage(bob, 'history 1');
   for (let i = 2; i <= COUNT; i++) await sendText(alice, `history ${i}`);

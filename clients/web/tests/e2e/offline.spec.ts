@@ -2,45 +2,26 @@
 // user writes three messages, reloads the page (the service worker serves the app, the outbox
 // comes back from IndexedDB), the server comes back: each message arrives once, in order.
 
-import { expect, test, type Browser } from '@playwright/test';
+import { expect, test } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
 import {
-  launchChromium,
-  makePki,
-  startServer,
-  supportsWebDir,
-  uniqueName,
-  type Pki,
-  type Server,
-} from './harness';
-import { expectMessage, messages, openConversation, register, sendText, startDirect } from './app';
+  acceptRequest,
+  expectMessage,
+  messages,
+  openConversation,
+  register,
+  sendText,
+  startDirect,
+} from './app';
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 test('offline compose survives a reload and is sent once, in order, when the server is back', async () => {
-  // The service worker's script is fetched by the browser itself, past Playwright's routes:
-  // the app must be served by tern.
-  test.skip(!supportsWebDir(), 'needs a tern that serves the app (--web-dir)');
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   await startDirect(alice, bob.name);
   await sendText(alice, 'before the outage');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   await expectMessage(bob, 'before the outage');
   // The service worker has the app shell before the outage.
@@ -60,7 +41,7 @@ test('offline compose survives a reload and is sent once, in order, when the ser
     )
     .toBe(true);
 
-  await server.kill();
+  await env.server.kill();
   await expect(alice.page.getByTestId('connection')).not.toHaveAttribute(
     'data-status',
     'connected',
@@ -78,7 +59,7 @@ test('offline compose survives a reload and is sent once, in order, when the ser
   await openConversation(alice, bob.name);
   for (const t of offline) await expect(messages(alice).filter({ hasText: t })).toHaveCount(1);
 
-  await server.restart();
+  await env.server.restart();
   await expect(alice.page.getByTestId('connection')).toHaveAttribute('data-status', 'connected', {
     timeout: 45_000,
   });

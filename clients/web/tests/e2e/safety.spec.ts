@@ -1,24 +1,19 @@
 // Safety: hostile text in messages and group names renders as text and runs nothing (no dialog,
 // no CSP violation report); after logout the browser's stored data holds no plaintext.
 
-import { expect, test, type Browser, type Page } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
-import { expectMessage, messages, openConversation, register, sendText, startDirect } from './app';
+import { expect, test, type Page } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
+import {
+  acceptRequest,
+  expectMessage,
+  messages,
+  openConversation,
+  register,
+  sendText,
+  startDirect,
+} from './app';
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 const PAYLOADS = [
   '<img src=x onerror=alert(1)>',
@@ -50,17 +45,14 @@ async function watch(
 }
 
 test('hostile message text and names render as text and run nothing', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   const aliceWatch = await watch(alice.page);
   const bobWatch = await watch(bob.page);
 
   await startDirect(alice, bob.name);
   for (const p of PAYLOADS) await sendText(alice, p);
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   for (const p of PAYLOADS) await expectMessage(bob, p);
 
@@ -90,8 +82,8 @@ test('hostile message text and names render as text and run nothing', async () =
 });
 
 test('logout clears local data: no plaintext stays in the browser', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   const secret = `marker-${uniqueName('s')}`;
   await startDirect(alice, bob.name);
   await sendText(alice, secret);
@@ -148,14 +140,11 @@ test('logout clears local data: no plaintext stays in the browser', async () => 
 });
 
 test('safety numbers: both sides see the same 60 digits; marking verified sticks', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   await startDirect(alice, bob.name);
   await sendText(alice, 'let us verify');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   await expectMessage(bob, 'let us verify');
 

@@ -13,6 +13,7 @@ import {
   type Server,
 } from './harness';
 import {
+  acceptRequest,
   expectMessage,
   openConversation,
   register,
@@ -43,10 +44,7 @@ test('self-signed server: the app loads, WebTransport pins the published hash, m
   expect(await transportOf(bob)).toBe('webtransport');
   await startDirect(alice, bob.name);
   await sendText(alice, 'over a self-signed certificate');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   await expectMessage(bob, 'over a self-signed certificate');
   await sendText(bob, 'and back');

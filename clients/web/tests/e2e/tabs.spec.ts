@@ -1,9 +1,10 @@
 // Several tabs of one account: one leader (Web Locks) connects and sends; the other waits,
 // read-only, and takes over when the leader closes — every message is sent once.
 
-import { expect, test, type Browser } from '@playwright/test';
-import { launchChromium, makePki, startServer, uniqueName, type Pki, type Server } from './harness';
+import { expect, test } from '@playwright/test';
+import { uniqueName, useServerAndBrowser } from './harness';
 import {
+  acceptRequest,
   expectMessage,
   messages,
   openApp,
@@ -14,35 +15,19 @@ import {
   startDirect,
 } from './app';
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 test('two tabs of one account: one sends, the other takes over when it closes', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const bob = await register(browser, server, uniqueName('bob'));
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const bob = await register(env.browser, env.server, uniqueName('bob'));
   await startDirect(alice, bob.name);
   await sendText(alice, 'from the first tab');
-  await bob.page
-    .getByRole('region', { name: 'Invitations' })
-    .getByRole('button', { name: /^Accept/ })
-    .click();
+  await acceptRequest(bob);
   await openConversation(bob, alice.name);
   await expectMessage(bob, 'from the first tab');
 
   const second = await alice.context.newPage();
-  await second.goto(server.origin + '/');
+  await second.goto(env.server.origin + '/');
   await expect(second.getByTestId('connection')).toHaveAttribute('data-status', 'other-tab');
   await expect(second.getByTestId('connection')).toContainText('Open in another tab');
 
@@ -60,8 +45,8 @@ test('two tabs of one account: one sends, the other takes over when it closes', 
 });
 
 test('devices: a second browser is a second device; removing it signs it out', async () => {
-  const alice = await register(browser, server, uniqueName('alice'));
-  const other = await openApp(browser, server);
+  const alice = await register(env.browser, env.server, uniqueName('alice'));
+  const other = await openApp(env.browser, env.server);
   await other.page.getByRole('button', { name: 'Log in' }).first().click();
   await other.page.getByLabel('Username').fill(alice.name);
   await other.page.getByLabel('Password').fill(PASSWORD);

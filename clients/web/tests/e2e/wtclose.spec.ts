@@ -4,8 +4,8 @@
 // space: `WebTransport.closed` rejected with "Connection lost." and the reason never reached
 // the page. Now the session ends with the close capsule after the last frame is acknowledged.
 
-import { expect, test, type Browser } from '@playwright/test';
-import { launchChromium, makePki, startServer, type Pki, type Server } from './harness';
+import { expect, test } from '@playwright/test';
+import { useServerAndBrowser } from './harness';
 import { openApp } from './app';
 
 /** Sessions in a row: a frame lost now and then must show up as a failure, not pass by luck. */
@@ -13,24 +13,11 @@ const SESSIONS = 30;
 /** The length prefix the page declares: well over the server's 65,536-byte frame limit. */
 const DECLARED = 200_000;
 
-let pki: Pki;
-let server: Server;
-let browser: Browser;
-
-test.beforeAll(async () => {
-  pki = makePki();
-  server = await startServer({ pki });
-  browser = await launchChromium(pki);
-});
-
-test.afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = useServerAndBrowser();
 
 test('an oversized frame: the Error frame arrives in every session, and how the session ends', async () => {
   test.setTimeout(120_000);
-  const { context, page } = await openApp(browser, server);
+  const { context, page } = await openApp(env.browser, env.server);
   const results = await page.evaluate(
     async ([sessions, declared]) => {
       const hex = (s: string) => new Uint8Array((s.match(/../g) ?? []).map((b) => parseInt(b, 16)));
