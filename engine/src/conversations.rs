@@ -45,7 +45,8 @@ use std::sync::Arc;
 
 use tern_wire::ids::{ConversationId, UserId};
 use tern_wire::msg::{
-    ConversationInfo, ConversationKind, ErrorCode, Member, MemberRole, Message, ServerMessage,
+    ConversationInfo, ConversationKind, DeliveryMark, ErrorCode, Member, MemberRole, Message,
+    ServerMessage,
 };
 use tokio::sync::Mutex;
 
@@ -1007,6 +1008,33 @@ impl Conversations {
         } else {
             Err(not_found())
         }
+    }
+
+    /// The delivery marks of the current members of `conversation` (members only; former
+    /// members and strangers get NotFound, as for every other read).
+    pub async fn delivery_marks(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+    ) -> Result<Vec<DeliveryMark>, ServiceError> {
+        self.require_member(conversation, me).await?;
+        let members: std::collections::HashSet<UserId> = self
+            .store
+            .members(conversation)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|m| m.user)
+            .collect();
+        let mut marks = self
+            .store
+            .delivery_marks(conversation)
+            .await
+            .map_err(internal)?;
+        marks.retain(|m| members.contains(&m.user));
+        // One mark per member, and groups are capped well below the frame's limit.
+        marks.truncate(tern_wire::limits::MAX_DELIVERY_MARKS);
+        Ok(marks)
     }
 
     /// Full description of a conversation (no membership check: callers check first).

@@ -155,6 +155,7 @@ const CHILD_DIR_ENV: &str = "TERN_STORE_CRASH_CHILD_DIR";
 const CHILD_MAX_LIFETIME: Duration = Duration::from_secs(60);
 const CRASH_CONVERSATION: ConversationId = ConversationId(0x7e57_c0de);
 const CRASH_DEVICE: DeviceId = DeviceId(0xde71ce);
+const CURSOR_USER: UserId = UserId(0xc05);
 
 /// Batches of varying size, a pure function of their first seq, so the parent knows every
 /// batch boundary without hearing from the child.
@@ -169,6 +170,7 @@ fn crash_batch(first_seq: u64) -> CommitBatch {
             .map(|s| message(CRASH_CONVERSATION, s))
             .collect(),
         cursors: vec![CursorUpdate {
+            user: CURSOR_USER,
             device: CRASH_DEVICE,
             conversation: CRASH_CONVERSATION,
             seq: last,

@@ -33,13 +33,13 @@ use crate::generated as fb;
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
 use crate::limits::{
     Limits, MAX_ACK_INBOX_IDS, MAX_CLAIM_BATCH_DEVICES, MAX_CLAIM_BATCH_TARGETS, MAX_CLAIM_DEVICES,
-    MAX_KEY_BLOB_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES, MAX_KEY_SHARES_PER_REQUEST,
-    MAX_ONE_TIME_KEYS_PER_PUBLISH, MAX_QUERY_KEYS_USERS,
+    MAX_DELIVERY_MARKS, MAX_KEY_BLOB_BYTES, MAX_KEY_SHARE_PAYLOAD_BYTES,
+    MAX_KEY_SHARES_PER_REQUEST, MAX_ONE_TIME_KEYS_PER_PUBLISH, MAX_QUERY_KEYS_USERS,
 };
 use crate::msg::{
-    ClaimTarget, ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode,
-    FileRef, KeyShareItem, Member, MemberRole, Message, Notice, PresenceStatus, ReactionCount,
-    ServerMessage,
+    ClaimTarget, ClientMessage, ConversationInfo, ConversationKind, Cursor, DeliveryMark,
+    DeviceKeys, ErrorCode, FileRef, KeyShareItem, Member, MemberRole, Message, Notice,
+    PresenceStatus, ReactionCount, ServerMessage,
 };
 
 /// A builder's first allocation: enough for every small control message without regrowth.
@@ -249,6 +249,17 @@ fn cursor<'f>(fbb: &mut Fbb<'f>, c: &Cursor) -> WIPOffset<fb::Cursor<'f>> {
         &fb::CursorArgs {
             conversation: Some(&conversation),
             seq: c.seq,
+        },
+    )
+}
+
+fn delivery_mark<'f>(fbb: &mut Fbb<'f>, m: &DeliveryMark) -> WIPOffset<fb::DeliveryMark<'f>> {
+    let user = uid(m.user);
+    fb::DeliveryMark::create(
+        fbb,
+        &fb::DeliveryMarkArgs {
+            user: Some(&user),
+            seq: m.seq,
         },
     )
 }
@@ -731,6 +742,20 @@ fn build_client(fbb: &mut Fbb<'_>, msg: &ClientMessage) -> (fb::Body, Union) {
                 fb::ClientClaimKeysBatch::create(fbb, &args).as_union_value(),
             )
         }
+        ClientMessage::GetDelivered {
+            request_id,
+            conversation,
+        } => {
+            let conversation = cid(*conversation);
+            let args = fb::ClientGetDeliveredArgs {
+                request_id: *request_id,
+                conversation: Some(&conversation),
+            };
+            (
+                fb::Body::ClientGetDelivered,
+                fb::ClientGetDelivered::create(fbb, &args).as_union_value(),
+            )
+        }
         ClientMessage::AckKeyShares { up_to, ids } => {
             let ids = (!ids.is_empty()).then(|| fbb.create_vector(ids));
             let args = fb::ClientAckKeySharesArgs { up_to: *up_to, ids };
@@ -1056,6 +1081,23 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
                 fb::ServerKeySharesStored::create(fbb, &args).as_union_value(),
             )
         }
+        ServerMessage::Delivered {
+            request_id,
+            conversation,
+            marks,
+        } => {
+            let marks = table_vec(fbb, marks, delivery_mark);
+            let conversation = cid(*conversation);
+            let args = fb::ServerDeliveredArgs {
+                request_id: *request_id,
+                conversation: Some(&conversation),
+                marks,
+            };
+            (
+                fb::Body::ServerDelivered,
+                fb::ServerDelivered::create(fbb, &args).as_union_value(),
+            )
+        }
         ServerMessage::OneTimeKeysLow { left } => {
             let args = fb::ServerOneTimeKeysLowArgs { left: *left };
             (
@@ -1163,6 +1205,13 @@ fn cursor_of(c: fb::Cursor<'_>) -> Result<Cursor, WireError> {
     Ok(Cursor {
         conversation: conv_of(c.conversation()),
         seq: c.seq(),
+    })
+}
+
+fn delivery_mark_of(m: fb::DeliveryMark<'_>) -> Result<DeliveryMark, WireError> {
+    Ok(DeliveryMark {
+        user: user_of(m.user()),
+        seq: m.seq(),
     })
 }
 
@@ -1517,6 +1566,13 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
                 targets,
             }
         }
+        fb::Body::ClientGetDelivered => {
+            let b = present(env.body_as_client_get_delivered())?;
+            ClientMessage::GetDelivered {
+                request_id: b.request_id(),
+                conversation: conv_of(b.conversation()),
+            }
+        }
         other => return Err(unexpected_body(other)),
     })
 }
@@ -1717,6 +1773,20 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
         fb::Body::ServerOneTimeKeysLow => {
             let b = present(env.body_as_server_one_time_keys_low())?;
             ServerMessage::OneTimeKeysLow { left: b.left() }
+        }
+        fb::Body::ServerDelivered => {
+            let b = present(env.body_as_server_delivered())?;
+            let marks = b.marks();
+            bounded_len(
+                "delivery marks",
+                marks.map_or(0, |v| v.len()),
+                MAX_DELIVERY_MARKS,
+            )?;
+            ServerMessage::Delivered {
+                request_id: b.request_id(),
+                conversation: conv_of(b.conversation()),
+                marks: tables_of(marks, delivery_mark_of)?,
+            }
         }
         other => return Err(unexpected_body(other)),
     })

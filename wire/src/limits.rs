@@ -93,6 +93,9 @@ pub const MAX_KEY_SHARE_PAYLOAD_BYTES: usize = 8 * 1024;
 /// (1,000 members x 2 devices); a 64 KiB frame holds fewer anyway, so this bounds the work of
 /// frames from larger-frame configurations.
 pub const MAX_KEY_SHARES_PER_REQUEST: usize = 2_000;
+/// Marks in one `Delivered`: one per member of the largest group (a mark is 16 + 8 bytes plus
+/// table overhead, so 1,000 fit a 64 KiB frame with room to spare).
+pub const MAX_DELIVERY_MARKS: usize = 1_000;
 /// Users in one `QueryKeys`: the members of one large group.
 pub const MAX_QUERY_KEYS_USERS: usize = 1_000;
 /// One-time keys in one `PublishKeys` (the server keeps at most 100 per device).

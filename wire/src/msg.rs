@@ -137,6 +137,14 @@ pub struct Cursor {
     pub seq: u64,
 }
 
+/// A device of `user` has every message of the conversation up to `seq`: the highest
+/// acknowledged cursor over the user's devices, which senders show as "delivered".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeliveryMark {
+    pub user: UserId,
+    pub seq: u64,
+}
+
 /// A reference to an uploaded (client-encrypted) file. The decryption key travels inside the
 /// end-to-end encrypted payload, never here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,6 +384,12 @@ pub enum ClientMessage {
         request_id: u64,
         users: Vec<UserId>,
     },
+    /// The delivery marks of every member of `conversation` (members only); answered with
+    /// `Delivered` carrying the same request id.
+    GetDelivered {
+        request_id: u64,
+        conversation: ConversationId,
+    },
     /// Stores key shares in recipient device inboxes; answered with `KeySharesStored`.
     SendKeyShares {
         request_id: u64,
@@ -534,6 +548,14 @@ pub enum ServerMessage {
     OneTimeKeysLow {
         left: u32,
     },
+    /// Delivery marks of `conversation`. Pushed live (request id 0) to the senders of the
+    /// messages a mark newly covers, with only the marks that moved; the answer to
+    /// `GetDelivered` carries every member's mark.
+    Delivered {
+        request_id: u64,
+        conversation: ConversationId,
+        marks: Vec<DeliveryMark>,
+    },
 }
 
 impl ServerMessage {
@@ -592,6 +614,7 @@ impl ClientMessage {
             ClientMessage::SendKeyShares { .. } => "send_key_shares",
             ClientMessage::AckKeyShares { .. } => "ack_key_shares",
             ClientMessage::ClaimKeysBatch { .. } => "claim_keys_batch",
+            ClientMessage::GetDelivered { .. } => "get_delivered",
         }
     }
 }
@@ -632,6 +655,7 @@ impl ServerMessage {
             ServerMessage::KeySharesStored { .. } => "key_shares_stored",
             ServerMessage::DeviceListChanged { .. } => "device_list_changed",
             ServerMessage::OneTimeKeysLow { .. } => "one_time_keys_low",
+            ServerMessage::Delivered { .. } => "delivered",
         }
     }
 }

@@ -11,9 +11,9 @@
 
 use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
 use crate::msg::{
-    ClaimTarget, ClientMessage, ConversationInfo, ConversationKind, Cursor, DeviceKeys, ErrorCode,
-    FileRef, KeyShareItem, Member, MemberRole, Message, Notice, PROTOCOL_VERSION, PresenceStatus,
-    ReactionCount, ServerMessage,
+    ClaimTarget, ClientMessage, ConversationInfo, ConversationKind, Cursor, DeliveryMark,
+    DeviceKeys, ErrorCode, FileRef, KeyShareItem, Member, MemberRole, Message, Notice,
+    PROTOCOL_VERSION, PresenceStatus, ReactionCount, ServerMessage,
 };
 
 pub const ALICE: UserId = UserId(0x0a11_ce00_0000_4000_8000_0000_0000_0001);
@@ -276,6 +276,13 @@ pub fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                 request_id: 14,
                 user: BOB,
                 devices: vec![BOB_LAPTOP],
+            },
+        ),
+        (
+            "get_delivered",
+            ClientMessage::GetDelivered {
+                request_id: 25,
+                conversation: GROUP,
             },
         ),
         (
@@ -630,6 +637,20 @@ pub fn server_messages() -> Vec<(&'static str, ServerMessage)> {
         (
             "one_time_keys_low",
             ServerMessage::OneTimeKeysLow { left: 24 },
+        ),
+        (
+            "delivered",
+            ServerMessage::Delivered {
+                request_id: 0,
+                conversation: GROUP,
+                marks: vec![
+                    DeliveryMark { user: BOB, seq: 42 },
+                    DeliveryMark {
+                        user: CAROL,
+                        seq: 9_007_199_254_740_991,
+                    },
+                ],
+            },
         ),
     ]
 }

@@ -24,6 +24,7 @@ pub mod inbox;
 pub mod js;
 pub mod machine;
 pub mod protocol;
+pub mod receipts;
 pub mod send_plan;
 pub mod waiting;
 

@@ -288,3 +288,23 @@ test('isPermanentConnectFailure', () => {
   assert.equal(w.isPermanentConnectFailure(j({ kind: 'coded', code: 'token_revoked' })), true);
   assert.throws(() => w.isPermanentConnectFailure('{'), /invalid failure JSON/);
 });
+
+test('DeliveryMarks: delivered per other member, marks only move forward, bad input throws', () => {
+  const c = randomUUID();
+  const [me, bob, carol] = [randomUUID(), randomUUID(), randomUUID()];
+  const m = new w.DeliveryMarks();
+  const state = (seq, members) => JSON.parse(m.state(c, seq, me, j(members)));
+  assert.deepStrictEqual(state(2, [me, bob]), { delivered: 0, recipients: 1 });
+  assert.equal(m.apply(c, j([{ user: bob, seq: 2 }])), true);
+  assert.deepStrictEqual(state(2, [me, bob]), { delivered: 1, recipients: 1 });
+  assert.deepStrictEqual(state(3, [me, bob]), { delivered: 0, recipients: 1 });
+  assert.equal(m.apply(c, j([{ user: bob, seq: 1 }])), false, 'an older mark changes nothing');
+  assert.deepStrictEqual(state(2, [me, bob, carol]), { delivered: 1, recipients: 2 });
+  m.apply(c, j([{ user: carol, seq: 5 }]));
+  assert.deepStrictEqual(state(2, [me, bob, carol]), { delivered: 2, recipients: 2 });
+  m.forget(c);
+  assert.deepStrictEqual(state(2, [me, bob]), { delivered: 0, recipients: 1 });
+  assert.throws(() => m.apply('not-a-uuid', '[]'));
+  assert.throws(() => m.apply(c, '[{"user": 1}]'));
+  assert.throws(() => m.state(c, -1, me, '[]'));
+});

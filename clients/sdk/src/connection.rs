@@ -20,8 +20,8 @@ use tern_core::protocol::handshake;
 use tern_core::protocol::requests::{Requests, Routed, Waiter};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
-    ClientMessage, ConversationInfo, Cursor, ErrorCode, Message, Notice, ReactionCount,
-    ServerMessage,
+    ClientMessage, ConversationInfo, Cursor, DeliveryMark, ErrorCode, Message, Notice,
+    ReactionCount, ServerMessage,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -499,6 +499,11 @@ impl Connection {
         self.sender.ping().await
     }
 
+    /// See [`ConnectionSender::delivery_marks`].
+    pub async fn delivery_marks(&self, conversation: ConversationId) -> Result<Vec<DeliveryMark>> {
+        self.sender.delivery_marks(conversation).await
+    }
+
     /// See [`ConnectionSender::accept_invite`].
     pub async fn accept_invite(&self, conversation: ConversationId) -> Result<ConversationInfo> {
         self.sender.accept_invite(conversation).await
@@ -620,6 +625,29 @@ impl ConnectionSender {
     }
 
     /// History over the socket: seq in `(after_seq, before_seq)`, 0 meaning unbounded.
+    /// Every member's delivery mark in `conversation` (how far a device of each user has
+    /// acknowledged). Live changes arrive as `Event::Other(ServerMessage::Delivered { .. })` for
+    /// the messages this user sent.
+    pub async fn delivery_marks(&self, conversation: ConversationId) -> Result<Vec<DeliveryMark>> {
+        let reply = self
+            .request(|request_id| ClientMessage::GetDelivered {
+                request_id,
+                conversation,
+            })
+            .await?;
+        match reply {
+            ServerMessage::Delivered {
+                conversation: c,
+                marks,
+                ..
+            } if c == conversation => Ok(marks),
+            other => Err(Error::Protocol(format!(
+                "expected Delivered for the conversation, got {}",
+                variant_name(&other)
+            ))),
+        }
+    }
+
     pub async fn history(
         &self,
         conversation: ConversationId,
@@ -968,6 +996,7 @@ fn variant_name(m: &ServerMessage) -> &'static str {
         ServerMessage::KeySharesStored { .. } => "KeySharesStored",
         ServerMessage::DeviceListChanged { .. } => "DeviceListChanged",
         ServerMessage::OneTimeKeysLow { .. } => "OneTimeKeysLow",
+        ServerMessage::Delivered { .. } => "Delivered",
     }
 }
 

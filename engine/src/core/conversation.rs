@@ -100,6 +100,12 @@ pub(super) struct Loaded {
     complete_after: u64,
     /// The conversation's send rate limit (all members together).
     pub sends: TokenBucket,
+    /// `(seq, sender)` of the newest delivered messages, ascending, at most `window`: who to
+    /// tell when a delivery mark moves over them.
+    recent_senders: VecDeque<(u64, UserId)>,
+    /// Each member's delivery mark as far as this core has seen acknowledgements since the
+    /// load (the store keeps the durable maximum); at most one entry per member.
+    marks: HashMap<UserId, u64>,
 }
 
 impl Loaded {
@@ -118,6 +124,8 @@ impl Loaded {
             window,
             complete_after: last_seq,
             sends,
+            recent_senders: VecDeque::new(),
+            marks: HashMap::new(),
         }
     }
 
@@ -128,6 +136,59 @@ impl Loaded {
     pub fn set_members(&mut self, members: Vec<UserId>) {
         self.member_set = members.iter().copied().collect();
         self.members = members;
+        let member_set = &self.member_set;
+        self.marks.retain(|user, _| member_set.contains(user));
+    }
+
+    /// Notes who sent the message with `seq` as it is delivered (seqs arrive in order).
+    pub fn record_sender(&mut self, seq: u64, sender: UserId) {
+        if self
+            .recent_senders
+            .back()
+            .is_some_and(|(last, _)| *last >= seq)
+        {
+            return;
+        }
+        self.recent_senders.push_back((seq, sender));
+        while self.recent_senders.len() > self.window {
+            self.recent_senders.pop_front();
+        }
+    }
+
+    /// Raises `user`'s delivery mark to `seq` (capped at the durable end) and returns who to
+    /// tell: the other members who sent a message the mark newly covers, or every other member
+    /// when that range is older than the sender memory. `None` when the mark did not move or
+    /// `user` is not a member.
+    pub fn raise_mark(&mut self, user: UserId, seq: u64) -> Option<Vec<UserId>> {
+        let seq = seq.min(self.committed_seq);
+        if !self.member_set.contains(&user) {
+            return None;
+        }
+        let mark = self.marks.entry(user).or_insert(0);
+        if seq <= *mark {
+            return None;
+        }
+        let from = *mark + 1;
+        *mark = seq;
+        debug_assert!(self.marks.len() <= self.members.len());
+        let remembered = self
+            .recent_senders
+            .front()
+            .is_some_and(|(oldest, _)| *oldest <= from);
+        let mut tell: Vec<UserId> = if remembered {
+            let start = self.recent_senders.partition_point(|(s, _)| *s < from);
+            self.recent_senders
+                .range(start..)
+                .take_while(|(s, _)| *s <= seq)
+                .map(|(_, sender)| *sender)
+                .collect()
+        } else {
+            self.members.clone()
+        };
+        tell.sort_unstable();
+        tell.dedup();
+        tell.retain(|u| *u != user && self.member_set.contains(u));
+        Some(tell)
     }
 
     /// Records a durable message's key; evicting the oldest moves `complete_after` up, so later

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
-use tern_wire::msg::{ErrorCode, FileRef, Message, ServerMessage};
+use tern_wire::msg::{DeliveryMark, ErrorCode, FileRef, Message, ServerMessage};
 
 use crate::limits::{EngineLimits, InvalidLimits};
 use crate::rate::{BucketMap, TokenBucket};
@@ -269,15 +269,7 @@ impl EngineCore {
                 conn,
                 conversation,
                 seq,
-            } => {
-                if let Some(info) = self.conns.get(&conn) {
-                    self.next_batch.cursors.push(CursorUpdate {
-                        device: info.device,
-                        conversation,
-                        seq,
-                    });
-                }
-            }
+            } => self.on_ack(conn, conversation, seq, &mut out),
             Input::Loaded {
                 conversation,
                 snapshot,
@@ -371,6 +363,46 @@ impl EngineCore {
         }
         self.maybe_commit(&mut out);
         out
+    }
+
+    /// Stores the device's cursor (with the next commit) and tells the senders of the messages
+    /// it newly covers that they are delivered. Only a loaded conversation knows its members
+    /// and senders; for others the mark reaches senders when they ask (`GetDelivered`).
+    fn on_ack(
+        &mut self,
+        conn: ConnId,
+        conversation: ConversationId,
+        seq: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(info) = self.conns.get(&conn) else {
+            return;
+        };
+        let user = info.user;
+        self.next_batch.cursors.push(CursorUpdate {
+            user,
+            device: info.device,
+            conversation,
+            seq,
+        });
+        let Some(ConversationState::Ready(conv)) = self.conversations.get_mut(&conversation) else {
+            return;
+        };
+        let Some(tell) = conv.raise_mark(user, seq) else {
+            return;
+        };
+        let seq = seq.min(conv.committed_seq);
+        let conns: Vec<ConnId> = tell.iter().flat_map(|u| self.conns_of(*u)).collect();
+        if !conns.is_empty() {
+            out.push(Action::Deliver {
+                conns,
+                message: Arc::new(ServerMessage::Delivered {
+                    request_id: 0,
+                    conversation,
+                    marks: vec![DeliveryMark { user, seq }],
+                }),
+            });
+        }
     }
 
     fn conns_of(&self, user: UserId) -> Vec<ConnId> {
@@ -542,6 +574,7 @@ impl EngineCore {
             );
             let key = (message.sender_user, message.client_msg_id);
             conv.remember(key, Original::of(&message));
+            conv.record_sender(message.seq, message.sender_user);
             let recipients: Vec<ConnId> = conv
                 .members
                 .iter()
@@ -724,6 +757,7 @@ impl EngineCore {
                 .filter(|c| Some(*c) != originator)
                 .collect();
             conv.remember(key, original);
+            conv.record_sender(message.seq, message.sender_user);
             if !recipients.is_empty() {
                 out.push(Action::Deliver {
                     conns: recipients,

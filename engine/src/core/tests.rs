@@ -486,3 +486,170 @@ fn a_conversation_over_its_send_rate_is_refused_but_non_members_cannot_drain_it(
     );
     assert!(rate_limited(&core.handle(send(1, 4, 4), 1001)).is_empty());
 }
+
+/// The `Delivered` pushes in `actions`: (connections, marks).
+fn receipts(actions: &[Action]) -> Vec<(Vec<ConnId>, Vec<DeliveryMark>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { conns, message } => match message.as_ref() {
+                ServerMessage::Delivered {
+                    request_id: 0,
+                    conversation,
+                    marks,
+                } => {
+                    assert_eq!(*conversation, CONV);
+                    let mut conns = conns.clone();
+                    conns.sort();
+                    Some((conns, marks.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack(conn: ConnId, seq: u64) -> Input {
+    Input::Ack {
+        conn,
+        conversation: CONV,
+        seq,
+    }
+}
+
+/// Answers every commit in `actions` with success and every store lookup with "not found",
+/// and so on for what those answers return.
+fn commit_all(core: &mut EngineCore, actions: Vec<Action>) {
+    let mut pending = actions;
+    while !pending.is_empty() {
+        let mut next = Vec::new();
+        for action in pending {
+            match action {
+                Action::Commit { batch, .. } => {
+                    next.extend(core.handle(Input::Committed { batch, ok: true }, 5));
+                }
+                Action::Lookup {
+                    conversation,
+                    sender,
+                    client_msg_id,
+                } => next.extend(core.handle(
+                    Input::LookedUp {
+                        conversation,
+                        sender,
+                        client_msg_id,
+                        found: None,
+                    },
+                    5,
+                )),
+                _ => {}
+            }
+        }
+        pending = next;
+    }
+}
+
+/// Sends `n` messages from `first_sender` (the first one) then Alice (conns 1 and 3; Bob is
+/// conn 2), every one committed.
+fn sent(n: u64, first_from: ConnId, limits: EngineLimits) -> EngineCore {
+    let mut core = EngineCore::new(limits, 7).expect("valid limits");
+    connect(&mut core, 1, ALICE);
+    connect(&mut core, 2, BOB);
+    connect(&mut core, 3, ALICE);
+    core.handle(send(first_from, 1, 1), 1);
+    let actions = core.handle(loaded(0), 1);
+    commit_all(&mut core, actions);
+    for i in 2..=n {
+        let actions = core.handle(send(1, i, i as u128), 3);
+        commit_all(&mut core, actions);
+    }
+    core
+}
+
+fn alice_sent(n: u64) -> EngineCore {
+    sent(n, 1, EngineLimits::default())
+}
+
+#[test]
+fn an_ack_tells_the_sender_and_only_the_sender() {
+    let mut core = alice_sent(3);
+    let actions = core.handle(ack(2, 2), 10);
+    assert_eq!(
+        receipts(&actions),
+        vec![(vec![1, 3], vec![DeliveryMark { user: BOB, seq: 2 }])],
+        "every device of the sender learns Bob's mark; Bob's own connection does not"
+    );
+    let (_, data) = commit_of(&actions);
+    assert_eq!(
+        data.cursors,
+        vec![CursorUpdate {
+            user: BOB,
+            device: DeviceId::from_u128(1002),
+            conversation: CONV,
+            seq: 2
+        }],
+        "the cursor carries its user so the store can keep the mark"
+    );
+}
+
+#[test]
+fn a_mark_that_does_not_move_tells_nobody() {
+    let mut core = alice_sent(3);
+    assert_eq!(receipts(&core.handle(ack(2, 3), 10)).len(), 1);
+    assert!(
+        receipts(&core.handle(ack(2, 3), 11)).is_empty(),
+        "the same mark again"
+    );
+    assert!(
+        receipts(&core.handle(ack(2, 1), 12)).is_empty(),
+        "a lower mark (another device of Bob behind the first)"
+    );
+}
+
+#[test]
+fn a_mark_is_capped_at_the_durable_end() {
+    let mut core = alice_sent(2);
+    assert_eq!(
+        receipts(&core.handle(ack(2, 99), 10)),
+        vec![(vec![1, 3], vec![DeliveryMark { user: BOB, seq: 2 }])],
+        "nobody can be told a message is delivered before it exists"
+    );
+}
+
+#[test]
+fn acks_of_ones_own_messages_tell_nobody() {
+    let mut core = alice_sent(2);
+    // Alice's second device acknowledges Alice's messages: no other sender is covered.
+    assert!(receipts(&core.handle(ack(3, 2), 10)).is_empty());
+}
+
+#[test]
+fn a_non_member_cannot_move_a_mark() {
+    let mut core = alice_sent(2);
+    connect(&mut core, 4, MALLORY);
+    assert!(receipts(&core.handle(ack(4, 2), 10)).is_empty());
+}
+
+#[test]
+fn a_mark_beyond_the_sender_memory_tells_every_other_member() {
+    let limits = EngineLimits {
+        dedupe_window: 10,
+        max_queued_sends_per_conversation: 8,
+        ..EngineLimits::default()
+    };
+    // Bob's message 1, then 19 of Alice's: seq 1 falls out of a 10-entry memory.
+    let mut core = sent(20, 2, limits);
+    // Alice's second device acks from 0: the range 1..=20 is older than the memory.
+    let told = receipts(&core.handle(ack(3, 20), 10));
+    assert_eq!(
+        told,
+        vec![(
+            vec![2],
+            vec![DeliveryMark {
+                user: ALICE,
+                seq: 20
+            }]
+        )],
+        "Bob sent message 1, which the memory no longer holds: all other members are told"
+    );
+}

@@ -32,13 +32,16 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
-use tern_wire::msg::{ConversationKind, DeviceKeys, FileRef, MemberRole, Message};
+use tern_wire::msg::{ConversationKind, DeliveryMark, DeviceKeys, FileRef, MemberRole, Message};
 
 use super::{
     CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom, HistoryQuery,
     InvitationRecord, MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
     message_cost,
 };
+
+/// The user whose devices move cursors in checks that are not about delivery marks.
+const CURSOR_USER: UserId = UserId(0x0c05_0000_0000_4000_8000_0000_0000_0001);
 
 /// Runs every check, each on a store freshly made by `make`.
 pub async fn run_all<S: Store, F, Fut>(make: F)
@@ -61,6 +64,7 @@ where
     check_client_ids(make().await).await;
     check_cursors(make().await).await;
     check_concurrent_cursors(make().await).await;
+    check_delivery_marks(make().await).await;
     check_large_batch(make().await).await;
     check_payloads(make().await).await;
     check_concurrent_commits(make().await).await;
@@ -1120,6 +1124,7 @@ pub async fn check_cursors<S: Store>(store: S) {
     let (dev1, dev2) = (DeviceId::random(), DeviceId::random());
     let (c1, c2) = (ConversationId::random(), ConversationId::random());
     let cur = |device, conversation, seq| CursorUpdate {
+        user: CURSOR_USER,
         device,
         conversation,
         seq,
@@ -1210,6 +1215,88 @@ pub async fn check_cursors<S: Store>(store: S) {
     );
 }
 
+/// Delivery marks: per user and conversation, the highest cursor of any of the user's devices;
+/// forward only, and absent for users who never acknowledged.
+pub async fn check_delivery_marks<S: Store>(store: S) {
+    let (alice, bob) = (UserId(1), UserId(2));
+    let (alice_phone, alice_laptop, bob_phone) =
+        (DeviceId::random(), DeviceId::random(), DeviceId::random());
+    let (c1, c2) = (ConversationId::random(), ConversationId::random());
+    let cur = |user, device, conversation, seq| CursorUpdate {
+        user,
+        device,
+        conversation,
+        seq,
+    };
+    let marks = |conversation| {
+        let store = &store;
+        async move { ok(store.delivery_marks(conversation).await, "delivery_marks") }
+    };
+    assert_eq!(
+        marks(c1).await,
+        Vec::<DeliveryMark>::new(),
+        "store conformance: a conversation nobody acknowledged has no marks"
+    );
+    ok(
+        store
+            .commit(cursors(vec![
+                cur(alice, alice_phone, c1, 7),
+                cur(alice, alice_laptop, c1, 4),
+                cur(bob, bob_phone, c2, 3),
+            ]))
+            .await,
+        "commit",
+    );
+    assert_eq!(
+        marks(c1).await,
+        vec![DeliveryMark {
+            user: alice,
+            seq: 7
+        }],
+        "store conformance: a mark is the highest cursor over the user's devices, per conversation"
+    );
+    ok(
+        store
+            .commit(cursors(vec![
+                cur(alice, alice_laptop, c1, 5),
+                cur(bob, bob_phone, c1, 2),
+            ]))
+            .await,
+        "commit",
+    );
+    assert_eq!(
+        marks(c1).await,
+        vec![
+            DeliveryMark {
+                user: alice,
+                seq: 7
+            },
+            DeliveryMark { user: bob, seq: 2 },
+        ],
+        "store conformance: a lower cursor of another device must not lower the mark; marks are \
+         in user id order"
+    );
+    ok(
+        store
+            .commit(cursors(vec![cur(alice, alice_laptop, c1, 11)]))
+            .await,
+        "commit",
+    );
+    assert_eq!(
+        marks(c1).await[0],
+        DeliveryMark {
+            user: alice,
+            seq: 11
+        },
+        "store conformance: any device moving past the mark raises it"
+    );
+    assert_eq!(
+        marks(c2).await,
+        vec![DeliveryMark { user: bob, seq: 3 }],
+        "store conformance: marks are per conversation"
+    );
+}
+
 /// Concurrent commits of one cursor: the highest wins, whatever order they land in.
 pub async fn check_concurrent_cursors<S: Store>(store: S) {
     let store = Arc::new(store);
@@ -1220,6 +1307,7 @@ pub async fn check_concurrent_cursors<S: Store>(store: S) {
         tasks.spawn(async move {
             store
                 .commit(cursors(vec![CursorUpdate {
+                    user: CURSOR_USER,
                     device,
                     conversation,
                     seq,
@@ -1384,6 +1472,7 @@ pub async fn check_concurrent_commits<S: Store>(store: S) {
                 let first = b * PER_BATCH + 1;
                 let last = first + PER_BATCH - 1;
                 let cursor = CursorUpdate {
+                    user: CURSOR_USER,
                     device,
                     conversation: conv,
                     seq: last,
@@ -1475,6 +1564,7 @@ where
         let second = CommitBatch {
             messages: all[10..20].to_vec(),
             cursors: vec![CursorUpdate {
+                user: CURSOR_USER,
                 device,
                 conversation: conv.id,
                 seq: 20,
@@ -1577,6 +1667,7 @@ where
         ok(
             store
                 .commit(cursors(vec![CursorUpdate {
+                    user: CURSOR_USER,
                     device,
                     conversation: conv.id,
                     seq: 4,
@@ -1594,6 +1685,7 @@ where
         let third = CommitBatch {
             messages: all[20..].to_vec(),
             cursors: vec![CursorUpdate {
+                user: CURSOR_USER,
                 device,
                 conversation: conv.id,
                 seq: 25,

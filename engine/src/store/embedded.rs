@@ -25,7 +25,11 @@
 //! | `messages`           | conversation id (16), seq (8)                        | message record      |
 //! | `client_ids`         | conversation id (16), sender (16), client msg id (16)| seq (8)             |
 //! | `cursors`            | device id (16), conversation id (16)                 | seq (8)             |
+//! | `delivered`          | conversation id (16), user id (16)                   | seq (8)             |
 //! | `meta`               | `layout`                                             | layout version (1)  |
+//!
+//! `delivered` (delivery marks) appeared after layout 2 without a layout bump: an older directory
+//! opens with it empty, and marks start with the first acknowledgement after the upgrade.
 //!
 //! Layout 2 added `user_tokens` (log out everywhere) and `devices` (device binding); opening a
 //! layout-1 directory builds `user_tokens` from `tokens` once, then records layout 2.
@@ -62,7 +66,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use serde::{Deserialize, Serialize};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
-use tern_wire::msg::{ConversationKind, FileRef, MemberRole, Message};
+use tern_wire::msg::{ConversationKind, DeliveryMark, FileRef, MemberRole, Message};
 
 use super::{
     CommitBatch, ConversationRecord, DeviceRecord, HistoryFrom, HistoryQuery, InvitationRecord,
@@ -136,6 +140,8 @@ struct Inner {
     messages: Keyspace,
     client_ids: Keyspace,
     cursors: Keyspace,
+    /// `conversation ++ user` → the highest cursor of the user's devices (delivery mark).
+    delivered: Keyspace,
     /// User id → payload bytes stored (u64 big-endian): the storage quota's counter.
     usage: Keyspace,
     /// Held across every check-then-write on accounts, tokens, conversations, direct pairs,
@@ -192,6 +198,7 @@ impl EmbeddedStore {
             messages: keyspace("messages")?,
             client_ids: keyspace("client_ids")?,
             cursors: keyspace("cursors")?,
+            delivered: keyspace("delivered")?,
             usage: keyspace("usage")?,
             db: db.clone(),
             meta_lock: Mutex::new(()),
@@ -1247,13 +1254,19 @@ impl Inner {
                 m.seq.to_be_bytes(),
             );
         }
-        // Several updates of one cursor in a batch collapse to their maximum first.
+        // Several updates of one cursor (or one user's mark) in a batch collapse to their
+        // maximum first.
         let mut wanted: HashMap<[u8; 32], u64> = HashMap::with_capacity(batch_in.cursors.len());
+        let mut marks: HashMap<[u8; 32], u64> = HashMap::with_capacity(batch_in.cursors.len());
         for c in &batch_in.cursors {
             let seq = wanted
                 .entry(cat2(c.device.to_be_bytes(), c.conversation.to_be_bytes()))
                 .or_insert(0);
             *seq = (*seq).max(c.seq);
+            let mark = marks
+                .entry(cat2(c.conversation.to_be_bytes(), c.user.to_be_bytes()))
+                .or_insert(0);
+            *mark = (*mark).max(c.seq);
         }
         // Read-max-write must not interleave with another commit's, or a cursor could regress
         // (and a usage increment could be lost).
@@ -1288,6 +1301,15 @@ impl Inner {
             };
             if seq > stored {
                 batch.insert(&self.cursors, key, seq.to_be_bytes());
+            }
+        }
+        for (key, seq) in marks {
+            let stored = match self.delivered.get(key).map_err(backend)? {
+                Some(v) => exact_u64(&v, "delivery mark")?,
+                None => 0,
+            };
+            if seq > stored {
+                batch.insert(&self.delivered, key, seq.to_be_bytes());
             }
         }
         batch.commit().map_err(backend)
@@ -1395,6 +1417,21 @@ impl Inner {
             Some(v) => exact_u64(&v, "usage"),
             None => Ok(0),
         }
+    }
+
+    fn delivery_marks(&self, conversation: ConversationId) -> StoreResult<Vec<DeliveryMark>> {
+        let mut out = Vec::new();
+        for kv in self
+            .read()
+            .prefix(&self.delivered, conversation.to_be_bytes())
+        {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            out.push(DeliveryMark {
+                user: UserId(second_id(&k, "delivered key")?),
+                seq: exact_u64(&v, "delivery mark")?,
+            });
+        }
+        Ok(out)
     }
 
     fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64> {
@@ -1629,6 +1666,10 @@ impl Store for EmbeddedStore {
 
     async fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64> {
         self.run(move |s| s.cursor(device, conversation)).await
+    }
+
+    async fn delivery_marks(&self, conversation: ConversationId) -> StoreResult<Vec<DeliveryMark>> {
+        self.run(move |s| s.delivery_marks(conversation)).await
     }
 }
 

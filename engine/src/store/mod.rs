@@ -16,7 +16,7 @@ pub mod keys;
 pub mod reactions;
 
 use tern_wire::ids::{ConversationId, DeviceId, UserId};
-use tern_wire::msg::{ConversationKind, MemberRole, Message};
+use tern_wire::msg::{ConversationKind, DeliveryMark, MemberRole, Message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,9 +88,11 @@ pub struct InvitationRecord {
     pub created_ms: u64,
 }
 
-/// A cursor update: `device` has everything in `conversation` up to `seq`.
+/// A cursor update: `device` (of `user`) has everything in `conversation` up to `seq`. The
+/// store also raises the user's delivery mark (the maximum over the user's devices).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorUpdate {
+    pub user: UserId,
     pub device: DeviceId,
     pub conversation: ConversationId,
     pub seq: u64,
@@ -338,4 +340,8 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- cursors ----
     async fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64>;
+    /// Every user's delivery mark in `conversation` (the highest committed cursor over the
+    /// user's devices), in user id order; users who never acknowledged anything are absent.
+    /// Former members' marks may be included: callers filter by the member list.
+    async fn delivery_marks(&self, conversation: ConversationId) -> StoreResult<Vec<DeliveryMark>>;
 }

@@ -88,6 +88,31 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             .map_err(engine_gone)
     }
 
+    /// Every member's delivery mark: what a sender needs to show "delivered" after it opens a
+    /// conversation or reconnects (live pushes reach it only while connected).
+    pub(super) async fn on_get_delivered(
+        &mut self,
+        request_id: u64,
+        conversation: ConversationId,
+    ) -> Result<(), End> {
+        match self
+            .ctx
+            .conversations
+            .delivery_marks(self.user, conversation)
+            .await
+        {
+            Ok(marks) => {
+                self.reply(&ServerMessage::Delivered {
+                    request_id,
+                    conversation,
+                    marks,
+                })
+                .await
+            }
+            Err(e) => self.reply(&service_error(request_id, e)).await,
+        }
+    }
+
     pub(super) async fn on_history(
         &mut self,
         request_id: u64,

@@ -110,6 +110,10 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                     .typing(self.user, conn, conversation, active);
                 Ok(())
             }
+            ClientMessage::GetDelivered {
+                request_id,
+                conversation,
+            } => self.on_get_delivered(request_id, conversation).await,
             ClientMessage::Resume { cursors } => self.on_resume(&cursors).await,
             ClientMessage::Ping { nonce } => self.reply(&ServerMessage::Pong { nonce }).await,
             ClientMessage::Hello { .. } => {
@@ -210,7 +214,8 @@ fn limited_request_id(message: &ClientMessage) -> Option<u64> {
         | ClientMessage::ClaimKeysBatch { request_id, .. }
         | ClientMessage::QueryKeys { request_id, .. }
         | ClientMessage::SendKeyShares { request_id, .. }
-        | ClientMessage::Block { request_id, .. } => Some(*request_id),
+        | ClientMessage::Block { request_id, .. }
+        | ClientMessage::GetDelivered { request_id, .. } => Some(*request_id),
         ClientMessage::Resume { .. }
         | ClientMessage::Ping { .. }
         | ClientMessage::SetPresence { .. }

@@ -513,10 +513,10 @@ pub struct NoticeUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 84;
+pub const ENUM_MAX_BODY: u8 = 85;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 46] = [
+pub const ENUM_VALUES_BODY: [Body; 48] = [
   Body::NONE,
   Body::ClientHello,
   Body::ClientSend,
@@ -542,6 +542,7 @@ pub const ENUM_VALUES_BODY: [Body; 46] = [
   Body::ClientSendKeyShares,
   Body::ClientAckKeyShares,
   Body::ClientClaimKeysBatch,
+  Body::ClientGetDelivered,
   Body::ServerWelcome,
   Body::ServerSendAck,
   Body::ServerDeliver,
@@ -563,6 +564,7 @@ pub const ENUM_VALUES_BODY: [Body; 46] = [
   Body::ServerKeySharesStored,
   Body::ServerDeviceListChanged,
   Body::ServerOneTimeKeysLow,
+  Body::ServerDelivered,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -595,6 +597,7 @@ impl Body {
   pub const ClientSendKeyShares: Self = Self(22);
   pub const ClientAckKeyShares: Self = Self(23);
   pub const ClientClaimKeysBatch: Self = Self(24);
+  pub const ClientGetDelivered: Self = Self(25);
   pub const ServerWelcome: Self = Self(64);
   pub const ServerSendAck: Self = Self(65);
   pub const ServerDeliver: Self = Self(66);
@@ -616,9 +619,10 @@ impl Body {
   pub const ServerKeySharesStored: Self = Self(82);
   pub const ServerDeviceListChanged: Self = Self(83);
   pub const ServerOneTimeKeysLow: Self = Self(84);
+  pub const ServerDelivered: Self = Self(85);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 84;
+  pub const ENUM_MAX: u8 = 85;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ClientHello,
@@ -645,6 +649,7 @@ impl Body {
     Self::ClientSendKeyShares,
     Self::ClientAckKeyShares,
     Self::ClientClaimKeysBatch,
+    Self::ClientGetDelivered,
     Self::ServerWelcome,
     Self::ServerSendAck,
     Self::ServerDeliver,
@@ -666,6 +671,7 @@ impl Body {
     Self::ServerKeySharesStored,
     Self::ServerDeviceListChanged,
     Self::ServerOneTimeKeysLow,
+    Self::ServerDelivered,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -695,6 +701,7 @@ impl Body {
       Self::ClientSendKeyShares => Some("ClientSendKeyShares"),
       Self::ClientAckKeyShares => Some("ClientAckKeyShares"),
       Self::ClientClaimKeysBatch => Some("ClientClaimKeysBatch"),
+      Self::ClientGetDelivered => Some("ClientGetDelivered"),
       Self::ServerWelcome => Some("ServerWelcome"),
       Self::ServerSendAck => Some("ServerSendAck"),
       Self::ServerDeliver => Some("ServerDeliver"),
@@ -716,6 +723,7 @@ impl Body {
       Self::ServerKeySharesStored => Some("ServerKeySharesStored"),
       Self::ServerDeviceListChanged => Some("ServerDeviceListChanged"),
       Self::ServerOneTimeKeysLow => Some("ServerOneTimeKeysLow"),
+      Self::ServerDelivered => Some("ServerDelivered"),
       _ => None,
     }
   }
@@ -5420,6 +5428,122 @@ impl ::core::fmt::Debug for ClientClaimKeysBatch<'_> {
       ds.finish()
   }
 }
+pub enum ClientGetDeliveredOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks for the delivery marks of every member of `conversation` (members only); answered with
+/// `ServerDelivered` carrying the same request id.
+pub struct ClientGetDelivered<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientGetDelivered<'a> {
+  type Inner = ClientGetDelivered<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientGetDelivered<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientGetDelivered { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientGetDeliveredArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientGetDelivered<'bldr>> {
+    let mut builder = ClientGetDeliveredBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.conversation { builder.add_conversation(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientGetDelivered::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn conversation(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(ClientGetDelivered::VT_CONVERSATION, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientGetDelivered<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<Id128>("conversation", Self::VT_CONVERSATION, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientGetDeliveredArgs<'a> {
+    pub request_id: u64,
+    pub conversation: Option<&'a Id128>,
+}
+impl<'a> Default for ClientGetDeliveredArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientGetDeliveredArgs {
+      request_id: 0,
+      conversation: None, // required field
+    }
+  }
+}
+
+pub struct ClientGetDeliveredBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientGetDeliveredBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ClientGetDelivered::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(ClientGetDelivered::VT_CONVERSATION, conversation);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientGetDeliveredBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientGetDeliveredBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientGetDelivered<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ClientGetDelivered::VT_CONVERSATION,"conversation");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientGetDelivered<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientGetDelivered");
+      ds.field("request_id", &self.request_id());
+      ds.field("conversation", &self.conversation());
+      ds.finish()
+  }
+}
 pub enum ClientPingOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7738,6 +7862,256 @@ impl ::core::fmt::Debug for ServerOneTimeKeysLow<'_> {
       ds.finish()
   }
 }
+pub enum DeliveryMarkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A device of `user` has every message of the conversation up to `seq` (its acknowledged cursor,
+/// the highest over the user's devices): the "delivered" state senders show.
+pub struct DeliveryMark<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeliveryMark<'a> {
+  type Inner = DeliveryMark<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeliveryMark<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeliveryMark { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeliveryMarkArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeliveryMark<'bldr>> {
+    let mut builder = DeliveryMarkBuilder::new(_fbb);
+    builder.add_seq(args.seq);
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(DeliveryMark::VT_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DeliveryMark::VT_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeliveryMark<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<Id128>("user", Self::VT_USER, true)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeliveryMarkArgs<'a> {
+    pub user: Option<&'a Id128>,
+    pub seq: u64,
+}
+impl<'a> Default for DeliveryMarkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeliveryMarkArgs {
+      user: None, // required field
+      seq: 0,
+    }
+  }
+}
+
+pub struct DeliveryMarkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeliveryMarkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(DeliveryMark::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(DeliveryMark::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeliveryMarkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeliveryMarkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeliveryMark<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, DeliveryMark::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeliveryMark<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeliveryMark");
+      ds.field("user", &self.user());
+      ds.field("seq", &self.seq());
+      ds.finish()
+  }
+}
+pub enum ServerDeliveredOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Delivery marks of `conversation`. Pushed live (request_id 0) to the senders of the messages a
+/// mark newly covers, with only the marks that moved; the answer to ClientGetDelivered carries
+/// the marks of every member that has one.
+pub struct ServerDelivered<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ServerDelivered<'a> {
+  type Inner = ServerDelivered<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ServerDelivered<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MARKS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ServerDelivered { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ServerDeliveredArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ServerDelivered<'bldr>> {
+    let mut builder = ServerDeliveredBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.marks { builder.add_marks(x); }
+    if let Some(x) = args.conversation { builder.add_conversation(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServerDelivered::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn conversation(&self) -> &'a Id128 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(ServerDelivered::VT_CONVERSATION, None).unwrap()}
+  }
+  #[inline]
+  pub fn marks(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeliveryMark<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeliveryMark>>>>(ServerDelivered::VT_MARKS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ServerDelivered<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<Id128>("conversation", Self::VT_CONVERSATION, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<DeliveryMark>>>>("marks", Self::VT_MARKS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ServerDeliveredArgs<'a> {
+    pub request_id: u64,
+    pub conversation: Option<&'a Id128>,
+    pub marks: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeliveryMark<'a>>>>>,
+}
+impl<'a> Default for ServerDeliveredArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ServerDeliveredArgs {
+      request_id: 0,
+      conversation: None, // required field
+      marks: None,
+    }
+  }
+}
+
+pub struct ServerDeliveredBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerDeliveredBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ServerDelivered::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(ServerDelivered::VT_CONVERSATION, conversation);
+  }
+  #[inline]
+  pub fn add_marks(&mut self, marks: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<DeliveryMark<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ServerDelivered::VT_MARKS, marks);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerDeliveredBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ServerDeliveredBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ServerDelivered<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ServerDelivered::VT_CONVERSATION,"conversation");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ServerDelivered<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ServerDelivered");
+      ds.field("request_id", &self.request_id());
+      ds.field("conversation", &self.conversation());
+      ds.field("marks", &self.marks());
+      ds.finish()
+  }
+}
 pub enum ServerOkOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8980,6 +9354,20 @@ impl<'a> Envelope<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
+  pub fn body_as_client_get_delivered(&self) -> Option<ClientGetDelivered<'a>> {
+    if self.body_type() == Body::ClientGetDelivered {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClientGetDelivered::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
   pub fn body_as_server_welcome(&self) -> Option<ServerWelcome<'a>> {
     if self.body_type() == Body::ServerWelcome {
       let u = self.body();
@@ -9272,6 +9660,20 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_server_delivered(&self) -> Option<ServerDelivered<'a>> {
+    if self.body_type() == Body::ServerDelivered {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ServerDelivered::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -9306,6 +9708,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ClientSendKeyShares => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientSendKeyShares>>("Body::ClientSendKeyShares", pos),
           Body::ClientAckKeyShares => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientAckKeyShares>>("Body::ClientAckKeyShares", pos),
           Body::ClientClaimKeysBatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientClaimKeysBatch>>("Body::ClientClaimKeysBatch", pos),
+          Body::ClientGetDelivered => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientGetDelivered>>("Body::ClientGetDelivered", pos),
           Body::ServerWelcome => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerWelcome>>("Body::ServerWelcome", pos),
           Body::ServerSendAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerSendAck>>("Body::ServerSendAck", pos),
           Body::ServerDeliver => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDeliver>>("Body::ServerDeliver", pos),
@@ -9327,6 +9730,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ServerKeySharesStored => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerKeySharesStored>>("Body::ServerKeySharesStored", pos),
           Body::ServerDeviceListChanged => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDeviceListChanged>>("Body::ServerDeviceListChanged", pos),
           Body::ServerOneTimeKeysLow => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerOneTimeKeysLow>>("Body::ServerOneTimeKeysLow", pos),
+          Body::ServerDelivered => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ServerDelivered>>("Body::ServerDelivered", pos),
           _ => Ok(()),
         }
      })?
@@ -9550,6 +9954,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Body::ClientGetDelivered => {
+          if let Some(x) = self.body_as_client_get_delivered() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         Body::ServerWelcome => {
           if let Some(x) = self.body_as_server_welcome() {
             ds.field("body", &x)
@@ -9692,6 +10103,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::ServerOneTimeKeysLow => {
           if let Some(x) = self.body_as_server_one_time_keys_low() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ServerDelivered => {
+          if let Some(x) = self.body_as_server_delivered() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -15,6 +15,7 @@
 //!   `GoingAway` retry hints.
 //! * [`requests`]: request ids and pending replies with deadlines.
 //! * [`handshake`]: the Hello and the version check of the Welcome.
+//! * [`receipts`]: delivery marks and the "delivered" state of one's own messages.
 //! * [`failure`]: the core-level view of an error that these decisions work on.
 
 pub mod backoff;
@@ -23,6 +24,7 @@ pub mod drain;
 pub mod failure;
 pub mod handshake;
 pub mod outbox;
+pub mod receipts;
 pub mod reconnect;
 pub mod requests;
 pub mod sync;

@@ -33,6 +33,7 @@ pub fn reply_key(msg: &ServerMessage) -> Option<Waiter> {
         | ServerMessage::Conversation { request_id, .. }
         | ServerMessage::KeyBundle { request_id, .. }
         | ServerMessage::KeySharesStored { request_id, .. }
+        | ServerMessage::Delivered { request_id, .. }
         | ServerMessage::Ok { request_id }
         | ServerMessage::Error { request_id, .. }
             if *request_id != 0 =>

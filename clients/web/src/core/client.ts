@@ -11,6 +11,7 @@ import { BrowserDevice } from './device';
 import { ApiError, HttpApi, type DeviceView, type TransportInfo } from './http';
 import { publishKeys, queryDeviceLists } from './keys';
 import type { PresenceStatus, ServerMessage } from './protocol';
+import { Receipts } from './receipts';
 import { Receiver } from './receiver';
 import { Sender } from './sender';
 import { deleteAllLocalData } from './storage';
@@ -76,6 +77,7 @@ export class TernClient {
     () => void this.conversations.refresh().catch(() => undefined),
   );
   readonly conversations = new Conversations(this.ctx, this.receiver);
+  private readonly receipts = new Receipts(this.ctx);
   private readonly sender = new Sender(
     this.ctx,
     () => this.reconnect,
@@ -121,6 +123,7 @@ export class TernClient {
     this.reconnect?.free();
     this.reconnect = this.core.newReconnect(RECONNECT_POLICY);
     await this.receiver.load(this.core);
+    this.receipts.load(this.core);
     await this.conversations.loadSnapshot();
     await this.sender.load(this.core);
     this.stopped = false;
@@ -211,6 +214,7 @@ export class TernClient {
     this.reconnect = undefined;
     this.sender.reset();
     this.receiver.reset();
+    this.receipts.reset();
     this.api.setToken(undefined);
     localStorage.removeItem(SESSION_KEY);
     await deleteAllLocalData();
@@ -358,6 +362,11 @@ export class TernClient {
     void this.conversations.refresh().catch(() => undefined);
     void this.conversations.refreshInvitations().catch(() => undefined);
     this.sender.onConnected();
+    // A conversation opened before the connection was up (a reload) gets its history now, and
+    // receipts pushed while we were away are in the marks the server keeps.
+    const selected = useApp.getState().selected;
+    if (selected) void this.conversations.loadOlder(selected, true);
+    void this.receipts.refresh(selected).catch(() => undefined);
     // Keys received since the last connection go into the backup (when one is set up here).
     void uploadBackup(this.ctx).catch(() => undefined);
   }
@@ -400,8 +409,10 @@ export class TernClient {
       case 'member_removed':
         this.dev?.machine.onMemberRemoved(m.conversation, m.user);
         void this.dev?.persist();
-        if (m.user === useApp.getState().session?.userId) this.conversations.remove(m.conversation);
-        else void this.conversations.refresh().catch(() => undefined);
+        if (m.user === useApp.getState().session?.userId) {
+          this.conversations.remove(m.conversation);
+          this.receipts.forget(m.conversation);
+        } else void this.conversations.refresh().catch(() => undefined);
         return;
       case 'presence':
         useApp.setState((s) => ({
@@ -418,6 +429,9 @@ export class TernClient {
         return;
       case 'reaction':
         this.conversations.applyReaction(m.conversation, m.seq, m.user, m.emoji, m.add);
+        return;
+      case 'delivered':
+        this.receipts.onDelivered(m);
         return;
       case 'device_list_changed':
         this.dev?.machine.markDeviceListStale(m.user);
@@ -449,6 +463,7 @@ export class TernClient {
 
   select(conversation: string | undefined): void {
     this.conversations.select(conversation);
+    void this.receipts.refresh(conversation).catch(() => undefined);
   }
 
   startDirect(username: string): Promise<string> {

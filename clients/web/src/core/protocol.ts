@@ -82,6 +82,12 @@ export interface DeviceKeys {
   signature: Hex;
 }
 
+/** A device of `user` has every message of the conversation up to `seq`. */
+export interface DeliveryMark {
+  user: Uuid;
+  seq: number;
+}
+
 export interface KeyShareItem {
   to_user: Uuid;
   to_device: Uuid;
@@ -139,7 +145,8 @@ export type ClientMessage =
   | { type: 'query_keys'; request_id: number; users: Uuid[] }
   | { type: 'send_key_shares'; request_id: number; shares: KeyShareItem[] }
   | { type: 'ack_key_shares'; up_to: number; ids: number[] }
-  | { type: 'claim_keys_batch'; request_id: number; targets: ClaimTarget[] };
+  | { type: 'claim_keys_batch'; request_id: number; targets: ClaimTarget[] }
+  | { type: 'get_delivered'; request_id: number; conversation: Uuid };
 
 export type Notice =
   | { type: 'backlog_truncated'; conversation: Uuid; from_seq: number; to_seq: number }
@@ -198,6 +205,7 @@ export type ServerMessage =
   | { type: 'pong'; nonce: number }
   | { type: 'key_shares_stored'; request_id: number; full: Uuid[] }
   | { type: 'device_list_changed'; user: Uuid }
+  | { type: 'delivered'; request_id: number; conversation: Uuid; marks: DeliveryMark[] }
   | { type: 'one_time_keys_low'; left: number };
 
 export function bytesToHex(bytes: Uint8Array): string {

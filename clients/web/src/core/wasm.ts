@@ -7,6 +7,7 @@ import type {
   ClaimTarget,
   ClientMessage,
   Cursor,
+  DeliveryMark,
   DeviceKeys,
   KeyShareItem,
   ServerMessage,
@@ -297,6 +298,7 @@ export interface Core {
   newSendPlan(conversation: string, members: string[], maxFrameBytes: number): CoreSendPlan;
   newDelivery(cursors: Cursor[]): CoreDelivery;
   newWaiting(): CoreWaiting;
+  newDeliveryMarks(): CoreDeliveryMarks;
   /** `encrypt`'s key shares split so each batch fits one `send_key_shares` frame. */
   shareBatches(shares: KeyShareItem[], maxFrameBytes: number): KeyShareItem[][];
 }
@@ -384,6 +386,29 @@ interface RawModule {
   shareBatches(sharesJson: string, maxFrameBytes: number): string;
   Delivery: new (cursorsJson: string) => RawDelivery;
   WaitingForKeys: new (max?: number) => RawWaiting;
+  DeliveryMarks: new () => RawDeliveryMarks;
+}
+
+interface RawDeliveryMarks {
+  apply(conversation: string, marksJson: string): boolean;
+  state(conversation: string, seq: number, sender: string, membersJson: string): string;
+  forget(conversation: string): void;
+  free(): void;
+}
+
+/** How far one own message got: delivered to `delivered` of the `recipients` other members. */
+export interface Delivery {
+  delivered: number;
+  recipients: number;
+}
+
+/** tern-core's DeliveryMarks: merges `delivered` messages; answers per message. */
+export interface CoreDeliveryMarks {
+  /** True when a mark moved (redraw then). */
+  apply(conversation: string, marks: DeliveryMark[]): boolean;
+  state(conversation: string, seq: number, sender: string, members: string[]): Delivery;
+  forget(conversation: string): void;
+  free(): void;
 }
 
 interface RawDelivery {
@@ -571,6 +596,16 @@ export function loadCore(): Promise<Core> {
           retryAll: (m) => JSON.parse(raw.retryAll(m.raw)) as Settled[],
           retrySenders: (m, users) =>
             JSON.parse(raw.retrySenders(m.raw, JSON.stringify(users))) as Settled[],
+          free: () => raw.free(),
+        };
+      },
+      newDeliveryMarks: () => {
+        const raw = new mod.DeliveryMarks();
+        return {
+          apply: (c, marks) => raw.apply(c, JSON.stringify(marks)),
+          state: (c, seq, sender, members) =>
+            JSON.parse(raw.state(c, seq, sender, JSON.stringify(members))) as Delivery,
+          forget: (c) => raw.forget(c),
           free: () => raw.free(),
         };
       },

@@ -6,7 +6,8 @@ import type { InvitationView, MemberView } from '../core/http';
 import type { PresenceStatus } from '../core/protocol';
 import type { TransportKind } from '../core/transport';
 
-export type DeliveryState = 'queued' | 'sending' | 'sent' | 'failed';
+/** `delivered`: a device of every other member has it (the server's delivery marks). */
+export type DeliveryState = 'queued' | 'sending' | 'sent' | 'delivered' | 'failed';
 
 export interface TimelineItem {
   /** Stable key: the client message id (hex), known before the server assigns a seq. */
@@ -19,6 +20,9 @@ export interface TimelineItem {
   timestampMs: number;
   mine: boolean;
   state: DeliveryState;
+  /** Own sent messages: how many of the other members have it, of how many. */
+  deliveredTo?: number;
+  recipients?: number;
   error?: string;
 }
 

@@ -30,7 +30,12 @@ function stateText(i: TimelineItem): string {
     case 'sending':
       return 'Sending';
     case 'sent':
-      return 'Sent';
+      // Groups say how far a message got before it reached everyone.
+      return i.deliveredTo && i.recipients && i.recipients > 1
+        ? `Delivered to ${i.deliveredTo} of ${i.recipients}`
+        : 'Sent';
+    case 'delivered':
+      return i.recipients && i.recipients > 1 ? 'Delivered to everyone' : 'Delivered';
     case 'failed':
       return `Not sent${i.error ? `: ${i.error}` : ''}`;
   }

@@ -40,6 +40,10 @@ test('group: create with invitations, accept and decline, messages both ways', a
 
   await sendText(owner, 'welcome to the group');
   await expectMessage(bob, 'welcome to the group');
+  // Bob is the only other member (Carol declined): his device has it, so it is delivered.
+  await expect(
+    owner.page.getByTestId('message').filter({ hasText: 'welcome' }).getByTestId('delivery'),
+  ).toHaveText('· Delivered');
   await sendText(bob, 'thanks, happy to be here');
   await expectMessage(owner, 'thanks, happy to be here');
   // The sender's name is shown in groups.
