@@ -405,6 +405,7 @@ struct Stats {
     disconnects: u64,
     retryable_errors: u64,
     quiesce_steps: u64,
+    receipts: u64,
 }
 
 impl Stats {
@@ -428,6 +429,7 @@ impl Stats {
         self.disconnects += o.disconnects;
         self.retryable_errors += o.retryable_errors;
         self.quiesce_steps += o.quiesce_steps;
+        self.receipts += o.receipts;
     }
 }
 
@@ -480,6 +482,9 @@ struct Sim {
     acked: BTreeMap<(ConversationId, u64), AckRecord>,
     /// Seqs stored without a `Committed { ok: true }` reaching a core: nobody was told live.
     silent: BTreeSet<(ConversationId, u64)>,
+    /// The highest seq any device of a user acknowledged per conversation: a receipt may never
+    /// claim more.
+    user_acks: BTreeMap<(ConversationId, UserId), u64>,
     stats: Stats,
 }
 
@@ -596,6 +601,7 @@ impl Sim {
             commit_outstanding: None,
             acked: BTreeMap::new(),
             silent: BTreeSet::new(),
+            user_acks: BTreeMap::new(),
             stats: Stats::default(),
         }
     }
@@ -1160,6 +1166,31 @@ impl Sim {
                     other => Err(format!("device {d}: unexpected error {other:?}")),
                 }
             }
+            ServerMessage::Delivered {
+                request_id: 0,
+                conversation,
+                marks,
+            } => {
+                self.stats.receipts += 1;
+                let me = self.devices[d].user;
+                for mark in marks {
+                    let acked = self
+                        .user_acks
+                        .get(&(*conversation, mark.user))
+                        .copied()
+                        .unwrap_or(0);
+                    if mark.user == me
+                        || mark.seq > acked
+                        || mark.seq > self.durable.last_seq(*conversation)
+                    {
+                        return Err(format!(
+                            "device {d}: receipt {mark:?} in {conversation:?} claims more than was \
+                             acknowledged ({acked}) or stored, or is the device's own"
+                        ));
+                    }
+                }
+                Ok(())
+            }
             ServerMessage::SyncComplete => {
                 self.devices[d].live = true;
                 // The SDK resends every unacknowledged send after a reconnect.
@@ -1261,14 +1292,18 @@ impl Sim {
             return;
         };
         let mut inputs = Vec::new();
+        let user = self.devices[d].user;
         for (c, cc) in &mut self.devices[d].sync {
             if cc.cursor > cc.acked {
                 cc.acked = cc.cursor;
                 if let Some(sent) = s.delivered.get(c) {
+                    let seq = cc.cursor.min(*sent);
+                    let user_ack = self.user_acks.entry((*c, user)).or_insert(0);
+                    *user_ack = (*user_ack).max(seq);
                     inputs.push(Input::Ack {
                         conn,
                         conversation: *c,
-                        seq: cc.cursor.min(*sent),
+                        seq,
                     });
                 }
             }
