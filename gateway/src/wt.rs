@@ -19,6 +19,9 @@ const READ_CHUNK: usize = 4 * 1024;
 /// How long the final frames may take to be acknowledged before the session is closed anyway.
 /// With [`PEER_CLOSE_TIMEOUT`] it stays inside the session's 3 s goodbye.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a peer that has the final frames gets to read them and close the session itself
+/// before the close capsule (which makes browsers drop unread stream data) is sent.
+const READ_GRACE: Duration = Duration::from_millis(300);
 /// How long the peer has to close the connection after the close capsule (one round trip of
 /// a slow mobile link) before the server closes it.
 const PEER_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -174,6 +177,15 @@ impl FrameSend for WtSend {
         // vanished peer cannot hold the session open. Closing the QUIC connection right after
         // (as before) let Chromium drop frames it had received but the page had not read yet.
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.send.finish()).await;
+        // Acknowledged is not read: a browser that gets the close capsule aborts its streams and
+        // drops what the page has not read yet. A client that reads the fatal Error closes the
+        // session itself; one that does not gets the capsule after this grace.
+        if tokio::time::timeout(READ_GRACE, self.connection.closed())
+            .await
+            .is_ok()
+        {
+            return;
+        }
         end_session(&self.connection, code, reason).await;
     }
 }

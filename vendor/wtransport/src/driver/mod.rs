@@ -281,6 +281,10 @@ mod worker {
         connect_stream: ConnectStream,
         close_requests: mpsc::Receiver<(u32, Box<[u8]>)>,
         close_requests_open: bool,
+        /// This side sent the close capsule (Tern patch): the peer's answer must not close the
+        /// QUIC connection at once, or a browser may see "connection lost" before it has
+        /// processed the capsule; the application closes the connection once the peer has.
+        local_close_sent: bool,
     }
 
     impl Worker {
@@ -309,6 +313,7 @@ mod worker {
                 connect_stream: ConnectStream::empty(),
                 close_requests,
                 close_requests_open: true,
+                local_close_sent: false,
             }
         }
 
@@ -332,7 +337,16 @@ mod worker {
 
             debug!("Ended with error: {:?}", error);
 
+            // Tern patch: after a close this side started, keep the HTTP/3 control and QPACK
+            // streams (owned by `self`) until the connection closes. Dropping them sends
+            // STOP_SENDING on the peer's critical streams, which Chromium answers with
+            // H3_CLOSED_CRITICAL_STREAM, "connection lost" to the page, before it has
+            // processed the close capsule. Bounded: the application closes the connection.
+            let keep_streams =
+                matches!(error, DriverError::ApplicationClosed(_)) && self.local_close_sent;
+
             match &error {
+                DriverError::ApplicationClosed(_) if self.local_close_sent => {}
                 DriverError::ApplicationClosed(_) => {
                     // Termination procedure
                     // TODO Reset send sides of all streams with SessionGone error
@@ -347,6 +361,13 @@ mod worker {
             }
 
             self.driver_result.set(error);
+            if keep_streams {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    self.quic_connection.closed(),
+                )
+                .await;
+            }
         }
 
         async fn run_impl(&mut self) -> Result<(), DriverError> {
@@ -419,6 +440,7 @@ mod worker {
                                                        self.close_requests_open) => {
                         match request {
                             Some((code, reason)) => {
+                                self.local_close_sent = true;
                                 self.connect_stream.close_session(code, &reason).await;
                             }
                             None => self.close_requests_open = false,
