@@ -313,19 +313,24 @@ export class TernClient {
    * While on WebSocket, WebTransport is tried again every `wtRetryMs`: once a session is ready
    * (and closed again at once), the WebSocket connection is ended so the loop reconnects at
    * once over WebTransport (a brief reconnect; Delivery resumes from the cursors, the outbox
-   * resends what was in flight under the same client ids).
+   * resends what was in flight under the same client ids). Every try reads the certificate
+   * hashes again: a WebSocket connection can outlive several rotations of a self-signed
+   * certificate, and the hashes it was given then no longer match what the server presents.
    */
   private probeWebTransport(conn: Connection, info: TransportInfo): { stop(): void } {
     let stopped = false;
     let timer = 0;
     const core = this.core;
+    let latest = info;
     const tick = async () => {
       if (stopped || conn.closed || !core || this.forceTransport === 'websocket') return;
       if (webTransportAvailable()) {
         try {
+          latest = await this.api.transport().catch(() => latest);
+          if (stopped || conn.closed) return;
           const t = await connectWebTransport(
-            info.webtransport_url,
-            info.certificate_hashes,
+            latest.webtransport_url,
+            latest.certificate_hashes,
             MAX_FRAME_BYTES,
             core,
           );

@@ -183,10 +183,13 @@ export function TimelineView({ id }: { id: string }) {
   });
 
   // Older messages prepended: keep the reader's place. New ones appended: follow if at bottom.
+  // The first *message* tells a prepend: the first row is a day separator, whose key stays the
+  // same when older messages of that day arrive (the place was lost, the view stuck at the top,
+  // and no further scroll event came to load the page before).
   useLayoutEffect(() => {
     const el = scrollRef.current;
     if (!el) return;
-    const first = rows[0]?.key;
+    const first = rows.find((r) => r.kind === 'msg')?.key;
     if (firstKey.current !== undefined && first !== firstKey.current && heightBefore.current > 0) {
       el.scrollTop += el.scrollHeight - heightBefore.current;
     } else if (atBottom.current && rows.length > 0) {
