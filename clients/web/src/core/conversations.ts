@@ -180,7 +180,7 @@ export class Conversations {
         limit: HISTORY_PAGE,
       }));
       if (page.type === 'history_page') {
-        for (const msg of page.messages) this.receiver.showHistory(msg);
+        this.receiver.showHistoryPage(conversation, page.messages);
         for (const r of page.reactions)
           for (const u of r.users) this.applyReaction(conversation, r.seq, u, r.emoji, true);
         updateTimeline(conversation, (x) => ({ ...x, hasMoreBefore: page.has_more }));

@@ -13,9 +13,13 @@ type Delivered = Extract<ServerMessage, { type: 'delivered' }>;
 
 export class Receipts {
   private marks?: CoreDeliveryMarks;
-  /** The timeline and member list last looked at per conversation: only changed ones are
-   *  restated (a new member changes who counts). */
+  /** The timeline and member list last looked at per conversation. */
   private seen = new Map<string, { t: Timeline; members: unknown }>();
+  /** Items (keys) whose state was worked out since the conversation's marks last moved: a
+   *  timeline change only costs the new items (a 10,000-message send burst stays linear). */
+  private evaluated = new Map<string, Set<string>>();
+  /** Conversations with at least one mark: without one, nothing can be delivered. */
+  private withMarks = new Set<string>();
   private unsubscribe?: () => void;
   private queued = new Set<string>();
 
@@ -33,11 +37,16 @@ export class Receipts {
     this.marks?.free();
     this.marks = undefined;
     this.seen.clear();
+    this.evaluated.clear();
+    this.withMarks.clear();
     this.queued.clear();
   }
 
   onDelivered(m: Delivered): void {
-    if (this.marks?.apply(m.conversation, m.marks)) this.restate(m.conversation);
+    if (!this.marks?.apply(m.conversation, m.marks)) return;
+    this.withMarks.add(m.conversation);
+    this.evaluated.delete(m.conversation);
+    this.restate(m.conversation);
   }
 
   /** Asks for every member's mark (on opening a conversation, after reconnecting). */
@@ -55,6 +64,8 @@ export class Receipts {
   forget(conversation: string): void {
     this.marks?.forget(conversation);
     this.seen.delete(conversation);
+    this.evaluated.delete(conversation);
+    this.withMarks.delete(conversation);
   }
 
   /** New items (a send became `sent`, a history page) and member changes are restated once the
@@ -64,6 +75,8 @@ export class Receipts {
       const seen = this.seen.get(conversation);
       const members = s.conversations[conversation]?.members;
       if ((seen?.t === t && seen.members === members) || this.queued.has(conversation)) continue;
+      // A new member changes who counts: everything is worked out again.
+      if (seen && seen.members !== members) this.evaluated.delete(conversation);
       this.queued.add(conversation);
       queueMicrotask(() => {
         this.queued.delete(conversation);
@@ -72,7 +85,8 @@ export class Receipts {
     }
   }
 
-  /** Recomputes own messages not yet delivered to everyone (delivered ones stay delivered). */
+  /** Works out own sent messages not looked at since the marks last moved (delivered ones stay
+   *  delivered: marks only rise). */
   private restate(conversation: string): void {
     const s = useApp.getState();
     const t = s.timelines[conversation];
@@ -80,9 +94,17 @@ export class Receipts {
     const me = s.session?.userId;
     const marks = this.marks;
     if (!t || !members || !me || !marks) return;
+    let done = this.evaluated.get(conversation);
+    if (!done) {
+      done = new Set();
+      this.evaluated.set(conversation, done);
+    }
+    const anyMarks = this.withMarks.has(conversation);
     let changed = false;
     const items = t.items.map((i) => {
-      if (!i.mine || i.seq === undefined || i.state !== 'sent') return i;
+      if (!i.mine || i.seq === undefined || i.state !== 'sent' || done.has(i.key)) return i;
+      done.add(i.key);
+      if (!anyMarks) return i;
       const d = marks.state(conversation, i.seq, me, members);
       const state = d.recipients > 0 && d.delivered === d.recipients ? 'delivered' : 'sent';
       if (state === i.state && d.delivered === i.deliveredTo && d.recipients === i.recipients) {

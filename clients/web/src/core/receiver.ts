@@ -10,7 +10,14 @@ import { errorText, type DriverContext } from './context';
 import { queryDeviceLists } from './keys';
 import type { Cursor, ServerMessage, WireMessage } from './protocol';
 import type { Core, CoreDelivery, CoreWaiting, Decrypted, Settled } from './wasm';
-import { mergeItem, notify, updateTimeline, useApp, type TimelineItem } from '../state/store';
+import {
+  mergeItem,
+  mergeItems,
+  notify,
+  updateTimeline,
+  useApp,
+  type TimelineItem,
+} from '../state/store';
 
 const CURSORS_KEY = 'cursors';
 /** Acks and cursor writes are coalesced for this long. */
@@ -120,13 +127,20 @@ export class Receiver {
     return result;
   }
 
-  /** History pages (scrolling back): shown, not fed to Delivery (they are behind the cursor). */
-  showHistory(msg: WireMessage): void {
-    const existing = useApp
-      .getState()
-      .timelines[msg.conversation]?.items.find((i) => i.seq === msg.seq && i.text !== null);
-    if (existing) return;
-    this.show(msg, this.decrypt(msg), false);
+  /** A history page (scrolling back): shown, not fed to Delivery (it is behind the cursor).
+   *  One store update for the whole page: each update copies and re-renders the timeline. */
+  showHistoryPage(conversation: string, page: WireMessage[]): void {
+    const timeline = useApp.getState().timelines[conversation];
+    const readable = new Set(
+      (timeline?.items ?? []).filter((i) => i.text !== null).map((i) => i.seq),
+    );
+    const fresh = page.filter((m) => m.conversation === conversation && !readable.has(m.seq));
+    if (fresh.length === 0) return;
+    const items = fresh.map((m) => this.itemOf(m, this.decrypt(m)));
+    updateTimeline(conversation, (t) => ({ ...t, items: mergeItems(t.items, items) }));
+    const newest = fresh.reduce((a, b) => (b.seq > a.seq ? b : a));
+    const newestItem = items[fresh.indexOf(newest)];
+    if (newestItem) this.summarize(newest, newestItem, false);
   }
 
   async onKeyShare(m: Extract<ServerMessage, { type: 'key_share' }>): Promise<void> {
@@ -183,9 +197,15 @@ export class Receiver {
 
   /** Puts a message (readable or with the reason it is not) in its timeline. */
   private show(msg: WireMessage, d: Decrypted, live: boolean): void {
+    const item = this.itemOf(msg, d);
+    updateTimeline(msg.conversation, (t) => ({ ...t, items: mergeItem(t.items, item) }));
+    this.summarize(msg, item, live);
+  }
+
+  private itemOf(msg: WireMessage, d: Decrypted): TimelineItem {
     const me = useApp.getState().session?.userId;
     const text = d.error === undefined ? (d.text ?? `[${d.data?.content_type ?? 'data'}]`) : null;
-    const item: TimelineItem = {
+    return {
       key: msg.client_msg_id,
       seq: msg.seq,
       sender: msg.sender_user,
@@ -195,7 +215,11 @@ export class Receiver {
       mine: msg.sender_user === me,
       state: 'sent',
     };
-    updateTimeline(msg.conversation, (t) => ({ ...t, items: mergeItem(t.items, item) }));
+  }
+
+  /** The conversation list's last message, last seq and unread count after `msg`. */
+  private summarize(msg: WireMessage, item: TimelineItem, live: boolean): void {
+    const text = item.text;
     if (!useApp.getState().conversations[msg.conversation])
       this.unknownConversation(msg.conversation);
     useApp.setState((s) => {

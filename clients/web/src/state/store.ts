@@ -114,12 +114,26 @@ export function mergeItem(items: TimelineItem[], item: TimelineItem): TimelineIt
     (i) => i.key !== item.key && (item.seq === undefined || i.seq !== item.seq),
   );
   out.push(item);
-  out.sort((a, b) => {
-    if (a.seq !== undefined && b.seq !== undefined) return a.seq - b.seq;
-    if (a.seq !== undefined) return -1;
-    if (b.seq !== undefined) return 1;
-    return a.timestampMs - b.timestampMs;
-  });
+  out.sort(byTimelineOrder);
+  return out;
+}
+
+/** By seq; unsent items (no seq yet) last, by compose time. */
+function byTimelineOrder(a: TimelineItem, b: TimelineItem): number {
+  if (a.seq !== undefined && b.seq !== undefined) return a.seq - b.seq;
+  if (a.seq !== undefined) return -1;
+  if (b.seq !== undefined) return 1;
+  return a.timestampMs - b.timestampMs;
+}
+
+/** `mergeItem` for many items at once: one filter and one sort. */
+export function mergeItems(items: TimelineItem[], add: TimelineItem[]): TimelineItem[] {
+  if (add.length === 1 && add[0]) return mergeItem(items, add[0]);
+  const keys = new Set(add.map((i) => i.key));
+  const seqs = new Set(add.flatMap((i) => (i.seq === undefined ? [] : [i.seq])));
+  const out = items.filter((i) => !keys.has(i.key) && (i.seq === undefined || !seqs.has(i.seq)));
+  out.push(...add);
+  out.sort(byTimelineOrder);
   return out;
 }
 
