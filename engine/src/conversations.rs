@@ -937,14 +937,7 @@ impl Conversations {
             ));
         };
         self.members_changed(conversation).await?;
-        let mut users: Vec<UserId> = self
-            .store
-            .members(conversation)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .map(|m| m.user)
-            .collect();
+        let mut users = self.member_ids(conversation).await?;
         users.push(user);
         self.notify(users, ServerMessage::MemberRemoved { conversation, user })
             .await;
@@ -1010,6 +1003,17 @@ impl Conversations {
         }
     }
 
+    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>, ServiceError> {
+        Ok(self
+            .store
+            .members(conversation)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|m| m.user)
+            .collect())
+    }
+
     /// The delivery marks of the current members of `conversation` (members only; former
     /// members and strangers get NotFound, as for every other read).
     pub async fn delivery_marks(
@@ -1018,14 +1022,8 @@ impl Conversations {
         conversation: ConversationId,
     ) -> Result<Vec<DeliveryMark>, ServiceError> {
         self.require_member(conversation, me).await?;
-        let members: std::collections::HashSet<UserId> = self
-            .store
-            .members(conversation)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .map(|m| m.user)
-            .collect();
+        let members: std::collections::HashSet<UserId> =
+            self.member_ids(conversation).await?.into_iter().collect();
         let mut marks = self
             .store
             .delivery_marks(conversation)
