@@ -15,6 +15,9 @@ use tern_wire::msg::DeliveryMark;
 /// page asks again when it opens one). A client with more open chats than this is unusual.
 pub const MAX_CONVERSATIONS: usize = 1_000;
 
+/// Users whose marks are kept per conversation: the members of the largest group.
+pub const MAX_USERS_PER_CONVERSATION: usize = tern_wire::limits::MAX_DELIVERY_MARKS;
+
 /// How far one message got: delivered to `delivered` of the `recipients` other members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Delivery {
@@ -54,6 +57,12 @@ impl DeliveryMarks {
         let entry = self.conversations.entry(conversation).or_default();
         let mut moved = false;
         for mark in marks {
+            // The server's input bounds nothing here: beyond one mark per member of the largest
+            // group, marks of users not seen before are ignored (no panic, no growth).
+            let known = entry.by_user.contains_key(&mark.user);
+            if !known && entry.by_user.len() >= MAX_USERS_PER_CONVERSATION {
+                continue;
+            }
             let seq = entry.by_user.entry(mark.user).or_insert(0);
             if mark.seq > *seq {
                 *seq = mark.seq;
@@ -61,8 +70,6 @@ impl DeliveryMarks {
             }
         }
         entry.changed_at = clock;
-        // Bounded by the protocol too: a Delivered frame holds at most one mark per member.
-        assert!(entry.by_user.len() <= tern_wire::limits::MAX_DELIVERY_MARKS * 2);
         if self.conversations.len() > MAX_CONVERSATIONS
             && let Some(oldest) = self
                 .conversations
@@ -177,6 +184,19 @@ mod tests {
         assert!(!marks.state(C, 1, ME, &[ME]).to_everyone());
         marks.apply(C, &[mark(BOB, 5)]);
         assert_eq!(marks.state(C, 0, ME, &[ME, BOB]).delivered, 0);
+    }
+
+    #[test]
+    fn a_flood_of_unknown_users_is_bounded_not_fatal() {
+        let mut marks = DeliveryMarks::new();
+        let flood: Vec<DeliveryMark> = (0..MAX_USERS_PER_CONVERSATION as u128 + 50)
+            .map(|u| mark(UserId(u + 100), 1))
+            .collect();
+        marks.apply(C, &flood);
+        marks.apply(C, &[mark(BOB, 3)]);
+        assert_eq!(marks.mark(C, BOB), 0, "no room for a new user");
+        assert_eq!(marks.mark(C, UserId(100)), 1, "known users still move");
+        assert!(marks.apply(C, &[mark(UserId(100), 2)]));
     }
 
     #[test]
