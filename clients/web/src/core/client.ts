@@ -7,6 +7,7 @@ import { Connection, ServerError } from './connection';
 import { errorText, sleep, type Device, type DriverContext } from './context';
 import { createBackup, restoreBackup, uploadBackup } from './backup';
 import { Conversations } from './conversations';
+import { Files } from './files';
 import { BrowserDevice } from './device';
 import { ApiError, HttpApi, type DeviceView, type TransportInfo } from './http';
 import { publishKeys, queryDeviceLists } from './keys';
@@ -84,6 +85,12 @@ export class TernClient {
     () => this.core,
     () => this.conversations.refresh(),
     (conversation, seq) => this.receiver.onOwnSend(conversation, seq),
+  );
+  /** Attachments: encrypted uploads, verified downloads, image previews (files.ts). */
+  readonly files = new Files(
+    this.ctx,
+    () => this.core,
+    (conversation, body) => this.sender.composeFile(conversation, body),
   );
   /** Forces the transport of the next connections (diagnostics); undefined = automatic. */
   forceTransport?: 'websocket' | 'webtransport';
@@ -213,6 +220,7 @@ export class TernClient {
     this.reconnect?.free();
     this.reconnect = undefined;
     this.sender.reset();
+    this.files.reset();
     this.receiver.reset();
     this.receipts.reset();
     this.api.setToken(undefined);
@@ -464,6 +472,11 @@ export class TernClient {
   send(conversation: string, text: string): Promise<void> {
     this.stopTyping(conversation);
     return this.sender.compose(conversation, text);
+  }
+
+  /** Encrypts and uploads each file, then sends it (progress in the store's `transfers`). */
+  sendFiles(conversation: string, files: Iterable<File>): void {
+    for (const f of files) void this.files.send(conversation, f);
   }
 
   select(conversation: string | undefined): void {

@@ -83,6 +83,24 @@ export interface TransportInfo {
   [extra: string]: unknown;
 }
 
+export interface UploadView {
+  upload_id: string;
+  conversation: string;
+  size: number;
+  content_type: string;
+  offset: number;
+  max_chunk_bytes: number;
+  expires_ms: number;
+}
+
+export interface FileView {
+  file_id: string;
+  conversation: string;
+  size: number;
+  content_type: string;
+  created_ms: number;
+}
+
 /** An API error in the documented `{"error": {"code", "message"}}` shape. */
 export class ApiError extends Error {
   constructor(
@@ -98,6 +116,8 @@ export class ApiError extends Error {
 
 /** How long one API call may take before it counts as failed (the network is gone). */
 const REQUEST_TIMEOUT_MS = 15_000;
+/** One PATCH of at most 1 MiB: 60 s is 17 KB/s, a very bad mobile link. */
+const UPLOAD_REQUEST_TIMEOUT_MS = 60_000;
 
 export class HttpApi {
   constructor(
@@ -109,19 +129,46 @@ export class HttpApi {
     this.token = token;
   }
 
-  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private async call<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    signal?: AbortSignal,
+  ): Promise<T> {
     const headers: Record<string, string> = { Accept: 'application/json' };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const res = await this.fetch(
+      method,
+      path,
+      headers,
+      body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    );
+    if (res.status === 204) return undefined as T;
+    return HttpApi.json<T>(res);
+  }
+
+  private fetch(
+    method: string,
+    path: string,
+    headers: Record<string, string>,
+    body: BodyInit | undefined,
+    signal: AbortSignal | undefined,
+    timeoutMs = REQUEST_TIMEOUT_MS,
+  ): Promise<Response> {
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
-    const res = await fetch(this.base + path, {
+    const timeout = AbortSignal.timeout(timeoutMs);
+    return fetch(this.base + path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body,
       credentials: 'omit',
       cache: 'no-store',
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
     });
-    if (res.status === 204) return undefined as T;
+  }
+
+  private static async json<T>(res: Response): Promise<T> {
     const text = await res.text();
     let json: unknown;
     try {
@@ -213,5 +260,48 @@ export class HttpApi {
   }
   transport(): Promise<TransportInfo> {
     return this.call('GET', '/transport');
+  }
+
+  // ---- files: resumable uploads, signed download URLs ---------------------------------------
+  createUpload(
+    body: { conversation: string; size: number; content_type: string },
+    signal?: AbortSignal,
+  ): Promise<UploadView> {
+    return this.call('POST', '/uploads', body, signal);
+  }
+  /** Appends `bytes` at `offset`; resolves to the server's new durable offset. */
+  async patchUpload(
+    id: string,
+    offset: number,
+    bytes: Uint8Array,
+    signal?: AbortSignal,
+  ): Promise<number> {
+    const res = await this.fetch(
+      'PATCH',
+      `/uploads/${id}`,
+      { 'Upload-Offset': String(offset), 'Content-Type': 'application/offset+octet-stream' },
+      bytes as BodyInit,
+      signal,
+      UPLOAD_REQUEST_TIMEOUT_MS,
+    );
+    if (!res.ok) await HttpApi.json(res);
+    return Number(res.headers.get('Upload-Offset') ?? offset + bytes.length);
+  }
+  /** The bytes the server holds durably (where a resumed upload continues). */
+  async uploadOffset(id: string, signal?: AbortSignal): Promise<number> {
+    const res = await this.fetch('HEAD', `/uploads/${id}`, {}, undefined, signal);
+    if (!res.ok)
+      throw new ApiError(res.status, `http_${res.status}`, `upload ${id}: HTTP ${res.status}`);
+    return Number(res.headers.get('Upload-Offset') ?? 0);
+  }
+  finishUpload(id: string, signal?: AbortSignal): Promise<FileView> {
+    return this.call('POST', `/uploads/${id}/finish`, undefined, signal);
+  }
+  deleteUpload(id: string): Promise<void> {
+    return this.call('DELETE', `/uploads/${id}`);
+  }
+  /** A short-lived URL (path + query) that downloads the encrypted file without the token. */
+  fileUrl(id: string): Promise<{ url: string; expires_ms: number }> {
+    return this.call('POST', `/files/${id}/url`);
   }
 }

@@ -204,12 +204,19 @@ export class Receiver {
 
   private itemOf(msg: WireMessage, d: Decrypted): TimelineItem {
     const me = useApp.getState().session?.userId;
-    const text = d.error === undefined ? (d.text ?? `[${d.data?.content_type ?? 'data'}]`) : null;
+    const file = d.error === undefined ? (d.file ?? undefined) : undefined;
+    const text =
+      d.error !== undefined
+        ? null
+        : file
+          ? `📎 ${file.name}`
+          : (d.text ?? `[${d.data?.content_type ?? 'data'}]`);
     return {
       key: msg.client_msg_id,
       seq: msg.seq,
       sender: msg.sender_user,
       text,
+      file,
       undecryptable: d.error,
       timestampMs: msg.timestamp_ms,
       mine: msg.sender_user === me,

@@ -9,6 +9,7 @@ import { errorText, type DriverContext } from './context';
 import { hexToBytes, type ServerMessage } from './protocol';
 import type {
   Core,
+  FileBodyJson,
   CoreDrain,
   CoreOutbox,
   CoreReconnect,
@@ -24,6 +25,9 @@ export const OUTBOX_LIMIT = 500;
 /** Characters the composer accepts; tern-core bounds the payload bytes too. */
 export const MAX_TEXT_CHARS = 8_000;
 const TEXT = 'text';
+/** Outbox content type of an attachment: the payload is the FileBody JSON, which tern-core
+ * turns into its file body inside the encryption (the server sees `e2e.megolm.v2`). */
+export const FILE_CONTENT_TYPE = 'tern.file';
 
 /** The IndexedDB record: the entry as tern-core gave it, under its compose order. */
 interface StoredEntry {
@@ -33,7 +37,18 @@ interface StoredEntry {
 
 type SendAck = Extract<ServerMessage, { type: 'send_ack' }>;
 
+function fileOf(e: OutboxEntryJson): FileBodyJson | undefined {
+  if (e.content_type !== FILE_CONTENT_TYPE) return undefined;
+  try {
+    return JSON.parse(new TextDecoder().decode(hexToBytes(e.payload))) as FileBodyJson;
+  } catch {
+    return undefined;
+  }
+}
+
 function textOf(e: OutboxEntryJson): string {
+  const file = fileOf(e);
+  if (file) return `📎 ${file.name}`;
   return new TextDecoder().decode(hexToBytes(e.payload));
 }
 
@@ -103,6 +118,7 @@ export class Sender {
         key: e.client_msg_id,
         sender: me,
         text: textOf(e),
+        file: fileOf(e),
         timestampMs: e.created_ms,
         mine: true,
         state: 'queued',
@@ -127,11 +143,24 @@ export class Sender {
     if (!body) return;
     if (body.length > MAX_TEXT_CHARS)
       throw new Error(`a message holds at most ${MAX_TEXT_CHARS} characters`);
+    await this.enqueue(conversation, TEXT, new TextEncoder().encode(body));
+  }
+
+  /** Composes the message that carries an uploaded file's key (see files.ts). */
+  composeFile(conversation: string, file: FileBodyJson): Promise<void> {
+    return this.enqueue(
+      conversation,
+      FILE_CONTENT_TYPE,
+      new TextEncoder().encode(JSON.stringify(file)),
+    );
+  }
+
+  private async enqueue(conversation: string, type: string, payload: Uint8Array): Promise<void> {
     const device = this.ctx.device();
     const outbox = this.outbox;
     if (!device || !outbox) throw new Error('not signed in');
     // Throws with counts and limits when the outbox is full or the message too large.
-    const entry = outbox.compose(conversation, TEXT, new TextEncoder().encode(body), Date.now());
+    const entry = outbox.compose(conversation, type, payload, Date.now());
     const order = this.nextOrder++;
     try {
       await device.local.putOutbox({ order, entry } satisfies StoredEntry);
@@ -217,6 +246,7 @@ export class Sender {
         seq: ack.seq,
         sender: useApp.getState().session?.userId ?? '',
         text,
+        file: fileOf(entry),
         timestampMs: ack.timestamp_ms,
         mine: true,
         state: 'sent',
@@ -237,6 +267,21 @@ export class Sender {
         },
       };
     });
+  }
+
+  private fileRefs(
+    core: Core,
+    entry: OutboxEntryJson,
+  ): { file_id: string; size: number; content_type: string }[] {
+    const file = fileOf(entry);
+    if (!file) return [];
+    return [
+      {
+        file_id: file.file_id,
+        size: core.fileEncryptedLen(file.size),
+        content_type: file.mime,
+      },
+    ];
   }
 
   private trustNotices(events: TrustEvent[]): void {
@@ -329,7 +374,8 @@ export class Sender {
       client_msg_id: entry.client_msg_id,
       content_type: encrypted.content_type,
       payload: encrypted.payload,
-      files: [],
+      // The server keeps (and lets members download) only files a message names.
+      files: this.fileRefs(core, entry),
     }));
     if (ack.type !== 'send_ack') throw new Error(`send answered with ${ack.type}`);
     return ack;

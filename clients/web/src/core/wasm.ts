@@ -14,11 +14,47 @@ import type {
   WireMessage,
 } from './protocol';
 
+/** An attachment as the end-to-end encrypted message describes it (tern-core `FileBody`):
+ * the server only ever sees `file_id` and the padded, encrypted size. */
+export interface FileBodyJson {
+  file_id: string;
+  /** Hex: the file's 32-byte key. */
+  key: string;
+  /** Hex SHA-256 of the plaintext, checked after the download. */
+  sha256: string;
+  name: string;
+  mime: string;
+  /** Plaintext bytes. */
+  size: number;
+  caption: string;
+}
+
+/** tern-core's file encryption for one file (format v1: header, then 64 KiB chunks). */
+export interface CoreFileEncryptor {
+  header(): Uint8Array;
+  /** Chunk `index` sealed; `plaintext` is the file's bytes of that chunk (padding is added). */
+  encryptChunk(index: number, plaintext: Uint8Array): Uint8Array;
+  encryptedSize(): number;
+  chunkCount(): number;
+  /** The message body; throws unless every chunk was encrypted once in order (the hash). */
+  fileBody(fileId: string, name: string, mime: string, caption: string): FileBodyJson;
+  free(): void;
+}
+
+/** Verifies and decrypts a download as it streams; `finish` throws on truncation or a hash
+ * that is not the sender's. */
+export interface CoreFileDecryptor {
+  push(ciphertext: Uint8Array): Uint8Array;
+  finish(): Uint8Array;
+  free(): void;
+}
+
 /** What `Machine.decrypt` returns. */
 export type Decrypted =
   | {
       text: string | null;
       data: { content_type: string; data: string } | null;
+      file?: FileBodyJson | null;
       sender_user: string;
       sender_device: string;
       trust: 'verified' | 'unverified' | 'changed' | string;
@@ -301,6 +337,10 @@ export interface Core {
   newDeliveryMarks(): CoreDeliveryMarks;
   /** `encrypt`'s key shares split so each batch fits one `send_key_shares` frame. */
   shareBatches(shares: KeyShareItem[], maxFrameBytes: number): KeyShareItem[][];
+  newFileEncryptor(size: number): CoreFileEncryptor;
+  newFileDecryptor(body: FileBodyJson): CoreFileDecryptor;
+  /** Exact encrypted size of a file of `size` bytes (the upload's declared size). */
+  fileEncryptedLen(size: number): number;
 }
 
 // The raw wasm-bindgen exports this facade uses (camelCase names, JSON strings).
@@ -387,6 +427,18 @@ interface RawModule {
   Delivery: new (cursorsJson: string) => RawDelivery;
   WaitingForKeys: new (max?: number) => RawWaiting;
   DeliveryMarks: new () => RawDeliveryMarks;
+  FileEncryptor: new (size: number) => RawFileEncryptor;
+  FileDecryptor: new (bodyJson: string) => CoreFileDecryptor;
+  fileEncryptedLen(size: number): number;
+}
+
+interface RawFileEncryptor {
+  header(): Uint8Array;
+  encryptChunk(index: number, plaintext: Uint8Array): Uint8Array;
+  encryptedSize(): number;
+  chunkCount(): number;
+  fileBody(fileId: string, name: string, mime: string, caption: string): string;
+  free(): void;
 }
 
 interface RawDeliveryMarks {
@@ -630,6 +682,20 @@ export function loadCore(): Promise<Core> {
       },
       shareBatches: (shares, max) =>
         JSON.parse(mod.shareBatches(JSON.stringify(shares), max)) as KeyShareItem[][],
+      newFileEncryptor: (size) => {
+        const raw = new mod.FileEncryptor(size);
+        return {
+          header: () => raw.header(),
+          encryptChunk: (i, p) => raw.encryptChunk(i, p),
+          encryptedSize: () => raw.encryptedSize(),
+          chunkCount: () => raw.chunkCount(),
+          fileBody: (id, name, mime, caption) =>
+            JSON.parse(raw.fileBody(id, name, mime, caption)) as FileBodyJson,
+          free: () => raw.free(),
+        };
+      },
+      newFileDecryptor: (body) => new mod.FileDecryptor(JSON.stringify(body)),
+      fileEncryptedLen: (size) => mod.fileEncryptedLen(size),
     };
     return core;
   })();

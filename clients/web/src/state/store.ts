@@ -3,6 +3,7 @@
 
 import { create } from 'zustand';
 import type { InvitationView, MemberView } from '../core/http';
+import type { FileBodyJson } from '../core/wasm';
 import type { PresenceStatus } from '../core/protocol';
 import type { TransportKind } from '../core/transport';
 
@@ -16,6 +17,8 @@ export interface TimelineItem {
   sender: string;
   /** Plaintext, or null when it could not be decrypted (see `undecryptable`). */
   text: string | null;
+  /** An attachment: what the sender's encrypted message says about the file. */
+  file?: FileBodyJson;
   undecryptable?: string;
   timestampMs: number;
   mine: boolean;
@@ -23,6 +26,19 @@ export interface TimelineItem {
   /** Own sent messages: how many of the other members have it, of how many. */
   deliveredTo?: number;
   recipients?: number;
+  error?: string;
+}
+
+/** An upload or download in progress (or failed, until dismissed). */
+export interface TransferView {
+  id: string;
+  kind: 'upload' | 'download';
+  conversation: string;
+  name: string;
+  /** Encrypted bytes moved so far, of `total`. */
+  done: number;
+  total: number;
+  state: 'running' | 'failed' | 'verified';
   error?: string;
 }
 
@@ -76,6 +92,8 @@ export interface AppState {
   notices: { id: number; text: string }[];
   outboxCount: number;
   outboxLimit: number;
+  /** Uploads and downloads by id (`up-N`, `down-<file id>`). */
+  transfers: Record<string, TransferView>;
 }
 
 export const initialState: AppState = {
@@ -90,6 +108,7 @@ export const initialState: AppState = {
   notices: [],
   outboxCount: 0,
   outboxLimit: 500,
+  transfers: {},
 };
 
 export const useApp = create<AppState>(() => ({ ...initialState }));

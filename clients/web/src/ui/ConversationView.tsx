@@ -31,12 +31,49 @@ function TypingLine({ id }: { id: string }) {
   );
 }
 
+/** Uploads of this conversation: progress, and cancel (or dismiss a failed one). */
+function Uploads({ id }: { id: string }) {
+  const transfers = useApp((s) => s.transfers);
+  const mine = Object.values(transfers).filter((t) => t.kind === 'upload' && t.conversation === id);
+  if (mine.length === 0) return null;
+  return (
+    <ul className="uploads" aria-label="Uploads">
+      {mine.map((t) => {
+        const pct = t.total > 0 ? Math.round((100 * t.done) / t.total) : 0;
+        return (
+          <li key={t.id} data-testid="upload" data-state={t.state}>
+            <span className="file-name">{t.name}</span>{' '}
+            {t.state === 'running' ? (
+              <progress max={100} value={pct} aria-label={`Uploading ${t.name}`}>
+                {pct}%
+              </progress>
+            ) : (
+              <span className="error" role="alert">
+                Not sent: {t.error}
+              </span>
+            )}
+            <button
+              type="button"
+              className="secondary small"
+              onClick={() => client.files.cancel(t.id)}
+            >
+              {t.state === 'running' ? 'Cancel' : 'Dismiss'}
+              <span className="sr-only"> {t.name}</span>
+            </button>
+          </li>
+        );
+      })}
+    </ul>
+  );
+}
+
 function Composer({ id }: { id: string }) {
   const follower = useApp((s) => s.connection.status === 'other-tab');
   const [text, setText] = useState('');
   const [error, setError] = useState<string>();
   const [emojiOpen, setEmojiOpen] = useState(false);
   const inputId = useId();
+  const fileInputId = useId();
   const ref = useRef<HTMLTextAreaElement>(null);
 
   useEffect(() => ref.current?.focus(), []);
@@ -112,6 +149,23 @@ function Composer({ id }: { id: string }) {
           </div>
         )}
       </div>
+      <label htmlFor={fileInputId} className={follower ? 'icon attach disabled' : 'icon attach'}>
+        <span aria-hidden="true">📎</span>
+        <span className="sr-only">Attach files</span>
+      </label>
+      <input
+        id={fileInputId}
+        type="file"
+        multiple
+        className="sr-only"
+        disabled={follower}
+        data-testid="attach"
+        onChange={(e) => {
+          const files = e.target.files;
+          if (files && files.length > 0) client.sendFiles(id, Array.from(files));
+          e.target.value = '';
+        }}
+      />
       <button type="submit" className="primary" disabled={follower}>
         Send
       </button>
@@ -263,6 +317,7 @@ export function ConversationView({ id }: { id: string }) {
   const invitation = useApp((s) => s.invitations.find((i) => i.conversation_id === id));
   const presence = useApp((s) => s.presence);
   const [panel, setPanel] = useState<'verify' | 'members' | undefined>();
+  const [dropping, setDropping] = useState(false);
 
   if (!c) return <p className="pad">Loading…</p>;
   const title = conversationTitle(c, me);
@@ -276,7 +331,30 @@ export function ConversationView({ id }: { id: string }) {
       : `${c.members.length} member${c.members.length === 1 ? '' : 's'}${c.description ? ` · ${c.description}` : ''}`;
 
   return (
-    <section className="conversation-view" aria-labelledby="conversation-title">
+    <section
+      className={dropping ? 'conversation-view dropping' : 'conversation-view'}
+      aria-labelledby="conversation-title"
+      onDragOver={(e) => {
+        if (!e.dataTransfer.types.includes('Files')) return;
+        e.preventDefault();
+        e.dataTransfer.dropEffect = 'copy';
+        setDropping(true);
+      }}
+      onDragLeave={(e) => {
+        if (e.currentTarget === e.target) setDropping(false);
+      }}
+      onDrop={(e) => {
+        if (e.dataTransfer.files.length === 0) return;
+        e.preventDefault();
+        setDropping(false);
+        client.sendFiles(id, Array.from(e.dataTransfer.files));
+      }}
+    >
+      {dropping && (
+        <p className="drop-hint" aria-hidden="true">
+          Drop to send encrypted
+        </p>
+      )}
       <header className="conv-header">
         <button type="button" className="secondary back" onClick={() => client.select(undefined)}>
           <span aria-hidden="true">←</span> Chats
@@ -330,6 +408,7 @@ export function ConversationView({ id }: { id: string }) {
       {panel === 'members' && <Members id={id} />}
       <TimelineView id={id} />
       <TypingLine id={id} />
+      <Uploads id={id} />
       <Composer id={id} />
     </section>
   );

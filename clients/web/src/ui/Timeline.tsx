@@ -1,6 +1,7 @@
 import { useVirtualizer } from '@tanstack/react-virtual';
 import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import { client } from '../core/client';
+import { formatBytes, isPreviewable, type FileBodyJson } from '../core/files';
 import { useApp, type TimelineItem } from '../state/store';
 
 const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
@@ -56,6 +57,66 @@ function undecryptableText(reason: string): string {
   }
 }
 
+/** An attachment: name, size, a download that verifies the hash, and images previewed
+ * (decrypted in the page; the server only has ciphertext). */
+function Attachment({ conversation, file }: { conversation: string; file: FileBodyJson }) {
+  const transfer = useApp((s) => s.transfers[`down-${file.file_id}`]);
+  const [preview, setPreview] = useState<string>();
+  const [previewError, setPreviewError] = useState<string>();
+  const previewable = isPreviewable(file);
+  useEffect(() => {
+    if (!previewable) return;
+    let live = true;
+    client.files
+      .preview(file)
+      .then((u) => live && setPreview(u))
+      .catch((e: unknown) => live && setPreviewError(e instanceof Error ? e.message : String(e)));
+    return () => {
+      live = false;
+    };
+  }, [file, previewable]);
+  const pct =
+    transfer && transfer.total > 0 ? Math.round((100 * transfer.done) / transfer.total) : 0;
+  return (
+    <div className="attachment" data-testid="attachment">
+      {preview && <img className="preview" src={preview} alt={file.name} data-testid="preview" />}
+      {previewError && (
+        <p className="error" role="alert">
+          Preview failed: {previewError}
+        </p>
+      )}
+      <p className="file-line">
+        <span className="file-name">{file.name}</span>{' '}
+        <span className="file-size">({formatBytes(file.size)})</span>
+      </p>
+      <button
+        type="button"
+        className="link small"
+        disabled={transfer?.state === 'running'}
+        onClick={() => void client.files.download(conversation, file)}
+      >
+        Download<span className="sr-only"> {file.name}</span>
+      </button>
+      {transfer?.state === 'running' && (
+        <progress max={100} value={pct} aria-label={`Downloading ${file.name}`}>
+          {pct}%
+        </progress>
+      )}
+      {transfer?.state === 'verified' && (
+        <span className="verified" data-testid="download-verified">
+          {' '}
+          Downloaded and verified
+        </span>
+      )}
+      {transfer?.state === 'failed' && (
+        <p className="error" role="alert" data-testid="download-failed">
+          Download failed: {transfer.error}
+        </p>
+      )}
+    </div>
+  );
+}
+
 const Message = memo(function Message({
   conversation,
   item,
@@ -80,7 +141,9 @@ const Message = memo(function Message({
       aria-label={`${item.mine ? 'You' : name} at ${timeFormat.format(item.timestampMs)}`}
     >
       {showSender && !item.mine && <p className="sender">{name}</p>}
-      {item.text !== null ? (
+      {item.file ? (
+        <Attachment conversation={conversation} file={item.file} />
+      ) : item.text !== null ? (
         <p className="text">{item.text}</p>
       ) : (
         <p className="text undecryptable">{undecryptableText(item.undecryptable ?? 'Unknown')}</p>
