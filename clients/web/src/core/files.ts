@@ -8,7 +8,7 @@
 
 import { errorText, sleep, type DriverContext } from './context';
 import { ApiError } from './http';
-import type { Core, FileBodyJson } from './wasm';
+import type { Core, CoreFileEncryptor, FileBodyJson } from './wasm';
 import { notify, useApp, type TransferView } from '../state/store';
 
 export type { FileBodyJson } from './wasm';
@@ -22,8 +22,6 @@ const MAX_RETRIES = 8;
 const RETRY_BASE_MS = 250;
 /** Images up to this size are previewed in the timeline (downloaded and decrypted on sight). */
 export const PREVIEW_MAX_BYTES = 20 * 1024 * 1024;
-/** Plaintext bytes per chunk of the file format (tern-core `files::CHUNK_BYTES`). */
-const CHUNK = 65_536;
 
 function setTransfer(id: string, t: TransferView | undefined): void {
   useApp.setState((s) => {
@@ -134,30 +132,29 @@ export class Files {
   /** `len` ciphertext bytes from `offset`: the header, then whole chunks encrypted by index
    * (a resumed upload re-encrypts from the chunk the server's offset falls in). */
   private async ciphertextAt(
-    enc: CoreFileEncryptorLike,
+    enc: CoreFileEncryptor,
     file: File,
     offset: number,
     len: number,
   ): Promise<Uint8Array> {
     const out = new Uint8Array(len);
     let filled = 0;
-    const header = enc.header();
-    const sealed = CHUNK + 16;
     while (filled < len) {
-      const at = offset + filled;
+      const at = enc.chunkAt(offset + filled);
       let piece: Uint8Array;
       let start: number;
-      if (at < header.length) {
-        piece = header;
-        start = at;
+      if (at === undefined) {
+        // Inside the 20-byte header (chunkAt answers undefined there and at the end).
+        piece = enc.header();
+        start = offset + filled;
+        if (start >= piece.length) throw new Error(`offset ${start} is past the file`);
       } else {
-        const index = Math.floor((at - header.length) / sealed);
-        start = at - header.length - index * sealed;
-        const from = index * CHUNK;
+        const [index, within] = at;
         const plain = new Uint8Array(
-          await file.slice(from, Math.min(from + CHUNK, file.size)).arrayBuffer(),
+          await file.slice(enc.chunkFileStart(index), enc.chunkFileEnd(index)).arrayBuffer(),
         );
         piece = enc.encryptChunk(index, plain);
+        start = within;
       }
       const n = Math.min(piece.length - start, len - filled);
       out.set(piece.subarray(start, start + n), filled);
@@ -186,9 +183,8 @@ export class Files {
         if (plain.length > 0) parts.push(plain);
         if (progressId) patchTransfer(progressId, { done });
       }
-      // Throws on truncation, bad padding or a hash that is not the sender's.
-      const tail = dec.finish();
-      if (tail.length > 0) parts.push(tail);
+      // Throws on truncation or a hash that is not the sender's.
+      dec.finish();
     } finally {
       dec.free();
     }
@@ -247,8 +243,6 @@ export class Files {
     useApp.setState({ transfers: {} });
   }
 }
-
-type CoreFileEncryptorLike = ReturnType<Core['newFileEncryptor']>;
 
 export function isPreviewable(body: FileBodyJson): boolean {
   return /^image\/(png|jpeg|gif|webp|avif)$/.test(body.mime) && body.size <= PREVIEW_MAX_BYTES;

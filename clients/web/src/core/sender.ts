@@ -274,14 +274,7 @@ export class Sender {
     entry: OutboxEntryJson,
   ): { file_id: string; size: number; content_type: string }[] {
     const file = fileOf(entry);
-    if (!file) return [];
-    return [
-      {
-        file_id: file.file_id,
-        size: core.fileEncryptedLen(file.size),
-        content_type: file.mime,
-      },
-    ];
+    return file ? [core.fileRef(file)] : [];
   }
 
   private trustNotices(events: TrustEvent[]): void {

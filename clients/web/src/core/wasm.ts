@@ -4,6 +4,7 @@
 // TypeScript shapes of protocol.ts.
 
 import type {
+  FileRef,
   ClaimTarget,
   ClientMessage,
   Cursor,
@@ -18,9 +19,9 @@ import type {
  * the server only ever sees `file_id` and the padded, encrypted size. */
 export interface FileBodyJson {
   file_id: string;
-  /** Hex: the file's 32-byte key. */
+  /** Base64: the file's 32-byte key. */
   key: string;
-  /** Hex SHA-256 of the plaintext, checked after the download. */
+  /** Base64 SHA-256 of the plaintext, checked after the download. */
   sha256: string;
   name: string;
   mime: string;
@@ -32,8 +33,14 @@ export interface FileBodyJson {
 /** tern-core's file encryption for one file (format v1: header, then 64 KiB chunks). */
 export interface CoreFileEncryptor {
   header(): Uint8Array;
-  /** Chunk `index` sealed; `plaintext` is the file's bytes of that chunk (padding is added). */
+  /** Chunk `index` sealed; `plaintext` is exactly the file's bytes
+   * `[chunkFileStart(index), chunkFileEnd(index))` (padding is added; deterministic). */
   encryptChunk(index: number, plaintext: Uint8Array): Uint8Array;
+  chunkFileStart(index: number): number;
+  chunkFileEnd(index: number): number;
+  /** Where an object offset falls: [chunk index, bytes into the sealed chunk]; undefined
+   * inside the header or at the end. */
+  chunkAt(offset: number): [number, number] | undefined;
   encryptedSize(): number;
   chunkCount(): number;
   /** The message body; throws unless every chunk was encrypted once in order (the hash). */
@@ -44,8 +51,11 @@ export interface CoreFileEncryptor {
 /** Verifies and decrypts a download as it streams; `finish` throws on truncation or a hash
  * that is not the sender's. */
 export interface CoreFileDecryptor {
+  /** Plaintext of the chunks these bytes completed (each verified first); throws
+   * `FileTamperedError`. */
   push(ciphertext: Uint8Array): Uint8Array;
-  finish(): Uint8Array;
+  /** Throws `FileTruncatedError` / `FileHashMismatchError` unless the file is complete. */
+  finish(): void;
   free(): void;
 }
 
@@ -341,6 +351,10 @@ export interface Core {
   newFileDecryptor(body: FileBodyJson): CoreFileDecryptor;
   /** Exact encrypted size of a file of `size` bytes (the upload's declared size). */
   fileEncryptedLen(size: number): number;
+  /** The Send frame's file reference for a file message (file id, encrypted size, type). */
+  fileRef(body: FileBodyJson): FileRef;
+  /** The outbox content type of a file message (its payload is the FileBody JSON). */
+  fileContentType(): string;
 }
 
 // The raw wasm-bindgen exports this facade uses (camelCase names, JSON strings).
@@ -429,12 +443,17 @@ interface RawModule {
   DeliveryMarks: new () => RawDeliveryMarks;
   FileEncryptor: new (size: number) => RawFileEncryptor;
   FileDecryptor: new (bodyJson: string) => CoreFileDecryptor;
-  fileEncryptedLen(size: number): number;
+  fileEncryptedSize(size: number): number;
+  fileRef(bodyJson: string): string;
+  fileContentType(): string;
 }
 
 interface RawFileEncryptor {
   header(): Uint8Array;
   encryptChunk(index: number, plaintext: Uint8Array): Uint8Array;
+  chunkFileStart(index: number): number;
+  chunkFileEnd(index: number): number;
+  chunkAt(offset: number): Float64Array | undefined;
   encryptedSize(): number;
   chunkCount(): number;
   fileBody(fileId: string, name: string, mime: string, caption: string): string;
@@ -687,6 +706,12 @@ export function loadCore(): Promise<Core> {
         return {
           header: () => raw.header(),
           encryptChunk: (i, p) => raw.encryptChunk(i, p),
+          chunkFileStart: (i) => raw.chunkFileStart(i),
+          chunkFileEnd: (i) => raw.chunkFileEnd(i),
+          chunkAt: (offset) => {
+            const at = raw.chunkAt(offset);
+            return at && at.length === 2 ? [at[0] ?? 0, at[1] ?? 0] : undefined;
+          },
           encryptedSize: () => raw.encryptedSize(),
           chunkCount: () => raw.chunkCount(),
           fileBody: (id, name, mime, caption) =>
@@ -695,7 +720,9 @@ export function loadCore(): Promise<Core> {
         };
       },
       newFileDecryptor: (body) => new mod.FileDecryptor(JSON.stringify(body)),
-      fileEncryptedLen: (size) => mod.fileEncryptedLen(size),
+      fileEncryptedLen: (size) => mod.fileEncryptedSize(size),
+      fileRef: (body) => JSON.parse(mod.fileRef(JSON.stringify(body))) as FileRef,
+      fileContentType: () => mod.fileContentType(),
     };
     return core;
   })();
