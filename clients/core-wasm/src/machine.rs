@@ -118,8 +118,21 @@ pub(crate) fn decrypted_json(result: &Result<Decrypted, Undecryptable>) -> Value
                     None,
                     Some(json!({"content_type": content_type, "data": hex::encode(data)})),
                 ),
+                // A file is data under "tern.file" (its FileBody JSON) for code that only
+                // knows (content type, payload), and the parsed body under "file".
+                Body::File(_) => {
+                    let (content_type, data) = d.body.to_content();
+                    (
+                        None,
+                        Some(json!({"content_type": content_type, "data": hex::encode(data)})),
+                    )
+                }
             };
-            json!({"text": text, "data": data, "sender_user": d.sender_user,
+            let file = match &d.body {
+                Body::File(f) => serde_json::to_value(f).ok(),
+                _ => None,
+            };
+            json!({"text": text, "data": data, "file": file, "sender_user": d.sender_user,
                 "sender_device": d.sender_device, "trust": d.trust,
                 "session_id": d.session_id, "message_index": d.message_index})
         }
