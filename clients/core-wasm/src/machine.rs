@@ -319,8 +319,9 @@ impl Machine {
     }
 
     /// Encrypts an outbox entry's `(content_type, payload)`: `"text"` with UTF-8 bytes is a
-    /// text body, anything else travels as data with its own content type (hidden from the
-    /// server). Same result as `encryptText`.
+    /// text body, `"tern.file"` with a valid FileBody JSON a file body (see `files.rs`),
+    /// anything else travels as data with its own content type (hidden from the server).
+    /// Same result as `encryptText` for text.
     pub fn encrypt(
         &mut self,
         conversation: &str,
