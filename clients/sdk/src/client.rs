@@ -313,6 +313,15 @@ impl Client {
         self.e2e = Some(e2e);
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// An HTTPS API client for this client's server and token.
+    pub fn http_api(&self) -> Result<crate::HttpApi> {
+        Ok(crate::HttpApi::new(&self.config)?.with_token(self.token.clone()))
+    }
+
     pub fn e2e(&self) -> Option<&E2e> {
         self.e2e.as_ref()
     }
