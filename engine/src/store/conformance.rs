@@ -2743,7 +2743,10 @@ pub async fn check_file_lifecycle<F: FileStore>(store: F) {
     assert_eq!((got.offset, got.updated_ms), (1000, 30));
     assert!(ok(store.finish_upload(r.id, 40).await, "finish"));
     assert!(!ok(store.finish_upload(r.id, 41).await, "finish twice"));
-    assert!(!ok(store.set_offset(r.id, 10, 50).await, "offset once finished"));
+    assert!(!ok(
+        store.set_offset(r.id, 10, 50).await,
+        "offset once finished"
+    ));
     let got = ok(store.upload(r.id).await, "upload").expect("present");
     assert_eq!((got.state, got.updated_ms), (UploadState::Finished, 40));
     assert_eq!(
@@ -2775,7 +2778,10 @@ pub async fn check_file_lifecycle<F: FileStore>(store: F) {
     assert_eq!(ok(store.upload(r.id).await, "upload"), None);
     assert_eq!(ok(store.usage(alice).await, "usage"), FileUsage::default());
     assert!(ok(store.conversation_files(c, 10).await, "list").is_empty());
-    assert!(!ok(store.set_offset(r.id, 1, 1).await, "offset of a deleted upload"));
+    assert!(!ok(
+        store.set_offset(r.id, 1, 1).await,
+        "offset of a deleted upload"
+    ));
 }
 
 /// The quota counts declared sizes of open and finished uploads; the open-upload limit counts
@@ -2829,9 +2835,7 @@ pub async fn check_file_limits<F: FileStore>(store: F) {
     // One open slot free again, but no bytes.
     assert_eq!(
         ok(
-            store
-                .create_upload(upload_of(alice, c, 1, 4), limits)
-                .await,
+            store.create_upload(upload_of(alice, c, 1, 4), limits).await,
             "create"
         ),
         CreateOutcome::QuotaExceeded { used: 1000 }
@@ -2887,7 +2891,10 @@ pub async fn check_file_sweep_and_listing<F: FileStore>(store: F) {
         BTreeSet::from([idle.id]),
         "the bound is exclusive"
     );
-    assert_eq!(ok(store.sweepable(u64::MAX, u64::MAX, 1).await, "limit").len(), 1);
+    assert_eq!(
+        ok(store.sweepable(u64::MAX, u64::MAX, 1).await, "limit").len(),
+        1
+    );
     // Progress after the sweep read it: the conditional delete refuses.
     ok(store.set_offset(idle.id, 5, 300).await, "offset");
     assert!(
@@ -2913,7 +2920,10 @@ pub async fn check_file_sweep_and_listing<F: FileStore>(store: F) {
         BTreeSet::new()
     );
     let listed = ok(store.conversation_files(c, 10).await, "list");
-    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![kept.id]);
+    assert_eq!(
+        listed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![kept.id]
+    );
     assert_eq!(listed[0].state, UploadState::Finished);
     assert!(listed[0].referenced);
     assert_eq!(
@@ -2960,7 +2970,10 @@ pub async fn check_file_quota_race<F: FileStore>(store: Arc<F>) {
             created += 1;
         }
     }
-    assert_eq!(created, 10, "exactly the quota's worth of uploads is created");
+    assert_eq!(
+        created, 10,
+        "exactly the quota's worth of uploads is created"
+    );
     assert_eq!(
         ok(store.usage(alice).await, "usage"),
         FileUsage {

@@ -68,7 +68,9 @@ pub struct FileUsage {
 pub enum CreateOutcome {
     Created,
     /// Refused, nothing written: the size would take the user's usage past the quota.
-    QuotaExceeded { used: u64 },
+    QuotaExceeded {
+        used: u64,
+    },
     /// Refused, nothing written: the user already has `max_open` uploads in staging.
     TooManyOpen,
 }

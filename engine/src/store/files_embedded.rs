@@ -139,7 +139,10 @@ fn conversation_key(r: &UploadRecord) -> Vec<u8> {
 }
 
 fn id_of_tail(key: &[u8]) -> StoreResult<MessageId> {
-    let start = key.len().checked_sub(16).ok_or_else(|| corrupt("index key"))?;
+    let start = key
+        .len()
+        .checked_sub(16)
+        .ok_or_else(|| corrupt("index key"))?;
     key.get(start..)
         .and_then(|b| <[u8; 16]>::try_from(b).ok())
         .map(MessageId::from_be_bytes)
@@ -417,7 +420,10 @@ impl Inner {
         ids.reverse();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(v) = snapshot.get(&self.uploads, id.to_be_bytes()).map_err(backend)? {
+            if let Some(v) = snapshot
+                .get(&self.uploads, id.to_be_bytes())
+                .map_err(backend)?
+            {
                 out.push(decode(id, &v)?);
             }
         }
@@ -447,7 +453,10 @@ impl Inner {
         }
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(v) = snapshot.get(&self.uploads, id.to_be_bytes()).map_err(backend)? {
+            if let Some(v) = snapshot
+                .get(&self.uploads, id.to_be_bytes())
+                .map_err(backend)?
+            {
                 out.push(decode(id, &v)?);
             }
         }

@@ -175,7 +175,12 @@ pub fn resolve(toml: Option<FilesToml>) -> Result<FilesConfig, ConfigError> {
     let secs = |name: &str, v: Option<u64>, default: u64, hi: u64| {
         range(name, v.unwrap_or(default), 1, hi).map(Duration::from_secs)
     };
-    let url_ttl = secs("url_ttl_secs", t.url_ttl_secs, DEFAULT_URL_TTL_SECS, 7 * 86_400)?;
+    let url_ttl = secs(
+        "url_ttl_secs",
+        t.url_ttl_secs,
+        DEFAULT_URL_TTL_SECS,
+        7 * 86_400,
+    )?;
     let upload_idle = secs(
         "upload_idle_secs",
         t.upload_idle_secs,
@@ -216,7 +221,10 @@ pub fn resolve(toml: Option<FilesToml>) -> Result<FilesConfig, ConfigError> {
         1_024,
     )? as usize;
     let allowed_types = match t.allowed_types {
-        None => DEFAULT_ALLOWED_TYPES.iter().map(|s| (*s).to_owned()).collect(),
+        None => DEFAULT_ALLOWED_TYPES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
         Some(list) => {
             if list.is_empty() || list.len() > 1_000 {
                 return Err(ConfigError::Invalid(

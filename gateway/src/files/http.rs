@@ -16,9 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tern_engine::driver::now_ms;
 use tern_engine::service::ServiceError;
-use tern_engine::store::files::{
-    CreateOutcome, DeleteIf, UploadLimits, UploadRecord, UploadState,
-};
+use tern_engine::store::files::{CreateOutcome, DeleteIf, UploadLimits, UploadRecord, UploadState};
 use tern_wire::api::{FileList, FileUrl, FileView, UploadCreate, UploadView};
 use tern_wire::ids::{ConversationId, MessageId, UserId};
 
@@ -36,7 +34,11 @@ fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Response 
 }
 
 fn not_found(what: &str) -> Response {
-    fail(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+    fail(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such {what}"),
+    )
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Response {
@@ -53,16 +55,13 @@ fn with_offset(mut response: Response, offset: u64) -> Response {
         response.headers_mut().insert(UPLOAD_OFFSET, v);
     }
     response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 fn limited(files: &FileService, user: UserId) -> Result<(), Response> {
     files.take_request(user).map_err(|retry| {
-        HttpError::from(ServiceError::rate_limited(Duration::from_millis(u64::from(
-            retry.ms,
-        ))))
+        HttpError::from(ServiceError::rate_limited(Duration::from_millis(
+            u64::from(retry.ms),
+        )))
         .into_response()
     })
 }
@@ -86,7 +85,11 @@ async fn member(files: &FileService, c: ConversationId, user: UserId) -> Result<
 }
 
 /// The caller's own upload (anyone else's is a 404, like a missing one).
-async fn own_upload(files: &FileService, id: MessageId, user: UserId) -> Result<UploadRecord, Response> {
+async fn own_upload(
+    files: &FileService,
+    id: MessageId,
+    user: UserId,
+) -> Result<UploadRecord, Response> {
     match files.meta.upload(id).await {
         Ok(Some(r)) if r.owner == user => Ok(r),
         Ok(_) => Err(not_found("upload")),
@@ -312,7 +315,11 @@ async fn patch(
     };
     if record.state != UploadState::Staging {
         return with_offset(
-            fail(StatusCode::CONFLICT, "offset_mismatch", "the upload is finished"),
+            fail(
+                StatusCode::CONFLICT,
+                "offset_mismatch",
+                "the upload is finished",
+            ),
             record.offset,
         );
     }
@@ -523,7 +530,11 @@ pub async fn delete_upload(
 
 /// A finished file the user may read: a member of its conversation, and the file referenced
 /// by a message (or the user's own).
-async fn readable(files: &FileService, id: MessageId, user: UserId) -> Result<UploadRecord, Response> {
+async fn readable(
+    files: &FileService,
+    id: MessageId,
+    user: UserId,
+) -> Result<UploadRecord, Response> {
     let record = match files.meta.upload(id).await {
         Ok(Some(r)) if r.state == UploadState::Finished && (r.referenced || r.owner == user) => r,
         Ok(_) => return Err(not_found("file")),
@@ -627,7 +638,7 @@ fn forbidden(message: &str) -> Response {
 #[utoipa::path(get, path = "/api/v1/files/{id}/content",
     params(("id" = String, Path, format = Uuid), ContentParams,
            ("Range" = Option<String>, Header, description = "one range, bytes=a-b, a- or -n")),
-    responses((status = 200, description = "the encrypted object (application/octet-stream, attachment, nosniff, no-store)"),
+    responses((status = 200, description = "the encrypted object (application/octet-stream, attachment, nosniff, Cache-Control: no-store)"),
               (status = 206, description = "the requested range (Content-Range)"),
               (status = 403, body = tern_wire::api::ApiError, description = "bad, tampered or expired URL, or no longer a member"),
               (status = 404, body = tern_wire::api::ApiError),
@@ -698,7 +709,11 @@ pub async fn file_content(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    set(h, header::CONTENT_LENGTH, (range.end - range.start).to_string());
+    set(
+        h,
+        header::CONTENT_LENGTH,
+        (range.end - range.start).to_string(),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     set(
         h,
@@ -709,10 +724,7 @@ pub async fn file_content(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
+    // Cache-Control: no-store is set on every /api response by `headers.rs`.
     if status == StatusCode::PARTIAL_CONTENT {
         set(
             h,

@@ -71,8 +71,8 @@ impl FileService {
         let staging = staging::Staging::open(dir.join("staging"))
             .with_context(|| format!("creating {}", dir.join("staging").display()))?;
         let blobs = Blobs::open(&config, &dir).context("opening the file object store")?;
-        let signer = UrlSigner::load_or_create(&dir.join("url.key"))
-            .context("loading the file URL key")?;
+        let signer =
+            UrlSigner::load_or_create(&dir.join("url.key")).context("loading the file URL key")?;
         Ok(FileService {
             config,
             meta,
@@ -109,7 +109,10 @@ impl FileService {
         }
         for (i, f) in files.iter().enumerate() {
             if files[..i].iter().any(|g| g.file_id == f.file_id) {
-                return Err(SendRefusal::Invalid(format!("file {} named twice", f.file_id)));
+                return Err(SendRefusal::Invalid(format!(
+                    "file {} named twice",
+                    f.file_id
+                )));
             }
             let record = self
                 .meta
@@ -136,10 +139,7 @@ impl FileService {
                 Ok(true) => {}
                 // Deleted between the check and now (an abort by the owner).
                 Ok(false) => {
-                    return Err(SendRefusal::Invalid(format!(
-                        "file {} is gone",
-                        f.file_id
-                    )));
+                    return Err(SendRefusal::Invalid(format!("file {} is gone", f.file_id)));
                 }
                 Err(e) => return Err(SendRefusal::Unavailable(e.to_string())),
             }

@@ -7,7 +7,10 @@ pub fn valid_content_type(t: &str) -> bool {
             && s.len() <= 127
             && s.bytes().all(|b| {
                 b.is_ascii_alphanumeric()
-                    || matches!(b, b'!' | b'#' | b'$' | b'&' | b'-' | b'^' | b'_' | b'.' | b'+')
+                    || matches!(
+                        b,
+                        b'!' | b'#' | b'$' | b'&' | b'-' | b'^' | b'_' | b'.' | b'+'
+                    )
             })
     };
     t.len() <= tern_engine::store::files::MAX_FILE_CONTENT_TYPE_BYTES

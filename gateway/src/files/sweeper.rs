@@ -27,7 +27,10 @@ pub async fn run(files: Arc<FileService>) {
         tick.tick().await;
         let deleted = sweep_once(&files, now_ms()).await;
         if deleted > 0 {
-            tracing::info!(deleted, "file sweeper deleted idle and unreferenced uploads");
+            tracing::info!(
+                deleted,
+                "file sweeper deleted idle and unreferenced uploads"
+            );
         }
     }
 }

@@ -128,10 +128,7 @@ mod tests {
             s.verify(f, UserId(3), 1000, &sig, 0),
             Err(UrlRefusal::BadSignature)
         );
-        assert_eq!(
-            s.verify(f, u, 2000, &sig, 0),
-            Err(UrlRefusal::BadSignature)
-        );
+        assert_eq!(s.verify(f, u, 2000, &sig, 0), Err(UrlRefusal::BadSignature));
         assert_eq!(s.verify(f, u, 1000, "!!", 0), Err(UrlRefusal::BadSignature));
         let other = UrlSigner::from_key(&[8; 32]);
         assert_eq!(
