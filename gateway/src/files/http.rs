@@ -5,6 +5,9 @@
 //! the per-device request limit) and checks membership: a non-member gets the same 404 as for
 //! a conversation that does not exist.
 
+// Helpers return the refusal itself as their error: built once, on the refusing path only.
+#![allow(clippy::result_large_err)]
+
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
