@@ -485,7 +485,8 @@ impl FileUpload {
 fn is_transient(e: &Error) -> bool {
     match e {
         Error::Http(_) | Error::Io(_) | Error::Timeout(_) => true,
-        Error::Api(f) => f.status >= 500 || f.status == 429,
+        // upload_busy: the server still writes the body of a PATCH whose connection broke.
+        Error::Api(f) => f.status >= 500 || f.status == 429 || f.code == "upload_busy",
         _ => false,
     }
 }
