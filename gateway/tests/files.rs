@@ -486,7 +486,7 @@ async fn tampered_and_truncated(backend: Backend) {
     let objects = ctx.objects_of_len(encrypted_len(len as u64));
     assert_eq!(objects.len(), 1, "{objects:?}");
     let object = &objects[0];
-    let original = std::fs::read(&object).expect("read the object");
+    let original = std::fs::read(object).expect("read the object");
     // One bit in the middle of chunk 2.
     let mut flipped = original.clone();
     flipped[20 + 2 * 65_552 + 1000] ^= 0x01;
@@ -508,14 +508,15 @@ async fn tampered_and_truncated(backend: Backend) {
 
     // The last 100 bytes gone (the last chunk's end and tag). The server still declares the
     // recorded size, so its body breaks off and a Range request for the rest finds nothing:
-    // the download ends as truncated, or with the server's error for the missing bytes.
+    // the download ends as truncated, or with the server's failure to serve the missing bytes
+    // (local: HTTP 500; S3: the connection closes). Never a file.
     std::fs::write(object, &original[..original.len() - 100]).expect("truncate");
     let e = bob
         .download(&body, &dest, &mut no_progress())
         .await
         .expect_err("a truncated object must not verify");
     assert!(
-        matches!(e, Error::File(FileError::Truncated { .. }))
+        matches!(e, Error::File(FileError::Truncated { .. }) | Error::Http(_))
             || matches!(&e, Error::Api(f) if f.status >= 500),
         "{e}"
     );

@@ -61,7 +61,7 @@ pub fn summary(body: &FileBody) -> String {
         human_size(body.size)
     );
     if !body.caption.is_empty() {
-        line.push_str(" ");
+        line.push(' ');
         line.push_str(&sanitize(&body.caption));
     }
     line
@@ -96,7 +96,7 @@ pub fn default_destination(name: &str) -> PathBuf {
 pub fn progress_printer(what: String) -> impl FnMut(u64, u64) -> ControlFlow<()> + Send {
     let mut last = None;
     move |done, total| {
-        let percent = if total == 0 { 100 } else { done * 100 / total };
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
         if last != Some(percent) {
             last = Some(percent);
             eprint!("\r-- {what}: {percent}%");
