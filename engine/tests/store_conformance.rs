@@ -346,3 +346,22 @@ fn committed_messages_survive_sigkill() {
         }));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_file_store_passes_conformance() {
+    let dirs = Arc::new(Mutex::new(Vec::<(TempDir, EmbeddedStore)>::new()));
+    let make = || {
+        let dirs = Arc::clone(&dirs);
+        async move {
+            let dir = tempdir();
+            let store = open(dir.path());
+            let files = tern_engine::store::files_embedded::EmbeddedFiles::open(&store)
+                .unwrap_or_else(|e| panic!("opening the file store: {e}"));
+            dirs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((dir, store));
+            files
+        }
+    };
+    bounded("run_all_files", conformance::run_all_files(make)).await;
+}

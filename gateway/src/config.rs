@@ -158,6 +158,8 @@ pub struct FileConfig {
     /// Lifetime of the self-signed certificate (at most 14 days, what browsers pin by hash);
     /// rotation and publication of the next one scale with it.
     pub self_signed_validity_secs: Option<u64>,
+    // ---- file sharing (issue 13): the `[files]` table ----
+    pub files: Option<crate::files::config::FilesToml>,
 }
 
 /// Limits and listeners at the edge: who may connect, how many, and how long each phase of a
@@ -320,6 +322,9 @@ pub struct Config {
     // ---- web app (issue 12) ----
     /// Where the app served at `/` comes from.
     pub web: crate::web::WebSource,
+    // ---- file sharing (issue 13) ----
+    /// Object storage and every upload/download limit (`[files]`).
+    pub files: crate::files::config::FilesConfig,
 }
 
 /// Rate limits (token buckets: burst and sustained rate) and the storage quota.
@@ -375,10 +380,12 @@ const MIN_FRAME_BYTES: usize = 8 * 1024;
 
 impl Config {
     pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        // ---- file sharing (issue 13) ----
+        let files = crate::files::config::resolve(file.files.take())?;
         let accounts = account_limits(&file)?;
         // Before any field moves out of `file`.
         let frame_for_floods = args
@@ -481,6 +488,7 @@ impl Config {
             floods,
             keys: resolve_keys(&file)?,
             web,
+            files,
         })
     }
 }

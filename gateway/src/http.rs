@@ -61,6 +61,8 @@ pub struct ApiState {
     pub web: Arc<crate::web::WebApp>,
     /// Security headers, CORS and the error shape of every response (`headers.rs`).
     pub responses: Arc<crate::headers::ResponsePolicy>,
+    /// Uploads, downloads and file metadata (`files/`).
+    pub files: Arc<crate::files::FileService>,
 }
 
 /// The TCP peer address, inserted by the listener into every request.
@@ -70,8 +72,8 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tern API", description = "Accounts, conversations and history over HTTPS. Real-time traffic uses the WebSocket (/api/v1/ws) and WebTransport (/api/v1/wt) endpoints with FlatBuffers frames. Every error body is an ApiError ({\"error\": {\"code\", \"message\"}}), including 404 for unknown paths, 405 (with Allow) for a method a path does not list, 408 for a body sent too slowly and 403 for a CORS preflight from an origin not in cors_origins."),
-    paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave, list_blocks, block, unblock, crate::http_keys::list_devices, crate::http_keys::revoke_device, crate::http_keys::put_backup, crate::http_keys::get_backup, crate::http_keys::put_backup_sessions, crate::http_keys::list_backup_sessions),
-    components(schemas(tern_wire::api::DeviceView, tern_wire::api::DeviceList, tern_wire::api::KeyBackup, tern_wire::api::BackupSessionView, tern_wire::api::PutBackupSessions, tern_wire::api::BackupSessionsStored, tern_wire::api::BackupSessionPage, Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList)),
+    paths(register, login, logout, logout_all, me, user_by_name, create_direct, create_group, list_conversations, history, transport, list_invitations, invite, accept_invite, decline_invite, add_member, remove_member, leave, list_blocks, block, unblock, crate::http_keys::list_devices, crate::http_keys::revoke_device, crate::http_keys::put_backup, crate::http_keys::get_backup, crate::http_keys::put_backup_sessions, crate::http_keys::list_backup_sessions, crate::files::http::create_upload, crate::files::http::head_upload, crate::files::http::patch_upload, crate::files::http::finish_upload, crate::files::http::delete_upload, crate::files::http::file_url, crate::files::http::file_content, crate::files::http::list_files),
+    components(schemas(tern_wire::api::DeviceView, tern_wire::api::DeviceList, tern_wire::api::KeyBackup, tern_wire::api::BackupSessionView, tern_wire::api::PutBackupSessions, tern_wire::api::BackupSessionsStored, tern_wire::api::BackupSessionPage, Credentials, UserView, LoginResponse, CreateDirect, CreateGroup, MemberView, ConversationView, ConversationList, FileRefView, MessageView, HistoryPageView, ReactionView, CertificateHash, TransportInfo, ErrorBody, ApiError, UserRef, InvitationView, InvitationList, tern_wire::api::UploadCreate, tern_wire::api::UploadView, tern_wire::api::FileView, tern_wire::api::FileList, tern_wire::api::FileUrl)),
     modifiers(&BearerAuth, &ImpliedStatuses)
 )]
 pub struct ApiDoc;
@@ -199,6 +201,25 @@ pub fn router(api: Arc<ApiState>, sessions: Arc<SessionContext>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(
                     crate::http_keys::BACKUP_SESSIONS_BODY_BYTES,
                 )),
+        )
+        // ---- file sharing (issue 13): PATCH bodies are streamed by the handler, which
+        // bounds them by max_chunk_bytes itself (no extractor buffers them).
+        .route("/uploads", post(crate::files::http::create_upload))
+        .route(
+            "/uploads/{id}",
+            axum::routing::patch(crate::files::http::patch_upload)
+                .head(crate::files::http::head_upload)
+                .delete(crate::files::http::delete_upload),
+        )
+        .route(
+            "/uploads/{id}/finish",
+            post(crate::files::http::finish_upload),
+        )
+        .route("/files/{id}/url", post(crate::files::http::file_url))
+        .route("/files/{id}/content", get(crate::files::http::file_content))
+        .route(
+            "/conversations/{id}/files",
+            get(crate::files::http::list_files),
         )
         .route("/transport", get(transport))
         .route("/openapi.json", get(openapi))

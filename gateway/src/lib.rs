@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod files;
 pub mod headers;
 pub mod http;
 pub mod http_keys;

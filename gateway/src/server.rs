@@ -74,6 +74,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tern_engine::store::embedded_keys::EmbeddedKeys::open(&embedded)
             .context("opening the key store")?,
     );
+    // ---- file sharing (issue 13) ----
+    let file_store: Arc<dyn tern_engine::store::files::FileStore> = Arc::new(
+        tern_engine::store::files_embedded::EmbeddedFiles::open(&embedded)
+            .context("opening the file store")?,
+    );
     let store: Arc<dyn Store> = Arc::new(embedded);
     let certs = Certificates::load(config.certs.clone()).context("loading TLS certificate")?;
     let web = crate::web::WebApp::new(&config.web).context("loading the web app")?;
@@ -177,7 +182,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         loopback_port,
         &config.edge.cors_origins,
     ));
+    // ---- file sharing (issue 13) ----
+    let files = Arc::new(crate::files::FileService::open(
+        config.files.clone(),
+        &config.data_dir,
+        file_store,
+        store.clone(),
+        config.floods.device_requests,
+    )?);
+    handles[0].spawn(crate::files::sweeper::run(files.clone()));
     let sessions = Arc::new(SessionContext {
+        files: files.clone(),
         presence,
         accounts: accounts.clone(),
         conversations: conversations.clone(),
@@ -220,6 +235,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         http_history_max_bytes: config.floods.http_history_max_bytes,
         refusal_delay: config.edge.http_refusal_delay,
         presence: sessions.presence.clone(),
+        files,
     });
     if config.edge.public_authority.is_none() && local.ip().is_unspecified() {
         tracing::warn!(

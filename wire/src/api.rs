@@ -289,3 +289,65 @@ pub struct BackupSessionPage {
     /// Pass as `after` (with the same `conversation`) for the next page; absent on the last.
     pub next_after: Option<String>,
 }
+
+/// `POST /uploads` body: start a resumable upload of one client-encrypted file into a
+/// conversation the caller is a member of.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UploadCreate {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub conversation: ConversationId,
+    /// The exact number of bytes that will be uploaded (the encrypted length), 1..=max_file_bytes.
+    pub size: u64,
+    /// The declared type, checked against the server's allow-list before any byte is stored.
+    pub content_type: String,
+}
+
+/// An upload in progress (`POST /uploads` answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UploadView {
+    /// The upload's id, which is also the finished file's id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub upload_id: MessageId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub conversation: ConversationId,
+    pub size: u64,
+    pub content_type: String,
+    /// Bytes durably received so far (the next PATCH's `Upload-Offset`).
+    pub offset: u64,
+    /// The largest body one PATCH may carry.
+    pub max_chunk_bytes: u64,
+    /// When the upload is deleted if no byte arrives before (Unix ms; each PATCH moves it).
+    pub expires_ms: u64,
+}
+
+/// A finished upload (`POST /uploads/{id}/finish` answer, and one entry of `FileList`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FileView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub file_id: MessageId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub conversation: ConversationId,
+    pub size: u64,
+    pub content_type: String,
+    pub created_ms: u64,
+}
+
+/// `GET /conversations/{id}/files`: the conversation's files that a message references.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FileList {
+    pub files: Vec<FileView>,
+}
+
+/// `POST /files/{id}/url` answer: a short-lived download URL bound to the file and the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FileUrl {
+    /// Path and query, relative to the server (`/api/v1/files/{id}/content?u=&e=&s=`).
+    pub url: String,
+    /// Unix ms after which the URL gets 403.
+    pub expires_ms: u64,
+}

@@ -1,4 +1,5 @@
 //! `tern-cli chat`: lines from stdin are sent, incoming messages printed, reconnects automatic.
+//! `/file PATH` shares a file (encrypted on this device, uploaded with progress).
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -56,10 +57,45 @@ impl Ui {
             self.names.user(m.sender_user)
         };
         println!(
-            "[{}] {prefix}{who}: {}",
+            "[{}] {prefix}{who}: {}{}",
             render::clock(m.timestamp_ms, self.offset),
-            render::body(m)
+            render::body(m),
+            download_hint(m)
         );
+    }
+}
+
+/// ` — tern-cli download <conversation> <seq>` after a file message, nothing otherwise.
+pub fn download_hint(m: &Message) -> String {
+    if tern_sdk::file_body_of(m).is_some() {
+        format!(" — tern-cli download {} {}", m.conversation, m.seq)
+    } else {
+        String::new()
+    }
+}
+
+/// `/file PATH`: encrypts and uploads the file, then sends the message that shares it.
+async fn send_file(client: &mut Client, ui: &Ui, path: &str) {
+    let path = PathBuf::from(path.trim());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mime = crate::files::mime_for(&path);
+    let mut progress =
+        crate::files::progress_printer(format!("uploading {}", render::sanitize(&name)));
+    match client
+        .send_file(ui.current, &path, None, mime, "", &mut progress)
+        .await
+    {
+        Ok((receipt, body)) => println!(
+            "[{}] me: {} — tern-cli download {} {}",
+            render::clock(receipt.timestamp_ms, ui.offset),
+            crate::files::summary(&body),
+            receipt.conversation,
+            receipt.seq
+        ),
+        Err(e) => eprintln!("\n-- file not sent: {e}"),
     }
 }
 
@@ -141,6 +177,10 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                 }
                 if text.trim() == "/quit" {
                     break Ok(());
+                }
+                if let Some(path) = text.trim_start().strip_prefix("/file ") {
+                    send_file(&mut client, &ui, path).await;
+                    continue;
                 }
                 match client.send(ui.current, "text", text.as_bytes().to_vec()).await {
                     Ok(receipt) => {

@@ -1,6 +1,7 @@
 //! `tern-cli`: a command-line client for a Tern server.
 
 mod chat;
+mod files;
 mod keys;
 mod render;
 mod state;
@@ -144,8 +145,19 @@ enum Command {
         action: BackupAction,
     },
     /// Chat interactively: every line you type is sent; incoming messages are printed.
-    /// `/quit` or Ctrl-D leaves. Resumes where this device left off.
+    /// `/file PATH` shares a file; `/quit` or Ctrl-D leaves. Resumes where this device left off.
     Chat { conversation: String },
+    /// Download a shared file: the file message's conversation and seq (chat and history
+    /// print the command). The file is decrypted and verified while it downloads and written
+    /// only when complete and its SHA-256 matches.
+    Download {
+        conversation: String,
+        seq: u64,
+        /// Where to write it (default: the file's name in the current directory). Never
+        /// overwritten.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -420,11 +432,12 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                     }
                 };
                 println!(
-                    "[{}] #{} {}: {}",
+                    "[{}] #{} {}: {}{}",
                     render::date_time(m.timestamp_ms, offset),
                     m.seq,
                     dir_names.user(m.sender_user),
-                    text
+                    text,
+                    chat::download_hint(&m)
                 );
             }
         }
@@ -539,6 +552,60 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                     }
                 }
             }
+        }
+        Command::Download {
+            conversation,
+            seq,
+            out,
+        } => {
+            let (api, session) = authed(&cli, &st)?;
+            let convs = api.conversations().await?;
+            let conv = resolve(conversation, session.user_id, &convs)?;
+            let page = api
+                .history(
+                    conv.conversation_id,
+                    HistoryQuery {
+                        before: Some(seq.saturating_add(1)),
+                        after: None,
+                        limit: Some(1),
+                    },
+                )
+                .await?;
+            let view = page
+                .messages
+                .iter()
+                .find(|v| v.seq == *seq)
+                .ok_or_else(|| anyhow!("no message #{seq} in this conversation"))?;
+            let message = tern_sdk::message_from_view(conv.conversation_id, view)?;
+            // Decrypted here: only this device can read the file's key.
+            let device = st.device();
+            st.save(&dir)?;
+            let mut e2e = keys::open(&dir, &session, device)?;
+            let config = config(&cli, Some(&session))?;
+            let conn = keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
+            let shown = keys::decrypt_all(&mut e2e, &conn, vec![message]).await?;
+            conn.close().await;
+            let message = match shown.into_iter().next() {
+                Some(Ok(m)) => m,
+                Some(Err(u)) => bail!("message #{seq}: {}", keys::why(&u)),
+                None => bail!("message #{seq} could not be read"),
+            };
+            let body = tern_sdk::file_body_of(&message)
+                .ok_or_else(|| anyhow!("message #{seq} is not a file"))?;
+            let dest = out
+                .clone()
+                .unwrap_or_else(|| files::default_destination(&body.name));
+            let mut progress =
+                files::progress_printer(format!("downloading {}", render::sanitize(&body.name)));
+            let stall = config.request_timeout;
+            let size = tern_sdk::download(&api, &body, &dest, stall, &mut progress)
+                .await
+                .with_context(|| format!("downloading message #{seq}"))?;
+            println!(
+                "saved {} ({} bytes, SHA-256 verified)",
+                dest.display(),
+                size
+            );
         }
         Command::Chat { conversation } => {
             let (api, session) = authed(&cli, &st)?;

@@ -47,8 +47,12 @@ fn to_local(ms: u64, offset: UtcOffset) -> OffsetDateTime {
         .to_offset(offset)
 }
 
-/// The message body as text: UTF-8 text messages as-is (sanitized), anything else as a summary.
+/// The message body as text: UTF-8 text messages as-is (sanitized), a file as `[file] name
+/// (size)`, anything else as a summary.
 pub fn body(m: &Message) -> String {
+    if let Some(file) = tern_sdk::file_body_of(m) {
+        return crate::files::summary(&file);
+    }
     if m.content_type == "text" {
         match std::str::from_utf8(&m.payload) {
             Ok(t) => sanitize(t),

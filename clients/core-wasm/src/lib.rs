@@ -17,9 +17,11 @@
 //! (`Machine`, the crypto state), [`send_plan`] (`SendPlan`, `shareBatches`: preparing an
 //! encrypted send), [`waiting`] (`WaitingForKeys`: messages waiting for a key or a sender
 //! lookup), [`inbox`] (`InboxAcks`: which inbox shares to acknowledge, after the state is
-//! stored), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`, `Backoff`).
+//! stored), [`files`] (`FileEncryptor`, `FileDecryptor`: shared files encrypted in the page,
+//! verified while they download), [`protocol`] (`Delivery`, `Outbox`, `Drain`, `Reconnect`, `Backoff`).
 
 pub mod codec;
+pub mod files;
 pub mod inbox;
 pub mod js;
 pub mod machine;

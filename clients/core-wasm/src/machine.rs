@@ -118,8 +118,21 @@ pub(crate) fn decrypted_json(result: &Result<Decrypted, Undecryptable>) -> Value
                     None,
                     Some(json!({"content_type": content_type, "data": hex::encode(data)})),
                 ),
+                // A file is data under "tern.file" (its FileBody JSON) for code that only
+                // knows (content type, payload), and the parsed body under "file".
+                Body::File(_) => {
+                    let (content_type, data) = d.body.to_content();
+                    (
+                        None,
+                        Some(json!({"content_type": content_type, "data": hex::encode(data)})),
+                    )
+                }
             };
-            json!({"text": text, "data": data, "sender_user": d.sender_user,
+            let file = match &d.body {
+                Body::File(f) => serde_json::to_value(f).ok(),
+                _ => None,
+            };
+            json!({"text": text, "data": data, "file": file, "sender_user": d.sender_user,
                 "sender_device": d.sender_device, "trust": d.trust,
                 "session_id": d.session_id, "message_index": d.message_index})
         }
@@ -306,8 +319,9 @@ impl Machine {
     }
 
     /// Encrypts an outbox entry's `(content_type, payload)`: `"text"` with UTF-8 bytes is a
-    /// text body, anything else travels as data with its own content type (hidden from the
-    /// server). Same result as `encryptText`.
+    /// text body, `"tern.file"` with a valid FileBody JSON a file body (see `files.rs`),
+    /// anything else travels as data with its own content type (hidden from the server).
+    /// Same result as `encryptText` for text.
     pub fn encrypt(
         &mut self,
         conversation: &str,

@@ -5,26 +5,79 @@
 //!
 //! Usage: `cargo run -p tern-core --example wasm_fixture -- <out.json>`, and after the Node
 //! tests `… -- check <out.json> <from_wasm.json>`: the NATIVE receiver (from the fixture's
-//! pickle) must decrypt what the wasm build encrypted to it (the other direction), or the
-//! command fails.
+//! pickle) must decrypt what the wasm build encrypted to it (the other direction), and the
+//! native file decryptor the file the wasm build encrypted (`<from_wasm.json>.files.json`),
+//! or the command fails.
 //! JSON: `{pickle_key_hex, receiver_pickle_b64, from_user, from_device, share_b64,
 //!         message (tern-wire Message JSON), expected_text, sender_user,
 //!         client_frames: [{json, hex}], server_frames: [{json, hex}], sender_keys and
 //!         receiver_keys (tern-wire DeviceKeys JSON; the receiver's with one unused one-time
 //!         key, for the wasm sender to claim), backup ({version, meta}), backup_page
 //!         ({sessions, next_after}) and backup_passphrase (the native sender's key backup,
-//!         cheap KDF parameters)}`: the frames are
+//!         cheap KDF parameters), file ({body: FileBody JSON, object_b64}: a 200,000-byte
+//!         file encrypted by the native core, byte i = (31 i + 7) mod 251)}`: the frames are
 //! messages encoded by the NATIVE codec, so the wasm codec must produce and read the same bytes.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use tern_core::crypto::{Body, CryptoConfig, CryptoEvent, CryptoMachine, KdfParams, PublishedKeys};
+use tern_core::files::{FileBody, FileDecryptor, FileEncryptor};
 use tern_wire::api::{BackupSessionPage, BackupSessionView, KeyBackup};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
     ClientMessage, Cursor, DeviceKeys, ErrorCode, KeyShareItem, Message, Notice, PresenceStatus,
     ServerMessage,
 };
+
+/// Byte `i` of the test files both directions encrypt (the other side regenerates it).
+fn file_byte(i: usize) -> u8 {
+    ((i * 31 + 7) % 251) as u8
+}
+
+/// Size of the native core's test file: several chunks, the last one partly padding.
+const NATIVE_FILE_LEN: usize = 200_000;
+
+/// A file encrypted by the NATIVE core: its FileBody and the whole object, base64.
+fn native_file() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let plain: Vec<u8> = (0..NATIVE_FILE_LEN).map(file_byte).collect();
+    let mut enc = FileEncryptor::generate(plain.len() as u64)?;
+    let mut object = enc.header().to_vec();
+    for i in 0..enc.layout().chunk_count() {
+        let r = enc.layout().chunk_file_range(i);
+        object.extend(enc.encrypt_chunk(i, &plain[r.start as usize..r.end as usize])?);
+    }
+    let body = FileBody {
+        file_id: MessageId::random(),
+        key: *enc.key().key_bytes(),
+        sha256: enc.digest().ok_or("no digest after the in-order pass")?,
+        name: "native.bin".into(),
+        mime: "application/octet-stream".into(),
+        size: plain.len() as u64,
+        caption: String::new(),
+    };
+    Ok(serde_json::json!({"body": body, "object_b64": B64.encode(&object)}))
+}
+
+/// The native core decrypts the file the wasm build encrypted (`<from_wasm>.files.json`:
+/// `{body, object_b64}`, plaintext = `file_byte(i)` for `i < body.size`).
+fn check_file(from_wasm_path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let path = format!("{from_wasm_path}.files.json");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let body: FileBody = serde_json::from_value(file["body"].clone())?;
+    let object = B64.decode(file["object_b64"].as_str().ok_or("no object_b64")?)?;
+    let mut dec = FileDecryptor::new(body.key, body.size, body.sha256)?;
+    let mut plain = Vec::new();
+    for piece in object.chunks(10_007) {
+        plain.extend(dec.push(piece)?);
+    }
+    dec.finish()?;
+    let expected: Vec<u8> = (0..body.size as usize).map(file_byte).collect();
+    if plain != expected {
+        return Err("the wasm file decrypted to other bytes".into());
+    }
+    println!("native core decrypted the wasm file ({} bytes)", body.size);
+    Ok(())
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -183,6 +236,7 @@ struct FromWasm {
 
 /// The native receiver decrypts what the wasm build encrypted.
 fn check(fixture_path: &str, from_wasm_path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    check_file(from_wasm_path)?;
     let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture_path)?)?;
     let from: FromWasm = serde_json::from_slice(&std::fs::read(from_wasm_path)?)?;
     let field = |name: &str| {
@@ -316,6 +370,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "message": message,
         "expected_text": text,
         "sender_user": a,
+        "file": native_file()?,
     });
     std::fs::write(out, serde_json::to_vec_pretty(&fixture)?)?;
     println!("wrote {out}");

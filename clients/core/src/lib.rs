@@ -6,8 +6,11 @@
 //!   and retry rules, request matching, reconnect decisions.
 //! * [`crypto`]: end-to-end encryption with Olm/Megolm (`vodozemac`): device identity, key
 //!   directory use, key shares, message encryption, key backup, trust.
+//! * [`files`]: the encrypted file format of shared files (chunked XChaCha20-Poly1305 STREAM,
+//!   Padmé padding) and the file message body.
 
 pub mod crypto;
+pub mod files;
 pub mod protocol;
 
 pub use protocol::backoff::{Backoff, BackoffPolicy};

@@ -170,6 +170,7 @@ fn text_of(m: &mut CryptoMachine, msg: &Message) -> Result<String, Undecryptable
     m.decrypt(msg).map(|d| match d.body {
         Body::Text { text } => text,
         Body::Data { content_type, .. } => format!("<{content_type}>"),
+        Body::File(file) => format!("<file {}>", file.name),
     })
 }
 

@@ -41,6 +41,7 @@
 
 use std::time::Duration;
 
+use tern_core::files::file_refs;
 use tern_core::protocol::delivery::{Delivered, Delivery, Popped};
 use tern_core::protocol::drain::{Drain, SendFailed};
 use tern_core::protocol::failure::{Failure, error_code_from_str};
@@ -312,6 +313,15 @@ impl Client {
         self.e2e = Some(e2e);
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// An HTTPS API client for this client's server and token.
+    pub fn http_api(&self) -> Result<crate::HttpApi> {
+        Ok(crate::HttpApi::new(&self.config)?.with_token(self.token.clone()))
+    }
+
     pub fn e2e(&self) -> Option<&E2e> {
         self.e2e.as_ref()
     }
@@ -455,11 +465,13 @@ impl Client {
             };
             let sent = match self.e2e.as_mut() {
                 None => {
-                    conn.send(
+                    let files = file_refs(&entry.content_type, &entry.payload);
+                    conn.send_with_files(
                         entry.conversation,
                         id,
                         &entry.content_type,
                         std::mem::take(&mut entry.payload),
+                        files,
                     )
                     .await
                 }
@@ -882,11 +894,15 @@ async fn encrypt_and_send(
             &entry.payload,
         )
         .await?;
-    conn.send(
+    // The uploads a file message names, from the entry itself (so an outbox log written
+    // before files existed reads as before, and a file message resent after a restart still
+    // names its upload).
+    conn.send_with_files(
         entry.conversation,
         entry.client_msg_id,
         &content_type,
         payload,
+        file_refs(&entry.content_type, &entry.payload),
     )
     .await
 }

@@ -20,7 +20,7 @@ use tern_core::protocol::handshake;
 use tern_core::protocol::requests::{Requests, Routed, Waiter};
 use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{
-    ClientMessage, ConversationInfo, Cursor, DeliveryMark, ErrorCode, Message, Notice,
+    ClientMessage, ConversationInfo, Cursor, DeliveryMark, ErrorCode, FileRef, Message, Notice,
     ReactionCount, ServerMessage,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -471,6 +471,20 @@ impl Connection {
             .await
     }
 
+    /// [`Connection::send`] naming uploaded files (see [`ConnectionSender::send_with_files`]).
+    pub async fn send_with_files(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: u128,
+        content_type: &str,
+        payload: Vec<u8>,
+        files: Vec<FileRef>,
+    ) -> Result<SendReceipt> {
+        self.sender
+            .send_with_files(conversation, client_msg_id, content_type, payload, files)
+            .await
+    }
+
     /// Advances this device's stored cursor (fire-and-forget).
     pub async fn ack(&self, conversation: ConversationId, seq: u64) -> Result<()> {
         self.sender.ack(conversation, seq).await
@@ -571,6 +585,27 @@ impl ConnectionSender {
         content_type: &str,
         payload: Vec<u8>,
     ) -> Result<SendReceipt> {
+        self.send_with_files(
+            conversation,
+            client_msg_id,
+            content_type,
+            payload,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// [`ConnectionSender::send`] with the uploads the message refers to: the server refuses
+    /// the message unless each is a finished upload of this user in this conversation (with
+    /// that size and type), and keeps a named upload from expiring.
+    pub async fn send_with_files(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: u128,
+        content_type: &str,
+        payload: Vec<u8>,
+        files: Vec<FileRef>,
+    ) -> Result<SendReceipt> {
         let reply = self
             .request(|request_id| ClientMessage::Send {
                 request_id,
@@ -578,7 +613,7 @@ impl ConnectionSender {
                 client_msg_id,
                 content_type: content_type.to_string(),
                 payload,
-                files: Vec::new(),
+                files,
             })
             .await?;
         match reply {

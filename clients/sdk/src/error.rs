@@ -111,6 +111,12 @@ pub enum Error {
     FrameTooLarge { size: usize, max: usize },
     #[error("I/O: {0}")]
     Io(std::io::Error),
+    /// A shared file failed to encrypt or, downloading, to verify (tampered, truncated, hash).
+    #[error("file: {0}")]
+    File(tern_core::files::FileError),
+    /// A progress callback asked to stop the transfer.
+    #[error("cancelled")]
+    Cancelled,
     /// The outbox reached one of its limits: the new message was not queued (everything already
     /// queued is kept). Wait until queued messages are sent, or raise the limits.
     #[error(

@@ -266,7 +266,7 @@ impl HttpApi {
     }
 
     /// `base` + path segments, each percent-encoded (usernames go into paths).
-    fn url(&self, segments: &[&str]) -> Result<Url> {
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url> {
         let mut url = self.base.clone();
         {
             let mut path = url
@@ -278,7 +278,29 @@ impl HttpApi {
         Ok(url)
     }
 
-    fn request(&self, method: Method, url: Url, auth: bool) -> Result<reqwest::RequestBuilder> {
+    /// A path (and query) the server handed out, e.g. a signed file URL, on this server.
+    pub(crate) fn resolve(&self, path_and_query: &str) -> Result<Url> {
+        if !path_and_query.starts_with('/') || path_and_query.starts_with("//") {
+            return Err(Error::BadResponse(format!(
+                "expected a path on this server, got {path_and_query:?}"
+            )));
+        }
+        self.base
+            .join(path_and_query)
+            .map_err(|e| Error::BadResponse(format!("bad URL {path_and_query:?}: {e}")))
+    }
+
+    /// The HTTP client (for requests that carry no bearer token, like signed downloads).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn request(
+        &self,
+        method: Method,
+        url: Url,
+        auth: bool,
+    ) -> Result<reqwest::RequestBuilder> {
         let mut req = self.http.request(method, url);
         if auth {
             let token = self
@@ -290,7 +312,7 @@ impl HttpApi {
         Ok(req)
     }
 
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
         url: Url,
@@ -312,7 +334,7 @@ impl HttpApi {
             .map_err(|e| Error::BadResponse(format!("{e} (HTTP {status})")))
     }
 
-    async fn call_empty(&self, method: Method, url: Url) -> Result<()> {
+    pub(crate) async fn call_empty(&self, method: Method, url: Url) -> Result<()> {
         let resp = self.request(method, url, true)?.send().await?;
         let status = resp.status();
         let retry_after = retry_after(&resp);
@@ -417,7 +439,7 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>> {
+pub(crate) async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if out.len() + chunk.len() > MAX_RESPONSE_BYTES {

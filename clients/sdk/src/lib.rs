@@ -4,6 +4,7 @@
 //! * [`tls`]: one trust decision ([`Trust`]: pinned SHA-256, CA PEM or system roots) turned into
 //!   rustls configs for HTTPS, WSS and WebTransport, always with the ring provider.
 //! * [`HttpApi`]: the HTTPS JSON API (accounts, conversations, history).
+//! * [`files`]: shared files: encrypted resumable uploads, verified resumable downloads.
 //! * [`Transport`]: raw frames over WebTransport or WebSocket (public so tests can send
 //!   malformed frames).
 //! * [`Connection`]: Hello/Welcome, request/reply matching, an event queue.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod e2e;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod outbox;
 pub mod sync;
@@ -38,6 +40,7 @@ pub use connection::{
 };
 pub use e2e::{CryptoNotice, E2e, FileCryptoStore, UndecryptableMessage};
 pub use error::{ApiFailure, CloseReason, Error, Result};
+pub use files::{FileUpload, Progress, download, file_body_of};
 pub use http::{HistoryQuery, HttpApi, message_from_view};
 pub use outbox::{FileStore, MemoryStore, Outbox, OutboxLimits, OutboxStore, PendingSend};
 pub use sync::{Gap, SyncState};

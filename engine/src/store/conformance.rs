@@ -2671,3 +2671,314 @@ pub async fn check_key_backup<K: KeyStore>(store: K) {
         BackupPutOutcome::Stored { total: 1 }
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// File store (upload metadata, quota counter, references, sweeper queries; issue 13)
+
+use super::files::{
+    CreateOutcome, DeleteIf, FileStore, FileUsage, UploadLimits, UploadRecord, UploadState,
+};
+
+/// Runs every file-store check, each on a store freshly made by `make`.
+pub async fn run_all_files<F2: FileStore, F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = F2>,
+{
+    check_file_lifecycle(make().await).await;
+    check_file_limits(make().await).await;
+    check_file_sweep_and_listing(make().await).await;
+    check_file_quota_race(Arc::new(make().await)).await;
+}
+
+fn upload_of(owner: UserId, conversation: ConversationId, size: u64, at: u64) -> UploadRecord {
+    UploadRecord {
+        id: MessageId::random(),
+        owner,
+        conversation,
+        size,
+        content_type: "image/png".into(),
+        offset: 0,
+        state: UploadState::Staging,
+        referenced: false,
+        created_ms: at,
+        updated_ms: at,
+    }
+}
+
+const ROOMY: UploadLimits = UploadLimits {
+    quota_bytes: 1 << 40,
+    max_open: 100,
+};
+
+/// Create → progress → finish → reference → delete, with the usage counter following.
+pub async fn check_file_lifecycle<F: FileStore>(store: F) {
+    let (alice, c) = (UserId::random(), ConversationId::random());
+    let r = upload_of(alice, c, 1000, 10);
+    assert_eq!(
+        ok(store.create_upload(r.clone(), ROOMY).await, "create"),
+        CreateOutcome::Created
+    );
+    assert!(
+        matches!(
+            store.create_upload(r.clone(), ROOMY).await,
+            Err(StoreError::AlreadyExists(_))
+        ),
+        "a taken id is AlreadyExists"
+    );
+    assert_eq!(
+        ok(store.usage(alice).await, "usage"),
+        FileUsage {
+            bytes: 1000,
+            open: 1
+        }
+    );
+    assert_eq!(ok(store.upload(r.id).await, "upload"), Some(r.clone()));
+    assert!(!ok(store.finish_upload(r.id, 20).await, "finish early"));
+    assert!(!ok(store.reference(r.id).await, "reference in staging"));
+    assert!(!ok(store.set_offset(r.id, 1001, 20).await, "past the size"));
+    assert!(ok(store.set_offset(r.id, 400, 20).await, "offset"));
+    assert!(ok(store.set_offset(r.id, 1000, 30).await, "offset"));
+    let got = ok(store.upload(r.id).await, "upload").expect("present");
+    assert_eq!((got.offset, got.updated_ms), (1000, 30));
+    assert!(ok(store.finish_upload(r.id, 40).await, "finish"));
+    assert!(!ok(store.finish_upload(r.id, 41).await, "finish twice"));
+    assert!(!ok(
+        store.set_offset(r.id, 10, 50).await,
+        "offset once finished"
+    ));
+    let got = ok(store.upload(r.id).await, "upload").expect("present");
+    assert_eq!((got.state, got.updated_ms), (UploadState::Finished, 40));
+    assert_eq!(
+        ok(store.usage(alice).await, "usage"),
+        FileUsage {
+            bytes: 1000,
+            open: 0
+        },
+        "a finished upload still counts its bytes, not an open slot"
+    );
+    assert!(
+        ok(store.delete_upload(r.id, DeleteIf::Staging).await, "delete").is_none(),
+        "a finished file is not deleted as staging"
+    );
+    assert!(ok(store.reference(r.id).await, "reference"));
+    assert!(ok(store.reference(r.id).await, "reference is idempotent"));
+    assert!(
+        ok(
+            store
+                .delete_upload(r.id, DeleteIf::UnreferencedSince(u64::MAX))
+                .await,
+            "delete"
+        )
+        .is_none(),
+        "a referenced file is never swept"
+    );
+    let deleted = ok(store.delete_upload(r.id, DeleteIf::Always).await, "delete");
+    assert_eq!(deleted.map(|d| d.id), Some(r.id));
+    assert_eq!(ok(store.upload(r.id).await, "upload"), None);
+    assert_eq!(ok(store.usage(alice).await, "usage"), FileUsage::default());
+    assert!(ok(store.conversation_files(c, 10).await, "list").is_empty());
+    assert!(!ok(
+        store.set_offset(r.id, 1, 1).await,
+        "offset of a deleted upload"
+    ));
+}
+
+/// The quota counts declared sizes of open and finished uploads; the open-upload limit counts
+/// staging ones; refusals write nothing; deletions give both back.
+pub async fn check_file_limits<F: FileStore>(store: F) {
+    let (alice, bob, c) = (UserId::random(), UserId::random(), ConversationId::random());
+    let limits = UploadLimits {
+        quota_bytes: 1000,
+        max_open: 2,
+    };
+    let a = upload_of(alice, c, 600, 1);
+    assert_eq!(
+        ok(store.create_upload(a.clone(), limits).await, "create"),
+        CreateOutcome::Created
+    );
+    let over = upload_of(alice, c, 401, 1);
+    assert_eq!(
+        ok(store.create_upload(over.clone(), limits).await, "create"),
+        CreateOutcome::QuotaExceeded { used: 600 }
+    );
+    assert_eq!(ok(store.upload(over.id).await, "upload"), None);
+    let huge = upload_of(alice, c, u64::MAX, 1);
+    assert_eq!(
+        ok(store.create_upload(huge, limits).await, "create"),
+        CreateOutcome::QuotaExceeded { used: 600 },
+        "no overflow"
+    );
+    let b = upload_of(alice, c, 400, 1);
+    assert_eq!(
+        ok(store.create_upload(b.clone(), limits).await, "create"),
+        CreateOutcome::Created,
+        "exactly the quota fits"
+    );
+    let third = upload_of(alice, c, 0, 1);
+    assert_eq!(
+        ok(store.create_upload(third, limits).await, "create"),
+        CreateOutcome::TooManyOpen
+    );
+    // Another user has a quota of their own.
+    assert_eq!(
+        ok(
+            store
+                .create_upload(upload_of(bob, c, 1000, 1), limits)
+                .await,
+            "create"
+        ),
+        CreateOutcome::Created
+    );
+    ok(store.set_offset(b.id, 400, 2).await, "offset");
+    ok(store.finish_upload(b.id, 3).await, "finish");
+    // One open slot free again, but no bytes.
+    assert_eq!(
+        ok(
+            store.create_upload(upload_of(alice, c, 1, 4), limits).await,
+            "create"
+        ),
+        CreateOutcome::QuotaExceeded { used: 1000 }
+    );
+    ok(store.delete_upload(a.id, DeleteIf::Staging).await, "delete").expect("deleted");
+    assert_eq!(
+        ok(store.usage(alice).await, "usage"),
+        FileUsage {
+            bytes: 400,
+            open: 0
+        }
+    );
+    assert_eq!(
+        ok(
+            store
+                .create_upload(upload_of(alice, c, 600, 5), limits)
+                .await,
+            "create"
+        ),
+        CreateOutcome::Created
+    );
+}
+
+/// Sweeper queries find exactly the expired staging uploads and unreferenced finished files;
+/// conditional deletes lose to newer progress; listings show referenced files only.
+pub async fn check_file_sweep_and_listing<F: FileStore>(store: F) {
+    let (alice, c, other) = (
+        UserId::random(),
+        ConversationId::random(),
+        ConversationId::random(),
+    );
+    let idle = upload_of(alice, c, 10, 100);
+    let fresh = upload_of(alice, c, 10, 500);
+    let done = upload_of(alice, c, 10, 100);
+    let kept = upload_of(alice, c, 10, 100);
+    let elsewhere = upload_of(alice, other, 10, 100);
+    for r in [&idle, &fresh, &done, &kept, &elsewhere] {
+        ok(store.create_upload(r.clone(), ROOMY).await, "create");
+    }
+    for (r, at) in [(&done, 150), (&kept, 160), (&elsewhere, 170)] {
+        ok(store.set_offset(r.id, 10, at).await, "offset");
+        assert!(ok(store.finish_upload(r.id, at).await, "finish"));
+    }
+    assert!(ok(store.reference(kept.id).await, "reference"));
+    assert!(ok(store.reference(elsewhere.id).await, "reference"));
+    let ids = |v: Vec<UploadRecord>| v.into_iter().map(|r| r.id).collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(ok(store.sweepable(200, 200, 100).await, "sweepable")),
+        BTreeSet::from([idle.id, done.id])
+    );
+    assert_eq!(
+        ids(ok(store.sweepable(200, 150, 100).await, "sweepable")),
+        BTreeSet::from([idle.id]),
+        "the bound is exclusive"
+    );
+    assert_eq!(
+        ok(store.sweepable(u64::MAX, u64::MAX, 1).await, "limit").len(),
+        1
+    );
+    // Progress after the sweep read it: the conditional delete refuses.
+    ok(store.set_offset(idle.id, 5, 300).await, "offset");
+    assert!(
+        ok(
+            store
+                .delete_upload(idle.id, DeleteIf::StagingIdleSince(200))
+                .await,
+            "delete"
+        )
+        .is_none()
+    );
+    assert!(
+        ok(
+            store
+                .delete_upload(done.id, DeleteIf::UnreferencedSince(200))
+                .await,
+            "delete"
+        )
+        .is_some()
+    );
+    assert_eq!(
+        ids(ok(store.sweepable(250, 250, 100).await, "sweepable")),
+        BTreeSet::new()
+    );
+    let listed = ok(store.conversation_files(c, 10).await, "list");
+    assert_eq!(
+        listed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![kept.id]
+    );
+    assert_eq!(listed[0].state, UploadState::Finished);
+    assert!(listed[0].referenced);
+    assert_eq!(
+        ok(store.conversation_files(other, 10).await, "list").len(),
+        1
+    );
+    // The newest `limit`, oldest first.
+    let mut later = Vec::new();
+    for at in [1000u64, 2000, 3000] {
+        let r = upload_of(alice, c, 1, at);
+        ok(store.create_upload(r.clone(), ROOMY).await, "create");
+        ok(store.set_offset(r.id, 1, at).await, "offset");
+        ok(store.finish_upload(r.id, at).await, "finish");
+        ok(store.reference(r.id).await, "reference");
+        later.push(r.id);
+    }
+    let listed = ok(store.conversation_files(c, 2).await, "list");
+    assert_eq!(
+        listed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![later[1], later[2]]
+    );
+}
+
+/// Concurrent creations never pass the quota together.
+pub async fn check_file_quota_race<F: FileStore>(store: Arc<F>) {
+    let (alice, c) = (UserId::random(), ConversationId::random());
+    let limits = UploadLimits {
+        quota_bytes: 1000,
+        max_open: 1000,
+    };
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .create_upload(upload_of(alice, c, 100, 1), limits)
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        if let Ok(Ok(CreateOutcome::Created)) = t.await {
+            created += 1;
+        }
+    }
+    assert_eq!(
+        created, 10,
+        "exactly the quota's worth of uploads is created"
+    );
+    assert_eq!(
+        ok(store.usage(alice).await, "usage"),
+        FileUsage {
+            bytes: 1000,
+            open: 10
+        }
+    );
+}

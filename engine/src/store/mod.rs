@@ -12,6 +12,8 @@ pub mod conformance;
 pub mod embedded;
 pub mod embedded_keys;
 pub mod embedded_reactions;
+pub mod files;
+pub mod files_embedded;
 pub mod keys;
 pub mod reactions;
 

@@ -23,7 +23,38 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
             self.rate.refund_send(bytes);
             return self.reply(&refusal).await;
         }
+        if let Some(refusal) = self.refused_files(&request).await {
+            self.rate.refund_send(bytes);
+            return self.reply(&refusal).await;
+        }
         self.ctx.engine.send(request).await.map_err(engine_gone)
+    }
+
+    /// Issue 13: a Send naming files is refused (never sequenced) unless each is a finished
+    /// upload of this user in this conversation; accepted ones are marked referenced (kept).
+    async fn refused_files(&mut self, request: &SendRequest) -> Option<ServerMessage> {
+        if request.files.is_empty() {
+            return None;
+        }
+        let checked = self
+            .ctx
+            .files
+            .check_send(self.user, request.conversation, &request.files)
+            .await;
+        let (code, message) = match checked {
+            Ok(()) => return None,
+            Err(crate::files::SendRefusal::Invalid(m)) => (ErrorCode::InvalidArgument, m),
+            Err(crate::files::SendRefusal::Unavailable(m)) => {
+                tracing::warn!(error = %m, "checking the files of a send");
+                (ErrorCode::Internal, "storage unavailable, retry".to_owned())
+            }
+        };
+        Some(ServerMessage::error(
+            request.request_id,
+            code,
+            message,
+            false,
+        ))
     }
 
     /// The refusal when `bytes` more would exceed the user's storage quota.

@@ -91,6 +91,8 @@ pub struct TransportClosed;
 
 /// Everything sessions share.
 pub struct SessionContext {
+    /// Uploaded files: a Send naming files is checked against them (`messaging.rs`).
+    pub files: Arc<crate::files::FileService>,
     pub accounts: Arc<Accounts>,
     pub conversations: Arc<Conversations>,
     pub reactions: Arc<Reactions>,

@@ -35,8 +35,10 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, STANDARD_NO_PAD as B64_NO_PAD};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use tern_wire::ids::{ConversationId, DeviceId, UserId};
+use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use vodozemac::megolm::MegolmMessage;
+
+use crate::files::{FILE_CONTENT_TYPE, FileBody};
 
 use super::Undecryptable;
 
@@ -208,10 +210,11 @@ pub struct Content {
     pub body: Body,
 }
 
-/// What a message says. `text` and `data` exist now; `file` (an encrypted file reference
-/// with its key), `edit` (replaces an earlier message by id) and `reply` (quotes a message
-/// id) are reserved for the next versions (v2 body tags 2, 3, 4). A body type this core does
-/// not know is reported as [`super::Undecryptable::Unsupported`], never shown as empty.
+/// What a message says: `text`, `data`, or `file` (an uploaded encrypted file with its key,
+/// hash, name, type and size, see [`crate::files`]). `edit` (replaces an earlier message by
+/// id) and `reply` (quotes a message id) are reserved for the next versions (v2 body tags 3,
+/// 4). A body type this core does not know is reported as
+/// [`super::Undecryptable::Unsupported`], never shown as empty.
 ///
 /// The serde derive is the v1 JSON form; the v2 binary form is [`BodyV2`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +230,9 @@ pub enum Body {
         #[serde(with = "base64_bytes")]
         data: Vec<u8>,
     },
+    /// A shared file (v2 tag 2). Its JSON form is the only one apps see: content type
+    /// [`FILE_CONTENT_TYPE`] with the [`FileBody`] JSON as payload ([`Body::to_content`]).
+    File(FileBody),
 }
 
 /// Content type of plain text bodies, as apps, the CLI and the web client use it.
@@ -238,9 +244,15 @@ impl Body {
     }
 
     /// The body an app's `(content_type, payload)` (an outbox entry) becomes inside the
-    /// encryption: [`TEXT_CONTENT_TYPE`] with UTF-8 bytes is text, anything else is data
-    /// under its own content type (which the server never sees).
+    /// encryption: [`TEXT_CONTENT_TYPE`] with UTF-8 bytes is text, [`FILE_CONTENT_TYPE`]
+    /// with a valid [`FileBody`] JSON is a file, anything else is data under its own content
+    /// type (which the server never sees).
     pub fn from_content(content_type: &str, payload: &[u8]) -> Self {
+        if content_type == FILE_CONTENT_TYPE
+            && let Ok(file) = FileBody::from_json(payload)
+        {
+            return Body::File(file);
+        }
         match (content_type, std::str::from_utf8(payload)) {
             (TEXT_CONTENT_TYPE, Ok(text)) => Body::text(text),
             _ => Body::Data {
@@ -256,6 +268,7 @@ impl Body {
         match self {
             Body::Text { text } => (TEXT_CONTENT_TYPE.to_string(), text.as_bytes().to_vec()),
             Body::Data { content_type, data } => (content_type.clone(), data.clone()),
+            Body::File(file) => (FILE_CONTENT_TYPE.to_string(), file.to_json()),
         }
     }
 }
@@ -289,7 +302,7 @@ struct ContentV2<'a> {
     body: BodyV2<'a>,
 }
 
-/// Body tags of v2: 0 text, 1 data. Reserved (not decodable yet, so `Unsupported`): 2 file,
+/// Body tags of v2: 0 text, 1 data, 2 file. Reserved (not decodable yet, so `Unsupported`):
 /// 3 edit, 4 reply.
 #[derive(Serialize, Deserialize)]
 enum BodyV2<'a> {
@@ -303,6 +316,19 @@ enum BodyV2<'a> {
         #[serde(borrow)]
         data: Cow<'a, [u8]>,
     },
+    /// Fixed arrays are raw bytes in postcard, the size a varint.
+    File {
+        file_id: [u8; 16],
+        key: [u8; 32],
+        sha256: [u8; 32],
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        #[serde(borrow)]
+        mime: Cow<'a, str>,
+        size: u64,
+        #[serde(borrow)]
+        caption: Cow<'a, str>,
+    },
 }
 
 /// Encodes `content` as v2 plaintext: `[CONTENT_V2]` + postcard([`ContentV2`]). (`content.v`
@@ -315,6 +341,15 @@ pub(crate) fn encode_content_v2(content: &Content) -> Result<Vec<u8>, super::Cry
         Body::Data { content_type, data } => BodyV2::Data {
             content_type: content_type.as_str().into(),
             data: data.as_slice().into(),
+        },
+        Body::File(f) => BodyV2::File {
+            file_id: f.file_id.to_be_bytes(),
+            key: f.key,
+            sha256: f.sha256,
+            name: f.name.as_str().into(),
+            mime: f.mime.as_str().into(),
+            size: f.size,
+            caption: f.caption.as_str().into(),
         },
     };
     let v2 = ContentV2 {
@@ -346,6 +381,28 @@ pub(crate) fn decode_content_v2(plaintext: &[u8]) -> Result<Content, Undecryptab
             content_type: content_type.into_owned(),
             data: data.into_owned(),
         },
+        BodyV2::File {
+            file_id,
+            key,
+            sha256,
+            name,
+            mime,
+            size,
+            caption,
+        } => {
+            let file = FileBody {
+                file_id: MessageId::from_be_bytes(file_id),
+                key,
+                sha256,
+                name: name.into_owned(),
+                mime: mime.into_owned(),
+                size,
+                caption: caption.into_owned(),
+            };
+            // Past the declared limits: not a body this version writes.
+            file.validate().map_err(|_| Undecryptable::Unsupported)?;
+            Body::File(file)
+        }
     };
     Ok(Content {
         v: 2,
