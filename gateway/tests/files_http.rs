@@ -985,3 +985,45 @@ both_backends! {
     send_check_websocket => |b| send_check(b, TransportPref::WebSocket);
     send_check_webtransport => |b| send_check(b, TransportPref::WebTransport);
 }
+
+/// The OpenAPI document lists every file route with its method.
+#[tokio::test]
+async fn openapi_documents_the_file_api() {
+    let ctx = start(Backend::Local, "").await;
+    let doc: serde_json::Value = ctx
+        .client
+        .get(ctx.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for (path, method) in [
+        ("/api/v1/uploads", "post"),
+        ("/api/v1/uploads/{id}", "head"),
+        ("/api/v1/uploads/{id}", "patch"),
+        ("/api/v1/uploads/{id}", "delete"),
+        ("/api/v1/uploads/{id}/finish", "post"),
+        ("/api/v1/files/{id}/url", "post"),
+        ("/api/v1/files/{id}/content", "get"),
+        ("/api/v1/conversations/{id}/files", "get"),
+    ] {
+        assert!(
+            doc["paths"][path].get(method).is_some(),
+            "OpenAPI documents {method} {path}"
+        );
+    }
+    for schema in [
+        "UploadCreate",
+        "UploadView",
+        "FileView",
+        "FileList",
+        "FileUrl",
+    ] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "schema {schema}"
+        );
+    }
+}
