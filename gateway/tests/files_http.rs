@@ -130,11 +130,10 @@ struct Ctx {
     client: reqwest::Client,
 }
 
-/// Starts a server on `backend` with extra `[files]` keys (`k = v, ...`).
-async fn start(backend: Backend, files: &str) -> Ctx {
-    let s3 = matches!(backend, Backend::S3).then(s3_bucket);
+/// The `files = { ... }` line for `backend` (an S3 bucket or local) plus extra keys.
+fn files_line(s3: Option<&S3Bucket>, files: &str) -> String {
     let mut keys: Vec<String> = Vec::new();
-    if let Some(s3) = &s3 {
+    if let Some(s3) = s3 {
         keys.push("backend = \"s3\"".into());
         keys.push(format!("s3_endpoint = \"{}\"", s3.endpoint));
         keys.push(format!("s3_bucket = \"{}\"", s3.bucket));
@@ -146,7 +145,13 @@ async fn start(backend: Backend, files: &str) -> Ctx {
         keys.push(files.to_owned());
     }
     // An inline table: the harness appends top-level keys after our lines.
-    let line = format!("files = {{ {} }}", keys.join(", "));
+    format!("files = {{ {} }}", keys.join(", "))
+}
+
+/// Starts a server on `backend` with extra `[files]` keys (`k = v, ...`).
+async fn start(backend: Backend, files: &str) -> Ctx {
+    let s3 = matches!(backend, Backend::S3).then(s3_bucket);
+    let line = files_line(s3.as_ref(), files);
     let server = TestServer::start_with(&[&line]).await;
     let client = https(&server);
     Ctx { server, s3, client }
@@ -945,6 +950,199 @@ async fn send_check(backend: Backend, transport: TransportPref) {
     let _: UserId = alice.id;
 }
 
+/// One PATCH is bounded by max_chunk_bytes: refused up front with a Content-Length (the upload
+/// stays), cut at the limit when streamed (its first max_chunk_bytes are kept).
+async fn chunk_limit(backend: Backend) {
+    let ctx = start(backend, "max_chunk_bytes = 65536").await;
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let bytes = random_bytes(200_000);
+    let view = ctx
+        .create_ok(&alice, c, bytes.len() as u64, "image/png")
+        .await;
+    assert_eq!(view.max_chunk_bytes, 65_536);
+    let r = ctx
+        .patch(&alice, view.upload_id, 0, bytes[..65_537].to_vec())
+        .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(header(&r, "upload-offset").as_deref(), Some("0"));
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> = bytes[..100_000]
+        .chunks(10_000)
+        .map(|p| Ok(p.to_vec()))
+        .collect();
+    let r = ctx
+        .client
+        .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
+        .bearer_auth(&alice.token)
+        .header("content-type", OFFSET_STREAM)
+        .header("upload-offset", "0")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    assert_eq!(
+        ctx.head(&alice, view.upload_id).await,
+        (StatusCode::NO_CONTENT, Some(65_536))
+    );
+    let mut offset = 65_536usize;
+    while offset < bytes.len() {
+        let end = (offset + 65_536).min(bytes.len());
+        let r = ctx
+            .patch(
+                &alice,
+                view.upload_id,
+                offset as u64,
+                bytes[offset..end].to_vec(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        offset = end;
+    }
+    assert_eq!(
+        ctx.finish(&alice, view.upload_id).await.status(),
+        StatusCode::OK
+    );
+    let url = ctx.signed_url_ok(&alice, view.upload_id).await;
+    let got = ctx.get(&url.url, None).await.bytes().await.expect("body");
+    assert_eq!(sha256(&got), sha256(&bytes));
+}
+
+/// The server's body deadline applies to each PATCH: a body that stalls past it is answered 408
+/// and what arrived before is kept.
+async fn body_deadline(backend: Backend) {
+    let mut ctx = start(backend, "").await;
+    // http_body_timeout_ms is a top-level key: a server of its own for this test.
+    drop(std::mem::replace(
+        &mut ctx.server,
+        TestServer::start_with(&[
+            "http_body_timeout_ms = 1000",
+            &files_line(ctx.s3.as_ref(), ""),
+        ])
+        .await,
+    ));
+    ctx.client = https(&ctx.server);
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let view = ctx.create_ok(&alice, c, 100_000, "image/png").await;
+    let stalled = futures_util::stream::unfold(0u32, |i| async move {
+        match i {
+            0 => Some((Ok::<Vec<u8>, std::io::Error>(vec![7u8; 10_000]), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Some((Ok(vec![7u8; 10_000]), 2))
+            }
+            _ => None,
+        }
+    });
+    let r = ctx
+        .client
+        .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
+        .bearer_auth(&alice.token)
+        .header("content-type", OFFSET_STREAM)
+        .header("upload-offset", "0")
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let mut kept = None;
+    for _ in 0..50 {
+        kept = ctx.head(&alice, view.upload_id).await.1;
+        if kept == Some(10_000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kept, Some(10_000), "the bytes before the stall are kept");
+}
+
+/// Two PATCHes at the same offset at once: exactly one is stored, the other learns the offset.
+async fn concurrent_patches(backend: Backend) {
+    let ctx = start(backend, "").await;
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let bytes = random_bytes(2_000_000);
+    let view = ctx
+        .create_ok(&alice, c, bytes.len() as u64, "image/png")
+        .await;
+    let send = || {
+        ctx.client
+            .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
+            .bearer_auth(&alice.token)
+            .header("content-type", OFFSET_STREAM)
+            .header("upload-offset", "0")
+            .body(bytes[..1_000_000].to_vec())
+            .send()
+    };
+    let (a, b) = tokio::join!(send(), send());
+    // The loser is answered 409 as soon as it gets the upload, possibly before its body was
+    // read (then the client may see the connection close instead).
+    let status = |r: reqwest::Result<reqwest::Response>| r.map(|r| r.status()).ok();
+    let mut statuses = [status(a), status(b)];
+    statuses.sort();
+    assert!(
+        statuses == [None, Some(StatusCode::NO_CONTENT)]
+            || statuses == [Some(StatusCode::NO_CONTENT), Some(StatusCode::CONFLICT)],
+        "exactly one PATCH stored: {statuses:?}"
+    );
+    assert_eq!(ctx.head(&alice, view.upload_id).await.1, Some(1_000_000));
+    let r = ctx
+        .patch(
+            &alice,
+            view.upload_id,
+            1_000_000,
+            bytes[1_000_000..].to_vec(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        ctx.finish(&alice, view.upload_id).await.status(),
+        StatusCode::OK
+    );
+    let url = ctx.signed_url_ok(&alice, view.upload_id).await;
+    let got = ctx.get(&url.url, None).await.bytes().await.expect("body");
+    assert_eq!(sha256(&got), sha256(&bytes));
+}
+
+/// A restart (kill -9) keeps the recorded offset, the finished files and the URL key.
+async fn survives_restart(backend: Backend) {
+    let mut ctx = start(backend, "").await;
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let done = ctx
+        .upload(&alice, c, &random_bytes(5000), "image/png")
+        .await;
+    let url = ctx.signed_url_ok(&alice, done.file_id).await;
+    let bytes = random_bytes(300_000);
+    let view = ctx
+        .create_ok(&alice, c, bytes.len() as u64, "image/png")
+        .await;
+    let r = ctx
+        .patch(&alice, view.upload_id, 0, bytes[..100_000].to_vec())
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    ctx.server.restart().await;
+    ctx.client = https(&ctx.server);
+    assert_eq!(
+        ctx.get(&url.url, None).await.status(),
+        StatusCode::OK,
+        "a URL signed before the restart"
+    );
+    assert_eq!(ctx.head(&alice, view.upload_id).await.1, Some(100_000));
+    let r = ctx
+        .patch(&alice, view.upload_id, 100_000, bytes[100_000..].to_vec())
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        ctx.finish(&alice, view.upload_id).await.status(),
+        StatusCode::OK
+    );
+    let url = ctx.signed_url_ok(&alice, view.upload_id).await;
+    let got = ctx.get(&url.url, None).await.bytes().await.expect("body");
+    assert_eq!(sha256(&got), sha256(&bytes));
+}
+
 macro_rules! both_backends {
     ($($name:ident => $scenario:expr;)*) => {
         mod local {
@@ -984,6 +1182,10 @@ both_backends! {
     sweeper_removes_idle_and_unreferenced => sweeper;
     send_check_websocket => |b| send_check(b, TransportPref::WebSocket);
     send_check_webtransport => |b| send_check(b, TransportPref::WebTransport);
+    one_patch_is_bounded => chunk_limit;
+    body_deadline_keeps_what_arrived => body_deadline;
+    concurrent_patches_store_once => concurrent_patches;
+    restart_keeps_offsets_files_and_urls => survives_restart;
 }
 
 /// The OpenAPI document lists every file route with its method.
