@@ -1143,6 +1143,31 @@ async fn survives_restart(backend: Backend) {
     assert_eq!(sha256(&got), sha256(&bytes));
 }
 
+/// File calls spend the caller's request bucket like other API calls: past the burst, 429
+/// with Retry-After.
+async fn rate_limited(backend: Backend) {
+    let s3 = matches!(backend, Backend::S3).then(s3_bucket);
+    let server = TestServer::start_with(&[
+        "device_request_burst = 3",
+        "device_requests_per_sec = 1",
+        "http_refusal_delay_ms = 0",
+        &files_line(s3.as_ref(), ""),
+    ])
+    .await;
+    let client = https(&server);
+    let ctx = Ctx { server, s3, client };
+    let (alice, bob, c) = alice_and_bob(&ctx.server).await;
+    for _ in 0..3 {
+        ctx.create_ok(&alice, c, 10, "image/png").await;
+    }
+    let r = ctx.create(&alice, c, 10, "image/png").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(header(&r, "retry-after").is_some());
+    assert_eq!(error_code(r).await, "rate_limited");
+    // Per user: bob still has his.
+    ctx.create_ok(&bob, c, 10, "image/png").await;
+}
+
 macro_rules! both_backends {
     ($($name:ident => $scenario:expr;)*) => {
         mod local {
@@ -1186,6 +1211,7 @@ both_backends! {
     body_deadline_keeps_what_arrived => body_deadline;
     concurrent_patches_store_once => concurrent_patches;
     restart_keeps_offsets_files_and_urls => survives_restart;
+    file_calls_are_rate_limited => rate_limited;
 }
 
 /// The OpenAPI document lists every file route with its method.
