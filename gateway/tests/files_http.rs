@@ -683,6 +683,8 @@ async fn bad_urls(backend: Backend) {
         ("file", format!("{other_path}?u={u}&e={e}&s={s}")),
         ("expiry", format!("{path}?u={u}&e={later}&s={s}")),
         ("no signature", format!("{path}?u={u}&e={e}")),
+        ("malformed expiry", format!("{path}?u={u}&e=soon&s={s}")),
+        ("malformed user", format!("{path}?u=alice&e={e}&s={s}")),
         ("nothing", path.to_owned()),
     ] {
         let r = ctx.get(&tampered, None).await;

@@ -581,8 +581,8 @@ pub async fn file_url(
 pub struct ContentParams {
     /// The member the URL was issued to.
     u: Option<String>,
-    /// Expiry, Unix ms.
-    e: Option<u64>,
+    /// Expiry, Unix ms (a string here so that a malformed one is a 403 like any bad URL).
+    e: Option<String>,
     /// The signature.
     s: Option<String>,
 }
@@ -660,7 +660,7 @@ pub async fn file_content(
     let (Some(u), Some(e), Some(s)) = (params.u, params.e, params.s) else {
         return forbidden("a download needs a signed URL (POST /files/{id}/url)");
     };
-    let Ok(user) = u.parse::<UserId>() else {
+    let (Ok(user), Ok(e)) = (u.parse::<UserId>(), e.parse::<u64>()) else {
         return forbidden("bad URL");
     };
     if files.signer.verify(id, user, e, &s, now_ms()).is_err() {
