@@ -430,6 +430,19 @@ async fn round_trip(backend: Backend) {
         sha256(&bytes),
         "the download is the uploaded bytes"
     );
+    // The counters saw it (the operations listener's /metrics).
+    assert_eq!(
+        common::metric(&ctx.server, "tern_file_uploads_finished_total").await,
+        1.0
+    );
+    assert_eq!(
+        common::metric(&ctx.server, "tern_file_upload_bytes_total").await,
+        bytes.len() as f64
+    );
+    assert_eq!(
+        common::metric(&ctx.server, "tern_file_download_bytes_total").await,
+        bytes.len() as f64
+    );
     // Exactly one object, nothing left in staging.
     let stored = ctx.stored();
     assert_eq!(stored.len(), 1, "{stored:?}");

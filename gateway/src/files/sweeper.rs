@@ -65,6 +65,7 @@ pub async fn sweep_once(files: &FileService, now: u64) -> usize {
             match files.meta.delete_upload(record.id, condition).await {
                 Ok(Some(_)) => {
                     files.remove_bytes(record.id).await;
+                    files.metrics.swept.inc();
                     deleted += 1;
                     progressed = true;
                 }
