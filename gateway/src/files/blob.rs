@@ -183,6 +183,22 @@ impl Blobs {
             .into_stream())
     }
 
+    /// Up to `limit` ids of stored objects (names that are not file ids are skipped).
+    pub async fn ids(&self, limit: usize) -> Result<Vec<MessageId>, BlobError> {
+        use futures_util::StreamExt as _;
+        let mut out = Vec::new();
+        let mut listing = self.store.list(None);
+        while out.len() < limit {
+            let Some(meta) = listing.next().await else {
+                break;
+            };
+            if let Ok(id) = meta?.location.as_ref().parse::<MessageId>() {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes the object; a missing one is no error.
     pub async fn delete(&self, id: MessageId) -> Result<(), BlobError> {
         match self.store.delete(&object_path(id)).await {
