@@ -12,6 +12,13 @@ command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 npm ci --prefix bench/peers/socketio --no-audit --no-fund --loglevel=error
 bash bench/peers/centrifugo/install.sh
 
+stage "S3-compatible server for the file storage tests (s3s-fs, installed with cargo when missing)"
+# The S3 backend's tests (gateway/tests/files*.rs) and bench/run-files.sh talk to it through
+# TERN_TEST_S3*; under CI=true a test that finds no S3 server fails instead of starting one.
+S3_DIR="$PWD/target/s3-test"
+eval "$(bash scripts/s3-server.sh start "$S3_DIR")"
+trap '_st=$?; bash scripts/s3-server.sh stop "$S3_DIR" >/dev/null 2>&1 || true; (exit $_st); _stages_done' EXIT
+
 stage "client core for wasm32 + its wasm-bindgen bindings under Node (round trips with the native core, live against the real server)"
 bash scripts/wasm-tools.sh
 cargo build --locked -p tern-core --target wasm32-unknown-unknown
