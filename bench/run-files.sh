@@ -189,11 +189,11 @@ if [[ " $BACKENDS " == *" s3 "* ]]; then
     eval "$(bash scripts/s3-server.sh start "$S3_DIR")"
     log "floor: curl PUT/GET straight to S3"
     t0="$(now)"
-    curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:s3" \
+    curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:s3" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
         --user "$TERN_TEST_S3_ACCESS_KEY:$TERN_TEST_S3_SECRET_KEY" -T "$FILE" \
         "$TERN_TEST_S3/$TERN_TEST_S3_BUCKET/floor.bin" >/dev/null
     t1="$(now)"
-    curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:s3" \
+    curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:s3" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
         --user "$TERN_TEST_S3_ACCESS_KEY:$TERN_TEST_S3_SECRET_KEY" -o /dev/null \
         "$TERN_TEST_S3/$TERN_TEST_S3_BUCKET/floor.bin"
     t2="$(now)"
