@@ -29,6 +29,8 @@ pub struct FilesToml {
     pub s3_allow_http: Option<bool>,
     pub s3_part_bytes: Option<u64>,
     pub s3_parts_in_flight: Option<usize>,
+    pub upload_bytes_per_sec: Option<u64>,
+    pub download_bytes_per_sec: Option<u64>,
 }
 
 /// 256 MiB: a phone video of a few minutes or a large archive; larger files belong in a file
@@ -62,6 +64,15 @@ pub const DEFAULT_S3_PART_BYTES: u64 = 8 << 20;
 /// 8 parts in flight over all uploads: at most 64 MiB of file bytes in memory whatever the
 /// number of uploads finishing at once, and enough parallelism to fill a 1 Gbit/s link.
 pub const DEFAULT_S3_PARTS_IN_FLIGHT: usize = 8;
+
+/// 32 MiB/s for all uploads together (256 Mbit/s): unpaced, 20 uploads took 270 MB/s and the
+/// chat's delivery p99 beside them rose to 1.1 s on 2 cores (RESULTS.md "Files"); paced, a
+/// person's upload still runs at LAN speed and the chat keeps its latency. Raise it with cores.
+pub const DEFAULT_UPLOAD_BYTES_PER_SEC: u64 = 32 << 20;
+/// 32 MiB/s for all downloads together, for the same reason (TLS and disk reads of the file).
+pub const DEFAULT_DOWNLOAD_BYTES_PER_SEC: u64 = 32 << 20;
+/// 100 GiB/s: a ceiling so a typo is caught (0 switches pacing off).
+const MAX_BYTES_PER_SEC: u64 = 100 << 30;
 
 /// Images, audio, video, PDF, text, office documents, archives and opaque bytes: what people
 /// share in a chat. Executables and scripts by type are not listed (the bytes are encrypted
@@ -132,6 +143,10 @@ pub struct FilesConfig {
     pub sweep_interval: Duration,
     pub s3_part_bytes: u64,
     pub s3_parts_in_flight: usize,
+    /// All uploads together (0: unpaced); see `pace.rs`.
+    pub upload_bytes_per_sec: u64,
+    /// All downloads together (0: unpaced).
+    pub download_bytes_per_sec: u64,
 }
 
 impl Default for FilesConfig {
@@ -220,6 +235,20 @@ pub fn resolve(toml: Option<FilesToml>) -> Result<FilesConfig, ConfigError> {
         1,
         1_024,
     )? as usize;
+    let upload_bytes_per_sec = range(
+        "upload_bytes_per_sec",
+        t.upload_bytes_per_sec
+            .unwrap_or(DEFAULT_UPLOAD_BYTES_PER_SEC),
+        0,
+        MAX_BYTES_PER_SEC,
+    )?;
+    let download_bytes_per_sec = range(
+        "download_bytes_per_sec",
+        t.download_bytes_per_sec
+            .unwrap_or(DEFAULT_DOWNLOAD_BYTES_PER_SEC),
+        0,
+        MAX_BYTES_PER_SEC,
+    )?;
     let allowed_types = match t.allowed_types {
         None => DEFAULT_ALLOWED_TYPES
             .iter()
@@ -295,6 +324,8 @@ pub fn resolve(toml: Option<FilesToml>) -> Result<FilesConfig, ConfigError> {
         sweep_interval,
         s3_part_bytes,
         s3_parts_in_flight,
+        upload_bytes_per_sec,
+        download_bytes_per_sec,
     })
 }
 

@@ -358,7 +358,7 @@ async fn patch(
             );
         }
     }
-    let stream = body.into_data_stream();
+    let stream = std::pin::pin!(files.upload_pace.paced(body.into_data_stream()));
     let appended = match files
         .staging
         .append(id, offset, stream, room, max_chunk)
@@ -712,6 +712,7 @@ pub async fn file_content(
         Err(e) => return internal("reading a file object", e),
     };
     files.metrics.download_bytes.inc_by(range.end - range.start);
+    let stream = files.download_pace.paced(stream);
     let mut response = Response::new(axum::body::Body::from_stream(stream));
     *response.status_mut() = status;
     let h = response.headers_mut();

@@ -16,6 +16,7 @@ pub mod blob;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod pace;
 pub mod policy;
 pub mod staging;
 pub mod sweeper;
@@ -55,6 +56,9 @@ pub struct FileService {
     pub staging: staging::Staging,
     pub signer: UrlSigner,
     pub metrics: metrics::FileMetrics,
+    /// All uploads together, all downloads together (`pace.rs`).
+    pub upload_pace: Arc<pace::Pacer>,
+    pub download_pace: Arc<pace::Pacer>,
     locks: Arc<UploadLocks>,
     requests: Mutex<BucketMap<UserId>>,
 }
@@ -76,6 +80,8 @@ impl FileService {
         let signer =
             UrlSigner::load_or_create(&dir.join("url.key")).context("loading the file URL key")?;
         Ok(FileService {
+            upload_pace: Arc::new(pace::Pacer::new(config.upload_bytes_per_sec)),
+            download_pace: Arc::new(pace::Pacer::new(config.download_bytes_per_sec)),
             config,
             meta,
             store,
