@@ -233,13 +233,19 @@ async fn next_file(client: &mut Client) -> FileBody {
     let wait = async {
         loop {
             match client.next_event().await {
-                Some(ClientEvent::Message(m)) => {
+                // The message may come before its key (NoKeyYet), then as Decrypted.
+                Some(ClientEvent::Message(m) | ClientEvent::Decrypted(m)) => {
                     if let Some(body) = tern_sdk::file_body_of(&m) {
                         assert_eq!(m.content_type, "tern.file");
                         return body;
                     }
                 }
-                Some(ClientEvent::Undecryptable(u)) => panic!("undecryptable: {u:?}"),
+                Some(ClientEvent::Undecryptable(u)) => {
+                    assert!(
+                        matches!(u.reason, tern_core::crypto::Undecryptable::NoKeyYet),
+                        "undecryptable: {u:?}"
+                    );
+                }
                 Some(_) => {}
                 None => client.reconnect().await.expect("reconnect"),
             }
