@@ -190,6 +190,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         config.floods.device_requests,
     )?);
+    files.metrics.register(&mut registry);
     handles[0].spawn(crate::files::sweeper::run(files.clone()));
     let sessions = Arc::new(SessionContext {
         files: files.clone(),

@@ -130,11 +130,10 @@ struct Ctx {
     client: reqwest::Client,
 }
 
-/// Starts a server on `backend` with extra `[files]` keys (`k = v, ...`).
-async fn start(backend: Backend, files: &str) -> Ctx {
-    let s3 = matches!(backend, Backend::S3).then(s3_bucket);
+/// The `files = { ... }` line for `backend` (an S3 bucket or local) plus extra keys.
+fn files_line(s3: Option<&S3Bucket>, files: &str) -> String {
     let mut keys: Vec<String> = Vec::new();
-    if let Some(s3) = &s3 {
+    if let Some(s3) = s3 {
         keys.push("backend = \"s3\"".into());
         keys.push(format!("s3_endpoint = \"{}\"", s3.endpoint));
         keys.push(format!("s3_bucket = \"{}\"", s3.bucket));
@@ -146,7 +145,13 @@ async fn start(backend: Backend, files: &str) -> Ctx {
         keys.push(files.to_owned());
     }
     // An inline table: the harness appends top-level keys after our lines.
-    let line = format!("files = {{ {} }}", keys.join(", "));
+    format!("files = {{ {} }}", keys.join(", "))
+}
+
+/// Starts a server on `backend` with extra `[files]` keys (`k = v, ...`).
+async fn start(backend: Backend, files: &str) -> Ctx {
+    let s3 = matches!(backend, Backend::S3).then(s3_bucket);
+    let line = files_line(s3.as_ref(), files);
     let server = TestServer::start_with(&[&line]).await;
     let client = https(&server);
     Ctx { server, s3, client }
@@ -425,6 +430,19 @@ async fn round_trip(backend: Backend) {
         sha256(&bytes),
         "the download is the uploaded bytes"
     );
+    // The counters saw it (the operations listener's /metrics).
+    assert_eq!(
+        common::metric(&ctx.server, "tern_file_uploads_finished_total").await,
+        1.0
+    );
+    assert_eq!(
+        common::metric(&ctx.server, "tern_file_upload_bytes_total").await,
+        bytes.len() as f64
+    );
+    assert_eq!(
+        common::metric(&ctx.server, "tern_file_download_bytes_total").await,
+        bytes.len() as f64
+    );
     // Exactly one object, nothing left in staging.
     let stored = ctx.stored();
     assert_eq!(stored.len(), 1, "{stored:?}");
@@ -678,6 +696,8 @@ async fn bad_urls(backend: Backend) {
         ("file", format!("{other_path}?u={u}&e={e}&s={s}")),
         ("expiry", format!("{path}?u={u}&e={later}&s={s}")),
         ("no signature", format!("{path}?u={u}&e={e}")),
+        ("malformed expiry", format!("{path}?u={u}&e=soon&s={s}")),
+        ("malformed user", format!("{path}?u=alice&e={e}&s={s}")),
         ("nothing", path.to_owned()),
     ] {
         let r = ctx.get(&tampered, None).await;
@@ -945,6 +965,253 @@ async fn send_check(backend: Backend, transport: TransportPref) {
     let _: UserId = alice.id;
 }
 
+/// One PATCH is bounded by max_chunk_bytes: refused up front with a Content-Length (the upload
+/// stays), cut at the limit when streamed (its first max_chunk_bytes are kept).
+async fn chunk_limit(backend: Backend) {
+    let ctx = start(backend, "max_chunk_bytes = 65536").await;
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let bytes = random_bytes(200_000);
+    let view = ctx
+        .create_ok(&alice, c, bytes.len() as u64, "image/png")
+        .await;
+    assert_eq!(view.max_chunk_bytes, 65_536);
+    let r = ctx
+        .patch(&alice, view.upload_id, 0, bytes[..65_537].to_vec())
+        .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(header(&r, "upload-offset").as_deref(), Some("0"));
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> = bytes[..100_000]
+        .chunks(10_000)
+        .map(|p| Ok(p.to_vec()))
+        .collect();
+    let r = ctx
+        .client
+        .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
+        .bearer_auth(&alice.token)
+        .header("content-type", OFFSET_STREAM)
+        .header("upload-offset", "0")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    assert_eq!(
+        ctx.head(&alice, view.upload_id).await,
+        (StatusCode::NO_CONTENT, Some(65_536))
+    );
+    let mut offset = 65_536usize;
+    while offset < bytes.len() {
+        let end = (offset + 65_536).min(bytes.len());
+        let r = ctx
+            .patch(
+                &alice,
+                view.upload_id,
+                offset as u64,
+                bytes[offset..end].to_vec(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        offset = end;
+    }
+    assert_eq!(
+        ctx.finish(&alice, view.upload_id).await.status(),
+        StatusCode::OK
+    );
+    let url = ctx.signed_url_ok(&alice, view.upload_id).await;
+    let got = ctx.get(&url.url, None).await.bytes().await.expect("body");
+    assert_eq!(sha256(&got), sha256(&bytes));
+}
+
+/// The server's body deadline applies to each PATCH: a body that stalls past it is answered 408
+/// and what arrived before is kept.
+async fn body_deadline(backend: Backend) {
+    let mut ctx = start(backend, "").await;
+    // http_body_timeout_ms is a top-level key: a server of its own for this test.
+    drop(std::mem::replace(
+        &mut ctx.server,
+        TestServer::start_with(&[
+            "http_body_timeout_ms = 1000",
+            &files_line(ctx.s3.as_ref(), ""),
+        ])
+        .await,
+    ));
+    ctx.client = https(&ctx.server);
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let view = ctx.create_ok(&alice, c, 100_000, "image/png").await;
+    let stalled = futures_util::stream::unfold(0u32, |i| async move {
+        match i {
+            0 => Some((Ok::<Vec<u8>, std::io::Error>(vec![7u8; 10_000]), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Some((Ok(vec![7u8; 10_000]), 2))
+            }
+            _ => None,
+        }
+    });
+    let r = ctx
+        .client
+        .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
+        .bearer_auth(&alice.token)
+        .header("content-type", OFFSET_STREAM)
+        .header("upload-offset", "0")
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let mut kept = None;
+    for _ in 0..50 {
+        kept = ctx.head(&alice, view.upload_id).await.1;
+        if kept == Some(10_000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kept, Some(10_000), "the bytes before the stall are kept");
+}
+
+/// Two PATCHes at the same offset at once: exactly one is stored, the other learns the offset.
+async fn concurrent_patches(backend: Backend) {
+    let ctx = start(backend, "").await;
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let bytes = random_bytes(2_000_000);
+    let view = ctx
+        .create_ok(&alice, c, bytes.len() as u64, "image/png")
+        .await;
+    let send = || {
+        ctx.client
+            .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
+            .bearer_auth(&alice.token)
+            .header("content-type", OFFSET_STREAM)
+            .header("upload-offset", "0")
+            .body(bytes[..1_000_000].to_vec())
+            .send()
+    };
+    let (a, b) = tokio::join!(send(), send());
+    // The loser is answered 409 as soon as it gets the upload, possibly before its body was
+    // read (then the client may see the connection close instead).
+    let status = |r: reqwest::Result<reqwest::Response>| r.map(|r| r.status()).ok();
+    let mut statuses = [status(a), status(b)];
+    statuses.sort();
+    assert!(
+        statuses == [None, Some(StatusCode::NO_CONTENT)]
+            || statuses == [Some(StatusCode::NO_CONTENT), Some(StatusCode::CONFLICT)],
+        "exactly one PATCH stored: {statuses:?}"
+    );
+    assert_eq!(ctx.head(&alice, view.upload_id).await.1, Some(1_000_000));
+    let r = ctx
+        .patch(
+            &alice,
+            view.upload_id,
+            1_000_000,
+            bytes[1_000_000..].to_vec(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        ctx.finish(&alice, view.upload_id).await.status(),
+        StatusCode::OK
+    );
+    let url = ctx.signed_url_ok(&alice, view.upload_id).await;
+    let got = ctx.get(&url.url, None).await.bytes().await.expect("body");
+    assert_eq!(sha256(&got), sha256(&bytes));
+}
+
+/// A restart (kill -9) keeps the recorded offset, the finished files and the URL key.
+async fn survives_restart(backend: Backend) {
+    let mut ctx = start(backend, "").await;
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let done = ctx
+        .upload(&alice, c, &random_bytes(5000), "image/png")
+        .await;
+    let url = ctx.signed_url_ok(&alice, done.file_id).await;
+    let bytes = random_bytes(300_000);
+    let view = ctx
+        .create_ok(&alice, c, bytes.len() as u64, "image/png")
+        .await;
+    let r = ctx
+        .patch(&alice, view.upload_id, 0, bytes[..100_000].to_vec())
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Bytes without metadata, as a crash between a deletion's two steps leaves them.
+    let orphan = MessageId::random().to_string();
+    let files_dir = ctx.server.data_dir.join("files");
+    std::fs::write(files_dir.join("staging").join(&orphan), b"orphan").expect("orphan");
+    let objects = match &ctx.s3 {
+        Some(s3) => s3.dir.clone(),
+        None => files_dir.join("objects"),
+    };
+    std::fs::write(objects.join(format!("{orphan}x")), b"not an id").expect("foreign");
+    let orphan_object = MessageId::random().to_string();
+    std::fs::write(objects.join(&orphan_object), b"orphan").expect("orphan object");
+    ctx.server.restart().await;
+    ctx.client = https(&ctx.server);
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = ctx
+            .stored()
+            .into_iter()
+            .filter(|p| p.ends_with(&orphan) || p.ends_with(&orphan_object))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left.is_empty(), "orphans are removed at start: {left:?}");
+    assert!(
+        objects.join(format!("{orphan}x")).exists(),
+        "names that are no file id are left alone"
+    );
+    std::fs::remove_file(objects.join(format!("{orphan}x"))).expect("cleanup");
+    assert_eq!(
+        ctx.get(&url.url, None).await.status(),
+        StatusCode::OK,
+        "a URL signed before the restart"
+    );
+    assert_eq!(ctx.head(&alice, view.upload_id).await.1, Some(100_000));
+    let r = ctx
+        .patch(&alice, view.upload_id, 100_000, bytes[100_000..].to_vec())
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        ctx.finish(&alice, view.upload_id).await.status(),
+        StatusCode::OK
+    );
+    let url = ctx.signed_url_ok(&alice, view.upload_id).await;
+    let got = ctx.get(&url.url, None).await.bytes().await.expect("body");
+    assert_eq!(sha256(&got), sha256(&bytes));
+}
+
+/// File calls spend the caller's request bucket like other API calls: past the burst, 429
+/// with Retry-After.
+async fn rate_limited(backend: Backend) {
+    let s3 = matches!(backend, Backend::S3).then(s3_bucket);
+    let server = TestServer::start_with(&[
+        "device_request_burst = 3",
+        "device_requests_per_sec = 1",
+        "http_refusal_delay_ms = 0",
+        &files_line(s3.as_ref(), ""),
+    ])
+    .await;
+    let client = https(&server);
+    let ctx = Ctx { server, s3, client };
+    let (alice, bob, c) = alice_and_bob(&ctx.server).await;
+    for _ in 0..3 {
+        ctx.create_ok(&alice, c, 10, "image/png").await;
+    }
+    let r = ctx.create(&alice, c, 10, "image/png").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(header(&r, "retry-after").is_some());
+    assert_eq!(error_code(r).await, "rate_limited");
+    // Per user: bob still has his.
+    ctx.create_ok(&bob, c, 10, "image/png").await;
+}
+
 macro_rules! both_backends {
     ($($name:ident => $scenario:expr;)*) => {
         mod local {
@@ -984,4 +1251,51 @@ both_backends! {
     sweeper_removes_idle_and_unreferenced => sweeper;
     send_check_websocket => |b| send_check(b, TransportPref::WebSocket);
     send_check_webtransport => |b| send_check(b, TransportPref::WebTransport);
+    one_patch_is_bounded => chunk_limit;
+    body_deadline_keeps_what_arrived => body_deadline;
+    concurrent_patches_store_once => concurrent_patches;
+    restart_keeps_offsets_files_and_urls => survives_restart;
+    file_calls_are_rate_limited => rate_limited;
+}
+
+/// The OpenAPI document lists every file route with its method.
+#[tokio::test]
+async fn openapi_documents_the_file_api() {
+    let ctx = start(Backend::Local, "").await;
+    let doc: serde_json::Value = ctx
+        .client
+        .get(ctx.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for (path, method) in [
+        ("/api/v1/uploads", "post"),
+        ("/api/v1/uploads/{id}", "head"),
+        ("/api/v1/uploads/{id}", "patch"),
+        ("/api/v1/uploads/{id}", "delete"),
+        ("/api/v1/uploads/{id}/finish", "post"),
+        ("/api/v1/files/{id}/url", "post"),
+        ("/api/v1/files/{id}/content", "get"),
+        ("/api/v1/conversations/{id}/files", "get"),
+    ] {
+        assert!(
+            doc["paths"][path].get(method).is_some(),
+            "OpenAPI documents {method} {path}"
+        );
+    }
+    for schema in [
+        "UploadCreate",
+        "UploadView",
+        "FileView",
+        "FileList",
+        "FileUrl",
+    ] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "schema {schema}"
+        );
+    }
 }

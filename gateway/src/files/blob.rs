@@ -45,6 +45,21 @@ pub struct Blobs {
     kind: Kind,
 }
 
+/// The S3 client as configured. Signing uses ring (`object_store`'s `ring` feature) and TLS
+/// goes through reqwest's rustls with the process-wide ring provider: no aws-lc-rs.
+fn s3_builder(s3: &super::config::S3Config) -> object_store::aws::AmazonS3Builder {
+    let mut builder = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&s3.bucket)
+        .with_region(&s3.region)
+        .with_access_key_id(&s3.access_key)
+        .with_secret_access_key(&s3.secret_key)
+        .with_allow_http(s3.allow_http);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    builder
+}
+
 fn object_path(id: MessageId) -> ObjectPath {
     ObjectPath::from(id.to_string())
 }
@@ -63,25 +78,21 @@ impl Blobs {
                     kind: Kind::Local { root },
                 })
             }
-            Backend::S3(s3) => {
-                let mut builder = object_store::aws::AmazonS3Builder::new()
-                    .with_bucket_name(&s3.bucket)
-                    .with_region(&s3.region)
-                    .with_access_key_id(&s3.access_key)
-                    .with_secret_access_key(&s3.secret_key)
-                    .with_allow_http(s3.allow_http);
-                if let Some(endpoint) = &s3.endpoint {
-                    builder = builder.with_endpoint(endpoint);
-                }
-                Ok(Blobs {
-                    store: Arc::new(builder.build()?),
-                    kind: Kind::S3 {
-                        part_bytes: config.s3_part_bytes as usize,
-                        parts: Arc::new(Semaphore::new(config.s3_parts_in_flight)),
-                    },
-                })
-            }
+            Backend::S3(s3) => Self::s3(config, s3_builder(s3)),
         }
+    }
+
+    fn s3(
+        config: &FilesConfig,
+        builder: object_store::aws::AmazonS3Builder,
+    ) -> Result<Blobs, BlobError> {
+        Ok(Blobs {
+            store: Arc::new(builder.build()?),
+            kind: Kind::S3 {
+                part_bytes: config.s3_part_bytes as usize,
+                parts: Arc::new(Semaphore::new(config.s3_parts_in_flight)),
+            },
+        })
     }
 
     /// Makes the staging file at `staging` the object of `id` (exactly `size` bytes). Local:
@@ -172,11 +183,109 @@ impl Blobs {
             .into_stream())
     }
 
+    /// Up to `limit` ids of stored objects (names that are not file ids are skipped).
+    pub async fn ids(&self, limit: usize) -> Result<Vec<MessageId>, BlobError> {
+        use futures_util::StreamExt as _;
+        let mut out = Vec::new();
+        let mut listing = self.store.list(None);
+        while out.len() < limit {
+            let Some(meta) = listing.next().await else {
+                break;
+            };
+            if let Ok(id) = meta?.location.as_ref().parse::<MessageId>() {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes the object; a missing one is no error.
     pub async fn delete(&self, id: MessageId) -> Result<(), BlobError> {
         match self.store.delete(&object_path(id)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// The S3 client works over HTTPS with ring as the only rustls provider (what production
+    /// uses; the tests' S3 server speaks plain HTTP on loopback): a TLS server with a
+    /// self-signed certificate answers a HEAD the way S3 does, trusted as an extra root on top
+    /// of the system's.
+    #[tokio::test]
+    async fn s3_client_speaks_https_with_ring() {
+        crate::tls::install_default_provider();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let der = cert.der().clone();
+        let private =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        let tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], private)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut stream = acceptor.accept(tcp).await.expect("TLS handshake");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).await.expect("request");
+                head.push(byte[0]);
+            }
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"e\"\r\n\
+                      Last-Modified: Wed, 02 Dec 2026 00:00:00 GMT\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .expect("response");
+            stream.shutdown().await.ok();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let s3 = super::super::config::S3Config {
+            endpoint: Some(format!("https://localhost:{port}")),
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            allow_http: false,
+        };
+        let options = object_store::ClientOptions::new()
+            .with_root_certificate(object_store::Certificate::from_der(&der).expect("certificate"));
+        let builder =
+            s3_builder(&s3)
+                .with_client_options(options)
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 0,
+                    ..Default::default()
+                });
+        let blobs = Blobs::s3(&FilesConfig::default(), builder).expect("S3 client");
+        let id = MessageId(7);
+        assert_eq!(blobs.size_of(id).await.expect("HEAD over https"), Some(5));
+        let request = server.await.expect("server");
+        assert!(
+            request.starts_with(&format!("HEAD /b/{id} HTTP/1.1")),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: aws4-hmac-sha256"),
+            "{request}"
+        );
     }
 }

@@ -258,8 +258,11 @@ pub fn resolve(toml: Option<FilesToml>) -> Result<FilesConfig, ConfigError> {
                     ConfigError::Invalid(format!("files.{name} is required with backend = \"s3\""))
                 })
             };
+            let endpoint = t.s3_endpoint.filter(|e| !e.is_empty());
+            let allow_http = t.s3_allow_http.unwrap_or(false);
+            check_endpoint(endpoint.as_deref(), allow_http)?;
             Backend::S3(S3Config {
-                endpoint: t.s3_endpoint.filter(|e| !e.is_empty()),
+                endpoint,
                 bucket: need("s3_bucket", t.s3_bucket)?,
                 region: t.s3_region.unwrap_or_else(|| "us-east-1".into()),
                 access_key: need(
@@ -270,7 +273,7 @@ pub fn resolve(toml: Option<FilesToml>) -> Result<FilesConfig, ConfigError> {
                     "s3_secret_key",
                     env("TERN_FILES_S3_SECRET_KEY").or(t.s3_secret_key),
                 )?,
-                allow_http: t.s3_allow_http.unwrap_or(false),
+                allow_http,
             })
         }
         Some(other) => {
@@ -293,6 +296,40 @@ pub fn resolve(toml: Option<FilesToml>) -> Result<FilesConfig, ConfigError> {
         s3_part_bytes,
         s3_parts_in_flight,
     })
+}
+
+/// Plain HTTP carries the S3 credentials' signatures and every file in the clear: allowed
+/// only to a loopback endpoint (a test server), and only when asked for.
+fn check_endpoint(endpoint: Option<&str>, allow_http: bool) -> Result<(), ConfigError> {
+    let Some(endpoint) = endpoint else {
+        return if allow_http {
+            Err(ConfigError::Invalid(
+                "files.s3_allow_http needs a loopback s3_endpoint".into(),
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    let uri: axum::http::Uri = endpoint.parse().map_err(|_| {
+        ConfigError::Invalid(format!("files.s3_endpoint {endpoint:?} is not a URL"))
+    })?;
+    let loopback = uri.host().is_some_and(|h| {
+        h == "localhost"
+            || h.trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if allow_http && loopback => Ok(()),
+        Some("http") => Err(ConfigError::Invalid(format!(
+            "files.s3_endpoint {endpoint:?}: plain http only to a loopback test server with \
+             s3_allow_http = true"
+        ))),
+        _ => Err(ConfigError::Invalid(format!(
+            "files.s3_endpoint {endpoint:?} must be https://host[:port]"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -326,5 +363,19 @@ mod tests {
             backend: Some("ftp".into()),
             ..Default::default()
         }));
+        let s3 = |endpoint: &str, allow_http: bool| FilesToml {
+            backend: Some("s3".into()),
+            s3_endpoint: Some(endpoint.into()),
+            s3_bucket: Some("b".into()),
+            s3_access_key: Some("a".into()),
+            s3_secret_key: Some("s".into()),
+            s3_allow_http: Some(allow_http),
+            ..Default::default()
+        };
+        assert!(resolve(Some(s3("https://s3.example.com", false))).is_ok());
+        assert!(resolve(Some(s3("http://127.0.0.1:9000", true))).is_ok());
+        assert!(bad(s3("http://127.0.0.1:9000", false)));
+        assert!(bad(s3("http://s3.example.com", true)));
+        assert!(bad(s3("ftp://s3.example.com", false)));
     }
 }

@@ -138,6 +138,7 @@ pub async fn create_upload(
         );
     }
     if !super::policy::allowed(&files.config.allowed_types, &content_type) {
+        files.metrics.type_refusals.inc();
         return fail(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "type_not_allowed",
@@ -145,6 +146,7 @@ pub async fn create_upload(
         );
     }
     if body.size == 0 || body.size > files.config.max_file_bytes {
+        files.metrics.size_refusals.inc();
         return fail(
             StatusCode::PAYLOAD_TOO_LARGE,
             "limit_exceeded",
@@ -172,8 +174,11 @@ pub async fn create_upload(
         max_open: files.config.max_open_uploads_per_user,
     };
     match files.meta.create_upload(record.clone(), limits).await {
-        Ok(CreateOutcome::Created) => {}
+        Ok(CreateOutcome::Created) => {
+            files.metrics.uploads_created.inc();
+        }
         Ok(CreateOutcome::QuotaExceeded { used }) => {
+            files.metrics.size_refusals.inc();
             return fail(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "quota_exceeded",
@@ -383,7 +388,10 @@ async fn patch(
         ),
     };
     match files.meta.set_offset(id, new_offset, now_ms()).await {
-        Ok(true) => with_offset(response, new_offset),
+        Ok(true) => {
+            files.metrics.upload_bytes.inc_by(new_offset - offset);
+            with_offset(response, new_offset)
+        }
         Ok(false) => {
             files.remove_bytes(id).await;
             not_found("upload")
@@ -394,6 +402,7 @@ async fn patch(
 
 /// More bytes than declared: the upload is deleted and nothing stays.
 async fn lying(files: &FileService, id: MessageId) -> Response {
+    files.metrics.size_refusals.inc();
     if let Err(e) = files.meta.delete_upload(id, DeleteIf::Always).await {
         return internal("deleting an oversized upload", e);
     }
@@ -464,7 +473,9 @@ async fn finish(files: &FileService, user: UserId, id: MessageId) -> Response {
         return internal("storing a finished upload", e);
     }
     match files.meta.finish_upload(id, now_ms()).await {
-        Ok(true) => {}
+        Ok(true) => {
+            files.metrics.uploads_finished.inc();
+        }
         Ok(false) => {
             files.remove_bytes(id).await;
             return not_found("upload");
@@ -581,8 +592,8 @@ pub async fn file_url(
 pub struct ContentParams {
     /// The member the URL was issued to.
     u: Option<String>,
-    /// Expiry, Unix ms.
-    e: Option<u64>,
+    /// Expiry, Unix ms (a string here so that a malformed one is a 403 like any bad URL).
+    e: Option<String>,
     /// The signature.
     s: Option<String>,
 }
@@ -660,7 +671,7 @@ pub async fn file_content(
     let (Some(u), Some(e), Some(s)) = (params.u, params.e, params.s) else {
         return forbidden("a download needs a signed URL (POST /files/{id}/url)");
     };
-    let Ok(user) = u.parse::<UserId>() else {
+    let (Ok(user), Ok(e)) = (u.parse::<UserId>(), e.parse::<u64>()) else {
         return forbidden("bad URL");
     };
     if files.signer.verify(id, user, e, &s, now_ms()).is_err() {
@@ -700,6 +711,7 @@ pub async fn file_content(
         Ok(s) => s,
         Err(e) => return internal("reading a file object", e),
     };
+    files.metrics.download_bytes.inc_by(range.end - range.start);
     let mut response = Response::new(axum::body::Body::from_stream(stream));
     *response.status_mut() = status;
     let h = response.headers_mut();

@@ -15,6 +15,7 @@
 pub mod blob;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod policy;
 pub mod staging;
 pub mod sweeper;
@@ -53,6 +54,7 @@ pub struct FileService {
     pub blobs: Blobs,
     pub staging: staging::Staging,
     pub signer: UrlSigner,
+    pub metrics: metrics::FileMetrics,
     locks: Arc<UploadLocks>,
     requests: Mutex<BucketMap<UserId>>,
 }
@@ -80,6 +82,7 @@ impl FileService {
             blobs,
             staging,
             signer,
+            metrics: metrics::FileMetrics::default(),
             locks: Arc::new(UploadLocks::default()),
             requests: Mutex::new(BucketMap::new(requests, MAX_RATE_KEYS)),
         })
@@ -127,6 +130,7 @@ impl FileService {
                     && r.content_type == f.content_type
             });
             if !fits {
+                self.metrics.send_refusals.inc();
                 return Err(SendRefusal::Invalid(format!(
                     "file {} is not a finished upload of yours in this conversation (with this \
                      size and type)",

@@ -40,6 +40,20 @@ impl Staging {
         self.dir.join(id.to_string())
     }
 
+    /// Up to `limit` ids that have a staging file.
+    pub async fn ids(&self, limit: usize) -> std::io::Result<Vec<MessageId>> {
+        let mut out = Vec::new();
+        let mut dir = tokio::fs::read_dir(&self.dir).await?;
+        while out.len() < limit
+            && let Some(entry) = dir.next_entry().await?
+        {
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the staging file; a missing one is no error.
     pub async fn remove(&self, id: MessageId) -> std::io::Result<()> {
         match tokio::fs::remove_file(self.path(id)).await {

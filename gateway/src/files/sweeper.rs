@@ -19,8 +19,18 @@ const SWEEP_BATCH: usize = 256;
 /// Most deletions per sweep, so one sweep stays short (the next one continues).
 const MAX_PER_SWEEP: usize = 10_000;
 
-/// Runs forever (until the runtime stops).
+/// Most orphans looked at in one start-up pass.
+const MAX_ORPHAN_SCAN: usize = 100_000;
+
+/// Runs forever (until the runtime stops). First removes orphans a crash may have left.
 pub async fn run(files: Arc<FileService>) {
+    let removed = remove_orphans(&files).await;
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "file sweeper removed bytes without metadata (left by a crash)"
+        );
+    }
     let mut tick = tokio::time::interval(files.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -33,6 +43,40 @@ pub async fn run(files: Arc<FileService>) {
             );
         }
     }
+}
+
+/// Deletes staging files and objects that have no metadata record: a crash between a
+/// deletion's metadata write and its byte removal leaves them, and nothing could ever read
+/// them. Bytes of a live upload always have a record (it is written before the first byte and
+/// removed before the last), so this never touches one.
+pub async fn remove_orphans(files: &FileService) -> usize {
+    let staging = files
+        .staging
+        .ids(MAX_ORPHAN_SCAN)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "listing staging files");
+            Vec::new()
+        });
+    let objects = files.blobs.ids(MAX_ORPHAN_SCAN).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "listing file objects");
+        Vec::new()
+    });
+    let mut removed = 0;
+    for id in staging.into_iter().chain(objects) {
+        let Some(_guard) = files.try_lock(id).await else {
+            continue;
+        };
+        match files.meta.upload(id).await {
+            Ok(None) => {
+                files.remove_bytes(id).await;
+                removed += 1;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!(file = %id, error = %e, "checking an orphan"),
+        }
+    }
+    removed
 }
 
 /// One sweep at `now`: returns how many uploads were deleted.
@@ -65,6 +109,7 @@ pub async fn sweep_once(files: &FileService, now: u64) -> usize {
             match files.meta.delete_upload(record.id, condition).await {
                 Ok(Some(_)) => {
                     files.remove_bytes(record.id).await;
+                    files.metrics.swept.inc();
                     deleted += 1;
                     progressed = true;
                 }
