@@ -210,10 +210,14 @@ fn marker() -> String {
 
 /// A connected client with end-to-end encryption (its keys published on connect).
 async fn client(ctx: &Ctx, transport: TransportPref, user: &TestUser) -> Client {
+    client_with(ctx.server.config(transport), user).await
+}
+
+async fn client_with(config: tern_sdk::Config, user: &TestUser) -> Client {
     let device = DeviceId::random();
     let e2e = E2e::in_memory(user.id, device, CryptoConfig::default()).expect("crypto");
     let mut client = Client::new(
-        ctx.server.config(transport),
+        config,
         user.token.clone(),
         device,
         &[],
@@ -229,13 +233,19 @@ async fn next_file(client: &mut Client) -> FileBody {
     let wait = async {
         loop {
             match client.next_event().await {
-                Some(ClientEvent::Message(m)) => {
+                // The message may come before its key (NoKeyYet), then as Decrypted.
+                Some(ClientEvent::Message(m) | ClientEvent::Decrypted(m)) => {
                     if let Some(body) = tern_sdk::file_body_of(&m) {
                         assert_eq!(m.content_type, "tern.file");
                         return body;
                     }
                 }
-                Some(ClientEvent::Undecryptable(u)) => panic!("undecryptable: {u:?}"),
+                Some(ClientEvent::Undecryptable(u)) => {
+                    assert!(
+                        matches!(u.reason, tern_core::crypto::Undecryptable::NoKeyYet),
+                        "undecryptable: {u:?}"
+                    );
+                }
                 Some(_) => {}
                 None => client.reconnect().await.expect("reconnect"),
             }
@@ -534,6 +544,179 @@ async fn tampered_and_truncated(backend: Backend) {
     assert!(std::fs::read(&dest).expect("read") == bytes);
     alice.close().await;
     bob.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// real dropped connections: a TCP proxy that cuts one connection after a number of bytes
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to server (an upload's PATCH body).
+    Up,
+    /// Server to client (a download's body).
+    Down,
+}
+
+/// Forwards loopback TCP to the server (TLS passes through untouched: the client pins the
+/// server's certificate hash) and kills the first connection that carries more than
+/// `cut_after` bytes in `direction`, once.
+struct Cutter {
+    direction: Direction,
+    cut_after: u64,
+    fired: std::sync::atomic::AtomicBool,
+    /// Bytes forwarded in `direction` over all connections.
+    forwarded: std::sync::atomic::AtomicU64,
+}
+
+async fn cutting_proxy(
+    target: std::net::SocketAddr,
+    direction: Direction,
+    cut_after: u64,
+) -> (std::net::SocketAddr, std::sync::Arc<Cutter>) {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cutter = Arc::new(Cutter {
+        direction,
+        cut_after,
+        fired: false.into(),
+        forwarded: 0.into(),
+    });
+    let shared = cutter.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let cutter = shared.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                // One direction: copies until EOF, or returns early when this connection is
+                // the one to cut.
+                async fn pump(
+                    from: &mut tokio::net::tcp::OwnedReadHalf,
+                    to: &mut tokio::net::tcp::OwnedWriteHalf,
+                    cutter: &Cutter,
+                    counted: bool,
+                ) {
+                    let mut seen = 0u64;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if counted {
+                            seen += n as u64;
+                            if seen > cutter.cut_after && !cutter.fired.swap(true, Ordering::SeqCst)
+                            {
+                                return;
+                            }
+                            cutter.forwarded.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let up = cutter.direction == Direction::Up;
+                // Whichever side ends (EOF or the cut) ends the connection: both halves drop.
+                tokio::select! {
+                    _ = pump(&mut cr, &mut sw, &cutter, up) => {}
+                    _ = pump(&mut sr, &mut cw, &cutter, !up) => {}
+                }
+            });
+        }
+    });
+    (addr, cutter)
+}
+
+/// Real dropped connections, retried inside one call: Alice's upload loses its connection
+/// mid-PATCH (at 5 MB) and `send_file` resumes it from the server's offset on its own; Bob's
+/// download loses its connection at 5 MB and continues with a Range request (it does not
+/// start over: the bytes forwarded stay below the object plus 1 MB). Both ends verify.
+#[tokio::test]
+async fn dropped_connections_resume_inside_one_call() {
+    use std::sync::atomic::Ordering;
+    let ctx = start(Backend::Local).await;
+    let suffix = format!("{:x}", DeviceId::random().0 >> 100);
+    let alice = user(&ctx.server, &format!("alice{suffix}")).await;
+    let bob = user(&ctx.server, &format!("bob{suffix}")).await;
+    let conversation = alice
+        .http
+        .create_direct(&bob.name)
+        .await
+        .expect("dm")
+        .conversation_id;
+    bob.http
+        .accept_invitation(conversation)
+        .await
+        .expect("accept");
+    let half = 5_000_000;
+    let (up_addr, up) = cutting_proxy(ctx.server.addr, Direction::Up, half).await;
+    let (down_addr, down) = cutting_proxy(ctx.server.addr, Direction::Down, half).await;
+    let via = |addr: std::net::SocketAddr| {
+        let mut config = tern_sdk::Config::new(
+            &addr.to_string(),
+            tern_sdk::Trust::PinnedSha256(vec![ctx.server.cert_hash]),
+        )
+        .expect("config");
+        config.transport = TransportPref::WebSocket;
+        config
+    };
+    let mut bob_client = client_with(via(down_addr), &bob).await;
+    let mut alice_client = client_with(via(up_addr), &alice).await;
+
+    let (path, bytes) = ctx.file("cut.bin", TEN_MB, &marker());
+    let (_, sent) = alice_client
+        .send_file(
+            conversation,
+            &path,
+            None,
+            "application/octet-stream",
+            "",
+            &mut no_progress(),
+        )
+        .await
+        .expect("the upload resumes after its connection was cut");
+    assert!(
+        up.fired.load(Ordering::SeqCst),
+        "the upload's connection was cut"
+    );
+    let total = encrypted_len(TEN_MB as u64);
+    let uploaded = up.forwarded.load(Ordering::SeqCst);
+    assert!(
+        uploaded < total + (1 << 20),
+        "resumed, not restarted: {uploaded} bytes for {total}"
+    );
+
+    let body = next_file(&mut bob_client).await;
+    assert_eq!(body, sent);
+    let dest = ctx.work.path().join("cut-download.bin");
+    bob_client
+        .download(&body, &dest, &mut no_progress())
+        .await
+        .expect("the download resumes after its connection was cut");
+    assert!(
+        down.fired.load(Ordering::SeqCst),
+        "the download's connection was cut"
+    );
+    let downloaded = down.forwarded.load(Ordering::SeqCst);
+    assert!(
+        downloaded < total + (1 << 20),
+        "Range resume, not a restart: {downloaded} bytes for {total}"
+    );
+    assert!(
+        std::fs::read(&dest).expect("read") == bytes,
+        "the same bytes"
+    );
+    alice_client.close().await;
+    bob_client.close().await;
 }
 
 #[tokio::test]

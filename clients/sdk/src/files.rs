@@ -210,6 +210,8 @@ pub struct FileUpload {
     stall: Duration,
     /// The encrypted chunk last built (a PATCH boundary inside a chunk reuses it).
     cached: Option<(u64, Bytes)>,
+    /// The file, opened on first read (dropped after a read error, reopened next time).
+    file: Option<tokio::fs::File>,
 }
 
 impl std::fmt::Debug for FileUpload {
@@ -258,6 +260,7 @@ impl FileUpload {
             patch_bytes,
             stall,
             cached: None,
+            file: None,
         })
     }
 
@@ -430,14 +433,24 @@ impl FileUpload {
 
     /// The file bytes chunk `index` carries (at most 64 KiB), read from disk. The file must
     /// not change while it uploads: a different length is an error, not a silent mix.
-    async fn read_chunk(&self, index: u64) -> Result<Vec<u8>> {
+    async fn read_chunk(&mut self, index: u64) -> Result<Vec<u8>> {
         let range = self.encryptor.layout().chunk_file_range(index);
         let mut plain = vec![0u8; (range.end - range.start) as usize];
         debug_assert!(plain.len() <= CHUNK_PLAINTEXT_LEN);
-        if !plain.is_empty() {
-            let mut file = tokio::fs::File::open(&self.path).await?;
+        if plain.is_empty() {
+            return Ok(plain);
+        }
+        let file = match self.file.as_mut() {
+            Some(f) => f,
+            None => self.file.insert(tokio::fs::File::open(&self.path).await?),
+        };
+        let read = async {
             file.seek(std::io::SeekFrom::Start(range.start)).await?;
-            file.read_exact(&mut plain).await?;
+            file.read_exact(&mut plain).await
+        };
+        if let Err(e) = read.await {
+            self.file = None;
+            return Err(e.into());
         }
         Ok(plain)
     }
