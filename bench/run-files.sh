@@ -10,7 +10,10 @@
 # The bytes are random (what a client-side encrypted file looks like to the server).
 #
 # Usage: bench/run-files.sh [--skip-build] [--backends "local s3"] [--out DIR]
-# Env: SIZE_MB (100), CLIENTS (20), USERS (10000), RATE (1000), DURATION (60s), GROUP_SIZES.
+# Env: SIZE_MB (100), CLIENTS (20), USERS (10000), RATE (1000), DURATION (90s), GROUP_SIZES,
+# UPLOAD_DELAY (s into the chat run before the uploads start, 30), PACE (bytes/s for the
+# server's upload_bytes_per_sec and download_bytes_per_sec; unset = the server's default,
+# 0 = unpaced).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -95,6 +98,10 @@ start_tern() {
         echo '[files]'
         echo "backend = \"$backend\""
         echo "max_file_bytes = $((SIZE + 1024 * 1024))"
+        if [[ -n "${PACE:-}" ]]; then
+            echo "upload_bytes_per_sec = $PACE"
+            echo "download_bytes_per_sec = $PACE"
+        fi
         if [[ "$backend" == s3 ]]; then
             echo "s3_endpoint = \"$TERN_TEST_S3\""
             echo "s3_bucket = \"$TERN_TEST_S3_BUCKET\""
@@ -179,7 +186,7 @@ p99_of() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r[
     echo "host_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
     echo "host_cores=$(nproc)"
     echo "tern_commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
-    echo "size_mb=$SIZE_MB clients=$CLIENTS users=$USERS rate=$RATE duration=$DURATION"
+    echo "size_mb=$SIZE_MB clients=$CLIENTS users=$USERS rate=$RATE duration=$DURATION pace=${PACE:-server default}"
 } >"$OUT/environment.txt"
 : >"$OUT/results.tsv"
 row() { printf '%s\n' "$*" | tee -a "$OUT/results.tsv"; }
