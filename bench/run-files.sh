@@ -135,13 +135,19 @@ account() {
     echo "$token $conv"
 }
 
-# Uploads $FILE as TOKEN into CONVERSATION: create, every 8 MiB PATCH on one connection, finish.
-# Prints the file id.
-upload() {
-    local token="$1" conv="$2" id args=() off=0 part
-    id="$("${CURL[@]}" -X POST -H 'Content-Type: application/json' -H "Authorization: Bearer $token" \
+# Creates an upload of $FILE's size as TOKEN in CONVERSATION; prints its id.
+create_upload() {
+    local token="$1" conv="$2"
+    "${CURL[@]}" -X POST -H 'Content-Type: application/json' -H "Authorization: Bearer $token" \
         -d "{\"conversation\":\"$conv\",\"size\":$SIZE,\"content_type\":\"application/octet-stream\"}" \
-        "$BASE/uploads" | json "['upload_id']")"
+        "$BASE/uploads" | json "['upload_id']"
+}
+
+# Sends $FILE into upload ID as TOKEN: every 8 MiB PATCH on one keep-alive connection (one
+# curl process), then finish. Nothing but curl runs here, so the instrument costs little CPU
+# while it is measured.
+send_upload() {
+    local token="$1" id="$2" args=() off=0 part
     for part in "$OUT"/parts/p*; do
         [[ ${#args[@]} -gt 0 ]] && args+=(--next)
         args+=(--cacert "$CERT" -sS --fail-with-body -o /dev/null -X PATCH
@@ -151,6 +157,12 @@ upload() {
     done
     curl --max-time 600 "${args[@]}"
     "${CURL[@]}" -o /dev/null -X POST -H "Authorization: Bearer $token" "$BASE/uploads/$id/finish"
+}
+
+upload() {
+    local id
+    id="$(create_upload "$1" "$2")"
+    send_upload "$1" "$id"
     echo "$id"
 }
 
@@ -222,8 +234,13 @@ for BACKEND in $BACKENDS; do
     chat_run "chat-$BACKEND-alone"
 
     log "$CLIENTS clients x $SIZE_MB MB uploads during the same chat scenario"
-    accounts=()
-    for i in $(seq 1 "$CLIENTS"); do accounts+=("$(account "up$i-$BACKEND")"); done
+    # Accounts and upload ids before the chat starts: python and JSON parsing for 20 clients at
+    # once would take the 2 cores from the server for a moment (measured: a 1 s delivery stall).
+    uploads=()
+    for i in $(seq 1 "$CLIENTS"); do
+        read -r tok conv < <(account "up$i-$BACKEND")
+        uploads+=("$tok $(create_upload "$tok" "$conv")")
+    done
     flag="$OUT/sampling-$BACKEND"; touch "$flag"
     sample_rss "$SERVER_PID" "$OUT/rss-$BACKEND.txt" "$flag" &
     sampler=$!
@@ -233,19 +250,20 @@ for BACKEND in $BACKENDS; do
     rss_before="$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")"
     t0="$(now)"
     pids=()
-    for a in "${accounts[@]}"; do
+    for a in "${uploads[@]}"; do
         # shellcheck disable=SC2086
-        upload $a >/dev/null &
+        send_upload $a >/dev/null &
         pids+=($!)
     done
     failed=0
     for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
     t1="$(now)"
+    rss_after="$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")"
     chat_rc=0
     wait "$chat" || chat_rc=$?
     rm -f "$flag"; wait "$sampler" || true
     peak="$(awk 'BEGIN {m = 0} {if ($2 > m) m = $2} END {print m}' "$OUT/rss-$BACKEND.txt")"
-    row "tern-$BACKEND-concurrent	clients=$CLIENTS	failed_uploads=$failed	aggregate_upload_MBps=$(mbps "$((SIZE * CLIENTS))" "$t0" "$t1")	rss_before_kib=$rss_before	rss_peak_kib=$peak	chat_p99_alone_ms=$(p99_of "$OUT/chat-$BACKEND-alone.json")	chat_p99_uploads_ms=$(p99_of "$OUT/chat-$BACKEND-uploads.json")	chat_rc=$chat_rc"
+    row "tern-$BACKEND-concurrent	clients=$CLIENTS	failed_uploads=$failed	aggregate_upload_MBps=$(mbps "$((SIZE * CLIENTS))" "$t0" "$t1")	rss_before_kib=$rss_before	rss_after_uploads_kib=$rss_after	rss_peak_kib=$peak	chat_p99_alone_ms=$(p99_of "$OUT/chat-$BACKEND-alone.json")	chat_p99_uploads_ms=$(p99_of "$OUT/chat-$BACKEND-uploads.json")	chat_rc=$chat_rc"
     stop_server
 done
 log "results: $OUT/results.tsv"

@@ -95,6 +95,24 @@ impl Blobs {
         })
     }
 
+    /// `n` bytes of the staging file from `at`, read straight into the part's buffer on a blocking
+    /// thread (tokio's `File` would read through its own 2 MiB buffers on every blocking thread it
+    /// uses, which glibc then keeps as per-thread arenas: RSS grew ~200 MB while 20 uploads were
+    /// promoted at once).
+    /// The buffer is allocated here, on the shard thread, so parts come from one arena.
+    async fn read_part(staging: &Path, at: u64, n: usize) -> std::io::Result<Vec<u8>> {
+        let path = staging.to_path_buf();
+        let mut buf = vec![0u8; n];
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt as _;
+            let file = std::fs::File::open(&path)?;
+            file.read_exact_at(&mut buf, at)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
     /// Makes the staging file at `staging` the object of `id` (exactly `size` bytes). Local:
     /// a rename (same file system) plus a directory fsync. S3: one put for a small file, else
     /// a multipart upload in bounded parts; aborted on error. The staging file is left for the
@@ -130,18 +148,18 @@ impl Blobs {
                     self.store.put(&path, PutPayload::from(buf)).await?;
                     return Ok(());
                 }
+                drop(file);
                 let mut upload = self.store.put_multipart(&path).await?;
                 let result = async {
-                    let mut left = size;
-                    while left > 0 {
-                        let n = left.min(*part_bytes as u64) as usize;
+                    let mut at = 0u64;
+                    while at < size {
+                        let n = (size - at).min(*part_bytes as u64) as usize;
                         // The permit is held while the part is in memory.
                         let permit = parts.acquire().await.map_err(std::io::Error::other)?;
-                        let mut buf = vec![0u8; n];
-                        file.read_exact(&mut buf).await?;
+                        let buf = Self::read_part(staging, at, n).await?;
                         upload.put_part(PutPayload::from(buf)).await?;
                         drop(permit);
-                        left -= n as u64;
+                        at += n as u64;
                     }
                     upload.complete().await?;
                     Ok::<(), BlobError>(())
