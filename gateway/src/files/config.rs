@@ -65,9 +65,9 @@ pub const DEFAULT_S3_PART_BYTES: u64 = 8 << 20;
 /// number of uploads finishing at once, and enough parallelism to fill a 1 Gbit/s link.
 pub const DEFAULT_S3_PARTS_IN_FLIGHT: usize = 8;
 
-/// 32 MiB/s for all uploads together (256 Mbit/s): unpaced, 20 uploads took 270 MB/s and the
-/// chat's delivery p99 beside them rose to 1.1 s on 2 cores (RESULTS.md "Files"); paced, a
-/// person's upload still runs at LAN speed and the chat keeps its latency. Raise it with cores.
+/// 32 MiB/s for all uploads together (256 Mbit/s): unpaced, 20 uploads took 452 MB/s and a
+/// chat's delivery p99 beside them went from 6.4 to 173 ms on 2 cores; paced, 7.1 to 41 ms
+/// (RESULTS.md "Files"), and one person's upload still runs at LAN speed. Raise it with cores.
 pub const DEFAULT_UPLOAD_BYTES_PER_SEC: u64 = 32 << 20;
 /// 32 MiB/s for all downloads together, for the same reason (TLS and disk reads of the file).
 pub const DEFAULT_DOWNLOAD_BYTES_PER_SEC: u64 = 32 << 20;

@@ -13,10 +13,9 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 /// Write buffer per running PATCH: few system calls, bounded memory.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Writeback of the staging file is started after every this many bytes (`sync_file_range`,
-/// without waiting), so a PATCH never leaves megabytes of dirty pages for its closing fsync —
-/// or for the engine's next group-commit fsync, which on ext4 waits for data the journal
-/// ordered behind it (measured: a chat's send→ack p99 rose to 431 ms beside 20 uploads at
-/// 32 MB/s without this).
+/// without waiting), so dirty pages of an upload never pile up: a PATCH's closing fsync has
+/// little left to write, and neither has the next journal commit the engine's group-commit
+/// fsync may wait for (ext4 orders data before the metadata that names it).
 const WRITEBACK_EVERY_BYTES: u64 = 1024 * 1024;
 
 pub struct Staging {
