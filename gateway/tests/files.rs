@@ -16,6 +16,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use common::s3::{S3Bucket, s3_bucket};
 use common::*;
 use sha2::Digest as _;
 use tern_core::crypto::CryptoConfig;
@@ -31,90 +32,6 @@ const TEN_MB: usize = 10_000_000;
 enum Backend {
     Local,
     S3,
-}
-
-// ---------------------------------------------------------------------------------------------
-// the S3 server (same conventions as tests/files_http.rs)
-
-struct S3Bucket {
-    endpoint: String,
-    access_key: String,
-    secret_key: String,
-    bucket: String,
-    dir: PathBuf,
-    _own: Option<OwnS3>,
-}
-
-struct OwnS3 {
-    dir: tempfile::TempDir,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-server.sh")
-}
-
-impl Drop for OwnS3 {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-/// A fresh bucket: a directory beside the given server's bucket (s3s-fs maps buckets to
-/// directories), or a server of this test's own.
-fn s3_bucket() -> S3Bucket {
-    let mut vars = std::collections::HashMap::new();
-    let own = match std::env::var("TERN_TEST_S3") {
-        Ok(endpoint) => {
-            vars.insert("TERN_TEST_S3".to_owned(), endpoint);
-            for k in [
-                "TERN_TEST_S3_ACCESS_KEY",
-                "TERN_TEST_S3_SECRET_KEY",
-                "TERN_TEST_S3_DIR",
-            ] {
-                let v =
-                    std::env::var(k).unwrap_or_else(|_| panic!("TERN_TEST_S3 is set, {k} is not"));
-                vars.insert(k.to_owned(), v);
-            }
-            None
-        }
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "TERN_TEST_S3 is unset on CI: run eval \"$(bash scripts/s3-server.sh start DIR)\" first"
-            );
-            let dir = tempfile::tempdir().expect("tempdir");
-            let out = std::process::Command::new("bash")
-                .arg(script())
-                .arg("start")
-                .arg(dir.path())
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run scripts/s3-server.sh");
-            assert!(out.status.success(), "scripts/s3-server.sh start failed");
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-                    vars.insert(k.to_owned(), v.to_owned());
-                }
-            }
-            Some(OwnS3 { dir })
-        }
-    };
-    let given = PathBuf::from(&vars["TERN_TEST_S3_DIR"]);
-    let bucket = format!("c{}", MessageId::random().as_u128() & 0xffff_ffff_ffff);
-    let dir = given.parent().expect("bucket dir parent").join(&bucket);
-    std::fs::create_dir_all(&dir).expect("create the bucket directory");
-    S3Bucket {
-        endpoint: vars["TERN_TEST_S3"].clone(),
-        access_key: vars["TERN_TEST_S3_ACCESS_KEY"].clone(),
-        secret_key: vars["TERN_TEST_S3_SECRET_KEY"].clone(),
-        bucket,
-        dir,
-        _own: own,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

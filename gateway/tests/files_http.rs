@@ -11,6 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::s3::{S3Bucket, s3_bucket};
 use common::{TestServer, TestUser, alice_and_bob, https, user};
 use reqwest::StatusCode;
 use sha2::Digest as _;
@@ -25,103 +26,6 @@ const OFFSET_STREAM: &str = "application/offset+octet-stream";
 enum Backend {
     Local,
     S3,
-}
-
-/// A bucket of an S3 server, with the directory s3s-fs keeps it in.
-struct S3Bucket {
-    endpoint: String,
-    access_key: String,
-    secret_key: String,
-    bucket: String,
-    dir: PathBuf,
-    /// The server this test started (stopped on drop), if it was not given.
-    _own: Option<OwnS3>,
-}
-
-struct OwnS3 {
-    dir: tempfile::TempDir,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-server.sh")
-}
-
-impl Drop for OwnS3 {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn parse_exports(text: &str) -> std::collections::HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// A fresh bucket for one test: a directory beside the given server's bucket (s3s-fs maps
-/// buckets to directories), or a whole server of its own started through the script.
-fn s3_bucket() -> S3Bucket {
-    let (vars, own) = match std::env::var("TERN_TEST_S3") {
-        Ok(endpoint) => {
-            let get = |k: &str| {
-                std::env::var(k).unwrap_or_else(|_| panic!("TERN_TEST_S3 is set, {k} is not"))
-            };
-            let mut vars = std::collections::HashMap::new();
-            vars.insert("TERN_TEST_S3".to_owned(), endpoint);
-            for k in [
-                "TERN_TEST_S3_ACCESS_KEY",
-                "TERN_TEST_S3_SECRET_KEY",
-                "TERN_TEST_S3_DIR",
-            ] {
-                vars.insert(k.to_owned(), get(k));
-            }
-            (vars, None)
-        }
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "TERN_TEST_S3 is unset on CI: run eval \"$(bash scripts/s3-server.sh start DIR)\" \
-                 before the tests"
-            );
-            let dir = tempfile::tempdir().expect("tempdir");
-            let out = std::process::Command::new("bash")
-                .arg(script())
-                .arg("start")
-                .arg(dir.path())
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("run scripts/s3-server.sh");
-            assert!(
-                out.status.success(),
-                "scripts/s3-server.sh start failed: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-            let vars = parse_exports(&String::from_utf8_lossy(&out.stdout));
-            (vars, Some(OwnS3 { dir }))
-        }
-    };
-    let given = PathBuf::from(&vars["TERN_TEST_S3_DIR"]);
-    let data = given
-        .parent()
-        .expect("the bucket dir has a parent")
-        .to_path_buf();
-    let bucket = format!("t{}", MessageId::random().as_u128() & 0xffff_ffff_ffff);
-    let dir = data.join(&bucket);
-    std::fs::create_dir_all(&dir).expect("create the bucket directory");
-    S3Bucket {
-        endpoint: vars["TERN_TEST_S3"].clone(),
-        access_key: vars["TERN_TEST_S3_ACCESS_KEY"].clone(),
-        secret_key: vars["TERN_TEST_S3_SECRET_KEY"].clone(),
-        bucket,
-        dir,
-        _own: own,
-    }
 }
 
 struct Ctx {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod s3;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
