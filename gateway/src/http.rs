@@ -123,6 +123,7 @@ impl utoipa::Modify for ImpliedStatuses {
                 &mut item.post,
                 &mut item.delete,
                 &mut item.patch,
+                &mut item.head,
             ]
             .into_iter()
             .flatten()
