@@ -69,6 +69,13 @@ fn limited(files: &FileService, user: UserId) -> Result<(), Response> {
     })
 }
 
+/// The preamble of every handler with an upload or file id in its path: the caller's request
+/// bucket first (a refused flood costs no parsing), then the id.
+fn limited_id(files: &FileService, user: UserId, id: &str) -> Result<MessageId, Response> {
+    limited(files, user)?;
+    parse_id(id)
+}
+
 fn parse_id(id: &str) -> Result<MessageId, Response> {
     id.parse().map_err(|_| {
         fail(
@@ -225,10 +232,7 @@ pub async fn head_upload(
     Path(id): Path<String>,
 ) -> Response {
     let files = &api.files;
-    if let Err(r) = limited(files, caller.user) {
-        return r;
-    }
-    let id = match parse_id(&id) {
+    let id = match limited_id(files, caller.user, &id) {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -264,10 +268,7 @@ pub async fn patch_upload(
     request: axum::extract::Request,
 ) -> Response {
     let files = api.files.clone();
-    if let Err(r) = limited(&files, caller.user) {
-        return r;
-    }
-    let id = match parse_id(&id) {
+    let id = match limited_id(&files, caller.user, &id) {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -425,10 +426,7 @@ pub async fn finish_upload(
     Path(id): Path<String>,
 ) -> Response {
     let files = api.files.clone();
-    if let Err(r) = limited(&files, caller.user) {
-        return r;
-    }
-    let id = match parse_id(&id) {
+    let id = match limited_id(&files, caller.user, &id) {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -503,10 +501,7 @@ pub async fn delete_upload(
     Path(id): Path<String>,
 ) -> Response {
     let files = &api.files;
-    if let Err(r) = limited(files, caller.user) {
-        return r;
-    }
-    let id = match parse_id(&id) {
+    let id = match limited_id(files, caller.user, &id) {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -570,10 +565,7 @@ pub async fn file_url(
     Path(id): Path<String>,
 ) -> Response {
     let files = &api.files;
-    if let Err(r) = limited(files, caller.user) {
-        return r;
-    }
-    let id = match parse_id(&id) {
+    let id = match limited_id(files, caller.user, &id) {
         Ok(id) => id,
         Err(r) => return r,
     };
