@@ -1,0 +1,379 @@
+//! [`SearchIndex`]: the database handle and every operation on it.
+
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use uuid::Uuid;
+
+use crate::backfill::{Checkpoint, StorePage};
+use crate::query::{self, ParsedQuery};
+use crate::snippet::snippet;
+use crate::text::{segment_for_index, truncate_bytes};
+use crate::{
+    IndexedMessage, MAX_ADD_BATCH, MAX_INDEXED_TEXT_BYTES, MAX_SEARCH_LIMIT, SearchError,
+    SearchHit, SearchQuery, schema,
+};
+
+/// The text search runs over the FTS table first (CROSS JOIN keeps SQLite from driving the
+/// loop from `messages` and probing FTS5 once per row of a large conversation), checks the
+/// filters on each match's row, and keeps only the best `limit` ids; the texts are read for
+/// those alone.
+const SEARCH_SQL: &str = "
+WITH top AS MATERIALIZED (
+    SELECT m.id AS id, messages_fts.rank AS rank, m.sent_at_ms AS ts
+    FROM messages_fts CROSS JOIN messages AS m ON m.id = messages_fts.rowid
+    WHERE messages_fts MATCH ?1
+      AND (?2 IS NULL OR m.conversation = ?2)
+      AND (?3 IS NULL OR m.sender = ?3)
+      AND (?4 IS NULL OR m.sent_at_ms >= ?4)
+      AND (?5 IS NULL OR m.sent_at_ms <= ?5)
+    ORDER BY messages_fts.rank, m.sent_at_ms DESC
+    LIMIT ?6
+)
+SELECT m.conversation, m.seq, m.sender, m.sender_name, m.sent_at_ms, m.body, top.rank
+FROM top JOIN messages AS m ON m.id = top.id
+ORDER BY top.rank, top.ts DESC";
+
+/// A client's search index. One per account; not shared between threads (SQLite connection).
+pub struct SearchIndex {
+    conn: Connection,
+    #[cfg(not(target_arch = "wasm32"))]
+    path: Option<PathBuf>,
+}
+
+impl SearchIndex {
+    /// Opens (or creates) the index file at `path`, encrypted with `key` (SQLCipher, raw
+    /// 256-bit key). A wrong key is [`SearchError::WrongKey`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self, SearchError> {
+        let conn = Connection::open(path)?;
+        schema::apply_key(&conn, key)?;
+        // WAL: a search never waits behind a backfill batch; NORMAL: an index can be rebuilt,
+        // so the last transactions before a power cut may go.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        let mut index = Self::init(conn)?;
+        index.path = Some(path.to_owned());
+        Ok(index)
+    }
+
+    /// An index that lives only as long as this value (tests; a client that keeps nothing).
+    pub fn open_in_memory() -> Result<Self, SearchError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    /// Wraps a connection opened by the caller, e.g. the web worker's on the OPFS VFS. With a
+    /// key it is keyed first (so it must be fresh: no statement run on it yet); the schema is
+    /// created or checked. Journal mode and other pragmas are the caller's.
+    pub fn from_connection(conn: Connection, key: Option<&[u8; 32]>) -> Result<Self, SearchError> {
+        if let Some(key) = key {
+            schema::apply_key(&conn, key)?;
+        }
+        Self::init(conn)
+    }
+
+    fn init(conn: Connection) -> Result<Self, SearchError> {
+        schema::ensure(&conn)?;
+        Ok(SearchIndex {
+            conn,
+            #[cfg(not(target_arch = "wasm32"))]
+            path: None,
+        })
+    }
+
+    /// Indexes `messages` in one transaction. Re-adding a (conversation, seq) replaces it (an
+    /// identical copy is skipped), so feeding a message twice is harmless.
+    pub fn add(&mut self, messages: &[IndexedMessage]) -> Result<(), SearchError> {
+        check_batch(messages.len())?;
+        let tx = self.conn.transaction()?;
+        insert_all(&tx, messages)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A backfill page and its conversation's new checkpoint, in one transaction: after a
+    /// crash the checkpoint never claims a page that was not stored.
+    pub fn store_page(&mut self, page: &StorePage) -> Result<(), SearchError> {
+        check_batch(page.messages.len())?;
+        let tx = self.conn.transaction()?;
+        insert_all(&tx, &page.messages)?;
+        write_checkpoint(&tx, page.conversation, &page.checkpoint)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops every message of a conversation (the user left it) and its backfill checkpoint.
+    /// Returns how many messages were removed.
+    pub fn remove_conversation(&mut self, conversation: Uuid) -> Result<u64, SearchError> {
+        let tx = self.conn.transaction()?;
+        let id = conversation.as_bytes().as_slice();
+        tx.execute(
+            "DELETE FROM messages_fts WHERE rowid IN (SELECT id FROM messages WHERE conversation = ?1)",
+            [id],
+        )?;
+        let removed = tx.execute("DELETE FROM messages WHERE conversation = ?1", [id])?;
+        tx.execute("DELETE FROM backfill WHERE conversation = ?1", [id])?;
+        tx.commit()?;
+        Ok(removed as u64)
+    }
+
+    /// Empties the index (logout) and gives the space back. Native clients that are done with
+    /// the file should then [`destroy`](Self::destroy) it.
+    pub fn clear(&mut self) -> Result<(), SearchError> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(
+            "DELETE FROM messages;
+             DELETE FROM backfill;
+             INSERT INTO messages_fts (messages_fts) VALUES ('delete-all');",
+        )?;
+        tx.commit()?;
+        self.conn.execute_batch("VACUUM;")?;
+        Ok(())
+    }
+
+    /// Closes the index and deletes its files (logout on a native client).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn destroy(self) -> Result<(), SearchError> {
+        let path = self.path.clone();
+        self.conn.close().map_err(|(_, e)| e)?;
+        match path {
+            Some(path) => delete_index_files(&path),
+            None => Ok(()),
+        }
+    }
+
+    /// Ranked hits for `query`, best first (bm25, then newest), at most `query.limit`.
+    pub fn search(&self, query: &SearchQuery) -> Result<Vec<SearchHit>, SearchError> {
+        if query.limit == 0 || query.limit > MAX_SEARCH_LIMIT {
+            return Err(SearchError::InvalidLimit {
+                limit: query.limit,
+                max: MAX_SEARCH_LIMIT,
+            });
+        }
+        if let (Some(since_ms), Some(until_ms)) = (query.since_ms, query.until_ms)
+            && since_ms > until_ms
+        {
+            return Err(SearchError::InvalidDateRange { since_ms, until_ms });
+        }
+        let parsed = query::parse(&query.text)?;
+        // No word with a letter or digit (empty, emoji, punctuation): nothing to look up.
+        if parsed.is_empty() || query.since_ms.is_some_and(|s| i64::try_from(s).is_err()) {
+            return Ok(Vec::new());
+        }
+        let until = query.until_ms.and_then(|u| i64::try_from(u).ok());
+        let since = query.since_ms.and_then(|s| i64::try_from(s).ok());
+        let mut stmt = self.conn.prepare_cached(SEARCH_SQL)?;
+        let mut rows = stmt.query(params![
+            parsed.to_match_expression(),
+            query.conversation.as_ref().map(|c| c.as_bytes().as_slice()),
+            query.sender.as_ref().map(|s| s.as_bytes().as_slice()),
+            since,
+            until,
+            query.limit,
+        ])?;
+        let mut hits = Vec::new();
+        while let Some(row) = rows.next()? {
+            hits.push(hit_from_row(row, &parsed)?);
+        }
+        Ok(hits)
+    }
+
+    /// The stored backfill checkpoint of a conversation, if any.
+    pub fn backfill_checkpoint(
+        &self,
+        conversation: Uuid,
+    ) -> Result<Option<Checkpoint>, SearchError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT checkpoint FROM backfill WHERE conversation = ?1",
+                [conversation.as_bytes().as_slice()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        json.map(|j| parse_checkpoint(&j)).transpose()
+    }
+
+    /// Every stored checkpoint (a client restarting its backfill loads them all at once).
+    pub fn backfill_checkpoints(&self) -> Result<Vec<(Uuid, Checkpoint)>, SearchError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT conversation, checkpoint FROM backfill")?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let conversation = uuid_at(row, 0)?;
+            let json: String = row.get(1)?;
+            out.push((conversation, parse_checkpoint(&json)?));
+        }
+        Ok(out)
+    }
+
+    pub fn set_backfill_checkpoint(
+        &mut self,
+        conversation: Uuid,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SearchError> {
+        let tx = self.conn.transaction()?;
+        write_checkpoint(&tx, conversation, checkpoint)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How many messages the index holds.
+    pub fn message_count(&self) -> Result<u64, SearchError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))?;
+        Ok(n.unsigned_abs())
+    }
+
+    /// Merges the FTS index into one segment and folds the WAL into the file: smaller and a
+    /// little faster afterwards; optional (FTS5 merges incrementally as it goes).
+    pub fn optimize(&mut self) -> Result<(), SearchError> {
+        self.conn
+            .execute_batch("INSERT INTO messages_fts (messages_fts) VALUES ('optimize');")?;
+        self.checkpoint_wal()
+    }
+
+    /// Folds the WAL (if any) into the main file, so its size is the index's size.
+    pub fn checkpoint_wal(&mut self) -> Result<(), SearchError> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    }
+}
+
+/// Removes an index's files (the database and its WAL/SHM/journal), e.g. at logout when the
+/// key is gone and the index cannot be opened any more. Missing files are fine.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn delete_index_files(path: &Path) -> Result<(), SearchError> {
+    let mut paths = vec![path.to_owned()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        paths.push(PathBuf::from(p));
+    }
+    for p in paths {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn check_batch(len: usize) -> Result<(), SearchError> {
+    if len > MAX_ADD_BATCH {
+        return Err(SearchError::BatchTooLarge {
+            len,
+            max: MAX_ADD_BATCH,
+        });
+    }
+    Ok(())
+}
+
+fn insert_all(tx: &Transaction<'_>, messages: &[IndexedMessage]) -> Result<(), SearchError> {
+    let mut find = tx.prepare_cached(
+        "SELECT id, sender, sender_name, sent_at_ms, body FROM messages
+         WHERE conversation = ?1 AND seq = ?2",
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (conversation, seq, sender, sender_name, sent_at_ms, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE messages SET sender = ?2, sender_name = ?3, sent_at_ms = ?4, body = ?5 WHERE id = ?1",
+    )?;
+    let mut fts_delete = tx.prepare_cached("DELETE FROM messages_fts WHERE rowid = ?1")?;
+    let mut fts_insert =
+        tx.prepare_cached("INSERT INTO messages_fts (rowid, body) VALUES (?1, ?2)")?;
+    for m in messages {
+        let seq = to_i64("seq", m.seq)?;
+        let sent_at = to_i64("sent_at_ms", m.sent_at_ms)?;
+        let body = truncate_bytes(&m.text, MAX_INDEXED_TEXT_BYTES);
+        let conversation = m.conversation.as_bytes().as_slice();
+        let sender = m.sender.as_bytes().as_slice();
+        let existing = find
+            .query_row(params![conversation, seq], |row| {
+                let same = row.get::<_, Vec<u8>>(1)? == sender
+                    && row.get::<_, String>(2)? == m.sender_name
+                    && row.get::<_, i64>(3)? == sent_at
+                    && row.get::<_, String>(4)? == body;
+                Ok((row.get::<_, i64>(0)?, same))
+            })
+            .optional()?;
+        let id = match existing {
+            Some((_, true)) => continue,
+            Some((id, false)) => {
+                fts_delete.execute([id])?;
+                update.execute(params![id, sender, m.sender_name, sent_at, body])?;
+                id
+            }
+            None => {
+                insert.execute(params![
+                    conversation,
+                    seq,
+                    sender,
+                    m.sender_name,
+                    sent_at,
+                    body
+                ])?;
+                tx.last_insert_rowid()
+            }
+        };
+        fts_insert.execute(params![id, segment_for_index(body)])?;
+    }
+    Ok(())
+}
+
+fn write_checkpoint(
+    tx: &Transaction<'_>,
+    conversation: Uuid,
+    checkpoint: &Checkpoint,
+) -> Result<(), SearchError> {
+    let json = serde_json::to_string(checkpoint).map_err(|_| SearchError::Corrupt("checkpoint"))?;
+    tx.execute(
+        "INSERT INTO backfill (conversation, checkpoint) VALUES (?1, ?2)
+         ON CONFLICT (conversation) DO UPDATE SET checkpoint = excluded.checkpoint",
+        params![conversation.as_bytes().as_slice(), json],
+    )?;
+    Ok(())
+}
+
+fn parse_checkpoint(json: &str) -> Result<Checkpoint, SearchError> {
+    let stored: Checkpoint =
+        serde_json::from_str(json).map_err(|_| SearchError::Corrupt("backfill checkpoint"))?;
+    // Normalised again on the way in: a hand-edited or older row cannot break the planner.
+    Ok(Checkpoint::from_ranges(stored.ranges().to_vec()))
+}
+
+fn hit_from_row(row: &Row<'_>, parsed: &ParsedQuery) -> Result<SearchHit, SearchError> {
+    let text: String = row.get(5)?;
+    Ok(SearchHit {
+        conversation: uuid_at(row, 0)?,
+        seq: from_i64(row.get(1)?)?,
+        sender: uuid_at(row, 2)?,
+        sender_name: row.get(3)?,
+        sent_at_ms: from_i64(row.get(4)?)?,
+        rank: row.get(6)?,
+        snippet: snippet(&text, parsed),
+    })
+}
+
+fn uuid_at(row: &Row<'_>, i: usize) -> Result<Uuid, SearchError> {
+    let bytes = row
+        .get_ref(i)?
+        .as_blob()
+        .map_err(|_| SearchError::Corrupt("id is not a blob"))?;
+    Uuid::from_slice(bytes).map_err(|_| SearchError::Corrupt("id is not 16 bytes"))
+}
+
+fn to_i64(field: &'static str, value: u64) -> Result<i64, SearchError> {
+    i64::try_from(value).map_err(|_| SearchError::OutOfRange { field, value })
+}
+
+fn from_i64(value: i64) -> Result<u64, SearchError> {
+    u64::try_from(value).map_err(|_| SearchError::Corrupt("negative seq or timestamp"))
+}
