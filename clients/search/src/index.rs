@@ -15,21 +15,40 @@ use crate::{
     SearchHit, SearchQuery, schema,
 };
 
-/// The text search runs over the FTS table first (CROSS JOIN keeps SQLite from driving the
-/// loop from `messages` and probing FTS5 once per row of a large conversation), checks the
-/// filters on each match's row, and keeps only the best `limit` ids; the texts are read for
-/// those alone.
+/// Row ids are time-ordered: a message's id is its `sent_at_ms` rounded down to a slot of
+/// [`SLOT_MS`] plus a counter within the slot. FTS5 then walks its matches newest first for
+/// free (`ORDER BY rowid DESC` is its native order) and a date range is a rowid range it seeks
+/// to. Coarser slots would shrink FTS5's rowid deltas further but crowd more messages into a
+/// slot; 1,024 ms keeps the deltas at ~3 bytes for chat-paced messages.
+const SLOT_MS: u64 = 1024;
+/// The latest storable timestamp (ids stay below `i64::MAX`).
+const MAX_SENT_AT_MS: u64 = (i64::MAX as u64 & !(SLOT_MS - 1)) - SLOT_MS;
+
+/// A search ranks at most this many matches: the newest ones that pass the filters. A word in
+/// every other message would otherwise cost a bm25 score and a row lookup per match (hundreds
+/// of thousands at a million messages) for the sake of 20 results; with the bound every query
+/// costs at most this many, and a rarer word (fewer matches) is ranked over all its matches.
+pub const MAX_RANKED_MATCHES: u32 = 2000;
+
+/// FTS5 drives the loop (CROSS JOIN: SQLite must not start from `messages` and probe FTS5 once
+/// per row of a large conversation), newest match first, filters checked on each match's row;
+/// the newest [`MAX_RANKED_MATCHES`] are scored with bm25, the best `limit` kept, and only
+/// their texts are read.
 const SEARCH_SQL: &str = "
-WITH top AS MATERIALIZED (
-    SELECT m.id AS id, messages_fts.rank AS rank, m.sent_at_ms AS ts
+WITH candidates AS MATERIALIZED (
+    SELECT m.id AS id, bm25(messages_fts) AS rank, m.sent_at_ms AS ts
     FROM messages_fts CROSS JOIN messages AS m ON m.id = messages_fts.rowid
     WHERE messages_fts MATCH ?1
+      AND messages_fts.rowid BETWEEN ?7 AND ?8
       AND (?2 IS NULL OR m.conversation = ?2)
       AND (?3 IS NULL OR m.sender = ?3)
       AND (?4 IS NULL OR m.sent_at_ms >= ?4)
       AND (?5 IS NULL OR m.sent_at_ms <= ?5)
-    ORDER BY messages_fts.rank, m.sent_at_ms DESC
-    LIMIT ?6
+    ORDER BY messages_fts.rowid DESC
+    LIMIT ?9
+),
+top AS MATERIALIZED (
+    SELECT id, rank, ts FROM candidates ORDER BY rank, ts DESC LIMIT ?6
 )
 SELECT m.conversation, m.seq, m.sender, m.sender_name, m.sent_at_ms, m.body, top.rank
 FROM top JOIN messages AS m ON m.id = top.id
@@ -157,25 +176,48 @@ impl SearchIndex {
         }
         let parsed = query::parse(&query.text)?;
         // No word with a letter or digit (empty, emoji, punctuation): nothing to look up.
-        if parsed.is_empty() || query.since_ms.is_some_and(|s| i64::try_from(s).is_err()) {
+        // Nothing is stored after MAX_SENT_AT_MS either.
+        let since = query.since_ms.unwrap_or(0);
+        if parsed.is_empty() || since > MAX_SENT_AT_MS {
             return Ok(Vec::new());
         }
-        let until = query.until_ms.and_then(|u| i64::try_from(u).ok());
-        let since = query.since_ms.and_then(|s| i64::try_from(s).ok());
+        let until = query.until_ms.unwrap_or(u64::MAX).min(MAX_SENT_AT_MS);
         let mut stmt = self.conn.prepare_cached(SEARCH_SQL)?;
         let mut rows = stmt.query(params![
             parsed.to_match_expression(),
             query.conversation.as_ref().map(|c| c.as_bytes().as_slice()),
             query.sender.as_ref().map(|s| s.as_bytes().as_slice()),
-            since,
-            until,
+            to_i64("since_ms", since)?,
+            to_i64("until_ms", until)?,
             query.limit,
+            slot_start(since),
+            self.last_id_for(until)?,
+            MAX_RANKED_MATCHES,
         ])?;
         let mut hits = Vec::new();
         while let Some(row) = rows.next()? {
             hits.push(hit_from_row(row, &parsed)?);
         }
         Ok(hits)
+    }
+
+    /// The highest row id a message sent at or before `until_ms` can have: the end of its slot,
+    /// unless a slot ever overflowed (then ids may run ahead of time and only the exact
+    /// timestamp filter applies).
+    fn last_id_for(&self, until_ms: u64) -> Result<i64, SearchError> {
+        let spilled: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM search_meta WHERE name = 'slot_spilled'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(if spilled.is_some() {
+            i64::MAX
+        } else {
+            slot_start(until_ms) + (SLOT_MS as i64 - 1)
+        })
     }
 
     /// The stored backfill checkpoint of a conversation, if any.
@@ -279,53 +321,88 @@ fn insert_all(tx: &Transaction<'_>, messages: &[IndexedMessage]) -> Result<(), S
         "SELECT id, sender, sender_name, sent_at_ms, body FROM messages
          WHERE conversation = ?1 AND seq = ?2",
     )?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO messages (conversation, seq, sender, sender_name, sent_at_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut update = tx.prepare_cached(
-        "UPDATE messages SET sender = ?2, sender_name = ?3, sent_at_ms = ?4, body = ?5 WHERE id = ?1",
-    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
     let mut fts_delete = tx.prepare_cached("DELETE FROM messages_fts WHERE rowid = ?1")?;
-    let mut fts_insert =
-        tx.prepare_cached("INSERT INTO messages_fts (rowid, body) VALUES (?1, ?2)")?;
     for m in messages {
         let seq = to_i64("seq", m.seq)?;
-        let sent_at = to_i64("sent_at_ms", m.sent_at_ms)?;
+        if m.sent_at_ms > MAX_SENT_AT_MS {
+            return Err(SearchError::OutOfRange {
+                field: "sent_at_ms",
+                value: m.sent_at_ms,
+            });
+        }
         let body = truncate_bytes(&m.text, MAX_INDEXED_TEXT_BYTES);
         let conversation = m.conversation.as_bytes().as_slice();
-        let sender = m.sender.as_bytes().as_slice();
         let existing = find
             .query_row(params![conversation, seq], |row| {
-                let same = row.get::<_, Vec<u8>>(1)? == sender
+                let same = row.get::<_, Vec<u8>>(1)? == m.sender.as_bytes()
                     && row.get::<_, String>(2)? == m.sender_name
-                    && row.get::<_, i64>(3)? == sent_at
+                    && row.get::<_, i64>(3)?.unsigned_abs() == m.sent_at_ms
                     && row.get::<_, String>(4)? == body;
                 Ok((row.get::<_, i64>(0)?, same))
             })
             .optional()?;
-        let id = match existing {
+        match existing {
             Some((_, true)) => continue,
+            // Changed (an edit, a corrected timestamp): a new row, so the id's time order holds.
             Some((id, false)) => {
                 fts_delete.execute([id])?;
-                update.execute(params![id, sender, m.sender_name, sent_at, body])?;
-                id
+                delete.execute([id])?;
             }
-            None => {
-                insert.execute(params![
-                    conversation,
-                    seq,
-                    sender,
-                    m.sender_name,
-                    sent_at,
-                    body
-                ])?;
-                tx.last_insert_rowid()
-            }
-        };
-        fts_insert.execute(params![id, segment_for_index(body)])?;
+            None => {}
+        }
+        insert_one(tx, m, body)?;
     }
     Ok(())
+}
+
+fn insert_one(tx: &Transaction<'_>, m: &IndexedMessage, body: &str) -> Result<(), SearchError> {
+    let id = allocate_id(tx, m.sent_at_ms)?;
+    tx.prepare_cached(
+        "INSERT INTO messages (id, conversation, seq, sender, sender_name, sent_at_ms, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        id,
+        m.conversation.as_bytes().as_slice(),
+        to_i64("seq", m.seq)?,
+        m.sender.as_bytes().as_slice(),
+        m.sender_name,
+        to_i64("sent_at_ms", m.sent_at_ms)?,
+        body,
+    ])?;
+    tx.prepare_cached("INSERT INTO messages_fts (rowid, body) VALUES (?1, ?2)")?
+        .execute(params![id, segment_for_index(body)])?;
+    Ok(())
+}
+
+/// The next free id in the message's time slot. A full slot (1,024 messages within about a
+/// second) spills to the next free id after it and records that it did, which turns off the
+/// rowid upper bound of date filters for good (see `last_id_for`).
+fn allocate_id(tx: &Transaction<'_>, sent_at_ms: u64) -> Result<i64, SearchError> {
+    let first = slot_start(sent_at_ms);
+    let last = first + (SLOT_MS as i64 - 1);
+    let id: i64 = tx
+        .prepare_cached(
+            "SELECT coalesce(max(id) + 1, ?1) FROM messages WHERE id BETWEEN ?1 AND ?2",
+        )?
+        .query_row([first, last], |row| row.get(0))?;
+    if id <= last {
+        return Ok(id);
+    }
+    tx.execute(
+        "INSERT INTO search_meta (name, value) VALUES ('slot_spilled', 1) ON CONFLICT DO NOTHING",
+        [],
+    )?;
+    let id: i64 = tx
+        .prepare_cached("SELECT max(id) + 1 FROM messages WHERE id >= ?1")?
+        .query_row([first], |row| row.get(0))?;
+    Ok(id)
+}
+
+/// The first row id of the slot holding `ms` (callers keep `ms <= MAX_SENT_AT_MS`).
+fn slot_start(ms: u64) -> i64 {
+    i64::try_from(ms & !(SLOT_MS - 1)).unwrap_or(i64::MAX - SLOT_MS as i64)
 }
 
 fn write_checkpoint(

@@ -26,9 +26,9 @@ pub use backfill::{
     StorePage,
 };
 pub use error::SearchError;
-pub use index::SearchIndex;
 #[cfg(not(target_arch = "wasm32"))]
 pub use index::delete_index_files;
+pub use index::{MAX_RANKED_MATCHES, SearchIndex};
 pub use types::{IndexedMessage, SearchHit, SearchQuery, SnippetPart};
 
 /// The most hits one search returns (a results list, not an export).

@@ -11,8 +11,9 @@ pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// `messages` keeps the original text (for snippets) and the filter columns; `messages_fts`
 /// is contentless (it stores only the inverted index of the segmented text, not a second copy)
 /// with `contentless_delete` so a replaced or removed message leaves the index.
-/// `prefix = '2 3'` keeps prefix indexes for 2- and 3-character prefixes, so as-you-type
-/// queries do not merge thousands of terms. `backfill` holds the planner's checkpoints, in the
+/// `prefix = '3'` keeps a prefix index for 3-character prefixes (the shortest the query side
+/// prefix-matches), so as-you-type queries read one doclist instead of merging thousands of
+/// terms' doclists. `backfill` holds the planner's checkpoints, in the
 /// same file so that a page and its checkpoint commit together.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS search_meta (
@@ -34,7 +35,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     content = '',
     contentless_delete = 1,
     tokenize = 'unicode61 remove_diacritics 2',
-    prefix = '2 3'
+    prefix = '3'
 );
 CREATE TABLE IF NOT EXISTS backfill (
     conversation BLOB PRIMARY KEY,

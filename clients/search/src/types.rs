@@ -21,7 +21,7 @@ pub struct IndexedMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchQuery {
     /// The user's words, as typed. Never passed to SQLite as syntax: it is tokenised and every
-    /// word becomes a quoted phrase; the last word is prefix-matched (from 2 characters on)
+    /// word becomes a quoted phrase; the last word is prefix-matched (from 3 characters on)
     /// unless the text ends with whitespace. Words without letters or digits (emoji,
     /// punctuation) are ignored; a query with no word left finds nothing.
     pub text: String,
@@ -62,7 +62,7 @@ pub struct SearchHit {
     pub sender_name: String,
     pub sent_at_ms: u64,
     /// FTS5's bm25 rank: lower (more negative) is a better match. Hits are sorted by it, then
-    /// newest first.
+    /// newest first; ranked among the newest [`crate::MAX_RANKED_MATCHES`] matches.
     pub rank: f64,
     /// A window of the original text around the first match, split into parts; the matched
     /// words have `highlight: true`. Concatenating the parts' text gives the window.

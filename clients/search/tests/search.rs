@@ -570,3 +570,66 @@ fn clear_empties_it_and_destroy_deletes_the_files() {
     assert!(left.is_empty(), "{left:?}");
     delete_index_files(&path).expect("deleting nothing is fine");
 }
+
+#[test]
+fn a_common_word_is_ranked_among_its_newest_matches_only() {
+    let mut index = SearchIndex::open_in_memory().expect("open");
+    let n = u64::from(tern_search::MAX_RANKED_MATCHES) + 500;
+    let batch: Vec<_> = (1..=n)
+        .map(|s| {
+            // The oldest 500 would rank best (three mentions), but are beyond the bound.
+            let text = if s <= 500 {
+                "alpha alpha alpha"
+            } else {
+                "alpha and some other words"
+            };
+            msg(1, s, ALICE, s * 60_000, text)
+        })
+        .collect();
+    index.add(&batch).expect("add");
+    let hits = index
+        .search(&SearchQuery::text("alpha ", 20))
+        .expect("search");
+    assert_eq!(hits.len(), 20);
+    assert!(hits.iter().all(|h| h.seq > 500), "{:?}", seqs(&hits));
+    // A date filter reaches the old ones directly.
+    let old = SearchQuery {
+        until_ms: Some(500 * 60_000),
+        ..SearchQuery::text("alpha ", 20)
+    };
+    let hits = index.search(&old).expect("search");
+    assert_eq!(hits.len(), 20);
+    assert!(hits.iter().all(|h| h.seq <= 500));
+}
+
+#[test]
+fn many_messages_in_one_millisecond_are_all_kept_and_filtered_exactly() {
+    let mut index = SearchIndex::open_in_memory().expect("open");
+    let at = 1_700_000_000_000;
+    let crowd: Vec<_> = (1..=1100)
+        .map(|s| msg(1, s, ALICE, at, "crowded instant"))
+        .collect();
+    index.add(&crowd).expect("add");
+    index
+        .add(&[msg(1, 2000, ALICE, at + 1, "crowded later")])
+        .expect("add");
+    assert_eq!(index.message_count().expect("count"), 1101);
+    let q = |since, until| SearchQuery {
+        since_ms: since,
+        until_ms: until,
+        conversation: Some(id(1)),
+        ..SearchQuery::text("crowded ", 200)
+    };
+    assert_eq!(
+        index.search(&q(Some(at), Some(at))).expect("search").len(),
+        200
+    );
+    let later = index.search(&q(Some(at + 1), None)).expect("search");
+    assert_eq!(seqs(&later), [2000]);
+    // The slot held 1,024: the rest spilled past it, and an "until" filter must still see
+    // them (and still leave out what came later).
+    let until = seqs(&index.search(&q(None, Some(at))).expect("search"));
+    assert_eq!(until.len(), 200);
+    assert!(until.iter().any(|s| (1025..=1100).contains(s)), "{until:?}");
+    assert!(!until.contains(&2000));
+}
