@@ -4,7 +4,7 @@
 //! size come from `examples/index_bench.rs`.
 
 #[path = "common/corpus.rs"]
-#[allow(dead_code)] // one_word_common is the example's only
+#[allow(dead_code)] // common_word and conversation are the example's only
 mod corpus;
 
 use std::hint::black_box;

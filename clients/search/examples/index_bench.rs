@@ -131,9 +131,32 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .collect(),
         ),
     ];
+    let mut kinds: Vec<(&str, Vec<SearchQuery>)> = kinds
+        .into_iter()
+        .map(|(k, texts)| {
+            (
+                k,
+                texts
+                    .into_iter()
+                    .map(|t| SearchQuery::text(t, 20))
+                    .collect(),
+            )
+        })
+        .collect();
+    // Search inside one conversation (of 200) for a common word: the filter must not cost a
+    // row lookup per match elsewhere.
+    kinds.push((
+        "one_word_common_in_conversation",
+        (0..args.queries)
+            .map(|_| SearchQuery {
+                conversation: Some(q.conversation()),
+                ..SearchQuery::text(format!("{} ", q.common_word(100)), 20)
+            })
+            .collect(),
+    ));
     let mut queries = serde_json::Map::new();
-    for (kind, texts) in &kinds {
-        queries.insert((*kind).to_owned(), measure(&index, texts)?);
+    for (kind, list) in &kinds {
+        queries.insert((*kind).to_owned(), measure(&index, list)?);
     }
 
     let report = json!({
@@ -147,7 +170,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         "size_bytes_per_message": size as f64 / args.messages.max(1) as f64,
         "size_bytes_optimized": size_optimized,
         "query_limit": 20,
-        "query_note": "one_word/two_word: whole words (trailing space); prefix: the first 3 characters of a word; words drawn by corpus frequency without the 100 most common; one_word_common: one of the 100 most common (worst case)",
+        "query_note": "one_word/two_word: whole words (trailing space); prefix: the first 3 characters of a word; words drawn by corpus frequency without the 100 most common; one_word_common: one of the 100 most common (worst case); one_word_common_in_conversation: the same inside one of the 200 conversations; limit 20",
         "queries": queries,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -168,19 +191,22 @@ fn size_on_disk(path: &std::path::Path) -> u64 {
         .sum()
 }
 
-fn measure(index: &SearchIndex, texts: &[String]) -> Result<Value, tern_search::SearchError> {
-    let mut times: Vec<Duration> = Vec::with_capacity(texts.len());
+fn measure(
+    index: &SearchIndex,
+    queries: &[SearchQuery],
+) -> Result<Value, tern_search::SearchError> {
+    let mut times: Vec<Duration> = Vec::with_capacity(queries.len());
     let mut hits = 0usize;
-    for text in texts {
+    for query in queries {
         let started = Instant::now();
-        hits += index.search(&SearchQuery::text(text.as_str(), 20))?.len();
+        hits += index.search(query)?.len();
         times.push(started.elapsed());
     }
     times.sort_unstable();
     let ms = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)].as_secs_f64() * 1e3;
     Ok(json!({
-        "queries": texts.len(),
-        "mean_hits": hits as f64 / texts.len() as f64,
+        "queries": queries.len(),
+        "mean_hits": hits as f64 / queries.len() as f64,
         "p50_ms": ms(50),
         "p95_ms": ms(95),
         "p99_ms": ms(99),

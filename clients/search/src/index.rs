@@ -30,29 +30,43 @@ const MAX_SENT_AT_MS: u64 = (i64::MAX as u64 & !(SLOT_MS - 1)) - SLOT_MS;
 /// costs at most this many, and a rarer word (fewer matches) is ranked over all its matches.
 pub const MAX_RANKED_MATCHES: u32 = 2000;
 
-/// FTS5 drives the loop (CROSS JOIN: SQLite must not start from `messages` and probe FTS5 once
-/// per row of a large conversation), newest match first, filters checked on each match's row;
-/// the newest [`MAX_RANKED_MATCHES`] are scored with bm25, the best `limit` kept, and only
-/// their texts are read.
+/// Without a date filter FTS5 alone finds the candidates (words, conversation and sender
+/// tokens, newest first) and scores them; ties go to the newer id (ids are time-ordered), so
+/// no row is read before the best `limit` are known, and only their rows are.
 const SEARCH_SQL: &str = "
 WITH candidates AS MATERIALIZED (
-    SELECT m.id AS id, bm25(messages_fts) AS rank, m.sent_at_ms AS ts
-    FROM messages_fts CROSS JOIN messages AS m ON m.id = messages_fts.rowid
+    SELECT rowid AS id, bm25(messages_fts, 1.0, 0.0) AS rank
+    FROM messages_fts
     WHERE messages_fts MATCH ?1
-      AND messages_fts.rowid BETWEEN ?7 AND ?8
-      AND (?2 IS NULL OR m.conversation = ?2)
-      AND (?3 IS NULL OR m.sender = ?3)
-      AND (?4 IS NULL OR m.sent_at_ms >= ?4)
-      AND (?5 IS NULL OR m.sent_at_ms <= ?5)
-    ORDER BY messages_fts.rowid DESC
-    LIMIT ?9
+    ORDER BY rowid DESC
+    LIMIT ?2
 ),
 top AS MATERIALIZED (
-    SELECT id, rank, ts FROM candidates ORDER BY rank, ts DESC LIMIT ?6
+    SELECT id, rank FROM candidates ORDER BY rank, id DESC LIMIT ?3
 )
 SELECT m.conversation, m.seq, m.sender, m.sender_name, m.sent_at_ms, m.body, top.rank
 FROM top JOIN messages AS m ON m.id = top.id
-ORDER BY top.rank, top.ts DESC";
+ORDER BY top.rank, m.sent_at_ms DESC, top.id DESC";
+
+/// With a date filter FTS5 seeks to the rowid range of the slots and each match's row is
+/// checked for the exact timestamps before it counts as a candidate (CROSS JOIN: FTS5 drives
+/// the loop, never `messages`).
+const SEARCH_DATES_SQL: &str = "
+WITH candidates AS MATERIALIZED (
+    SELECT m.id AS id, bm25(messages_fts, 1.0, 0.0) AS rank
+    FROM messages_fts CROSS JOIN messages AS m ON m.id = messages_fts.rowid
+    WHERE messages_fts MATCH ?1
+      AND messages_fts.rowid BETWEEN ?4 AND ?5
+      AND m.sent_at_ms BETWEEN ?6 AND ?7
+    ORDER BY messages_fts.rowid DESC
+    LIMIT ?2
+),
+top AS MATERIALIZED (
+    SELECT id, rank FROM candidates ORDER BY rank, id DESC LIMIT ?3
+)
+SELECT m.conversation, m.seq, m.sender, m.sender_name, m.sent_at_ms, m.body, top.rank
+FROM top JOIN messages AS m ON m.id = top.id
+ORDER BY top.rank, m.sent_at_ms DESC, top.id DESC";
 
 /// A client's search index. One per account; not shared between threads (SQLite connection).
 pub struct SearchIndex {
@@ -182,18 +196,29 @@ impl SearchIndex {
             return Ok(Vec::new());
         }
         let until = query.until_ms.unwrap_or(u64::MAX).min(MAX_SENT_AT_MS);
-        let mut stmt = self.conn.prepare_cached(SEARCH_SQL)?;
-        let mut rows = stmt.query(params![
-            parsed.to_match_expression(),
-            query.conversation.as_ref().map(|c| c.as_bytes().as_slice()),
-            query.sender.as_ref().map(|s| s.as_bytes().as_slice()),
-            to_i64("since_ms", since)?,
-            to_i64("until_ms", until)?,
-            query.limit,
-            slot_start(since),
-            self.last_id_for(until)?,
-            MAX_RANKED_MATCHES,
-        ])?;
+        let scope: Vec<String> = query
+            .conversation
+            .map(query::conversation_token)
+            .into_iter()
+            .chain(query.sender.map(query::sender_token))
+            .collect();
+        let expression = parsed.to_match_expression(&scope);
+        let mut stmt;
+        let mut rows = if query.since_ms.is_none() && query.until_ms.is_none() {
+            stmt = self.conn.prepare_cached(SEARCH_SQL)?;
+            stmt.query(params![expression, MAX_RANKED_MATCHES, query.limit])?
+        } else {
+            stmt = self.conn.prepare_cached(SEARCH_DATES_SQL)?;
+            stmt.query(params![
+                expression,
+                MAX_RANKED_MATCHES,
+                query.limit,
+                slot_start(since),
+                self.last_id_for(until)?,
+                to_i64("since_ms", since)?,
+                to_i64("until_ms", until)?,
+            ])?
+        };
         let mut hits = Vec::new();
         while let Some(row) = rows.next()? {
             hits.push(hit_from_row(row, &parsed)?);
@@ -371,8 +396,13 @@ fn insert_one(tx: &Transaction<'_>, m: &IndexedMessage, body: &str) -> Result<()
         to_i64("sent_at_ms", m.sent_at_ms)?,
         body,
     ])?;
-    tx.prepare_cached("INSERT INTO messages_fts (rowid, body) VALUES (?1, ?2)")?
-        .execute(params![id, segment_for_index(body)])?;
+    let scope = format!(
+        "{} {}",
+        query::conversation_token(m.conversation),
+        query::sender_token(m.sender)
+    );
+    tx.prepare_cached("INSERT INTO messages_fts (rowid, body, scope) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, segment_for_index(body), scope])?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! operators.
 
 use unicode_normalization::UnicodeNormalization;
+use uuid::Uuid;
 
 use crate::text::{fold, words};
 use crate::{MAX_QUERY_CHARS, MAX_QUERY_WORDS, SearchError};
@@ -37,22 +38,38 @@ impl ParsedQuery {
         self.phrases.is_empty()
     }
 
-    /// The MATCH expression: `"tok" "t o k" "pre" *`.
-    pub fn to_match_expression(&self) -> String {
-        let mut out = String::new();
+    /// The MATCH expression: every phrase restricted to the `body` column, ANDed with the
+    /// filter tokens of the `scope` column: `body : "tok" AND body : "t o k" AND body : "pre" *
+    /// AND scope : "c<uuid>"`.
+    pub fn to_match_expression(&self, scope: &[String]) -> String {
+        let mut parts: Vec<String> = Vec::with_capacity(self.phrases.len() + scope.len());
+        let last = self.phrases.len().saturating_sub(1);
         for (i, phrase) in self.phrases.iter().enumerate() {
-            if i > 0 {
-                out.push(' ');
-            }
-            out.push('"');
-            out.push_str(&phrase.tokens.join(" ").replace('"', "\"\""));
-            out.push('"');
+            let star = if self.prefix_last && i == last {
+                " *"
+            } else {
+                ""
+            };
+            parts.push(format!(
+                "body : \"{}\"{star}",
+                phrase.tokens.join(" ").replace('"', "\"\"")
+            ));
         }
-        if self.prefix_last && !self.phrases.is_empty() {
-            out.push_str(" *");
-        }
-        out
+        parts.extend(scope.iter().map(|t| format!("scope : \"{t}\"")));
+        parts.join(" AND ")
     }
+}
+
+/// The `scope` column's token for a conversation: indexed with every message so that FTS5
+/// itself intersects a conversation filter with the words (no row lookups for matches in
+/// other conversations). Letters and digits only: one `unicode61` token.
+pub(crate) fn conversation_token(id: Uuid) -> String {
+    format!("c{}", id.simple())
+}
+
+/// The `scope` column's token for a sender.
+pub(crate) fn sender_token(id: Uuid) -> String {
+    format!("s{}", id.simple())
 }
 
 /// Splits the user's text into phrases: whitespace separates words; inside a word, every run
@@ -106,8 +123,13 @@ pub(crate) fn parse(text: &str) -> Result<ParsedQuery, SearchError> {
 mod tests {
     use super::*;
 
+    /// The expression without the `body : ` column filters, for readability.
     fn expr(text: &str) -> String {
-        parse(text).expect("parse").to_match_expression()
+        parse(text)
+            .expect("parse")
+            .to_match_expression(&[])
+            .replace("body : ", "")
+            .replace(" AND ", " ")
     }
 
     #[test]
@@ -139,6 +161,16 @@ mod tests {
     fn words_without_letters_are_dropped() {
         assert!(parse("🎉 ... \"\" *").expect("parse").is_empty());
         assert_eq!(expr("party 🎉"), r#""party""#);
+    }
+
+    #[test]
+    fn phrases_are_limited_to_the_body_and_filters_are_scope_tokens() {
+        let q = parse("hi there").expect("parse");
+        let c = Uuid::from_u128(0xabc);
+        assert_eq!(
+            q.to_match_expression(&[conversation_token(c), sender_token(c)]),
+            r#"body : "hi" AND body : "there" * AND scope : "c00000000000000000000000000000abc" AND scope : "s00000000000000000000000000000abc""#
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub(crate) const SCHEMA_VERSION: i64 = 1;
 
 /// `messages` keeps the original text (for snippets) and the filter columns; `messages_fts`
 /// is contentless (it stores only the inverted index of the segmented text, not a second copy)
-/// with `contentless_delete` so a replaced or removed message leaves the index.
+/// with `contentless_delete` so a replaced or removed message leaves the index. Its `scope`
+/// column holds a conversation token and a sender token per message, so those filters are
+/// intersected inside FTS5 (see `query::conversation_token`).
 /// `prefix = '3'` keeps a prefix index for 3-character prefixes (the shortest the query side
 /// prefix-matches), so as-you-type queries read one doclist instead of merging thousands of
 /// terms' doclists. `backfill` holds the planner's checkpoints, in the
@@ -32,6 +34,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     body,
+    scope,
     content = '',
     contentless_delete = 1,
     tokenize = 'unicode61 remove_diacritics 2',

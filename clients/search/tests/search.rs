@@ -587,11 +587,31 @@ fn a_common_word_is_ranked_among_its_newest_matches_only() {
         })
         .collect();
     index.add(&batch).expect("add");
+    // And a few in another conversation, older than all of them.
+    let other: Vec<_> = (1..=10)
+        .map(|s| msg(2, s, BOB, s, "alpha elsewhere"))
+        .collect();
+    index.add(&other).expect("add");
     let hits = index
         .search(&SearchQuery::text("alpha ", 20))
         .expect("search");
     assert_eq!(hits.len(), 20);
-    assert!(hits.iter().all(|h| h.seq > 500), "{:?}", seqs(&hits));
+    assert!(
+        hits.iter().all(|h| h.seq > 500 && h.conversation == id(1)),
+        "{:?}",
+        seqs(&hits)
+    );
+    // Filters apply before the bound: the other conversation's old matches are all found.
+    let in_other = SearchQuery {
+        conversation: Some(id(2)),
+        ..SearchQuery::text("alpha ", 20)
+    };
+    assert_eq!(index.search(&in_other).expect("search").len(), 10);
+    let from_bob = SearchQuery {
+        sender: Some(id(BOB)),
+        ..SearchQuery::text("alpha ", 20)
+    };
+    assert_eq!(index.search(&from_bob).expect("search").len(), 10);
     // A date filter reaches the old ones directly.
     let old = SearchQuery {
         until_ms: Some(500 * 60_000),

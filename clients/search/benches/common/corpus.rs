@@ -273,6 +273,11 @@ impl Corpus {
         self.vocabulary[i].clone()
     }
 
+    /// One of the corpus's conversations, uniformly.
+    pub fn conversation(&mut self) -> Uuid {
+        Uuid::from_u128(self.rng.random_range(0..CONVERSATIONS) + 1)
+    }
+
     pub fn message(&mut self) -> IndexedMessage {
         let conversation = self.rng.random_range(0..CONVERSATIONS);
         let sender = self.rng.random_range(0..SENDERS);
