@@ -247,11 +247,12 @@ impl Backfill {
         let n = self.conversations.len();
         let mut budget = self.config.max_in_flight.saturating_sub(self.in_flight());
         let mut out = Vec::new();
+        let start = self.cursor;
         for k in 0..n {
             if budget == 0 {
                 break;
             }
-            let i = (self.cursor + k) % n;
+            let i = (start + k) % n;
             let c = &mut self.conversations[i];
             if c.in_flight.is_some() || c.paused {
                 continue;

@@ -163,15 +163,28 @@ fn budget_bounds_requests_in_flight_across_conversations() {
         b.set_conversation(conv(i), 1000, None);
     }
     let first = b.poll();
-    assert_eq!(first.len(), 2);
+    let firsts: Vec<Uuid> = first.iter().map(|r| r.conversation).collect();
+    assert_eq!(firsts, [conv(0), conv(1)], "in the caller's order");
     assert!(b.poll().is_empty(), "budget used up");
     b.page_failed(first[0].conversation, first[0].before_seq);
     let next = b.poll();
     assert_eq!(next.len(), 1);
-    assert_ne!(
-        next[0].conversation, first[1].conversation,
-        "not the one still in flight"
+    assert_eq!(
+        next[0].conversation,
+        conv(2),
+        "the next in turn, not one in flight"
     );
+    // Every conversation gets its turn before any gets a second one.
+    let mut in_flight = vec![conv(1), conv(2)];
+    let mut polled = Vec::new();
+    for _ in 0..3 {
+        b.page_failed(in_flight.remove(0), 1001);
+        let r = b.poll();
+        assert_eq!(r.len(), 1);
+        in_flight.push(r[0].conversation);
+        polled.push(r[0].conversation);
+    }
+    assert_eq!(polled, [conv(3), conv(4), conv(0)]);
 }
 
 #[test]
