@@ -124,6 +124,13 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .map(|_| q.search_word(100).chars().take(3).collect::<String>())
                 .collect(),
         ),
+        // Four characters: past the prefix index, FTS5 merges every matching term's doclist.
+        (
+            "prefix4",
+            (0..args.queries)
+                .map(|_| q.search_word(100).chars().take(4).collect::<String>())
+                .collect(),
+        ),
         (
             "one_word_common",
             (0..args.queries)
@@ -170,7 +177,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         "size_bytes_per_message": size as f64 / args.messages.max(1) as f64,
         "size_bytes_optimized": size_optimized,
         "query_limit": 20,
-        "query_note": "one_word/two_word: whole words (trailing space); prefix: the first 3 characters of a word; words drawn by corpus frequency without the 100 most common; one_word_common: one of the 100 most common (worst case); one_word_common_in_conversation: the same inside one of the 200 conversations; limit 20",
+        "query_note": "one_word/two_word: whole words (trailing space); prefix: the first 3 characters of a word (prefix4: 4); words drawn by corpus frequency without the 100 most common; one_word_common: one of the 100 most common (worst case); one_word_common_in_conversation: the same inside one of the 200 conversations; limit 20",
         "queries": queries,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,26 +3,15 @@
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use crate::backfill::{Checkpoint, StorePage};
+use crate::ids::{MAX_SENT_AT_MS, SLOT_MS, slot_start};
 use crate::query::{self, ParsedQuery};
 use crate::snippet::snippet;
-use crate::text::{segment_for_index, truncate_bytes};
-use crate::{
-    IndexedMessage, MAX_ADD_BATCH, MAX_INDEXED_TEXT_BYTES, MAX_SEARCH_LIMIT, SearchError,
-    SearchHit, SearchQuery, schema,
-};
-
-/// Row ids are time-ordered: a message's id is its `sent_at_ms` rounded down to a slot of
-/// [`SLOT_MS`] plus a counter within the slot. FTS5 then walks its matches newest first for
-/// free (`ORDER BY rowid DESC` is its native order) and a date range is a rowid range it seeks
-/// to. Coarser slots would shrink FTS5's rowid deltas further but crowd more messages into a
-/// slot; 1,024 ms keeps the deltas at ~3 bytes for chat-paced messages.
-const SLOT_MS: u64 = 1024;
-/// The latest storable timestamp (ids stay below `i64::MAX`).
-const MAX_SENT_AT_MS: u64 = (i64::MAX as u64 & !(SLOT_MS - 1)) - SLOT_MS;
+use crate::write::{check_batch, insert_all, parse_checkpoint, to_i64, write_checkpoint};
+use crate::{IndexedMessage, MAX_SEARCH_LIMIT, SearchError, SearchHit, SearchQuery, schema};
 
 /// A search ranks at most this many matches: the newest ones that pass the filters. A word in
 /// every other message would otherwise cost a bm25 score and a row lookup per match (hundreds
@@ -331,131 +320,6 @@ pub fn delete_index_files(path: &Path) -> Result<(), SearchError> {
     Ok(())
 }
 
-fn check_batch(len: usize) -> Result<(), SearchError> {
-    if len > MAX_ADD_BATCH {
-        return Err(SearchError::BatchTooLarge {
-            len,
-            max: MAX_ADD_BATCH,
-        });
-    }
-    Ok(())
-}
-
-fn insert_all(tx: &Transaction<'_>, messages: &[IndexedMessage]) -> Result<(), SearchError> {
-    let mut find = tx.prepare_cached(
-        "SELECT id, sender, sender_name, sent_at_ms, body FROM messages
-         WHERE conversation = ?1 AND seq = ?2",
-    )?;
-    let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-    let mut fts_delete = tx.prepare_cached("DELETE FROM messages_fts WHERE rowid = ?1")?;
-    for m in messages {
-        let seq = to_i64("seq", m.seq)?;
-        if m.sent_at_ms > MAX_SENT_AT_MS {
-            return Err(SearchError::OutOfRange {
-                field: "sent_at_ms",
-                value: m.sent_at_ms,
-            });
-        }
-        let body = truncate_bytes(&m.text, MAX_INDEXED_TEXT_BYTES);
-        let conversation = m.conversation.as_bytes().as_slice();
-        let existing = find
-            .query_row(params![conversation, seq], |row| {
-                let same = row.get::<_, Vec<u8>>(1)? == m.sender.as_bytes()
-                    && row.get::<_, String>(2)? == m.sender_name
-                    && row.get::<_, i64>(3)?.unsigned_abs() == m.sent_at_ms
-                    && row.get::<_, String>(4)? == body;
-                Ok((row.get::<_, i64>(0)?, same))
-            })
-            .optional()?;
-        match existing {
-            Some((_, true)) => continue,
-            // Changed (an edit, a corrected timestamp): a new row, so the id's time order holds.
-            Some((id, false)) => {
-                fts_delete.execute([id])?;
-                delete.execute([id])?;
-            }
-            None => {}
-        }
-        insert_one(tx, m, body)?;
-    }
-    Ok(())
-}
-
-fn insert_one(tx: &Transaction<'_>, m: &IndexedMessage, body: &str) -> Result<(), SearchError> {
-    let id = allocate_id(tx, m.sent_at_ms)?;
-    tx.prepare_cached(
-        "INSERT INTO messages (id, conversation, seq, sender, sender_name, sent_at_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        id,
-        m.conversation.as_bytes().as_slice(),
-        to_i64("seq", m.seq)?,
-        m.sender.as_bytes().as_slice(),
-        m.sender_name,
-        to_i64("sent_at_ms", m.sent_at_ms)?,
-        body,
-    ])?;
-    let scope = format!(
-        "{} {}",
-        query::conversation_token(m.conversation),
-        query::sender_token(m.sender)
-    );
-    tx.prepare_cached("INSERT INTO messages_fts (rowid, body, scope) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, segment_for_index(body), scope])?;
-    Ok(())
-}
-
-/// The next free id in the message's time slot. A full slot (1,024 messages within about a
-/// second) spills to the next free id after it and records that it did, which turns off the
-/// rowid upper bound of date filters for good (see `last_id_for`).
-fn allocate_id(tx: &Transaction<'_>, sent_at_ms: u64) -> Result<i64, SearchError> {
-    let first = slot_start(sent_at_ms);
-    let last = first + (SLOT_MS as i64 - 1);
-    let id: i64 = tx
-        .prepare_cached(
-            "SELECT coalesce(max(id) + 1, ?1) FROM messages WHERE id BETWEEN ?1 AND ?2",
-        )?
-        .query_row([first, last], |row| row.get(0))?;
-    if id <= last {
-        return Ok(id);
-    }
-    tx.execute(
-        "INSERT INTO search_meta (name, value) VALUES ('slot_spilled', 1) ON CONFLICT DO NOTHING",
-        [],
-    )?;
-    let id: i64 = tx
-        .prepare_cached("SELECT max(id) + 1 FROM messages WHERE id >= ?1")?
-        .query_row([first], |row| row.get(0))?;
-    Ok(id)
-}
-
-/// The first row id of the slot holding `ms` (callers keep `ms <= MAX_SENT_AT_MS`).
-fn slot_start(ms: u64) -> i64 {
-    i64::try_from(ms & !(SLOT_MS - 1)).unwrap_or(i64::MAX - SLOT_MS as i64)
-}
-
-fn write_checkpoint(
-    tx: &Transaction<'_>,
-    conversation: Uuid,
-    checkpoint: &Checkpoint,
-) -> Result<(), SearchError> {
-    let json = serde_json::to_string(checkpoint).map_err(|_| SearchError::Corrupt("checkpoint"))?;
-    tx.execute(
-        "INSERT INTO backfill (conversation, checkpoint) VALUES (?1, ?2)
-         ON CONFLICT (conversation) DO UPDATE SET checkpoint = excluded.checkpoint",
-        params![conversation.as_bytes().as_slice(), json],
-    )?;
-    Ok(())
-}
-
-fn parse_checkpoint(json: &str) -> Result<Checkpoint, SearchError> {
-    let stored: Checkpoint =
-        serde_json::from_str(json).map_err(|_| SearchError::Corrupt("backfill checkpoint"))?;
-    // Normalised again on the way in: a hand-edited or older row cannot break the planner.
-    Ok(Checkpoint::from_ranges(stored.ranges().to_vec()))
-}
-
 fn hit_from_row(row: &Row<'_>, parsed: &ParsedQuery) -> Result<SearchHit, SearchError> {
     let text: String = row.get(5)?;
     Ok(SearchHit {
@@ -475,10 +339,6 @@ fn uuid_at(row: &Row<'_>, i: usize) -> Result<Uuid, SearchError> {
         .as_blob()
         .map_err(|_| SearchError::Corrupt("id is not a blob"))?;
     Uuid::from_slice(bytes).map_err(|_| SearchError::Corrupt("id is not 16 bytes"))
-}
-
-fn to_i64(field: &'static str, value: u64) -> Result<i64, SearchError> {
-    i64::try_from(value).map_err(|_| SearchError::OutOfRange { field, value })
 }
 
 fn from_i64(value: i64) -> Result<u64, SearchError> {

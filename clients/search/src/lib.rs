@@ -14,12 +14,14 @@
 
 pub mod backfill;
 mod error;
+mod ids;
 mod index;
 mod query;
 mod schema;
 mod snippet;
 mod text;
 mod types;
+mod write;
 
 pub use backfill::{
     Backfill, BackfillConfig, BackfillError, Checkpoint, FetchedPage, PageRequest, SeqRange,

@@ -1,6 +1,7 @@
 //! The database: keying, the schema and its version.
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
+use zeroize::Zeroizing;
 
 use crate::SearchError;
 
@@ -46,6 +47,9 @@ CREATE TABLE IF NOT EXISTS backfill (
 ) WITHOUT ROWID;
 ";
 
+/// `PRAGMA key = "x'` + 64 hex digits + `'";`
+const PRAGMA_KEY_LEN: usize = 16 + 64 + 3;
+
 /// Keys a freshly opened connection (must be the first statement on it) and proves the key
 /// right by reading the schema: SQLCipher only notices a wrong key on the first page read.
 /// The key is used raw (`x'..'`, no passphrase derivation): it is already 32 random bytes.
@@ -53,7 +57,14 @@ pub(crate) fn apply_key(conn: &Connection, key: &[u8; 32]) -> Result<(), SearchE
     // SQLCipher logs a failed page HMAC (a wrong key) to stderr; the caller gets `WrongKey`
     // instead, and a library must not write to a terminal UI's stderr.
     conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
+    // The hex copies of the key are wiped when dropped (SQLCipher keeps its own); the pragma
+    // is built in place so no reallocation leaves a copy behind in freed memory.
+    let hex_key = Zeroizing::new(hex::encode(key));
+    let mut pragma = Zeroizing::new(String::with_capacity(PRAGMA_KEY_LEN));
+    pragma.push_str("PRAGMA key = \"x'");
+    pragma.push_str(&hex_key);
+    pragma.push_str("'\";");
+    conn.execute_batch(&pragma)?;
     // Plain SQLite ignores an unknown pragma: without this check a build that lost SQLCipher
     // would silently write plaintext.
     let has_cipher: Option<String> = conn
