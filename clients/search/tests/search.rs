@@ -653,3 +653,55 @@ fn many_messages_in_one_millisecond_are_all_kept_and_filtered_exactly() {
     assert!(until.iter().any(|s| (1025..=1100).contains(s)), "{until:?}");
     assert!(!until.contains(&2000));
 }
+
+#[test]
+fn a_connection_opened_by_the_caller_is_keyed_the_same_way() {
+    // The web worker's path: it opens the connection (there on the OPFS VFS) and hands it in.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("search.db");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let mut index = SearchIndex::from_connection(conn, Some(&KEY)).expect("keyed");
+    index
+        .add(&[msg(1, 1, ALICE, 1, "handed over")])
+        .expect("add");
+    drop(index);
+    assert!(!contains(&file_bytes(&path), b"handed"));
+    let index = SearchIndex::open(&path, &KEY).expect("same key, same file format");
+    assert_eq!(seqs(&search(&index, "handed")), [1]);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let err = SearchIndex::from_connection(conn, Some(&[0u8; 32]))
+        .err()
+        .expect("wrong key");
+    assert!(matches!(err, SearchError::WrongKey), "{err:?}");
+}
+
+#[test]
+fn odd_message_text_is_stored_and_found() {
+    let mut index = SearchIndex::open_in_memory().expect("open");
+    let long = format!("start {} needle", "filler ".repeat(20_000));
+    index
+        .add(&[
+            msg(
+                1,
+                1,
+                ALICE,
+                1,
+                "nul\0inside and \u{202e}reversed\u{202c} text",
+            ),
+            msg(1, 2, ALICE, 2, ""),
+            msg(1, 3, ALICE, 3, "🎉👍🏽🏳️‍🌈"),
+            msg(1, 4, ALICE, 4, &long),
+        ])
+        .expect("add");
+    assert_eq!(seqs(&search(&index, "inside reversed")), [1]);
+    assert_eq!(index.message_count().expect("count"), 4);
+    // Only the first MAX_INDEXED_TEXT_BYTES are indexed: the start is, the far end is not.
+    assert_eq!(seqs(&search(&index, "start ")), [4]);
+    assert!(search(&index, "needle ").is_empty());
+    let hit = &search(&index, "start ")[0];
+    let shown: usize = hit.snippet.iter().map(|p| p.text.chars().count()).sum();
+    assert!(
+        shown <= 200,
+        "a snippet is a window, not the message: {shown}"
+    );
+}
