@@ -11,6 +11,32 @@
 //! (SQLCipher with libtomcrypt): the web worker opens a [`rusqlite::Connection`] on its OPFS VFS
 //! and hands it to [`SearchIndex::from_connection`]. Nothing here touches files, threads or
 //! clocks except [`SearchIndex::open`] and [`delete_index_files`], which are native only.
+//!
+//! ```
+//! use tern_search::{IndexedMessage, SearchIndex, SearchQuery};
+//! use uuid::Uuid;
+//!
+//! # fn main() -> Result<(), tern_search::SearchError> {
+//! // A client opens its index with `SearchIndex::open(&data_dir.join("search.db"), &key)`.
+//! let mut index = SearchIndex::open_in_memory()?;
+//! let conversation = Uuid::from_u128(1);
+//! index.add(&[IndexedMessage {
+//!     conversation,
+//!     seq: 42,
+//!     sender: Uuid::from_u128(2),
+//!     sender_name: "bob".into(),
+//!     sent_at_ms: 1_764_633_600_000,
+//!     text: "Le café est à côté de 東京駅".into(),
+//! }])?;
+//! let query = SearchQuery { conversation: Some(conversation), ..SearchQuery::text("cafe 東京", 20) };
+//! let hits = index.search(&query)?;
+//! assert_eq!(hits[0].seq, 42);
+//! let marked: Vec<&str> =
+//!     hits[0].snippet.iter().filter(|p| p.highlight).map(|p| p.text.as_str()).collect();
+//! assert_eq!(marked, ["café", "東京"]);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backfill;
 mod error;
