@@ -13,7 +13,9 @@ pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// is contentless (it stores only the inverted index of the segmented text, not a second copy)
 /// with `contentless_delete` so a replaced or removed message leaves the index. Its `scope`
 /// column holds a conversation token and a sender token per message, so those filters are
-/// intersected inside FTS5 (see `query::conversation_token`).
+/// intersected inside FTS5 (see `query::conversation_token`). Token characters are letters
+/// and digits only (`categories 'L* N*'`: unicode61's default adds private-use characters,
+/// which would glue icon-font glyphs to words), the same rule as `text.rs`.
 /// `prefix = '3'` keeps a prefix index for 3-character prefixes (the shortest the query side
 /// prefix-matches), so as-you-type queries read one doclist instead of merging thousands of
 /// terms' doclists. `backfill` holds the planner's checkpoints, in the
@@ -38,7 +40,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     scope,
     content = '',
     contentless_delete = 1,
-    tokenize = 'unicode61 remove_diacritics 2',
+    tokenize = \"unicode61 remove_diacritics 2 categories 'L* N*'\",
     prefix = '3'
 );
 CREATE TABLE IF NOT EXISTS backfill (

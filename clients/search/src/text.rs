@@ -35,7 +35,13 @@ pub(crate) fn is_cjk(c: char) -> bool {
 /// Starts a word: a letter or digit that is not a mark (`unicode61`'s token characters are
 /// the categories L*, N* and Co). Spaces, punctuation, symbols and emoji separate words.
 fn starts_word(c: char) -> bool {
-    c.is_alphanumeric() && !is_combining_mark(c)
+    c.is_alphanumeric() && !is_combining_mark(c) && !is_enclosed_letter(c)
+}
+
+/// Circled and squared letters (Ⓐ, 🅰): Rust calls them alphabetic (Other_Alphabetic), but
+/// they are symbols (So) to `unicode61`, like emoji.
+fn is_enclosed_letter(c: char) -> bool {
+    matches!(c as u32, 0x24B6..=0x24E9 | 0x1F130..=0x1F189)
 }
 
 /// Continues a word: also combining marks, so that a decomposed "cafe\u{301}" is one word
@@ -43,11 +49,15 @@ fn starts_word(c: char) -> bool {
 /// NFC first, and their words are handed to FTS5 as quoted text that it tokenises itself, so
 /// this only decides word boundaries for snippets and which query words are empty.
 fn continues_word(c: char) -> bool {
-    c.is_alphanumeric() || is_combining_mark(c)
+    (c.is_alphanumeric() && !is_enclosed_letter(c)) || is_combining_mark(c)
 }
 
 /// The text as stored in the FTS table: NFC (so composed and decomposed accents index alike),
-/// with spaces around every CJK character.
+/// spaces around every CJK character, and a space for every character that is not part of a
+/// word here. The last is not cosmetic: `unicode61` counts every code point missing from its
+/// (older) Unicode tables as a token character, so an unassigned or newer emoji glued to a
+/// word would otherwise become part of that word's token, and the word typed alone would not
+/// find it. After this, FTS5 sees only what `words` calls words.
 pub(crate) fn segment_for_index(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 2);
     for c in text.nfc() {
@@ -55,8 +65,10 @@ pub(crate) fn segment_for_index(text: &str) -> String {
             out.push(' ');
             out.push(c);
             out.push(' ');
-        } else {
+        } else if continues_word(c) {
             out.push(c);
+        } else {
+            out.push(' ');
         }
     }
     out
@@ -168,6 +180,12 @@ mod tests {
     #[test]
     fn nfc_before_indexing() {
         assert_eq!(segment_for_index("cafe\u{301}"), "café");
+    }
+
+    #[test]
+    fn only_words_reach_the_index() {
+        assert_eq!(segment_for_index("*word\u{10ffff}^ 🎉x"), " word    x");
+        assert_eq!(segment_for_index("Ⓐb🅰c"), " b c");
     }
 
     #[test]

@@ -705,3 +705,120 @@ fn odd_message_text_is_stored_and_found() {
         "a snippet is a window, not the message: {shown}"
     );
 }
+
+#[test]
+fn a_message_replaced_within_one_batch_or_reusing_its_id_is_found_by_its_new_text_only() {
+    let mut index = SearchIndex::open_in_memory().expect("open");
+    // Same (conversation, seq) twice in one batch: the later copy wins. Same timestamp, so
+    // the replacement takes the freed row id again.
+    index
+        .add(&[
+            msg(1, 1, ALICE, 5_000, "first draft"),
+            msg(1, 1, ALICE, 5_000, "second version"),
+        ])
+        .expect("add");
+    assert!(search(&index, "draft").is_empty());
+    assert_eq!(seqs(&search(&index, "version")), [1]);
+    // And across batches, after the index was merged.
+    index.optimize().expect("optimize");
+    index
+        .add(&[msg(1, 1, ALICE, 5_000, "third attempt")])
+        .expect("add");
+    assert!(search(&index, "version").is_empty() && search(&index, "draft").is_empty());
+    assert_eq!(seqs(&search(&index, "attempt")), [1]);
+    assert_eq!(index.message_count().expect("count"), 1);
+}
+
+/// Seeded random text from pieces that have broken tokenizers and query parsers: FTS5
+/// operators, quotes, combining marks, CJK, emoji sequences, controls. Neither indexing it nor
+/// searching for it may fail, and every word typed exactly is found again.
+#[test]
+fn random_hostile_text_never_errors_and_words_are_found_again() {
+    use rand::{Rng, SeedableRng};
+    use unicode_normalization::char::is_combining_mark;
+    const PIECES: &[&str] = &[
+        "\"",
+        "\"\"",
+        "*",
+        "^",
+        ":",
+        "-",
+        "+",
+        "(",
+        ")",
+        "{",
+        "}",
+        "NEAR",
+        "NEAR/3",
+        "AND",
+        "OR",
+        "NOT",
+        "body",
+        "scope",
+        "'",
+        "\\",
+        "\0",
+        "\u{301}",
+        "\u{200d}",
+        "\u{202e}",
+        "\u{fe0f}",
+        "🎉",
+        "👍🏽",
+        "🏳️‍🌈",
+        "東京",
+        "に",
+        "한국",
+        "é",
+        "ß",
+        "İ",
+        "ǅ",
+        "١٢٣",
+        "ऩि",
+        "x",
+        "word",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "ℌ",
+        "Ⓐ",
+        "\u{10ffff}",
+        "%",
+        "_",
+    ];
+    for seed in 0..200u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut text = || {
+            let n = rng.random_range(0..12);
+            (0..n)
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect::<String>()
+        };
+        let texts: Vec<String> = (0..20).map(|_| text()).collect();
+        let queries: Vec<String> = (0..20).map(|_| text()).collect();
+        let mut index = SearchIndex::open_in_memory().expect("open");
+        let batch: Vec<_> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| msg(1, i as u64 + 1, ALICE, 1, t))
+            .collect();
+        index.add(&batch).expect("add");
+        for q in &queries {
+            let r = index.search(&SearchQuery::text(q.as_str(), 20));
+            assert!(r.is_ok(), "seed {seed}: {q:?}: {r:?}");
+        }
+        // A word of a message (letters, digits and the marks on them, CJK included), typed
+        // whole, finds it.
+        let enclosed = |c: char| matches!(c as u32, 0x24B6..=0x24E9 | 0x1F130..=0x1F189);
+        let separator = |c: char| !((c.is_alphanumeric() && !enclosed(c)) || is_combining_mark(c));
+        for (i, t) in texts.iter().enumerate() {
+            if let Some(w) = t.split(separator).find(|w| w.chars().count() >= 4) {
+                let hits = search(&index, &format!("{w} "));
+                assert!(
+                    hits.iter().any(|h| h.seq == i as u64 + 1),
+                    "seed {seed}: {w} in {t:?}"
+                );
+            }
+        }
+    }
+}
