@@ -58,6 +58,7 @@ FROM top JOIN messages AS m ON m.id = top.id
 ORDER BY top.rank, m.sent_at_ms DESC, top.id DESC";
 
 /// The native page cache, in KiB (an upper bound: SQLite fills it as pages are read).
+#[cfg(not(target_arch = "wasm32"))]
 const NATIVE_CACHE_KIB: u32 = 32 * 1024;
 
 /// A client's search index. One per account; not shared between threads (SQLite connection).
