@@ -14,8 +14,15 @@ use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
 /// Characters of scripts written without spaces between words, indexed one per token: Han
-/// (with 々〆〇), Hiragana, Katakana (also half-width), Hangul syllables and jamo.
+/// (with 々〆〇), Hiragana, Katakana (also half-width), Hangul syllables and jamo, and the
+/// Southeast Asian scripts (Thai, Lao, Khmer, Myanmar), whose vowel and tone marks are left
+/// out of the tokens (`unicode61` treats them as separators), so a word there matches by its
+/// letters in order.
 pub(crate) fn is_cjk(c: char) -> bool {
+    is_east_asian(c) || is_southeast_asian_letter(c)
+}
+
+fn is_east_asian(c: char) -> bool {
     matches!(c as u32,
         0x1100..=0x11FF       // Hangul Jamo
         | 0x3005..=0x3007     // 々 〆 〇
@@ -30,6 +37,13 @@ pub(crate) fn is_cjk(c: char) -> bool {
         | 0xFF66..=0xFF9F     // Half-width Katakana
         | 0x20000..=0x3134F   // CJK Extensions B..G
     )
+}
+
+/// Letters and digits (not marks) of Thai, Lao, Myanmar and Khmer.
+fn is_southeast_asian_letter(c: char) -> bool {
+    matches!(c as u32, 0x0E00..=0x0EFF | 0x1000..=0x109F | 0x1780..=0x17FF)
+        && c.is_alphanumeric()
+        && !is_combining_mark(c)
 }
 
 /// Starts a word: a letter or digit that is not a mark (`unicode61`'s token characters are
@@ -157,6 +171,13 @@ mod tests {
             ["iPhone15", "を", "買", "っ", "た"]
         );
         assert_eq!(segment_for_index("東京x"), " 東  京 x");
+    }
+
+    #[test]
+    fn southeast_asian_letters_are_words_of_their_own_without_their_marks() {
+        // กิน: ก + the vowel sign ิ (a mark) + น.
+        assert_eq!(word_texts("กิน"), ["ก", "น"]);
+        assert_eq!(segment_for_index("กิน"), " ก ิ น ");
     }
 
     #[test]

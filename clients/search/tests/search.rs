@@ -822,3 +822,23 @@ fn random_hostile_text_never_errors_and_words_are_found_again() {
         }
     }
 }
+
+#[test]
+fn a_thai_word_is_found_inside_a_sentence_without_spaces() {
+    let mut index = SearchIndex::open_in_memory().expect("open");
+    index
+        .add(&[
+            msg(1, 1, ALICE, 1, "พรุ่งนี้ฉันจะไปกรุงเทพมหานคร"),
+            msg(1, 2, ALICE, 2, "ກິນເຂົ້າແລ້ວບໍ່"),
+            msg(1, 3, ALICE, 3, "ខ្ញុំស្រឡាញ់ភ្នំពេញ"),
+        ])
+        .expect("add");
+    assert_eq!(seqs(&search(&index, "กรุงเทพ")), [1]);
+    assert_eq!(seqs(&search(&index, "ເຂົ້າ")), [2]);
+    assert_eq!(seqs(&search(&index, "ភ្នំពេញ")), [3]);
+    assert!(search(&index, "เชียงใหม่").is_empty());
+    let hit = &search(&index, "กรุงเทพ")[0];
+    let marked: Vec<&str> = highlighted(hit);
+    assert_eq!(marked.len(), 1);
+    assert!(marked[0].starts_with("กรุงเท"), "{marked:?}");
+}
