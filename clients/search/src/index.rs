@@ -10,7 +10,9 @@ use crate::backfill::{Checkpoint, StorePage};
 use crate::ids::{MAX_SENT_AT_MS, SLOT_MS, slot_start};
 use crate::query::{self, ParsedQuery};
 use crate::snippet::snippet;
-use crate::write::{check_batch, insert_all, parse_checkpoint, to_i64, write_checkpoint};
+use crate::write::{
+    Table, check_batch, insert_all, key_of, parse_checkpoint, to_i64, write_checkpoint,
+};
 use crate::{IndexedMessage, MAX_SEARCH_LIMIT, SearchError, SearchHit, SearchQuery, schema};
 
 /// A search ranks at most this many matches: the newest ones that pass the filters. A word in
@@ -33,8 +35,10 @@ WITH candidates AS MATERIALIZED (
 top AS MATERIALIZED (
     SELECT id, rank FROM candidates ORDER BY rank, id DESC LIMIT ?3
 )
-SELECT m.conversation, m.seq, m.sender, m.sender_name, m.sent_at_ms, m.body, top.rank
+SELECT c.uuid, m.seq, s.uuid, m.sender_name, m.sent_at_ms, m.body, top.rank
 FROM top JOIN messages AS m ON m.id = top.id
+JOIN conversations AS c ON c.id = m.conversation
+JOIN senders AS s ON s.id = m.sender
 ORDER BY top.rank, m.sent_at_ms DESC, top.id DESC";
 
 /// With a date filter FTS5 seeks to the rowid range of the slots and each match's row is
@@ -53,8 +57,10 @@ WITH candidates AS MATERIALIZED (
 top AS MATERIALIZED (
     SELECT id, rank FROM candidates ORDER BY rank, id DESC LIMIT ?3
 )
-SELECT m.conversation, m.seq, m.sender, m.sender_name, m.sent_at_ms, m.body, top.rank
+SELECT c.uuid, m.seq, s.uuid, m.sender_name, m.sent_at_ms, m.body, top.rank
 FROM top JOIN messages AS m ON m.id = top.id
+JOIN conversations AS c ON c.id = m.conversation
+JOIN senders AS s ON s.id = m.sender
 ORDER BY top.rank, m.sent_at_ms DESC, top.id DESC";
 
 /// The native page cache, in KiB (an upper bound: SQLite fills it as pages are read).
@@ -136,13 +142,19 @@ impl SearchIndex {
     /// Returns how many messages were removed.
     pub fn remove_conversation(&mut self, conversation: Uuid) -> Result<u64, SearchError> {
         let tx = self.conn.transaction()?;
-        let id = conversation.as_bytes().as_slice();
+        let mut removed = 0;
+        if let Some(key) = key_of(&tx, Table::Conversations, conversation)? {
+            tx.execute(
+                "DELETE FROM messages_fts WHERE rowid IN (SELECT id FROM messages WHERE conversation = ?1)",
+                [key],
+            )?;
+            removed = tx.execute("DELETE FROM messages WHERE conversation = ?1", [key])?;
+            tx.execute("DELETE FROM conversations WHERE id = ?1", [key])?;
+        }
         tx.execute(
-            "DELETE FROM messages_fts WHERE rowid IN (SELECT id FROM messages WHERE conversation = ?1)",
-            [id],
+            "DELETE FROM backfill WHERE conversation = ?1",
+            [conversation.as_bytes().as_slice()],
         )?;
-        let removed = tx.execute("DELETE FROM messages WHERE conversation = ?1", [id])?;
-        tx.execute("DELETE FROM backfill WHERE conversation = ?1", [id])?;
         tx.commit()?;
         Ok(removed as u64)
     }
@@ -153,6 +165,8 @@ impl SearchIndex {
         let tx = self.conn.transaction()?;
         tx.execute_batch(
             "DELETE FROM messages;
+             DELETE FROM conversations;
+             DELETE FROM senders;
              DELETE FROM backfill;
              INSERT INTO messages_fts (messages_fts) VALUES ('delete-all');",
         )?;

@@ -9,7 +9,8 @@ use crate::SearchError;
 /// would be migrated here.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
 
-/// `messages` keeps the original text (for snippets) and the filter columns; `messages_fts`
+/// `messages` keeps the original text (for snippets) and the filter columns (conversation and
+/// sender as small integer keys from `conversations` / `senders`); `messages_fts`
 /// is contentless (it stores only the inverted index of the segmented text, not a second copy)
 /// with `contentless_delete` so a replaced or removed message leaves the index. Its `scope`
 /// column holds a conversation token and a sender token per message, so those filters are
@@ -25,11 +26,19 @@ CREATE TABLE IF NOT EXISTS search_meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    uuid BLOB NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS senders (
+    id INTEGER PRIMARY KEY,
+    uuid BLOB NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
-    conversation BLOB NOT NULL,
+    conversation INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    sender BLOB NOT NULL,
+    sender INTEGER NOT NULL,
     sender_name TEXT NOT NULL,
     sent_at_ms INTEGER NOT NULL,
     body TEXT NOT NULL,

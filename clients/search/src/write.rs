@@ -1,5 +1,7 @@
 //! The write side: adding messages (idempotent on (conversation, seq)) and checkpoints.
 
+use std::collections::HashMap;
+
 use rusqlite::{OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
@@ -29,6 +31,7 @@ pub(crate) fn insert_all(
     )?;
     let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
     let mut fts_delete = tx.prepare_cached("DELETE FROM messages_fts WHERE rowid = ?1")?;
+    let mut keys = Keys::default();
     for m in messages {
         let seq = to_i64("seq", m.seq)?;
         if m.sent_at_ms > MAX_SENT_AT_MS {
@@ -38,10 +41,11 @@ pub(crate) fn insert_all(
             });
         }
         let body = truncate_bytes(&m.text, MAX_INDEXED_TEXT_BYTES);
-        let conversation = m.conversation.as_bytes().as_slice();
+        let conversation = keys.get(tx, Table::Conversations, m.conversation)?;
+        let sender = keys.get(tx, Table::Senders, m.sender)?;
         let existing = find
             .query_row(params![conversation, seq], |row| {
-                let same = row.get::<_, Vec<u8>>(1)? == m.sender.as_bytes()
+                let same = row.get::<_, i64>(1)? == sender
                     && row.get::<_, String>(2)? == m.sender_name
                     && row.get::<_, i64>(3)?.unsigned_abs() == m.sent_at_ms
                     && row.get::<_, String>(4)? == body;
@@ -57,12 +61,73 @@ pub(crate) fn insert_all(
             }
             None => {}
         }
-        insert_one(tx, m, body)?;
+        insert_one(tx, m, body, conversation, sender)?;
     }
     Ok(())
 }
 
-fn insert_one(tx: &Transaction<'_>, m: &IndexedMessage, body: &str) -> Result<(), SearchError> {
+/// The two tables that give UUIDs small integer keys: a message row then stores a byte or
+/// two for each instead of a 16-byte blob, and so does the (conversation, seq) index.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Table {
+    Conversations,
+    Senders,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Conversations => "conversations",
+            Table::Senders => "senders",
+        }
+    }
+}
+
+/// The integer key of a UUID, if it has one.
+pub(crate) fn key_of(
+    conn: &rusqlite::Connection,
+    table: Table,
+    uuid: Uuid,
+) -> Result<Option<i64>, SearchError> {
+    let sql = format!("SELECT id FROM {} WHERE uuid = ?1", table.name());
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([uuid.as_bytes().as_slice()], |row| row.get(0))
+        .optional()?)
+}
+
+/// Keys looked up or created during one batch, remembered for its other messages.
+#[derive(Default)]
+struct Keys {
+    known: HashMap<(Table, Uuid), i64>,
+}
+
+impl Keys {
+    fn get(&mut self, tx: &Transaction<'_>, table: Table, uuid: Uuid) -> Result<i64, SearchError> {
+        if let Some(id) = self.known.get(&(table, uuid)) {
+            return Ok(*id);
+        }
+        let id = match key_of(tx, table, uuid)? {
+            Some(id) => id,
+            None => {
+                let sql = format!("INSERT INTO {} (uuid) VALUES (?1)", table.name());
+                tx.prepare_cached(&sql)?
+                    .execute([uuid.as_bytes().as_slice()])?;
+                tx.last_insert_rowid()
+            }
+        };
+        self.known.insert((table, uuid), id);
+        Ok(id)
+    }
+}
+
+fn insert_one(
+    tx: &Transaction<'_>,
+    m: &IndexedMessage,
+    body: &str,
+    conversation: i64,
+    sender: i64,
+) -> Result<(), SearchError> {
     let id = allocate_id(tx, m.sent_at_ms)?;
     tx.prepare_cached(
         "INSERT INTO messages (id, conversation, seq, sender, sender_name, sent_at_ms, body)
@@ -70,9 +135,9 @@ fn insert_one(tx: &Transaction<'_>, m: &IndexedMessage, body: &str) -> Result<()
     )?
     .execute(params![
         id,
-        m.conversation.as_bytes().as_slice(),
+        conversation,
         to_i64("seq", m.seq)?,
-        m.sender.as_bytes().as_slice(),
+        sender,
         m.sender_name,
         to_i64("sent_at_ms", m.sent_at_ms)?,
         body,
