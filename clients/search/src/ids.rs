@@ -1,24 +1,35 @@
 //! Message row ids: time-ordered, so that FTS5's native rowid order is newest first.
+//!
+//! A message's id is its slot (`sent_at_ms` divided by [`SLOT_MS`]) times [`PER_SLOT`], plus a
+//! counter within the slot. FTS5 then walks its matches newest first for free (`ORDER BY rowid
+//! DESC` is its native order) and a date range is a rowid range it seeks to. The slot size is
+//! a trade: FTS5 stores each posting's rowid as a varint delta from the previous one, so dense
+//! ids keep the index small (a minute-wide slot of 256 ids puts a word's occurrences a few
+//! hundred messages apart 2 bytes apart, where millisecond ids took 4), while a wider slot or
+//! fewer ids per slot orders less precisely and fills up sooner.
 
-use rusqlite::Transaction;
+use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use crate::SearchError;
 
-/// Row ids are time-ordered: a message's id is its `sent_at_ms` rounded down to a slot of
-/// [`SLOT_MS`] plus a counter within the slot. FTS5 then walks its matches newest first for
-/// free (`ORDER BY rowid DESC` is its native order) and a date range is a rowid range it seeks
-/// to. Coarser slots would shrink FTS5's rowid deltas further but crowd more messages into a
-/// slot; 1,024 ms keeps the deltas at ~3 bytes for chat-paced messages.
-pub(crate) const SLOT_MS: u64 = 1024;
-/// The latest storable timestamp (ids stay below `i64::MAX`).
-pub(crate) const MAX_SENT_AT_MS: u64 = (i64::MAX as u64 & !(SLOT_MS - 1)) - SLOT_MS;
+/// Milliseconds per slot (about a minute).
+const SLOT_MS: u64 = 1 << 16;
+/// Ids per slot. A full slot (256 messages in one minute) spills, see [`allocate_id`].
+const PER_SLOT: i64 = 1 << 8;
+/// The latest storable timestamp (SQLite integers are signed).
+pub(crate) const MAX_SENT_AT_MS: u64 = i64::MAX as u64;
 
-/// The next free id in the message's time slot. A full slot (1,024 messages within about a
-/// second) spills to the next free id after it and records that it did, which turns off the
-/// rowid upper bound of date filters for good (see `last_id_for`).
+/// The first id of the slot holding `ms` (`ms <= MAX_SENT_AT_MS`, so this cannot overflow).
+pub(crate) fn slot_start(ms: u64) -> i64 {
+    i64::try_from(ms / SLOT_MS).unwrap_or(0) * PER_SLOT
+}
+
+/// The next free id in the message's time slot. A full slot spills to the next free id after
+/// it and records how far past its slot an id went, which widens the rowid upper bound of
+/// date filters by that much (see [`last_id_for`]).
 pub(crate) fn allocate_id(tx: &Transaction<'_>, sent_at_ms: u64) -> Result<i64, SearchError> {
     let first = slot_start(sent_at_ms);
-    let last = first + (SLOT_MS as i64 - 1);
+    let last = first + (PER_SLOT - 1);
     let id: i64 = tx
         .prepare_cached(
             "SELECT coalesce(max(id) + 1, ?1) FROM messages WHERE id BETWEEN ?1 AND ?2",
@@ -27,17 +38,46 @@ pub(crate) fn allocate_id(tx: &Transaction<'_>, sent_at_ms: u64) -> Result<i64, 
     if id <= last {
         return Ok(id);
     }
-    tx.execute(
-        "INSERT INTO search_meta (name, value) VALUES ('slot_spilled', 1) ON CONFLICT DO NOTHING",
-        [],
-    )?;
     let id: i64 = tx
         .prepare_cached("SELECT max(id) + 1 FROM messages WHERE id >= ?1")?
         .query_row([first], |row| row.get(0))?;
+    tx.execute(
+        "INSERT INTO search_meta (name, value) VALUES ('max_spill', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+        [id - last],
+    )?;
     Ok(id)
 }
 
-/// The first row id of the slot holding `ms` (callers keep `ms <= MAX_SENT_AT_MS`).
-pub(crate) fn slot_start(ms: u64) -> i64 {
-    i64::try_from(ms & !(SLOT_MS - 1)).unwrap_or(i64::MAX - SLOT_MS as i64)
+/// The highest id a message sent at or before `until_ms` can have: the end of its slot, plus
+/// the farthest any id ever spilled past its own slot.
+pub(crate) fn last_id_for(conn: &Connection, until_ms: u64) -> Result<i64, SearchError> {
+    let spill: i64 = conn
+        .query_row(
+            "SELECT value FROM search_meta WHERE name = 'max_spill'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    Ok(slot_start(until_ms)
+        .saturating_add(PER_SLOT - 1)
+        .saturating_add(spill))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_time_and_slots_do_not_overlap() {
+        assert_eq!(slot_start(0), 0);
+        assert_eq!(slot_start(SLOT_MS - 1), 0);
+        assert_eq!(slot_start(SLOT_MS), PER_SLOT);
+        assert!(slot_start(1_700_000_000_000) < slot_start(1_700_000_065_536));
+        assert_eq!(
+            slot_start(MAX_SENT_AT_MS),
+            (i64::MAX / SLOT_MS as i64) * PER_SLOT
+        );
+    }
 }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use crate::backfill::{Checkpoint, StorePage};
-use crate::ids::{MAX_SENT_AT_MS, SLOT_MS, slot_start};
+use crate::ids::{MAX_SENT_AT_MS, last_id_for, slot_start};
 use crate::query::{self, ParsedQuery};
 use crate::snippet::snippet;
 use crate::write::{
@@ -225,7 +225,7 @@ impl SearchIndex {
                 MAX_RANKED_MATCHES,
                 query.limit,
                 slot_start(since),
-                self.last_id_for(until)?,
+                last_id_for(&self.conn, until)?,
                 to_i64("since_ms", since)?,
                 to_i64("until_ms", until)?,
             ])?
@@ -235,25 +235,6 @@ impl SearchIndex {
             hits.push(hit_from_row(row, &parsed)?);
         }
         Ok(hits)
-    }
-
-    /// The highest row id a message sent at or before `until_ms` can have: the end of its slot,
-    /// unless a slot ever overflowed (then ids may run ahead of time and only the exact
-    /// timestamp filter applies).
-    fn last_id_for(&self, until_ms: u64) -> Result<i64, SearchError> {
-        let spilled: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM search_meta WHERE name = 'slot_spilled'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()?;
-        Ok(if spilled.is_some() {
-            i64::MAX
-        } else {
-            slot_start(until_ms) + (SLOT_MS as i64 - 1)
-        })
     }
 
     /// The stored backfill checkpoint of a conversation, if any.
