@@ -38,9 +38,15 @@ pub(crate) fn allocate_id(tx: &Transaction<'_>, sent_at_ms: u64) -> Result<i64, 
     if id <= last {
         return Ok(id);
     }
+    // The first free id after the slot: later slots hold a few ids each, so this stays close
+    // (the largest id + 1 would put an old message after every newer one).
     let id: i64 = tx
-        .prepare_cached("SELECT max(id) + 1 FROM messages WHERE id >= ?1")?
-        .query_row([first], |row| row.get(0))?;
+        .prepare_cached(
+            "SELECT m.id + 1 FROM messages AS m
+             WHERE m.id >= ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = m.id + 1)
+             ORDER BY m.id LIMIT 1",
+        )?
+        .query_row([last], |row| row.get(0))?;
     tx.execute(
         "INSERT INTO search_meta (name, value) VALUES ('max_spill', ?1)
          ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
@@ -79,5 +85,39 @@ mod tests {
             slot_start(MAX_SENT_AT_MS),
             (i64::MAX / SLOT_MS as i64) * PER_SLOT
         );
+    }
+
+    fn take(tx: &Transaction<'_>, ms: u64) -> i64 {
+        let id = allocate_id(tx, ms).expect("allocate");
+        tx.execute(
+            "INSERT INTO messages (id, conversation, seq, sender, sender_name, sent_at_ms, body)
+             VALUES (?1, 1, ?1, 1, '', ?2, '')",
+            rusqlite::params![id, ms as i64],
+        )
+        .expect("insert");
+        id
+    }
+
+    #[test]
+    fn a_full_slot_spills_just_past_its_end_and_date_bounds_follow() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        crate::schema::ensure(&conn).expect("schema");
+        let tx = conn.transaction().expect("tx");
+        let old = 10 * SLOT_MS;
+        let newer = take(&tx, 500 * SLOT_MS);
+        let ids: Vec<i64> = (0..PER_SLOT + 3).map(|_| take(&tx, old)).collect();
+        let last = slot_start(old) + PER_SLOT - 1;
+        assert_eq!(
+            ids[..PER_SLOT as usize],
+            (slot_start(old)..=last).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(
+            ids[PER_SLOT as usize..],
+            [last + 1, last + 2, last + 3],
+            "not after {newer}"
+        );
+        assert_eq!(last_id_for(&tx, old).expect("bound"), last + 3);
+        // The next slot's own messages go after the spilled ones.
+        assert_eq!(take(&tx, old + SLOT_MS), last + 4);
     }
 }
