@@ -188,17 +188,7 @@ impl SearchIndex {
 
     /// Ranked hits for `query`, best first (bm25, then newest), at most `query.limit`.
     pub fn search(&self, query: &SearchQuery) -> Result<Vec<SearchHit>, SearchError> {
-        if query.limit == 0 || query.limit > MAX_SEARCH_LIMIT {
-            return Err(SearchError::InvalidLimit {
-                limit: query.limit,
-                max: MAX_SEARCH_LIMIT,
-            });
-        }
-        if let (Some(since_ms), Some(until_ms)) = (query.since_ms, query.until_ms)
-            && since_ms > until_ms
-        {
-            return Err(SearchError::InvalidDateRange { since_ms, until_ms });
-        }
+        check_query(query)?;
         let parsed = query::parse(&query.text)?;
         // No word with a letter or digit (empty, emoji, punctuation): nothing to look up.
         // Nothing is stored after MAX_SENT_AT_MS either.
@@ -324,6 +314,21 @@ pub fn delete_index_files(path: &Path) -> Result<(), SearchError> {
         }
     }
     Ok(())
+}
+
+fn check_query(query: &SearchQuery) -> Result<(), SearchError> {
+    if query.limit == 0 || query.limit > MAX_SEARCH_LIMIT {
+        return Err(SearchError::InvalidLimit {
+            limit: query.limit,
+            max: MAX_SEARCH_LIMIT,
+        });
+    }
+    match (query.since_ms, query.until_ms) {
+        (Some(since_ms), Some(until_ms)) if since_ms > until_ms => {
+            Err(SearchError::InvalidDateRange { since_ms, until_ms })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn hit_from_row(row: &Row<'_>, parsed: &ParsedQuery) -> Result<SearchHit, SearchError> {
