@@ -16,10 +16,13 @@ pub(crate) const SNIPPET_CHARS: usize = 160;
 /// How much text before the first match the window shows, in characters.
 const CONTEXT_BEFORE_CHARS: usize = 40;
 const ELLIPSIS: &str = "…";
+/// How many matches [`best_anchor`] tries as the window's anchor.
+const MAX_ANCHORS: usize = 64;
 
 pub(crate) fn snippet(text: &str, query: &ParsedQuery) -> Vec<SnippetPart> {
-    let highlights = match_ranges(text, query);
-    let window = window(text, highlights.first().map(|r| r.start));
+    let matches = find_matches(text, query);
+    let window = window(text, best_anchor(text, &matches));
+    let highlights = merge(matches.into_iter().map(|m| m.range).collect());
     let mut parts = Vec::new();
     let mut at = window.start;
     for hl in &highlights {
@@ -42,13 +45,20 @@ pub(crate) fn snippet(text: &str, query: &ParsedQuery) -> Vec<SnippetPart> {
     parts
 }
 
-/// Byte ranges of the original text that match a query phrase, sorted and merged. A phrase
-/// of several tokens (a CJK word, "e-mail") is highlighted as one range, separators included.
-fn match_ranges(text: &str, query: &ParsedQuery) -> Vec<Range<usize>> {
+/// One occurrence of a query phrase in the original text.
+struct Match {
+    /// Byte range; a phrase of several tokens (a CJK word, "e-mail") is one range,
+    /// separators included.
+    range: Range<usize>,
+    phrase: usize,
+}
+
+/// Every occurrence of every query phrase, in text order.
+fn find_matches(text: &str, query: &ParsedQuery) -> Vec<Match> {
     let ws = words(text);
     let folded: Vec<String> = ws.iter().map(|w| fold(&text[w.range.clone()])).collect();
     let last = query.phrases.len().saturating_sub(1);
-    let mut ranges: Vec<Range<usize>> = Vec::new();
+    let mut matches = Vec::new();
     for i in 0..ws.len() {
         for (p, phrase) in query.phrases.iter().enumerate() {
             let prefix = query.prefix_last && p == last;
@@ -65,12 +75,37 @@ fn match_ranges(text: &str, query: &ParsedQuery) -> Vec<Range<usize>> {
                 }
             });
             if matched {
-                ranges.push(ws[i].range.start..ws[i + n - 1].range.end);
+                let range = ws[i].range.start..ws[i + n - 1].range.end;
+                matches.push(Match { range, phrase: p });
             }
         }
     }
-    ranges.sort_by_key(|r| r.start);
-    merge(ranges)
+    matches
+}
+
+/// Where the window starts showing matches: at the match whose window shows the most
+/// different query words (the earliest of equals), so "budget report" shows both words when
+/// they are near each other even if "budget" also appears alone earlier. Only the first
+/// [`MAX_ANCHORS`] matches are tried: a snippet is for the eye, not a proof.
+fn best_anchor(text: &str, matches: &[Match]) -> Option<usize> {
+    let mut best: Option<(usize, usize)> = None;
+    for (i, m) in matches.iter().take(MAX_ANCHORS).enumerate() {
+        let end = text[m.range.start..]
+            .char_indices()
+            .nth(SNIPPET_CHARS - CONTEXT_BEFORE_CHARS)
+            .map_or(text.len(), |(k, _)| m.range.start + k);
+        let mut seen: Vec<usize> = matches[i..]
+            .iter()
+            .take_while(|o| o.range.end <= end)
+            .map(|o| o.phrase)
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if best.is_none_or(|(n, _)| seen.len() > n) {
+            best = Some((seen.len(), m.range.start));
+        }
+    }
+    best.map(|(_, start)| start)
 }
 
 fn merge(ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
@@ -209,6 +244,22 @@ mod tests {
         assert!(
             joined.contains(" needle ") && !joined.contains("wor…") && !joined.contains("…ord")
         );
+    }
+
+    #[test]
+    fn the_window_shows_the_most_query_words() {
+        let text = format!(
+            "budget {} the budget report is due {}",
+            "filler ".repeat(40),
+            "tail ".repeat(40)
+        );
+        let parts = snippet(&text, &parse("budget report ").expect("parse"));
+        let marked: Vec<&str> = parts
+            .iter()
+            .filter(|p| p.highlight)
+            .map(|p| p.text.as_str())
+            .collect();
+        assert_eq!(marked, ["budget", "report"], "{parts:?}");
     }
 
     #[test]
