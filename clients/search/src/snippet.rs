@@ -1,4 +1,4 @@
-//! Snippets: a window of the original message text around the first match, cut into parts
+//! Snippets: a window of the original message text around the matches, cut into parts
 //! with the matched words flagged.
 //!
 //! FTS5's own `highlight()` would work on the stored (segmented, NFC) text, and the table is
@@ -13,7 +13,7 @@ use crate::text::{fold, words};
 
 /// The window's length in characters (about two lines of a results list).
 pub(crate) const SNIPPET_CHARS: usize = 160;
-/// How much text before the first match the window shows, in characters.
+/// How much text before its anchor match the window shows, in characters.
 const CONTEXT_BEFORE_CHARS: usize = 40;
 const ELLIPSIS: &str = "…";
 /// How many matches [`best_anchor`] tries as the window's anchor.
@@ -119,7 +119,7 @@ fn merge(ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
     out
 }
 
-/// The byte range shown: the whole text if short, else from a little before the first match
+/// The byte range shown: the whole text if short, else from a little before the anchor match
 /// (or the start) for [`SNIPPET_CHARS`] characters, both ends on character boundaries and
 /// moved off the middle of a word.
 fn window(text: &str, first_match: Option<usize>) -> Range<usize> {

@@ -64,8 +64,9 @@ pub struct SearchHit {
     /// FTS5's bm25 rank: lower (more negative) is a better match. Hits are sorted by it, then
     /// newest first; ranked among the newest [`crate::MAX_RANKED_MATCHES`] matches.
     pub rank: f64,
-    /// A window of the original text around the first match, split into parts; the matched
-    /// words have `highlight: true`. Concatenating the parts' text gives the window.
+    /// A window of the original text around the matches (where most query words show),
+    /// split into parts; the matched words have `highlight: true`. Concatenating the parts'
+    /// text gives the window.
     pub snippet: Vec<SnippetPart>,
 }
 
