@@ -28,12 +28,14 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// An error body longer than this is not quoted into the JSON message (axum's rejections are
 /// one line).
 const MAX_QUOTED_ERROR_BYTES: usize = 1024;
-/// Methods the API routes use.
-const API_METHODS: &str = "GET, POST, PUT, DELETE";
-/// Request headers a page may send (the bearer token and JSON bodies).
-const API_REQUEST_HEADERS: &str = "authorization, content-type";
-/// Response headers a page may read beyond the CORS-safelisted ones.
-const API_EXPOSED_HEADERS: &str = "retry-after, www-authenticate, etag";
+/// Methods the API routes use (HEAD and PATCH: resumable uploads).
+const API_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+/// Request headers a page may send: the bearer token, JSON bodies, an upload's offset and a
+/// download's range.
+const API_REQUEST_HEADERS: &str = "authorization, content-type, upload-offset, range";
+/// Response headers a page may read beyond the CORS-safelisted ones (an upload's offset and
+/// length decide where a resumed upload goes on; a range answer says what it holds).
+const API_EXPOSED_HEADERS: &str = "retry-after, www-authenticate, etag, upload-offset, upload-length, content-range, accept-ranges";
 
 /// The security headers sent on every response (also the ones hyper or the io_uring driver
 /// write themselves): name, value.

@@ -282,8 +282,10 @@ async fn preflights_answer_listed_origins_and_refuse_others_with_a_reason() {
             head.contains(&format!("access-control-allow-origin: {LISTED}")),
             "{io}: {head}"
         );
-        assert!(head.contains("access-control-allow-methods: get, post, put, delete"));
-        assert!(head.contains("access-control-allow-headers: authorization, content-type"));
+        assert!(head.contains("access-control-allow-methods: get, head, post, put, patch, delete"));
+        assert!(head.contains(
+            "access-control-allow-headers: authorization, content-type, upload-offset, range"
+        ));
         assert_security_headers(&head, "preflight");
 
         let (head, body) = preflight(EVIL).await;
