@@ -1129,7 +1129,7 @@ pub async fn check_history_around<S: Store>(store: S) {
             msg(
                 conv2,
                 s,
-                if s % 3 == 0 { bob } else { alice },
+                if s.is_multiple_of(3) { bob } else { alice },
                 u128::from(s),
             )
         })
@@ -1231,7 +1231,7 @@ pub async fn check_history_by_sender<S: Store>(store: S) {
     let bob_next = UserId(bob.0.wrapping_add(1));
     let sender_of = |s: u64| match s {
         41.. => bob_next,
-        _ if s % 3 == 0 => bob,
+        _ if s.is_multiple_of(3) => bob,
         _ => alice,
     };
     let all: Vec<Message> = (1..=45)

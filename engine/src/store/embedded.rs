@@ -2075,7 +2075,7 @@ mod tests {
             .map(|seq| Message {
                 conversation: conv,
                 seq,
-                sender_user: if seq % 2 == 0 { bob } else { alice },
+                sender_user: if seq.is_multiple_of(2) { bob } else { alice },
                 client_msg_id: u128::from(seq),
                 ..sample()
             })

@@ -31,7 +31,7 @@ struct Fixture {
 
 /// Seq `s` sent by Bob when `s % 4 == 0`, else by Alice, stamped `BASE_MS + 10 * s`.
 fn message(conversation: ConversationId, seq: u64, alice: UserId, bob: UserId) -> Message {
-    let sender = if seq % 4 == 0 { bob } else { alice };
+    let sender = if seq.is_multiple_of(4) { bob } else { alice };
     Message {
         conversation,
         seq,
