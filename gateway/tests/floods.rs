@@ -309,6 +309,8 @@ async fn history_pages_of_large_messages_fit_the_frame_limit_and_the_http_budget
             messages: page.messages.clone(),
             reactions: page.reactions.clone(),
             has_more: page.has_more,
+            has_more_before: false,
+            has_more_after: false,
         });
         assert!(
             frame.len() <= max_frame,

@@ -354,6 +354,10 @@ async fn inbox_is_stored_offline_delivered_before_replay_and_acked_away(transpor
             before_seq: 0,
             after_seq: 0,
             limit: 1,
+            around_seq: 0,
+            since_ms: 0,
+            until_ms: 0,
+            sender: None,
         })
         .await
         .expect("round trip");
@@ -392,6 +396,10 @@ async fn inbox_is_stored_offline_delivered_before_replay_and_acked_away(transpor
             before_seq: 0,
             after_seq: 0,
             limit: 1,
+            around_seq: 0,
+            since_ms: 0,
+            until_ms: 0,
+            sender: None,
         })
         .await
         .expect("round trip");

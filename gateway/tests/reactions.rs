@@ -86,6 +86,10 @@ async fn page(
             before_seq: 0,
             after_seq: 0,
             limit: 100,
+            around_seq: 0,
+            since_ms: 0,
+            until_ms: 0,
+            sender: None,
         }),
     )
     .await

@@ -67,6 +67,9 @@ pub enum Command {
     /// --members devices (claims, Olm encryption, key-share upload, until every device
     /// decrypted). Tern targets only.
     Rotation(crate::rotation::RotationArgs),
+    /// Server history page latency (newest, oldest, around a seq) on one conversation filled
+    /// to --messages through the server, optionally while other load runs. Tern targets only.
+    HistoryBench(crate::history_bench::HistoryBenchArgs),
     /// A worker process (started by the coordinator; not for direct use).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -731,7 +734,10 @@ pub fn into_run(
                 "`run` needs --scenario FILE with a `kind` key".into(),
             ));
         }
-        Command::Worker(_) | Command::Attack(_) | Command::Rotation(_) => return Ok(None),
+        Command::Worker(_)
+        | Command::Attack(_)
+        | Command::Rotation(_)
+        | Command::HistoryBench(_) => return Ok(None),
     }))
 }
 

@@ -11,6 +11,8 @@
 //! * [`histo`], [`report`], [`plot`], [`sysstat`]: measurements and their presentation.
 //! * [`cli`]: flags and scenario files.
 //! * [`rotation`]: `tern-loadgen rotation`, the cost of an e2e key rotation burst in one group.
+//! * [`history_bench`]: `tern-loadgen history-bench`, history page latency on a long
+//!   conversation (filled through the server) under other load.
 //! * [`attack`]: `tern-loadgen attack ...`, hostile-client measurements (loopback only).
 
 pub mod accounting;
@@ -18,6 +20,7 @@ pub mod attack;
 pub mod cli;
 pub mod histo;
 pub mod history;
+pub mod history_bench;
 pub mod payload;
 pub mod phase_stats;
 pub mod plot;

@@ -54,6 +54,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
+    if let cli::Command::HistoryBench(h) = parsed.command {
+        let passed = tern_loadgen::history_bench::main(h, argv)?;
+        return Ok(if passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     if let cli::Command::Worker(w) = &parsed.command {
         tern_loadgen::worker_process::main(&w.plan)?;
         return Ok(ExitCode::SUCCESS);
