@@ -78,7 +78,12 @@ async fn search_finds_filters_shows_context_and_keeps_its_index_private() {
     say(
         &alice,
         "@bob",
-        &[&zebra, "lunch at noon?", "my resume is attached", "ibis early"],
+        &[
+            &zebra,
+            "lunch at noon?",
+            "my resume is attached",
+            "ibis early",
+        ],
     )
     .await;
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -102,20 +107,29 @@ async fn search_finds_filters_shows_context_and_keeps_its_index_private() {
     // `chat` indexed what Alice sent; --no-sync fetches nothing, so Bob's words are not there.
     let (out, _) = search(&alice, &["zebra", "--no-sync", "-C", "0"]).await;
     assert_eq!(hits(&out).len(), 1, "{out}");
-    assert!(out.contains("[zebra]"), "highlighted in brackets off a tty: {out}");
+    assert!(
+        out.contains("[zebra]"),
+        "highlighted in brackets off a tty: {out}"
+    );
     let (out, err) = search(&alice, &["cafe", "--no-sync", "-C", "0"]).await;
     assert!(hits(&out).is_empty(), "not indexed before a sync: {out}");
     assert!(err.contains("no messages match"), "{err}");
     // Without --no-sync the search backfills older history first (progress on stderr).
     let (out, err) = search(&alice, &["cafe", "zurich", "-C", "0"]).await;
-    assert!(err.contains("indexed"), "backfill progress on stderr: {err}");
+    assert!(
+        err.contains("indexed"),
+        "backfill progress on stderr: {err}"
+    );
     assert_eq!(hits(&out).len(), 1, "accents folded: {out}");
     assert!(
         out.contains("[Café]") && out.contains("[Zürich]"),
         "the original words are highlighted: {out}"
     );
     let (out, _) = search(&alice, &["résumé", "--no-sync", "-C", "0"]).await;
-    assert!(out.contains("[resume]"), "accents folded the other way: {out}");
+    assert!(
+        out.contains("[resume]"),
+        "accents folded the other way: {out}"
+    );
     let (out, _) = search(&alice, &["北京", "--no-sync", "-C", "0"]).await;
     assert_eq!(hits(&out).len(), 1, "a CJK word inside a run: {out}");
     assert!(out.contains("[北京]"), "{out}");
@@ -130,7 +144,11 @@ async fn search_finds_filters_shows_context_and_keeps_its_index_private() {
     assert!(out.contains("tomorrow") && !out.contains("noon"), "{out}");
     let (out, _) = search(&alice, &["lunch", "--from", "me", "-C", "0"]).await;
     assert!(out.contains("noon") && !out.contains("tomorrow"), "{out}");
-    let (out, _) = search(&alice, &["lunch", "--in", "@bob", "--from", "@alice", "-C", "0"]).await;
+    let (out, _) = search(
+        &alice,
+        &["lunch", "--in", "@bob", "--from", "@alice", "-C", "0"],
+    )
+    .await;
     assert_eq!(hits(&out).len(), 1, "{out}");
 
     // Date filters: RFC 3339 instants and UTC days.
@@ -147,7 +165,9 @@ async fn search_finds_filters_shows_context_and_keeps_its_index_private() {
     assert!(hits(&out).is_empty(), "{out}");
     let (out, _) = search(&alice, &["ibis", "--until", "2000-01-01", "-C", "0"]).await;
     assert!(hits(&out).is_empty(), "{out}");
-    let bad = alice.output(&["search", "ibis", "--since", "yesterday"], "").await;
+    let bad = alice
+        .output(&["search", "ibis", "--since", "yesterday"], "")
+        .await;
     assert!(!bad.success && bad.stderr.contains("not a date"), "{bad:?}");
 
     // A hit with two messages before and after it, like grep -C 2.
@@ -171,7 +191,11 @@ async fn search_finds_filters_shows_context_and_keeps_its_index_private() {
     let (out, _) = search(&alice, &[marker.as_str(), "--no-sync", "-C", "0"]).await;
     assert_eq!(hits(&out).len(), 1, "the index survived the process: {out}");
     let (out, _) = search(&alice, &["okapi", "-C", "0"]).await;
-    assert_eq!(hits(&out).len(), 1, "the sync picked up the new message: {out}");
+    assert_eq!(
+        hits(&out).len(),
+        1,
+        "the sync picked up the new message: {out}"
+    );
 
     // On disk: the index is encrypted (no SQLite header, no marker anywhere in the home).
     let search_dir = alice.home().join("search");
@@ -183,7 +207,10 @@ async fn search_finds_filters_shows_context_and_keeps_its_index_private() {
         .expect("index file");
     let bytes = std::fs::read(&db).expect("read index");
     assert!(bytes.len() > 4096, "the index holds pages: {}", bytes.len());
-    assert!(!bytes.starts_with(b"SQLite format 3"), "the header is encrypted");
+    assert!(
+        !bytes.starts_with(b"SQLite format 3"),
+        "the header is encrypted"
+    );
     let found = files_containing(alice.home(), marker.as_bytes());
     assert!(found.is_empty(), "plaintext marker on disk: {found:?}");
 
@@ -269,7 +296,10 @@ async fn search_never_finds_what_the_user_may_not_read() {
     let (out, _) = search(&alice, &["narwhal", "-C", "0"]).await;
     assert!(hits(&out).is_empty(), "sent after alice's removal: {out}");
     let (out, _) = search(&alice, &["walrus", "-C", "0"]).await;
-    assert!(hits(&out).is_empty(), "a left conversation is dropped from the index: {out}");
+    assert!(
+        hits(&out).is_empty(),
+        "a left conversation is dropped from the index: {out}"
+    );
     let (out, _) = search(&alice, &["walrus", "--no-sync", "-C", "0"]).await;
     assert!(hits(&out).is_empty(), "{out}");
 }

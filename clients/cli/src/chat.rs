@@ -127,7 +127,11 @@ async fn send_file(client: &mut Client, ui: &mut Ui, path: &str) {
                 receipt.conversation,
                 receipt.seq
             );
-            ui.index_sent(&receipt, tern_sdk::tern_core::files::FILE_CONTENT_TYPE, &body.to_json());
+            ui.index_sent(
+                &receipt,
+                tern_sdk::tern_core::files::FILE_CONTENT_TYPE,
+                &body.to_json(),
+            );
         }
         Err(e) => eprintln!("\n-- file not sent: {e}"),
     }

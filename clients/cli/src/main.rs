@@ -429,8 +429,10 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             // What was decrypted becomes searchable (a broken index does not stop the listing).
             match search::open(&dir, session.user_id) {
                 Ok(mut index) => {
-                    let plain: Vec<_> =
-                        shown.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+                    let plain: Vec<_> = shown
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok().cloned())
+                        .collect();
                     search::index_shown(&mut index, &dir_names, &plain);
                 }
                 Err(e) => eprintln!("-- these messages will not be searchable: {e:#}"),

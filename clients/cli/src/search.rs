@@ -107,13 +107,27 @@ pub fn query(run: &SearchRun<'_>) -> Result<SearchQuery> {
         bail!("--limit {} is outside 1..={MAX_SEARCH_LIMIT}", a.limit);
     }
     if a.context > MAX_CONTEXT {
-        bail!("--context {} is above the maximum of {MAX_CONTEXT}", a.context);
+        bail!(
+            "--context {} is above the maximum of {MAX_CONTEXT}",
+            a.context
+        );
     }
     if a.sync_pages == 0 || a.sync_pages > MAX_SYNC_PAGES {
-        bail!("--sync-pages {} is outside 1..={MAX_SYNC_PAGES}", a.sync_pages);
+        bail!(
+            "--sync-pages {} is outside 1..={MAX_SYNC_PAGES}",
+            a.sync_pages
+        );
     }
-    let since_ms = a.since.as_deref().map(|s| parse_date(s, false)).transpose()?;
-    let until_ms = a.until.as_deref().map(|s| parse_date(s, true)).transpose()?;
+    let since_ms = a
+        .since
+        .as_deref()
+        .map(|s| parse_date(s, false))
+        .transpose()?;
+    let until_ms = a
+        .until
+        .as_deref()
+        .map(|s| parse_date(s, true))
+        .transpose()?;
     if let (Some(s), Some(u)) = (since_ms, until_ms)
         && s > u
     {
@@ -121,9 +135,7 @@ pub fn query(run: &SearchRun<'_>) -> Result<SearchQuery> {
     }
     Ok(SearchQuery {
         text: a.words.join(" "),
-        conversation: run
-            .only
-            .map(tern_sdk::search::conversation_uuid),
+        conversation: run.only.map(tern_sdk::search::conversation_uuid),
         sender: run.sender.map(user_uuid),
         since_ms,
         until_ms,
@@ -173,9 +185,15 @@ pub async fn sync(
     let mut show = |p: &BackfillProgress| {
         // A terminal gets a line rewritten in place; a log gets a line every few seconds.
         if tty {
-            eprint!("\r-- indexing older messages: {} fetched, {} indexed", p.fetched, p.indexed);
+            eprint!(
+                "\r-- indexing older messages: {} fetched, {} indexed",
+                p.fetched, p.indexed
+            );
         } else if last_line.elapsed().as_secs() >= 2 {
-            eprintln!("-- indexing older messages: {} fetched, {} indexed", p.fetched, p.indexed);
+            eprintln!(
+                "-- indexing older messages: {} fetched, {} indexed",
+                p.fetched, p.indexed
+            );
             last_line = std::time::Instant::now();
         }
     };
@@ -307,7 +325,10 @@ async fn context_of(
         .await
         .with_context(|| format!("reading the messages around #{}", hit.seq))?;
     let shown = e2e.decrypt_history(conn, page.messages).await?;
-    let plain: Vec<Message> = shown.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    let plain: Vec<Message> = shown
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
     index_shown(index, names, &plain);
     Ok(shown)
 }

@@ -57,7 +57,11 @@ fn only_plaintext_bodies_become_rows() {
         searchable_text(&message(1, TEXT_CONTENT_TYPE, "hello zebra".as_bytes())).as_deref(),
         Some("hello zebra")
     );
-    let f = message(2, FILE_CONTENT_TYPE, &file("report-q3.pdf", "the zebra numbers"));
+    let f = message(
+        2,
+        FILE_CONTENT_TYPE,
+        &file("report-q3.pdf", "the zebra numbers"),
+    );
     assert_eq!(
         searchable_text(&f).as_deref(),
         Some("report-q3.pdf\nthe zebra numbers")
@@ -105,7 +109,10 @@ fn added_messages_are_found_and_checkpointed() {
         .expect("checkpoint")
         .expect("stored");
     assert!(checkpoint.covers(3) && checkpoint.covers(5));
-    assert!(!checkpoint.covers(4), "an unindexed seq is left to the backfill");
+    assert!(
+        !checkpoint.covers(4),
+        "an unindexed seq is left to the backfill"
+    );
 }
 
 #[test]
@@ -143,7 +150,10 @@ fn the_index_file_survives_a_reopen_and_is_gone_after_destroy() {
     }
     let files = IndexFiles::new(&dir, ALICE);
     let db = std::fs::read(&files.db).expect("db file");
-    assert!(!db.starts_with(b"SQLite format 3"), "the header is encrypted");
+    assert!(
+        !db.starts_with(b"SQLite format 3"),
+        "the header is encrypted"
+    );
     for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
         let bytes = std::fs::read(entry.path()).expect("read");
         assert!(
