@@ -42,6 +42,37 @@ struct Ui {
     offset: UtcOffset,
     /// Both ends are terminals: the typed line can be replaced by the formatted one.
     tty: bool,
+    /// What the chat shows is indexed for `tern-cli search` (None if the index cannot be
+    /// opened: chatting goes on, said once).
+    index: Option<tern_sdk::search::LocalIndex>,
+    my_name: String,
+}
+
+impl Ui {
+    /// Indexes a message that was shown.
+    fn index(&mut self, m: &Message) {
+        if let Some(index) = self.index.as_mut() {
+            crate::search::index_shown(index, &self.names, std::slice::from_ref(m));
+        }
+    }
+
+    /// Indexes a message this device sent.
+    fn index_sent(&mut self, receipt: &tern_sdk::SendReceipt, content_type: &str, payload: &[u8]) {
+        if let Some(index) = self.index.as_mut()
+            && let Err(e) = index.add_sent(receipt, self.me, &self.my_name, content_type, payload)
+        {
+            eprintln!("-- could not index the sent message for search: {e}");
+        }
+    }
+
+    /// The user left or was removed: nothing of the conversation stays searchable.
+    fn forget(&mut self, conversation: tern_sdk::tern_wire::ids::ConversationId) {
+        if let Some(index) = self.index.as_mut()
+            && let Err(e) = index.forget_conversation(conversation)
+        {
+            eprintln!("-- could not drop the conversation from the search index: {e}");
+        }
+    }
 }
 
 impl Ui {
@@ -75,7 +106,7 @@ pub fn download_hint(m: &Message) -> String {
 }
 
 /// `/file PATH`: encrypts and uploads the file, then sends the message that shares it.
-async fn send_file(client: &mut Client, ui: &Ui, path: &str) {
+async fn send_file(client: &mut Client, ui: &mut Ui, path: &str) {
     let path = PathBuf::from(path.trim());
     let name = path
         .file_name()
@@ -88,13 +119,20 @@ async fn send_file(client: &mut Client, ui: &Ui, path: &str) {
         .send_file(ui.current, &path, None, mime, "", &mut progress)
         .await
     {
-        Ok((receipt, body)) => println!(
-            "[{}] me: {} — tern-cli download {} {}",
-            render::clock(receipt.timestamp_ms, ui.offset),
-            crate::files::summary(&body),
-            receipt.conversation,
-            receipt.seq
-        ),
+        Ok((receipt, body)) => {
+            println!(
+                "[{}] me: {} — tern-cli download {} {}",
+                render::clock(receipt.timestamp_ms, ui.offset),
+                crate::files::summary(&body),
+                receipt.conversation,
+                receipt.seq
+            );
+            ui.index_sent(
+                &receipt,
+                tern_sdk::tern_core::files::FILE_CONTENT_TYPE,
+                &body.to_json(),
+            );
+        }
         Err(e) => eprintln!("\n-- file not sent: {e}"),
     }
 }
@@ -118,6 +156,14 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         looked_up: HashSet::new(),
         offset,
         tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        index: match crate::search::open(&state_dir, session.user_id) {
+            Ok(index) => Some(index),
+            Err(e) => {
+                eprintln!("-- messages of this chat will not be searchable: {e:#}");
+                None
+            }
+        },
+        my_name: session.username.clone(),
     };
     for c in &conversations {
         ui.names.learn(session.user_id, c);
@@ -179,7 +225,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                     break Ok(());
                 }
                 if let Some(path) = text.trim_start().strip_prefix("/file ") {
-                    send_file(&mut client, &ui, path).await;
+                    send_file(&mut client, &mut ui, path).await;
                     continue;
                 }
                 match client.send(ui.current, "text", text.as_bytes().to_vec()).await {
@@ -189,6 +235,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                             print!("\x1b[1A\x1b[2K");
                         }
                         println!("[{}] me: {}", render::clock(receipt.timestamp_ms, ui.offset), render::sanitize(text));
+                        ui.index_sent(&receipt, tern_sdk::e2e::TEXT_CONTENT_TYPE, text.as_bytes());
                     }
                     Err(e) => eprintln!("-- not sent: {e}"),
                 }
@@ -200,6 +247,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                             refresh_names(&api, &mut ui).await;
                         }
                         ui.print_message(&m);
+                        ui.index(&m);
                     }
                     Some(ClientEvent::SyncComplete) => {
                         if !synced_once {
@@ -221,6 +269,10 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                     Some(ClientEvent::Error { code, message, .. }) => {
                         eprintln!("-- server error {}: {}", code.as_str(), render::sanitize(&message));
                     }
+                    Some(ClientEvent::Other(ServerMessage::MemberRemoved { conversation, user })) if user == ui.me => {
+                        eprintln!("-- you are no longer a member of {}", ui.names.conversation(conversation));
+                        ui.forget(conversation);
+                    }
                     Some(ClientEvent::Other(ServerMessage::Conversation { info, .. })) => {
                         for m in &info.members {
                             ui.names.users.insert(m.user, m.username.clone());
@@ -229,6 +281,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                     Some(ClientEvent::Decrypted(m)) => {
                         eprintln!("-- a message whose key arrived late:");
                         ui.print_message(&m);
+                        ui.index(&m);
                     }
                     Some(ClientEvent::Undecryptable(u)) => {
                         eprintln!(

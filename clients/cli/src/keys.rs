@@ -95,22 +95,7 @@ pub async fn decrypt_all(
     conn: &Connection,
     messages: Vec<Message>,
 ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
-    let mut out: Vec<_> = messages.iter().map(|m| e2e.decrypt(m)).collect();
-    if e2e.has_unknown_senders() {
-        for r in e2e.resolve_unknown_senders(conn).await? {
-            let id = match &r {
-                Ok(m) => m.message_id,
-                Err(u) => u.message.message_id,
-            };
-            if let Some(slot) = out.iter_mut().find(|o| match o {
-                Ok(m) => m.message_id == id,
-                Err(u) => u.message.message_id == id,
-            }) {
-                *slot = r;
-            }
-        }
-    }
-    Ok(out)
+    Ok(e2e.decrypt_history(conn, messages).await?)
 }
 
 /// One line saying why a message cannot be shown.

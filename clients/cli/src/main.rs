@@ -4,6 +4,7 @@ mod chat;
 mod files;
 mod keys;
 mod render;
+mod search;
 mod state;
 
 use std::io::{BufRead, IsTerminal};
@@ -147,6 +148,10 @@ enum Command {
     /// Chat interactively: every line you type is sent; incoming messages are printed.
     /// `/file PATH` shares a file; `/quit` or Ctrl-D leaves. Resumes where this device left off.
     Chat { conversation: String },
+    /// Search your messages: the local index of what this device decrypted (older history is
+    /// indexed first, a bounded number of pages per run). Prints ranked hits with the messages
+    /// around each.
+    Search(search::SearchArgs),
     /// Download a shared file: the file message's conversation and seq (chat and history
     /// print the command). The file is decrypted and verified while it downloads and written
     /// only when complete and its SHA-256 matches.
@@ -275,9 +280,10 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             let mut api = HttpApi::new(&config)?.with_token(&session.token);
             let outcome = api.logout().await;
             // Forget the token either way: if the server could not be told, the local copy is
-            // still better gone.
+            // still better gone. So is the search index of what this device decrypted.
             st.session = None;
             st.save(&dir)?;
+            search::delete(&dir, session.user_id)?;
             match outcome {
                 Ok(()) => println!("logged out"),
                 Err(e) if e.is_auth() => println!("logged out (the token was no longer valid)"),
@@ -420,6 +426,17 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
             let conn = keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
             let shown = keys::decrypt_all(&mut e2e, &conn, messages).await?;
             conn.close().await;
+            // What was decrypted becomes searchable (a broken index does not stop the listing).
+            match search::open(&dir, session.user_id) {
+                Ok(mut index) => {
+                    let plain: Vec<_> = shown
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok().cloned())
+                        .collect();
+                    search::index_shown(&mut index, &dir_names, &plain);
+                }
+                Err(e) => eprintln!("-- these messages will not be searchable: {e:#}"),
+            }
             for r in shown {
                 let (m, text) = match r {
                     Ok(m) => {
@@ -606,6 +623,64 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                 dest.display(),
                 size
             );
+        }
+        Command::Search(args) => {
+            let (api, session) = authed(&cli, &st)?;
+            let convs = api.conversations().await?;
+            let mut names = Directory::default();
+            for c in &convs {
+                names.learn(session.user_id, c);
+            }
+            let only = args
+                .conversation
+                .as_deref()
+                .map(|c| resolve(c, session.user_id, &convs).map(|v| v.conversation_id))
+                .transpose()?;
+            let sender = match args.from.as_deref().map(|f| f.trim_start_matches('@')) {
+                None => None,
+                Some("me") => Some(session.user_id),
+                Some(name) => Some(
+                    api.user_by_name(name)
+                        .await
+                        .with_context(|| format!("--from {name}"))?
+                        .user_id,
+                ),
+            };
+            let run = search::SearchRun {
+                args,
+                conversations: &convs,
+                only,
+                sender,
+                offset,
+            };
+            let query = search::query(&run)?;
+            let mut index = search::open(&dir, session.user_id)?;
+            // Left or removed: not in the list any more, so nothing of it stays searchable.
+            let current: Vec<ConversationId> = convs.iter().map(|c| c.conversation_id).collect();
+            index.retain_conversations(&current)?;
+            let online = !args.no_sync || args.context > 0;
+            let mut e2e_conn = None;
+            if online {
+                let device = st.device();
+                st.save(&dir)?;
+                let mut e2e = keys::open(&dir, &session, device)?;
+                let config = config(&cli, Some(&session))?;
+                let conn =
+                    keys::sync(&config, &session, device, &st.cursor_list(), &mut e2e).await?;
+                if !args.no_sync {
+                    search::sync(&run, &mut index, &mut e2e, &conn, &names).await?;
+                }
+                e2e_conn = Some((conn, e2e));
+            }
+            let hits = index.search(&query)?;
+            if hits.is_empty() {
+                eprintln!("no messages match");
+            }
+            let context = e2e_conn.as_mut().map(|(conn, e2e)| (&*conn, e2e));
+            search::print_hits(&run, &hits, context, &mut index, &names).await?;
+            if let Some((conn, _)) = e2e_conn {
+                conn.close().await;
+            }
         }
         Command::Chat { conversation } => {
             let (api, session) = authed(&cli, &st)?;

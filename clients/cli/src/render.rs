@@ -89,6 +89,18 @@ impl Directory {
         }
     }
 
+    /// The user's name as the server gave it (not sanitized: for storing, e.g. in the search
+    /// index, which sanitizes nothing; printing goes through [`Directory::user`]).
+    pub fn plain_user(&self, id: UserId) -> String {
+        match self.users.get(&id) {
+            Some(name) => name.clone(),
+            None => {
+                let s = id.to_string();
+                format!("user-{}", &s[..8.min(s.len())])
+            }
+        }
+    }
+
     pub fn conversation(&self, id: ConversationId) -> String {
         match self.conversations.get(&id) {
             Some(name) => name.clone(),

@@ -133,6 +133,10 @@ pub enum Error {
     /// End-to-end encryption could not be done (state unreadable, keys missing or invalid).
     #[error("end-to-end encryption: {0}")]
     Crypto(String),
+    /// The local search index failed (its messages never contain message or query text).
+    #[cfg(feature = "search")]
+    #[error("search index: {0}")]
+    Search(tern_search::SearchError),
 }
 
 impl Error {

@@ -8,6 +8,8 @@
 //! * [`Transport`]: raw frames over WebTransport or WebSocket (public so tests can send
 //!   malformed frames).
 //! * [`Connection`]: Hello/Welcome, request/reply matching, an event queue.
+//! * [`search`] (feature `search`): the local search index fed with decrypted messages, and
+//!   its history backfill.
 //! * [`Client`]: cursors, resume, de-duplication, gap filling, Acks, the [`Outbox`] of pending
 //!   sends and reconnecting with [`Backoff`].
 //!
@@ -27,6 +29,8 @@ pub mod error;
 pub mod files;
 pub mod http;
 pub mod outbox;
+#[cfg(feature = "search")]
+pub mod search;
 pub mod sync;
 pub mod tls;
 pub mod transport;

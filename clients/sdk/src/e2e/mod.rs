@@ -394,6 +394,43 @@ impl E2e {
         Ok(out)
     }
 
+    /// Decrypts history pages (the server's stored payloads): senders whose devices this
+    /// device has not looked up yet are looked up once, then their messages retried. One
+    /// result per message, in order. The state (replay records) is persisted once for the
+    /// whole page, not once per message: a backfill decrypts thousands.
+    pub async fn decrypt_history(
+        &mut self,
+        conn: &impl KeyRequests,
+        messages: Vec<Message>,
+    ) -> Result<Vec<std::result::Result<Message, UndecryptableMessage>>> {
+        let mut out: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                if is_encrypted_content_type(&m.content_type) {
+                    plain_result(m, self.waiting.decrypt(&mut self.machine, m))
+                } else {
+                    Ok(m.clone())
+                }
+            })
+            .collect();
+        self.persist()?;
+        if self.has_unknown_senders() {
+            for r in self.resolve_unknown_senders(conn).await? {
+                let id = match &r {
+                    Ok(m) => m.message_id,
+                    Err(u) => u.message.message_id,
+                };
+                if let Some(slot) = out.iter_mut().find(|o| match o {
+                    Ok(m) => m.message_id == id,
+                    Err(u) => u.message.message_id == id,
+                }) {
+                    *slot = r;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Tries every message kept for a retry again, e.g. after a device-list query made their
     /// sender's device known (a key from a device not yet in the directory is stored, but its
     /// messages stay `UntrustedDevice` until the directory has the device). Returns the

@@ -1,0 +1,120 @@
+//! The real `tern-cli` binary, run as a user would: one home directory per user, the test
+//! server's address and pinned certificate hash, stdin piped in, stdout and stderr captured.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt as _;
+
+use super::{PASSWORD, TestServer, WAIT};
+
+/// The CLI binary of this workspace, built (or confirmed up to date) by cargo.
+pub fn cli_binary() -> PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build", "--locked", "-q", "-p", "tern-cli", "--bin", "tern-cli",
+        ])
+        .status()
+        .expect("run cargo build for tern-cli");
+    assert!(status.success(), "building tern-cli failed");
+    let cli = PathBuf::from(env!("CARGO_BIN_EXE_tern")).with_file_name("tern-cli");
+    assert!(cli.exists(), "{} exists", cli.display());
+    cli
+}
+
+/// What one CLI run printed.
+#[derive(Debug)]
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One user's CLI installation.
+pub struct Cli {
+    bin: PathBuf,
+    home: tempfile::TempDir,
+    server: String,
+    cert_hash: String,
+}
+
+impl Cli {
+    pub fn new(bin: &Path, server: &TestServer) -> Cli {
+        Cli {
+            bin: bin.to_path_buf(),
+            home: tempfile::tempdir().expect("cli home"),
+            server: server.addr.to_string(),
+            cert_hash: hex::encode(server.cert_hash),
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Runs `tern-cli ARGS` with `stdin`, whatever its exit status.
+    pub async fn output(&self, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("--server")
+            .arg(&self.server)
+            .arg("--cert-hash")
+            .arg(&self.cert_hash)
+            .arg("--home")
+            .arg(self.home.path())
+            .arg("--transport")
+            .arg("ws")
+            .args(args)
+            .env("TERN_PASSWORD", PASSWORD)
+            .env_remove("TERN_TEST_PLAINTEXT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn tern-cli");
+        let mut input = child.stdin.take().expect("stdin");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .expect("write stdin");
+        drop(input);
+        let out = tokio::time::timeout(WAIT * 2, child.wait_with_output())
+            .await
+            .expect("tern-cli finished in time")
+            .expect("tern-cli output");
+        Output {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `tern-cli ARGS` with `stdin`, returns stdout; fails the test on a non-zero exit.
+    pub async fn run(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.output(args, stdin).await;
+        assert!(
+            out.success,
+            "tern-cli {args:?} failed\nstdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+}
+
+/// Every file under `dir`, recursively, that contains `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(path);
+            }
+        }
+    }
+    hits
+}
