@@ -117,16 +117,31 @@ function Attachment({ conversation, file }: { conversation: string; file: FileBo
   );
 }
 
+/** The last search-result opening whose message took keyboard focus. */
+let lastFocused: number | undefined;
+
 const Message = memo(function Message({
   conversation,
   item,
   showSender,
+  focusNonce,
 }: {
   conversation: string;
   item: TimelineItem;
   showSender: boolean;
+  /** Set on the search result opened here: highlighted, and keyboard focus moves to it. */
+  focusNonce?: number;
 }) {
   const name = useApp((s) => s.usernames[item.sender] ?? 'Unknown');
+  const ref = useRef<HTMLElement>(null);
+  useEffect(() => {
+    // Once per opening (a row scrolled out and back in mounts again and must not steal focus);
+    // preventScroll: the virtualizer placed it already.
+    if (focusNonce === undefined || focusNonce === lastFocused) return;
+    lastFocused = focusNonce;
+    ref.current?.focus({ preventScroll: true });
+  }, [focusNonce]);
+  const highlighted = focusNonce !== undefined;
   const reactions = useApp((s) =>
     item.seq !== undefined ? s.reactions[conversation]?.[item.seq] : undefined,
   );
@@ -134,11 +149,14 @@ const Message = memo(function Message({
   const [picker, setPicker] = useState(false);
   return (
     <article
-      className={item.mine ? 'msg mine' : 'msg'}
+      ref={ref}
+      className={`msg${item.mine ? ' mine' : ''}${highlighted ? ' highlight' : ''}`}
       data-testid="message"
       data-seq={item.seq ?? ''}
       data-state={item.state}
-      aria-label={`${item.mine ? 'You' : name} at ${timeFormat.format(item.timestampMs)}`}
+      data-highlighted={highlighted ? 'true' : undefined}
+      tabIndex={highlighted ? -1 : undefined}
+      aria-label={`${highlighted ? 'Search result: ' : ''}${item.mine ? 'You' : name} at ${timeFormat.format(item.timestampMs)}`}
     >
       {showSender && !item.mine && <p className="sender">{name}</p>}
       {item.file ? (
@@ -216,6 +234,7 @@ const Message = memo(function Message({
 export function TimelineView({ id }: { id: string }) {
   const timeline = useApp((s) => s.timelines[id]);
   const kind = useApp((s) => s.conversations[id]?.kind);
+  const focus = useApp((s) => (s.focus?.conversation === id ? s.focus : undefined));
   const items = useMemo(() => timeline?.items ?? [], [timeline]);
   const rows = useMemo(() => {
     const out: Row[] = [];
@@ -235,6 +254,8 @@ export function TimelineView({ id }: { id: string }) {
   const atBottom = useRef(true);
   const firstKey = useRef<string | undefined>(undefined);
   const heightBefore = useRef(0);
+  /** The focus (nonce) already scrolled to: later renders keep the reader's place. */
+  const focusApplied = useRef<number | undefined>(undefined);
   // No React Compiler here: the virtualizer's functions are meant to be called fresh.
   // eslint-disable-next-line react-hooks/incompatible-library
   const virtualizer = useVirtualizer({
@@ -253,14 +274,28 @@ export function TimelineView({ id }: { id: string }) {
     const el = scrollRef.current;
     if (!el) return;
     const first = rows.find((r) => r.kind === 'msg')?.key;
-    if (firstKey.current !== undefined && first !== firstKey.current && heightBefore.current > 0) {
+    if (focus && focusApplied.current !== focus.nonce) {
+      // A search result: centred once it is loaded; until then the view does not follow the end.
+      const at = rows.findIndex(
+        (r) => r.kind === 'msg' && r.item.seq === focus.seq && r.item.text !== null,
+      );
+      if (at >= 0) {
+        virtualizer.scrollToIndex(at, { align: 'center' });
+        focusApplied.current = focus.nonce;
+      }
+      atBottom.current = false;
+    } else if (
+      firstKey.current !== undefined &&
+      first !== firstKey.current &&
+      heightBefore.current > 0
+    ) {
       el.scrollTop += el.scrollHeight - heightBefore.current;
     } else if (atBottom.current && rows.length > 0) {
       virtualizer.scrollToIndex(rows.length - 1, { align: 'end' });
     }
     firstKey.current = first;
     heightBefore.current = el.scrollHeight;
-  }, [rows, virtualizer]);
+  }, [rows, virtualizer, focus]);
 
   useEffect(() => {
     const el = scrollRef.current;
@@ -271,10 +306,14 @@ export function TimelineView({ id }: { id: string }) {
       if (el.scrollTop < 200 && timeline?.hasMoreBefore && !timeline.loadingHistory) {
         void client.loadOlder(id);
       }
+      const fromEnd = el.scrollHeight - el.scrollTop - el.clientHeight;
+      if (fromEnd < 200 && timeline?.hasMoreAfter && !timeline.loadingHistory) {
+        void client.loadNewer(id);
+      }
     };
     el.addEventListener('scroll', onScroll, { passive: true });
     return () => el.removeEventListener('scroll', onScroll);
-  }, [id, timeline?.hasMoreBefore, timeline?.loadingHistory]);
+  }, [id, timeline?.hasMoreBefore, timeline?.hasMoreAfter, timeline?.loadingHistory]);
 
   return (
     <div
@@ -305,7 +344,16 @@ export function TimelineView({ id }: { id: string }) {
               {row.kind === 'day' ? (
                 <h2 className="day">{row.label}</h2>
               ) : (
-                <Message conversation={id} item={row.item} showSender={kind === 'group'} />
+                <Message
+                  conversation={id}
+                  item={row.item}
+                  showSender={kind === 'group'}
+                  focusNonce={
+                    focus && row.item.seq === focus.seq && row.item.text !== null
+                      ? focus.nonce
+                      : undefined
+                  }
+                />
               )}
             </div>
           );
