@@ -82,7 +82,8 @@ fn backfill_walks_down_to_the_first_message_and_stops() {
     }
     assert_eq!(pages, 2);
     assert_eq!(index.count().expect("count"), 150.0);
-    assert_eq!(search(&index, "word1").len(), 1);
+    // A trailing space: the word exactly (no prefix: word10.. would match too).
+    assert_eq!(search(&index, "word1 ").len(), 1);
     // A page nobody asked for is refused.
     let stray = json!({ "conversation": CONV, "before_seq": 7, "lowest_seq": 1, "has_more": false, "messages": [] });
     assert!(index.backfill_page(&stray.to_string()).is_err());
