@@ -67,7 +67,7 @@ pub fn pause_opfs() -> JsResult<()> {
 /// Logout: every file of the pool is deleted and the pool uninstalled (its access handles
 /// closed), so the page can remove the directory itself. The index must be closed first.
 #[wasm_bindgen(js_name = wipeOpfs)]
-pub async fn wipe_opfs() -> JsResult<()> {
+pub fn wipe_opfs() -> JsResult<()> {
     let util = POOL.with(|p| p.borrow_mut().take());
     let Some(util) = util else { return Ok(()) };
     util.clear().map_err(err)?;

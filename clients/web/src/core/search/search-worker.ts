@@ -38,7 +38,7 @@ interface RawSearchModule {
   /** Removes the database files from the pool (closed first). */
   removeDatabase(name: string): void;
   /** Deletes every file of the pool and uninstalls it. */
-  wipeOpfs(): Promise<void>;
+  wipeOpfs(): void;
   /** Releases the pool's access handles (after the index is closed). */
   pauseOpfs(): void;
   SearchIndex: {
@@ -98,7 +98,7 @@ function opened(): RawIndex {
 async function wipe(): Promise<void> {
   index?.free();
   index = undefined;
-  if (mod && directory) await mod.wipeOpfs();
+  if (mod && directory) mod.wipeOpfs();
   directory = undefined;
   const root = await navigator.storage.getDirectory();
   try {
