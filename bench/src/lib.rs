@@ -228,6 +228,7 @@ impl Rig {
                             snapshot: Some(ConversationSnapshot {
                                 members,
                                 last_seq,
+                                last_timestamp_ms: 0,
                                 landed: vec![],
                             }),
                         });

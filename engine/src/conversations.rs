@@ -45,18 +45,17 @@ use std::sync::Arc;
 
 use tern_wire::ids::{ConversationId, UserId};
 use tern_wire::msg::{
-    ConversationInfo, ConversationKind, DeliveryMark, ErrorCode, Member, MemberRole, Message,
-    ServerMessage,
+    ConversationInfo, ConversationKind, DeliveryMark, ErrorCode, Member, MemberRole, ServerMessage,
 };
 use tokio::sync::Mutex;
 
 use crate::core::Input;
 use crate::driver::{EngineHandle, now_ms};
 use crate::service::ServiceError;
-use crate::store::{
-    ConversationRecord, HistoryFrom, HistoryQuery, InvitationRecord, MemberRecord, Store,
-    StoreError,
-};
+use crate::store::{ConversationRecord, InvitationRecord, MemberRecord, Store, StoreError};
+
+mod history;
+pub use history::{HistoryPage, HistoryRequest};
 
 /// Most pending invitations one user may hold; further invitations are refused.
 pub const MAX_PENDING_INVITATIONS: usize = 1_000;
@@ -208,7 +207,7 @@ pub struct ConversationLimits {
     pub max_description_chars: usize,
     /// Members per group, the creator included.
     pub max_group_members: usize,
-    /// Largest history page; bigger requests are clamped.
+    /// Largest history page; bigger requests are refused (`invalid_argument`).
     pub max_history_page: u32,
 }
 
@@ -1090,88 +1089,6 @@ impl Conversations {
         }
         out.sort_by_key(|c| c.conversation);
         Ok(out)
-    }
-
-    /// One page of history, ascending by seq, and whether more exists in the paging direction.
-    /// One page of history: at most `limit` messages and, counted by `budget.cost`, at most
-    /// `budget.max_bytes` (a page always holds one message if the range has any). `has_more` is set
-    /// when the page was cut by either bound. See `paging` for which end is cut.
-    pub async fn history(
-        &self,
-        me: UserId,
-        conversation: ConversationId,
-        before_seq: u64,
-        after_seq: u64,
-        limit: u32,
-        budget: crate::paging::PageBudget,
-    ) -> Result<(Vec<Message>, bool), ServiceError> {
-        let crate::paging::PageBudget { max_bytes, cost } = budget;
-        // Former members read up to their departure, never beyond.
-        let mut before_seq = before_seq;
-        if !self
-            .store
-            .is_member(conversation, me)
-            .await
-            .map_err(internal)?
-        {
-            let Some(at) = self
-                .store
-                .departure(conversation, me)
-                .await
-                .map_err(internal)?
-            else {
-                return Err(not_found());
-            };
-            let cap = at.saturating_add(1);
-            before_seq = if before_seq == 0 {
-                cap
-            } else {
-                before_seq.min(cap)
-            };
-            if cap <= 1 || after_seq.saturating_add(1) >= before_seq {
-                return Ok((Vec::new(), false));
-            }
-        }
-        let limit = limit.clamp(1, self.limits.max_history_page);
-        // Catching up (after_seq set) reads forward; otherwise scroll back from before_seq.
-        // Ask for one more than the page to learn whether there is more.
-        let from = if after_seq > 0 {
-            HistoryFrom::Oldest
-        } else {
-            HistoryFrom::Newest
-        };
-        // The store stops reading after the message that crosses `max_bytes` (by its own
-        // count, which `cost` never undercuts), so a large page is never read whole.
-        let query = HistoryQuery {
-            conversation,
-            before_seq,
-            after_seq,
-            limit: limit + 1,
-            from,
-            max_bytes,
-        };
-        let mut messages = self.store.history(query).await.map_err(internal)?;
-        let mut has_more = messages.len() > limit as usize;
-        if has_more {
-            if after_seq > 0 {
-                messages.truncate(limit as usize);
-            } else {
-                messages.remove(0);
-            }
-        }
-        let over = messages.iter().map(cost.message).sum::<u64>() > max_bytes;
-        if crate::paging::fit(
-            &mut messages,
-            &mut Vec::new(),
-            after_seq > 0,
-            max_bytes,
-            cost,
-        ) || over
-        {
-            // Cut by size, or one message alone is over the budget (there may be more).
-            has_more = true;
-        }
-        Ok((messages, has_more))
     }
 }
 

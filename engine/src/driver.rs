@@ -553,6 +553,15 @@ async fn load_snapshot(
     // A 1:1 whose users block each other has no members here: no sends, no deliveries.
     let members = crate::conversations::engine_members(store, &record).await?;
     let last_seq = store.last_seq(conversation).await?;
+    // The newest message's stamp, so the sequencer never stamps earlier (see the snapshot).
+    let last_timestamp_ms = if last_seq == 0 {
+        0
+    } else {
+        let newest = store
+            .history(crate::store::HistoryQuery::before(conversation, 0, 1))
+            .await?;
+        newest.last().map_or(0, |m| m.timestamp_ms)
+    };
     let landed = match landed_from {
         Some(from) if from <= last_seq => {
             let query = crate::store::HistoryQuery::after(
@@ -569,6 +578,7 @@ async fn load_snapshot(
     Ok(Some(ConversationSnapshot {
         members,
         last_seq,
+        last_timestamp_ms,
         landed,
     }))
 }

@@ -105,6 +105,47 @@ pub fn fit(
     true
 }
 
+/// [`fit`] for a page centred on `seq` (an around page): drops from whichever end lies
+/// farther from `seq` (the older end on a tie) until the estimated cost is at most
+/// `max_bytes`, never the last message. Returns whether it dropped (older, newer) messages.
+pub fn fit_around(
+    messages: &mut Vec<Message>,
+    reactions: &mut Vec<ReactionCount>,
+    seq: u64,
+    max_bytes: u64,
+    cost: PageCost,
+) -> (bool, bool) {
+    let reaction_cost = |reactions: &[ReactionCount], seq: u64| -> u64 {
+        reactions
+            .iter()
+            .filter(|r| r.seq == seq)
+            .map(cost.reaction)
+            .sum()
+    };
+    let mut total: u64 = messages.iter().map(cost.message).sum::<u64>()
+        + reactions.iter().map(cost.reaction).sum::<u64>();
+    let (mut start, mut keep) = (0, messages.len());
+    while total > max_bytes && keep - start > 1 {
+        let below = seq.saturating_sub(messages[start].seq);
+        let above = messages[keep - 1].seq.saturating_sub(seq);
+        let index = if below >= above { start } else { keep - 1 };
+        total -= (cost.message)(&messages[index]) + reaction_cost(reactions, messages[index].seq);
+        if index == start {
+            start += 1;
+        } else {
+            keep -= 1;
+        }
+    }
+    let dropped = (start > 0, keep < messages.len());
+    messages.truncate(keep);
+    messages.drain(..start);
+    if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
+        let (lo, hi) = (first.seq, last.seq);
+        reactions.retain(|r| r.seq >= lo && r.seq <= hi);
+    }
+    dropped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +195,8 @@ mod tests {
                 messages,
                 reactions,
                 has_more: true,
+                has_more_before: false,
+                has_more_after: false,
             };
             let encoded = tern_wire::encode_server(&page).len() as u64;
             // The page's own fields (envelope, ids, vectors' lengths) fit in 256 bytes.
@@ -191,5 +234,43 @@ mod tests {
         let (mut m, mut rs) = (all[..1].to_vec(), reactions[..1].to_vec());
         assert!(!fit(&mut m, &mut rs, false, 1, cost));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn around_pages_are_cut_at_the_end_farther_from_their_seq() {
+        let cost = PageCost::WIRE;
+        let all: Vec<Message> = (1..=10).map(|s| message(s, 1000)).collect();
+        let one = message_cost(&all[0]);
+        let reactions: Vec<ReactionCount> = (1..=10).map(|s| reaction(s, 0)).collect();
+        let r = reaction_wire_cost(&reactions[0]);
+        let seqs = |m: &[Message]| m.iter().map(|m| m.seq).collect::<Vec<_>>();
+
+        // Centred on 5: 1 goes first (farthest), then 10 and 2 (a tie: the older end), ...
+        let (mut m, mut rs) = (all.clone(), reactions.clone());
+        assert_eq!(
+            fit_around(&mut m, &mut rs, 5, 3 * (one + r), cost),
+            (true, true)
+        );
+        assert_eq!(seqs(&m), vec![4, 5, 6]);
+        assert_eq!(rs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5, 6]);
+
+        // Centred on the newest: only the older end is cut.
+        let (mut m, mut rs) = (all.clone(), reactions.clone());
+        assert_eq!(
+            fit_around(&mut m, &mut rs, 10, 2 * (one + r), cost),
+            (true, false)
+        );
+        assert_eq!(seqs(&m), vec![9, 10]);
+
+        // Within budget: untouched; over it with one message: kept.
+        let (mut m, mut rs) = (all.clone(), reactions.clone());
+        assert_eq!(
+            fit_around(&mut m, &mut rs, 5, u64::MAX, cost),
+            (false, false)
+        );
+        assert_eq!(m.len(), 10);
+        let (mut m, mut rs) = (all[4..5].to_vec(), reactions[4..5].to_vec());
+        assert_eq!(fit_around(&mut m, &mut rs, 5, 1, cost), (false, false));
+        assert_eq!(seqs(&m), vec![5]);
     }
 }

@@ -130,6 +130,7 @@ impl Durable {
         self.convs.get(&c).map(|v| ConversationSnapshot {
             members: v.members.clone(),
             last_seq: v.messages.len() as u64,
+            last_timestamp_ms: v.messages.last().map_or(0, |m| m.timestamp_ms),
             landed: landed_from.map_or_else(Vec::new, |from| {
                 v.messages
                     .iter()

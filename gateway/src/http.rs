@@ -15,7 +15,7 @@ use base64::Engine as _;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tern_engine::accounts::Accounts;
-use tern_engine::conversations::Conversations;
+use tern_engine::conversations::{Conversations, HistoryRequest};
 use tern_engine::core::Input;
 use tern_engine::driver::EngineHandle;
 use tern_engine::paging::{PageBudget, PageCost};
@@ -617,20 +617,55 @@ async fn list_conversations(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct HistoryParams {
-    /// Only messages with seq below this (absent or 0: no upper bound). Without `after`, the
-    /// page is the newest messages below it: scroll back by passing a page's first seq.
+    /// Only messages with seq below this (absent or 0: no upper bound). Without `after` and
+    /// `since_ms`, the page is the newest messages below it: scroll back by passing a page's
+    /// first seq.
     before: Option<u64>,
     /// Only messages with seq above this; when above 0 the page is the oldest messages after
     /// it (catching up forward). Absent or 0 means "not set": the page is then the newest
     /// messages, not the oldest — read a whole conversation by scrolling back from the newest.
     after: Option<u64>,
-    /// Page size (1..=500, default 50).
+    /// The context of a message: the page is centred on this seq, `limit - (limit - 1) / 2`
+    /// messages at or below it and `(limit - 1) / 2` above (the older side gets the odd one).
+    /// Not with `before`, `after`, `since_ms` or `until_ms` (400). 0 = not set.
+    around: Option<u64>,
+    /// Only messages the server stamped at or after this (Unix ms); the page is then the
+    /// oldest of the range (jump to a date, read forward). 0 = not set.
+    since_ms: Option<u64>,
+    /// Only messages the server stamped at or before this (Unix ms). 0 = not set; earlier
+    /// than `since_ms` is a 400.
+    until_ms: Option<u64>,
+    /// Only messages of this user (UUID). Combines with every other parameter.
+    #[param(format = Uuid)]
+    sender: Option<String>,
+    /// Page size (1..=500, default 50; above 500 is a 400).
     limit: Option<u32>,
+}
+
+impl HistoryParams {
+    fn request(&self) -> Result<HistoryRequest, ServiceError> {
+        let sender = match &self.sender {
+            None => None,
+            Some(s) => Some(
+                s.parse::<UserId>()
+                    .map_err(|_| ServiceError::invalid("sender must be a user id (UUID)"))?,
+            ),
+        };
+        Ok(HistoryRequest {
+            before_seq: self.before.unwrap_or(0),
+            after_seq: self.after.unwrap_or(0),
+            limit: self.limit.unwrap_or(50),
+            around_seq: self.around.unwrap_or(0),
+            since_ms: self.since_ms.unwrap_or(0),
+            until_ms: self.until_ms.unwrap_or(0),
+            sender,
+        })
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid), HistoryParams),
-    responses((status = 200, body = HistoryPageView), (status = 404, body = ApiError)))]
+    responses((status = 200, body = HistoryPageView), (status = 400, body = ApiError, description = "a malformed id or parameter, around with before/after/since_ms/until_ms, since_ms after until_ms, limit above 500"), (status = 404, body = ApiError, description = "no such conversation, or not a member")))]
 async fn history(
     State(api): State<Arc<ApiState>>,
     caller: Caller,
@@ -640,33 +675,23 @@ async fn history(
     let id: ConversationId = id
         .parse()
         .map_err(|_| ServiceError::invalid("conversation id must be a UUID"))?;
+    let request = params.request()?;
     // Pages are bounded by (estimated) JSON bytes too, so one response stays bounded.
     let budget = api.http_history_max_bytes;
-    let after = params.after.unwrap_or(0);
-    let (mut messages, mut has_more) = api
+    let mut page = api
         .conversations
-        .history(
+        .history_page(
             caller.user,
             id,
-            params.before.unwrap_or(0),
-            after,
-            params.limit.unwrap_or(50),
+            request,
             PageBudget {
                 max_bytes: budget,
                 cost: PageCost::JSON,
             },
         )
         .await?;
-    let mut reactions = api.reactions.for_page(id, &messages).await?;
-    if tern_engine::paging::fit(
-        &mut messages,
-        &mut reactions,
-        after > 0,
-        budget,
-        PageCost::JSON,
-    ) {
-        has_more = true;
-    }
+    let mut reactions = api.reactions.for_page(id, &page.messages).await?;
+    page.fit(&mut reactions, &request, budget, PageCost::JSON);
     let reactions = reactions
         .into_iter()
         .map(|r| ReactionView {
@@ -677,9 +702,11 @@ async fn history(
         })
         .collect();
     Ok(Json(HistoryPageView {
-        messages: messages.into_iter().map(message_view).collect(),
+        messages: page.messages.into_iter().map(message_view).collect(),
         reactions,
-        has_more,
+        has_more: page.has_more,
+        has_more_before: page.has_more_before,
+        has_more_after: page.has_more_after,
     }))
 }
 

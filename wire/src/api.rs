@@ -114,7 +114,8 @@ pub struct MessageView {
     pub files: Vec<FileRefView>,
 }
 
-/// `GET /conversations/{id}/messages?before=&after=&limit=` answer, ascending by seq.
+/// `GET /conversations/{id}/messages?before=&after=&around=&since_ms=&until_ms=&sender=&limit=`
+/// answer, ascending by seq.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct HistoryPageView {
@@ -122,7 +123,15 @@ pub struct HistoryPageView {
     /// Reactions to the page's messages, one entry per (seq, emoji).
     #[serde(default)]
     pub reactions: Vec<ReactionView>,
+    /// More exists in the paging direction (older when scrolling back, newer when reading
+    /// forward, either side of an around page).
     pub has_more: bool,
+    /// Older messages exist than the page's first (around pages; scrolling back: = has_more).
+    #[serde(default)]
+    pub has_more_before: bool,
+    /// Newer messages exist than the page's last (around pages; reading forward: = has_more).
+    #[serde(default)]
+    pub has_more_after: bool,
 }
 
 /// The reactions with one emoji to one message.

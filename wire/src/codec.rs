@@ -470,14 +470,23 @@ fn build_client(fbb: &mut Fbb<'_>, msg: &ClientMessage) -> (fb::Body, Union) {
             before_seq,
             after_seq,
             limit,
+            around_seq,
+            since_ms,
+            until_ms,
+            sender,
         } => {
             let conversation = cid(*conversation);
+            let sender = sender.map(uid);
             let args = fb::ClientHistoryArgs {
                 request_id: *request_id,
                 conversation: Some(&conversation),
                 before_seq: *before_seq,
                 after_seq: *after_seq,
                 limit: *limit,
+                around_seq: *around_seq,
+                since_ms: *since_ms,
+                until_ms: *until_ms,
+                sender: sender.as_ref(),
             };
             (
                 fb::Body::ClientHistory,
@@ -868,6 +877,8 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
             messages,
             reactions,
             has_more,
+            has_more_before,
+            has_more_after,
         } => {
             let messages = table_vec(fbb, messages, message);
             let reactions = table_vec(fbb, reactions, reaction_count);
@@ -878,6 +889,8 @@ fn build_server(fbb: &mut Fbb<'_>, msg: &ServerMessage) -> (fb::Body, Union) {
                 messages,
                 reactions,
                 has_more: *has_more,
+                has_more_before: *has_more_before,
+                has_more_after: *has_more_after,
             };
             (
                 fb::Body::ServerHistoryPage,
@@ -1386,6 +1399,10 @@ fn read_client(env: &fb::Envelope<'_>) -> Result<ClientMessage, WireError> {
                 before_seq: b.before_seq(),
                 after_seq: b.after_seq(),
                 limit: b.limit(),
+                around_seq: b.around_seq(),
+                since_ms: b.since_ms(),
+                until_ms: b.until_ms(),
+                sender: b.sender().map(user_of),
             }
         }
         fb::Body::ClientCreateConversation => {
@@ -1651,6 +1668,8 @@ fn read_server(env: &fb::Envelope<'_>) -> Result<ServerMessage, WireError> {
                 messages: tables_of(b.messages(), message_of)?,
                 reactions: tables_of(b.reactions(), reaction_count_of)?,
                 has_more: b.has_more(),
+                has_more_before: b.has_more_before(),
+                has_more_after: b.has_more_after(),
             }
         }
         fb::Body::ServerConversation => {

@@ -302,6 +302,20 @@ pub enum ClientMessage {
         /// `before_seq` (scrolling back). Pages are always in ascending seq order.
         after_seq: u64,
         limit: u32,
+        /// Non-zero: the page is centred on this seq, `limit - (limit - 1) / 2` messages at or
+        /// below it and `(limit - 1) / 2` above (not with before/after/since/until).
+        #[serde(default)]
+        around_seq: u64,
+        /// Non-zero: only messages the server stamped at or after this (Unix ms); the page is
+        /// then the oldest of the range.
+        #[serde(default)]
+        since_ms: u64,
+        /// Non-zero: only messages the server stamped at or before this (Unix ms).
+        #[serde(default)]
+        until_ms: u64,
+        /// Only this user's messages.
+        #[serde(default)]
+        sender: Option<UserId>,
     },
     CreateConversation {
         request_id: u64,
@@ -462,6 +476,12 @@ pub enum ServerMessage {
         messages: Vec<Message>,
         reactions: Vec<ReactionCount>,
         has_more: bool,
+        /// Older messages exist than the page's first (around pages; scrolling back = has_more).
+        #[serde(default)]
+        has_more_before: bool,
+        /// Newer messages exist than the page's last (around pages; reading forward = has_more).
+        #[serde(default)]
+        has_more_after: bool,
     },
     /// A conversation the user belongs to was created or changed (also the answer to requests).
     Conversation {

@@ -398,8 +398,8 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                     conv.conversation_id,
                     HistoryQuery {
                         before: *before,
-                        after: None,
                         limit: Some(*limit),
+                        ..HistoryQuery::default()
                     },
                 )
                 .await?;
@@ -566,8 +566,8 @@ async fn run(cli: Cli, offset: UtcOffset) -> Result<()> {
                     conv.conversation_id,
                     HistoryQuery {
                         before: Some(seq.saturating_add(1)),
-                        after: None,
                         limit: Some(1),
+                        ..HistoryQuery::default()
                     },
                 )
                 .await?;

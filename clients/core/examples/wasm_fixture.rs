@@ -125,6 +125,10 @@ fn client_frames(message: &Message) -> Result<Vec<serde_json::Value>, serde_json
                 before_seq: 0,
                 after_seq: 4,
                 limit: 50,
+                around_seq: 0,
+                since_ms: 0,
+                until_ms: 0,
+                sender: None,
             },
             ClientMessage::SendKeyShares {
                 request_id: 3,
@@ -181,6 +185,8 @@ fn server_frames(
                 messages: vec![message.clone()],
                 reactions: vec![],
                 has_more: true,
+                has_more_before: false,
+                has_more_after: false,
             },
             ServerMessage::KeyBundle {
                 request_id: 3,

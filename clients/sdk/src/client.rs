@@ -563,6 +563,31 @@ impl Client {
             .await
     }
 
+    /// Any form of history page over the socket (see [`crate::HistoryQuery`]; does not touch
+    /// cursors). Payloads are as stored, like [`Client::history`]'s.
+    pub async fn history_query(
+        &self,
+        conversation: ConversationId,
+        query: crate::HistoryQuery,
+    ) -> Result<HistoryPage> {
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or(Error::Closed(CloseReason::Local))?;
+        conn.history_query(conversation, query).await
+    }
+
+    /// The context of message `seq` (a search hit): up to `limit` messages around it.
+    pub async fn history_around(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        limit: u32,
+    ) -> Result<HistoryPage> {
+        self.history_query(conversation, crate::HistoryQuery::around(seq, limit))
+            .await
+    }
+
     /// The next event. `None` when there is no connection and nothing queued: call
     /// [`Client::reconnect`].
     ///

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{CloseReason, Error, Result};
+use crate::http::HistoryQuery;
 use crate::transport::{FrameReader, FrameWriter, Transport, TransportKind};
 
 /// Server events buffered between the reader task and [`Connection::next_event`].
@@ -68,7 +69,12 @@ pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// Reactions to the page's messages, aggregated per (seq, emoji).
     pub reactions: Vec<ReactionCount>,
+    /// More exists in the paging direction (either side for an around page).
     pub has_more: bool,
+    /// Older messages exist than the page's first (around pages; scrolling back = has_more).
+    pub has_more_before: bool,
+    /// Newer messages exist than the page's last (around pages; reading forward = has_more).
+    pub has_more_after: bool,
 }
 
 /// Something the server sent that was not a reply to one of our requests.
@@ -508,6 +514,27 @@ impl Connection {
             .await
     }
 
+    /// Any form of history page over the socket (see [`HistoryQuery`]).
+    pub async fn history_query(
+        &self,
+        conversation: ConversationId,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage> {
+        self.sender.history_query(conversation, query).await
+    }
+
+    /// The context of message `seq`: up to `limit` messages around it (see
+    /// [`HistoryQuery::around`]).
+    pub async fn history_around(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        limit: u32,
+    ) -> Result<HistoryPage> {
+        self.history_query(conversation, HistoryQuery::around(seq, limit))
+            .await
+    }
+
     /// Round trip to the server.
     pub async fn ping(&self) -> Result<Duration> {
         self.sender.ping().await
@@ -690,13 +717,32 @@ impl ConnectionSender {
         after_seq: u64,
         limit: u32,
     ) -> Result<HistoryPage> {
+        let query = HistoryQuery {
+            before: Some(before_seq),
+            after: Some(after_seq),
+            limit: Some(limit),
+            ..HistoryQuery::default()
+        };
+        self.history_query(conversation, query).await
+    }
+
+    /// Any form of history page (see [`HistoryQuery`]; `None` and 0 both mean unset).
+    pub async fn history_query(
+        &self,
+        conversation: ConversationId,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage> {
         let reply = self
             .request(|request_id| ClientMessage::History {
                 request_id,
                 conversation,
-                before_seq,
-                after_seq,
-                limit,
+                before_seq: query.before.unwrap_or(0),
+                after_seq: query.after.unwrap_or(0),
+                limit: query.limit.unwrap_or(0),
+                around_seq: query.around.unwrap_or(0),
+                since_ms: query.since_ms.unwrap_or(0),
+                until_ms: query.until_ms.unwrap_or(0),
+                sender: query.sender,
             })
             .await?;
         match reply {
@@ -705,6 +751,8 @@ impl ConnectionSender {
                 mut messages,
                 reactions,
                 has_more,
+                has_more_before,
+                has_more_after,
                 ..
             } => {
                 if c != conversation {
@@ -719,6 +767,8 @@ impl ConnectionSender {
                     messages,
                     reactions,
                     has_more,
+                    has_more_before,
+                    has_more_after,
                 })
             }
             other => Err(Error::Protocol(format!(

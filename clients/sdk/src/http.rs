@@ -11,7 +11,7 @@ use tern_wire::api::{
     Credentials, HistoryPageView, InvitationList, InvitationView, LoginResponse, MessageView,
     TransportInfo, UserView,
 };
-use tern_wire::ids::ConversationId;
+use tern_wire::ids::{ConversationId, UserId};
 use tern_wire::msg::{FileRef, Message};
 
 use crate::config::Config;
@@ -21,14 +21,56 @@ use crate::error::{ApiFailure, Error, Result};
 /// are far below this; the cap only stops a broken or hostile peer from exhausting memory.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// `GET /conversations/{id}/messages` parameters; `None` leaves the parameter out.
+/// Which history page to read, over HTTPS (`GET /conversations/{id}/messages` parameters;
+/// `None` leaves the parameter out) or the socket ([`crate::Connection::history_query`];
+/// `None` is 0, "unset").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
     /// Messages with seq strictly less than this.
     pub before: Option<u64>,
-    /// Messages with seq strictly greater than this.
+    /// Messages with seq strictly greater than this (the page is then the oldest of them).
     pub after: Option<u64>,
+    /// Centred on this seq: `limit - (limit - 1) / 2` messages at or below it, the rest above.
+    /// Not with `before`, `after`, `since_ms` or `until_ms` (the server refuses it).
+    pub around: Option<u64>,
+    /// Messages the server stamped at or after this, Unix ms (the page reads forward).
+    pub since_ms: Option<u64>,
+    /// Messages the server stamped at or before this, Unix ms.
+    pub until_ms: Option<u64>,
+    /// Only this user's messages.
+    pub sender: Option<UserId>,
+    /// Page size, 1..=500 on the server (more is refused).
     pub limit: Option<u32>,
+}
+
+impl HistoryQuery {
+    /// The context of message `seq`, `limit` messages at most.
+    pub fn around(seq: u64, limit: u32) -> Self {
+        HistoryQuery {
+            around: Some(seq),
+            limit: Some(limit),
+            ..HistoryQuery::default()
+        }
+    }
+
+    /// Messages stamped within `[since_ms, until_ms]` (either end `None`: open), oldest first.
+    pub fn between(since_ms: Option<u64>, until_ms: Option<u64>, limit: u32) -> Self {
+        HistoryQuery {
+            since_ms,
+            until_ms,
+            limit: Some(limit),
+            ..HistoryQuery::default()
+        }
+    }
+
+    /// The newest `limit` messages of `sender`.
+    pub fn from_sender(sender: UserId, limit: u32) -> Self {
+        HistoryQuery {
+            sender: Some(sender),
+            limit: Some(limit),
+            ..HistoryQuery::default()
+        }
+    }
 }
 
 /// A client of the HTTPS API. Holds the bearer token once logged in.
@@ -249,6 +291,18 @@ impl HttpApi {
             if let Some(a) = query.after {
                 q.append_pair("after", &a.to_string());
             }
+            if let Some(s) = query.around {
+                q.append_pair("around", &s.to_string());
+            }
+            if let Some(t) = query.since_ms {
+                q.append_pair("since_ms", &t.to_string());
+            }
+            if let Some(t) = query.until_ms {
+                q.append_pair("until_ms", &t.to_string());
+            }
+            if let Some(u) = query.sender {
+                q.append_pair("sender", &u.to_string());
+            }
             if let Some(l) = query.limit {
                 q.append_pair("limit", &l.to_string());
             }
@@ -257,6 +311,17 @@ impl HttpApi {
             url.set_query(None);
         }
         self.call(Method::GET, url, None::<&()>, true).await
+    }
+
+    /// The context of message `seq`: `GET …/messages?around=SEQ&limit=LIMIT`.
+    pub async fn history_around(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        limit: u32,
+    ) -> Result<HistoryPageView> {
+        self.history(conversation, HistoryQuery::around(seq, limit))
+            .await
     }
 
     /// `GET /transport`: the endpoints and certificate hashes the server advertises.

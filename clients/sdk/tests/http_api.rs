@@ -116,6 +116,12 @@ async fn api_calls_shapes_and_errors() {
             r#"{"error":{"code":"rate_limited","message":"slow down"}}"#,
         ),
         response("200 OK", "", r#"{"messages":[],"has_more":false}"#),
+        response(
+            "200 OK",
+            "",
+            r#"{"messages":[],"has_more":true,"has_more_before":true,"has_more_after":false}"#,
+        ),
+        response("200 OK", "", r#"{"messages":[],"has_more":false}"#),
         response("204 No Content", "", ""),
     ])
     .await;
@@ -169,8 +175,8 @@ async fn api_calls_shapes_and_errors() {
             ConversationId(1),
             HistoryQuery {
                 before: Some(10),
-                after: None,
                 limit: Some(20),
+                ..HistoryQuery::default()
             },
         )
         .await
@@ -179,6 +185,35 @@ async fn api_calls_shapes_and_errors() {
     let r = requests.recv().await.expect("request");
     assert!(
         r.head.starts_with("GET /api/v1/conversations/00000000-0000-0000-0000-000000000001/messages?before=10&limit=20 "),
+        "{}",
+        r.head
+    );
+
+    // The other forms: around a seq (with the two side flags), by time and sender.
+    let page = api
+        .history_around(ConversationId(1), 42, 9)
+        .await
+        .expect("around");
+    assert!(page.has_more_before && !page.has_more_after);
+    let r = requests.recv().await.expect("request");
+    assert!(
+        r.head.starts_with("GET /api/v1/conversations/00000000-0000-0000-0000-000000000001/messages?around=42&limit=9 "),
+        "{}",
+        r.head
+    );
+    let sender = tern_sdk::tern_wire::ids::UserId(2);
+    api.history(
+        ConversationId(1),
+        HistoryQuery {
+            sender: Some(sender),
+            ..HistoryQuery::between(Some(5), Some(6), 7)
+        },
+    )
+    .await
+    .expect("by time and sender");
+    let r = requests.recv().await.expect("request");
+    assert!(
+        r.head.starts_with("GET /api/v1/conversations/00000000-0000-0000-0000-000000000001/messages?since_ms=5&until_ms=6&sender=00000000-0000-0000-0000-000000000002&limit=7 "),
         "{}",
         r.head
     );

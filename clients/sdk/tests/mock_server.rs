@@ -593,6 +593,10 @@ async fn client_fills_gaps_dedups_and_resumes() {
                 before_seq,
                 after_seq,
                 limit,
+                around_seq: 0,
+                since_ms: 0,
+                until_ms: 0,
+                sender: None,
             } => {
                 assert_eq!((conversation, after_seq, before_seq), (C, 3, 6));
                 assert!(limit >= 2);
@@ -602,6 +606,8 @@ async fn client_fills_gaps_dedups_and_resumes() {
                     messages: vec![msg(5, BOB), msg(4, BOB)],
                     reactions: vec![],
                     has_more: false,
+                    has_more_before: false,
+                    has_more_after: false,
                 })
                 .await;
             }
@@ -738,6 +744,8 @@ async fn unfillable_gap_is_reported_and_skipped() {
                     messages: vec![],
                     reactions: vec![],
                     has_more: false,
+                    has_more_before: false,
+                    has_more_after: false,
                 })
                 .await
             }

@@ -106,6 +106,10 @@ pub(super) struct Loaded {
     /// Each member's delivery mark as far as this core has seen acknowledgements since the
     /// load (the store keeps the durable maximum); at most one entry per member.
     marks: HashMap<UserId, u64>,
+    /// The newest timestamp given to a message of this conversation (stored or sequenced):
+    /// the next one is at least this, so timestamps never decrease along seqs (the store's
+    /// `first_seq_at` binary-searches on it).
+    pub last_timestamp_ms: u64,
 }
 
 impl Loaded {
@@ -126,6 +130,7 @@ impl Loaded {
             sends,
             recent_senders: VecDeque::new(),
             marks: HashMap::new(),
+            last_timestamp_ms: 0,
         }
     }
 

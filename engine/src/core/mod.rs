@@ -50,6 +50,10 @@ pub struct SendRequest {
 pub struct ConversationSnapshot {
     pub members: Vec<UserId>,
     pub last_seq: u64,
+    /// `timestamp_ms` of the newest stored message (0: none). Messages sequenced from now on
+    /// are never stamped earlier, whatever the clock says after a restart or a shard move:
+    /// history by time relies on timestamps being non-decreasing per conversation.
+    pub last_timestamp_ms: u64,
     /// Stored messages from the `landed_from` seq the load asked for, ascending: written by a
     /// commit that reported failure, so never delivered live.
     pub landed: Vec<Message>,
@@ -565,6 +569,7 @@ impl EngineCore {
             self.limits.dedupe_window,
             TokenBucket::new(self.limits.conversation_sends, now),
         );
+        conv.last_timestamp_ms = snapshot.last_timestamp_ms;
         // Delivered before anything sequenced from now on, so every device sees them in order.
         for message in snapshot.landed {
             let Some(from) = landed_from else { break };
@@ -679,7 +684,9 @@ impl EngineCore {
                     }
                     let seq = conv.next_seq;
                     conv.next_seq += 1;
-                    let timestamp_ms = self.last_timestamp_ms;
+                    // Non-decreasing per conversation (see `Loaded::last_timestamp_ms`).
+                    let timestamp_ms = self.last_timestamp_ms.max(conv.last_timestamp_ms);
+                    conv.last_timestamp_ms = timestamp_ms;
                     self.rng_state = splitmix64(self.rng_state);
                     let message = Message {
                         conversation,

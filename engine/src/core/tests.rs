@@ -45,6 +45,7 @@ fn loaded(last_seq: u64) -> Input {
         snapshot: Some(ConversationSnapshot {
             members: vec![ALICE, BOB],
             last_seq,
+            last_timestamp_ms: 0,
             landed: vec![],
         }),
     }
@@ -302,6 +303,7 @@ fn a_failed_commit_that_reached_the_disk_is_delivered_on_reload_and_retries_dedu
             snapshot: Some(ConversationSnapshot {
                 members: vec![ALICE, BOB],
                 last_seq: 1,
+                last_timestamp_ms: 0,
                 landed: landed.clone(),
             }),
         },
@@ -651,5 +653,47 @@ fn a_mark_beyond_the_sender_memory_tells_every_other_member() {
             }]
         )],
         "Bob sent message 1, which the memory no longer holds: all other members are told"
+    );
+}
+
+#[test]
+fn timestamps_never_go_back_in_a_conversation_whatever_the_clock() {
+    let mut core = core();
+    connect(&mut core, 1, ALICE);
+    assert_eq!(core.handle(send(1, 1, 1), 10).len(), 1, "a load");
+    // The newest stored message was stamped at 5,000: a clock at 20 (a restart after the
+    // wall clock stepped back) must not stamp the next one earlier.
+    let actions = core.handle(
+        Input::Loaded {
+            conversation: CONV,
+            snapshot: Some(ConversationSnapshot {
+                members: vec![ALICE, BOB],
+                last_seq: 3,
+                last_timestamp_ms: 5_000,
+                landed: vec![],
+            }),
+        },
+        20,
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::Lookup { .. })));
+    // Older messages may hold this client id only in the store: it has none.
+    let looked_up = |client_msg_id| Input::LookedUp {
+        conversation: CONV,
+        sender: ALICE,
+        client_msg_id,
+        found: None,
+    };
+    let (batch, data) = commit_of(&core.handle(looked_up(1), 21));
+    assert_eq!(
+        (data.messages[0].seq, data.messages[0].timestamp_ms),
+        (4, 5_000)
+    );
+    core.handle(Input::Committed { batch, ok: true }, 22);
+    // Once the clock passes the stored stamp, it is used again.
+    core.handle(send(1, 2, 2), 6_000);
+    let (_, data) = commit_of(&core.handle(looked_up(2), 6_001));
+    assert_eq!(
+        (data.messages[0].seq, data.messages[0].timestamp_ms),
+        (5, 6_001)
     );
 }

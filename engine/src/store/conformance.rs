@@ -35,9 +35,9 @@ use tern_wire::ids::{ConversationId, DeviceId, MessageId, UserId};
 use tern_wire::msg::{ConversationKind, DeliveryMark, DeviceKeys, FileRef, MemberRole, Message};
 
 use super::{
-    CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom, HistoryQuery,
-    InvitationRecord, MemberRecord, Store, StoreError, StoreResult, TokenRecord, UserRecord,
-    message_cost,
+    AroundQuery, CommitBatch, ConversationRecord, CursorUpdate, DeviceRecord, HistoryFrom,
+    HistoryQuery, InvitationRecord, MemberRecord, Store, StoreError, StoreResult, TokenRecord,
+    UserRecord, message_cost,
 };
 
 /// The user whose devices move cursors in checks that are not about delivery marks.
@@ -60,6 +60,9 @@ where
     check_direct_pairs(make().await).await;
     check_direct_pair_race(make().await).await;
     check_history(make().await).await;
+    check_history_around(make().await).await;
+    check_history_by_time(make().await).await;
+    check_history_by_sender(make().await).await;
     check_last_seq(make().await).await;
     check_client_ids(make().await).await;
     check_cursors(make().await).await;
@@ -263,6 +266,7 @@ async fn history<S: Store>(
         limit,
         from,
         max_bytes: u64::MAX,
+        sender: None,
     };
     ok(store.history(q).await, &format!("history({q:?})"))
 }
@@ -927,6 +931,7 @@ pub async fn check_history<S: Store>(store: S) {
                 from: HistoryFrom::Newest,
                 conversation: conv,
                 max_bytes: u64::MAX,
+                sender: None,
             },
             r(27, 29),
         ),
@@ -938,6 +943,7 @@ pub async fn check_history<S: Store>(store: S) {
                 from: HistoryFrom::Oldest,
                 conversation: conv,
                 max_bytes: u64::MAX,
+                sender: None,
             },
             r(11, 13),
         ),
@@ -1021,6 +1027,283 @@ pub async fn check_history<S: Store>(store: S) {
             .await
             .is_empty(),
         "store conformance: history of an unknown conversation must be empty"
+    );
+}
+
+/// The context of a message: `limit - (limit - 1) / 2` messages at or below the seq, the rest
+/// above it, each side cut at its end away from the seq; whether more exists on either side;
+/// a cap (a former member's departure) that nothing passes; a sender filter; byte bounds.
+pub async fn check_history_around<S: Store>(store: S) {
+    let conv = ConversationId::random();
+    let sender = UserId::random();
+    let all = msgs(conv, sender, 1..=50);
+    ok(store.commit(batch(all.clone())).await, "commit");
+    ok(
+        store
+            .commit(batch(msgs(next_conversation(conv), sender, 1..=60)))
+            .await,
+        "commit (neighbour)",
+    );
+    let r = |lo: u64, hi: u64| (lo..=hi).collect::<Vec<u64>>();
+    let query = |seq: u64, limit: u32, before_seq: u64| AroundQuery {
+        conversation: conv,
+        seq,
+        limit,
+        before_seq,
+        max_bytes: u64::MAX,
+        sender: None,
+    };
+    // (seq, limit, cap, page, more before, more after)
+    let cases: [(u64, u32, u64, Vec<u64>, bool, bool); 13] = [
+        (25, 11, 0, r(20, 30), true, true),
+        (25, 10, 0, r(20, 29), true, true),
+        (25, 1, 0, vec![25], true, true),
+        (25, 2, 0, r(24, 25), true, true),
+        (1, 11, 0, r(1, 6), false, true),
+        (2, 11, 0, r(1, 7), false, true),
+        (50, 11, 0, r(45, 50), true, false),
+        (49, 11, 0, r(44, 50), true, false),
+        // A seq past the end is centred on nothing: the newest of what lies below it.
+        (60, 11, 0, r(45, 50), true, false),
+        (u64::MAX, 11, 0, r(45, 50), true, false),
+        (25, 200, 0, r(1, 50), false, false),
+        // Capped below 27 (a departure at 26): nothing above it, on either side.
+        (25, 11, 27, r(20, 26), true, false),
+        (30, 11, 27, r(21, 26), true, false),
+    ];
+    for (seq, limit, cap, want, before, after) in cases {
+        let q = query(seq, limit, cap);
+        let page = ok(store.history_around(q).await, "history_around");
+        assert_eq!(
+            (
+                seqs(&page.messages),
+                page.has_more_before,
+                page.has_more_after
+            ),
+            (want, before, after),
+            "store conformance: {q:?} returned the wrong page (seqs, more before, more after)"
+        );
+        assert!(
+            page.messages
+                .iter()
+                .all(|m| all.get(m.seq as usize - 1) == Some(m)),
+            "store conformance: {q:?} returned altered messages"
+        );
+    }
+    for q in [
+        AroundQuery {
+            conversation: ConversationId::random(),
+            ..query(1, 11, 0)
+        },
+        query(25, 11, 1),
+    ] {
+        let page = ok(store.history_around(q).await, "history_around");
+        assert!(
+            page.messages.is_empty() && !page.has_more_before && !page.has_more_after,
+            "store conformance: {q:?} must be an empty page with nothing more, got {:?}",
+            seqs(&page.messages)
+        );
+    }
+    // Byte bounds: each side gets half; one message of cost c per half fits exactly, the next
+    // crosses and ends the side, which says more may exist.
+    let c = message_cost(&all[24]);
+    let q = AroundQuery {
+        max_bytes: 2 * c,
+        ..query(25, 11, 0)
+    };
+    let page = ok(store.history_around(q).await, "history_around");
+    assert_eq!(
+        (
+            seqs(&page.messages),
+            page.has_more_before,
+            page.has_more_after
+        ),
+        (r(24, 27), true, true),
+        "store conformance: {q:?} (bounded by bytes) returned the wrong page"
+    );
+    // Only one sender's messages, centred on a seq of another sender.
+    let conv2 = ConversationId::random();
+    let (alice, bob) = (UserId::random(), UserId::random());
+    let mixed: Vec<Message> = (1..=30)
+        .map(|s| {
+            msg(
+                conv2,
+                s,
+                if s % 3 == 0 { bob } else { alice },
+                u128::from(s),
+            )
+        })
+        .collect();
+    ok(store.commit(batch(mixed)).await, "commit (two senders)");
+    let q = AroundQuery {
+        conversation: conv2,
+        sender: Some(bob),
+        ..query(16, 5, 0)
+    };
+    let page = ok(store.history_around(q).await, "history_around");
+    assert_eq!(
+        (
+            seqs(&page.messages),
+            page.has_more_before,
+            page.has_more_after
+        ),
+        (vec![9, 12, 15, 18, 21], true, true),
+        "store conformance: {q:?} (one sender) returned the wrong page"
+    );
+}
+
+/// `first_seq_at` finds where a time range starts and ends, with several messages per
+/// millisecond, before the first and after the last message, per conversation.
+pub async fn check_history_by_time<S: Store>(store: S) {
+    const BASE: u64 = 1_700_000_000_000;
+    let conv = ConversationId::random();
+    let sender = UserId::random();
+    // Three messages per timestamp: seqs 1-3 at BASE, 4-6 at BASE + 10, ... 28-30 at BASE + 90.
+    let stamped = |conversation: ConversationId, seq: u64, ts: u64| Message {
+        timestamp_ms: ts,
+        ..msg(conversation, seq, sender, u128::from(seq))
+    };
+    let all: Vec<Message> = (1..=30)
+        .map(|s| stamped(conv, s, BASE + (s - 1) / 3 * 10))
+        .collect();
+    // Committed in several batches, interleaved with a neighbour living at other times.
+    for (i, chunk) in all.chunks(7).enumerate() {
+        ok(store.commit(batch(chunk.to_vec())).await, "commit");
+        let n = i as u64 * 4;
+        let neighbour: Vec<Message> = (n + 1..=n + 4)
+            .map(|s| stamped(next_conversation(conv), s, BASE + 5 + s))
+            .collect();
+        ok(store.commit(batch(neighbour)).await, "commit (neighbour)");
+    }
+    let cases = [
+        (0, 1),
+        (BASE, 1),
+        (BASE + 1, 4),
+        (BASE + 10, 4),
+        (BASE + 15, 7),
+        (BASE + 89, 28),
+        (BASE + 90, 28),
+        (BASE + 91, 31),
+        (u64::MAX, 31),
+    ];
+    for (ts, want) in cases {
+        assert_eq!(
+            ok(store.first_seq_at(conv, ts).await, "first_seq_at"),
+            want,
+            "store conformance: first_seq_at({ts}) is the first seq stamped at or after it"
+        );
+    }
+    for ts in [0, BASE, u64::MAX] {
+        assert_eq!(
+            ok(
+                store.first_seq_at(ConversationId::random(), ts).await,
+                "first_seq_at"
+            ),
+            1,
+            "store conformance: first_seq_at of an empty conversation is 1 (last_seq + 1)"
+        );
+    }
+    // A time range [since, until] as a page: seqs first_seq_at(since)..first_seq_at(until + 1).
+    let (since, until) = (BASE + 10, BASE + 20);
+    let lo = ok(store.first_seq_at(conv, since).await, "first_seq_at");
+    let hi = ok(store.first_seq_at(conv, until + 1).await, "first_seq_at");
+    let page = ok(
+        store
+            .history(HistoryQuery {
+                before_seq: hi,
+                ..HistoryQuery::after(conv, lo - 1, 100)
+            })
+            .await,
+        "history",
+    );
+    assert_eq!(
+        page,
+        all[3..9].to_vec(),
+        "store conformance: the messages stamped within [{since}, {until}] are seqs 4..=9"
+    );
+}
+
+/// History of one sender: its messages only, by seq, from either end, within seq bounds,
+/// bounded by bytes, never a neighbouring conversation's or a neighbouring user id's.
+pub async fn check_history_by_sender<S: Store>(store: S) {
+    let conv = ConversationId::random();
+    let (alice, bob, carol) = (UserId::random(), UserId::random(), UserId::random());
+    let bob_next = UserId(bob.0.wrapping_add(1));
+    let sender_of = |s: u64| match s {
+        41.. => bob_next,
+        _ if s % 3 == 0 => bob,
+        _ => alice,
+    };
+    let all: Vec<Message> = (1..=45)
+        .map(|s| msg(conv, s, sender_of(s), u128::from(s)))
+        .collect();
+    for chunk in all.chunks(8) {
+        ok(store.commit(batch(chunk.to_vec())).await, "commit");
+    }
+    ok(
+        store
+            .commit(batch(msgs(next_conversation(conv), bob, 1..=20)))
+            .await,
+        "commit (neighbour)",
+    );
+    let bobs = |q: HistoryQuery| q.from_sender(bob);
+    let cases: [(HistoryQuery, Vec<u64>); 10] = [
+        (
+            bobs(HistoryQuery::before(conv, 0, 5)),
+            vec![27, 30, 33, 36, 39],
+        ),
+        (bobs(HistoryQuery::after(conv, 0, 3)), vec![3, 6, 9]),
+        (bobs(HistoryQuery::before(conv, 10, 100)), vec![3, 6, 9]),
+        (bobs(HistoryQuery::before(conv, 9, 100)), vec![3, 6]),
+        (bobs(HistoryQuery::after(conv, 39, 100)), vec![]),
+        (
+            bobs(HistoryQuery {
+                before_seq: 20,
+                ..HistoryQuery::after(conv, 10, 2)
+            }),
+            vec![12, 15],
+        ),
+        (
+            bobs(HistoryQuery::before(conv, 0, 100).with_max_bytes(0)),
+            vec![39],
+        ),
+        (
+            HistoryQuery::before(conv, 0, 100).from_sender(carol),
+            vec![],
+        ),
+        (
+            HistoryQuery::after(conv, 0, 100).from_sender(bob_next),
+            (41..=45).collect(),
+        ),
+        (
+            HistoryQuery::after(conv, 0, 4).from_sender(alice),
+            vec![1, 2, 4, 5],
+        ),
+    ];
+    for (q, want) in cases {
+        let page = ok(store.history(q).await, "history");
+        assert_eq!(
+            seqs(&page),
+            want,
+            "store conformance: {q:?} (by sender) returned the wrong page"
+        );
+        assert!(
+            page.iter().all(|m| all.get(m.seq as usize - 1) == Some(m)),
+            "store conformance: {q:?} returned altered messages"
+        );
+    }
+    // A retried commit adds no second index entry.
+    ok(
+        store.commit(batch(all[..8].to_vec())).await,
+        "commit (repeat)",
+    );
+    assert_eq!(
+        seqs(&ok(
+            store.history(bobs(HistoryQuery::after(conv, 0, 100))).await,
+            "history"
+        )),
+        (1..=13).map(|i| i * 3).collect::<Vec<u64>>(),
+        "store conformance: re-committing must not duplicate a sender's messages"
     );
 }
 

@@ -23,6 +23,7 @@
 //! | `user_invitations`   | user id (16), conversation id (16)                   | empty               |
 //! | `departures`         | conversation id (16), user id (16)                   | seq (8)             |
 //! | `messages`           | conversation id (16), seq (8)                        | message record      |
+//! | `sender_seqs`        | conversation id (16), sender (16), seq (8)           | empty               |
 //! | `client_ids`         | conversation id (16), sender (16), client msg id (16)| seq (8)             |
 //! | `cursors`            | device id (16), conversation id (16)                 | seq (8)             |
 //! | `delivered`          | conversation id (16), user id (16)                   | seq (8)             |
@@ -33,6 +34,17 @@
 //!
 //! Layout 2 added `user_tokens` (log out everywhere) and `devices` (device binding); opening a
 //! layout-1 directory builds `user_tokens` from `tokens` once, then records layout 2.
+//!
+//! Layout 3 added `sender_seqs` (history by sender), written by `commit` in the same batch as
+//! the message. Opening an older directory builds it from `messages` once, before the store is
+//! returned (so before anything can commit): one sequential pass, in batches of
+//! [`BACKFILL_BATCH`] entries, logged at start, every [`BACKFILL_LOG_EVERY`] messages and at
+//! the end; then layout 3 is recorded. A crash in between redoes the pass on the next open
+//! (the entries are idempotent). A build that knows only layout 2 refuses a layout-3 directory
+//! instead of committing messages the index would miss.
+//!
+//! History by time needs no index: timestamps are non-decreasing per conversation (the
+//! sequencer's invariant), so `first_seq_at` binary-searches over seqs with point reads.
 //!
 //! Records are a private, versioned encoding: one format-version byte, then postcard of a private
 //! serde struct that mirrors the public record (the public types carry no serde, so the disk
@@ -87,9 +99,16 @@ const RECORD_V1: u8 = 1;
 
 /// Version of the keyspace layout as a whole, stored under `meta/layout`. Opening a directory
 /// written with a layout this build does not know fails instead of misreading it.
-const LAYOUT_VERSION: u8 = 2;
+const LAYOUT_VERSION: u8 = 3;
 /// The layout before `user_tokens` and `devices`; upgraded in place on open.
 const LAYOUT_VERSION_1: u8 = 1;
+/// The layout before `sender_seqs`; upgraded in place on open.
+const LAYOUT_VERSION_2: u8 = 2;
+/// Index entries per write batch while `sender_seqs` is built for an older directory: bounds
+/// the memory of the upgrade whatever the number of messages.
+pub const BACKFILL_BATCH: usize = 10_000;
+/// Progress is logged every this many messages during that upgrade.
+const BACKFILL_LOG_EVERY: u64 = 1_000_000;
 const LAYOUT_KEY: &[u8] = b"layout";
 
 /// Tuning knobs of [`EmbeddedStore::open_with`]. `None` keeps fjall's default.
@@ -138,6 +157,8 @@ struct Inner {
     /// `blocked ++ blocker` → empty (who blocks a user, for presence).
     blocked_by: Keyspace,
     messages: Keyspace,
+    /// `conversation ++ sender ++ seq` → empty: history by sender without a scan.
+    sender_seqs: Keyspace,
     client_ids: Keyspace,
     cursors: Keyspace,
     /// `conversation ++ user` → the highest cursor of the user's devices (delivery mark).
@@ -196,6 +217,7 @@ impl EmbeddedStore {
             blocks: keyspace("blocks")?,
             blocked_by: keyspace("blocked_by")?,
             messages: keyspace("messages")?,
+            sender_seqs: keyspace("sender_seqs")?,
             client_ids: keyspace("client_ids")?,
             cursors: keyspace("cursors")?,
             delivered: keyspace("delivered")?,
@@ -206,8 +228,11 @@ impl EmbeddedStore {
         };
         match meta.get(LAYOUT_KEY).map_err(backend)? {
             Some(v) if v.as_ref() == [LAYOUT_VERSION] => {}
-            Some(v) if v.as_ref() == [LAYOUT_VERSION_1] => {
-                inner.index_tokens_by_user()?;
+            Some(v) if v.as_ref() == [LAYOUT_VERSION_1] || v.as_ref() == [LAYOUT_VERSION_2] => {
+                if v.as_ref() == [LAYOUT_VERSION_1] {
+                    inner.index_tokens_by_user()?;
+                }
+                inner.index_messages_by_sender()?;
                 let mut batch = inner.batch();
                 batch.insert(&meta, LAYOUT_KEY, [LAYOUT_VERSION]);
                 batch.commit().map_err(backend)?;
@@ -297,6 +322,26 @@ fn message_key(conversation: ConversationId, seq: u64) -> [u8; 24] {
     k[..16].copy_from_slice(&conversation.to_be_bytes());
     k[16..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// `sender_seqs` key: conversation, sender, seq (big-endian, so a sender's messages sort by seq).
+fn sender_key(conversation: ConversationId, sender: UserId, seq: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(&conversation.to_be_bytes());
+    k[16..32].copy_from_slice(&sender.to_be_bytes());
+    k[32..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq in a `sender_seqs` key.
+fn seq_of_sender_key(key: &[u8]) -> StoreResult<u64> {
+    match key.get(32..) {
+        Some(tail) if key.len() == 40 => exact_u64(tail, "sender index key"),
+        _ => Err(StoreError::Corrupt(format!(
+            "sender index key: expected 40 bytes, got {}",
+            key.len()
+        ))),
+    }
 }
 
 fn client_id_key(conversation: ConversationId, sender: UserId, client_msg_id: u128) -> [u8; 48] {
@@ -675,6 +720,58 @@ fn decode_message(conversation: ConversationId, seq: u64, bytes: &[u8]) -> Store
     })
 }
 
+/// A history page being read from one end: stops at `limit` messages or after the message
+/// that crosses `max_bytes` (see `HistoryQuery::max_bytes`).
+struct Page {
+    conversation: ConversationId,
+    out: Vec<Message>,
+    limit: usize,
+    cost: u64,
+    max_bytes: u64,
+}
+
+impl Page {
+    fn new(q: HistoryQuery, limit: usize) -> Page {
+        Page {
+            conversation: q.conversation,
+            out: Vec::with_capacity(limit.min(64)),
+            limit,
+            cost: 0,
+            max_bytes: q.max_bytes,
+        }
+    }
+
+    /// Adds a stored message; returns whether to read on.
+    fn push(&mut self, seq: u64, bytes: &[u8]) -> StoreResult<bool> {
+        let m = decode_message(self.conversation, seq, bytes)?;
+        self.cost = self.cost.saturating_add(super::message_cost(&m));
+        self.out.push(m);
+        Ok(self.out.len() < self.limit && self.cost <= self.max_bytes)
+    }
+
+    /// The page ascending by seq (`oldest`: it was read forward).
+    fn finish(mut self, oldest: bool) -> Vec<Message> {
+        if !oldest {
+            self.out.reverse();
+        }
+        self.out
+    }
+}
+
+/// Feeds `each` until it says stop or fails.
+fn try_each<I, F>(iter: I, each: &mut F) -> StoreResult<()>
+where
+    I: Iterator<Item = fjall::Guard>,
+    F: FnMut(fjall::Guard) -> StoreResult<bool>,
+{
+    for kv in iter {
+        if !each(kv)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // the trait, each method a blocking body run by `EmbeddedStore::run`
 
@@ -761,6 +858,44 @@ impl Inner {
             );
         }
         batch.commit().map_err(backend)
+    }
+
+    /// Layout 2 → 3: every stored message gets its `sender_seqs` entry, in bounded batches.
+    fn index_messages_by_sender(&self) -> StoreResult<()> {
+        tracing::info!(
+            "building the history-by-sender index for messages stored before it existed"
+        );
+        let started = std::time::Instant::now();
+        let mut batch = self.batch();
+        let (mut in_batch, mut done) = (0usize, 0u64);
+        for kv in self.messages.iter() {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            let seq = seq_of_message_key(&k)?;
+            let conversation = ConversationId(exact_u128(&k[..16], "message key")?);
+            let record: MessageV1 = decode(&v, "message record")?;
+            batch.insert(
+                &self.sender_seqs,
+                sender_key(conversation, UserId(record.sender_user), seq),
+                [],
+            );
+            in_batch += 1;
+            done += 1;
+            if in_batch == BACKFILL_BATCH {
+                batch.commit().map_err(backend)?;
+                batch = self.batch();
+                in_batch = 0;
+            }
+            if done.is_multiple_of(BACKFILL_LOG_EVERY) {
+                tracing::info!(messages = done, "history-by-sender index: progress");
+            }
+        }
+        batch.commit().map_err(backend)?;
+        tracing::info!(
+            messages = done,
+            secs = started.elapsed().as_secs_f64(),
+            "history-by-sender index built"
+        );
+        Ok(())
     }
 
     fn delete_tokens_of(&self, user: UserId) -> StoreResult<Vec<[u8; 32]>> {
@@ -1239,7 +1374,7 @@ impl Inner {
         // Encode before taking any lock: it is the CPU-heavy part of a large batch.
         let mut batch = fjall::OwnedWriteBatch::with_capacity(
             self.db.clone(),
-            batch_in.messages.len() * 2 + batch_in.cursors.len(),
+            batch_in.messages.len() * 3 + batch_in.cursors.len(),
         )
         .durability(Some(PersistMode::SyncAll));
         for m in &batch_in.messages {
@@ -1252,6 +1387,12 @@ impl Inner {
                 &self.client_ids,
                 client_id_key(m.conversation, m.sender_user, m.client_msg_id),
                 m.seq.to_be_bytes(),
+            );
+            // In the message's batch: the index never misses or outlives a message.
+            batch.insert(
+                &self.sender_seqs,
+                sender_key(m.conversation, m.sender_user, m.seq),
+                [],
             );
         }
         // Several updates of one cursor (or one user's mark) in a batch collapse to their
@@ -1316,9 +1457,16 @@ impl Inner {
     }
 
     fn last_seq(&self, conversation: ConversationId) -> StoreResult<u64> {
+        self.last_seq_in(&self.read(), conversation)
+    }
+
+    fn last_seq_in(
+        &self,
+        snap: &fjall::Snapshot,
+        conversation: ConversationId,
+    ) -> StoreResult<u64> {
         // A reverse scan of the conversation's prefix: one key read, however long the history.
-        match self
-            .read()
+        match snap
             .prefix(&self.messages, conversation.to_be_bytes())
             .next_back()
         {
@@ -1375,37 +1523,78 @@ impl Inner {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let range = message_key(q.conversation, lo)..=message_key(q.conversation, hi);
         // A snapshot, so a page never shows half of a concurrent commit.
-        let iter = self.read().range(&self.messages, range);
-        let mut out = Vec::with_capacity(limit.min(64));
-        let mut cost: u64 = 0;
-        // Returns whether to read on: the byte bound stops the page after the message that
-        // crossed it (see `HistoryQuery::max_bytes`).
-        let mut push = |kv: fjall::Guard| -> StoreResult<bool> {
-            let (k, v) = kv.into_inner().map_err(backend)?;
-            let m = decode_message(q.conversation, seq_of_message_key(&k)?, &v)?;
-            cost = cost.saturating_add(super::message_cost(&m));
-            out.push(m);
-            Ok(cost <= q.max_bytes)
-        };
-        if q.from == HistoryFrom::Oldest {
-            // Oldest `limit` above after_seq.
-            for kv in iter.take(limit) {
-                if !push(kv)? {
-                    break;
+        let snap = self.read();
+        let mut page = Page::new(q, limit);
+        let oldest = q.from == HistoryFrom::Oldest;
+        match q.sender {
+            None => {
+                let range = message_key(q.conversation, lo)..=message_key(q.conversation, hi);
+                let mut each = |kv: fjall::Guard| -> StoreResult<bool> {
+                    let (k, v) = kv.into_inner().map_err(backend)?;
+                    page.push(seq_of_message_key(&k)?, &v)
+                };
+                let iter = snap.range(&self.messages, range);
+                if oldest {
+                    try_each(iter, &mut each)?;
+                } else {
+                    try_each(iter.rev(), &mut each)?;
                 }
             }
-        } else {
-            // Newest `limit` below before_seq, read backwards and returned ascending.
-            for kv in iter.rev().take(limit) {
-                if !push(kv)? {
-                    break;
+            Some(sender) => {
+                // The sender's seqs from its index, each message then read by key.
+                let range =
+                    sender_key(q.conversation, sender, lo)..=sender_key(q.conversation, sender, hi);
+                let mut each = |kv: fjall::Guard| -> StoreResult<bool> {
+                    let seq = seq_of_sender_key(&kv.key().map_err(backend)?)?;
+                    let v = snap
+                        .get(&self.messages, message_key(q.conversation, seq))
+                        .map_err(backend)?
+                        .ok_or_else(|| {
+                            // Index and message were written in one batch.
+                            StoreError::Corrupt(format!(
+                                "sender index of {} points to missing seq {seq}",
+                                q.conversation
+                            ))
+                        })?;
+                    page.push(seq, &v)
+                };
+                let iter = snap.range(&self.sender_seqs, range);
+                if oldest {
+                    try_each(iter, &mut each)?;
+                } else {
+                    try_each(iter.rev(), &mut each)?;
                 }
             }
-            out.reverse();
         }
-        Ok(out)
+        Ok(page.finish(oldest))
+    }
+
+    /// Binary search over seqs for the first message at or after `timestamp_ms`: timestamps
+    /// are non-decreasing per conversation, so ~log2(n) point reads (20 for 1,000,000).
+    fn first_seq_at(&self, conversation: ConversationId, timestamp_ms: u64) -> StoreResult<u64> {
+        let snap = self.read();
+        let last = self.last_seq_in(&snap, conversation)?;
+        // The answer lies in lo..=hi; hi = last + 1 means "none".
+        let (mut lo, mut hi) = (1u64, last.saturating_add(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let v = snap
+                .get(&self.messages, message_key(conversation, mid))
+                .map_err(backend)?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "{conversation} has no seq {mid} below its last seq {last}"
+                    ))
+                })?;
+            let record: MessageV1 = decode(&v, "message record")?;
+            if record.timestamp_ms >= timestamp_ms {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
     }
 
     fn stored_bytes(&self, user: UserId) -> StoreResult<u64> {
@@ -1664,6 +1853,15 @@ impl Store for EmbeddedStore {
         self.run(move |s| s.history(query)).await
     }
 
+    async fn first_seq_at(
+        &self,
+        conversation: ConversationId,
+        timestamp_ms: u64,
+    ) -> StoreResult<u64> {
+        self.run(move |s| s.first_seq_at(conversation, timestamp_ms))
+            .await
+    }
+
     async fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64> {
         self.run(move |s| s.cursor(device, conversation)).await
     }
@@ -1865,6 +2063,73 @@ mod tests {
                 .expect("insert");
         }
         assert_corrupt(EmbeddedStore::open(dir.path()), "layout version");
+    }
+
+    #[tokio::test]
+    async fn a_layout_2_directory_gets_its_sender_index_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conv = ConversationId(77);
+        let (alice, bob) = (UserId(1), UserId(2));
+        // More than one backfill batch, two senders.
+        let messages: Vec<Message> = (1..=(BACKFILL_BATCH as u64 + 5))
+            .map(|seq| Message {
+                conversation: conv,
+                seq,
+                sender_user: if seq % 2 == 0 { bob } else { alice },
+                client_msg_id: u128::from(seq),
+                ..sample()
+            })
+            .collect();
+        {
+            // What a layout-2 store holds: the messages, no `sender_seqs` entry, layout 2.
+            let store = EmbeddedStore::open(dir.path()).expect("open");
+            store
+                .commit(CommitBatch {
+                    messages: messages.clone(),
+                    cursors: Vec::new(),
+                })
+                .await
+                .expect("commit");
+            for m in &messages {
+                store
+                    .inner
+                    .sender_seqs
+                    .remove(sender_key(conv, m.sender_user, m.seq))
+                    .expect("remove index");
+            }
+            let meta = store
+                .inner
+                .db
+                .keyspace("meta", KeyspaceCreateOptions::default)
+                .expect("meta");
+            meta.insert(LAYOUT_KEY, [LAYOUT_VERSION_2]).expect("insert");
+            let q = HistoryQuery::before(conv, 0, 10).from_sender(bob);
+            assert!(store.history(q).await.expect("history").is_empty());
+        }
+        let store = EmbeddedStore::open(dir.path()).expect("a layout-2 directory opens");
+        let q = HistoryQuery::before(conv, 0, 3).from_sender(bob);
+        let page = store.history(q).await.expect("history");
+        let last_even = (BACKFILL_BATCH as u64 + 5) / 2 * 2;
+        assert_eq!(
+            page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![last_even - 4, last_even - 2, last_even],
+            "messages written before the index existed are found by sender"
+        );
+        let q = HistoryQuery::after(conv, 0, 2).from_sender(alice);
+        let page = store.history(q).await.expect("history");
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 3]);
+        drop(store);
+        // Recorded: the next open does not rebuild (and layout 3 stays).
+        let store = EmbeddedStore::open(dir.path()).expect("reopen");
+        let meta = store
+            .inner
+            .db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .expect("meta");
+        assert_eq!(
+            meta.get(LAYOUT_KEY).expect("get").as_deref(),
+            Some(&[LAYOUT_VERSION][..])
+        );
     }
 
     #[tokio::test]

@@ -116,13 +116,18 @@ pub enum HistoryFrom {
     Oldest,
 }
 
-/// Which page of history to read: messages with `after_seq < seq < before_seq`, at most `limit`
-/// of them, from the given end of that range, always returned in ascending seq order.
+/// Which page of history to read: messages with `after_seq < seq < before_seq` (and, when
+/// `sender` is set, sent by that user), at most `limit` of them, from the given end of that
+/// range, always returned in ascending seq order.
 ///
 /// `max_bytes` bounds the page by size too: reading from the chosen end, the store stops after
 /// the first message that brings the sum of [`message_cost`] over `max_bytes`. That message is
 /// included, so a page whose cost exceeds `max_bytes` tells the caller it was cut by size (and
 /// the first message is always returned, however large). `u64::MAX` means no byte bound.
+///
+/// No form may scan from the start of a conversation: the seq bounds are key ranges, a sender
+/// is a key range of a `(conversation, sender, seq)` index written in the same batch as the
+/// message, and a time range becomes seq bounds through [`Store::first_seq_at`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub conversation: ConversationId,
@@ -133,6 +138,44 @@ pub struct HistoryQuery {
     pub limit: u32,
     pub from: HistoryFrom,
     pub max_bytes: u64,
+    /// Only messages this user sent; `None`: anyone's.
+    pub sender: Option<UserId>,
+}
+
+/// The context of one message: up to `limit` messages around `seq` (see
+/// [`Store::history_around`]). `before_seq` caps the page like [`HistoryQuery::before_seq`]
+/// (a former member's departure), `sender` filters like [`HistoryQuery::sender`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AroundQuery {
+    pub conversation: ConversationId,
+    /// The message the page is centred on; need not exist (or match `sender`).
+    pub seq: u64,
+    pub limit: u32,
+    /// Exclusive upper bound; 0 means none.
+    pub before_seq: u64,
+    /// Split evenly between the two sides (each side is bounded like a [`HistoryQuery`]).
+    pub max_bytes: u64,
+    pub sender: Option<UserId>,
+}
+
+impl AroundQuery {
+    /// How many messages of a `limit` page lie after the seq: `(limit - 1) / 2`. The rest, at
+    /// most `limit - (limit - 1) / 2`, are the seq itself and the messages before it, so the
+    /// older side gets the odd one when `limit` is even (scrolling back is the likelier next
+    /// step) and the page never holds more than `limit` messages.
+    pub fn after_count(limit: u32) -> u32 {
+        limit.saturating_sub(1) / 2
+    }
+}
+
+/// A page from [`Store::history_around`], ascending by seq.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AroundPage {
+    pub messages: Vec<Message>,
+    /// Messages exist (within the query's bounds) older than the page's oldest.
+    pub has_more_before: bool,
+    /// Messages exist (within the query's bounds) newer than the page's newest.
+    pub has_more_after: bool,
 }
 
 /// Bytes a message is counted as when pages are bounded by size: its variable-length fields
@@ -163,6 +206,7 @@ impl HistoryQuery {
             limit,
             from: HistoryFrom::Oldest,
             max_bytes: u64::MAX,
+            sender: None,
         }
     }
 
@@ -175,6 +219,7 @@ impl HistoryQuery {
             limit,
             from: HistoryFrom::Newest,
             max_bytes: u64::MAX,
+            sender: None,
         }
     }
 
@@ -182,6 +227,28 @@ impl HistoryQuery {
     pub fn with_max_bytes(self, max_bytes: u64) -> Self {
         HistoryQuery { max_bytes, ..self }
     }
+
+    /// The same page, only messages of `sender`.
+    pub fn from_sender(self, sender: UserId) -> Self {
+        HistoryQuery {
+            sender: Some(sender),
+            ..self
+        }
+    }
+}
+
+/// A side of an around page read with one more than it keeps: the extra one only says
+/// whether more exists. `newest_first`: the side below the seq (its far end is its oldest).
+fn trim_side(mut side: Vec<Message>, keep: usize, newest_first: bool) -> (Vec<Message>, bool) {
+    let more = side.len() > keep;
+    if more {
+        if newest_first {
+            side.drain(..side.len() - keep);
+        } else {
+            side.truncate(keep);
+        }
+    }
+    (side, more)
 }
 
 #[async_trait::async_trait]
@@ -339,6 +406,74 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Message>>;
     /// One page of messages in ascending seq order, as described by [`HistoryQuery`].
     async fn history(&self, query: HistoryQuery) -> StoreResult<Vec<Message>>;
+    /// The first seq whose message has `timestamp_ms >= timestamp_ms` (the server's clock), or
+    /// `last_seq + 1` when there is none: a time range `[since, until]` is the seq range
+    /// `first_seq_at(since) <= seq < first_seq_at(until + 1)`. Exact because the sequencer
+    /// stamps messages with non-decreasing timestamps per conversation (`core::Loaded`), so a
+    /// backend may binary-search over seqs (O(log n) point reads, no index).
+    async fn first_seq_at(
+        &self,
+        conversation: ConversationId,
+        timestamp_ms: u64,
+    ) -> StoreResult<u64>;
+    /// The context of a message (see [`AroundQuery`]): the newest `limit - after` messages at or
+    /// below `seq` and the oldest `after = AroundQuery::after_count(limit)` above it, ascending,
+    /// each side bounded by `max_bytes / 2` like a [`HistoryQuery`]. No side is filled up when
+    /// the other one is short (a page near either end of the conversation is smaller). Two
+    /// reads; nothing a backend needs to implement.
+    async fn history_around(&self, q: AroundQuery) -> StoreResult<AroundPage> {
+        let after = AroundQuery::after_count(q.limit);
+        let before = q.limit.saturating_sub(after);
+        let half = q.max_bytes / 2;
+        // Inclusive of `seq`; capped by the caller's bound (a departure).
+        let upto = match q.seq.checked_add(1) {
+            Some(s) if q.before_seq == 0 || s < q.before_seq => s,
+            _ if q.before_seq == 0 => 0,
+            _ => q.before_seq,
+        };
+        let older = if before == 0 {
+            Vec::new()
+        } else {
+            let query = HistoryQuery {
+                conversation: q.conversation,
+                before_seq: upto,
+                after_seq: 0,
+                limit: before.saturating_add(1),
+                from: HistoryFrom::Newest,
+                max_bytes: half,
+                sender: q.sender,
+            };
+            self.history(query).await?
+        };
+        let (mut messages, mut has_more_before) = trim_side(older, before as usize, true);
+        // A side over its half of the bytes was cut by size: more may exist beyond it.
+        has_more_before |= messages.iter().map(message_cost).sum::<u64>() > half;
+        // Nothing lies above u64::MAX, nor above the cap.
+        let newer = if q.seq == u64::MAX
+            || (q.before_seq != 0 && q.seq.saturating_add(1) >= q.before_seq)
+        {
+            Vec::new()
+        } else {
+            let query = HistoryQuery {
+                conversation: q.conversation,
+                before_seq: q.before_seq,
+                after_seq: q.seq,
+                limit: after.saturating_add(1),
+                from: HistoryFrom::Oldest,
+                max_bytes: half,
+                sender: q.sender,
+            };
+            self.history(query).await?
+        };
+        let (newer, mut has_more_after) = trim_side(newer, after as usize, false);
+        has_more_after |= newer.iter().map(message_cost).sum::<u64>() > half;
+        messages.extend(newer);
+        Ok(AroundPage {
+            messages,
+            has_more_before,
+            has_more_after,
+        })
+    }
 
     // ---- cursors ----
     async fn cursor(&self, device: DeviceId, conversation: ConversationId) -> StoreResult<u64>;

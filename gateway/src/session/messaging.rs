@@ -2,7 +2,7 @@
 
 use super::limits::QuotaCheck;
 use super::*;
-use tern_engine::paging::{self, PageBudget, PageCost};
+use tern_engine::paging::{PageBudget, PageCost};
 
 impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
     /// Per-device rate limits and the storage quota are checked here, before the engine's
@@ -148,52 +148,46 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
         &mut self,
         request_id: u64,
         conversation: ConversationId,
-        before_seq: u64,
-        after_seq: u64,
-        limit: u32,
+        request: HistoryRequest,
     ) -> Result<(), End> {
         // Every page fits in one frame of the negotiated size: cut by bytes (has_more set).
         let max_frame = self.ctx.limits.max_frame_bytes;
         let budget = (max_frame - PAGE_HEADROOM_BYTES) as u64;
-        let forward = after_seq > 0;
         let page = self
             .ctx
             .conversations
-            .history(
+            .history_page(
                 self.user,
                 conversation,
-                before_seq,
-                after_seq,
-                limit,
+                request,
                 PageBudget {
                     max_bytes: budget,
                     cost: PageCost::WIRE,
                 },
             )
             .await;
-        let (mut messages, mut has_more) = match page {
+        let mut page = match page {
             Ok(page) => page,
             Err(e) => return self.reply(&service_error(request_id, e)).await,
         };
-        let mut reactions = match self.ctx.reactions.for_page(conversation, &messages).await {
+        let mut reactions = match self
+            .ctx
+            .reactions
+            .for_page(conversation, &page.messages)
+            .await
+        {
             Ok(reactions) => reactions,
             Err(e) => return self.reply(&service_error(request_id, e)).await,
         };
-        if paging::fit(
-            &mut messages,
-            &mut reactions,
-            forward,
-            budget,
-            PageCost::WIRE,
-        ) {
-            has_more = true;
-        }
+        page.fit(&mut reactions, &request, budget, PageCost::WIRE);
         let mut page = ServerMessage::HistoryPage {
             request_id,
             conversation,
-            messages,
+            messages: page.messages,
             reactions,
-            has_more,
+            has_more: page.has_more,
+            has_more_before: page.has_more_before,
+            has_more_after: page.has_more_after,
         };
         let mut frame = tern_wire::encode_server(&page);
         if frame.len() > max_frame

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_engine::accounts::{Accounts, hash_token};
-use tern_engine::conversations::Conversations;
+use tern_engine::conversations::{Conversations, HistoryRequest};
 use tern_engine::core::{Input, SendRequest};
 use tern_engine::driver::{CloseSignal, ConnSink, EngineHandle, Outbound, Tracking, now_ms};
 use tern_engine::metrics::EngineMetrics;

@@ -42,9 +42,21 @@ impl<R: FrameRecv, W: FrameSend> Session<'_, R, W> {
                 before_seq,
                 after_seq,
                 limit,
+                around_seq,
+                since_ms,
+                until_ms,
+                sender,
             } => {
-                self.on_history(request_id, conversation, before_seq, after_seq, limit)
-                    .await
+                let request = HistoryRequest {
+                    before_seq,
+                    after_seq,
+                    limit,
+                    around_seq,
+                    since_ms,
+                    until_ms,
+                    sender,
+                };
+                self.on_history(request_id, conversation, request).await
             }
             ClientMessage::React {
                 request_id,

@@ -2786,6 +2786,10 @@ impl<'a> ClientHistory<'a> {
   pub const VT_BEFORE_SEQ: ::flatbuffers::VOffsetT = 8;
   pub const VT_AFTER_SEQ: ::flatbuffers::VOffsetT = 10;
   pub const VT_LIMIT: ::flatbuffers::VOffsetT = 12;
+  pub const VT_AROUND_SEQ: ::flatbuffers::VOffsetT = 14;
+  pub const VT_SINCE_MS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_UNTIL_MS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_SENDER: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2797,9 +2801,13 @@ impl<'a> ClientHistory<'a> {
     args: &'args ClientHistoryArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ClientHistory<'bldr>> {
     let mut builder = ClientHistoryBuilder::new(_fbb);
+    builder.add_until_ms(args.until_ms);
+    builder.add_since_ms(args.since_ms);
+    builder.add_around_seq(args.around_seq);
     builder.add_after_seq(args.after_seq);
     builder.add_before_seq(args.before_seq);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.sender { builder.add_sender(x); }
     builder.add_limit(args.limit);
     if let Some(x) = args.conversation { builder.add_conversation(x); }
     builder.finish()
@@ -2841,6 +2849,34 @@ impl<'a> ClientHistory<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(ClientHistory::VT_LIMIT, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn around_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientHistory::VT_AROUND_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn since_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientHistory::VT_SINCE_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn until_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientHistory::VT_UNTIL_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sender(&self) -> Option<&'a Id128> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Id128>(ClientHistory::VT_SENDER, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClientHistory<'_> {
@@ -2854,6 +2890,10 @@ impl ::flatbuffers::Verifiable for ClientHistory<'_> {
      .visit_field::<u64>("before_seq", Self::VT_BEFORE_SEQ, false)?
      .visit_field::<u64>("after_seq", Self::VT_AFTER_SEQ, false)?
      .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<u64>("around_seq", Self::VT_AROUND_SEQ, false)?
+     .visit_field::<u64>("since_ms", Self::VT_SINCE_MS, false)?
+     .visit_field::<u64>("until_ms", Self::VT_UNTIL_MS, false)?
+     .visit_field::<Id128>("sender", Self::VT_SENDER, false)?
      .finish();
     Ok(())
   }
@@ -2864,6 +2904,10 @@ pub struct ClientHistoryArgs<'a> {
     pub before_seq: u64,
     pub after_seq: u64,
     pub limit: u32,
+    pub around_seq: u64,
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub sender: Option<&'a Id128>,
 }
 impl<'a> Default for ClientHistoryArgs<'a> {
   #[inline]
@@ -2874,6 +2918,10 @@ impl<'a> Default for ClientHistoryArgs<'a> {
       before_seq: 0,
       after_seq: 0,
       limit: 0,
+      around_seq: 0,
+      since_ms: 0,
+      until_ms: 0,
+      sender: None,
     }
   }
 }
@@ -2904,6 +2952,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientHistoryBuilder<'a, 'b, 
     self.fbb_.push_slot::<u32>(ClientHistory::VT_LIMIT, limit, 0);
   }
   #[inline]
+  pub fn add_around_seq(&mut self, around_seq: u64) {
+    self.fbb_.push_slot::<u64>(ClientHistory::VT_AROUND_SEQ, around_seq, 0);
+  }
+  #[inline]
+  pub fn add_since_ms(&mut self, since_ms: u64) {
+    self.fbb_.push_slot::<u64>(ClientHistory::VT_SINCE_MS, since_ms, 0);
+  }
+  #[inline]
+  pub fn add_until_ms(&mut self, until_ms: u64) {
+    self.fbb_.push_slot::<u64>(ClientHistory::VT_UNTIL_MS, until_ms, 0);
+  }
+  #[inline]
+  pub fn add_sender(&mut self, sender: &Id128) {
+    self.fbb_.push_slot_always::<&Id128>(ClientHistory::VT_SENDER, sender);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientHistoryBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ClientHistoryBuilder {
@@ -2927,6 +2991,10 @@ impl ::core::fmt::Debug for ClientHistory<'_> {
       ds.field("before_seq", &self.before_seq());
       ds.field("after_seq", &self.after_seq());
       ds.field("limit", &self.limit());
+      ds.field("around_seq", &self.around_seq());
+      ds.field("since_ms", &self.since_ms());
+      ds.field("until_ms", &self.until_ms());
+      ds.field("sender", &self.sender());
       ds.finish()
   }
 }
@@ -6221,6 +6289,8 @@ impl<'a> ServerHistoryPage<'a> {
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 8;
   pub const VT_REACTIONS: ::flatbuffers::VOffsetT = 10;
   pub const VT_HAS_MORE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_HAS_MORE_BEFORE: ::flatbuffers::VOffsetT = 14;
+  pub const VT_HAS_MORE_AFTER: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6236,6 +6306,8 @@ impl<'a> ServerHistoryPage<'a> {
     if let Some(x) = args.reactions { builder.add_reactions(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
     if let Some(x) = args.conversation { builder.add_conversation(x); }
+    builder.add_has_more_after(args.has_more_after);
+    builder.add_has_more_before(args.has_more_before);
     builder.add_has_more(args.has_more);
     builder.finish()
   }
@@ -6276,6 +6348,20 @@ impl<'a> ServerHistoryPage<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(ServerHistoryPage::VT_HAS_MORE, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn has_more_before(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ServerHistoryPage::VT_HAS_MORE_BEFORE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn has_more_after(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ServerHistoryPage::VT_HAS_MORE_AFTER, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ServerHistoryPage<'_> {
@@ -6289,6 +6375,8 @@ impl ::flatbuffers::Verifiable for ServerHistoryPage<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Message>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReactionCount>>>>("reactions", Self::VT_REACTIONS, false)?
      .visit_field::<bool>("has_more", Self::VT_HAS_MORE, false)?
+     .visit_field::<bool>("has_more_before", Self::VT_HAS_MORE_BEFORE, false)?
+     .visit_field::<bool>("has_more_after", Self::VT_HAS_MORE_AFTER, false)?
      .finish();
     Ok(())
   }
@@ -6299,6 +6387,8 @@ pub struct ServerHistoryPageArgs<'a> {
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Message<'a>>>>>,
     pub reactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReactionCount<'a>>>>>,
     pub has_more: bool,
+    pub has_more_before: bool,
+    pub has_more_after: bool,
 }
 impl<'a> Default for ServerHistoryPageArgs<'a> {
   #[inline]
@@ -6309,6 +6399,8 @@ impl<'a> Default for ServerHistoryPageArgs<'a> {
       messages: None,
       reactions: None,
       has_more: false,
+      has_more_before: false,
+      has_more_after: false,
     }
   }
 }
@@ -6339,6 +6431,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServerHistoryPageBuilder<'a, 
     self.fbb_.push_slot::<bool>(ServerHistoryPage::VT_HAS_MORE, has_more, false);
   }
   #[inline]
+  pub fn add_has_more_before(&mut self, has_more_before: bool) {
+    self.fbb_.push_slot::<bool>(ServerHistoryPage::VT_HAS_MORE_BEFORE, has_more_before, false);
+  }
+  #[inline]
+  pub fn add_has_more_after(&mut self, has_more_after: bool) {
+    self.fbb_.push_slot::<bool>(ServerHistoryPage::VT_HAS_MORE_AFTER, has_more_after, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServerHistoryPageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ServerHistoryPageBuilder {
@@ -6362,6 +6462,8 @@ impl ::core::fmt::Debug for ServerHistoryPage<'_> {
       ds.field("messages", &self.messages());
       ds.field("reactions", &self.reactions());
       ds.field("has_more", &self.has_more());
+      ds.field("has_more_before", &self.has_more_before());
+      ds.field("has_more_after", &self.has_more_after());
       ds.finish()
   }
 }

@@ -209,6 +209,8 @@ fn honest_worst_case_fits_default_limits() {
                 n
             ],
             has_more: false,
+            has_more_before: false,
+            has_more_after: false,
         }
     };
     // One-time keys per device are bounded by the decoder, so the many-small-tables case is a
@@ -238,6 +240,8 @@ fn honest_worst_case_fits_default_limits() {
         ],
         reactions: vec![],
         has_more: false,
+        has_more_before: false,
+        has_more_after: false,
     };
     let cases: [(&str, &dyn Fn(usize) -> ServerMessage); 4] = [
         ("empty reactions", &reactions(0)),

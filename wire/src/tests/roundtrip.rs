@@ -314,6 +314,8 @@ fn empty_collections_and_strings_round_trip() {
             users: vec![],
         }],
         has_more: false,
+        has_more_before: false,
+        has_more_after: false,
     });
     round_trip_server(&ServerMessage::Error {
         request_id: 0,
