@@ -7,8 +7,8 @@
 use std::cell::RefCell;
 
 use sqlite_wasm_rs::WasmOsCallback;
-use sqlite_wasm_vfs::sahpool::{OpfsSAHError, OpfsSAHPoolCfgBuilder, OpfsSAHPoolUtil, install};
 use sqlite_wasm_rs::vfs::VfsFilesManager;
+use sqlite_wasm_vfs::sahpool::{OpfsSAHError, OpfsSAHPoolCfgBuilder, OpfsSAHPoolUtil, install};
 use wasm_bindgen::prelude::*;
 
 use crate::js::{JsResult, err, fail};

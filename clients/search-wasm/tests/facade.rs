@@ -34,11 +34,18 @@ fn add_search_remove_round_trip_in_json() {
     let hits = search(&index, "caf");
     assert_eq!(hits.len(), 2);
     let first = &hits[0];
-    assert!(first["snippet"].as_array().expect("parts").iter().any(|p| p["highlight"] == true));
+    assert!(
+        first["snippet"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .any(|p| p["highlight"] == true)
+    );
     assert_eq!(search(&index, "東京").len(), 1);
 
     let filtered = json!({ "text": "cafe", "conversation": OTHER, "limit": 10 }).to_string();
-    let only: Vec<Value> = serde_json::from_str(&index.search(&filtered).expect("search")).expect("json");
+    let only: Vec<Value> =
+        serde_json::from_str(&index.search(&filtered).expect("search")).expect("json");
     assert_eq!(only.len(), 1);
     assert_eq!(only[0]["conversation"], OTHER);
 
@@ -53,7 +60,11 @@ fn malformed_input_is_an_error_that_does_not_quote_it() {
     let bad = json!([{ "conversation": CONV, "seq": "secret words", "text": "x" }]).to_string();
     let e = index.add(&bad).expect_err("refused");
     assert!(e.0.starts_with("invalid messages"), "{}", e.0);
-    assert!(!e.0.contains("secret"), "the error quotes the input: {}", e.0);
+    assert!(
+        !e.0.contains("secret"),
+        "the error quotes the input: {}",
+        e.0
+    );
     assert!(index.search("{").is_err());
     assert!(index.remove_conversation("not-a-uuid").is_err());
     assert!(index.backfill_failed(CONV, -1.0).is_err());
@@ -71,7 +82,9 @@ fn backfill_walks_down_to_the_first_message_and_stops() {
         let before = request["before_seq"].as_u64().expect("before");
         let limit = request["limit"].as_u64().expect("limit");
         let lo = before.saturating_sub(limit).max(1);
-        let messages: Vec<Value> = (lo..before).map(|s| msg(CONV, s, &format!("page word{s}"))).collect();
+        let messages: Vec<Value> = (lo..before)
+            .map(|s| msg(CONV, s, &format!("page word{s}")))
+            .collect();
         let page = json!({
             "conversation": CONV, "before_seq": before, "lowest_seq": lo,
             "has_more": lo > 1, "messages": messages,
@@ -96,7 +109,9 @@ fn a_failed_page_is_asked_for_again() {
     let first = index.backfill_next(&convs).expect("next").expect("a page");
     // In flight: nothing more until it is answered or failed.
     assert!(index.backfill_next(&convs).expect("next").is_none());
-    let before = serde_json::from_str::<Value>(&first).expect("json")["before_seq"].as_f64().expect("seq");
+    let before = serde_json::from_str::<Value>(&first).expect("json")["before_seq"]
+        .as_f64()
+        .expect("seq");
     index.backfill_failed(CONV, before).expect("failed");
     assert_eq!(index.backfill_next(&convs).expect("next"), Some(first));
 }

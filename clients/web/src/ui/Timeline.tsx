@@ -280,7 +280,14 @@ export function TimelineView({ id }: { id: string }) {
         (r) => r.kind === 'msg' && r.item.seq === focus.seq && r.item.text !== null,
       );
       if (at >= 0) {
-        virtualizer.scrollToIndex(at, { align: 'center' });
+        // One-shot: the estimated offset renders the row, then the real element is centred.
+        // (The virtualizer's scrollToIndex keeps re-aiming at the index as rows are measured,
+        // which pulled the view back whenever the person scrolled away.)
+        const [offset] = virtualizer.getOffsetForIndex(at, 'center') ?? [0];
+        el.scrollTop = offset;
+        requestAnimationFrame(() =>
+          el.querySelector('[data-highlighted="true"]')?.scrollIntoView({ block: 'center' }),
+        );
         focusApplied.current = focus.nonce;
       }
       atBottom.current = false;
@@ -306,19 +313,24 @@ export function TimelineView({ id }: { id: string }) {
       if (el.scrollTop < 200 && timeline?.hasMoreBefore && !timeline.loadingHistory) {
         void client.loadOlder(id);
       }
-      const fromEnd = el.scrollHeight - el.scrollTop - el.clientHeight;
-      if (fromEnd < 200 && timeline?.hasMoreAfter && !timeline.loadingHistory) {
-        void client.loadNewer(id);
-      }
     };
     el.addEventListener('scroll', onScroll, { passive: true });
     return () => el.removeEventListener('scroll', onScroll);
-  }, [id, timeline?.hasMoreBefore, timeline?.hasMoreAfter, timeline?.loadingHistory]);
+  }, [id, timeline?.hasMoreBefore, timeline?.loadingHistory]);
+
+  /** Opened at a search result: near the end, the next newer page (state read now). */
+  const onScrollNewer = () => {
+    const el = scrollRef.current;
+    const now = useApp.getState().timelines[id];
+    if (!el || !now?.hasMoreAfter || now.loadingHistory) return;
+    if (el.scrollHeight - el.scrollTop - el.clientHeight < 200) void client.loadNewer(id);
+  };
 
   return (
     <div
       className="timeline"
       ref={scrollRef}
+      onScroll={onScrollNewer}
       tabIndex={0}
       role="log"
       aria-label="Messages"
