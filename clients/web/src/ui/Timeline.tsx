@@ -119,6 +119,9 @@ function Attachment({ conversation, file }: { conversation: string; file: FileBo
 
 /** The last search-result opening whose message took keyboard focus. */
 let lastFocused: number | undefined;
+/** The last opening the view was centred on (module-wide: a remounted timeline must not pull
+ * the reader back to the result after they scrolled away). */
+let centred: number | undefined;
 
 const Message = memo(function Message({
   conversation,
@@ -254,8 +257,6 @@ export function TimelineView({ id }: { id: string }) {
   const atBottom = useRef(true);
   const firstKey = useRef<string | undefined>(undefined);
   const heightBefore = useRef(0);
-  /** The focus (nonce) already scrolled to: later renders keep the reader's place. */
-  const focusApplied = useRef<number | undefined>(undefined);
   // No React Compiler here: the virtualizer's functions are meant to be called fresh.
   // eslint-disable-next-line react-hooks/incompatible-library
   const virtualizer = useVirtualizer({
@@ -274,7 +275,7 @@ export function TimelineView({ id }: { id: string }) {
     const el = scrollRef.current;
     if (!el) return;
     const first = rows.find((r) => r.kind === 'msg')?.key;
-    if (focus && focusApplied.current !== focus.nonce) {
+    if (focus && centred !== focus.nonce) {
       // A search result: centred once it is loaded; until then the view does not follow the end.
       const at = rows.findIndex(
         (r) => r.kind === 'msg' && r.item.seq === focus.seq && r.item.text !== null,
@@ -288,7 +289,7 @@ export function TimelineView({ id }: { id: string }) {
         requestAnimationFrame(() =>
           el.querySelector('[data-highlighted="true"]')?.scrollIntoView({ block: 'center' }),
         );
-        focusApplied.current = focus.nonce;
+        centred = focus.nonce;
       }
       atBottom.current = false;
     } else if (

@@ -165,8 +165,8 @@ test('search as you type, open in context, survive a reload, gone after logout',
   const timeline = bob.page.getByTestId('timeline');
   await expect(timeline.locator(`[data-seq="${seq - 1}"]`)).toContainText('東京タワー');
   await expect(timeline.locator(`[data-seq="${seq + 1}"]`)).toContainText('filler 1');
-  // The newer messages after the around page load on request (what scrolling down asks for;
-  // the scroll trigger itself is not exercised here: see the websearch status notes).
+  // The newer messages after the around page load on request (what the timeline asks for when
+  // it is scrolled near its end; that trigger is not exercised here, see the websearch notes).
   await bob.page.evaluate(async () => {
     const t = (
       window as unknown as {
