@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the web app into clients/web/dist: the wasm facade (clients/core-wasm/build.sh, release
-# unless --dev), `npm ci`, typecheck, `vite build` (hashed assets), then .gz siblings and the
+# unless --dev) and the search index's module (clients/search-wasm/build.sh, loaded only by the
+# search worker), `npm ci`, typecheck, `vite build` (hashed assets), then .gz siblings and the
 # transfer-size report, which fails above the budget (clients/web/scripts/postbuild.mjs).
 #   bash scripts/build-web.sh [--dev]
 set -euo pipefail
@@ -17,6 +18,7 @@ if [ "${TERN_WEB_SKIP_WASM:-0}" != 1 ]; then
   fi
   bash scripts/wasm-tools.sh
   bash clients/core-wasm/build.sh "$web/wasm" $mode
+  bash clients/search-wasm/build.sh "$web/wasm/search" $mode
 fi
 cd "$web"
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

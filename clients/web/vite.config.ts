@@ -10,8 +10,14 @@ export default defineConfig({
     // The wasm-bindgen output of clients/core-wasm (scripts/build-web.sh writes it here).
     alias: {
       '@tern/core-wasm': fileURLToPath(new URL('./wasm/tern_core_wasm.js', import.meta.url)),
+      // The search index (clients/search-wasm: SQLite + FTS5), loaded only by its worker.
+      '@tern/search-wasm': fileURLToPath(
+        new URL('./wasm/search/tern_search_wasm.js', import.meta.url),
+      ),
     },
   },
+  // The search worker is an ES module (its wasm-bindgen glue finds the .wasm by import.meta.url).
+  worker: { format: 'es' },
   build: {
     target: 'es2022',
     outDir: 'dist',

@@ -2,6 +2,7 @@ import { StrictMode } from 'react';
 import { createRoot } from 'react-dom/client';
 import { App } from './App';
 import { client, loadSavedSession } from './core/client';
+import { SERVICE_WORKER_URL, scriptUrl } from './core/trusted';
 import './styles.css';
 
 const root = document.getElementById('root');
@@ -16,26 +17,11 @@ if (root) {
 const saved = loadSavedSession();
 if (saved) void client.start(saved);
 
-// The app shell keeps working offline (public/sw.js); the outbox is in IndexedDB. Under the
-// CSP's `require-trusted-types-for 'script'` a worker URL must come from a Trusted Types policy:
-// `tern` (the only one the CSP allows) accepts exactly '/sw.js'.
-interface TrustedTypes {
-  createPolicy(
-    name: string,
-    rules: { createScriptURL(url: string): string },
-  ): { createScriptURL(url: string): unknown };
-}
+// The app shell keeps working offline (public/sw.js); the outbox is in IndexedDB. The worker's
+// URL goes through the page's one Trusted Types policy (core/trusted.ts).
 if ('serviceWorker' in navigator && window.isSecureContext) {
-  const tt = (window as unknown as { trustedTypes?: TrustedTypes }).trustedTypes;
-  const policy = tt?.createPolicy('tern', {
-    createScriptURL(url: string) {
-      if (url === '/sw.js') return url;
-      throw new Error(`script URL refused: ${url}`);
-    },
-  });
-  const swUrl = (policy ? policy.createScriptURL('/sw.js') : '/sw.js') as string;
   navigator.serviceWorker
-    .register(swUrl)
+    .register(scriptUrl(SERVICE_WORKER_URL))
     .catch((e: unknown) => console.warn('no service worker', e));
 }
 

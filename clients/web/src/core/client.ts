@@ -15,6 +15,8 @@ import type { PresenceStatus, ServerMessage } from './protocol';
 import { Receipts } from './receipts';
 import { Receiver } from './receiver';
 import { Sender } from './sender';
+import { Backfill } from './search/backfill';
+import { search } from './search/service';
 import { deleteAllLocalData } from './storage';
 import {
   connectWebSocket,
@@ -86,6 +88,8 @@ export class TernClient {
     () => this.conversations.refresh(),
     (conversation, seq) => this.receiver.onOwnSend(conversation, seq),
   );
+  /** Older history into the search index in the background (search/backfill.ts). */
+  private readonly backfill = new Backfill(this.ctx);
   /** Attachments: encrypted uploads, verified downloads, image previews (files.ts). */
   readonly files = new Files(
     this.ctx,
@@ -155,6 +159,7 @@ export class TernClient {
   private async lead(username: string, steal = false): Promise<void> {
     const locks = (navigator as Navigator & { locks?: LockManager }).locks;
     if (!locks) {
+      this.startSearch();
       void this.connectLoop();
       return;
     }
@@ -176,6 +181,7 @@ export class TernClient {
       // A tab that was following reloads the outbox the other tab may have changed.
       if (steal && this.core) await this.sender.load(this.core);
       this.leader = true;
+      this.startSearch();
       void this.connectLoop();
       return;
     }
@@ -189,7 +195,24 @@ export class TernClient {
       .catch(() => undefined);
   }
 
+  /**
+   * The leading tab keeps the search index (its OPFS files take one worker's exclusive access
+   * handles): opened with the key beside the pickle key; a failure leaves search off and the
+   * rest of the app unaffected.
+   */
+  startSearch(): void {
+    const session = useApp.getState().session;
+    const dev = this.dev;
+    if (!session || !dev) return;
+    search.start(session.userId, dev.local).then(
+      () => this.backfill.kick(),
+      (e: unknown) => console.warn('search unavailable:', errorText(e)),
+    );
+  }
+
   private follow(detail = 'Tern is open in another tab.'): void {
+    this.backfill.stop();
+    void search.stop();
     this.leader = false;
     this.conn?.close('another tab took over');
     this.conn = undefined;
@@ -212,6 +235,9 @@ export class TernClient {
     }
     this.conn?.close('logged out');
     this.conn = undefined;
+    this.backfill.stop();
+    // The index and its OPFS files go before IndexedDB (where its key is).
+    await search.wipe();
     this.leader = false;
     this.releaseLeader?.();
     this.releaseLeader = undefined;
@@ -382,6 +408,8 @@ export class TernClient {
     void this.receipts.refresh(selected).catch(() => undefined);
     // Keys received since the last connection go into the backup (when one is set up here).
     void uploadBackup(this.ctx).catch(() => undefined);
+    // Older history into the search index, in the background, from its checkpoints.
+    this.backfill.kick();
   }
 
   // ---- events ----------------------------------------------------------------------------
@@ -511,6 +539,26 @@ export class TernClient {
 
   loadOlder(conversation: string): Promise<void> {
     return this.conversations.loadOlder(conversation);
+  }
+
+  loadNewer(conversation: string): Promise<void> {
+    return this.conversations.loadNewer(conversation);
+  }
+
+  /** A search result: its conversation opens scrolled to it, with the messages around it. */
+  async openAt(conversation: string, seq: number): Promise<void> {
+    await this.conversations.openAt(conversation, seq);
+    void this.receipts.refresh(conversation).catch(() => undefined);
+  }
+
+  /** The search index of this device (the browser tests and benchmarks use it too). */
+  readonly search = search;
+
+  /** Closes the index and ends its worker (its OPFS files are released; `startSearch` opens it
+   * again). What another tab taking over does; the browser tests use it to read the files. */
+  async stopSearch(): Promise<void> {
+    this.backfill.stop();
+    await search.stop();
   }
 
   react(conversation: string, seq: number, emoji: string): Promise<void> {

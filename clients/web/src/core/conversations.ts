@@ -2,12 +2,35 @@
 // names and members only, for a start without network), invitations, history pages, reactions.
 
 import { errorText, type DriverContext } from './context';
-import type { ConversationView } from './http';
+import type { ConversationView, MessageView } from './http';
+import { bytesToHex, type WireMessage } from './protocol';
 import type { Receiver } from './receiver';
+import { search } from './search/service';
 import { notify, updateTimeline, useApp, type ConversationState } from '../state/store';
 
 /** History page size. */
 export const HISTORY_PAGE = 50;
+/** Messages loaded around a search result (about half before it, half after). */
+export const AROUND_PAGE = 40;
+
+/** An HTTPS history message as the receiver takes it (the WebSocket/WebTransport shape). */
+export function wireOf(conversation: string, m: MessageView): WireMessage {
+  const raw = atob(m.payload_b64);
+  const payload = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) payload[i] = raw.charCodeAt(i);
+  return {
+    conversation,
+    seq: m.seq,
+    message_id: m.message_id,
+    sender_user: m.sender_user,
+    sender_device: m.sender_device,
+    client_msg_id: m.client_msg_id,
+    timestamp_ms: m.timestamp_ms,
+    content_type: m.content_type,
+    payload: bytesToHex(payload),
+    files: m.files,
+  };
+}
 const SNAPSHOT_KEY = 'conversations';
 
 interface Snapshot {
@@ -71,7 +94,10 @@ export class Conversations {
     this.scheduleSnapshot();
   }
 
+  /** The person is no longer a member (left, declined, removed): gone from the list and from
+   * the search index. */
   remove(id: string): void {
+    void search.removeConversation(id).catch(() => undefined);
     useApp.setState((s) => {
       const conversations = { ...s.conversations };
       delete conversations[id];
@@ -155,6 +181,83 @@ export class Conversations {
       };
     });
     if (conversation) void this.loadOlder(conversation, true);
+  }
+
+  /**
+   * Opens `conversation` scrolled to `seq`, highlighted, with the messages around it: from the
+   * timeline when it is loaded there, otherwise the server's "around" page replaces what is
+   * shown (older and newer pages load as the person scrolls either way).
+   */
+  async openAt(conversation: string, seq: number): Promise<void> {
+    const shown = (useApp.getState().timelines[conversation]?.items ?? []).some(
+      (i) => i.seq === seq && i.text !== null,
+    );
+    useApp.setState((s) => {
+      const c = s.conversations[conversation];
+      return {
+        selected: conversation,
+        focus: { conversation, seq, nonce: (s.focus?.nonce ?? 0) + 1 },
+        conversations: c
+          ? { ...s.conversations, [conversation]: { ...c, unread: 0 } }
+          : s.conversations,
+      };
+    });
+    if (shown) return;
+    updateTimeline(conversation, (t) => ({ ...t, loadingHistory: true }));
+    try {
+      const page = await this.ctx.api.historyAround(conversation, seq, AROUND_PAGE);
+      const messages = page.messages.map((m) => wireOf(conversation, m));
+      const seqs = messages.map((m) => m.seq);
+      const oldest = Math.min(...seqs);
+      const newest = Math.max(...seqs);
+      // The page replaces the loaded window: items outside it would leave an invisible gap.
+      updateTimeline(conversation, (t) => ({
+        ...t,
+        items: t.items.filter((i) => i.seq === undefined || (i.seq >= oldest && i.seq <= newest)),
+        hasMoreBefore: page.has_more_before ?? oldest > 1,
+        hasMoreAfter: page.has_more_after ?? false,
+        newestLoaded: newest,
+      }));
+      this.receiver.showHistoryPage(conversation, messages);
+      for (const r of page.reactions)
+        for (const u of r.users) this.applyReaction(conversation, r.seq, u, r.emoji, true);
+    } catch (e) {
+      notify(`Could not open the message: ${errorText(e)}`);
+    } finally {
+      updateTimeline(conversation, (x) => ({ ...x, loadingHistory: false }));
+    }
+  }
+
+  /** After opening at a search result: the page after the newest loaded message. */
+  async loadNewer(conversation: string): Promise<void> {
+    const conn = this.ctx.connection();
+    const t = useApp.getState().timelines[conversation];
+    if (!conn || !t?.hasMoreAfter || t.loadingHistory || t.newestLoaded === undefined) return;
+    const after = t.newestLoaded;
+    updateTimeline(conversation, (x) => ({ ...x, loadingHistory: true }));
+    try {
+      const page = await conn.request((request_id) => ({
+        type: 'history',
+        request_id,
+        conversation,
+        before_seq: 0,
+        after_seq: after,
+        limit: HISTORY_PAGE,
+      }));
+      if (page.type === 'history_page') {
+        this.receiver.showHistoryPage(conversation, page.messages);
+        const newest = Math.max(after, ...page.messages.map((m) => m.seq));
+        updateTimeline(conversation, (x) => ({
+          ...x,
+          hasMoreAfter: page.has_more,
+          newestLoaded: newest,
+        }));
+      }
+    } catch (e) {
+      notify(`Could not load newer messages: ${errorText(e)}`);
+    } finally {
+      updateTimeline(conversation, (x) => ({ ...x, loadingHistory: false }));
+    }
   }
 
   /** Fetches the page before the oldest message shown (`initial`: only when few are shown). */

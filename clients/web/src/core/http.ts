@@ -50,6 +50,9 @@ export interface HistoryPageView {
   messages: MessageView[];
   reactions: ReactionView[];
   has_more: boolean;
+  /** Around pages: whether older / newer messages exist beyond the page. */
+  has_more_before?: boolean;
+  has_more_after?: boolean;
 }
 
 export interface InvitationView {
@@ -216,6 +219,12 @@ export class HttpApi {
   history(conversation: string, before: number, limit: number): Promise<HistoryPageView> {
     const q = new URLSearchParams({ limit: String(limit) });
     if (before > 0) q.set('before', String(before));
+    return this.call('GET', `/conversations/${conversation}/messages?${q.toString()}`);
+  }
+  /** The messages around `seq` (about half before, half after, and `seq` itself): the context
+   * of a search result. Members only; a former member gets nothing past its departure. */
+  historyAround(conversation: string, seq: number, limit: number): Promise<HistoryPageView> {
+    const q = new URLSearchParams({ around: String(seq), limit: String(limit) });
     return this.call('GET', `/conversations/${conversation}/messages?${q.toString()}`);
   }
   invitations(): Promise<{ invitations: InvitationView[] }> {

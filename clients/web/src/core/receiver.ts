@@ -9,6 +9,7 @@ import type { Connection } from './connection';
 import { errorText, type DriverContext } from './context';
 import { queryDeviceLists } from './keys';
 import type { Cursor, ServerMessage, WireMessage } from './protocol';
+import { indexItems } from './search/feed';
 import type { Core, CoreDelivery, CoreWaiting, Decrypted, Settled } from './wasm';
 import {
   mergeItem,
@@ -138,6 +139,7 @@ export class Receiver {
     if (fresh.length === 0) return;
     const items = fresh.map((m) => this.itemOf(m, this.decrypt(m)));
     updateTimeline(conversation, (t) => ({ ...t, items: mergeItems(t.items, items) }));
+    indexItems(conversation, items);
     const newest = fresh.reduce((a, b) => (b.seq > a.seq ? b : a));
     const newestItem = items[fresh.indexOf(newest)];
     if (newestItem) this.summarize(newest, newestItem, false);
@@ -199,6 +201,7 @@ export class Receiver {
   private show(msg: WireMessage, d: Decrypted, live: boolean): void {
     const item = this.itemOf(msg, d);
     updateTimeline(msg.conversation, (t) => ({ ...t, items: mergeItem(t.items, item) }));
+    indexItems(msg.conversation, [item]);
     this.summarize(msg, item, live);
   }
 

@@ -7,6 +7,7 @@
 import { ServerError, type Connection } from './connection';
 import { errorText, type DriverContext } from './context';
 import { hexToBytes, type ServerMessage } from './protocol';
+import { indexItems } from './search/feed';
 import type {
   Core,
   FileBodyJson,
@@ -239,19 +240,19 @@ export class Sender {
 
   private showSent(entry: OutboxEntryJson, ack: SendAck): void {
     const text = textOf(entry);
-    updateTimeline(entry.conversation, (t) => ({
-      ...t,
-      items: mergeItem(t.items, {
-        key: entry.client_msg_id,
-        seq: ack.seq,
-        sender: useApp.getState().session?.userId ?? '',
-        text,
-        file: fileOf(entry),
-        timestampMs: ack.timestamp_ms,
-        mine: true,
-        state: 'sent',
-      }),
-    }));
+    const item: TimelineItem = {
+      key: entry.client_msg_id,
+      seq: ack.seq,
+      sender: useApp.getState().session?.userId ?? '',
+      text,
+      file: fileOf(entry),
+      timestampMs: ack.timestamp_ms,
+      mine: true,
+      state: 'sent',
+    };
+    updateTimeline(entry.conversation, (t) => ({ ...t, items: mergeItem(t.items, item) }));
+    // Own messages are never delivered back to this device: indexed when stored.
+    indexItems(entry.conversation, [item]);
     useApp.setState((s) => {
       const c = s.conversations[entry.conversation];
       if (!c) return {};

@@ -59,6 +59,18 @@ export interface Timeline {
   /** The server has messages older than the oldest item. */
   hasMoreBefore: boolean;
   loadingHistory: boolean;
+  /** Opened at a search result: messages newer than `newestLoaded` are not loaded yet (they are
+   * fetched as the person scrolls down; live messages may already sit after the gap). */
+  hasMoreAfter?: boolean;
+  newestLoaded?: number;
+}
+
+/** A message to scroll to and highlight (a search result opened in its conversation). */
+export interface Focus {
+  conversation: string;
+  seq: number;
+  /** Changes on every opening, so opening the same result again scrolls again. */
+  nonce: number;
 }
 
 export interface ConnectionView {
@@ -88,6 +100,7 @@ export interface AppState {
   invitations: InvitationView[];
   usernames: Record<string, string>;
   selected?: string;
+  focus?: Focus;
   /** Short messages for the polite live region (declines, errors, new devices). */
   notices: { id: number; text: string }[];
   outboxCount: number;

@@ -3,6 +3,7 @@ import { client } from '../core/client';
 import { ApiError } from '../core/http';
 import { useApp, type ConversationState } from '../state/store';
 import { PresenceDot } from './Presence';
+import { SearchBox } from './SearchBox';
 
 function errorMessage(e: unknown): string {
   if (e instanceof ApiError) {
@@ -238,6 +239,7 @@ function ConversationList() {
 export function Sidebar() {
   return (
     <nav className="sidebar" aria-label="Conversations">
+      <SearchBox />
       <NewChat />
       <NewGroup />
       <Invitations />

@@ -117,16 +117,34 @@ function Attachment({ conversation, file }: { conversation: string; file: FileBo
   );
 }
 
+/** The last search-result opening whose message took keyboard focus. */
+let lastFocused: number | undefined;
+/** The last opening the view was centred on (module-wide: a remounted timeline must not pull
+ * the reader back to the result after they scrolled away). */
+let centred: number | undefined;
+
 const Message = memo(function Message({
   conversation,
   item,
   showSender,
+  focusNonce,
 }: {
   conversation: string;
   item: TimelineItem;
   showSender: boolean;
+  /** Set on the search result opened here: highlighted, and keyboard focus moves to it. */
+  focusNonce?: number;
 }) {
   const name = useApp((s) => s.usernames[item.sender] ?? 'Unknown');
+  const ref = useRef<HTMLElement>(null);
+  useEffect(() => {
+    // Once per opening (a row scrolled out and back in mounts again and must not steal focus);
+    // preventScroll: the virtualizer placed it already.
+    if (focusNonce === undefined || focusNonce === lastFocused) return;
+    lastFocused = focusNonce;
+    ref.current?.focus({ preventScroll: true });
+  }, [focusNonce]);
+  const highlighted = focusNonce !== undefined;
   const reactions = useApp((s) =>
     item.seq !== undefined ? s.reactions[conversation]?.[item.seq] : undefined,
   );
@@ -134,11 +152,14 @@ const Message = memo(function Message({
   const [picker, setPicker] = useState(false);
   return (
     <article
-      className={item.mine ? 'msg mine' : 'msg'}
+      ref={ref}
+      className={`msg${item.mine ? ' mine' : ''}${highlighted ? ' highlight' : ''}`}
       data-testid="message"
       data-seq={item.seq ?? ''}
       data-state={item.state}
-      aria-label={`${item.mine ? 'You' : name} at ${timeFormat.format(item.timestampMs)}`}
+      data-highlighted={highlighted ? 'true' : undefined}
+      tabIndex={highlighted ? -1 : undefined}
+      aria-label={`${highlighted ? 'Search result: ' : ''}${item.mine ? 'You' : name} at ${timeFormat.format(item.timestampMs)}`}
     >
       {showSender && !item.mine && <p className="sender">{name}</p>}
       {item.file ? (
@@ -216,6 +237,7 @@ const Message = memo(function Message({
 export function TimelineView({ id }: { id: string }) {
   const timeline = useApp((s) => s.timelines[id]);
   const kind = useApp((s) => s.conversations[id]?.kind);
+  const focus = useApp((s) => (s.focus?.conversation === id ? s.focus : undefined));
   const items = useMemo(() => timeline?.items ?? [], [timeline]);
   const rows = useMemo(() => {
     const out: Row[] = [];
@@ -253,14 +275,35 @@ export function TimelineView({ id }: { id: string }) {
     const el = scrollRef.current;
     if (!el) return;
     const first = rows.find((r) => r.kind === 'msg')?.key;
-    if (firstKey.current !== undefined && first !== firstKey.current && heightBefore.current > 0) {
+    if (focus && centred !== focus.nonce) {
+      // A search result: centred once it is loaded; until then the view does not follow the end.
+      const at = rows.findIndex(
+        (r) => r.kind === 'msg' && r.item.seq === focus.seq && r.item.text !== null,
+      );
+      if (at >= 0) {
+        // One-shot: the estimated offset renders the row, then the real element is centred.
+        // (The virtualizer's scrollToIndex keeps re-aiming at the index as rows are measured,
+        // which pulled the view back whenever the person scrolled away.)
+        const [offset] = virtualizer.getOffsetForIndex(at, 'center') ?? [0];
+        el.scrollTop = offset;
+        requestAnimationFrame(() =>
+          el.querySelector('[data-highlighted="true"]')?.scrollIntoView({ block: 'center' }),
+        );
+        centred = focus.nonce;
+      }
+      atBottom.current = false;
+    } else if (
+      firstKey.current !== undefined &&
+      first !== firstKey.current &&
+      heightBefore.current > 0
+    ) {
       el.scrollTop += el.scrollHeight - heightBefore.current;
     } else if (atBottom.current && rows.length > 0) {
       virtualizer.scrollToIndex(rows.length - 1, { align: 'end' });
     }
     firstKey.current = first;
     heightBefore.current = el.scrollHeight;
-  }, [rows, virtualizer]);
+  }, [rows, virtualizer, focus]);
 
   useEffect(() => {
     const el = scrollRef.current;
@@ -276,10 +319,19 @@ export function TimelineView({ id }: { id: string }) {
     return () => el.removeEventListener('scroll', onScroll);
   }, [id, timeline?.hasMoreBefore, timeline?.loadingHistory]);
 
+  /** Opened at a search result: near the end, the next newer page (state read now). */
+  const onScrollNewer = () => {
+    const el = scrollRef.current;
+    const now = useApp.getState().timelines[id];
+    if (!el || !now?.hasMoreAfter || now.loadingHistory) return;
+    if (el.scrollHeight - el.scrollTop - el.clientHeight < 200) void client.loadNewer(id);
+  };
+
   return (
     <div
       className="timeline"
       ref={scrollRef}
+      onScroll={onScrollNewer}
       tabIndex={0}
       role="log"
       aria-label="Messages"
@@ -305,7 +357,16 @@ export function TimelineView({ id }: { id: string }) {
               {row.kind === 'day' ? (
                 <h2 className="day">{row.label}</h2>
               ) : (
-                <Message conversation={id} item={row.item} showSender={kind === 'group'} />
+                <Message
+                  conversation={id}
+                  item={row.item}
+                  showSender={kind === 'group'}
+                  focusNonce={
+                    focus && row.item.seq === focus.seq && row.item.text !== null
+                      ? focus.nonce
+                      : undefined
+                  }
+                />
               )}
             </div>
           );
