@@ -6,111 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 
+use common::cli::{Cli, cli_binary, files_containing};
 use common::*;
 use tern_core::crypto::CryptoConfig;
 use tern_sdk::e2e::TEXT_CONTENT_TYPE;
 use tern_sdk::tern_wire::ids::{ConversationId, DeviceId};
 use tern_sdk::{Connection, E2e, Event, TransportPref};
-use tokio::io::AsyncWriteExt as _;
-
-/// The CLI binary of this workspace, built (or confirmed up to date) by cargo.
-fn cli_binary() -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build", "--locked", "-q", "-p", "tern-cli", "--bin", "tern-cli",
-        ])
-        .status()
-        .expect("run cargo build for tern-cli");
-    assert!(status.success(), "building tern-cli failed");
-    let server = PathBuf::from(env!("CARGO_BIN_EXE_tern"));
-    let cli = server.with_file_name("tern-cli");
-    assert!(cli.exists(), "{} exists", cli.display());
-    cli
-}
-
-struct Cli {
-    bin: PathBuf,
-    home: tempfile::TempDir,
-    server: String,
-    cert_hash: String,
-    plaintext: bool,
-}
-
-impl Cli {
-    fn new(bin: &Path, server: &TestServer, plaintext: bool) -> Cli {
-        Cli {
-            bin: bin.to_path_buf(),
-            home: tempfile::tempdir().expect("cli home"),
-            server: server.addr.to_string(),
-            cert_hash: hex::encode(server.cert_hash),
-            plaintext,
-        }
-    }
-
-    /// Runs `tern-cli ARGS` with `stdin`, returns stdout; fails the test on a non-zero exit.
-    async fn run(&self, args: &[&str], stdin: &str) -> String {
-        let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.arg("--server")
-            .arg(&self.server)
-            .arg("--cert-hash")
-            .arg(&self.cert_hash)
-            .arg("--home")
-            .arg(self.home.path())
-            .arg("--transport")
-            .arg("ws")
-            .args(args)
-            .env("TERN_PASSWORD", PASSWORD)
-            .env_remove("TERN_TEST_PLAINTEXT")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if self.plaintext {
-            cmd.env("TERN_TEST_PLAINTEXT", "1");
-        }
-        let mut child = cmd.spawn().expect("spawn tern-cli");
-        let mut input = child.stdin.take().expect("stdin");
-        input
-            .write_all(stdin.as_bytes())
-            .await
-            .expect("write stdin");
-        drop(input);
-        let out = tokio::time::timeout(WAIT * 2, child.wait_with_output())
-            .await
-            .expect("tern-cli finished in time")
-            .expect("tern-cli output");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "tern-cli {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}",
-            out.status
-        );
-        stdout
-    }
-}
-
-/// Every file under `dir`, recursively, that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                hits.push(path);
-            }
-        }
-    }
-    hits
-}
 
 /// Sends one SDK message from `bob` into `conversation` (encrypted unless `plaintext`).
 async fn sdk_send(
@@ -173,8 +76,8 @@ async fn sdk_send(
 async fn round(plaintext: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let bin = cli_binary();
     let mut server = TestServer::start().await;
-    let alice_cli = Cli::new(&bin, &server, plaintext);
-    let bob_cli = Cli::new(&bin, &server, plaintext);
+    let alice_cli = Cli::new(&bin, &server).with_plaintext(plaintext);
+    let bob_cli = Cli::new(&bin, &server).with_plaintext(plaintext);
     let tag = format!("{:08x}", rand_u32());
     let cli_marker = format!("MARKER-CLI-{tag}-never-stored-in-clear");
     let sdk_marker = format!("MARKER-SDK-{tag}-never-stored-in-clear");

@@ -14,8 +14,8 @@ mod common;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
+use common::cli::{Cli, cli_binary};
 use common::s3::{S3Bucket, s3_bucket};
 use common::*;
 use sha2::Digest as _;
@@ -669,84 +669,6 @@ async fn tampered_or_truncated_object_fails_download_s3() {
 // ---------------------------------------------------------------------------------------------
 // the CLI: `/file PATH` in chat, `tern-cli download`
 
-fn cli_binary() -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build", "--locked", "-q", "-p", "tern-cli", "--bin", "tern-cli",
-        ])
-        .status()
-        .expect("run cargo build for tern-cli");
-    assert!(status.success(), "building tern-cli failed");
-    let cli = PathBuf::from(env!("CARGO_BIN_EXE_tern")).with_file_name("tern-cli");
-    assert!(cli.exists(), "{} exists", cli.display());
-    cli
-}
-
-struct Cli {
-    bin: PathBuf,
-    home: tempfile::TempDir,
-    server: String,
-    cert_hash: String,
-}
-
-impl Cli {
-    fn new(bin: &Path, server: &TestServer) -> Cli {
-        Cli {
-            bin: bin.to_path_buf(),
-            home: tempfile::tempdir().expect("cli home"),
-            server: server.addr.to_string(),
-            cert_hash: hex::encode(server.cert_hash),
-        }
-    }
-
-    /// `tern-cli ARGS` in `cwd` with `stdin`: (success, stdout, stderr).
-    async fn run(&self, args: &[&str], stdin: &str, cwd: &Path) -> (bool, String, String) {
-        let mut child = tokio::process::Command::new(&self.bin)
-            .arg("--server")
-            .arg(&self.server)
-            .arg("--cert-hash")
-            .arg(&self.cert_hash)
-            .arg("--home")
-            .arg(self.home.path())
-            .arg("--transport")
-            .arg("ws")
-            .args(args)
-            .current_dir(cwd)
-            .env("TERN_PASSWORD", PASSWORD)
-            .env_remove("TERN_TEST_PLAINTEXT")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn tern-cli");
-        let mut input = child.stdin.take().expect("stdin");
-        input
-            .write_all(stdin.as_bytes())
-            .await
-            .expect("write stdin");
-        drop(input);
-        let out = tokio::time::timeout(WAIT * 4, child.wait_with_output())
-            .await
-            .expect("tern-cli finished in time")
-            .expect("tern-cli output");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn ok(&self, args: &[&str], stdin: &str, cwd: &Path) -> String {
-        let (ok, stdout, stderr) = self.run(args, stdin, cwd).await;
-        assert!(
-            ok,
-            "tern-cli {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        stdout
-    }
-}
-
 #[tokio::test]
 async fn cli_file_and_download() {
     let bin = cli_binary();
@@ -754,21 +676,25 @@ async fn cli_file_and_download() {
     let alice = Cli::new(&bin, &ctx.server);
     let bob = Cli::new(&bin, &ctx.server);
     let here = ctx.work.path();
-    alice.ok(&["register", "alice"], "", here).await;
-    bob.ok(&["register", "bob"], "", here).await;
-    alice.ok(&["login", "alice"], "", here).await;
-    bob.ok(&["login", "bob"], "", here).await;
-    let conversation = alice.ok(&["dm", "bob"], "", here).await.trim().to_string();
-    bob.ok(&["accept", "@alice"], "", here).await;
+    alice.run_in(&["register", "alice"], "", Some(here)).await;
+    bob.run_in(&["register", "bob"], "", Some(here)).await;
+    alice.run_in(&["login", "alice"], "", Some(here)).await;
+    bob.run_in(&["login", "bob"], "", Some(here)).await;
+    let conversation = alice
+        .run_in(&["dm", "bob"], "", Some(here))
+        .await
+        .trim()
+        .to_string();
+    bob.run_in(&["accept", "@alice"], "", Some(here)).await;
     // Bob's CLI device publishes its keys.
-    bob.ok(&["history", "@alice"], "", here).await;
+    bob.run_in(&["history", "@alice"], "", Some(here)).await;
 
     let (path, bytes) = ctx.file("notes.txt", 200_000, &marker());
     let sent = alice
-        .ok(
+        .run_in(
             &["chat", "@bob"],
             &format!("/file {}\n/quit\n", path.display()),
-            here,
+            Some(here),
         )
         .await;
     let line = sent
@@ -786,7 +712,7 @@ async fn cli_file_and_download() {
     );
 
     // Bob's history shows the file and the command; the download writes the verified file.
-    let history = bob.ok(&["history", "@alice"], "", here).await;
+    let history = bob.run_in(&["history", "@alice"], "", Some(here)).await;
     assert!(history.contains("[file] notes.txt (200.0 kB)"), "{history}");
     assert!(
         history.contains(&format!("tern-cli download {conversation} {seq}")),
@@ -795,33 +721,35 @@ async fn cli_file_and_download() {
     let downloads = here.join("bob-downloads");
     std::fs::create_dir_all(&downloads).expect("mkdir");
     let out = bob
-        .ok(
+        .run_in(
             &["download", &conversation, &seq.to_string()],
             "",
-            &downloads,
+            Some(&downloads),
         )
         .await;
     assert!(out.contains("SHA-256 verified"), "{out}");
     assert!(std::fs::read(downloads.join("notes.txt")).expect("the file") == bytes);
     // Never overwritten: a second download to the same name fails and keeps the file.
-    let (ok, _, stderr) = bob
-        .run(
+    let out = bob
+        .output_in(
             &["download", &conversation, &seq.to_string()],
             "",
-            &downloads,
+            Some(&downloads),
         )
         .await;
+    let (ok, stderr) = (out.success, out.stderr);
     assert!(!ok && stderr.contains("already exists"), "{stderr}");
     // A message that is not a file.
     alice
-        .ok(&["chat", "@bob"], "just text\n/quit\n", here)
+        .run_in(&["chat", "@bob"], "just text\n/quit\n", Some(here))
         .await;
-    let (ok, _, stderr) = bob
-        .run(
+    let out = bob
+        .output_in(
             &["download", &conversation, &(seq + 1).to_string()],
             "",
-            &downloads,
+            Some(&downloads),
         )
         .await;
+    let (ok, stderr) = (out.success, out.stderr);
     assert!(!ok && stderr.contains("not a file"), "{stderr}");
 }

@@ -36,6 +36,8 @@ pub struct Cli {
     home: tempfile::TempDir,
     server: String,
     cert_hash: String,
+    /// `TERN_TEST_PLAINTEXT=1` (debug builds only): the at-rest test's control run.
+    plaintext: bool,
 }
 
 impl Cli {
@@ -45,7 +47,13 @@ impl Cli {
             home: tempfile::tempdir().expect("cli home"),
             server: server.addr.to_string(),
             cert_hash: hex::encode(server.cert_hash),
+            plaintext: false,
         }
+    }
+
+    /// The same installation with end-to-end encryption switched off when `plaintext`.
+    pub fn with_plaintext(self, plaintext: bool) -> Cli {
+        Cli { plaintext, ..self }
     }
 
     pub fn home(&self) -> &Path {
@@ -54,6 +62,11 @@ impl Cli {
 
     /// Runs `tern-cli ARGS` with `stdin`, whatever its exit status.
     pub async fn output(&self, args: &[&str], stdin: &str) -> Output {
+        self.output_in(args, stdin, None).await
+    }
+
+    /// Runs `tern-cli ARGS` with `stdin` in `cwd` (default: the test's), whatever its exit status.
+    pub async fn output_in(&self, args: &[&str], stdin: &str, cwd: Option<&Path>) -> Output {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.arg("--server")
             .arg(&self.server)
@@ -70,6 +83,12 @@ impl Cli {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if self.plaintext {
+            cmd.env("TERN_TEST_PLAINTEXT", "1");
+        }
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
         let mut child = cmd.spawn().expect("spawn tern-cli");
         let mut input = child.stdin.take().expect("stdin");
         input
@@ -77,7 +96,8 @@ impl Cli {
             .await
             .expect("write stdin");
         drop(input);
-        let out = tokio::time::timeout(WAIT * 2, child.wait_with_output())
+        // Generous: a chat that sends a file or a search that backfills takes a while.
+        let out = tokio::time::timeout(WAIT * 4, child.wait_with_output())
             .await
             .expect("tern-cli finished in time")
             .expect("tern-cli output");
@@ -90,7 +110,12 @@ impl Cli {
 
     /// Runs `tern-cli ARGS` with `stdin`, returns stdout; fails the test on a non-zero exit.
     pub async fn run(&self, args: &[&str], stdin: &str) -> String {
-        let out = self.output(args, stdin).await;
+        self.run_in(args, stdin, None).await
+    }
+
+    /// [`Cli::run`] in `cwd`.
+    pub async fn run_in(&self, args: &[&str], stdin: &str, cwd: Option<&Path>) -> String {
+        let out = self.output_in(args, stdin, cwd).await;
         assert!(
             out.success,
             "tern-cli {args:?} failed\nstdout: {}\nstderr: {}",
