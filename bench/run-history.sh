@@ -17,7 +17,8 @@
 #   --data DIR   data directory to keep (and reuse: a second run skips the fill); default OUT/data
 # Env: MESSAGES (1000000), USERS (10000), RATE (1000), GROUP_SIZES (2:60,5:30,50:10),
 #      DURATION (60s), WARMUP (5s), HISTORY_RATE (20, per kind), LIMIT (50), TRANSPORT (tern-ws),
-#      API (socket|https), FILL_WINDOW (256), PAYLOAD (303), MIN_LOAD (90 % of RATE)
+#      API (socket|https), FILL_WINDOW (256), PAYLOAD (303), MIN_LOAD (90 % of RATE),
+#      ALONE (1: first the same pages with no chat running, to history-alone.json; 0: skip)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -43,7 +44,7 @@ while [[ $# -gt 0 ]]; do
         --skip-build) SKIP_BUILD=1; shift ;;
         --out) OUT="$2"; shift 2 ;;
         --data) DATA="$2"; shift 2 ;;
-        -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
         *) echo "run-history: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -87,7 +88,9 @@ bash bench/peers/tls.sh "$OUT/tls" >/dev/null
 CERT="$OUT/tls/cert.pem"
 KEY="$OUT/tls/key.pem"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT="$(free_port)"
+# The load generator keys its saved accounts by server address: a rerun on kept --data uses the
+# same port, so the 10,000 chat users are not registered again (~10 min of argon2id here).
+if [[ -s "$STATE/port" ]]; then PORT="$(cat "$STATE/port")"; else PORT="$(free_port)"; echo "$PORT" >"$STATE/port"; fi
 OPS_PORT="$(free_port)"
 SERVER="127.0.0.1:$PORT"
 
@@ -142,6 +145,14 @@ BENCH=("$LOADGEN_BIN" history-bench --server "$SERVER" --ca-file "$CERT" --targe
 log "fill: up to $MESSAGES messages through the server"
 "${BENCH[@]}" --fill-only --report "$OUT/fill.json" 2>&1 | tee "$OUT/logs/fill.log" >&2
 echo "data_dir_bytes=$(du -sb "$DATA" | cut -f1)" >>"$OUT/environment.txt"
+
+if [[ "${ALONE:-1}" == 1 ]]; then
+    # The same pages with no other load: what the store and the server's request path cost
+    # by themselves, beside the row under load (which also holds the queueing behind the chat).
+    log "history alone: $HISTORY_RATE pages/s of each kind for $DURATION, no other load"
+    "${BENCH[@]}" --rate "$HISTORY_RATE" --duration "$DURATION" --warmup "$WARMUP" \
+        --report "$OUT/history-alone.json" 2>&1 | tee "$OUT/logs/history-alone.log" >&2
+fi
 
 # The chat must outlast: its setup (not counted in --duration), the wait for steady load, the
 # history warm-up and measurement.

@@ -200,6 +200,10 @@ fn human(r: &HistoryBenchReport) -> String {
             l.mean_per_sec, l.min_per_sec
         );
     }
+    if r.kinds.is_empty() {
+        // --fill-only: nothing was read, so there is no latency and no goal to report.
+        return out;
+    }
     out += "  kind      count    p50 ms   p90 ms   p99 ms  p99.9 ms  max ms  errors wrong\n";
     for k in &r.kinds {
         let ms = |us: u64| us as f64 / 1000.0;

@@ -127,6 +127,14 @@ export type ClientMessage =
       before_seq: number;
       after_seq: number;
       limit: number;
+      /** Non-zero: a page centred on this seq (not with before/after/since/until). */
+      around_seq?: number;
+      /** Non-zero: only messages the server stamped at or after this (Unix ms). */
+      since_ms?: number;
+      /** Non-zero: only messages the server stamped at or before this (Unix ms). */
+      until_ms?: number;
+      /** Only this user's messages. */
+      sender?: Uuid;
     }
   | { type: 'accept_invite'; request_id: number; conversation: Uuid }
   | { type: 'decline_invite'; request_id: number; conversation: Uuid }
@@ -182,6 +190,10 @@ export type ServerMessage =
       messages: WireMessage[];
       reactions: ReactionCount[];
       has_more: boolean;
+      /** Older messages exist than the page's first (around pages). */
+      has_more_before?: boolean;
+      /** Newer messages exist than the page's last (around pages; forward pages: has_more). */
+      has_more_after?: boolean;
     }
   | { type: 'conversation'; request_id: number; info: ConversationInfo }
   | { type: 'invitation'; conversation: Uuid; inviter: Uuid; name: string }
