@@ -13,7 +13,8 @@
 # Env: SIZE_MB (100), CLIENTS (20), USERS (10000), RATE (1000), DURATION (90s), GROUP_SIZES,
 # UPLOAD_DELAY (s into the chat run before the uploads start, 30), PACE (bytes/s for the
 # server's upload_bytes_per_sec and download_bytes_per_sec; unset = the server's default,
-# 0 = unpaced).
+# 0 = unpaced), UPLOADER_NICE (niceness of the uploading client process, 0; raising it shows how
+# much of the chat's tail is the co-located client's CPU rather than the server's work).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -33,7 +34,7 @@ while [[ $# -gt 0 ]]; do
         --skip-build) SKIP_BUILD=1; shift ;;
         --backends) BACKENDS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
         *) echo "run-files: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -71,6 +72,7 @@ bash bench/peers/tls.sh "$OUT/tls" >/dev/null
 CERT="$OUT/tls/cert.pem"
 KEY="$OUT/tls/key.pem"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+OPS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 BASE="https://127.0.0.1:$PORT/api/v1"
 CURL=(curl -sS --fail-with-body --cacert "$CERT" --max-time 600)
 
@@ -95,6 +97,7 @@ start_tern() {
         echo 'registrations_per_window = 1000000'
         echo 'hash_queue_per_client = 256'
         echo 'log_format = "text"'
+        echo "ops_listen = \"127.0.0.1:$OPS_PORT\""
         echo '[files]'
         echo "backend = \"$backend\""
         echo "max_file_bytes = $((SIZE + 1024 * 1024))"
@@ -191,6 +194,13 @@ chat_run() {
         >"$OUT/logs/$name.loadgen.log" 2>&1
 }
 
+# The server's /metrics now (operations listener), for the group commit's latency per window.
+scrape() { curl -sk --max-time 5 "https://127.0.0.1:$OPS_PORT/metrics" >"$1" || : >"$1"; }
+commit_of() {
+    python3 bench/prom-delta.py "$1" "$2" tern_storage_commit_seconds 0.5 0.99 2>/dev/null \
+        | awk -F'\t' '{for (i = 1; i <= NF; i++) {split($i, kv, "="); if (kv[1] == "p50") a = kv[2]; if (kv[1] == "p99") b = kv[2]} print "commit_p50_s=" a "\tcommit_p99_s=" b}'
+}
+
 p99_of() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['latency']['delivery']['p99_us']/1000)" "$1"; }
 
 {
@@ -231,7 +241,17 @@ for BACKEND in $BACKENDS; do
     row "tern-$BACKEND	upload_MBps=$(mbps "$SIZE" "$t0" "$t1")	download_MBps=$(mbps "$SIZE" "$t1" "$t2")"
 
     log "chat baseline ($USERS users, $RATE msg/s, $DURATION), no uploads"
-    chat_run "chat-$BACKEND-alone"
+    chat_run "chat-$BACKEND-alone" &
+    chat=$!
+    # The group commit's latency over the chat's steady traffic, as in the next run's upload
+    # window: after the setup (registrations; the log's "creating conversations" line) and
+    # UPLOAD_DELAY more seconds.
+    for _ in $(seq 1 1800); do
+        grep -q 'creating conversations' "$OUT/logs/chat-$BACKEND-alone.loadgen.log" 2>/dev/null && break
+        sleep 0.2
+    done
+    sleep "$UPLOAD_DELAY"; scrape "$OUT/metrics-$BACKEND-alone-0.txt"
+    wait "$chat"; scrape "$OUT/metrics-$BACKEND-alone-1.txt"
 
     log "$CLIENTS clients x $SIZE_MB MB uploads during the same chat scenario"
     # Accounts and upload ids before the chat starts, and the uploader process (one Python
@@ -244,7 +264,7 @@ for BACKEND in $BACKENDS; do
         echo "$tok $(create_upload "$tok" "$conv")" >>"$jobs"
     done
     go="$OUT/uploader-go-$BACKEND"; rm -f "$go"; mkfifo "$go"
-    python3 bench/files-uploader.py --port "$PORT" --cacert "$CERT" --file "$FILE" --jobs "$jobs" \
+    nice -n "${UPLOADER_NICE:-0}" python3 bench/files-uploader.py --port "$PORT" --cacert "$CERT" --file "$FILE" --jobs "$jobs" \
         --chunk "$CHUNK" <"$go" >"$OUT/uploader-$BACKEND.json" 2>"$OUT/logs/uploader-$BACKEND.log" &
     uploader=$!
     exec 3>"$go" # opening the FIFO's write end lets the uploader's open of stdin return
@@ -256,10 +276,12 @@ for BACKEND in $BACKENDS; do
     chat=$!
     sleep "$UPLOAD_DELAY" # the chat is connected and steady before the uploads start
     rss_before="$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")"
+    scrape "$OUT/metrics-$BACKEND-uploads-0.txt"
     echo go >&3
     exec 3>&-
     uploader_rc=0
     wait "$uploader" || uploader_rc=$?
+    scrape "$OUT/metrics-$BACKEND-uploads-1.txt"
     rss_after="$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")"
     chat_rc=0
     wait "$chat" || chat_rc=$?
@@ -271,6 +293,8 @@ for BACKEND in $BACKENDS; do
     rm -f "$flag"; wait "$sampler" || true
     peak="$(awk 'BEGIN {m = 0} {if ($2 > m) m = $2} END {print m}' "$OUT/rss-$BACKEND.txt")"
     row "tern-$BACKEND-concurrent	clients=$CLIENTS	failed_uploads=$failed	aggregate_upload_MBps=$(mbps "$((SIZE * CLIENTS))" "$t0" "$t1")	rss_before_kib=$rss_before	rss_after_uploads_kib=$rss_after	rss_peak_kib=$peak	chat_p99_alone_ms=$(p99_of "$OUT/chat-$BACKEND-alone.json")	chat_p99_uploads_ms=$(p99_of "$OUT/chat-$BACKEND-uploads.json")	chat_rc=$chat_rc"
+    row "tern-$BACKEND-commit-alone	$(commit_of "$OUT/metrics-$BACKEND-alone-0.txt" "$OUT/metrics-$BACKEND-alone-1.txt")"
+    row "tern-$BACKEND-commit-uploads	$(commit_of "$OUT/metrics-$BACKEND-uploads-0.txt" "$OUT/metrics-$BACKEND-uploads-1.txt")"
     stop_server
 done
 log "results: $OUT/results.tsv"
