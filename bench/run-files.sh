@@ -14,7 +14,8 @@
 # UPLOAD_DELAY (s into the chat run before the uploads start, 30), PACE (bytes/s for the
 # server's upload_bytes_per_sec and download_bytes_per_sec; unset = the server's default,
 # 0 = unpaced), UPLOADER_NICE (niceness of the uploading client process, 0; raising it shows how
-# much of the chat's tail is the co-located client's CPU rather than the server's work).
+# much of the chat's tail is the co-located client's CPU rather than the server's work),
+# KEEP_DATA (1: keep the payload, the stores and the TLS material in OUT; default: removed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -34,7 +35,7 @@ while [[ $# -gt 0 ]]; do
         --skip-build) SKIP_BUILD=1; shift ;;
         --backends) BACKENDS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         *) echo "run-files: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -65,6 +66,12 @@ stop_server() {
 cleanup() {
     stop_server
     bash scripts/s3-server.sh stop "$S3_DIR" >/dev/null 2>&1 || true
+    # OUT keeps the reports; the bulk (payload, parts, stores, S3 data: gigabytes) and the
+    # secrets (TLS key, tokens, saved accounts) go, unless KEEP_DATA=1.
+    if [[ "${KEEP_DATA:-0}" != 1 ]]; then
+        rm -rf "$OUT"/payload.bin "$OUT"/parts "$OUT"/data-* "$OUT"/state-* "$OUT"/s3 "$OUT"/tls \
+            "$OUT"/upload-jobs-* "$OUT"/uploader-go-* "$OUT"/tern-*.toml
+    fi
 }
 trap cleanup EXIT
 
