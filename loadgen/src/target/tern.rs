@@ -983,6 +983,9 @@ async fn create_conversations(
             .clone()
             .ok_or_else(|| TargetError::Setup(format!("user {} not registered", members[0])))?;
         let others: Vec<String> = members[1..].iter().map(|&u| st.username(u)).collect();
+        // Group names are unique per server: the run's prefix keeps two setups on one data
+        // directory (the matrix's tern-ws and tern-wt targets) from colliding on "loadgen 3000".
+        let group_name = format!("loadgen {} {c}", st.prefix);
         let mut invitees = Vec::with_capacity(members.len() - 1);
         for &u in &members[1..] {
             let cred = st.users[u]
@@ -995,12 +998,12 @@ async fn create_conversations(
             let r = with_retry(|| {
                 let http = http.clone();
                 let others = others.clone();
+                let group_name = group_name.clone();
                 async move {
                     if others.len() == 1 {
                         http.create_direct(&others[0]).await
                     } else {
-                        http.create_group(&format!("loadgen {c}"), "", &others)
-                            .await
+                        http.create_group(&group_name, "", &others).await
                     }
                 }
             })
