@@ -26,4 +26,4 @@ cd clients/web
 npm run --silent lint
 npm run --silent typecheck
 npm run --silent format:check
-TERN_BIN="$CARGO_TARGET_DIR/debug/tern" timeout 1500 npx playwright test
+TERN_BIN="$CARGO_TARGET_DIR/debug/tern" timeout 2400 npx playwright test

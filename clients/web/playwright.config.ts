@@ -10,5 +10,5 @@ export default defineConfig({
   expect: { timeout: 20_000 },
   retries: 0,
   reporter: [['list']],
-  globalTimeout: 20 * 60_000,
+  globalTimeout: 40 * 60_000,
 });

@@ -83,7 +83,8 @@ async function timelineState(u: User): Promise<{ seqs: number[]; rows: number; p
 }
 
 test(`a ${COUNT}-message conversation: history scrolls to the first message with bounded DOM rows`, async () => {
-  test.setTimeout(600_000);
+  // 10,000 sends through the page and ~200 page loads: ~10 min on the slower 2-vCPU hosts.
+  test.setTimeout(1_200_000);
   const alice = await register(browser, server, uniqueName('alice'));
   const bob = await register(browser, server, uniqueName('bob'));
   await startDirect(alice, bob.name);
