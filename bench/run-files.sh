@@ -78,8 +78,9 @@ trap cleanup EXIT
 bash bench/peers/tls.sh "$OUT/tls" >/dev/null
 CERT="$OUT/tls/cert.pem"
 KEY="$OUT/tls/key.pem"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-OPS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT="$(free_port)"
+OPS_PORT="$(free_port)"
 BASE="https://127.0.0.1:$PORT/api/v1"
 CURL=(curl -sS --fail-with-body --cacert "$CERT" --max-time 600)
 
