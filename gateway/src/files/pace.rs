@@ -8,7 +8,7 @@
 //! paced upload is slowed by TCP flow control, never buffered.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
@@ -22,8 +22,8 @@ pub struct Pacer {
     /// `None`: unpaced (`*_bytes_per_sec = 0`).
     bucket: Option<Mutex<TokenBucket>>,
     capacity: u64,
-    /// The bucket's clock: monotonic (tokio's, so tests can pause it).
-    origin: tokio::time::Instant,
+    /// The bucket's clock (monotonic).
+    origin: Instant,
 }
 
 impl Pacer {
@@ -32,7 +32,7 @@ impl Pacer {
             return Pacer {
                 bucket: None,
                 capacity: 0,
-                origin: tokio::time::Instant::now(),
+                origin: Instant::now(),
             };
         }
         let capacity = (bytes_per_sec / 4).max(MIN_BURST_BYTES);
@@ -40,25 +40,35 @@ impl Pacer {
         Pacer {
             bucket: Some(Mutex::new(TokenBucket::new(config, 0))),
             capacity,
-            origin: tokio::time::Instant::now(),
+            origin: Instant::now(),
         }
     }
 
     /// Waits until `bytes` may move (in pieces of at most one bucket).
     pub async fn take(&self, bytes: u64) {
-        let Some(bucket) = &self.bucket else { return };
         let mut left = bytes;
         while left > 0 {
-            let piece = left.min(self.capacity);
-            let wait = bucket
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .try_take(self.now_ms(), piece);
-            match wait {
-                Ok(()) => left -= piece,
-                Err(retry) => tokio::time::sleep(Duration::from_millis(u64::from(retry.ms))).await,
+            match self.try_take(self.now_ms(), left) {
+                Ok(taken) => left -= taken,
+                Err(wait) => tokio::time::sleep(wait).await,
             }
         }
+    }
+
+    /// One step of [`Pacer::take`] at `now_ms`: the bytes that may move now (at most one
+    /// bucket of `left`), or how long to wait before asking again. Free of the clock, so the
+    /// tests drive it with simulated time.
+    fn try_take(&self, now_ms: u64, left: u64) -> Result<u64, Duration> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(left);
+        };
+        let piece = left.min(self.capacity);
+        bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take(now_ms, piece)
+            .map(|()| piece)
+            .map_err(|retry| Duration::from_millis(u64::from(retry.ms)))
     }
 
     fn now_ms(&self) -> u64 {
@@ -90,32 +100,60 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn paces_to_the_rate_after_the_burst() {
+    /// What [`Pacer::take`] does, on a simulated clock: the milliseconds `bytes` take from
+    /// `now_ms` on.
+    fn simulated_take(pacer: &Pacer, now_ms: &mut u64, bytes: u64) {
+        let mut left = bytes;
+        let mut steps = 0;
+        while left > 0 {
+            steps += 1;
+            assert!(steps < 10_000, "the pacer never lets {left} bytes pass");
+            match pacer.try_take(*now_ms, left) {
+                Ok(taken) => {
+                    assert!(taken > 0 && taken <= left);
+                    left -= taken;
+                }
+                Err(wait) => {
+                    assert!(wait > Duration::ZERO, "a wait of zero would spin");
+                    *now_ms += u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paces_to_the_rate_after_the_burst() {
         // 4 MiB/s: a 1 MiB burst, then 4 MiB per second.
         let pacer = Pacer::new(4 << 20);
-        let start = tokio::time::Instant::now();
-        pacer.take(1 << 20).await;
-        assert!(
-            start.elapsed() < Duration::from_millis(5),
-            "the burst passes at once"
-        );
-        // 8 MiB more take ~2 s at 4 MiB/s.
+        let mut now_ms = 0;
+        simulated_take(&pacer, &mut now_ms, 1 << 20);
+        assert_eq!(now_ms, 0, "the burst passes at once");
+        // 8 MiB more take 2 s at 4 MiB/s.
         for _ in 0..8 {
-            pacer.take(1 << 20).await;
+            simulated_take(&pacer, &mut now_ms, 1 << 20);
         }
-        let took = start.elapsed();
+        assert!((1_950..=2_050).contains(&now_ms), "took {now_ms} ms");
+        // A piece larger than the bucket passes in bucket-sized parts at the same rate.
+        let before = now_ms;
+        simulated_take(&pacer, &mut now_ms, 4 << 20);
         assert!(
-            took >= Duration::from_millis(1_900) && took <= Duration::from_millis(2_300),
-            "took {took:?}"
+            (950..=1_050).contains(&(now_ms - before)),
+            "took {} ms",
+            now_ms - before
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn unpaced_never_waits() {
+    #[test]
+    fn unpaced_never_waits() {
         let pacer = Pacer::new(0);
-        let start = tokio::time::Instant::now();
-        pacer.take(u64::MAX).await;
-        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(pacer.try_take(0, u64::MAX), Ok(u64::MAX));
+    }
+
+    #[tokio::test]
+    async fn take_returns_at_once_within_the_burst() {
+        let pacer = Pacer::new(4 << 20);
+        tokio::time::timeout(Duration::from_secs(5), pacer.take(1 << 20))
+            .await
+            .expect("a burst-sized take does not sleep");
     }
 }
