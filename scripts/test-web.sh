@@ -21,7 +21,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 bash scripts/build-web.sh
-cargo build --locked -p tern-gateway --bin tern
+# tern-cli: the native client some specs run beside the pages (tests/e2e/cli.ts).
+cargo build --locked -p tern-gateway -p tern-cli --bin tern --bin tern-cli
 cd clients/web
 npm run --silent lint
 npm run --silent typecheck
