@@ -9,8 +9,10 @@
 # Printed on stdout (everything else goes to stderr):
 #   TERN_TEST_S3 (endpoint URL), TERN_TEST_S3_ACCESS_KEY, TERN_TEST_S3_SECRET_KEY,
 #   TERN_TEST_S3_BUCKET (created), TERN_TEST_S3_DIR (the bucket's directory, to scan).
-# Environment: ROOT (install root, default target/tools/s3s), S3S_VERSION (0.14.1: 0.17 needs a
-# newer rustc), TERN_TEST_S3_BUCKET (default tern-test).
+# Environment: S3S_PROFILE (release, the default, for measurements such as bench/run-files.sh's
+# curl floor; debug for the tests: it builds in half the time and their 10 MB files run as fast
+# either way), ROOT (install root, default target/tools/s3s or target/tools/s3s-debug),
+# S3S_VERSION (0.14.1: 0.17 needs a newer rustc), TERN_TEST_S3_BUCKET (default tern-test).
 set -euo pipefail
 
 cmd="${1:-}"
@@ -20,7 +22,13 @@ if [[ -z "$cmd" || -z "$dir" ]]; then
   exit 2
 fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ROOT="${ROOT:-$repo/target/tools/s3s}"
+profile="${S3S_PROFILE:-release}"
+case "$profile" in
+  release) profile_flag=(); default_root="$repo/target/tools/s3s" ;;
+  debug) profile_flag=(--debug); default_root="$repo/target/tools/s3s-debug" ;;
+  *) echo "S3S_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
+esac
+ROOT="${ROOT:-$default_root}"
 S3S_VERSION="${S3S_VERSION:-0.14.1}"
 bucket="${TERN_TEST_S3_BUCKET:-tern-test}"
 access_key="ternaccess"
@@ -47,10 +55,10 @@ case "$cmd" in
       exit 0
     fi
     if [[ ! -x "$bin" ]]; then
-      echo "installing s3s-fs $S3S_VERSION into $ROOT (about 80 s)..." >&2
+      echo "installing s3s-fs $S3S_VERSION ($profile build) into $ROOT..." >&2
       # Its own build directory: the workspace's target dir is not for installed tools.
       env -u CARGO_TARGET_DIR cargo install "s3s-fs@$S3S_VERSION" --features binary --locked \
-        --root "$ROOT" >&2
+        "${profile_flag[@]}" --root "$ROOT" >&2
     fi
     # A free loopback port (the kernel picks it; the tiny race with another process is retried).
     for _ in 1 2 3 4 5; do
