@@ -10,16 +10,44 @@ use super::{PASSWORD, TestServer, WAIT};
 
 /// The CLI binary of this workspace, built (or confirmed up to date) by cargo.
 pub fn cli_binary() -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build", "--locked", "-q", "-p", "tern-cli", "--bin", "tern-cli",
-        ])
-        .status()
-        .expect("run cargo build for tern-cli");
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo.args([
+        "build", "--locked", "-q", "-p", "tern-cli", "--bin", "tern-cli",
+    ]);
+    // What cargo sets for this test process (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, OUT_DIR, ...)
+    // must not reach the nested cargo: ring's build script reruns when any of them changes, so
+    // the nested build rebuilt ring and the 18 crates above it, and the next cargo in the
+    // shell rebuilt them back (two minutes of every CI run).
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if is_set_by_cargo_for_tests(key) {
+            cargo.env_remove(key);
+        }
+    }
+    let status = cargo.status().expect("run cargo build for tern-cli");
     assert!(status.success(), "building tern-cli failed");
     let cli = PathBuf::from(env!("CARGO_BIN_EXE_tern")).with_file_name("tern-cli");
     assert!(cli.exists(), "{} exists", cli.display());
     cli
+}
+
+/// Environment variables cargo gives a test process (not the ones the person's shell set, such
+/// as CARGO_HOME or CARGO_TARGET_DIR).
+fn is_set_by_cargo_for_tests(key: &str) -> bool {
+    const PREFIXES: [&str; 5] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_EXE_",
+        "CARGO_CFG_",
+    ];
+    const NAMES: [&str; 4] = [
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p)) || NAMES.contains(&key)
 }
 
 /// What one CLI run printed.
