@@ -15,6 +15,7 @@
 # server's upload_bytes_per_sec and download_bytes_per_sec; unset = the server's default,
 # 0 = unpaced), UPLOADER_NICE (niceness of the uploading client process, 0; raising it shows how
 # much of the chat's tail is the co-located client's CPU rather than the server's work),
+# FILES_TMPFS (1: the server's files.dir on /dev/shm, the store on disk),
 # KEEP_DATA (1: keep the payload, the stores and the TLS material in OUT; default: removed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -35,7 +36,7 @@ while [[ $# -gt 0 ]]; do
         --skip-build) SKIP_BUILD=1; shift ;;
         --backends) BACKENDS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
         *) echo "run-files: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -66,6 +67,7 @@ stop_server() {
 cleanup() {
     stop_server
     bash scripts/s3-server.sh stop "$S3_DIR" >/dev/null 2>&1 || true
+    rm -rf "/dev/shm/tern-files-bench-$$"
     # OUT keeps the reports; the bulk (payload, parts, stores, S3 data: gigabytes) and the
     # secrets (TLS key, tokens, saved accounts) go, unless KEEP_DATA=1.
     if [[ "${KEEP_DATA:-0}" != 1 ]]; then
@@ -108,6 +110,12 @@ start_tern() {
         echo "ops_listen = \"127.0.0.1:$OPS_PORT\""
         echo '[files]'
         echo "backend = \"$backend\""
+        if [[ "${FILES_TMPFS:-0}" == 1 ]]; then
+            # Staging and objects on tmpfs (files.dir), the store on disk: what is left of the
+            # chat's rise beside the uploads is CPU, not the device the store's fsyncs share.
+            mkdir -p "/dev/shm/tern-files-bench-$$/$backend"
+            echo "dir = \"/dev/shm/tern-files-bench-$$/$backend\""
+        fi
         echo "max_file_bytes = $((SIZE + 1024 * 1024))"
         if [[ -n "${PACE:-}" ]]; then
             echo "upload_bytes_per_sec = $PACE"
@@ -217,6 +225,7 @@ p99_of() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r[
     echo "host_cores=$(nproc)"
     echo "tern_commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
     echo "size_mb=$SIZE_MB clients=$CLIENTS users=$USERS rate=$RATE duration=$DURATION pace=${PACE:-server default}"
+    echo "files_tmpfs=${FILES_TMPFS:-0} uploader_nice=${UPLOADER_NICE:-0}"
 } >"$OUT/environment.txt"
 : >"$OUT/results.tsv"
 row() { printf '%s\n' "$*" | tee -a "$OUT/results.tsv"; }

@@ -178,7 +178,8 @@ pub struct EdgeConfig {
     /// TLS done (or the previous response sent, keep-alive) → a complete request head. This is
     /// also the keep-alive idle limit: hyper starts it when the connection goes idle.
     pub http_head_timeout: Duration,
-    /// Request head → the whole request body (a total, so 1 byte per second cannot hold it).
+    /// Waiting for the client's request body, in total from the head (so 1 byte per second
+    /// cannot hold it); pauses of the server's own reading (pacing) are not counted.
     pub http_body_timeout: Duration,
     /// A response write without progress (the client stopped reading) → closed.
     pub http_write_timeout: Duration,

@@ -978,6 +978,59 @@ async fn body_deadline(backend: Backend) {
     assert_eq!(kept, Some(10_000), "the bytes before the stall are kept");
 }
 
+/// The body deadline charges the client only for the time it keeps the server waiting: a PATCH
+/// that the server's own pacing stretches past `http_body_timeout_ms` completes. (It counted
+/// from the request head before, so with many uploads sharing the pace each PATCH outlasted
+/// the deadline and was cut off with a 408: seen with 20 uploads sharing 4 MiB/s.)
+async fn paced_patch(backend: Backend) {
+    let mut ctx = start(backend, "").await;
+    // 256 KiB/s and a 3 s body deadline: the 2 MiB below take the 1 MiB burst at once and 4 s
+    // more at the pace.
+    drop(std::mem::replace(
+        &mut ctx.server,
+        TestServer::start_with(&[
+            "http_body_timeout_ms = 3000",
+            &files_line(ctx.s3.as_ref(), "upload_bytes_per_sec = 262144"),
+        ])
+        .await,
+    ));
+    ctx.client = https(&ctx.server);
+    let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
+    let total = (2 << 20) + 65_536;
+    let view = ctx.create_ok(&alice, c, total, "image/png").await;
+    // 2 MiB at once (the socket buffers hold what the pace does not take yet), then the last
+    // 64 KiB 5 s later: the server, done with the 2 MiB after 4 s, waits about 1 s for the
+    // client, and does so after its deadline as counted from the head.
+    let pieces = futures_util::stream::unfold(0u32, |i| async move {
+        match i {
+            0..32 => Some((Ok::<Vec<u8>, std::io::Error>(vec![9u8; 65_536]), i + 1)),
+            32 => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Some((Ok(vec![9u8; 65_536]), i + 1))
+            }
+            _ => None,
+        }
+    });
+    let started = std::time::Instant::now();
+    let r = ctx
+        .client
+        .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
+        .bearer_auth(&alice.token)
+        .header("content-type", OFFSET_STREAM)
+        .header("upload-offset", "0")
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "{:?}", r.text().await);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the body outlasted the deadline ({:?}), or this test shows nothing",
+        started.elapsed()
+    );
+    assert_eq!(ctx.head(&alice, view.upload_id).await.1, Some(total));
+}
+
 /// Two PATCHes at the same offset at once: exactly one is stored, the other learns the offset.
 async fn concurrent_patches(backend: Backend) {
     let ctx = start(backend, "").await;
@@ -1157,6 +1210,7 @@ both_backends! {
     send_check_webtransport => |b| send_check(b, TransportPref::WebTransport);
     one_patch_is_bounded => chunk_limit;
     body_deadline_keeps_what_arrived => body_deadline;
+    paced_patch_outlasts_the_body_deadline => paced_patch;
     concurrent_patches_store_once => concurrent_patches;
     restart_keeps_offsets_files_and_urls => survives_restart;
     file_calls_are_rate_limited => rate_limited;

@@ -64,7 +64,8 @@ pub struct FileService {
 }
 
 impl FileService {
-    /// Opens staging, the object store and the URL key under `<data_dir>/files`.
+    /// Opens staging, the object store and the URL key under `files.dir`, by default
+    /// `<data_dir>/files`.
     pub fn open(
         config: FilesConfig,
         data_dir: &Path,
@@ -73,7 +74,7 @@ impl FileService {
         requests: BucketConfig,
     ) -> anyhow::Result<FileService> {
         use anyhow::Context as _;
-        let dir = data_dir.join("files");
+        let dir = config.dir.clone().unwrap_or_else(|| data_dir.join("files"));
         let staging = staging::Staging::open(dir.join("staging"))
             .with_context(|| format!("creating {}", dir.join("staging").display()))?;
         let blobs = Blobs::open(&config, &dir).context("opening the file object store")?;
