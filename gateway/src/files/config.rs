@@ -133,9 +133,9 @@ pub enum Backend {
 pub struct FilesConfig {
     pub backend: Backend,
     /// Staging files, local objects and the URL key; `None`: `<data_dir>/files`. Its own file
-    /// system (another device) keeps the uploads' writes away from the store's fsyncs: on one
-    /// device the chat's delivery p99 rose by up to 1.9x beside 20 uploads, on another it
-    /// stayed within 10 % (RESULTS.md, "Files").
+    /// system (another device) keeps the uploads' writes away from the store's fsyncs: beside
+    /// 20 uploads the chat's delivery p99 rose up to 1.9x in two of four runs on one device and
+    /// in neither of two with the files elsewhere (RESULTS.md, "Files").
     pub dir: Option<std::path::PathBuf>,
     pub max_file_bytes: u64,
     /// Lowercase `type/subtype`, `prefix*` or `*`.
