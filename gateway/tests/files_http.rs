@@ -54,11 +54,34 @@ fn files_line(s3: Option<&S3Bucket>, files: &str) -> String {
 
 /// Starts a server on `backend` with extra `[files]` keys (`k = v, ...`).
 async fn start(backend: Backend, files: &str) -> Ctx {
+    start_with_top(backend, "", files).await
+}
+
+/// [`start`] with top-level configuration lines too (e.g. `http_body_timeout_ms = 1000`).
+async fn start_with_top(backend: Backend, top: &str, files: &str) -> Ctx {
     let s3 = matches!(backend, Backend::S3).then(s3_bucket);
     let line = files_line(s3.as_ref(), files);
-    let server = TestServer::start_with(&[&line]).await;
+    let server = TestServer::start_with(&[top, &line]).await;
     let client = https(&server);
     Ctx { server, s3, client }
+}
+
+/// A PATCH body: `first` pieces of `len` bytes at once, then one more after `delay`.
+fn late_last_piece(
+    first: u32,
+    len: usize,
+    delay: Duration,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::unfold(0u32, move |i| async move {
+        if i < first {
+            Some((Ok(vec![7u8; len]), i + 1))
+        } else if i == first {
+            tokio::time::sleep(delay).await;
+            Some((Ok(vec![7u8; len]), i + 1))
+        } else {
+            None
+        }
+    })
 }
 
 impl Ctx {
@@ -120,6 +143,19 @@ impl Ctx {
         offset: u64,
         body: Vec<u8>,
     ) -> reqwest::Response {
+        self.patch_body(who, id, offset, body.into())
+            .await
+            .expect("patch request")
+    }
+
+    /// A PATCH whose body may be a stream; `Err` when the server closed before answering.
+    async fn patch_body(
+        &self,
+        who: &TestUser,
+        id: MessageId,
+        offset: u64,
+        body: reqwest::Body,
+    ) -> reqwest::Result<reqwest::Response> {
         self.client
             .patch(self.url(&format!("/api/v1/uploads/{id}")))
             .bearer_auth(&who.token)
@@ -128,7 +164,6 @@ impl Ctx {
             .body(body)
             .send()
             .await
-            .expect("patch request")
     }
 
     async fn head(&self, who: &TestUser, id: MessageId) -> (StatusCode, Option<u64>) {
@@ -932,37 +967,17 @@ async fn chunk_limit(backend: Backend) {
 /// The server's body deadline applies to each PATCH: a body that stalls past it is answered 408
 /// and what arrived before is kept.
 async fn body_deadline(backend: Backend) {
-    let mut ctx = start(backend, "").await;
-    // http_body_timeout_ms is a top-level key: a server of its own for this test.
-    drop(std::mem::replace(
-        &mut ctx.server,
-        TestServer::start_with(&[
-            "http_body_timeout_ms = 1000",
-            &files_line(ctx.s3.as_ref(), ""),
-        ])
-        .await,
-    ));
-    ctx.client = https(&ctx.server);
+    let ctx = start_with_top(backend, "http_body_timeout_ms = 1000", "").await;
     let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
     let view = ctx.create_ok(&alice, c, 100_000, "image/png").await;
-    let stalled = futures_util::stream::unfold(0u32, |i| async move {
-        match i {
-            0 => Some((Ok::<Vec<u8>, std::io::Error>(vec![7u8; 10_000]), 1)),
-            1 => {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                Some((Ok(vec![7u8; 10_000]), 2))
-            }
-            _ => None,
-        }
-    });
+    let stalled = late_last_piece(1, 10_000, Duration::from_secs(3));
     let r = ctx
-        .client
-        .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
-        .bearer_auth(&alice.token)
-        .header("content-type", OFFSET_STREAM)
-        .header("upload-offset", "0")
-        .body(reqwest::Body::wrap_stream(stalled))
-        .send()
+        .patch_body(
+            &alice,
+            view.upload_id,
+            0,
+            reqwest::Body::wrap_stream(stalled),
+        )
         .await;
     if let Ok(r) = r {
         assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
@@ -983,43 +998,29 @@ async fn body_deadline(backend: Backend) {
 /// from the request head before, so with many uploads sharing the pace each PATCH outlasted
 /// the deadline and was cut off with a 408: seen with 20 uploads sharing 4 MiB/s.)
 async fn paced_patch(backend: Backend) {
-    let mut ctx = start(backend, "").await;
     // 256 KiB/s and a 3 s body deadline: the 2 MiB below take the 1 MiB burst at once and 4 s
     // more at the pace.
-    drop(std::mem::replace(
-        &mut ctx.server,
-        TestServer::start_with(&[
-            "http_body_timeout_ms = 3000",
-            &files_line(ctx.s3.as_ref(), "upload_bytes_per_sec = 262144"),
-        ])
-        .await,
-    ));
-    ctx.client = https(&ctx.server);
+    let ctx = start_with_top(
+        backend,
+        "http_body_timeout_ms = 3000",
+        "upload_bytes_per_sec = 262144",
+    )
+    .await;
     let (alice, _bob, c) = alice_and_bob(&ctx.server).await;
     let total = (2 << 20) + 65_536;
     let view = ctx.create_ok(&alice, c, total, "image/png").await;
     // 2 MiB at once (the socket buffers hold what the pace does not take yet), then the last
     // 64 KiB 5 s later: the server, done with the 2 MiB after 4 s, waits about 1 s for the
     // client, and does so after its deadline as counted from the head.
-    let pieces = futures_util::stream::unfold(0u32, |i| async move {
-        match i {
-            0..32 => Some((Ok::<Vec<u8>, std::io::Error>(vec![9u8; 65_536]), i + 1)),
-            32 => {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                Some((Ok(vec![9u8; 65_536]), i + 1))
-            }
-            _ => None,
-        }
-    });
+    let pieces = late_last_piece(32, 65_536, Duration::from_secs(5));
     let started = std::time::Instant::now();
     let r = ctx
-        .client
-        .patch(ctx.url(&format!("/api/v1/uploads/{}", view.upload_id)))
-        .bearer_auth(&alice.token)
-        .header("content-type", OFFSET_STREAM)
-        .header("upload-offset", "0")
-        .body(reqwest::Body::wrap_stream(pieces))
-        .send()
+        .patch_body(
+            &alice,
+            view.upload_id,
+            0,
+            reqwest::Body::wrap_stream(pieces),
+        )
         .await
         .expect("PATCH");
     assert_eq!(r.status(), StatusCode::NO_CONTENT, "{:?}", r.text().await);
