@@ -10,7 +10,8 @@ open its TLS connection and send its PATCHes, as 20 users pressing "send" at onc
 
 Jobs file: one "TOKEN UPLOAD_ID" line per upload; every upload sends the same payload file in
 CHUNK-byte PATCHes (Upload-Offset) on one keep-alive connection, then POSTs finish.
-Prints one JSON line: {"t0", "t1", "failed", "bytes"} (t0/t1 in seconds since the epoch).
+Prints one JSON line: {"t0", "t1", "failed", "bytes"} (t0/t1 in seconds since the epoch; bytes is
+0 when stdin ended without "go", the bench's control run).
 """
 
 import argparse
@@ -23,8 +24,10 @@ import threading
 import time
 
 
-def upload(args, ctx, payload, token, upload_id, start, failures, lock):
+def upload(args, ctx, payload, token, upload_id, start, cancelled, failures, lock):
     start.wait()
+    if cancelled.is_set():
+        return
     headers = {"Authorization": f"Bearer {token}"}
     path = f"/api/v1/uploads/{upload_id}"
     try:
@@ -77,19 +80,22 @@ def main():
     with open(args.jobs) as f:
         jobs = [line.split() for line in f if line.strip()]
 
-    start = threading.Event()
+    start, cancelled = threading.Event(), threading.Event()
     failures, lock = [], threading.Lock()
     threads = [
         threading.Thread(
             target=upload,
-            args=(args, ctx, payload, token, upload_id, start, failures, lock),
+            args=(args, ctx, payload, token, upload_id, start, cancelled, failures, lock),
         )
         for token, upload_id in jobs
     ]
     for t in threads:
         t.start()
     print("ready", file=sys.stderr, flush=True)
-    sys.stdin.readline()  # the measured window's "go"
+    # The measured window's "go". End of input without it (run-files.sh's CONTROL=1) releases
+    # the threads without uploading anything: the A/A run has the same processes, no uploads.
+    if sys.stdin.readline().strip() != "go":
+        cancelled.set()
     t0 = time.time()
     start.set()
     for t in threads:
@@ -97,7 +103,8 @@ def main():
     t1 = time.time()
     for failure in failures:
         print(f"files-uploader: {failure}", file=sys.stderr)
-    print(json.dumps({"t0": t0, "t1": t1, "failed": len(failures), "bytes": len(payload) * len(jobs)}))
+    sent = 0 if cancelled.is_set() else len(payload) * len(jobs)
+    print(json.dumps({"t0": t0, "t1": t1, "failed": len(failures), "bytes": sent}))
     return 1 if failures else 0
 
 

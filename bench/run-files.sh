@@ -16,6 +16,11 @@
 # 0 = unpaced), UPLOADER_NICE (niceness of the uploading client process, 0; raising it shows how
 # much of the chat's tail is the co-located client's CPU rather than the server's work),
 # FILES_TMPFS (1: the server's files.dir on /dev/shm, the store on disk),
+# FRESH_SERVER (1, the default: the run beside the uploads gets a new server, data directory and
+# loadgen population, so it is a first run like the one alone; 0: the same server and
+# population again, whose conversations then hold the first run's history),
+# CONTROL (1: the second run has no uploads either: an A/A pair that measures how much the two
+# runs' p99 differ by themselves),
 # KEEP_DATA (1: keep the payload, the stores and the TLS material in OUT; default: removed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -225,7 +230,7 @@ p99_of() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r[
     echo "host_cores=$(nproc)"
     echo "tern_commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
     echo "size_mb=$SIZE_MB clients=$CLIENTS users=$USERS rate=$RATE duration=$DURATION pace=${PACE:-server default}"
-    echo "files_tmpfs=${FILES_TMPFS:-0} uploader_nice=${UPLOADER_NICE:-0}"
+    echo "files_tmpfs=${FILES_TMPFS:-0} uploader_nice=${UPLOADER_NICE:-0} fresh_server=${FRESH_SERVER:-1} control=${CONTROL:-0}"
 } >"$OUT/environment.txt"
 : >"$OUT/results.tsv"
 row() { printf '%s\n' "$*" | tee -a "$OUT/results.tsv"; }
@@ -270,7 +275,17 @@ for BACKEND in $BACKENDS; do
     sleep "$UPLOAD_DELAY"; scrape "$OUT/metrics-$BACKEND-alone-0.txt"
     wait "$chat"; scrape "$OUT/metrics-$BACKEND-alone-1.txt"
 
-    log "$CLIENTS clients x $SIZE_MB MB uploads during the same chat scenario"
+    if [[ "${FRESH_SERVER:-1}" == 1 ]]; then
+        # The second run on the same server would send into conversations that already hold
+        # the first run's ~90,000 messages (the loadgen's state dir keeps the population), which
+        # costs the server more per message by itself: a new server, store and population make
+        # both runs first runs, so the difference between them is the uploads'.
+        stop_server
+        rm -rf "$OUT/data-$BACKEND" "$OUT/state-$BACKEND"
+        [[ "${FILES_TMPFS:-0}" == 1 ]] && rm -rf "/dev/shm/tern-files-bench-$$/$BACKEND"
+        start_tern "$BACKEND"
+    fi
+    log "$CLIENTS clients x $SIZE_MB MB uploads during the same chat scenario (control=${CONTROL:-0})"
     # Accounts and upload ids before the chat starts, and the uploader process (one Python
     # process, bench/files-uploader.py) started and waiting: exec'ing 20 curls and their shell
     # work at the moment the uploads begin took the 2 cores from the server for most of a
@@ -294,7 +309,8 @@ for BACKEND in $BACKENDS; do
     sleep "$UPLOAD_DELAY" # the chat is connected and steady before the uploads start
     rss_before="$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")"
     scrape "$OUT/metrics-$BACKEND-uploads-0.txt"
-    echo go >&3
+    # CONTROL=1: the uploader is ready but never told to go (it exits when the FIFO closes).
+    [[ "${CONTROL:-0}" == 1 ]] || echo go >&3
     exec 3>&-
     uploader_rc=0
     wait "$uploader" || uploader_rc=$?
@@ -309,7 +325,9 @@ for BACKEND in $BACKENDS; do
         "$OUT/uploader-$BACKEND.json" 2>/dev/null || echo "0 1")
     rm -f "$flag"; wait "$sampler" || true
     peak="$(awk 'BEGIN {m = 0} {if ($2 > m) m = $2} END {print m}' "$OUT/rss-$BACKEND.txt")"
-    row "tern-$BACKEND-concurrent	clients=$CLIENTS	failed_uploads=$failed	aggregate_upload_MBps=$(mbps "$((SIZE * CLIENTS))" "$t0" "$t1")	rss_before_kib=$rss_before	rss_after_uploads_kib=$rss_after	rss_peak_kib=$peak	chat_p99_alone_ms=$(p99_of "$OUT/chat-$BACKEND-alone.json")	chat_p99_uploads_ms=$(p99_of "$OUT/chat-$BACKEND-uploads.json")	chat_rc=$chat_rc"
+    upload_mbps="$(mbps "$((SIZE * CLIENTS))" "$t0" "$t1")"
+    [[ "${CONTROL:-0}" != 1 ]] || upload_mbps="none(control)"
+    row "tern-$BACKEND-concurrent	clients=$CLIENTS	failed_uploads=$failed	aggregate_upload_MBps=$upload_mbps	rss_before_kib=$rss_before	rss_after_uploads_kib=$rss_after	rss_peak_kib=$peak	chat_p99_alone_ms=$(p99_of "$OUT/chat-$BACKEND-alone.json")	chat_p99_uploads_ms=$(p99_of "$OUT/chat-$BACKEND-uploads.json")	chat_rc=$chat_rc"
     row "tern-$BACKEND-commit-alone	$(commit_of "$OUT/metrics-$BACKEND-alone-0.txt" "$OUT/metrics-$BACKEND-alone-1.txt")"
     row "tern-$BACKEND-commit-uploads	$(commit_of "$OUT/metrics-$BACKEND-uploads-0.txt" "$OUT/metrics-$BACKEND-uploads-1.txt")"
     stop_server
