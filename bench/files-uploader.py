@@ -11,7 +11,7 @@ open its TLS connection and send its PATCHes, as 20 users pressing "send" at onc
 Jobs file: one "TOKEN UPLOAD_ID" line per upload; every upload sends the same payload file in
 CHUNK-byte PATCHes (Upload-Offset) on one keep-alive connection, then POSTs finish.
 Prints one JSON line: {"t0", "t1", "failed", "bytes"} (t0/t1 in seconds since the epoch; bytes is
-0 when stdin ended without "go", the bench's control run).
+0 when stdin's line was not "go", the bench's control run).
 """
 
 import argparse
@@ -92,8 +92,8 @@ def main():
     for t in threads:
         t.start()
     print("ready", file=sys.stderr, flush=True)
-    # The measured window's "go". End of input without it (run-files.sh's CONTROL=1) releases
-    # the threads without uploading anything: the A/A run has the same processes, no uploads.
+    # The measured window's "go". Any other line or the end of input (run-files.sh's CONTROL=1
+    # sends "skip") releases the threads without uploading: the A/A run's processes, no uploads.
     if sys.stdin.readline().strip() != "go":
         cancelled.set()
     t0 = time.time()

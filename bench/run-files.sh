@@ -309,8 +309,9 @@ for BACKEND in $BACKENDS; do
     sleep "$UPLOAD_DELAY" # the chat is connected and steady before the uploads start
     rss_before="$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")"
     scrape "$OUT/metrics-$BACKEND-uploads-0.txt"
-    # CONTROL=1: the uploader is ready but never told to go (it exits when the FIFO closes).
-    [[ "${CONTROL:-0}" == 1 ]] || echo go >&3
+    # CONTROL=1: the uploader is told to skip and exits without uploading. (Closing the FIFO
+    # would not do: the chat and the sampler, started after it was opened, hold fd 3 too.)
+    if [[ "${CONTROL:-0}" == 1 ]]; then echo skip >&3; else echo go >&3; fi
     exec 3>&-
     uploader_rc=0
     wait "$uploader" || uploader_rc=$?
