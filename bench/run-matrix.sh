@@ -14,7 +14,9 @@
 #   --workers W           loadgen worker processes   [WORKERS, default: the loadgen's own]
 #   --targets "T ..."     subset/order of tern-ws tern-wt socketio centrifugo [TARGETS]
 #   --out DIR             output directory           [OUT, default target/peer-matrix/<UTC time>]
-#   --skip-build          use the existing release binaries
+#   --skip-build          use the existing binaries
+#   --debug               debug binaries (target/debug, as the test command builds them): for a
+#                         smoke run of the instrument (--quick), never for numbers
 #   --skip-install        do not run npm ci / the Centrifugo install
 # The defaults are the PRD scenario (10,000 users, mixed group sizes, 1,000 msg/s, 5 minutes).
 # Exit status: 0 when every target ran and its loadgen run passed (no loss, no duplicates);
@@ -32,6 +34,7 @@ WORKERS="${WORKERS:-}"
 TARGETS="${TARGETS:-tern-ws tern-wt socketio centrifugo}"
 OUT="${OUT:-}"
 SKIP_BUILD=0
+PROFILE=release
 SKIP_INSTALL=0
 EXTRA=()
 MATRIX_ARGS=("$@")
@@ -49,6 +52,7 @@ while [[ $# -gt 0 ]]; do
         --targets) TARGETS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
+        --debug) PROFILE=debug; shift ;;
         --skip-install) SKIP_INSTALL=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; EXTRA=("$@"); break ;;
@@ -141,11 +145,15 @@ wait_for_line() {
 # ---- build and install ----------------------------------------------------------------------
 cd "$ROOT"
 if [[ "$SKIP_BUILD" == 0 ]]; then
-    log "building release binaries"
-    cargo build --release -p tern-gateway -p tern-loadgen
+    log "building $PROFILE binaries"
+    if [[ "$PROFILE" == release ]]; then
+        cargo build --release -p tern-gateway -p tern-loadgen
+    else
+        cargo build -p tern-gateway --bin tern -p tern-loadgen --bin tern-loadgen
+    fi
 fi
-TERN_BIN="$ROOT/target/release/tern"
-LOADGEN_BIN="$ROOT/target/release/tern-loadgen"
+TERN_BIN="$ROOT/target/$PROFILE/tern"
+LOADGEN_BIN="$ROOT/target/$PROFILE/tern-loadgen"
 for b in "$TERN_BIN" "$LOADGEN_BIN"; do
     [[ -x "$b" ]] || { echo "run-matrix: $b missing (drop --skip-build)" >&2; exit 1; }
 done
@@ -175,6 +183,7 @@ KEY="$OUT/tls/key.pem"
     echo "kernel=$(uname -r)"
     echo "tern_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')"
     echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "profile=$PROFILE"
     if wants socketio; then
         echo "node=$(node --version)"
         echo "socket.io=$(node -p "require('$PEERS/socketio/node_modules/socket.io/package.json').version" 2>/dev/null || echo unknown)"
