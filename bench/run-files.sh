@@ -278,8 +278,8 @@ for BACKEND in $BACKENDS; do
     if [[ "${FRESH_SERVER:-1}" == 1 ]]; then
         # The second run on the same server would send into conversations that already hold
         # the first run's ~90,000 messages (the loadgen's state dir keeps the population), which
-        # costs the server more per message by itself: a new server, store and population make
-        # both runs first runs, so the difference between them is the uploads'.
+        # can cost the server more per message by itself (issue 16): a new server, store and
+        # population make both runs first runs, one difference fewer than the uploads'.
         stop_server
         rm -rf "$OUT/data-$BACKEND" "$OUT/state-$BACKEND"
         [[ "${FILES_TMPFS:-0}" == 1 ]] && rm -rf "/dev/shm/tern-files-bench-$$/$BACKEND"
